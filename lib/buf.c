@@ -57,7 +57,7 @@ static int grow(struct buf *b, size_t n)
 	while (a < need)
 		a = a > SIZE_MAX / 2 ? need : a * 2;
 	/* Never allocate much more than the cap permits. */
-	if (a > b->max + 1)
+	if (b->max < SIZE_MAX && a > b->max + 1)
 		a = b->max + 1;
 	p = realloc(b->data, a);
 	if (!p) {

@@ -135,6 +135,8 @@ void log_msg(enum log_level level, const char *msg, const char *fields, ...)
 	}
 	put_value(line, sizeof(line), &pos, msg ? msg : "");
 
+	while (fields && *fields == ' ')
+		fields++;
 	if (fields && *fields && pos + 2 < sizeof(line)) {
 		va_list ap;
 		line[pos++] = ' ';

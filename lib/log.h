@@ -3,7 +3,8 @@
  *   ts=2026-11-22T23:50:01.123Z level=info comp=knitd msg="peer up" peer=ab12 rx=10
  *
  * `msg` is a human sentence (quoted and escaped for you); `fields` is a
- * printf format for key=value pairs, written as given. Use log_quote() for
+ * printf format for key=value pairs, written as given after one space
+ * (leading spaces in it are skipped). Use log_quote() for
  * values that may contain spaces or quotes. Thread-safe: one write(2) per line. */
 #ifndef KNIT_LOG_H
 #define KNIT_LOG_H
@@ -30,9 +31,11 @@ void log_msg(enum log_level level, const char *msg, const char *fields, ...)
  * Always NUL-terminates (truncating if needed); returns out. */
 char *log_quote(char *out, size_t outlen, const char *s);
 
-#define log_debug(msg, ...) do { if (log_enabled(LOG_DEBUG)) log_msg(LOG_DEBUG, msg, "" __VA_ARGS__); } while (0)
-#define log_info(msg, ...)  log_msg(LOG_INFO, msg, "" __VA_ARGS__)
-#define log_warn(msg, ...)  log_msg(LOG_WARN, msg, "" __VA_ARGS__)
-#define log_error(msg, ...) log_msg(LOG_ERROR, msg, "" __VA_ARGS__)
+/* log_info("peer up", "peer=%s rx=%zu", p, rx); the fields are optional.
+ * The " " prefix keeps the format non-empty when there are none. */
+#define log_debug(msg, ...) do { if (log_enabled(LOG_DEBUG)) log_msg(LOG_DEBUG, msg, " " __VA_ARGS__); } while (0)
+#define log_info(msg, ...)  log_msg(LOG_INFO, msg, " " __VA_ARGS__)
+#define log_warn(msg, ...)  log_msg(LOG_WARN, msg, " " __VA_ARGS__)
+#define log_error(msg, ...) log_msg(LOG_ERROR, msg, " " __VA_ARGS__)
 
 #endif
