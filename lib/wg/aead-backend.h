@@ -1,0 +1,20 @@
+/* The backends behind aead.c's dispatcher; not for use elsewhere. */
+#ifndef KNIT_WG_AEAD_BACKEND_H
+#define KNIT_WG_AEAD_BACKEND_H
+
+#include "wg/aead.h"
+
+struct aead_backend {
+	const char *name;
+	bool (*available)(void);
+	bool (*seal)(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,
+		     const uint8_t nonce[AEAD_NONCE_LEN], const uint8_t key[AEAD_KEY_LEN]);
+	bool (*open)(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,
+		     const uint8_t nonce[AEAD_NONCE_LEN], const uint8_t key[AEAD_KEY_LEN]);
+	void (*thread_cleanup)(void);
+};
+
+extern const struct aead_backend aead_backend_sodium;
+extern const struct aead_backend aead_backend_openssl;
+
+#endif

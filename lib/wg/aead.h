@@ -1,0 +1,62 @@
+/* ChaCha20-Poly1305 (RFC 8439) for transport data and the handshake, and
+ * XChaCha20-Poly1305 for cookie replies, as WireGuard uses them.
+ *
+ * Two interchangeable backends compute the same bytes: OpenSSL 3's EVP
+ * (faster where it has AVX2/AVX-512 code) and libsodium. aead_init() picks
+ * one; until then libsodium is used. XChaCha20 always comes from libsodium
+ * (OpenSSL has none; cookie replies are rare).
+ *
+ * Thread-safety: all functions are reentrant. The OpenSSL backend keeps one
+ * EVP_CIPHER_CTX per thread, made on first use and freed at thread exit (or
+ * by aead_thread_cleanup()); nothing is allocated per packet. src and dst
+ * may be the same buffer (in-place); partial overlap is not allowed. */
+#ifndef KNIT_WG_AEAD_H
+#define KNIT_WG_AEAD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define AEAD_KEY_LEN 32
+#define AEAD_NONCE_LEN 12
+#define AEAD_XNONCE_LEN 24
+#define AEAD_TAG_LEN 16
+
+enum aead_impl {
+	AEAD_IMPL_AUTO = 0, /* measure both, keep the faster */
+	AEAD_IMPL_SODIUM,
+	AEAD_IMPL_OPENSSL,
+};
+
+/* Call once at startup, before threads use the AEAD. Also initialises
+ * libsodium. Returns 0 or -EINVAL/-ENOSYS (unknown or unusable backend). */
+int aead_init(enum aead_impl impl);
+enum aead_impl aead_impl(void);
+const char *aead_impl_name(enum aead_impl impl);
+/* Frees this thread's cipher context, if any. */
+void aead_thread_cleanup(void);
+
+/* WireGuard's nonce: 32 zero bits, then the 64-bit counter little-endian.
+ * seal writes len + AEAD_TAG_LEN bytes to dst; open reads len (>= tag) and
+ * writes len - AEAD_TAG_LEN bytes. open returns false on forgery and then
+ * leaves dst zeroed. */
+bool aead_seal(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,
+	       uint64_t counter, const uint8_t key[AEAD_KEY_LEN]);
+bool aead_open(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,
+	       uint64_t counter, const uint8_t key[AEAD_KEY_LEN]);
+
+/* The same with a full 96-bit nonce on a named backend (test vectors, the
+ * benchmark). AEAD_IMPL_AUTO means the selected one. */
+bool aead_seal_ietf(enum aead_impl impl, uint8_t *dst, const uint8_t *src, size_t len,
+		    const uint8_t *ad, size_t adlen, const uint8_t nonce[AEAD_NONCE_LEN],
+		    const uint8_t key[AEAD_KEY_LEN]);
+bool aead_open_ietf(enum aead_impl impl, uint8_t *dst, const uint8_t *src, size_t len,
+		    const uint8_t *ad, size_t adlen, const uint8_t nonce[AEAD_NONCE_LEN],
+		    const uint8_t key[AEAD_KEY_LEN]);
+
+bool aead_xseal(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,
+		const uint8_t nonce[AEAD_XNONCE_LEN], const uint8_t key[AEAD_KEY_LEN]);
+bool aead_xopen(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,
+		const uint8_t nonce[AEAD_XNONCE_LEN], const uint8_t key[AEAD_KEY_LEN]);
+
+#endif

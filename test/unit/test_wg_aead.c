@@ -1,0 +1,189 @@
+/* ChaCha20-Poly1305 on both backends (RFC 8439 section 2.8.2), the
+ * WireGuard counter nonce, in-place operation, forgeries, XChaCha20. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <sodium.h>
+
+#include "wg/aead.h"
+
+static const char rfc_plain[] =
+	"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
+static const uint8_t rfc_aad[] = { 0x50, 0x51, 0x52, 0x53, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7 };
+static const uint8_t rfc_nonce[] = { 0x07, 0x00, 0x00, 0x00, 0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47 };
+static const char rfc_sealed[] =
+	"\xd3\x1a\x8d\x34\x64\x8e\x60\xdb\x7b\x86\xaf\xbc\x53\xef\x7e\xc2\xa4\xad\xed\x51\x29\x6e\x08\xfe"
+	"\xa9\xe2\xb5\xa7\x36\xee\x62\xd6\x3d\xbe\xa4\x5e\x8c\xa9\x67\x12\x82\xfa\xfb\x69\xda\x92\x72\x8b"
+	"\x1a\x71\xde\x0a\x9e\x06\x0b\x29\x05\xd6\xa5\xb6\x7e\xcd\x3b\x36\x92\xdd\xbd\x7f\x2d\x77\x8b\x8c"
+	"\x98\x03\xae\xe3\x28\x09\x1b\x58\xfa\xb3\x24\xe4\xfa\xd6\x75\x94\x55\x85\x80\x8b\x48\x31\xd7\xbc"
+	"\x3f\xf4\xde\xf0\x8e\x4b\x7a\x9d\xe5\x76\xd2\x65\x86\xce\xc6\x4b\x61\x16"
+	"\x1a\xe1\x0b\x59\x4f\x09\xe2\x6a\x7e\x90\x2e\xcb\xd0\x60\x06\x91";
+
+static const enum aead_impl impls[] = { AEAD_IMPL_SODIUM, AEAD_IMPL_OPENSSL };
+
+static void rfc_key(uint8_t key[32])
+{
+	for (int i = 0; i < 32; i++)
+		key[i] = (uint8_t)(0x80 + i);
+}
+
+static int setup(void **state)
+{
+	return aead_init(AEAD_IMPL_SODIUM);
+}
+
+static int teardown(void **state)
+{
+	aead_thread_cleanup();
+	return 0;
+}
+
+static void test_rfc8439_vector(void **state)
+{
+	size_t len = sizeof(rfc_plain) - 1;
+	uint8_t key[32], buf[256], out[256];
+
+	assert_int_equal(len, 114);
+	rfc_key(key);
+	for (size_t i = 0; i < sizeof(impls) / sizeof(impls[0]); i++) {
+		/* separate buffers */
+		assert_true(aead_seal_ietf(impls[i], buf, (const uint8_t *)rfc_plain, len, rfc_aad, sizeof(rfc_aad),
+					   rfc_nonce, key));
+		assert_memory_equal(buf, rfc_sealed, len + 16);
+		assert_true(aead_open_ietf(impls[i], out, buf, len + 16, rfc_aad, sizeof(rfc_aad), rfc_nonce, key));
+		assert_memory_equal(out, rfc_plain, len);
+		/* in place */
+		memcpy(buf, rfc_plain, len);
+		assert_true(aead_seal_ietf(impls[i], buf, buf, len, rfc_aad, sizeof(rfc_aad), rfc_nonce, key));
+		assert_memory_equal(buf, rfc_sealed, len + 16);
+		assert_true(aead_open_ietf(impls[i], buf, buf, len + 16, rfc_aad, sizeof(rfc_aad), rfc_nonce, key));
+		assert_memory_equal(buf, rfc_plain, len);
+	}
+}
+
+/* A flipped bit anywhere (ciphertext, tag, AD) or a wrong nonce fails and
+ * leaves no plaintext behind. */
+static void test_forgery(void **state)
+{
+	size_t len = sizeof(rfc_plain) - 1;
+	uint8_t key[32], buf[256], out[256], aad[sizeof(rfc_aad)], nonce[12];
+
+	rfc_key(key);
+	for (size_t i = 0; i < sizeof(impls) / sizeof(impls[0]); i++) {
+		for (size_t pos = 0; pos < len + 16; pos++) {
+			memcpy(buf, rfc_sealed, len + 16);
+			buf[pos] ^= 0x01;
+			memset(out, 0xAA, sizeof(out));
+			assert_false(aead_open_ietf(impls[i], out, buf, len + 16, rfc_aad, sizeof(rfc_aad), rfc_nonce, key));
+			for (size_t j = 0; j < len; j++)
+				assert_int_equal(out[j], 0);
+		}
+		memcpy(aad, rfc_aad, sizeof(aad));
+		aad[3] ^= 0x80;
+		assert_false(aead_open_ietf(impls[i], out, (const uint8_t *)rfc_sealed, len + 16, aad, sizeof(aad),
+					    rfc_nonce, key));
+		memcpy(nonce, rfc_nonce, sizeof(nonce));
+		nonce[0] = 0;
+		assert_false(aead_open_ietf(impls[i], out, (const uint8_t *)rfc_sealed, len + 16, rfc_aad,
+					    sizeof(rfc_aad), nonce, key));
+		assert_false(aead_open_ietf(impls[i], out, (const uint8_t *)rfc_sealed, 15, NULL, 0, rfc_nonce, key));
+	}
+}
+
+/* WireGuard's nonce is 4 zero bytes and the counter little-endian. */
+static void test_counter_nonce(void **state)
+{
+	static const uint8_t nonce[12] = { 0, 0, 0, 0, 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07 };
+	uint8_t key[32], a[64], b[64], p[48];
+
+	rfc_key(key);
+	memset(p, 0x5A, sizeof(p));
+	for (size_t i = 0; i < sizeof(impls) / sizeof(impls[0]); i++) {
+		assert_int_equal(aead_init(impls[i]), 0);
+		assert_int_equal(aead_impl(), impls[i]);
+		assert_true(aead_seal(a, p, sizeof(p), NULL, 0, 0x0706050403020100ULL, key));
+		assert_true(aead_seal_ietf(AEAD_IMPL_SODIUM, b, p, sizeof(p), NULL, 0, nonce, key));
+		assert_memory_equal(a, b, sizeof(p) + 16);
+		assert_true(aead_open(b, a, sizeof(p) + 16, NULL, 0, 0x0706050403020100ULL, key));
+		assert_memory_equal(b, p, sizeof(p));
+		assert_false(aead_open(b, a, sizeof(p) + 16, NULL, 0, 0x0706050403020101ULL, key));
+	}
+	assert_int_equal(aead_init(AEAD_IMPL_SODIUM), 0);
+}
+
+/* The backends agree on every length around block and tag boundaries,
+ * including empty messages (WireGuard's keepalives and encrypted_nothing). */
+static void test_backends_agree(void **state)
+{
+	static const size_t lens[] = { 0, 1, 15, 16, 17, 63, 64, 65, 255, 256, 1420, 1500, 4096, 65535 };
+	static uint8_t p[65536], a[65536 + 16], b[65536 + 16];
+	uint8_t key[32], nonce[12], ad[32];
+
+	randombytes_buf(p, sizeof(p));
+	for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+		randombytes_buf(key, sizeof(key));
+		randombytes_buf(nonce, sizeof(nonce));
+		randombytes_buf(ad, sizeof(ad));
+		assert_true(aead_seal_ietf(AEAD_IMPL_SODIUM, a, p, lens[i], ad, i % 2 ? sizeof(ad) : 0, nonce, key));
+		assert_true(aead_seal_ietf(AEAD_IMPL_OPENSSL, b, p, lens[i], ad, i % 2 ? sizeof(ad) : 0, nonce, key));
+		assert_memory_equal(a, b, lens[i] + 16);
+		assert_true(aead_open_ietf(AEAD_IMPL_OPENSSL, b, a, lens[i] + 16, ad, i % 2 ? sizeof(ad) : 0, nonce, key));
+		assert_true(lens[i] == 0 || memcmp(b, p, lens[i]) == 0);
+	}
+}
+
+static void test_xchacha(void **state)
+{
+	uint8_t key[32], nonce[24], ad[16], cookie[16], sealed[32], out[16];
+
+	randombytes_buf(key, sizeof(key));
+	randombytes_buf(nonce, sizeof(nonce));
+	randombytes_buf(ad, sizeof(ad));
+	randombytes_buf(cookie, sizeof(cookie));
+	assert_true(aead_xseal(sealed, cookie, 16, ad, 16, nonce, key));
+	assert_true(aead_xopen(out, sealed, 32, ad, 16, nonce, key));
+	assert_memory_equal(out, cookie, 16);
+	/* matches libsodium's combined mode byte for byte */
+	{
+		uint8_t ref[32];
+		unsigned long long rlen;
+
+		crypto_aead_xchacha20poly1305_ietf_encrypt(ref, &rlen, cookie, 16, ad, 16, NULL, nonce, key);
+		assert_int_equal(rlen, 32);
+		assert_memory_equal(ref, sealed, 32);
+	}
+	sealed[31] ^= 1;
+	assert_false(aead_xopen(out, sealed, 32, ad, 16, nonce, key));
+	sealed[31] ^= 1;
+	nonce[23] ^= 1;
+	assert_false(aead_xopen(out, sealed, 32, ad, 16, nonce, key));
+	assert_false(aead_xopen(out, sealed, 10, ad, 16, nonce, key));
+}
+
+static void test_init(void **state)
+{
+	assert_int_equal(aead_init(AEAD_IMPL_AUTO), 0);
+	assert_true(aead_impl() == AEAD_IMPL_SODIUM || aead_impl() == AEAD_IMPL_OPENSSL);
+	assert_int_equal(aead_init((enum aead_impl)42), -22);
+	assert_string_equal(aead_impl_name(AEAD_IMPL_OPENSSL), "openssl");
+	assert_string_equal(aead_impl_name(AEAD_IMPL_SODIUM), "libsodium");
+	assert_int_equal(aead_init(AEAD_IMPL_SODIUM), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_rfc8439_vector),
+		cmocka_unit_test(test_forgery),
+		cmocka_unit_test(test_counter_nonce),
+		cmocka_unit_test(test_backends_agree),
+		cmocka_unit_test(test_xchacha),
+		cmocka_unit_test(test_init),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
