@@ -45,6 +45,8 @@ struct http_request {
 	struct curl_slist *hdrs; /* may hold the bearer token: wiped on free */
 	uint8_t *body; /* request body copy, wiped on free */
 	size_t body_len;
+	uint8_t *key; /* client key PEM copy, lent to curl, wiped on free */
+	size_t key_len;
 	struct buf resp; /* buffered mode */
 	struct loop_timer *stall; /* NULL without stall detection */
 	uint64_t last_rx;
@@ -131,6 +133,10 @@ static void request_destroy(struct http_request *r)
 	if (r->body) {
 		sodium_memzero(r->body, r->body_len);
 		free(r->body);
+	}
+	if (r->key) {
+		sodium_memzero(r->key, r->key_len);
+		free(r->key);
 	}
 	buf_free(&r->resp);
 	loop_timer_free(r->stall);
@@ -577,9 +583,9 @@ static int add_header(struct curl_slist **list, const char *line)
 	return 0;
 }
 
-static CURLcode set_blob(CURL *e, CURLoption opt, const void *p, size_t len)
+static CURLcode set_blob(CURL *e, CURLoption opt, const void *p, size_t len, unsigned flags)
 {
-	struct curl_blob b = { .data = (void *)p, .len = len, .flags = CURL_BLOB_COPY };
+	struct curl_blob b = { .data = (void *)p, .len = len, .flags = flags };
 
 	return curl_easy_setopt(e, opt, &b);
 }
@@ -599,13 +605,14 @@ static int setopt_err(CURLcode rc)
 
 #define SET(opt, val) do { if (rc == CURLE_OK) rc = curl_easy_setopt(e, opt, val); } while (0)
 
-static CURLcode set_tls(CURL *e, const struct http_tls *t)
+static CURLcode set_tls(struct http_request *r, const struct http_tls *t)
 {
+	CURL *e = r->easy;
 	CURLcode rc = CURLE_OK;
 
 	/* A CA given here is the only trust anchor: no system store too. */
 	if (t->ca_pem) {
-		rc = set_blob(e, CURLOPT_CAINFO_BLOB, t->ca_pem, t->ca_pem_len);
+		rc = set_blob(e, CURLOPT_CAINFO_BLOB, t->ca_pem, t->ca_pem_len, CURL_BLOB_COPY);
 		SET(CURLOPT_CAINFO, (char *)NULL);
 		SET(CURLOPT_CAPATH, (char *)NULL);
 	} else if (t->ca_file) {
@@ -614,13 +621,20 @@ static CURLcode set_tls(CURL *e, const struct http_tls *t)
 	}
 	if (t->cert_pem) {
 		if (rc == CURLE_OK)
-			rc = set_blob(e, CURLOPT_SSLCERT_BLOB, t->cert_pem, t->cert_pem_len);
+			rc = set_blob(e, CURLOPT_SSLCERT_BLOB, t->cert_pem, t->cert_pem_len,
+				      CURL_BLOB_COPY);
 	} else if (t->cert_file) {
 		SET(CURLOPT_SSLCERT, t->cert_file);
 	}
+	/* curl would free its own copy of the key unwiped: lend it ours. */
 	if (t->key_pem) {
+		r->key = malloc(t->key_pem_len ? t->key_pem_len : 1);
+		if (!r->key)
+			return CURLE_OUT_OF_MEMORY;
+		r->key_len = t->key_pem_len;
+		memcpy(r->key, t->key_pem, t->key_pem_len);
 		if (rc == CURLE_OK)
-			rc = set_blob(e, CURLOPT_SSLKEY_BLOB, t->key_pem, t->key_pem_len);
+			rc = set_blob(e, CURLOPT_SSLKEY_BLOB, r->key, r->key_len, CURL_BLOB_NOCOPY);
 	} else if (t->key_file) {
 		SET(CURLOPT_SSLKEY, t->key_file);
 	}
@@ -708,7 +722,7 @@ static int setup(struct http_request *r, const struct http_opts *o)
 	SET(CURLOPT_TCP_KEEPINTVL, 10L);
 	if (r->hdrs)
 		SET(CURLOPT_HTTPHEADER, r->hdrs);
-	if (!r->on_data)
+	if (!r->on_data && r->resp.max <= (size_t)INT64_MAX)
 		SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->resp.max);
 	if (has_body) {
 		SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
@@ -721,7 +735,7 @@ static int setup(struct http_request *r, const struct http_opts *o)
 		SET(CURLOPT_CUSTOMREQUEST, method);
 	}
 	if (rc == CURLE_OK)
-		rc = set_tls(e, &o->tls);
+		rc = set_tls(r, &o->tls);
 	return rc == CURLE_OK ? 0 : setopt_err(rc);
 }
 

@@ -66,7 +66,8 @@ struct http_tls {
 	const char *ca_file;
 	const void *ca_pem;
 	size_t ca_pem_len;
-	/* Client certificate and key, as PEM files or PEM data in memory. */
+	/* Client certificate and key, as PEM files or PEM data in memory
+	 * (copied; the key copy is wiped when the request is freed). */
 	const char *cert_file;
 	const char *key_file;
 	const void *cert_pem;
@@ -102,7 +103,7 @@ struct http_opts {
 	void *arg;
 };
 
-/* NULL on allocation failure. */
+/* NULL on allocation failure. The client must be freed before its loop. */
 struct http_client *http_client_new(struct loop *loop);
 /* Cancels every outstanding request (none of their callbacks runs again)
  * and frees the client. Safe inside the client's own callbacks: the memory

@@ -391,6 +391,8 @@ struct res {
 	int cancel_after; /* cancel self in on_data after this many chunks */
 	int free_after; /* free the client in on_data after this many chunks */
 	int fail_after; /* return -EBADMSG from on_data after this many chunks */
+	bool cancel_in_headers;
+	struct res *cancel_other; /* cancel this one's request in on_data */
 	struct res *chain; /* start this one from on_done */
 	struct http_opts chain_opts;
 };
@@ -410,6 +412,8 @@ static int on_headers(struct http_request *r, long status, void *arg)
 	rs->hdr_status = status;
 	if (ct)
 		snprintf(rs->ctype, sizeof(rs->ctype), "%s", ct);
+	if (rs->cancel_in_headers)
+		http_request_cancel(r);
 	return rs->headers_ret;
 }
 
@@ -428,6 +432,10 @@ static int on_data(struct http_request *r, const void *data, size_t len, void *a
 	}
 	if (rs->fail_after && rs->chunks == rs->fail_after)
 		return -EBADMSG;
+	if (rs->cancel_other && rs->chunks == 3) {
+		http_request_cancel(rs->cancel_other->req);
+		rs->cancel_other->req = NULL;
+	}
 	return 0;
 }
 
@@ -615,6 +623,7 @@ static void test_reset_mid_body(void **state)
 
 	assert_int_equal(http_request_start(c->http, &o, NULL), 0);
 	assert_true(run_until(c, &a.done_calls, 1, 5000));
+	print_message("reset: %s\n", a.errmsg);
 	assert_int_equal(a.err, -ECONNRESET);
 	assert_int_equal(a.status, 200);
 	assert_true(a.errmsg[0] != '\0');
@@ -872,6 +881,34 @@ static void test_cancel_before_added(void **state)
 	assert_int_equal(b.done_calls, 0);
 }
 
+static void test_cancel_in_headers_and_cross(void **state)
+{
+	struct ctx *c = *state;
+	struct res a = { .ctx = c, .cancel_in_headers = true };
+	struct res b = { .ctx = c }, d = { .ctx = c };
+	struct http_opts o = opts(&a, url(c, "/stream"));
+
+	o.on_data = on_data;
+	assert_int_equal(http_request_start(c->http, &o, NULL), 0);
+	o = opts(&d, url(c, "/stream"));
+	o.on_data = on_data;
+	assert_int_equal(http_request_start(c->http, &o, &d.req), 0);
+	/* b cancels d from inside b's own on_data. */
+	b.cancel_other = &d;
+	o = opts(&b, url(c, "/stream"));
+	o.on_data = on_data;
+	o.stall_timeout_ms = 2000;
+	assert_int_equal(http_request_start(c->http, &o, &b.req), 0);
+	assert_true(run_until(c, &b.chunks, 10, 5000));
+	http_request_cancel(b.req);
+	run_for(c, 50);
+	assert_int_equal(a.hdr_calls, 1);
+	assert_int_equal(a.chunks + a.done_calls, 0);
+	assert_null(d.req);
+	assert_int_equal(d.done_calls, 0);
+	assert_int_equal(b.done_calls, 0);
+}
+
 static void test_start_from_callbacks(void **state)
 {
 	struct ctx *c = *state;
@@ -1070,6 +1107,7 @@ static void test_tls_wrong_ca(void **state)
 	};
 
 	tls_run(c, &a, &tls);
+	print_message("wrong CA: %s\n", a.errmsg);
 	assert_int_equal(a.err, -EKEYREJECTED);
 	assert_int_equal(a.status, 0);
 	assert_true(a.errmsg[0] != '\0');
@@ -1090,6 +1128,7 @@ static void test_tls_client_cert_required(void **state)
 	struct http_tls tls = { .ca_file = path_in("ca.crt") };
 
 	tls_run(c, &a, &tls);
+	print_message("no client cert: err=%d %s\n", a.err, a.errmsg);
 	assert_true(a.err < 0);
 	assert_int_equal(a.status, 0);
 	res_free(&a);
@@ -1145,6 +1184,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_methods_headers_token, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_invalid_options, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel_before_added, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cancel_in_headers_and_cross, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_start_from_callbacks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_free_outstanding, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_free_inside_callback, setup, teardown),
