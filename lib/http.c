@@ -247,6 +247,8 @@ static void complete(struct http_request *r, CURLcode rc)
 		err = -EMSGSIZE;
 		snprintf(r->errbuf, sizeof(r->errbuf),
 			 "response body exceeds the %zu-byte cap", r->resp.max);
+	} else if (r->cb_err == -ENOMEM && !r->on_data) {
+		snprintf(r->errbuf, sizeof(r->errbuf), "out of memory buffering the body");
 	} else if (r->cb_err) {
 		snprintf(r->errbuf, sizeof(r->errbuf), "aborted by callback: %s",
 			 strerror(-r->cb_err));
