@@ -1,0 +1,373 @@
+#include "net/tun.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define VNET_LEN OFFLOAD_VNET_HDR_LEN
+/* Groups per tun_write() round; longer batches are written in rounds. */
+#define WRITE_ROUND 256
+/* One super-packet plus the part of it readv() put into the first slot. */
+#define SCRATCH_LEN (2 * (OFFLOAD_MAX_PACKET + 1))
+#define IOV_MAX_ 1024
+
+struct tun {
+	int fd;
+	char name[IFNAMSIZ];
+	bool vnet;
+	unsigned offloads;
+
+	/* A super-packet read but not yet fully handed out. */
+	uint8_t *scratch;
+	struct virtio_net_hdr pend_vh;
+	size_t pend_len, pend_done;
+	bool pending;
+
+	struct offload_group *groups;
+	size_t *order;
+	struct iovec *iov;
+
+	struct tun_stats st;
+};
+
+static int ctl_socket(void)
+{
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	return s < 0 ? -errno : s;
+}
+
+static int ifreq_ioctl(const struct tun *t, unsigned long req, struct ifreq *ifr)
+{
+	int s = ctl_socket(), ret = 0;
+
+	if (s < 0)
+		return s;
+	memcpy(ifr->ifr_name, t->name, IFNAMSIZ);
+	if (ioctl(s, req, ifr) < 0)
+		ret = -errno;
+	close(s);
+	return ret;
+}
+
+/* Offloads in order of preference: USO needs Linux 6.2; older kernels
+ * refuse unknown bits with EINVAL, so we step down. */
+static unsigned set_offloads(int fd)
+{
+	static const unsigned tries[] = {
+		TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6,
+		TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+		TUN_F_CSUM,
+	};
+
+	for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++)
+		if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)tries[i]) == 0)
+			return tries[i];
+	return 0;
+}
+
+int tun_open(struct tun **out, const char *name, unsigned flags)
+{
+	struct tun *t = calloc(1, sizeof(*t));
+	struct ifreq ifr = { 0 };
+	unsigned features = 0;
+	int hdrsz = (int)VNET_LEN, ret;
+
+	*out = NULL;
+	if (!t)
+		return -ENOMEM;
+	t->fd = -1;
+	if (name && strlen(name) >= IFNAMSIZ) {
+		ret = -ENAMETOOLONG;
+		goto out;
+	}
+	t->fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+	if (t->fd < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if (ioctl(t->fd, TUNGETFEATURES, &features) < 0)
+		features = 0;
+	t->vnet = !(flags & TUN_OPEN_NO_VNET) && (features & IFF_VNET_HDR);
+
+	ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (t->vnet ? IFF_VNET_HDR : 0);
+	if (name)
+		memcpy(ifr.ifr_name, name, strlen(name));
+	if (ioctl(t->fd, TUNSETIFF, &ifr) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	memcpy(t->name, ifr.ifr_name, IFNAMSIZ);
+	t->name[IFNAMSIZ - 1] = '\0';
+
+	if (t->vnet) {
+		if (ioctl(t->fd, TUNSETVNETHDRSZ, &hdrsz) < 0) {
+			ret = -errno;
+			goto out;
+		}
+		t->offloads = set_offloads(t->fd);
+	}
+	t->scratch = malloc(SCRATCH_LEN);
+	t->groups = calloc(WRITE_ROUND, sizeof(*t->groups));
+	t->order = calloc(WRITE_ROUND, sizeof(*t->order));
+	t->iov = calloc(IOV_MAX_, sizeof(*t->iov));
+	if (!t->scratch || !t->groups || !t->order || !t->iov) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	log_debug("tun open", "dev=%s vnet=%d offloads=0x%x", t->name, t->vnet, t->offloads);
+	*out = t;
+	ret = 0;
+out:
+	if (ret)
+		tun_close(t);
+	return ret;
+}
+
+void tun_close(struct tun *t)
+{
+	if (!t)
+		return;
+	if (t->fd >= 0)
+		close(t->fd);
+	free(t->iov);
+	free(t->order);
+	free(t->groups);
+	free(t->scratch);
+	free(t);
+}
+
+int tun_fd(const struct tun *t)
+{
+	return t->fd;
+}
+
+const char *tun_name(const struct tun *t)
+{
+	return t->name;
+}
+
+bool tun_vnet(const struct tun *t)
+{
+	return t->vnet;
+}
+
+unsigned tun_offloads(const struct tun *t)
+{
+	return t->offloads;
+}
+
+void tun_stats(const struct tun *t, struct tun_stats *out)
+{
+	*out = t->st;
+}
+
+int tun_get_mtu(struct tun *t, int *mtu)
+{
+	struct ifreq ifr = { 0 };
+	int ret = ifreq_ioctl(t, SIOCGIFMTU, &ifr);
+
+	if (!ret)
+		*mtu = ifr.ifr_mtu;
+	return ret;
+}
+
+int tun_set_mtu(struct tun *t, int mtu)
+{
+	struct ifreq ifr = { .ifr_mtu = mtu };
+
+	return ifreq_ioctl(t, SIOCSIFMTU, &ifr);
+}
+
+int tun_set_up(struct tun *t, bool up)
+{
+	struct ifreq ifr = { 0 };
+	int ret = ifreq_ioctl(t, SIOCGIFFLAGS, &ifr);
+
+	if (ret)
+		return ret;
+	if (up)
+		ifr.ifr_flags |= IFF_UP;
+	else
+		ifr.ifr_flags &= ~IFF_UP;
+	return ifreq_ioctl(t, SIOCSIFFLAGS, &ifr);
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+/* Hands out what is left of the pending super-packet. */
+static size_t drain_pending(struct tun *t, struct pktbuf *pkts, size_t n)
+{
+	int r;
+
+	if (!t->pending || n == 0)
+		return 0;
+	r = offload_segment(&t->pend_vh, t->scratch, t->pend_len, t->pend_done, pkts, n);
+	if (r < 0) {
+		t->st.dropped_rx++;
+		t->pending = false;
+		return 0;
+	}
+	t->pend_done += (size_t)r;
+	if ((int)t->pend_done >= offload_segment_count(&t->pend_vh, t->scratch, t->pend_len))
+		t->pending = false;
+	return (size_t)r;
+}
+
+/* One read(): a plain packet lands in pkts[0] directly; a super-packet
+ * lands partly there and partly in scratch, and is reassembled in scratch
+ * before it is cut. Returns packets produced, or a negative errno. */
+static int read_one(struct tun *t, struct pktbuf *pkts, size_t n)
+{
+	struct virtio_net_hdr vh;
+	size_t first = pkts[0].cap < OFFLOAD_MAX_PACKET ? pkts[0].cap : OFFLOAD_MAX_PACKET;
+	struct iovec iov[3] = {
+		{ &vh, VNET_LEN },
+		{ pkts[0].data, first },
+		{ t->scratch + first, SCRATCH_LEN - first },
+	};
+	ssize_t r;
+	size_t len;
+	int count, got;
+
+	do
+		r = t->vnet ? readv(t->fd, iov, 3) : readv(t->fd, iov + 1, 2);
+	while (r < 0 && errno == EINTR);
+	t->st.read_syscalls++;
+	if (r < 0)
+		return -errno;
+	if (!t->vnet) {
+		if ((size_t)r > first) {
+			t->st.dropped_rx++;
+			return 0;
+		}
+		pkts[0].len = (size_t)r;
+		return 1;
+	}
+	if ((size_t)r < VNET_LEN) {
+		t->st.dropped_rx++;
+		return 0;
+	}
+	len = (size_t)r - VNET_LEN;
+	if (vh.gso_type == VIRTIO_NET_HDR_GSO_NONE && !(vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) &&
+	    len <= first) {
+		pkts[0].len = len;
+		return 1;
+	}
+	memcpy(t->scratch, pkts[0].data, len < first ? len : first);
+	count = offload_segment_count(&vh, t->scratch, len);
+	if (count < 0) {
+		t->st.dropped_rx++;
+		return 0;
+	}
+	if (vh.gso_type != VIRTIO_NET_HDR_GSO_NONE)
+		t->st.gso_reads++;
+	got = offload_segment(&vh, t->scratch, len, 0, pkts, n);
+	if (got < 0) {
+		t->st.dropped_rx++;
+		return 0;
+	}
+	if (got < count) {
+		t->pend_vh = vh;
+		t->pend_len = len;
+		t->pend_done = (size_t)got;
+		t->pending = true;
+	}
+	return got;
+}
+
+int tun_read(struct tun *t, struct pktbuf *pkts, size_t n)
+{
+	size_t k = drain_pending(t, pkts, n);
+	int r = 0;
+
+	while (k < n && !t->pending) {
+		r = read_one(t, pkts + k, n - k);
+		if (r < 0)
+			break;
+		k += (size_t)r;
+	}
+	if (k > 0)
+		return (int)k;
+	return r < 0 ? r : -EAGAIN;
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static int write_iov(struct tun *t, struct iovec *iov, int cnt)
+{
+	ssize_t r;
+
+	do
+		r = writev(t->fd, iov, cnt);
+	while (r < 0 && errno == EINTR);
+	t->st.write_syscalls++;
+	if (r >= 0)
+		return 0;
+	/* The kernel rejects a malformed packet without harm to the next. */
+	if (errno == EINVAL || errno == EMSGSIZE || errno == EFAULT) {
+		t->st.dropped_tx++;
+		return 0;
+	}
+	return -errno;
+}
+
+static int write_round(struct tun *t, const struct pktbuf *pkts, size_t n)
+{
+	static const struct virtio_net_hdr none;
+	size_t ngroups;
+	int ret = 0;
+
+	if (!t->vnet || !(t->offloads & TUN_F_TSO4)) {
+		for (size_t i = 0; i < n && !ret; i++) {
+			struct iovec iov[2] = {
+				{ (void *)&none, VNET_LEN },
+				{ pkts[i].data, pkts[i].len },
+			};
+			ret = t->vnet ? write_iov(t, iov, 2) : write_iov(t, iov + 1, 1);
+		}
+		return ret;
+	}
+
+	ngroups = offload_coalesce(pkts, n, t->groups, t->order);
+	for (size_t g = 0; g < ngroups && !ret; g++) {
+		struct offload_group *gr = &t->groups[g];
+		int cnt = 0;
+
+		t->iov[cnt++] = (struct iovec){ &gr->vnet, VNET_LEN };
+		if (gr->count == 1) {
+			const struct pktbuf *p = &pkts[t->order[gr->first]];
+			t->iov[cnt++] = (struct iovec){ p->data, p->len };
+		} else {
+			t->iov[cnt++] = (struct iovec){ gr->hdr, gr->hdr_len };
+			for (size_t k = 0; k < gr->count; k++) {
+				const struct pktbuf *p = &pkts[t->order[gr->first + k]];
+				t->iov[cnt++] = (struct iovec){ p->data + gr->hdr_len, p->len - gr->hdr_len };
+			}
+			t->st.gro_writes++;
+		}
+		ret = write_iov(t, t->iov, cnt);
+	}
+	return ret;
+}
+
+int tun_write(struct tun *t, const struct pktbuf *pkts, size_t n)
+{
+	/* WRITE_ROUND keeps a group's iovecs (2 + members) under IOV_MAX_. */
+	for (size_t done = 0; done < n;) {
+		size_t m = n - done < WRITE_ROUND ? n - done : WRITE_ROUND;
+		int ret = write_round(t, pkts + done, m);
+		if (ret)
+			return done ? (int)done : ret;
+		done += m;
+	}
+	return (int)n;
+}

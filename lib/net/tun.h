@@ -1,0 +1,66 @@
+/* A TUN device for the userspace data plane, read and written in batches.
+ *
+ * With a virtio_net_hdr (IFF_VNET_HDR) and TUNSETOFFLOAD, the kernel hands
+ * over TCP (and, if it has USO, UDP) super-packets of up to 64 KB, which
+ * tun_read() cuts into wire-sized packets, and tun_write() merges runs of
+ * TCP segments into super-packets again (GRO): one syscall and one skb per
+ * 64 KB instead of per segment. Without vnet headers it reads and writes
+ * plain packets. The fd is nonblocking, for the loop. */
+#ifndef KNIT_NET_TUN_H
+#define KNIT_NET_TUN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <linux/if_tun.h>
+
+#include "net/offload.h"
+
+#ifndef TUN_F_USO4
+#define TUN_F_USO4 0x20
+#define TUN_F_USO6 0x40
+#endif
+
+enum {
+	TUN_OPEN_NO_VNET = 1u << 0, /* plain packets even if vnet headers work */
+};
+
+struct tun;
+
+/* Opens the TUN device `name` (created if missing; NULL or "": the kernel
+ * picks one). Returns 0 or a negative errno. */
+int tun_open(struct tun **out, const char *name, unsigned flags);
+/* Closes the fd (a device we created goes away with it); NULL is a no-op. */
+void tun_close(struct tun *t);
+
+int tun_fd(const struct tun *t);
+const char *tun_name(const struct tun *t);
+bool tun_vnet(const struct tun *t);
+/* The TUN_F_* offloads in effect (TUN_F_CSUM|TUN_F_TSO4|... ), 0 without. */
+unsigned tun_offloads(const struct tun *t);
+
+int tun_get_mtu(struct tun *t, int *mtu);
+int tun_set_mtu(struct tun *t, int mtu);
+int tun_set_up(struct tun *t, bool up);
+
+/* Fills pkts[0..n) with packets (each slot's cap must hold an MTU-sized
+ * packet; a packet too big for its slot is dropped). Reads until the
+ * batch is full or the device is drained; a super-packet that does not fit
+ * is kept and delivered first next time. Returns the number of packets,
+ * -EAGAIN if none, or another negative errno. */
+int tun_read(struct tun *t, struct pktbuf *pkts, size_t n);
+
+/* Writes pkts[0..n) (plain IP packets), coalescing TCP runs when the
+ * device takes TSO. The packets' bytes are only read. A packet the kernel
+ * refuses (EINVAL, e.g. malformed) is dropped and counted. Returns the
+ * number of packets handed over, or a negative errno if the device fails. */
+int tun_write(struct tun *t, const struct pktbuf *pkts, size_t n);
+
+struct tun_stats {
+	unsigned long long read_syscalls, write_syscalls;
+	unsigned long long gso_reads, gro_writes; /* super-packets */
+	unsigned long long dropped_rx, dropped_tx;
+};
+void tun_stats(const struct tun *t, struct tun_stats *out);
+
+#endif
