@@ -1,5 +1,6 @@
 #include "hujson.h"
 
+#include <errno.h>
 #include <string.h>
 
 #include "buf.h"
@@ -24,8 +25,9 @@ bool hujson_standardize(const char *data, size_t len, struct buf *out, struct js
 
 	rc = buf_add(out, data, len);
 	if (rc) {
-		json_error_set(err, NULL, 0, "huJSON input of %zu bytes does not fit (%s)", len,
-			       strerror(-rc));
+		json_error_set(err, NULL, 0, rc == -ENOSPC ?
+			       "huJSON input of %zu bytes does not fit the buffer" :
+			       "out of memory for huJSON input of %zu bytes", len);
 		return false;
 	}
 	o = (char *)out->data + start;

@@ -62,8 +62,9 @@ static void advance_pos(size_t *line, size_t *col, const char *p, size_t n)
 	}
 }
 
-static void error_vset(struct json_error *err, size_t line, size_t col, size_t offset,
-		       const char *fmt, va_list ap)
+static void __attribute__((format(printf, 5, 0)))
+error_vset(struct json_error *err, size_t line, size_t col, size_t offset, const char *fmt,
+	   va_list ap)
 {
 	if (!err)
 		return;
@@ -897,8 +898,54 @@ out:
 	return ret;
 }
 
+/* yajl checks only the shape of UTF-8 sequences; RFC 3629 also rules out
+ * overlong forms, surrogates and code points past U+10FFFF, which would
+ * give one name several spellings. */
+static bool utf8_valid(const unsigned char *s, size_t n)
+{
+	size_t i = 0, k;
+	unsigned cp, min;
+
+	while (i < n) {
+		unsigned c = s[i];
+
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		if ((c & 0xe0) == 0xc0) {
+			k = 1;
+			cp = c & 0x1f;
+			min = 0x80;
+		} else if ((c & 0xf0) == 0xe0) {
+			k = 2;
+			cp = c & 0x0f;
+			min = 0x800;
+		} else if ((c & 0xf8) == 0xf0) {
+			k = 3;
+			cp = c & 0x07;
+			min = 0x10000;
+		} else {
+			return false;
+		}
+		if (n - i <= k)
+			return false;
+		for (size_t j = 1; j <= k; j++) {
+			if ((s[i + j] & 0xc0) != 0x80)
+				return false;
+			cp = cp << 6 | (s[i + j] & 0x3f);
+		}
+		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+			return false;
+		i += k + 1;
+	}
+	return true;
+}
+
 static int cb_string(void *ctx, const unsigned char *s, size_t len)
 {
+	if (!utf8_valid(s, len))
+		return cancel(ctx, "invalid UTF-8 in string");
 	return attach(ctx, json_new_stringn((const char *)s, len), false);
 }
 
@@ -937,6 +984,8 @@ static int cb_map_key(void *ctx, const unsigned char *s, size_t len)
 	struct builder *b = ctx;
 	struct frame *f = &b->stack[b->depth - 1];
 
+	if (!utf8_valid(s, len))
+		return cancel(b, "invalid UTF-8 in key");
 	if (obj_find(f->node, (const char *)s, len) != NOT_FOUND)
 		return cancel(b, "duplicate key \"%.*s\"%s", (int)(len > 64 ? 64 : len), s,
 			      len > 64 ? "..." : "");

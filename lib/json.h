@@ -7,6 +7,8 @@
  *   the raw bytes. Keys with a NUL are found only with json_getn().
  * - Numbers keep a double and, when the value is integral and fits, an
  *   int64: "1e3" is an int (1000), 2^63 is only a double. -0 stays a double.
+ * - Strings must be valid UTF-8 (RFC 3629: no overlong forms, no
+ *   surrogates, also none from broken \u escape pairs).
  * - Duplicate object keys are a parse error: in a policy document the
  *   reviewer and the parser must not see different values.
  * - Parsing is bounded: nesting deeper than JSON_MAX_DEPTH and input larger
@@ -125,7 +127,8 @@ struct json *json_merge_patch(struct json *target, struct json *patch);
  * streams: one object per line, arriving in arbitrary chunks). */
 struct json_stream;
 /* Gets each complete value as soon as its last byte is fed, and owns it.
- * Returning false stops the stream with an error. */
+ * Returning false stops the stream with an error. Called from inside
+ * json_stream_feed()/finish(): it must not feed or free the stream. */
 typedef bool (*json_stream_cb)(struct json *doc, void *arg);
 
 /* max_doc_bytes bounds each value, counted from its first byte. */

@@ -126,7 +126,9 @@ static bool match_inf_nan(const char *s, double *d)
 
 static struct json *make_int(const char *s, int base)
 {
+	unsigned long long u;
 	long long v;
+	double d = 0;
 
 	errno = 0;
 	if (base == 10) {
@@ -136,16 +138,12 @@ static struct json *make_int(const char *s, int base)
 			return json_new_double(strtod(s, NULL));
 		return json_new_int(v);
 	}
-	unsigned long long u = strtoull(s + 2, NULL, base);
-
-	if (errno || u > LLONG_MAX) {
-		double d = 0;
-
-		for (s += 2; *s; s++)
-			d = d * base + (is_digit(*s) ? *s - '0' : (*s | 0x20) - 'a' + 10);
-		return json_new_double(d);
-	}
-	return json_new_int((long long)u);
+	u = strtoull(s + 2, NULL, base);
+	if (!errno && u <= LLONG_MAX)
+		return json_new_int((long long)u);
+	for (s += 2; *s; s++)
+		d = d * base + (is_digit(*s) ? *s - '0' : (*s | 0x20) - 'a' + 10);
+	return json_new_double(d);
 }
 
 enum resolved { R_NULL, R_BOOL, R_INT, R_FLOAT, R_STR };
@@ -375,14 +373,10 @@ static struct json *scalar_node(struct loader *l, const yaml_event_t *ev)
 	bool b = false;
 	int base = 10;
 
-	/* Plain scalars cannot hold a NUL; quoted ones can ("\0"), and never
-	 * resolve. */
-	if (memchr(s, '\0', len))
-		plain = false;
-	if (!tag || strcmp(tag, TAG_STR) != 0) {
-		if (plain || tag)
-			r = resolve(s, &base, &d, &b);
-	}
+	/* Only quoted scalars can hold a NUL ("\0"), and such text is no
+	 * number or keyword even under a tag. */
+	if ((plain || tag) && !memchr(s, '\0', len))
+		r = resolve(s, &base, &d, &b);
 	if (!tag)
 		return resolved_node(plain ? r : R_STR, s, len, base, d, b);
 	if (strcmp(tag, TAG_STR) == 0 || strcmp(tag, "!") == 0)
@@ -764,8 +758,7 @@ static int emit_node(yaml_emitter_t *e, const struct json *j, int depth)
 		if ((rc = emit(e, &ev, yaml_mapping_start_event_initialize(&ev, NULL, NULL, 1,
 				YAML_ANY_MAPPING_STYLE))))
 			return rc;
-		json_object_foreach(j, i, k, v) {
-			json_object_at(j, i, &k, &len);
+		for (i = 0; (v = json_object_at(j, i, &k, &len)); i++) {
 			if (len > INT_MAX)
 				return -EINVAL;
 			if ((rc = emit_scalar(e, k, len, true)) || (rc = emit_node(e, v, depth + 1)))

@@ -317,6 +317,7 @@ static void test_errors(void **state)
 		{ "v: !!bool yes\n", 1, 4, "not a valid bool" },
 		{ "v: !!null 0\n", 1, 4, "not a valid null" },
 		{ "v: !!float abc\n", 1, 4, "not a valid float" },
+		{ "v: !!int \"1\\0\"\n", 1, 4, "not a valid int" },
 		{ "a: 1\n\xff\n", 2, 1, "invalid leading UTF-8 octet" },
 		{ "%YAML 1.1\n%YAML 1.1\n--- a\n", 2, 1, "duplicate %YAML directive" },
 		{ "a: !<!> x\n", 0, 0, "" },
