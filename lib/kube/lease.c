@@ -420,7 +420,8 @@ static void do_release(struct lease *l)
 	if (!err) {
 		next = json_clone(l->obj);
 		err = next ? json_object_set(next, "spec", rec) : -ENOMEM;
-		rec = NULL;
+		if (next)
+			rec = NULL; /* taken by json_object_set(), even when it fails */
 	}
 	if (!err && !(a = calloc(1, sizeof(*a))))
 		err = -ENOMEM;

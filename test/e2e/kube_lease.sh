@@ -6,6 +6,7 @@
 #   SIGKILL the leader -> a candidate waits out the lease, then leads;
 #   API server stopped -> the leader steps down within renew_deadline;
 #   API server back -> leadership is re-acquired;
+#   API server hung (SIGSTOP) -> the leader steps down anyway; SIGCONT -> leads;
 #   each start of leading left an Event (repeats aggregated into count);
 #   leadership intervals of all candidates never overlap.
 source "$(dirname "$0")/lib/common.sh"
@@ -117,9 +118,24 @@ e2e_log "re-acquired $(($(at_of gamma LEADING 2) - T0)) ms after the API server 
 e2e_check "the Lease still names gamma" holder_is gamma
 e2e_expect "re-acquiring its own lease is no transition" $((TRANS0 + 2)) "$(lease_field leaseTransitions)"
 
+# ---- API server hung (SIGSTOP): a renewal hangs in flight, the deadline
+# timer still steps the leader down; SIGCONT: the leader renews again ----
+kill -STOP "$KUBE_APISERVER_PID"
+e2e_defer "kill -CONT $KUBE_APISERVER_PID"
+T0=$(now_ms)
+e2e_check "gamma stepped down with the API server hung" e2e_wait_for 15 not_leading gamma
+STEPDOWN_HUNG=$(($(at_of gamma STOPPED 2) - T0))
+e2e_log "step-down ${STEPDOWN_HUNG} ms after the API server hung"
+e2e_check "step-down within renew_deadline + slack (${STEPDOWN_HUNG} ms)" \
+	test "$STEPDOWN_HUNG" -le $((DEADLINE + 1000))
+kill -CONT "$KUBE_APISERVER_PID"
+T0=$(now_ms)
+e2e_check "gamma leads again after the API server resumed" e2e_wait_for 30 leading_times gamma 3
+e2e_log "re-acquired $(($(at_of gamma LEADING 3) - T0)) ms after SIGCONT"
+
 # ---- Events ----
-emitted_twice() { [ "$(grep -c "^EVENT $REASON err=0" "$(log_of gamma)")" -ge 2 ]; }
-e2e_check "gamma recorded both Events" e2e_wait_for 30 emitted_twice
+emitted_thrice() { [ "$(grep -c "^EVENT $REASON err=0" "$(log_of gamma)")" -ge 3 ]; }
+e2e_check "gamma recorded its three Events" e2e_wait_for 30 emitted_thrice
 EVENTS=$E2E_DIR/events.txt
 "$KUBECTL" get events -n "$NS" -o jsonpath='{range .items[*]}{.reason}|{.type}|{.involvedObject.kind}|{.involvedObject.name}|{.involvedObject.uid}|{.message}|{.count}|{.source.component}|{.metadata.name}{"\n"}{end}' \
 	>"$EVENTS" || e2e_fail "kubectl get events"
@@ -127,7 +143,7 @@ e2e_log "events: $(tr '\n' ';' <"$EVENTS")"
 LEASE_UID=$("$KUBECTL" get lease -n "$NS" "$LEASE" -o jsonpath='{.metadata.uid}')
 for who in alpha beta gamma; do
 	count=1
-	[ "$who" = gamma ] && count=2
+	[ "$who" = gamma ] && count=3
 	e2e_check "Event for $who's start of leading (count $count)" \
 		grep -q "^$REASON|Normal|Lease|$LEASE|$LEASE_UID|$who became leader|$count|lease-tool|$LEASE\.[0-9a-f]\{16\}$" "$EVENTS"
 done
@@ -162,7 +178,7 @@ for path in sys.argv[2:]:
         iv.append((start, killed, path.rsplit("/", 1)[-1][:-4]))
 iv.sort()
 print(iv)
-sys.exit(0 if all(a[1] <= b[0] for a, b in zip(iv, iv[1:])) and len(iv) >= 4 else 1)
+sys.exit(0 if all(a[1] <= b[0] for a, b in zip(iv, iv[1:])) and len(iv) >= 5 else 1)
 EOP
 }
 e2e_check "no two candidates ever led at once" intervals_disjoint
