@@ -1,0 +1,950 @@
+#include "httpd.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "buf.h"
+#include "log.h"
+#include "loop.h"
+#include "metrics.h"
+
+#define LISTEN_BACKLOG 128
+#define STREAM_BLOCK_SIZE (32u * 1024)
+#define RESP_HEADERS_MAX (16u * 1024)
+/* A chunked body over the cap is read and dropped so that the client gets
+ * its 413; past this much more it is not worth the bandwidth. */
+#define DISCARD_MAX (1u << 20)
+#define METRICS_MAX (16u << 20)
+
+struct route {
+	char *method;
+	char *path; /* for a prefix route, without the trailing '*' */
+	size_t path_len;
+	bool prefix;
+	size_t max_body;
+	httpd_handler_fn fn;
+	void *arg;
+};
+
+/* All fields are loop-thread only; no locks. */
+struct httpd {
+	struct loop *loop;
+	struct MHD_Daemon *mhd;
+	int epfd; /* MHD's, registered on the loop; -1 until then */
+	struct loop_timer *timer; /* MHD's timeout, and kicks after a resume */
+	bool kick; /* a connection was resumed: run MHD again soon */
+	uint16_t port;
+	struct route *routes;
+	size_t nroutes;
+	struct httpd_stream *streams; /* not yet on_close'd */
+	struct metrics *metrics; /* for httpd_serve_metrics() */
+};
+
+enum stream_state {
+	ST_OPEN,
+	ST_CLOSING, /* flush the queue, then end the response */
+	ST_ABORT, /* drop the queue, close the connection */
+	ST_DONE, /* on_close called */
+};
+
+struct httpd_stream {
+	struct httpd *s;
+	struct MHD_Connection *conn; /* NULL once ST_DONE */
+	enum stream_state state;
+	struct buf q; /* outgoing; bytes before head are already sent */
+	size_t head;
+	size_t max_queue;
+	bool suspended;
+	/* While suspended MHD does not look at the socket, so a client that
+	 * hangs up would go unnoticed until the next write; we watch for it. */
+	int watch_fd;
+	/* One for the connection (dropped at completion), one for the MHD
+	 * response whose reader uses the stream (dropped in its free cb). */
+	int refs;
+	httpd_stream_close_fn on_close;
+	void *arg;
+	char ip[INET6_ADDRSTRLEN];
+	struct httpd_stream *prev, *next;
+};
+
+struct httpd_req {
+	struct httpd *s;
+	struct MHD_Connection *conn;
+	const char *method; /* MHD's, valid for the request */
+	const char *path;
+	const char *rest;
+	const struct route *route;
+	struct buf body;
+	size_t discarded;
+	bool too_large;
+	unsigned status;
+	struct MHD_Response *resp;
+	struct httpd_stream *stream;
+	struct buf hdrs; /* staged response headers: "name\0value\0"... */
+	char ip[INET6_ADDRSTRLEN];
+};
+
+/* ---- driving MHD from the loop ------------------------------------------ */
+
+static void rearm(struct httpd *s)
+{
+	MHD_UNSIGNED_LONG_LONG ms;
+
+	if (s->kick) {
+		loop_timer_arm(s->timer, 0);
+		return;
+	}
+	if (MHD_get_timeout(s->mhd, &ms) == MHD_YES)
+		loop_timer_arm(s->timer, ms > INT_MAX ? INT_MAX : (uint64_t)ms);
+	else
+		loop_timer_disarm(s->timer);
+}
+
+static void pump(struct httpd *s)
+{
+	s->kick = false;
+	MHD_run(s->mhd);
+	rearm(s);
+}
+
+static void on_epoll(struct loop *loop, int fd, unsigned events, void *arg)
+{
+	pump(arg);
+}
+
+static void on_timer(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	pump(arg);
+}
+
+__attribute__((format(printf, 2, 0)))
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char line[512];
+	size_t n;
+
+	if (!log_enabled(LOG_DEBUG))
+		return;
+	vsnprintf(line, sizeof(line), fmt, ap);
+	n = strlen(line);
+	while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+		line[--n] = '\0';
+	/* MHD's messages are mostly a client misbehaving or going away. */
+	log_debug("httpd: libmicrohttpd", "detail=\"%s\"", line);
+}
+
+/* ---- streams ------------------------------------------------------------- */
+
+static void stream_unref(struct httpd_stream *st)
+{
+	if (--st->refs > 0)
+		return;
+	buf_free(&st->q);
+	free(st);
+}
+
+static void stream_unwatch(struct httpd_stream *st)
+{
+	if (st->watch_fd < 0)
+		return;
+	loop_fd_del(st->s->loop, st->watch_fd);
+	st->watch_fd = -1;
+}
+
+static void stream_resume(struct httpd_stream *st)
+{
+	if (!st->suspended)
+		return;
+	stream_unwatch(st);
+	st->suspended = false;
+	MHD_resume_connection(st->conn);
+	st->s->kick = true;
+	loop_timer_arm(st->s->timer, 0);
+}
+
+static void stream_abort(struct httpd_stream *st)
+{
+	const union MHD_ConnectionInfo *ci;
+
+	if (st->state == ST_DONE || st->state == ST_ABORT)
+		return;
+	st->state = ST_ABORT;
+	buf_free(&st->q);
+	st->head = 0;
+	/* MHD has no "close this connection"; and a client that does not
+	 * read never makes the socket writable, so the reader would not run
+	 * to say so. A shutdown wakes MHD with an error on the socket, which
+	 * MHD still owns and closes. */
+	ci = MHD_get_connection_info(st->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	if (ci)
+		shutdown(ci->connect_fd, SHUT_RDWR);
+	stream_resume(st);
+}
+
+static void on_peer(struct loop *loop, int fd, unsigned events, void *arg)
+{
+	struct httpd_stream *st = arg;
+	char c;
+	ssize_t r;
+
+	r = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+	if (r < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (r > 0) {
+		/* The client is talking during a stream (pipelining); leave it
+		 * to MHD and notice a hang-up at the next write instead. */
+		stream_unwatch(st);
+		return;
+	}
+	log_debug("httpd: stream client went away", "remote=%s", st->ip);
+	stream_abort(st);
+}
+
+static void stream_suspend(struct httpd_stream *st)
+{
+	const union MHD_ConnectionInfo *ci;
+
+	MHD_suspend_connection(st->conn);
+	st->suspended = true;
+	ci = MHD_get_connection_info(st->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	if (ci && loop_fd_add(st->s->loop, ci->connect_fd, LOOP_READ, on_peer, st) == 0)
+		st->watch_fd = ci->connect_fd;
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
+{
+	struct httpd_stream *st = cls;
+	size_t avail = st->q.len - st->head;
+
+	if (st->state == ST_ABORT || st->state == ST_DONE)
+		return MHD_CONTENT_READER_END_WITH_ERROR;
+	if (avail > 0) {
+		size_t n = avail < max ? avail : max;
+		memcpy(out, st->q.data + st->head, n);
+		st->head += n;
+		if (st->head == st->q.len) {
+			buf_reset(&st->q);
+			st->head = 0;
+		}
+		return (ssize_t)n;
+	}
+	if (st->state == ST_CLOSING)
+		return MHD_CONTENT_READER_END_OF_STREAM;
+	/* Nothing to send: park the connection instead of having MHD poll us.
+	 * Suspending from a content reader is allowed by MHD. */
+	stream_suspend(st);
+	return 0;
+}
+
+static void stream_response_free(void *cls)
+{
+	stream_unref(cls);
+}
+
+/* The connection is over: tell the owner, once. */
+static void stream_finish(struct httpd_stream *st)
+{
+	struct httpd *s = st->s;
+
+	stream_unwatch(st);
+	if (st->prev)
+		st->prev->next = st->next;
+	else
+		s->streams = st->next;
+	if (st->next)
+		st->next->prev = st->prev;
+	st->prev = st->next = NULL;
+	st->state = ST_DONE;
+	st->conn = NULL;
+	st->suspended = false;
+	buf_free(&st->q);
+	st->head = 0;
+	if (st->on_close)
+		st->on_close(st, st->arg);
+	stream_unref(st);
+}
+
+struct httpd_stream *httpd_stream_start(struct httpd_req *req, unsigned status,
+					const char *content_type, size_t max_queue,
+					httpd_stream_close_fn on_close, void *arg)
+{
+	struct httpd_stream *st;
+
+	if (req->resp || req->stream) {
+		errno = EALREADY;
+		return NULL;
+	}
+	if (status < 200 || status > 599) {
+		errno = EINVAL;
+		return NULL;
+	}
+	if (content_type && httpd_req_set_header(req, MHD_HTTP_HEADER_CONTENT_TYPE, content_type) < 0) {
+		errno = EINVAL;
+		return NULL;
+	}
+	st = calloc(1, sizeof(*st));
+	if (!st) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	st->s = req->s;
+	st->conn = req->conn;
+	st->max_queue = max_queue ? max_queue : HTTPD_STREAM_QUEUE_DEFAULT;
+	buf_init(&st->q, st->max_queue);
+	st->watch_fd = -1;
+	st->refs = 1;
+	st->on_close = on_close;
+	st->arg = arg;
+	memcpy(st->ip, req->ip, sizeof(st->ip));
+	st->next = req->s->streams;
+	if (st->next)
+		st->next->prev = st;
+	req->s->streams = st;
+	req->stream = st;
+	req->status = status;
+	return st;
+}
+
+int httpd_stream_write(struct httpd_stream *st, const void *data, size_t len)
+{
+	int err;
+
+	if (st->state != ST_OPEN)
+		return -EPIPE;
+	if (st->head > 0) {
+		memmove(st->q.data, st->q.data + st->head, st->q.len - st->head);
+		st->q.len -= st->head;
+		st->head = 0;
+	}
+	if (len > st->max_queue - st->q.len) {
+		log_warn("httpd: stream client too slow, closing", "remote=%s queued=%zu",
+			 st->ip, st->q.len);
+		stream_abort(st);
+		return -ENOBUFS;
+	}
+	err = buf_add(&st->q, data, len);
+	if (err < 0) {
+		stream_abort(st);
+		return err;
+	}
+	stream_resume(st);
+	return 0;
+}
+
+void httpd_stream_close(struct httpd_stream *st)
+{
+	if (st->state != ST_OPEN)
+		return;
+	st->state = ST_CLOSING;
+	stream_resume(st);
+}
+
+size_t httpd_stream_queued(const struct httpd_stream *st)
+{
+	return st->q.len - st->head;
+}
+
+const char *httpd_stream_remote_ip(const struct httpd_stream *st)
+{
+	return st->ip;
+}
+
+/* ---- requests ------------------------------------------------------------- */
+
+static void remote_ip(struct MHD_Connection *conn, char *out, size_t outlen)
+{
+	const union MHD_ConnectionInfo *ci;
+	const struct sockaddr *sa;
+
+	snprintf(out, outlen, "?");
+	ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	if (!ci || !ci->client_addr)
+		return;
+	sa = ci->client_addr;
+	if (sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, outlen);
+	else if (sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, outlen);
+}
+
+static void req_free(struct httpd_req *req)
+{
+	if (req->resp)
+		MHD_destroy_response(req->resp);
+	buf_free(&req->body);
+	buf_free(&req->hdrs);
+	free(req);
+}
+
+const char *httpd_req_method(const struct httpd_req *req)
+{
+	return req->method;
+}
+
+const char *httpd_req_path(const struct httpd_req *req)
+{
+	return req->path;
+}
+
+const char *httpd_req_path_rest(const struct httpd_req *req)
+{
+	return req->rest;
+}
+
+const char *httpd_req_header(const struct httpd_req *req, const char *name)
+{
+	return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+const char *httpd_req_query(const struct httpd_req *req, const char *name)
+{
+	const char *v = NULL;
+
+	if (MHD_lookup_connection_value_n(req->conn, MHD_GET_ARGUMENT_KIND, name, strlen(name),
+					  &v, NULL) != MHD_YES)
+		return NULL;
+	return v ? v : "";
+}
+
+const void *httpd_req_body(const struct httpd_req *req, size_t *len)
+{
+	*len = req->body.len;
+	return buf_str(&req->body);
+}
+
+const struct sockaddr *httpd_req_remote(const struct httpd_req *req, socklen_t *len)
+{
+	const union MHD_ConnectionInfo *ci;
+
+	ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	if (!ci || !ci->client_addr)
+		return NULL;
+	if (len)
+		*len = ci->client_addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+							      : sizeof(struct sockaddr_in);
+	return ci->client_addr;
+}
+
+const char *httpd_req_remote_ip(const struct httpd_req *req)
+{
+	return req->ip;
+}
+
+/* libmicrohttpd refuses empty values too. */
+static bool header_ok(const char *name, const char *value)
+{
+	if (!*name || strpbrk(name, ":\r\n \t") || !*value || strpbrk(value, "\r\n"))
+		return false;
+	return true;
+}
+
+int httpd_req_set_header(struct httpd_req *req, const char *name, const char *value)
+{
+	int err;
+
+	if (!header_ok(name, value))
+		return -EINVAL;
+	err = buf_add(&req->hdrs, name, strlen(name) + 1);
+	if (!err)
+		err = buf_add(&req->hdrs, value, strlen(value) + 1);
+	return err == -ENOSPC ? -ENOMEM : err;
+}
+
+/* mode: MHD_RESPMEM_MUST_COPY or _MUST_FREE (then body is ours to free). */
+static int respond(struct httpd_req *req, unsigned status, const char *content_type,
+		   void *body, size_t len, enum MHD_ResponseMemoryMode mode)
+{
+	int err = 0;
+
+	if (req->resp || req->stream) {
+		err = -EALREADY;
+		goto out;
+	}
+	if (status < 100 || status > 599) {
+		err = -EINVAL;
+		goto out;
+	}
+	if (content_type) {
+		err = httpd_req_set_header(req, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+		if (err)
+			goto out;
+	}
+	req->resp = MHD_create_response_from_buffer(len, body, mode);
+	if (!req->resp) {
+		err = -ENOMEM;
+		goto out;
+	}
+	req->status = status;
+	return 0;
+out:
+	if (mode == MHD_RESPMEM_MUST_FREE)
+		free(body);
+	return err;
+}
+
+int httpd_respond(struct httpd_req *req, unsigned status, const char *content_type,
+		  const void *body, size_t len)
+{
+	return respond(req, status, content_type, (void *)(len ? body : ""), len,
+		       MHD_RESPMEM_MUST_COPY);
+}
+
+int httpd_respond_buf(struct httpd_req *req, unsigned status, const char *content_type,
+		      struct buf *body)
+{
+	size_t len;
+	char *p = buf_steal(body, &len);
+
+	if (!p)
+		return -ENOMEM;
+	return respond(req, status, content_type, p, len, MHD_RESPMEM_MUST_FREE);
+}
+
+int httpd_respond_text(struct httpd_req *req, unsigned status, const char *fmt, ...)
+{
+	struct buf b = BUF_INIT(1u << 20);
+	va_list ap;
+	int err;
+
+	va_start(ap, fmt);
+	err = buf_vaddf(&b, fmt, ap);
+	va_end(ap);
+	if (err)
+		return err;
+	return httpd_respond_buf(req, status, "text/plain; charset=utf-8", &b);
+}
+
+/* Hands the staged response (or stream) to MHD. */
+static enum MHD_Result queue(struct httpd_req *req)
+{
+	struct MHD_Response *resp = req->resp;
+	enum MHD_Result ret;
+	const char *p, *end;
+
+	if (req->stream) {
+		resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK_SIZE,
+							 stream_read, req->stream,
+							 stream_response_free);
+		if (!resp)
+			return MHD_NO; /* completion still runs on_close */
+		req->stream->refs++;
+	}
+	req->resp = NULL;
+	p = (const char *)req->hdrs.data;
+	end = p + req->hdrs.len;
+	while (p && p < end) {
+		const char *v = p + strlen(p) + 1;
+		if (MHD_add_response_header(resp, p, v) != MHD_YES) {
+			MHD_destroy_response(resp);
+			return MHD_NO;
+		}
+		p = v + strlen(v) + 1;
+	}
+	ret = MHD_queue_response(req->conn, req->status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+static enum MHD_Result queue_error(struct httpd_req *req, unsigned status, const char *text)
+{
+	if (req->resp) {
+		MHD_destroy_response(req->resp);
+		req->resp = NULL;
+	}
+	buf_reset(&req->hdrs);
+	if (httpd_respond_text(req, status, "%s\n", text) < 0)
+		return MHD_NO;
+	return queue(req);
+}
+
+static bool method_matches(const struct route *r, const char *method)
+{
+	return !strcmp(r->method, method) ||
+	       (!strcmp(method, MHD_HTTP_METHOD_HEAD) && !strcmp(r->method, MHD_HTTP_METHOD_GET));
+}
+
+/* Finds the route for method and path. If the path is routed but not for
+ * this method, returns NULL and lists the allowed methods in allow. */
+static const struct route *route_find(const struct httpd *s, const char *method,
+				      const char *path, struct buf *allow)
+{
+	const struct route *best = NULL;
+	size_t plen = strlen(path);
+
+	for (size_t i = 0; i < s->nroutes; i++) {
+		const struct route *r = &s->routes[i];
+		bool match = r->prefix ? plen >= r->path_len && !memcmp(path, r->path, r->path_len)
+				       : !strcmp(path, r->path);
+		if (!match)
+			continue;
+		if (!best || (!r->prefix && best->prefix) ||
+		    (r->prefix && best->prefix && r->path_len > best->path_len))
+			best = r;
+	}
+	if (!best)
+		return NULL;
+	for (size_t i = 0; i < s->nroutes; i++) {
+		const struct route *r = &s->routes[i];
+		if (r->prefix != best->prefix || strcmp(r->path, best->path))
+			continue;
+		if (method_matches(r, method))
+			return r;
+		buf_addf(allow, "%s%s", allow->len ? ", " : "", r->method);
+		if (!strcmp(r->method, MHD_HTTP_METHOD_GET))
+			buf_add_str(allow, ", HEAD");
+	}
+	if (!allow->len)
+		buf_add_str(allow, "-");
+	return NULL;
+}
+
+/* First call: route and check the declared body size, before any body is
+ * read. A response queued now makes MHD skip the body and close. */
+static enum MHD_Result req_begin(struct httpd_req *req)
+{
+	struct buf allow = BUF_INIT(1024);
+	const char *cl, *te;
+	enum MHD_Result ret = MHD_YES;
+
+	req->route = route_find(req->s, req->method, req->path, &allow);
+	if (!req->route) {
+		if (!allow.len) {
+			ret = queue_error(req, 404, "not found");
+			goto out;
+		}
+		if (httpd_req_set_header(req, MHD_HTTP_HEADER_ALLOW, buf_str(&allow)) < 0) {
+			ret = MHD_NO;
+			goto out;
+		}
+		if (httpd_respond_text(req, 405, "method not allowed\n") < 0) {
+			ret = MHD_NO;
+			goto out;
+		}
+		ret = queue(req);
+		goto out;
+	}
+	req->rest = req->route->prefix ? req->path + req->route->path_len : "";
+	buf_init(&req->body, req->route->max_body);
+	cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	te = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+	/* MHD has validated Content-Length already. */
+	if ((cl && strtoull(cl, NULL, 10) > req->route->max_body) ||
+	    (te && req->route->max_body == 0))
+		ret = queue_error(req, 413, "request body too large");
+out:
+	buf_free(&allow);
+	return ret;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
+				 const char *method, const char *version,
+				 const char *upload_data, size_t *upload_data_size, void **con_cls)
+{
+	struct httpd *s = cls;
+	struct httpd_req *req = *con_cls;
+
+	if (!req) {
+		req = calloc(1, sizeof(*req));
+		if (!req)
+			return MHD_NO;
+		req->s = s;
+		req->conn = conn;
+		req->method = method;
+		req->path = url;
+		buf_init(&req->hdrs, RESP_HEADERS_MAX);
+		remote_ip(conn, req->ip, sizeof(req->ip));
+		*con_cls = req;
+		return req_begin(req);
+	}
+	if (*upload_data_size > 0) {
+		size_t n = *upload_data_size;
+		*upload_data_size = 0;
+		if (!req->too_large) {
+			int err = buf_add(&req->body, upload_data, n);
+			if (err == -ENOSPC)
+				req->too_large = true;
+			else if (err < 0)
+				return MHD_NO;
+		}
+		if (req->too_large) {
+			req->discarded += n;
+			if (req->discarded > DISCARD_MAX)
+				return MHD_NO;
+		}
+		return MHD_YES;
+	}
+	if (req->too_large)
+		return queue_error(req, 413, "request body too large");
+
+	req->route->fn(req, req->route->arg);
+	if (!req->resp && !req->stream) {
+		log_error("httpd: handler sent no response", "method=%s path=%s", req->method, req->path);
+		return queue_error(req, 500, "internal error");
+	}
+	return queue(req);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	struct httpd_req *req = *con_cls;
+
+	if (!req)
+		return;
+	*con_cls = NULL;
+	if (req->stream)
+		stream_finish(req->stream);
+	req_free(req);
+}
+
+/* ---- server --------------------------------------------------------------- */
+
+/* "host:port", "[v6]:port" or ":port" (all addresses, IPv6 dual-stack). */
+static int listen_addr(const char *spec, int *out)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE };
+	struct addrinfo *ai = NULL;
+	char host[INET6_ADDRSTRLEN + 2];
+	const char *colon, *port, *h = spec;
+	size_t hlen;
+	int fd = -1, one = 1, zero = 0, err;
+
+	if (spec[0] == '[') {
+		const char *close = strchr(spec, ']');
+		if (!close || close[1] != ':')
+			return -EINVAL;
+		h = spec + 1;
+		hlen = (size_t)(close - h);
+		port = close + 2;
+	} else {
+		colon = strrchr(spec, ':');
+		if (!colon || memchr(spec, ':', (size_t)(colon - spec)))
+			return -EINVAL;
+		hlen = (size_t)(colon - spec);
+		port = colon + 1;
+	}
+	if (hlen >= sizeof(host) || !*port || strspn(port, "0123456789") != strlen(port) ||
+	    strtoul(port, NULL, 10) > 65535)
+		return -EINVAL;
+	memcpy(host, h, hlen);
+	host[hlen] = '\0';
+	if (!hlen)
+		snprintf(host, sizeof(host), "::");
+	if (getaddrinfo(host, port, &hints, &ai) != 0 || !ai)
+		return -EINVAL;
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 && !hlen && errno == EAFNOSUPPORT) {
+		/* No IPv6 in this kernel: all IPv4 addresses then. */
+		freeaddrinfo(ai);
+		ai = NULL;
+		hints.ai_family = AF_INET;
+		if (getaddrinfo("0.0.0.0", port, &hints, &ai) != 0 || !ai)
+			return -EINVAL;
+		fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	}
+	if (fd < 0) {
+		err = -errno;
+		goto out;
+	}
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (ai->ai_family == AF_INET6 && !hlen)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
+		err = -errno;
+		goto out;
+	}
+	*out = fd;
+	fd = -1;
+	err = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	freeaddrinfo(ai);
+	return err;
+}
+
+int httpd_new(struct loop *loop, const struct httpd_opts *o, struct httpd **out)
+{
+	struct httpd *s = NULL;
+	struct sockaddr_storage ss;
+	socklen_t sslen = sizeof(ss);
+	const union MHD_DaemonInfo *di;
+	int fd = o->listen_fd, err;
+	bool own_fd = false;
+
+	if (fd < 0) {
+		if (!o->listen)
+			return -EINVAL;
+		err = listen_addr(o->listen, &fd);
+		if (err)
+			return err;
+		own_fd = true;
+	}
+	if (getsockname(fd, (struct sockaddr *)&ss, &sslen) < 0) {
+		err = -errno;
+		goto fail;
+	}
+	s = calloc(1, sizeof(*s));
+	if (!s) {
+		err = -ENOMEM;
+		goto fail;
+	}
+	s->loop = loop;
+	s->epfd = -1;
+	if (ss.ss_family == AF_INET)
+		s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	else if (ss.ss_family == AF_INET6)
+		s->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	else {
+		err = -EAFNOSUPPORT;
+		goto fail;
+	}
+	s->timer = loop_timer_new(loop, on_timer, s);
+	if (!s->timer) {
+		err = -ENOMEM;
+		goto fail;
+	}
+	s->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
+				  0, NULL, NULL, on_access, s,
+				  MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+				  MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+				  MHD_OPTION_CONNECTION_LIMIT,
+				  (unsigned)(o->conn_limit ? o->conn_limit : HTTPD_CONN_LIMIT_DEFAULT),
+				  MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)o->per_ip_limit,
+				  MHD_OPTION_CONNECTION_TIMEOUT,
+				  (unsigned)(o->conn_timeout_s ? o->conn_timeout_s
+							       : HTTPD_CONN_TIMEOUT_DEFAULT_S),
+				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+				  MHD_OPTION_END);
+	if (!s->mhd) {
+		err = -EIO;
+		goto fail;
+	}
+	/* From here MHD owns fd and closes it in MHD_stop_daemon(). */
+	fd = -1;
+	own_fd = false;
+	di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+	if (!di) {
+		err = -EIO;
+		goto fail;
+	}
+	err = loop_fd_add(loop, di->epoll_fd, LOOP_READ, on_epoll, s);
+	if (err)
+		goto fail;
+	s->epfd = di->epoll_fd;
+	rearm(s);
+	*out = s;
+	return 0;
+fail:
+	if (own_fd)
+		close(fd);
+	httpd_free(s);
+	return err;
+}
+
+void httpd_free(struct httpd *s)
+{
+	if (!s)
+		return;
+	/* MHD_stop_daemon() must not find suspended connections. Completion
+	 * then calls on_close for each stream as MHD closes its connection. */
+	for (struct httpd_stream *st = s->streams; st; st = st->next) {
+		if (st->state != ST_DONE)
+			st->state = ST_ABORT;
+		stream_resume(st);
+	}
+	if (s->epfd >= 0)
+		loop_fd_del(s->loop, s->epfd);
+	if (s->mhd)
+		MHD_stop_daemon(s->mhd);
+	/* Streams whose response was never queued (allocation failure). */
+	while (s->streams)
+		stream_finish(s->streams);
+	loop_timer_free(s->timer);
+	for (size_t i = 0; i < s->nroutes; i++) {
+		free(s->routes[i].method);
+		free(s->routes[i].path);
+	}
+	free(s->routes);
+	free(s);
+}
+
+uint16_t httpd_port(const struct httpd *s)
+{
+	return s->port;
+}
+
+int httpd_route(struct httpd *s, const char *method, const char *path, size_t max_body,
+		httpd_handler_fn fn, void *arg)
+{
+	struct route r = { .max_body = max_body, .fn = fn, .arg = arg };
+	struct route *n;
+	size_t len;
+	int err = -ENOMEM;
+
+	if (!method || !*method || strpbrk(method, " \t\r\n") || !path || path[0] != '/' || !fn)
+		return -EINVAL;
+	len = strlen(path);
+	r.prefix = len >= 2 && !strcmp(path + len - 2, "/*");
+	if (r.prefix)
+		len--;
+	if (memchr(path, '*', len))
+		return -EINVAL;
+	for (size_t i = 0; i < s->nroutes; i++)
+		if (s->routes[i].prefix == r.prefix && s->routes[i].path_len == len &&
+		    !memcmp(s->routes[i].path, path, len) && !strcmp(s->routes[i].method, method))
+			return -EEXIST;
+	r.method = strdup(method);
+	r.path = strndup(path, len);
+	r.path_len = len;
+	if (!r.method || !r.path)
+		goto out;
+	n = realloc(s->routes, (s->nroutes + 1) * sizeof(*n));
+	if (!n)
+		goto out;
+	s->routes = n;
+	s->routes[s->nroutes++] = r;
+	return 0;
+out:
+	free(r.method);
+	free(r.path);
+	return err;
+}
+
+/* ---- glue ---------------------------------------------------------------- */
+
+static void serve_metrics(struct httpd_req *req, void *arg)
+{
+	struct httpd *s = arg;
+	struct buf b = BUF_INIT(METRICS_MAX);
+	int err;
+
+	err = metrics_render(s->metrics, &b);
+	if (err) {
+		buf_free(&b);
+		httpd_respond_text(req, 500, "rendering metrics failed: %s\n", strerror(-err));
+		return;
+	}
+	httpd_respond_buf(req, 200, METRICS_CONTENT_TYPE, &b);
+}
+
+int httpd_serve_metrics(struct httpd *s, struct metrics *m)
+{
+	if (s->metrics)
+		return -EEXIST;
+	s->metrics = m;
+	return httpd_route(s, "GET", "/metrics", 0, serve_metrics, s);
+}
