@@ -138,3 +138,21 @@ EOK
 		e2e_die "default namespace never appeared"
 	e2e_log "kube-apiserver ready at $KUBE_SERVER (etcd $ETCD_ENDPOINT)"
 }
+
+# kube_start_controller_manager [CONTROLLERS]: the real kube-controller-manager
+# (default: the garbage collector, namespace and service-account controllers),
+# no leader election, no serving ports.
+kube_start_controller_manager() {
+	local controllers=${1:-garbagecollector,namespace,serviceaccount,serviceaccount-token}
+	e2e_need_bin "$KUBE_BIN/kube-controller-manager"
+	e2e_bg kube-controller-manager "$KUBE_BIN/kube-controller-manager" \
+		--kubeconfig="$KUBECONFIG" \
+		--controllers="$controllers" \
+		--leader-elect=false \
+		--port=0 --secure-port=0 \
+		--use-service-account-credentials=false \
+		--service-account-private-key-file="$KUBE_DIR/sa.key" \
+		--root-ca-file="$KUBE_CA" \
+		--v=1
+	KUBE_CM_PID=$E2E_PID
+}

@@ -1,0 +1,385 @@
+/* Device reconciler: gives every Device one address from each of its
+ * Tailnet's pools, marks key expiry, and removes ephemeral devices that
+ * stayed offline past the inactivity timeout.
+ *
+ * An address is allocated by creating an AddressClaim named after it: the
+ * API server refuses a second object of that name, so an address is never
+ * handed out twice, whether by racing workers, two operators or an
+ * operator that restarted and forgot everything. The claim is owned by
+ * the Device, so deleting the Device frees the address. status.addresses
+ * only mirrors the claims; a claim whose status write was lost is found
+ * again through the claims index and reused, and surplus claims from a
+ * race are deleted. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ipam.h"
+#include "json.h"
+#include "kube/informer.h"
+#include "kube/meta.h"
+#include "log.h"
+#include "operator.h"
+
+#define MAX_CLAIM_CONFLICTS 256 /* API refusals before giving up for this round */
+
+struct claim_ref {
+	char name[300];
+	char address[64];
+	char uid[64];
+	int family;
+};
+
+struct claims {
+	struct claim_ref items[16];
+	int n;
+	const char *tailnet;
+};
+
+static void collect_claim(const struct json *claim, void *arg)
+{
+	struct claims *c = arg;
+	const char *addr = json_str(json_path(claim, "spec", "address", NULL));
+	const char *tn = json_str(json_path(claim, "spec", "tailnet", NULL));
+	unsigned char buf[16];
+	struct claim_ref *r;
+
+	if (c->n >= (int)(sizeof(c->items) / sizeof(c->items[0])) || !addr || !tn || strcmp(tn, c->tailnet) != 0)
+		return;
+	r = &c->items[c->n];
+	r->family = inet_pton(AF_INET, addr, buf) == 1 ? AF_INET : AF_INET6;
+	snprintf(r->name, sizeof(r->name), "%s", kube_name(claim) ?: "");
+	snprintf(r->address, sizeof(r->address), "%s", addr);
+	snprintf(r->uid, sizeof(r->uid), "%s", kube_uid(claim) ?: "");
+	c->n++;
+}
+
+static struct json *new_claim(const struct json *dev, const char *claim_name, const char *tailnet,
+			      const char *addr)
+{
+	struct json *c = json_new_object(), *meta = json_new_object(), *spec = json_new_object(),
+		    *refs = json_new_array(), *labels = json_new_object();
+
+	if (!c || !meta || !spec || !refs || !labels ||
+	    json_object_set(c, "apiVersion", json_new_string(KNIT_API_VERSION)) ||
+	    json_object_set(c, "kind", json_new_string("AddressClaim")) ||
+	    json_object_set(meta, "name", json_new_string(claim_name)) ||
+	    json_object_set(labels, "app.kubernetes.io/managed-by", json_new_string(OPERATOR_MANAGER)) ||
+	    json_object_set(meta, "labels", labels) ||
+	    json_array_append(refs, kube_owner_ref(dev)) ||
+	    json_object_set(meta, "ownerReferences", refs) ||
+	    json_object_set(c, "metadata", meta) ||
+	    json_object_set(spec, "tailnet", json_new_string(tailnet)) ||
+	    json_object_set(spec, "address", json_new_string(addr)) ||
+	    json_object_set(spec, "device", json_new_string(kube_name(dev))) ||
+	    json_object_set(c, "spec", spec)) {
+		json_free(c);
+		return NULL;
+	}
+	return c;
+}
+
+/* Tries to claim addr for dev: 1 claimed, 0 taken by someone else, < 0 error. */
+static int try_claim(struct operator *op, const struct json *dev, const char *tailnet, const char *addr)
+{
+	char name[300];
+	struct kube_result r;
+	struct json *claim;
+	int err;
+
+	if (ipam_claim_name(tailnet, addr, name, sizeof(name)))
+		return -ENAMETOOLONG;
+	claim = new_claim(dev, name, tailnet, addr);
+	if (!claim)
+		return -ENOMEM;
+	err = kube_create(op->kube, &res_addressclaims, NULL, claim, &r);
+	json_free(claim);
+	if (err)
+		return err;
+	if (kube_ok(&r))
+		err = 1;
+	else if (r.status == 409)
+		err = 0;
+	else {
+		log_warn("address claim refused", "claim=%s status=%ld reason=%s message=\"%s\"", name, r.status,
+			 r.reason, r.message);
+		err = -EIO;
+	}
+	kube_result_clear(&r);
+	return err;
+}
+
+/* Is addr claimed by this device right now? Asks the API server when the
+ * cache does not know (it lags our own writes). 1 yes, 0 no (absent or
+ * someone else's), < 0 error; *absent tells which. */
+static int claim_is_ours(struct operator *op, const struct json *dev, const char *tailnet, const char *addr,
+			 bool *absent)
+{
+	char name[300];
+	struct json *claim;
+	struct kube_result r;
+	int ours;
+
+	*absent = false;
+	if (ipam_claim_name(tailnet, addr, name, sizeof(name)))
+		return -ENAMETOOLONG;
+	claim = informer_get(op->claims, NULL, name);
+	if (!claim) {
+		int err = kube_get(op->kube, &res_addressclaims, NULL, name, &r);
+		if (err)
+			return err;
+		if (r.status == 404) {
+			*absent = true;
+			kube_result_clear(&r);
+			return 0;
+		}
+		if (!kube_ok(&r))
+			return -EIO;
+		claim = kube_result_take(&r);
+	}
+	ours = kube_owned_by(claim, kube_uid(dev));
+	json_free(claim);
+	return ours;
+}
+
+/* Finds and claims an address for dev in pool, starting at start. Writes
+ * it to out. -ENOSPC if the pool is full. */
+static int allocate(struct operator *op, const struct json *dev, const char *tailnet,
+		    const struct ipam_pool *pool, uint64_t start, char *out, size_t outlen)
+{
+	uint64_t size = ipam_pool_size(pool);
+	int conflicts = 0;
+
+	for (uint64_t i = 0; i < size; i++) {
+		char addr[64], name[300];
+		struct json *cached;
+		int got;
+
+		if (!ipam_address_at(pool, (start + i) % size, addr, sizeof(addr)))
+			continue;
+		if (ipam_claim_name(tailnet, addr, name, sizeof(name)))
+			return -ENAMETOOLONG;
+		/* Known taken: skip without asking. Correctness does not rest on
+		 * this; the create below does. */
+		cached = informer_get(op->claims, NULL, name);
+		if (cached) {
+			json_free(cached);
+			continue;
+		}
+		got = try_claim(op, dev, tailnet, addr);
+		if (got < 0)
+			return got;
+		if (got == 1) {
+			snprintf(out, outlen, "%s", addr);
+			return 0;
+		}
+		if (++conflicts >= MAX_CLAIM_CONFLICTS)
+			return -EAGAIN;
+	}
+	return -ENOSPC;
+}
+
+/* Settles dev's address in one family. cur is the address status shows (or
+ * NULL). Returns 0 with out set, or a negative errno. */
+static int settle_family(struct operator *op, const struct json *dev, const char *tailnet,
+			 const struct ipam_pool *pool, const char *cur, const struct claims *mine,
+			 uint64_t start, char *out, size_t outlen)
+{
+	uint64_t off;
+	bool absent;
+	int r;
+
+	out[0] = '\0';
+	if (cur && ipam_offset_of(pool, cur, &off)) {
+		r = claim_is_ours(op, dev, tailnet, cur, &absent);
+		if (r < 0)
+			return r;
+		if (r == 1 || (absent && (r = try_claim(op, dev, tailnet, cur)) == 1)) {
+			snprintf(out, outlen, "%s", cur);
+			return 0;
+		}
+		if (r < 0)
+			return r;
+		log_warn("device lost its address, allocating anew", "device=%s address=%s", kube_name(dev), cur);
+	}
+	/* A claim of ours that status does not show yet (a lost status write). */
+	for (int i = 0; i < mine->n; i++) {
+		if (mine->items[i].family == pool->family && ipam_offset_of(pool, mine->items[i].address, &off)) {
+			snprintf(out, outlen, "%s", mine->items[i].address);
+			return 0;
+		}
+	}
+	return allocate(op, dev, tailnet, pool, start, out, outlen);
+}
+
+/* Deletes this device's claims other than the ones kept (race leftovers). */
+static void drop_surplus(struct operator *op, const struct claims *mine, const char *keep4, const char *keep6)
+{
+	for (int i = 0; i < mine->n; i++) {
+		const struct claim_ref *c = &mine->items[i];
+		struct kube_result r;
+		if (strcmp(c->address, keep4) == 0 || strcmp(c->address, keep6) == 0)
+			continue;
+		log_info("releasing surplus address claim", "claim=%s", c->name);
+		if (kube_delete(op->kube, &res_addressclaims, NULL, c->name, c->uid, NULL, &r) == 0)
+			kube_result_clear(&r);
+	}
+}
+
+static const char *status_address(const struct json *dev, int family)
+{
+	struct json *addrs = json_path(dev, "status", "addresses", NULL);
+	unsigned char buf[16];
+
+	for (size_t i = 0; i < json_array_len(addrs); i++) {
+		const char *a = json_str(json_array_at(addrs, i));
+		if (a && inet_pton(family, a, buf) == 1)
+			return a;
+	}
+	return NULL;
+}
+
+/* Ephemeral devices offline longer than the Tailnet's inactivity timeout
+ * are deleted. Returns 1 if deleted; sets *requeue_ms otherwise. */
+static int expire_ephemeral(struct operator *op, const struct json *dev, const struct json *tn, time_t now,
+			    uint64_t *requeue_ms)
+{
+	const char *ref_s = json_str(json_path(dev, "status", "lastSeen", NULL));
+	const char *timeout_s = json_str(json_path(tn, "spec", "ephemeralInactivityTimeout", NULL));
+	uint64_t timeout_ms = 5 * 60 * 1000;
+	time_t ref;
+	struct kube_result r;
+	int64_t idle_ms;
+
+	if (!json_bool(json_path(dev, "spec", "ephemeral", NULL), false) ||
+	    json_bool(json_path(dev, "status", "online", NULL), false))
+		return 0;
+	if (timeout_s)
+		kube_duration_parse(timeout_s, &timeout_ms);
+	if (!ref_s)
+		ref_s = json_str(json_path(dev, "metadata", "creationTimestamp", NULL));
+	if (!ref_s || !kube_time_parse(ref_s, &ref))
+		return 0;
+	idle_ms = ((int64_t)now - (int64_t)ref) * 1000;
+	if (idle_ms < (int64_t)timeout_ms) {
+		uint64_t left = timeout_ms - (uint64_t)idle_ms + 500;
+		if (!*requeue_ms || left < *requeue_ms)
+			*requeue_ms = left;
+		return 0;
+	}
+	log_info("removing inactive ephemeral device", "device=%s idle_s=%lld", kube_name(dev),
+		 (long long)(idle_ms / 1000));
+	if (kube_delete(op->kube, &res_devices, NULL, kube_name(dev), kube_uid(dev), NULL, &r) == 0) {
+		bool ok = kube_ok(&r) || r.status == 404;
+		kube_result_clear(&r);
+		if (ok)
+			return 1;
+	}
+	return -EIO;
+}
+
+int device_reconcile(struct operator *op, const char *ns, const char *name, uint64_t *requeue_ms)
+{
+	struct json *dev = informer_get(op->devices, NULL, name), *tn = NULL, *status = NULL, *addrs;
+	const char *tailnet, *expiry_s;
+	char err_msg[256] = "", v4[64] = "", v6[64] = "";
+	struct ipam_pool pool4, pool6;
+	struct claims mine = { .n = 0 };
+	time_t now = time(NULL), expiry;
+	int64_t gen;
+	bool key_expired = false;
+	uint64_t off4;
+	int err = 0;
+
+	if (!dev || kube_deleting(dev))
+		goto out;
+	gen = kube_generation(dev);
+	tailnet = json_str(json_path(dev, "spec", "tailnet", NULL)) ?: "default";
+	status = json_clone(json_get(dev, "status"));
+	if (!status && !(status = json_new_object())) {
+		err = -ENOMEM;
+		goto out;
+	}
+	tn = informer_get(op->tailnets, NULL, tailnet);
+	if (!tn) {
+		kube_condition_set(status, "Ready", "False", "TailnetNotFound", "the Device's Tailnet does not exist", gen, now);
+		*requeue_ms = 10000;
+		goto write;
+	}
+	if (!ipam_pool_parse(json_str(json_path(tn, "spec", "ipv4Pool", NULL)) ?: "100.64.0.0/10", &pool4, err_msg,
+			     sizeof(err_msg)) ||
+	    !ipam_pool_parse(json_str(json_path(tn, "spec", "ipv6Pool", NULL)) ?: "fd7a:115c:a1e0::/48", &pool6, err_msg,
+			     sizeof(err_msg)) ||
+	    pool4.family != AF_INET || pool6.family != AF_INET6) {
+		kube_condition_set(status, "Ready", "False", "InvalidPool",
+				   *err_msg ? err_msg : "ipv4Pool must be IPv4 and ipv6Pool IPv6", gen, now);
+		goto write;
+	}
+
+	err = expire_ephemeral(op, dev, tn, now, requeue_ms);
+	if (err == 1) {
+		operator_event(op, dev, false, "EphemeralExpired", "Removed ephemeral device %s after inactivity", name);
+		err = 0;
+		goto out;
+	}
+	if (err)
+		goto out;
+
+	mine.tailnet = tailnet;
+	informer_foreach_indexed(op->claims, "device", name, collect_claim, &mine);
+	err = settle_family(op, dev, tailnet, &pool4, status_address(dev, AF_INET), &mine,
+			    ipam_start_offset(&pool4, name), v4, sizeof(v4));
+	if (!err) {
+		/* Mirror the IPv4 offset in IPv6 when free: 100.64.0.5 <-> fd7a:115c:a1e0::5. */
+		if (!ipam_offset_of(&pool4, v4, &off4))
+			off4 = ipam_start_offset(&pool6, name);
+		err = settle_family(op, dev, tailnet, &pool6, status_address(dev, AF_INET6), &mine, off4, v6, sizeof(v6));
+	}
+	if (err == -ENOSPC) {
+		kube_condition_set(status, "Ready", "False", "PoolExhausted", "no free address left in the Tailnet's pool", gen, now);
+		operator_event(op, dev, true, "PoolExhausted", "No free address in Tailnet %s", tailnet);
+		err = 0;
+		*requeue_ms = 30000;
+		goto write;
+	}
+	if (err)
+		goto out;
+	drop_surplus(op, &mine, v4, v6);
+
+	addrs = json_new_array();
+	if (!addrs || json_array_append(addrs, json_new_string(v4)) || json_array_append(addrs, json_new_string(v6)) ||
+	    json_object_set(status, "addresses", addrs)) {
+		err = -ENOMEM;
+		goto out;
+	}
+	expiry_s = json_str(json_path(dev, "spec", "keyExpiry", NULL));
+	if (expiry_s && kube_time_parse(expiry_s, &expiry)) {
+		key_expired = now >= expiry;
+		if (!key_expired) {
+			uint64_t left = (uint64_t)(expiry - now) * 1000 + 500;
+			if (!*requeue_ms || left < *requeue_ms)
+				*requeue_ms = left;
+		}
+	}
+	json_object_set(status, "keyExpired", json_new_bool(key_expired));
+	if (key_expired)
+		kube_condition_set(status, "Ready", "False", "KeyExpired", "the node key has expired; re-authenticate the device", gen, now);
+	else
+		kube_condition_set(status, "Ready", "True", "AddressesAllocated", "the device has its tailnet addresses", gen, now);
+write:
+	json_object_set(status, "observedGeneration", json_new_int(gen));
+	err = operator_update_status(op, &res_devices, dev, status);
+	status = NULL;
+	if (err == -EAGAIN) {
+		*requeue_ms = 1;
+		err = 0;
+	}
+out:
+	json_free(status);
+	json_free(tn);
+	json_free(dev);
+	return err;
+}

@@ -1,0 +1,502 @@
+/* knit-operator: the tailnet's source of truth. Watches the knit.dev CRDs,
+ * mints auth keys, allocates addresses, and (when leading) runs one
+ * reconciler per kind. Several replicas may run; a Lease picks the leader. */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "controller.h"
+#include "httpd.h"
+#include "json.h"
+#include "kube/config.h"
+#include "kube/event.h"
+#include "kube/informer.h"
+#include "kube/lease.h"
+#include "kube/meta.h"
+#include "log.h"
+#include "loop.h"
+#include "operator.h"
+
+struct options {
+	const char *kubeconfig;
+	const char *namespace;
+	const char *lease_name;
+	const char *identity;
+	const char *listen_health;
+	const char *log_level;
+	int workers;
+	bool leader_election;
+	bool default_tailnet;
+	uint32_t lease_ms, renew_ms, retry_ms;
+};
+
+static struct operator op;
+static struct lease *lease;
+static struct httpd *health;
+static int exit_code;
+static bool shutting_down;
+static int synced_informers;
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: knit-operator [OPTIONS]\n"
+		"\n"
+		"Runs knit's Kubernetes operator: reconciles Tailnet, AuthKey and Device objects\n"
+		"(knit.dev/v1alpha1), mints auth keys into Secrets and allocates tailnet addresses.\n"
+		"Run several replicas for availability: a Lease elects the one that acts.\n"
+		"\n"
+		"  --kubeconfig PATH         kubeconfig to use (default: $KUBECONFIG, in-cluster\n"
+		"                            service account, then ~/.kube/config)\n"
+		"  --namespace NS            namespace for the leader Lease (default: the\n"
+		"                            kubeconfig context's or the pod's namespace)\n"
+		"  --leader-election-id NAME Lease name (default knit-operator)\n"
+		"  --identity ID             this replica's identity (default hostname_pid)\n"
+		"  --no-leader-election      act at once, without a Lease (one replica only!)\n"
+		"  --lease-duration D        Go duration (default 15s)\n"
+		"  --renew-deadline D        step down if renewal fails this long (default 10s)\n"
+		"  --retry-period D          leader-election retry period (default 2s)\n"
+		"  --health-listen ADDR      serve /healthz and /readyz on ADDR\n"
+		"                            (default 0.0.0.0:8081; \"\" disables)\n"
+		"  --workers N               reconcile workers per kind (default 4)\n"
+		"  --no-default-tailnet      do not create the Tailnet \"default\" when missing\n"
+		"  --log-level LEVEL         debug, info, warn, error (default info)\n"
+		"  -h, --help                show this help\n"
+		"\n"
+		"Environment: KUBECONFIG, KNIT_LOG_LEVEL. SIGTERM/SIGINT stop it cleanly and\n"
+		"release the Lease so another replica takes over at once.\n");
+}
+
+static bool parse_ms(const char *flag, const char *v, uint32_t *out)
+{
+	uint64_t ms;
+
+	if (!kube_duration_parse(v, &ms) || ms == 0 || ms > UINT32_MAX) {
+		fprintf(stderr, "knit-operator: %s: \"%s\" is not a positive duration (e.g. 15s)\n", flag, v);
+		return false;
+	}
+	*out = (uint32_t)ms;
+	return true;
+}
+
+static int parse_args(int argc, char **argv, struct options *o)
+{
+	enum { KUBECONFIG = 256, NAMESPACE, LEASE_NAME, IDENTITY, NO_LE, LEASE_D, RENEW_D, RETRY_D, HEALTH, WORKERS,
+	       NO_DEFAULT, LOG_LEVEL };
+	static const struct option longopts[] = {
+		{ "kubeconfig", required_argument, NULL, KUBECONFIG },
+		{ "namespace", required_argument, NULL, NAMESPACE },
+		{ "leader-election-id", required_argument, NULL, LEASE_NAME },
+		{ "identity", required_argument, NULL, IDENTITY },
+		{ "no-leader-election", no_argument, NULL, NO_LE },
+		{ "lease-duration", required_argument, NULL, LEASE_D },
+		{ "renew-deadline", required_argument, NULL, RENEW_D },
+		{ "retry-period", required_argument, NULL, RETRY_D },
+		{ "health-listen", required_argument, NULL, HEALTH },
+		{ "workers", required_argument, NULL, WORKERS },
+		{ "no-default-tailnet", no_argument, NULL, NO_DEFAULT },
+		{ "log-level", required_argument, NULL, LOG_LEVEL },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+
+	*o = (struct options){ .lease_name = "knit-operator", .listen_health = "0.0.0.0:8081", .workers = 4,
+			       .leader_election = true, .default_tailnet = true, .log_level = getenv("KNIT_LOG_LEVEL") };
+	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		switch (c) {
+		case KUBECONFIG: o->kubeconfig = optarg; break;
+		case NAMESPACE: o->namespace = optarg; break;
+		case LEASE_NAME: o->lease_name = optarg; break;
+		case IDENTITY: o->identity = optarg; break;
+		case NO_LE: o->leader_election = false; break;
+		case LEASE_D: if (!parse_ms("--lease-duration", optarg, &o->lease_ms)) return 2; break;
+		case RENEW_D: if (!parse_ms("--renew-deadline", optarg, &o->renew_ms)) return 2; break;
+		case RETRY_D: if (!parse_ms("--retry-period", optarg, &o->retry_ms)) return 2; break;
+		case HEALTH: o->listen_health = optarg; break;
+		case WORKERS:
+			o->workers = atoi(optarg);
+			if (o->workers < 1 || o->workers > 64) {
+				fprintf(stderr, "knit-operator: --workers must be 1..64\n");
+				return 2;
+			}
+			break;
+		case NO_DEFAULT: o->default_tailnet = false; break;
+		case LOG_LEVEL: o->log_level = optarg; break;
+		case 'h': usage(stdout); return 1;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "knit-operator: unexpected argument \"%s\"\n", argv[optind]);
+		return 2;
+	}
+	return 0;
+}
+
+/* ---- informer wiring ---- */
+
+static void enqueue_tailnet_of(const struct json *obj)
+{
+	const char *tn = json_str(json_path(obj, "spec", "tailnet", NULL));
+
+	controller_enqueue_key(op.tailnet_ctl, tn ? tn : "default");
+}
+
+static void device_changed(const struct json *dev)
+{
+	controller_enqueue(op.device_ctl, dev);
+	enqueue_tailnet_of(dev);
+}
+
+static void dev_add(struct informer *i, const struct json *o, void *a) { device_changed(o); }
+static void dev_upd(struct informer *i, const struct json *old, const struct json *o, void *a) { device_changed(o); }
+static void dev_del(struct informer *i, const struct json *o, void *a) { device_changed(o); }
+
+static void enqueue_device_of_claim(const struct json *claim)
+{
+	const char *dev = json_str(json_path(claim, "spec", "device", NULL));
+
+	if (dev)
+		controller_enqueue_key(op.device_ctl, dev);
+	enqueue_tailnet_of(claim);
+}
+
+static void claim_add(struct informer *i, const struct json *o, void *a) { enqueue_tailnet_of(o); }
+static void claim_upd(struct informer *i, const struct json *old, const struct json *o, void *a) { enqueue_device_of_claim(o); }
+/* Someone deleted a claim: its device must claim an address again. */
+static void claim_del(struct informer *i, const struct json *o, void *a) { enqueue_device_of_claim(o); }
+
+static void enqueue_devices_of_tailnet(const struct json *dev, void *arg)
+{
+	const char *tn = json_str(json_path(dev, "spec", "tailnet", NULL)) ?: "default";
+
+	if (strcmp(tn, arg) == 0)
+		controller_enqueue(op.device_ctl, dev);
+}
+
+static void tn_add(struct informer *i, const struct json *o, void *a) { controller_enqueue(op.tailnet_ctl, o); }
+static void tn_upd(struct informer *i, const struct json *old, const struct json *o, void *a)
+{
+	controller_enqueue(op.tailnet_ctl, o);
+	/* Pools or timeouts may have changed: every device of it takes another look. */
+	if (!json_equal(json_get(old, "spec"), json_get(o, "spec")))
+		informer_foreach(op.devices, enqueue_devices_of_tailnet, (void *)kube_name(o));
+}
+static void tn_del(struct informer *i, const struct json *o, void *a) { controller_enqueue(op.tailnet_ctl, o); }
+
+/* Secret changed or deleted: its AuthKey reconciles (re-mints if gone). */
+static void secret_changed(const struct json *s)
+{
+	const char *ak = json_str(json_path(s, "metadata", "labels", "knit.dev/authkey", NULL));
+	const char *ns = kube_namespace(s);
+	char key[600];
+
+	if (ak && ns && snprintf(key, sizeof(key), "%s/%s", ns, ak) < (int)sizeof(key))
+		controller_enqueue_key(op.authkey_ctl, key);
+}
+
+static void sec_upd(struct informer *i, const struct json *old, const struct json *o, void *a) { secret_changed(o); }
+static void sec_del(struct informer *i, const struct json *o, void *a) { secret_changed(o); }
+
+static int claim_device_index(const struct json *obj, const char **values, int max)
+{
+	const char *d = json_str(json_path(obj, "spec", "device", NULL));
+
+	if (!d || max < 1)
+		return 0;
+	values[0] = d;
+	return 1;
+}
+
+static void create_default_tailnet(void);
+
+static void informer_synced_cb(struct informer *inf, void *arg)
+{
+	/* Controllers start once every cache is complete, so no reconcile acts
+	 * on a partial picture. Later relists need no action. */
+	if (++synced_informers != 5)
+		return;
+	log_info("caches synced, starting reconcilers", "workers=%d", op.workers);
+	if (op.create_default_tailnet)
+		create_default_tailnet();
+	controller_start(op.tailnet_ctl);
+	controller_start(op.authkey_ctl);
+	controller_start(op.device_ctl);
+	op.running = true;
+}
+
+static struct informer *start_informer(const struct kube_resource *res, const char *selector,
+				       const struct informer_handlers *h, void *arg)
+{
+	struct informer_handlers with_sync = *h;
+	struct informer *inf;
+
+	with_sync.on_synced = informer_synced_cb;
+	inf = informer_new(op.kube, res, NULL, selector, &with_sync, arg);
+	if (!inf)
+		return NULL;
+	if (res == &res_addressclaims && informer_add_index(inf, "device", claim_device_index)) {
+		informer_free(inf);
+		return NULL;
+	}
+	if (informer_start(inf)) {
+		informer_free(inf);
+		return NULL;
+	}
+	return inf;
+}
+
+static void default_tailnet_done(struct kube_result *r, void *arg)
+{
+	if (kube_ok(r))
+		log_info("created the default Tailnet");
+	else if (r->status != 409)
+		log_warn("cannot create the default Tailnet", "status=%ld message=\"%s\"", r->status, r->message);
+}
+
+static void create_default_tailnet(void)
+{
+	struct json_error jerr;
+	static const char doc[] = "{\"apiVersion\":\"" KNIT_API_VERSION "\",\"kind\":\"Tailnet\","
+				  "\"metadata\":{\"name\":\"default\"},\"spec\":{}}";
+	struct json *tn;
+	char path[256];
+
+	if (informer_len(op.tailnets) > 0)
+		return;
+	tn = json_parse(doc, sizeof(doc) - 1, &jerr);
+	kube_path(path, sizeof(path), &res_tailnets, NULL, NULL, NULL);
+	if (!tn || kube_request_async(op.kube, "POST", path, "fieldManager=" OPERATOR_MANAGER, NULL, tn,
+				      default_tailnet_done, NULL))
+		log_warn("cannot create the default Tailnet");
+	json_free(tn);
+}
+
+static void start_controllers(void)
+{
+	static const struct informer_handlers tn_h = { .on_add = tn_add, .on_update = tn_upd, .on_delete = tn_del };
+	static const struct informer_handlers dev_h = { .on_add = dev_add, .on_update = dev_upd, .on_delete = dev_del };
+	static const struct informer_handlers claim_h = { .on_add = claim_add, .on_update = claim_upd, .on_delete = claim_del };
+	static const struct informer_handlers sec_h = { .on_update = sec_upd, .on_delete = sec_del };
+
+	op.tailnet_ctl = controller_new(&op, "Tailnet", tailnet_reconcile, 1);
+	op.authkey_ctl = controller_new(&op, "AuthKey", authkey_reconcile, op.workers);
+	op.device_ctl = controller_new(&op, "Device", device_reconcile, op.workers);
+	if (!op.tailnet_ctl || !op.authkey_ctl || !op.device_ctl)
+		goto fail;
+	synced_informers = 0;
+	op.tailnets = start_informer(&res_tailnets, NULL, &tn_h, NULL);
+	op.authkeys = start_informer(&res_authkeys, NULL, &controller_handlers, op.authkey_ctl);
+	op.devices = start_informer(&res_devices, NULL, &dev_h, NULL);
+	op.claims = start_informer(&res_addressclaims, NULL, &claim_h, NULL);
+	op.secrets = start_informer(&kube_res_secrets, "app.kubernetes.io/managed-by=" OPERATOR_MANAGER, &sec_h, NULL);
+	if (op.tailnets && op.authkeys && op.devices && op.claims && op.secrets)
+		return;
+fail:
+	log_error("cannot start controllers (out of memory)");
+	exit_code = 1;
+	loop_stop(op.loop);
+}
+
+/* ---- shutdown: workers may wait on the loop, so they are joined off it ---- */
+
+static void released(struct lease *l, void *arg)
+{
+	loop_stop(op.loop);
+}
+
+static pthread_t joiner;
+
+static void workers_joined(struct loop *loop, void *arg)
+{
+	pthread_join(joiner, NULL);
+	informer_free(op.tailnets);
+	informer_free(op.authkeys);
+	informer_free(op.devices);
+	informer_free(op.claims);
+	informer_free(op.secrets);
+	op.tailnets = op.authkeys = op.devices = op.claims = op.secrets = NULL;
+	if (lease)
+		lease_release(lease, released, NULL);
+	else
+		loop_stop(op.loop);
+}
+
+static void *join_workers(void *arg)
+{
+	controller_join(op.tailnet_ctl);
+	controller_join(op.authkey_ctl);
+	controller_join(op.device_ctl);
+	loop_post(op.loop, workers_joined, NULL);
+	return NULL;
+}
+
+static void shutdown_all(int code)
+{
+	if (shutting_down)
+		return;
+	shutting_down = true;
+	exit_code = code;
+	op.running = false;
+	if (op.tailnet_ctl) {
+		controller_shutdown(op.tailnet_ctl);
+		controller_shutdown(op.authkey_ctl);
+		controller_shutdown(op.device_ctl);
+	}
+	if (pthread_create(&joiner, NULL, join_workers, NULL)) {
+		/* Cannot join politely: exit without releasing; the Lease expires. */
+		log_error("cannot start shutdown thread; exiting");
+		_exit(code ? code : 1);
+	}
+}
+
+static void on_signal(struct loop *loop, int signo, void *arg)
+{
+	log_info("shutting down", "signal=%d", signo);
+	shutdown_all(0);
+}
+
+static void started_leading(struct lease *l, void *arg)
+{
+	log_info("became leader", "identity=%s", lease_identity(l));
+	start_controllers();
+}
+
+static void stopped_leading(struct lease *l, void *arg)
+{
+	if (shutting_down)
+		return;
+	/* Another replica may already act: stop at once and let the
+	 * Deployment restart us as a fresh candidate. */
+	log_error("lost leadership, exiting", "identity=%s", lease_identity(l));
+	shutdown_all(1);
+}
+
+static void new_leader(struct lease *l, const char *identity, void *arg)
+{
+	if (strcmp(identity, lease_identity(l)) != 0)
+		log_info("leader is another replica", "leader=%s", identity);
+}
+
+/* ---- health ---- */
+
+static void healthz(struct httpd_req *req, void *arg)
+{
+	httpd_respond_text(req, 200, "ok\n");
+}
+
+static void readyz(struct httpd_req *req, void *arg)
+{
+	/* A standby is ready (it will serve coordination); a leader once its caches are. */
+	if (shutting_down)
+		httpd_respond_text(req, 503, "shutting down\n");
+	else if (lease && !lease_is_leader(lease))
+		httpd_respond_text(req, 200, "ok (standby)\n");
+	else if (op.running)
+		httpd_respond_text(req, 200, "ok\n");
+	else
+		httpd_respond_text(req, 503, "caches not synced\n");
+}
+
+int main(int argc, char **argv)
+{
+	struct options o;
+	struct kube_config cfg;
+	enum log_level lvl = LOG_INFO;
+	char err[512];
+	int r;
+
+	r = parse_args(argc, argv, &o);
+	if (r)
+		return r == 1 ? 0 : 2;
+	if (o.log_level && !log_level_parse(o.log_level, &lvl)) {
+		fprintf(stderr, "knit-operator: unknown log level \"%s\"\n", o.log_level);
+		return 2;
+	}
+	log_init("knit-operator", lvl);
+	kube_event_set_component("knit-operator");
+
+	if (kube_config_load(&cfg, o.kubeconfig, err, sizeof(err))) {
+		log_error("cannot load Kubernetes configuration", "error=\"%s\"", err);
+		return 1;
+	}
+	op.loop = loop_new();
+	if (!op.loop) {
+		kube_config_free(&cfg);
+		return 1;
+	}
+	op.kube = kube_client_new(op.loop, &cfg);
+	{
+		const char *ns = o.namespace ? o.namespace : cfg.namespace ? cfg.namespace : "default";
+		size_t n = strlen(ns) < sizeof(op.namespace) - 1 ? strlen(ns) : sizeof(op.namespace) - 1;
+		memcpy(op.namespace, ns, n);
+		op.namespace[n] = '\0';
+	}
+	kube_config_free(&cfg);
+	if (!op.kube)
+		goto out;
+	kube_client_set_field_manager(op.kube, OPERATOR_MANAGER);
+	op.workers = o.workers;
+	op.create_default_tailnet = o.default_tailnet;
+
+	loop_signal_add(op.loop, SIGTERM, on_signal, NULL);
+	loop_signal_add(op.loop, SIGINT, on_signal, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (o.listen_health && *o.listen_health) {
+		struct httpd_opts ho = { .listen = o.listen_health, .listen_fd = -1 };
+		r = httpd_new(op.loop, &ho, &health);
+		if (r) {
+			log_error("cannot serve health endpoints", "listen=%s err=%d", o.listen_health, r);
+			exit_code = 1;
+			goto out;
+		}
+		httpd_route(health, "GET", "/healthz", 0, healthz, NULL);
+		httpd_route(health, "GET", "/readyz", 0, readyz, NULL);
+		log_info("serving health", "listen=%s port=%u", o.listen_health, httpd_port(health));
+	}
+
+	if (o.leader_election) {
+		struct lease_config lc = {
+			.namespace = op.namespace,
+			.name = o.lease_name,
+			.identity = o.identity,
+			.lease_duration_ms = o.lease_ms,
+			.renew_deadline_ms = o.renew_ms,
+			.retry_period_ms = o.retry_ms,
+			.on_started_leading = started_leading,
+			.on_stopped_leading = stopped_leading,
+			.on_new_leader = new_leader,
+		};
+		r = lease_new(op.kube, &lc, &lease);
+		if (r) {
+			log_error("bad leader-election settings", "err=%d (need lease-duration > renew-deadline > 1.2 x retry-period)", r);
+			exit_code = 2;
+			goto out;
+		}
+		lease_start(lease);
+		log_info("waiting to lead", "lease=%s/%s identity=%s", op.namespace, o.lease_name, lease_identity(lease));
+	} else {
+		start_controllers();
+	}
+
+	if (loop_run(op.loop) < 0)
+		exit_code = 1;
+out:
+	httpd_free(health);
+	lease_free(lease);
+	controller_free(op.tailnet_ctl);
+	controller_free(op.authkey_ctl);
+	controller_free(op.device_ctl);
+	kube_client_free(op.kube);
+	loop_free(op.loop);
+	log_info("stopped", "exit=%d", exit_code);
+	return exit_code;
+}

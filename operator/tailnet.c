@@ -1,0 +1,93 @@
+/* Tailnet reconciler: validates the pools and reports how many devices
+ * and addresses the tailnet holds. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "ipam.h"
+#include "json.h"
+#include "kube/informer.h"
+#include "kube/meta.h"
+#include "operator.h"
+
+struct tally {
+	const char *tailnet;
+	int64_t devices, v4, v6;
+};
+
+static void count_device(const struct json *dev, void *arg)
+{
+	struct tally *t = arg;
+	const char *tn = json_str(json_path(dev, "spec", "tailnet", NULL)) ?: "default";
+
+	if (strcmp(tn, t->tailnet) == 0)
+		t->devices++;
+}
+
+static void count_claim(const struct json *claim, void *arg)
+{
+	struct tally *t = arg;
+	const char *tn = json_str(json_path(claim, "spec", "tailnet", NULL));
+	const char *addr = json_str(json_path(claim, "spec", "address", NULL));
+
+	if (!tn || !addr || strcmp(tn, t->tailnet) != 0)
+		return;
+	if (strchr(addr, ':'))
+		t->v6++;
+	else
+		t->v4++;
+}
+
+int tailnet_reconcile(struct operator *op, const char *ns, const char *name, uint64_t *requeue_ms)
+{
+	struct json *tn = informer_get(op->tailnets, NULL, name), *status;
+	struct tally t = { .tailnet = name };
+	struct ipam_pool p4, p6;
+	char err4[256] = "", err6[256] = "", msg[600];
+	time_t now = time(NULL);
+	int64_t gen;
+	bool ok4, ok6;
+	int err;
+
+	if (!tn || kube_deleting(tn)) {
+		json_free(tn);
+		return 0;
+	}
+	gen = kube_generation(tn);
+	status = json_clone(json_get(tn, "status"));
+	if (!status && !(status = json_new_object())) {
+		json_free(tn);
+		return -ENOMEM;
+	}
+	ok4 = ipam_pool_parse(json_str(json_path(tn, "spec", "ipv4Pool", NULL)) ?: "100.64.0.0/10", &p4, err4, sizeof(err4));
+	ok6 = ipam_pool_parse(json_str(json_path(tn, "spec", "ipv6Pool", NULL)) ?: "fd7a:115c:a1e0::/48", &p6, err6, sizeof(err6));
+	if (ok4 && p4.family != AF_INET) {
+		ok4 = false;
+		snprintf(err4, sizeof(err4), "ipv4Pool is not an IPv4 CIDR");
+	}
+	if (ok6 && p6.family != AF_INET6) {
+		ok6 = false;
+		snprintf(err6, sizeof(err6), "ipv6Pool is not an IPv6 CIDR");
+	}
+	informer_foreach(op->devices, count_device, &t);
+	informer_foreach(op->claims, count_claim, &t);
+	json_object_set(status, "devices", json_new_int(t.devices));
+	json_object_set(status, "ipv4Allocated", json_new_int(t.v4));
+	json_object_set(status, "ipv6Allocated", json_new_int(t.v6));
+	if (ok4 && ok6) {
+		kube_condition_set(status, "Ready", "True", "PoolsValid", "address pools are valid", gen, now);
+	} else {
+		snprintf(msg, sizeof(msg), "%s%s%s", err4, *err4 && *err6 ? "; " : "", err6);
+		kube_condition_set(status, "Ready", "False", "InvalidPool", msg, gen, now);
+	}
+	json_object_set(status, "observedGeneration", json_new_int(gen));
+	err = operator_update_status(op, &res_tailnets, tn, status);
+	if (err == -EAGAIN) {
+		*requeue_ms = 1;
+		err = 0;
+	}
+	json_free(tn);
+	return err;
+}
