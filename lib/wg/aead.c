@@ -11,9 +11,19 @@ static const struct aead_backend *backends[] = {
 	[AEAD_IMPL_OPENSSL] = &aead_backend_openssl,
 };
 
-/* Written once by aead_init() before threads start; read-only after. */
-static enum aead_impl selected = AEAD_IMPL_SODIUM;
+/* Written once by aead_init() before threads start; read-only after.
+ * OpenSSL's EVP re-initialisation per packet costs about as much as
+ * sealing a few hundred bytes, so AUTO may pick a different backend for
+ * packets below AEAD_SMALL_MAX. */
+#define AEAD_SMALL_MAX 1024
+static enum aead_impl selected = AEAD_IMPL_SODIUM, selected_small = AEAD_IMPL_SODIUM;
 static const struct aead_backend *active = &aead_backend_sodium;
+static const struct aead_backend *active_small = &aead_backend_sodium;
+
+static inline const struct aead_backend *backend_by_len(size_t len)
+{
+	return len < AEAD_SMALL_MAX ? active_small : active;
+}
 
 static uint64_t now_ns(void)
 {
@@ -23,8 +33,8 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Nanoseconds for a burst of 1420-byte seals (the common tunnel MTU). */
-static uint64_t measure(const struct aead_backend *b)
+/* Best-of-three nanoseconds for a burst of len-byte seals. */
+static uint64_t measure(const struct aead_backend *b, size_t len)
 {
 	static uint8_t buf[1420 + AEAD_TAG_LEN];
 	uint8_t key[AEAD_KEY_LEN] = { 1 }, nonce[AEAD_NONCE_LEN] = { 0 };
@@ -35,7 +45,7 @@ static uint64_t measure(const struct aead_backend *b)
 
 		for (int i = 0; i < 256; i++) {
 			nonce[4] = (uint8_t)i;
-			if (!b->seal(buf, buf, 1420, NULL, 0, nonce, key))
+			if (!b->seal(buf, buf, len, NULL, 0, nonce, key))
 				return UINT64_MAX;
 		}
 		t = now_ns() - start;
@@ -47,31 +57,45 @@ static uint64_t measure(const struct aead_backend *b)
 
 int aead_init(enum aead_impl impl)
 {
+	enum aead_impl small;
+
 	if (sodium_init() < 0)
 		return -ENOSYS;
 	switch (impl) {
 	case AEAD_IMPL_AUTO:
-		impl = AEAD_IMPL_SODIUM;
-		if (aead_backend_openssl.available() &&
-		    measure(&aead_backend_openssl) < measure(&aead_backend_sodium))
-			impl = AEAD_IMPL_OPENSSL;
+		/* 1420: the usual tunnel MTU; 128: ACKs and keepalives. */
+		impl = small = AEAD_IMPL_SODIUM;
+		if (aead_backend_openssl.available()) {
+			if (measure(&aead_backend_openssl, 1420) < measure(&aead_backend_sodium, 1420))
+				impl = AEAD_IMPL_OPENSSL;
+			if (measure(&aead_backend_openssl, 128) < measure(&aead_backend_sodium, 128))
+				small = AEAD_IMPL_OPENSSL;
+		}
 		break;
 	case AEAD_IMPL_SODIUM:
 	case AEAD_IMPL_OPENSSL:
 		if (!backends[impl]->available())
 			return -ENOSYS;
+		small = impl;
 		break;
 	default:
 		return -EINVAL;
 	}
 	selected = impl;
+	selected_small = small;
 	active = backends[impl];
+	active_small = backends[small];
 	return 0;
 }
 
 enum aead_impl aead_impl(void)
 {
 	return selected;
+}
+
+enum aead_impl aead_impl_for(size_t len)
+{
+	return len < AEAD_SMALL_MAX ? selected_small : selected;
 }
 
 const char *aead_impl_name(enum aead_impl impl)
@@ -92,11 +116,11 @@ void aead_thread_cleanup(void)
 	aead_backend_sodium.thread_cleanup();
 }
 
-static const struct aead_backend *backend_for(enum aead_impl impl)
+static const struct aead_backend *backend_for(enum aead_impl impl, size_t len)
 {
 	if (impl == AEAD_IMPL_SODIUM || impl == AEAD_IMPL_OPENSSL)
 		return backends[impl];
-	return active;
+	return backend_by_len(len);
 }
 
 static inline void counter_nonce(uint8_t nonce[AEAD_NONCE_LEN], uint64_t counter)
@@ -110,7 +134,7 @@ bool aead_seal_ietf(enum aead_impl impl, uint8_t *dst, const uint8_t *src, size_
 		    const uint8_t *ad, size_t adlen, const uint8_t nonce[AEAD_NONCE_LEN],
 		    const uint8_t key[AEAD_KEY_LEN])
 {
-	return backend_for(impl)->seal(dst, src, len, ad, adlen, nonce, key);
+	return backend_for(impl, len)->seal(dst, src, len, ad, adlen, nonce, key);
 }
 
 bool aead_open_ietf(enum aead_impl impl, uint8_t *dst, const uint8_t *src, size_t len,
@@ -119,7 +143,7 @@ bool aead_open_ietf(enum aead_impl impl, uint8_t *dst, const uint8_t *src, size_
 {
 	if (len < AEAD_TAG_LEN)
 		return false;
-	if (!backend_for(impl)->open(dst, src, len, ad, adlen, nonce, key)) {
+	if (!backend_for(impl, len - AEAD_TAG_LEN)->open(dst, src, len, ad, adlen, nonce, key)) {
 		if (len > AEAD_TAG_LEN)
 			memset(dst, 0, len - AEAD_TAG_LEN);
 		return false;
@@ -133,7 +157,7 @@ bool aead_seal(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, 
 	uint8_t nonce[AEAD_NONCE_LEN];
 
 	counter_nonce(nonce, counter);
-	return active->seal(dst, src, len, ad, adlen, nonce, key);
+	return backend_by_len(len)->seal(dst, src, len, ad, adlen, nonce, key);
 }
 
 bool aead_open(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,

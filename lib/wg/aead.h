@@ -23,7 +23,7 @@
 #define AEAD_TAG_LEN 16
 
 enum aead_impl {
-	AEAD_IMPL_AUTO = 0, /* measure both, keep the faster */
+	AEAD_IMPL_AUTO = 0, /* measure both, keep the faster (separately for packets under 1 KiB) */
 	AEAD_IMPL_SODIUM,
 	AEAD_IMPL_OPENSSL,
 };
@@ -31,7 +31,9 @@ enum aead_impl {
 /* Call once at startup, before threads use the AEAD. Also initialises
  * libsodium. Returns 0 or -EINVAL/-ENOSYS (unknown or unusable backend). */
 int aead_init(enum aead_impl impl);
+/* The backend for full-size packets, and the one used for len bytes. */
 enum aead_impl aead_impl(void);
+enum aead_impl aead_impl_for(size_t len);
 const char *aead_impl_name(enum aead_impl impl);
 /* Frees this thread's cipher context, if any. */
 void aead_thread_cleanup(void);

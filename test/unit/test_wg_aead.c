@@ -168,6 +168,9 @@ static void test_init(void **state)
 {
 	assert_int_equal(aead_init(AEAD_IMPL_AUTO), 0);
 	assert_true(aead_impl() == AEAD_IMPL_SODIUM || aead_impl() == AEAD_IMPL_OPENSSL);
+	assert_int_equal(aead_impl_for(1420), aead_impl());
+	assert_int_equal(aead_init(AEAD_IMPL_OPENSSL), 0);
+	assert_int_equal(aead_impl_for(64), AEAD_IMPL_OPENSSL);
 	assert_int_equal(aead_init((enum aead_impl)42), -22);
 	assert_string_equal(aead_impl_name(AEAD_IMPL_OPENSSL), "openssl");
 	assert_string_equal(aead_impl_name(AEAD_IMPL_SODIUM), "libsodium");
