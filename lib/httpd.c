@@ -46,7 +46,7 @@ struct httpd {
 	struct loop_timer *timer; /* MHD's timeout, and kicks after a resume */
 	bool kick; /* a connection was resumed: run MHD again soon */
 	uint16_t port;
-	struct route *routes;
+	struct route **routes; /* pointers: requests in flight keep theirs */
 	size_t nroutes;
 	struct httpd_stream *streams; /* not yet on_close'd */
 	struct metrics *metrics; /* for httpd_serve_metrics() */
@@ -584,7 +584,7 @@ static const struct route *route_find(const struct httpd *s, const char *method,
 	size_t plen = strlen(path);
 
 	for (size_t i = 0; i < s->nroutes; i++) {
-		const struct route *r = &s->routes[i];
+		const struct route *r = s->routes[i];
 		bool match = r->prefix ? plen >= r->path_len && !memcmp(path, r->path, r->path_len)
 				       : !strcmp(path, r->path);
 		if (!match)
@@ -596,7 +596,7 @@ static const struct route *route_find(const struct httpd *s, const char *method,
 	if (!best)
 		return NULL;
 	for (size_t i = 0; i < s->nroutes; i++) {
-		const struct route *r = &s->routes[i];
+		const struct route *r = s->routes[i];
 		if (r->prefix != best->prefix || strcmp(r->path, best->path))
 			continue;
 		if (method_matches(r, method))
@@ -875,8 +875,9 @@ void httpd_free(struct httpd *s)
 		stream_finish(s->streams);
 	loop_timer_free(s->timer);
 	for (size_t i = 0; i < s->nroutes; i++) {
-		free(s->routes[i].method);
-		free(s->routes[i].path);
+		free(s->routes[i]->method);
+		free(s->routes[i]->path);
+		free(s->routes[i]);
 	}
 	free(s->routes);
 	free(s);
@@ -891,9 +892,8 @@ int httpd_route(struct httpd *s, const char *method, const char *path, size_t ma
 		httpd_handler_fn fn, void *arg)
 {
 	struct route r = { .max_body = max_body, .fn = fn, .arg = arg };
-	struct route *n;
+	struct route **n, *p = NULL;
 	size_t len;
-	int err = -ENOMEM;
 
 	if (!method || !*method || strpbrk(method, " \t\r\n") || !path || path[0] != '/' || !fn)
 		return -EINVAL;
@@ -904,24 +904,27 @@ int httpd_route(struct httpd *s, const char *method, const char *path, size_t ma
 	if (memchr(path, '*', len))
 		return -EINVAL;
 	for (size_t i = 0; i < s->nroutes; i++)
-		if (s->routes[i].prefix == r.prefix && s->routes[i].path_len == len &&
-		    !memcmp(s->routes[i].path, path, len) && !strcmp(s->routes[i].method, method))
+		if (s->routes[i]->prefix == r.prefix && s->routes[i]->path_len == len &&
+		    !memcmp(s->routes[i]->path, path, len) && !strcmp(s->routes[i]->method, method))
 			return -EEXIST;
 	r.method = strdup(method);
 	r.path = strndup(path, len);
 	r.path_len = len;
-	if (!r.method || !r.path)
+	p = malloc(sizeof(*p));
+	if (!r.method || !r.path || !p)
 		goto out;
 	n = realloc(s->routes, (s->nroutes + 1) * sizeof(*n));
 	if (!n)
 		goto out;
+	*p = r;
 	s->routes = n;
-	s->routes[s->nroutes++] = r;
+	s->routes[s->nroutes++] = p;
 	return 0;
 out:
+	free(p);
 	free(r.method);
 	free(r.path);
-	return err;
+	return -ENOMEM;
 }
 
 /* ---- glue ---------------------------------------------------------------- */
@@ -943,8 +946,12 @@ static void serve_metrics(struct httpd_req *req, void *arg)
 
 int httpd_serve_metrics(struct httpd *s, struct metrics *m)
 {
+	int err;
+
 	if (s->metrics)
 		return -EEXIST;
-	s->metrics = m;
-	return httpd_route(s, "GET", "/metrics", 0, serve_metrics, s);
+	err = httpd_route(s, "GET", "/metrics", 0, serve_metrics, s);
+	if (!err)
+		s->metrics = m;
+	return err;
 }

@@ -127,8 +127,8 @@ struct httpd_stream *httpd_stream_start(struct httpd_req *req, unsigned status,
 					const char *content_type, size_t max_queue,
 					httpd_stream_close_fn on_close, void *arg);
 /* Queues len bytes (copied). Returns 0; -EPIPE if the stream is closed or
- * closing; -ENOBUFS if the queue would exceed its cap: the stream is then
- * closed without flushing and on_close follows. */
+ * closing; -ENOBUFS if the queue would exceed its cap (or -ENOMEM): the
+ * stream is then closed without flushing and on_close follows. */
 int httpd_stream_write(struct httpd_stream *st, const void *data, size_t len);
 /* Ends the stream after what is queued has been sent; on_close follows. A
  * no-op on a stream that is already closing. */
