@@ -33,7 +33,7 @@ int buf_add(struct buf *b, const void *p, size_t n);
 int buf_add_str(struct buf *b, const char *s);
 int buf_add_byte(struct buf *b, uint8_t c);
 int buf_addf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int buf_vaddf(struct buf *b, const char *fmt, va_list ap);
+int buf_vaddf(struct buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 /* Makes room for n more bytes; returns a pointer to write at, or NULL (and
  * sets *err) on cap/alloc failure. Commit with buf_commit(). */
 uint8_t *buf_reserve(struct buf *b, size_t n, int *err);

@@ -13,6 +13,7 @@
 #include "kube/meta.h"
 #include "kube/workqueue.h"
 #include "log.h"
+#include "metrics.h"
 
 struct controller {
 	struct operator *op;
@@ -26,7 +27,13 @@ struct controller {
 
 	atomic_ulong reconciles, errors, requeues;
 	atomic_ullong busy_us;
+	struct metric *m_ok, *m_err, *m_seconds, *m_depth;
 };
+
+static void update_depth(struct controller *c)
+{
+	metrics_set(c->m_depth, (double)workqueue_len(c->queue));
+}
 
 struct controller *controller_new(struct operator *op, const char *kind, reconcile_fn fn, int workers)
 {
@@ -40,6 +47,14 @@ struct controller *controller_new(struct operator *op, const char *kind, reconci
 	c->nworkers = workers > 0 ? workers : 1;
 	c->queue = workqueue_new(&(struct workqueue_opts){ .base_delay_ms = 50, .max_delay_ms = 60000 });
 	c->threads = calloc((size_t)c->nworkers, sizeof(*c->threads));
+	if (op->m_reconciles) {
+		c->m_ok = METRICS_WITH(op->m_reconciles, c->kind, "success");
+		c->m_err = METRICS_WITH(op->m_reconciles, c->kind, "error");
+	}
+	if (op->m_reconcile_seconds)
+		c->m_seconds = METRICS_WITH(op->m_reconcile_seconds, c->kind);
+	if (op->m_queue_depth)
+		c->m_depth = METRICS_WITH(op->m_queue_depth, c->kind);
 	if (!c->queue || !c->threads) {
 		controller_free(c);
 		return NULL;
@@ -77,10 +92,14 @@ static void *worker(void *arg)
 			free(key);
 			continue;
 		}
+		update_depth(c);
 		kube_key_split(copy, &ns, &name);
 		err = c->fn(c->op, ns, name, &requeue_ms);
-		c->busy_us += mono_us() - t0;
+		uint64_t took = mono_us() - t0;
+		c->busy_us += took;
 		c->reconciles++;
+		metrics_inc(err ? c->m_err : c->m_ok);
+		metrics_observe(c->m_seconds, (double)took / 1e6);
 		if (err) {
 			c->errors++;
 			log_warn("reconcile failed, will retry", "kind=%s key=%s err=%d backoff_ms=%llu", c->kind, key,
@@ -140,6 +159,7 @@ void controller_enqueue_key(struct controller *c, const char *key)
 {
 	if (workqueue_add(c->queue, key))
 		log_error("cannot queue key", "kind=%s key=%s", c->kind, key);
+	update_depth(c);
 }
 
 void controller_enqueue(struct controller *c, const struct json *obj)

@@ -21,6 +21,7 @@
 #include "kube/meta.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "operator.h"
 
 struct options {
@@ -62,8 +63,8 @@ static void usage(FILE *f)
 		"  --lease-duration D        Go duration (default 15s)\n"
 		"  --renew-deadline D        step down if renewal fails this long (default 10s)\n"
 		"  --retry-period D          leader-election retry period (default 2s)\n"
-		"  --health-listen ADDR      serve /healthz and /readyz on ADDR\n"
-		"                            (default 0.0.0.0:8081; \"\" disables)\n"
+		"  --http-listen ADDR        serve /healthz, /readyz and /metrics (Prometheus)\n"
+		"                            on ADDR (default 0.0.0.0:8081; \"\" disables)\n"
 		"  --workers N               reconcile workers per kind (default 4)\n"
 		"  --no-default-tailnet      do not create the Tailnet \"default\" when missing\n"
 		"  --log-level LEVEL         debug, info, warn, error (default info)\n"
@@ -98,7 +99,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "lease-duration", required_argument, NULL, LEASE_D },
 		{ "renew-deadline", required_argument, NULL, RENEW_D },
 		{ "retry-period", required_argument, NULL, RETRY_D },
-		{ "health-listen", required_argument, NULL, HEALTH },
+		{ "http-listen", required_argument, NULL, HEALTH },
 		{ "workers", required_argument, NULL, WORKERS },
 		{ "no-default-tailnet", no_argument, NULL, NO_DEFAULT },
 		{ "log-level", required_argument, NULL, LOG_LEVEL },
@@ -232,6 +233,8 @@ static void informer_synced_cb(struct informer *inf, void *arg)
 	op.running = true;
 }
 
+static struct metrics_family *m_restarts, *m_relists, *m_events;
+
 static struct informer *start_informer(const struct kube_resource *res, const char *selector,
 				       const struct informer_handlers *h, void *arg)
 {
@@ -242,6 +245,8 @@ static struct informer *start_informer(const struct kube_resource *res, const ch
 	inf = informer_new(op.kube, res, NULL, selector, &with_sync, arg);
 	if (!inf)
 		return NULL;
+	informer_set_metrics(inf, METRICS_WITH(m_restarts, res->plural), METRICS_WITH(m_relists, res->plural),
+			     METRICS_WITH(m_events, res->plural));
 	if (res == &res_addressclaims && informer_add_index(inf, "device", claim_device_index)) {
 		informer_free(inf);
 		return NULL;
@@ -385,7 +390,53 @@ static void new_leader(struct lease *l, const char *identity, void *arg)
 		log_info("leader is another replica", "leader=%s", identity);
 }
 
-/* ---- health ---- */
+/* ---- health and metrics ---- */
+
+static double leader_value(void *arg)
+{
+	return !lease || lease_is_leader(lease) ? 1 : 0;
+}
+
+static double transitions_value(void *arg)
+{
+	struct lease_stats st = { 0 };
+
+	if (lease)
+		lease_stats(lease, &st);
+	return (double)st.transitions;
+}
+
+static int register_metrics(void)
+{
+	static const double seconds[] = { .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30 };
+	struct metrics *m = metrics_new();
+
+	if (!m)
+		return -ENOMEM;
+	op.metrics = m;
+	op.m_reconciles = metrics_counter_new(m, "knit_reconciles_total", "Reconciles by kind and result.",
+					      (const char *[]){ "kind", "result", NULL });
+	op.m_reconcile_seconds = metrics_histogram_new(m, "knit_reconcile_duration_seconds", "Time spent per reconcile.",
+						       (const char *[]){ "kind", NULL }, seconds, 14);
+	op.m_queue_depth = metrics_gauge_new(m, "knit_workqueue_depth", "Keys waiting for a reconcile worker.",
+					     (const char *[]){ "kind", NULL });
+	m_restarts = metrics_counter_new(m, "knit_informer_watch_restarts_total", "Watch streams that ended and were restarted.",
+					 (const char *[]){ "resource", NULL });
+	m_relists = metrics_counter_new(m, "knit_informer_relists_total", "Complete lists (startup and after 410 Gone).",
+					(const char *[]){ "resource", NULL });
+	m_events = metrics_counter_new(m, "knit_informer_events_total", "Watch events received.",
+				       (const char *[]){ "resource", NULL });
+	kube_client_set_metrics(op.kube,
+				metrics_histogram_new(m, "knit_kube_request_duration_seconds", "Kubernetes API request latency.",
+						      (const char *[]){ "verb", NULL }, seconds, 14),
+				metrics_counter_new(m, "knit_kube_requests_total", "Kubernetes API requests by verb and HTTP code.",
+						    (const char *[]){ "verb", "code", NULL }));
+	metrics_gauge_func_new(m, "knit_leader", "1 if this replica leads (or runs without leader election).", leader_value, NULL);
+	metrics_counter_func_new(m, "knit_lease_transitions_total", "Leader changes observed.", transitions_value, NULL);
+	if (!op.m_reconciles || !op.m_reconcile_seconds || !op.m_queue_depth || !m_restarts || !m_relists || !m_events)
+		return -ENOMEM;
+	return 0;
+}
 
 static void healthz(struct httpd_req *req, void *arg)
 {
@@ -445,6 +496,10 @@ int main(int argc, char **argv)
 	kube_client_set_field_manager(op.kube, OPERATOR_MANAGER);
 	op.workers = o.workers;
 	op.create_default_tailnet = o.default_tailnet;
+	if (register_metrics()) {
+		exit_code = 1;
+		goto out;
+	}
 
 	loop_signal_add(op.loop, SIGTERM, on_signal, NULL);
 	loop_signal_add(op.loop, SIGINT, on_signal, NULL);
@@ -460,7 +515,8 @@ int main(int argc, char **argv)
 		}
 		httpd_route(health, "GET", "/healthz", 0, healthz, NULL);
 		httpd_route(health, "GET", "/readyz", 0, readyz, NULL);
-		log_info("serving health", "listen=%s port=%u", o.listen_health, httpd_port(health));
+		httpd_serve_metrics(health, op.metrics);
+		log_info("serving health and metrics", "listen=%s port=%u", o.listen_health, httpd_port(health));
 	}
 
 	if (o.leader_election) {
@@ -496,6 +552,7 @@ out:
 	controller_free(op.authkey_ctl);
 	controller_free(op.device_ctl);
 	kube_client_free(op.kube);
+	metrics_free(op.metrics);
 	loop_free(op.loop);
 	log_info("stopped", "exit=%d", exit_code);
 	return exit_code;

@@ -15,6 +15,7 @@ struct informer;
 struct json;
 struct loop;
 struct metrics;
+struct metrics_family;
 
 extern const struct kube_resource res_tailnets;
 extern const struct kube_resource res_authkeys;
@@ -35,6 +36,8 @@ struct operator {
 	struct informer *tailnets, *authkeys, *devices, *claims, *secrets;
 	struct controller *tailnet_ctl, *authkey_ctl, *device_ctl;
 	struct metrics *metrics;
+	/* {kind,result}, {kind}, {kind}: registered in main, updated by controllers. */
+	struct metrics_family *m_reconciles, *m_reconcile_seconds, *m_queue_depth;
 	atomic_bool running; /* controllers started (we lead) */
 };
 

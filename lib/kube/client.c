@@ -16,6 +16,7 @@
 #include "kube/config.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 
 #define KUBE_MAX_RESPONSE (64u << 20) /* a 10,000-item list fits */
 #define KUBE_TIMEOUT_MS 30000u
@@ -44,6 +45,7 @@ struct kube_client {
 
 	atomic_ulong requests, errors;
 	atomic_ullong latency_us;
+	struct metrics_family *m_latency, *m_requests;
 };
 
 bool kube_ok(const struct kube_result *r)
@@ -145,6 +147,18 @@ struct kube_client *kube_client_new(struct loop *loop, const struct kube_config 
 	return c;
 }
 
+void kube_client_set_metrics(struct kube_client *c, struct metrics_family *latency,
+			     struct metrics_family *requests)
+{
+	c->m_latency = latency;
+	c->m_requests = requests;
+}
+
+const char *kube_client_field_manager(const struct kube_client *c)
+{
+	return c->field_manager;
+}
+
 struct loop *kube_client_loop(struct kube_client *c)
 {
 	return c->loop;
@@ -231,6 +245,7 @@ static const char *current_token(struct kube_client *c)
 
 struct call {
 	struct kube_client *c;
+	const char *verb; /* a literal: "GET", "PUT", ... */
 	kube_done_cb done;
 	void *arg;
 	uint64_t started_us;
@@ -251,7 +266,18 @@ static void on_http_done(struct http_request *r, const struct http_result *hr, v
 	struct kube_result res = { .err = hr->err, .status = hr->status };
 	struct json_error jerr;
 
-	c->latency_us += now_us() - call->started_us;
+	uint64_t took = now_us() - call->started_us;
+	char code[16];
+
+	c->latency_us += took;
+	if (hr->err)
+		snprintf(code, sizeof(code), "error");
+	else
+		snprintf(code, sizeof(code), "%ld", hr->status);
+	if (c->m_latency)
+		metrics_observe(METRICS_WITH(c->m_latency, call->verb), (double)took / 1e6);
+	if (c->m_requests)
+		metrics_inc(METRICS_WITH(c->m_requests, call->verb, code));
 	if (hr->err) {
 		c->errors++;
 		snprintf(res.message, sizeof(res.message), "%s", hr->errmsg);
@@ -285,6 +311,17 @@ out:
 	free(call);
 }
 
+/* Metric label values must outlive the request: map to literals. */
+static const char *verb_name(const char *method)
+{
+	static const char *const verbs[] = { "GET", "POST", "PUT", "PATCH", "DELETE" };
+
+	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
+		if (strcmp(method, verbs[i]) == 0)
+			return verbs[i];
+	return "OTHER";
+}
+
 int kube_request_async(struct kube_client *c, const char *method, const char *path,
 		       const char *query, const char *content_type, const struct json *body,
 		       kube_done_cb done, void *arg)
@@ -310,7 +347,7 @@ int kube_request_async(struct kube_client *c, const char *method, const char *pa
 		err = -ENOMEM;
 		goto out;
 	}
-	*call = (struct call){ .c = c, .done = done, .arg = arg, .started_us = now_us() };
+	*call = (struct call){ .c = c, .verb = verb_name(method), .done = done, .arg = arg, .started_us = now_us() };
 	struct http_opts o = {
 		.method = method,
 		.url = buf_str(&url),

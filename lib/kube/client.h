@@ -78,6 +78,15 @@ const char *kube_client_namespace(const struct kube_client *c);
 void kube_client_stats(struct kube_client *c, unsigned long *requests, unsigned long *errors,
 		       double *latency_sum_s);
 
+/* Records every request in these families (any may be NULL), which the
+ * caller registered: a histogram of seconds labelled {verb}, and a
+ * counter labelled {verb, code} where code is the HTTP status or "error".
+ * Call before the first request. */
+struct metrics_family;
+void kube_client_set_metrics(struct kube_client *c, struct metrics_family *latency,
+			     struct metrics_family *requests);
+const char *kube_client_field_manager(const struct kube_client *c);
+
 /* Builds "/apis/g/v/namespaces/ns/plural/name/sub" into out. ns may be NULL
  * for cluster-scoped types or all-namespace lists; name and sub may be NULL.
  * -ENAMETOOLONG if it does not fit. */

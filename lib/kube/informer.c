@@ -14,6 +14,7 @@
 #include "kube/client.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "strmap.h"
 
 #define WATCH_TIMEOUT_S 290 /* the server ends watches; we re-watch at once */
@@ -57,6 +58,7 @@ struct informer {
 	bool relist_needed;
 	uint32_t backoff_ms;
 	unsigned long restarts, relists, events;
+	struct metric *m_restarts, *m_relists, *m_events;
 	bool freeing;
 };
 
@@ -230,6 +232,7 @@ static bool on_event(struct json *ev, void *arg)
 		return false;
 	}
 	inf->events++;
+	metrics_inc(inf->m_events);
 	if (strcmp(type, "ADDED") == 0 || strcmp(type, "MODIFIED") == 0) {
 		struct json *copy = json_clone(obj);
 		err = copy ? upsert(inf, copy) : -ENOMEM;
@@ -425,6 +428,7 @@ static void on_list_page(struct kube_result *res, void *arg)
 		return;
 	}
 	inf->relists++;
+	metrics_inc(inf->m_relists);
 	struct json *list = inf->pending_list;
 	inf->pending_list = NULL;
 	if (informer_replace(inf, list) != 0) {
@@ -492,6 +496,7 @@ static void on_watch_done(struct http_request *r, const struct http_result *res,
 	if (inf->freeing)
 		return;
 	inf->restarts++;
+	metrics_inc(inf->m_restarts);
 	if (res->err == 0 && res->status == 200 && !relist) {
 		/* The server ended the watch (timeoutSeconds): continue at once. */
 		start_watch(inf);
@@ -684,6 +689,14 @@ void informer_stats(struct informer *inf, unsigned long *watch_restarts, unsigne
 	*watch_restarts = inf->restarts;
 	*relists = inf->relists;
 	*events = inf->events;
+}
+
+void informer_set_metrics(struct informer *inf, struct metric *restarts, struct metric *relists,
+			  struct metric *events)
+{
+	inf->m_restarts = restarts;
+	inf->m_relists = relists;
+	inf->m_events = events;
 }
 
 void informer_resource_version(struct informer *inf, char *out, size_t outlen)

@@ -63,6 +63,11 @@ int informer_foreach_indexed(struct informer *inf, const char *index, const char
 /* Counters for metrics. */
 void informer_stats(struct informer *inf, unsigned long *watch_restarts, unsigned long *relists,
 		    unsigned long *events);
+/* Counts watch restarts, relists and events into these series too (any
+ * may be NULL). Before informer_start(). */
+struct metric;
+void informer_set_metrics(struct informer *inf, struct metric *restarts, struct metric *relists,
+			  struct metric *events);
 /* The last resourceVersion seen ("" before the first list). Copies into out. */
 void informer_resource_version(struct informer *inf, char *out, size_t outlen);
 
