@@ -12,6 +12,7 @@
 
 #include "buf.h"
 #include "controller.h"
+#include "coord.h"
 #include "httpd.h"
 #include "json.h"
 #include "kube/config.h"
@@ -30,6 +31,7 @@ struct options {
 	const char *lease_name;
 	const char *identity;
 	const char *listen_health;
+	const char *listen_coord;
 	const char *log_level;
 	int workers;
 	bool leader_election;
@@ -65,6 +67,8 @@ static void usage(FILE *f)
 		"  --retry-period D          leader-election retry period (default 2s)\n"
 		"  --http-listen ADDR        serve /healthz, /readyz and /metrics (Prometheus)\n"
 		"                            on ADDR (default 0.0.0.0:8081; \"\" disables)\n"
+		"  --coord-listen ADDR       serve the coordination API (knitd connects here) on\n"
+		"                            ADDR (default 0.0.0.0:9443; \"\" disables)\n"
 		"  --workers N               reconcile workers per kind (default 4)\n"
 		"  --no-default-tailnet      do not create the Tailnet \"default\" when missing\n"
 		"  --log-level LEVEL         debug, info, warn, error (default info)\n"
@@ -89,7 +93,7 @@ static bool parse_ms(const char *flag, const char *v, uint32_t *out)
 static int parse_args(int argc, char **argv, struct options *o)
 {
 	enum { KUBECONFIG = 256, NAMESPACE, LEASE_NAME, IDENTITY, NO_LE, LEASE_D, RENEW_D, RETRY_D, HEALTH, WORKERS,
-	       NO_DEFAULT, LOG_LEVEL };
+	       NO_DEFAULT, LOG_LEVEL, COORD };
 	static const struct option longopts[] = {
 		{ "kubeconfig", required_argument, NULL, KUBECONFIG },
 		{ "namespace", required_argument, NULL, NAMESPACE },
@@ -101,6 +105,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "retry-period", required_argument, NULL, RETRY_D },
 		{ "http-listen", required_argument, NULL, HEALTH },
 		{ "workers", required_argument, NULL, WORKERS },
+		{ "coord-listen", required_argument, NULL, COORD },
 		{ "no-default-tailnet", no_argument, NULL, NO_DEFAULT },
 		{ "log-level", required_argument, NULL, LOG_LEVEL },
 		{ "help", no_argument, NULL, 'h' },
@@ -108,7 +113,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 	};
 	int c;
 
-	*o = (struct options){ .lease_name = "knit-operator", .listen_health = "0.0.0.0:8081", .workers = 4,
+	*o = (struct options){ .lease_name = "knit-operator", .listen_health = "0.0.0.0:8081", .listen_coord = "0.0.0.0:9443", .workers = 4,
 			       .leader_election = true, .default_tailnet = true, .log_level = getenv("KNIT_LOG_LEVEL") };
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (c) {
@@ -121,6 +126,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case RENEW_D: if (!parse_ms("--renew-deadline", optarg, &o->renew_ms)) return 2; break;
 		case RETRY_D: if (!parse_ms("--retry-period", optarg, &o->retry_ms)) return 2; break;
 		case HEALTH: o->listen_health = optarg; break;
+		case COORD: o->listen_coord = optarg; break;
 		case WORKERS:
 			o->workers = atoi(optarg);
 			if (o->workers < 1 || o->workers > 64) {
@@ -156,9 +162,21 @@ static void device_changed(const struct json *dev)
 	enqueue_tailnet_of(dev);
 }
 
-static void dev_add(struct informer *i, const struct json *o, void *a) { device_changed(o); }
-static void dev_upd(struct informer *i, const struct json *old, const struct json *o, void *a) { device_changed(o); }
-static void dev_del(struct informer *i, const struct json *o, void *a) { device_changed(o); }
+static void dev_add(struct informer *i, const struct json *o, void *a)
+{
+	device_changed(o);
+	coord_device_changed(op.coord, NULL, o);
+}
+static void dev_upd(struct informer *i, const struct json *old, const struct json *o, void *a)
+{
+	device_changed(o);
+	coord_device_changed(op.coord, old, o);
+}
+static void dev_del(struct informer *i, const struct json *o, void *a)
+{
+	device_changed(o);
+	coord_device_deleted(op.coord, o);
+}
 
 static void enqueue_device_of_claim(const struct json *claim)
 {
@@ -187,8 +205,10 @@ static void tn_upd(struct informer *i, const struct json *old, const struct json
 {
 	controller_enqueue(op.tailnet_ctl, o);
 	/* Pools or timeouts may have changed: every device of it takes another look. */
-	if (!json_equal(json_get(old, "spec"), json_get(o, "spec")))
+	if (!json_equal(json_get(old, "spec"), json_get(o, "spec"))) {
 		informer_foreach(op.devices, enqueue_devices_of_tailnet, (void *)kube_name(o));
+		coord_tailnet_changed(op.coord, o);
+	}
 }
 static void tn_del(struct informer *i, const struct json *o, void *a) { controller_enqueue(op.tailnet_ctl, o); }
 
@@ -206,14 +226,27 @@ static void secret_changed(const struct json *s)
 static void sec_upd(struct informer *i, const struct json *old, const struct json *o, void *a) { secret_changed(o); }
 static void sec_del(struct informer *i, const struct json *o, void *a) { secret_changed(o); }
 
+static int index_one(const char *v, const char **values, int max)
+{
+	if (!v || max < 1)
+		return 0;
+	values[0] = v;
+	return 1;
+}
+
 static int claim_device_index(const struct json *obj, const char **values, int max)
 {
-	const char *d = json_str(json_path(obj, "spec", "device", NULL));
+	return index_one(json_str(json_path(obj, "spec", "device", NULL)), values, max);
+}
 
-	if (!d || max < 1)
-		return 0;
-	values[0] = d;
-	return 1;
+static int device_machine_index(const struct json *obj, const char **values, int max)
+{
+	return index_one(json_str(json_path(obj, "spec", "machineKey", NULL)), values, max);
+}
+
+static int authkey_prefix_index(const struct json *obj, const char **values, int max)
+{
+	return index_one(json_str(json_path(obj, "status", "keyPrefix", NULL)), values, max);
 }
 
 static void create_default_tailnet(void);
@@ -247,7 +280,9 @@ static struct informer *start_informer(const struct kube_resource *res, const ch
 		return NULL;
 	informer_set_metrics(inf, METRICS_WITH(m_restarts, res->plural), METRICS_WITH(m_relists, res->plural),
 			     METRICS_WITH(m_events, res->plural));
-	if (res == &res_addressclaims && informer_add_index(inf, "device", claim_device_index)) {
+	if ((res == &res_addressclaims && informer_add_index(inf, "device", claim_device_index)) ||
+	    (res == &res_devices && informer_add_index(inf, "machineKey", device_machine_index)) ||
+	    (res == &res_authkeys && informer_add_index(inf, "keyPrefix", authkey_prefix_index))) {
 		informer_free(inf);
 		return NULL;
 	}
@@ -336,9 +371,13 @@ static void workers_joined(struct loop *loop, void *arg)
 
 static void *join_workers(void *arg)
 {
+	coord_join(op.coord);
+	if (!op.tailnet_ctl)
+		goto out;
 	controller_join(op.tailnet_ctl);
 	controller_join(op.authkey_ctl);
 	controller_join(op.device_ctl);
+out:
 	loop_post(op.loop, workers_joined, NULL);
 	return NULL;
 }
@@ -350,6 +389,8 @@ static void shutdown_all(int code)
 	shutting_down = true;
 	exit_code = code;
 	op.running = false;
+	coord_drop_all(op.coord);
+	coord_shutdown(op.coord);
 	if (op.tailnet_ctl) {
 		controller_shutdown(op.tailnet_ctl);
 		controller_shutdown(op.authkey_ctl);
@@ -445,11 +486,13 @@ static void healthz(struct httpd_req *req, void *arg)
 
 static void readyz(struct httpd_req *req, void *arg)
 {
-	/* A standby is ready (it will serve coordination); a leader once its caches are. */
+	/* Ready means "serves coordination": the leader, once its caches are
+	 * synced. A standby is healthy but not ready, so a Service sends
+	 * agents to the leader. */
 	if (shutting_down)
 		httpd_respond_text(req, 503, "shutting down\n");
 	else if (lease && !lease_is_leader(lease))
-		httpd_respond_text(req, 200, "ok (standby)\n");
+		httpd_respond_text(req, 503, "standby (leader: %s)\n", *lease_leader(lease) ? lease_leader(lease) : "none");
 	else if (op.running)
 		httpd_respond_text(req, 200, "ok\n");
 	else
@@ -483,6 +526,11 @@ int main(int argc, char **argv)
 		kube_config_free(&cfg);
 		return 1;
 	}
+	/* Before any thread starts, so every thread inherits the blocked mask
+	 * and SIGTERM reaches the loop's signalfd, not a worker's default action. */
+	loop_signal_add(op.loop, SIGTERM, on_signal, NULL);
+	loop_signal_add(op.loop, SIGINT, on_signal, NULL);
+	signal(SIGPIPE, SIG_IGN);
 	op.kube = kube_client_new(op.loop, &cfg);
 	{
 		const char *ns = o.namespace ? o.namespace : cfg.namespace ? cfg.namespace : "default";
@@ -500,10 +548,16 @@ int main(int argc, char **argv)
 		exit_code = 1;
 		goto out;
 	}
-
-	loop_signal_add(op.loop, SIGTERM, on_signal, NULL);
-	loop_signal_add(op.loop, SIGINT, on_signal, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	if (o.listen_coord && *o.listen_coord) {
+		struct coord_opts co = { .listen = o.listen_coord };
+		r = coord_new(&op, &co, &op.coord);
+		if (r) {
+			log_error("cannot serve coordination", "listen=%s err=%d", o.listen_coord, r);
+			exit_code = 1;
+			goto out;
+		}
+		log_info("serving coordination", "listen=%s port=%u", o.listen_coord, coord_port(op.coord));
+	}
 
 	if (o.listen_health && *o.listen_health) {
 		struct httpd_opts ho = { .listen = o.listen_health, .listen_fd = -1 };
@@ -547,6 +601,7 @@ int main(int argc, char **argv)
 		exit_code = 1;
 out:
 	httpd_free(health);
+	coord_free(op.coord);
 	lease_free(lease);
 	controller_free(op.tailnet_ctl);
 	controller_free(op.authkey_ctl);

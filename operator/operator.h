@@ -11,6 +11,7 @@
 #include "kube/client.h"
 
 struct controller;
+struct coord;
 struct informer;
 struct json;
 struct loop;
@@ -39,6 +40,7 @@ struct operator {
 	/* {kind,result}, {kind}, {kind}: registered in main, updated by controllers. */
 	struct metrics_family *m_reconciles, *m_reconcile_seconds, *m_queue_depth;
 	atomic_bool running; /* controllers started (we lead) */
+	struct coord *coord; /* coordination server; NULL if disabled */
 };
 
 /* Reconciler result: 0 done, < 0 error (requeued with backoff), and

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "coord.h"
 #include "ipam.h"
 #include "json.h"
 #include "kube/informer.h"
@@ -74,6 +75,8 @@ int tailnet_reconcile(struct operator *op, const char *ns, const char *name, uin
 	informer_foreach(op->devices, count_device, &t);
 	informer_foreach(op->claims, count_claim, &t);
 	json_object_set(status, "devices", json_new_int(t.devices));
+	if (coord_ready(op->coord))
+		json_object_set(status, "controlKey", json_new_string(coord_control_key(op->coord)));
 	json_object_set(status, "ipv4Allocated", json_new_int(t.v4));
 	json_object_set(status, "ipv6Allocated", json_new_int(t.v6));
 	if (ok4 && ok6) {

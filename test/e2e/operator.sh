@@ -46,6 +46,7 @@ LEASE_ARGS=(--lease-duration 4s --renew-deadline 3s --retry-period 1s)
 op_start() { # op_start ID → OP_PID, OP_PORT
 	OP_PORT=$(e2e_free_port)
 	e2e_bg "operator-$1" "$OPERATOR" --namespace "$NS" --identity "$1" --http-listen "127.0.0.1:$OP_PORT" \
+		--coord-listen 127.0.0.1:0 \
 		"${LEASE_ARGS[@]}" --workers 4 --log-level info
 	OP_PID=$E2E_PID
 }
@@ -55,9 +56,14 @@ holder_is() { [ "$(holder)" = "$1" ]; }
 op_start op-a; A_PID=$OP_PID; A_PORT=$OP_PORT
 e2e_check "operator A leads" e2e_wait_for 20 holder_is op-a
 op_start op-b; B_PID=$OP_PID; B_PORT=$OP_PORT
-e2e_check "operator B is ready as standby" e2e_wait_for 20 curl -sf "http://127.0.0.1:$B_PORT/readyz"
+e2e_check "operator B is healthy as standby" e2e_wait_for 20 curl -sf "http://127.0.0.1:$B_PORT/healthz"
+standby_not_ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$B_PORT/readyz")" = 503 ]; }
+e2e_check "a standby is not ready (Services route agents to the leader)" standby_not_ready
 e2e_check "operator A is ready (caches synced)" e2e_wait_for 30 curl -sf "http://127.0.0.1:$A_PORT/readyz"
 e2e_check "the default Tailnet was created" e2e_wait_for 20 $K get tailnet default
+has_ctrl_key() { $K get tailnet default -o jsonpath='{.status.controlKey}' | grep -qE '^ctrlkey:[0-9a-f]{64}$'; }
+e2e_check "the Tailnet publishes the control key" e2e_wait_for 20 has_ctrl_key
+e2e_check "the control key lives in a Secret" $K get secret knit-control-key -n "$NS"
 tn_ready() { [ "$($K get tailnet default -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
 e2e_check "default Tailnet is Ready" e2e_wait_for 20 tn_ready
 
@@ -146,7 +152,7 @@ e2e_check "deleting the AuthKey deletes its Secret" e2e_wait_for 60 secret_gone
 
 # ---- clean shutdown releases the Lease ----
 op_start op-c; C_PID=$OP_PID
-e2e_check "op-c is ready as standby" e2e_wait_for 20 curl -sf "http://127.0.0.1:$OP_PORT/readyz"
+e2e_check "op-c is healthy as standby" e2e_wait_for 20 curl -sf "http://127.0.0.1:$OP_PORT/healthz"
 holder_is op-b || e2e_fail "op-b should lead after op-a was killed"
 kill -TERM "$B_PID"
 released_to_c() { holder_is op-c; }
@@ -172,7 +178,8 @@ e2e_check "op-c exited on SIGTERM" e2e_wait_for 10 c_exited
 # down, changes go through a second apiserver on the same etcd, and etcd is
 # compacted past them: the operator's watches come back to 410 Gone.
 OP_PORT=$(e2e_free_port)
-e2e_bg operator-solo "$OPERATOR" --namespace "$NS" --no-leader-election --http-listen "127.0.0.1:$OP_PORT" --workers 4
+e2e_bg operator-solo "$OPERATOR" --namespace "$NS" --no-leader-election --http-listen "127.0.0.1:$OP_PORT" \
+	--coord-listen 127.0.0.1:0 --workers 4
 SOLO_PID=$E2E_PID
 e2e_check "solo operator ready" e2e_wait_for 30 curl -sf "http://127.0.0.1:$OP_PORT/readyz"
 kube_stop_apiserver

@@ -1,0 +1,51 @@
+/* The coordination server (docs/control-protocol.md): agents handshake,
+ * register with auth keys, and follow their netmap over a long-lived map
+ * stream, first in full, then as deltas. Durable results (Devices, AuthKey
+ * uses) go to the API server; soft state (endpoints, online) stays here
+ * and agents re-announce it after a reconnect.
+ *
+ * Runs on the operator's loop; registration's API writes run on a small
+ * worker pool. Only the leader serves (the caches live there): others
+ * answer 503, and readiness routes traffic to the leader. */
+#ifndef KNIT_OPERATOR_COORD_H
+#define KNIT_OPERATOR_COORD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct json;
+struct operator;
+struct coord;
+
+struct coord_opts {
+	const char *listen; /* "0.0.0.0:9443" */
+	uint32_t keepalive_ms; /* map stream keepalive; 0: 30 s */
+	uint32_t session_idle_ms; /* 0: 10 min */
+	uint32_t register_wait_ms; /* how long register waits for addresses; 0: 15 s */
+};
+
+int coord_new(struct operator *op, const struct coord_opts *o, struct coord **out);
+/* Two-phase stop, because registration workers wait on the loop for API
+ * calls: coord_shutdown() on the loop thread (non-blocking), coord_join()
+ * off it, then coord_free() once the loop has stopped. */
+void coord_shutdown(struct coord *c);
+void coord_join(struct coord *c);
+void coord_free(struct coord *c);
+uint16_t coord_port(const struct coord *c);
+/* The public control key as text once loaded ("" before). */
+const char *coord_control_key(const struct coord *c);
+bool coord_ready(const struct coord *c);
+
+/* Informer hooks (loop thread): keep streams in step with the caches. */
+void coord_device_changed(struct coord *c, const struct json *old, const struct json *dev);
+void coord_device_deleted(struct coord *c, const struct json *dev);
+void coord_tailnet_changed(struct coord *c, const struct json *tn);
+/* Leadership lost or shutting down: close every stream and session. */
+void coord_drop_all(struct coord *c);
+
+struct coord_stats {
+	unsigned long sessions, streams, handshakes, handshake_failures, registrations, frames_rejected;
+};
+void coord_stats(const struct coord *c, struct coord_stats *out);
+
+#endif
