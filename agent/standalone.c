@@ -1,0 +1,285 @@
+/* Standalone mode: one engine on one hub, configured over the UAPI
+ * socket by wg(8), as wireguard-go is. Daemonizes like wireguard-go: the
+ * parent returns once the TUN device and the UAPI socket are ready (so
+ * wg-quick can configure it at once), or fails with the child's error. */
+#include "standalone.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <net/if.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "loop.h"
+#include "wg/aead.h"
+#include "wg/engine.h"
+#include "wg/hub.h"
+#include "wg/uapi_server.h"
+
+struct options {
+	const char *ifname;
+	bool foreground;
+	int workers; /* -1: auto */
+	const char *log_level;
+};
+
+void standalone_usage(FILE *f, const char *prog)
+{
+	fprintf(f,
+		"Usage: %s [-f] [OPTIONS] IFNAME\n"
+		"\n"
+		"Runs a userspace WireGuard interface, as wireguard-go does: creates the TUN\n"
+		"device IFNAME (MTU 1420, left down), and serves the WireGuard configuration\n"
+		"protocol on /var/run/wireguard/IFNAME.sock, so that wg(8) and wg-quick(8)\n"
+		"configure and show it (wg set, wg setconf, wg show) and ip(8) addresses and\n"
+		"raises it. It listens on a random UDP port (IPv4 and, if the host has it,\n"
+		"IPv6) until `wg set IFNAME listen-port N` says otherwise.\n"
+		"\n"
+		"Without -f it detaches into the background once the device and the socket\n"
+		"are ready, and the command returns 0; it fails with a message if they\n"
+		"cannot be made.\n"
+		"\n"
+		"  -f, --foreground      stay in the foreground, logging to stderr\n"
+		"  --workers N           crypt worker threads (default: one per CPU; 0 runs\n"
+		"                        encryption on the threads that read the packets)\n"
+		"  --log-level LEVEL     debug, info, warn, error (default info)\n"
+		"  -h, --help            show this help\n"
+		"\n"
+		"It exits, removing its socket, on SIGTERM or SIGINT, and when the TUN device\n"
+		"is deleted (ip link del IFNAME). Inner packets up to %d bytes are carried:\n"
+		"set the tunnel MTU no higher.\n"
+		"\n"
+		"Environment:\n"
+		"  KNIT_LOG_LEVEL        log level, as --log-level. In the background, logs go\n"
+		"                        to /dev/null unless this is set (as wireguard-go's\n"
+		"                        LOG_LEVEL).\n"
+		"  KNIT_WG_UNDER_LOAD_AT queued handshakes from which cookies are demanded\n"
+		"                        (default 512, an eighth of the queue; tests set 1)\n"
+		"\n"
+		"For wg-quick: WG_QUICK_USERSPACE_IMPLEMENTATION=knit-wg (knitd run under\n"
+		"the name knit-wg behaves as `knitd wg`).\n",
+		prog, 1952);
+}
+
+static int parse_args(int argc, char **argv, struct options *o)
+{
+	enum { WORKERS = 256, LOG_LEVEL };
+	static const struct option longopts[] = {
+		{ "foreground", no_argument, NULL, 'f' },
+		{ "workers", required_argument, NULL, WORKERS },
+		{ "log-level", required_argument, NULL, LOG_LEVEL },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+
+	*o = (struct options){ .workers = -1, .log_level = getenv("KNIT_LOG_LEVEL") };
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "+fh", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'f':
+			o->foreground = true;
+			break;
+		case WORKERS: {
+			char *end;
+			long v = strtol(optarg, &end, 10);
+			if (*end || v < 0 || v > 64) {
+				fprintf(stderr, "knitd wg: --workers must be 0..64\n");
+				return 2;
+			}
+			o->workers = (int)v;
+			break;
+		}
+		case LOG_LEVEL:
+			o->log_level = optarg;
+			break;
+		case 'h':
+			standalone_usage(stdout, argv[0]);
+			return 1;
+		default:
+			standalone_usage(stderr, argv[0]);
+			return 2;
+		}
+	}
+	if (optind != argc - 1) {
+		standalone_usage(stderr, argv[0]);
+		return 2;
+	}
+	o->ifname = argv[optind];
+	if (!*o->ifname || strlen(o->ifname) >= IFNAMSIZ || strchr(o->ifname, '/')) {
+		fprintf(stderr, "knitd wg: \"%s\" is not a valid interface name\n", o->ifname);
+		return 2;
+	}
+	return 0;
+}
+
+struct standalone {
+	struct loop *loop;
+	int exit_code;
+};
+
+static void on_signal(struct loop *loop, int signo, void *arg)
+{
+	log_info("shutting down", "signal=%s", strsignal(signo));
+	loop_stop(loop);
+}
+
+static void on_down(void *arg, struct engine *e)
+{
+	struct standalone *s = arg;
+
+	log_info("interface removed: shutting down", "dev=%s", engine_ifname(e));
+	loop_stop(s->loop);
+}
+
+/* Writes the status for a waiting parent (once). */
+static void report(int *fd, int status)
+{
+	unsigned char b = (unsigned char)status;
+
+	if (*fd < 0)
+		return;
+	if (write(*fd, &b, 1) != 1)
+		log_warn("could not report readiness", "errno=%d", errno);
+	close(*fd);
+	*fd = -1;
+}
+
+/* Forks; the parent waits for the child's status byte and exits with it. */
+static int daemonize(int *ready_fd)
+{
+	int p[2];
+	pid_t pid;
+	unsigned char status = 1;
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid > 0) {
+		close(p[1]);
+		if (read(p[0], &status, 1) != 1)
+			status = 1;
+		_exit(status);
+	}
+	close(p[0]);
+	*ready_fd = p[1];
+	setsid();
+	return 0;
+}
+
+static void detach_stdio(bool keep_output)
+{
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+	if (null < 0)
+		return;
+	dup2(null, STDIN_FILENO);
+	if (!keep_output) {
+		dup2(null, STDOUT_FILENO);
+		dup2(null, STDERR_FILENO);
+	}
+	close(null);
+}
+
+static unsigned default_workers(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n > 0 ? (unsigned)n : 1;
+}
+
+int standalone_main(int argc, char **argv)
+{
+	struct options o;
+	struct standalone s = { .exit_code = 1 };
+	struct hub_config hc = { 0 };
+	struct engine_config ec = { 0 };
+	struct hub *hub = NULL;
+	struct engine *engine = NULL;
+	struct uapi_server *srv = NULL;
+	enum log_level level = LOG_INFO;
+	int ready_fd = -1, ret;
+	const char *ula = getenv("KNIT_WG_UNDER_LOAD_AT");
+
+	ret = parse_args(argc, argv, &o);
+	if (ret)
+		return ret == 1 ? 0 : ret;
+	if (o.log_level && !log_level_parse(o.log_level, &level)) {
+		fprintf(stderr, "knitd wg: unknown log level \"%s\"\n", o.log_level);
+		return 2;
+	}
+	log_init("knitd", level);
+	if (!o.foreground) {
+		ret = daemonize(&ready_fd);
+		if (ret) {
+			fprintf(stderr, "knitd wg: cannot daemonize: %s\n", strerror(-ret));
+			return 1;
+		}
+	}
+
+	ret = aead_init(AEAD_IMPL_AUTO);
+	if (ret) {
+		log_error("no usable AEAD backend", "errno=%d", -ret);
+		goto out;
+	}
+	s.loop = loop_new();
+	if (!s.loop) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	/* Before any thread starts, so they all inherit the blocked mask. */
+	signal(SIGPIPE, SIG_IGN);
+	loop_signal_add(s.loop, SIGTERM, on_signal, &s);
+	loop_signal_add(s.loop, SIGINT, on_signal, &s);
+
+	hc.workers = o.workers < 0 ? default_workers() : (unsigned)o.workers;
+	hc.readers_help = true;
+	if (ula)
+		hc.under_load_at = (size_t)strtoul(ula, NULL, 10);
+	ret = hub_new(&hub, s.loop, &hc);
+	if (ret) {
+		log_error("cannot open UDP sockets", "errno=%d", -ret);
+		goto out;
+	}
+	ec.ifname = o.ifname;
+	ec.owns_port = true;
+	ec.on_down = on_down;
+	ec.arg = &s;
+	ret = engine_new(&engine, hub, &ec);
+	if (ret) {
+		log_error("cannot create TUN device", "dev=%s errno=%d", o.ifname, -ret);
+		if (!o.foreground)
+			fprintf(stderr, "knitd wg: cannot create TUN device %s: %s\n", o.ifname, strerror(-ret));
+		goto out;
+	}
+	ret = uapi_server_open(&srv, s.loop, NULL, engine_ifname(engine), &engine_uapi_ops, engine);
+	if (ret) {
+		log_error("cannot serve UAPI", "dev=%s errno=%d", o.ifname, -ret);
+		if (!o.foreground)
+			fprintf(stderr, "knitd wg: cannot serve %s/%s.sock: %s\n", UAPI_SERVER_DIR, o.ifname,
+				strerror(-ret));
+		goto out;
+	}
+	log_info("ready", "dev=%s uapi=%s port=%u workers=%u", engine_ifname(engine), uapi_server_path(srv),
+		 hub_port(hub), hc.workers);
+	if (!o.foreground) {
+		detach_stdio(getenv("KNIT_LOG_LEVEL") != NULL);
+		report(&ready_fd, 0);
+	}
+	ret = loop_run(s.loop);
+	s.exit_code = ret ? 1 : 0;
+out:
+	report(&ready_fd, 1);
+	uapi_server_close(srv);
+	engine_free(engine);
+	hub_free(hub);
+	loop_free(s.loop);
+	aead_thread_cleanup();
+	return s.exit_code;
+}

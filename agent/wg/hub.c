@@ -1,0 +1,478 @@
+#include "wg/hub.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "wg/aead.h"
+#include "wg/engine.h"
+#include "wg/noise.h"
+#include "wg/peer.h"
+#include "wg/pool.h"
+#include "wg/receive.h"
+
+#define RX_BATCH 128
+/* hub_send() waits up to SEND_WAIT_MS * SEND_WAIT_ROUNDS for buffer room. */
+#define SEND_WAIT_MS 20
+#define SEND_WAIT_ROUNDS 50
+
+static void efd_signal(int fd)
+{
+	uint64_t one = 1;
+	ssize_t r;
+
+	do
+		r = write(fd, &one, sizeof(one));
+	while (r < 0 && errno == EINTR);
+}
+
+static void efd_drain(int fd)
+{
+	uint64_t v;
+	ssize_t r;
+
+	do
+		r = read(fd, &v, sizeof(v));
+	while (r < 0 && errno == EINTR);
+}
+
+void hub_wake(struct hub *h)
+{
+	efd_signal(h->wake_efd);
+}
+
+/* ---- quiescent states ---- */
+
+void hub_qs_register(struct hub *h, struct hub_qs *qs)
+{
+	atomic_store(&qs->seen, 0);
+	pthread_mutex_lock(&h->qs_lock);
+	qs->next = h->qs;
+	h->qs = qs;
+	pthread_mutex_unlock(&h->qs_lock);
+}
+
+void hub_qs_unregister(struct hub *h, struct hub_qs *qs)
+{
+	pthread_mutex_lock(&h->qs_lock);
+	for (struct hub_qs **pp = &h->qs; *pp; pp = &(*pp)->next) {
+		if (*pp == qs) {
+			*pp = qs->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&h->qs_lock);
+}
+
+void hub_synchronize(struct hub *h)
+{
+	uint64_t target = atomic_fetch_add(&h->epoch, 1) + 1;
+
+	pthread_mutex_lock(&h->qs_lock);
+	for (struct hub_qs *qs = h->qs; qs; qs = qs->next) {
+		uint64_t seen;
+		while ((seen = atomic_load(&qs->seen)) != 0 && seen < target)
+			usleep(20);
+	}
+	pthread_mutex_unlock(&h->qs_lock);
+}
+
+/* ---- sockets ---- */
+
+static int fam_slot(int family)
+{
+	return family == AF_INET6 ? 1 : 0;
+}
+
+/* Opens an IPv4 and (where the host has IPv6) an IPv6 socket on one port. */
+static int open_pair(uint16_t port, struct udp *out[2])
+{
+	int ret;
+
+	out[0] = out[1] = NULL;
+	for (int attempt = 0; attempt < 8; attempt++) {
+		ret = udp_open(&out[0], AF_INET, port, 0);
+		if (ret)
+			return ret;
+		ret = udp_open(&out[1], AF_INET6, udp_port(out[0]), 0);
+		if (!ret)
+			return 0;
+		if (ret == -EAFNOSUPPORT || ret == -EADDRNOTAVAIL) {
+			log_info("no IPv6 socket", "errno=%d", -ret);
+			return 0;
+		}
+		udp_close(out[0]);
+		out[0] = NULL;
+		/* The kernel's pick for IPv4 was taken for IPv6: pick again. */
+		if (port || ret != -EADDRINUSE)
+			return ret;
+	}
+	return -EADDRINUSE;
+}
+
+static int apply_fwmark(struct udp *u, uint32_t mark)
+{
+	if (u && setsockopt(udp_fd(u), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0)
+		return -errno;
+	return 0;
+}
+
+static int rx_watch(struct hub *h, struct udp *u, int op)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = u };
+
+	if (!u)
+		return 0;
+	return epoll_ctl(h->rx_epfd, op, udp_fd(u), &ev) < 0 ? -errno : 0;
+}
+
+int hub_set_port(struct hub *h, uint16_t port)
+{
+	struct udp *fresh[2], *old[2];
+	int ret;
+
+	if (port && port == h->port)
+		return 0;
+	ret = open_pair(port, fresh);
+	if (ret)
+		return ret;
+	for (int i = 0; i < 2 && h->fwmark; i++)
+		apply_fwmark(fresh[i], h->fwmark);
+	for (int i = 0; i < 2; i++) {
+		pthread_mutex_lock(&h->sock[i].send_lock);
+		old[i] = h->sock[i].udp;
+		h->sock[i].udp = fresh[i];
+		pthread_mutex_unlock(&h->sock[i].send_lock);
+		if (old[i])
+			epoll_ctl(h->rx_epfd, EPOLL_CTL_DEL, udp_fd(old[i]), NULL);
+		rx_watch(h, fresh[i], EPOLL_CTL_ADD);
+	}
+	h->port = udp_port(fresh[0]);
+	/* The receive thread may still be reading an old socket. */
+	hub_synchronize(h);
+	for (int i = 0; i < 2; i++)
+		udp_close(old[i]);
+	log_info("listening", "port=%u ipv6=%s", h->port, fresh[1] ? "yes" : "no");
+	return 0;
+}
+
+uint16_t hub_port(const struct hub *h)
+{
+	return h->port;
+}
+
+int hub_set_fwmark(struct hub *h, uint32_t mark)
+{
+	int ret = 0;
+
+	for (int i = 0; i < 2 && !ret; i++) {
+		pthread_mutex_lock(&h->sock[i].send_lock);
+		ret = apply_fwmark(h->sock[i].udp, mark);
+		pthread_mutex_unlock(&h->sock[i].send_lock);
+	}
+	if (!ret)
+		h->fwmark = mark;
+	return ret;
+}
+
+uint32_t hub_fwmark(const struct hub *h)
+{
+	return h->fwmark;
+}
+
+int hub_send(struct hub *h, struct udp_msg *msgs, size_t n)
+{
+	struct hub_socket *s;
+	size_t done = 0;
+	int ret = 0, waits = 0;
+
+	if (!n)
+		return 0;
+	s = &h->sock[fam_slot(msgs[0].ep.addr.sa.sa_family)];
+	pthread_mutex_lock(&s->send_lock);
+	if (!s->udp) {
+		ret = -EAFNOSUPPORT;
+		goto out;
+	}
+	while (done < n) {
+		int r = udp_send(s->udp, msgs + done, n - done);
+		if (r > 0) {
+			done += (size_t)r;
+			continue;
+		}
+		if (r == -EAGAIN && waits++ < SEND_WAIT_ROUNDS) {
+			/* Socket buffer full: wait for room rather than drop a
+			 * burst that TCP inside would have to retransmit. */
+			struct pollfd pfd = { .fd = udp_fd(s->udp), .events = POLLOUT };
+			poll(&pfd, 1, SEND_WAIT_MS);
+			continue;
+		}
+		ret = r;
+		break;
+	}
+out:
+	pthread_mutex_unlock(&s->send_lock);
+	return done ? (int)done : ret;
+}
+
+int hub_send_one(struct hub *h, const struct endpoint *to, const void *pkt, size_t len)
+{
+	struct udp_msg m = { .data = (uint8_t *)pkt, .len = len, .cap = len, .ep = *to };
+
+	return hub_send(h, &m, 1);
+}
+
+void hub_stats(struct hub *h, struct hub_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->handshakes_queued = atomic_load(&h->st_hs_queued);
+	out->handshakes_dropped = atomic_load(&h->st_hs_dropped);
+	out->cookie_replies_sent = atomic_load(&h->st_cookies);
+	out->rx_invalid = atomic_load(&h->st_invalid);
+	out->rx_other = atomic_load(&h->st_other);
+	out->rx_unknown_index = atomic_load(&h->st_unknown);
+	for (int i = 0; i < 2; i++) {
+		pthread_mutex_lock(&h->sock[i].send_lock);
+		if (h->sock[i].udp)
+			udp_stats(h->sock[i].udp, &out->udp[i]);
+		pthread_mutex_unlock(&h->sock[i].send_lock);
+	}
+	out->pool_free = pool_available(h->pool);
+	out->pool_size = pool_size(h->pool);
+}
+
+/* ---- handshake queue ---- */
+
+bool hub_handshake_enqueue(struct hub *h, const uint8_t *msg, size_t len, const struct endpoint *from)
+{
+	struct hub_handshake *slot;
+	bool ok = false;
+
+	if (len > sizeof(slot->msg))
+		return false;
+	pthread_mutex_lock(&h->hs_lock);
+	if (h->hs_count < h->hs_cap) {
+		slot = &h->hs_ring[(h->hs_head + h->hs_count) % h->hs_cap];
+		memcpy(slot->msg, msg, len);
+		slot->len = (uint16_t)len;
+		slot->from = *from;
+		h->hs_count++;
+		ok = true;
+	}
+	pthread_mutex_unlock(&h->hs_lock);
+	atomic_fetch_add(ok ? &h->st_hs_queued : &h->st_hs_dropped, 1);
+	return ok;
+}
+
+bool hub_handshake_dequeue(struct hub *h, struct hub_handshake *out, size_t *left)
+{
+	bool ok = false;
+
+	pthread_mutex_lock(&h->hs_lock);
+	if (h->hs_count) {
+		*out = h->hs_ring[h->hs_head];
+		h->hs_head = (h->hs_head + 1) % h->hs_cap;
+		h->hs_count--;
+		*left = h->hs_count;
+		ok = true;
+	}
+	pthread_mutex_unlock(&h->hs_lock);
+	return ok;
+}
+
+/* ---- the receive thread ---- */
+
+/* Reads one socket until it is drained: udp_recv() keeps GRO runs it has
+ * not handed out yet, which epoll cannot see. */
+static void rx_drain(struct hub *h, struct udp *u)
+{
+	uint8_t *bufs[RX_BATCH];
+	struct udp_msg msgs[RX_BATCH];
+
+	while (!atomic_load(&h->stopping)) {
+		size_t got = pool_get(h->pool, bufs, RX_BATCH);
+		int r;
+
+		if (!got) {
+			/* Every slot is in flight: help them along. */
+			if (!queueing_help(&h->queue, 4))
+				usleep(50);
+			continue;
+		}
+		for (size_t i = 0; i < got; i++)
+			msgs[i] = (struct udp_msg){ .data = bufs[i], .cap = POOL_BUF_SIZE };
+		r = udp_recv(u, msgs, got);
+		if (r <= 0) {
+			pool_put(h->pool, bufs, got);
+			if (r != -EAGAIN && r != -EINTR)
+				log_warn("udp receive failed", "errno=%d", -r);
+			return;
+		}
+		/* udp_recv() fills slots in order: bufs[r..got) are unused. */
+		pool_put(h->pool, bufs + r, got - (size_t)r);
+		receive_datagrams(h, msgs, (size_t)r);
+		if (h->cfg.readers_help)
+			queueing_help(&h->queue, SIZE_MAX);
+		hub_qs_online(h, &h->rx_qs);
+	}
+}
+
+static void *rx_main(void *arg)
+{
+	struct hub *h = arg;
+	struct epoll_event ev[4];
+
+	hub_qs_register(h, &h->rx_qs);
+	while (!atomic_load(&h->stopping)) {
+		int n;
+
+		hub_qs_offline(&h->rx_qs);
+		n = epoll_wait(h->rx_epfd, ev, 4, -1);
+		hub_qs_online(h, &h->rx_qs);
+		if (n < 0 && errno != EINTR) {
+			log_error("receive thread: epoll failed", "errno=%d", errno);
+			break;
+		}
+		for (int i = 0; i < n && !atomic_load(&h->stopping); i++)
+			if (ev[i].data.ptr)
+				rx_drain(h, ev[i].data.ptr);
+	}
+	hub_qs_offline(&h->rx_qs);
+	hub_qs_unregister(h, &h->rx_qs);
+	aead_thread_cleanup();
+	return NULL;
+}
+
+/* ---- the loop side ---- */
+
+static void on_wake(struct loop *loop, int fd, unsigned events, void *arg)
+{
+	struct hub *h = arg;
+
+	efd_drain(fd);
+	receive_handshakes(h);
+	peer_run_scheduled(h);
+	for (struct engine *e = h->engines; e; e = e->hub_next)
+		engine_check_down(e);
+}
+
+void hub_attach(struct hub *h, struct engine *e)
+{
+	e->hub_next = h->engines;
+	h->engines = e;
+}
+
+void hub_detach(struct hub *h, struct engine *e)
+{
+	for (struct engine **pp = &h->engines; *pp; pp = &(*pp)->hub_next) {
+		if (*pp == e) {
+			*pp = e->hub_next;
+			break;
+		}
+	}
+}
+
+int hub_new(struct hub **out, struct loop *loop, const struct hub_config *cfg)
+{
+	struct hub *h = calloc(1, sizeof(*h));
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+	int ret;
+
+	*out = NULL;
+	if (!h)
+		return -ENOMEM;
+	h->loop = loop;
+	h->cfg = *cfg;
+	if (!h->cfg.handshake_queue_max)
+		h->cfg.handshake_queue_max = HUB_HANDSHAKE_QUEUE_MAX;
+	if (!h->cfg.pool_buffers)
+		h->cfg.pool_buffers = HUB_POOL_BUFFERS;
+	h->wake_efd = h->stop_efd = h->rx_epfd = -1;
+	atomic_init(&h->epoch, 1);
+	pthread_mutex_init(&h->hs_lock, NULL);
+	pthread_mutex_init(&h->work_lock, NULL);
+	pthread_mutex_init(&h->qs_lock, NULL);
+	for (int i = 0; i < 2; i++)
+		pthread_mutex_init(&h->sock[i].send_lock, NULL);
+	h->hs_cap = h->cfg.handshake_queue_max;
+	h->hs_ring = calloc(h->hs_cap, sizeof(*h->hs_ring));
+	h->index = noise_index_new();
+	if (!h->hs_ring || !h->index) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = pool_new(&h->pool, h->cfg.pool_buffers);
+	if (ret)
+		goto out;
+	h->wake_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	h->stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	h->rx_epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (h->wake_efd < 0 || h->stop_efd < 0 || h->rx_epfd < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if (epoll_ctl(h->rx_epfd, EPOLL_CTL_ADD, h->stop_efd, &ev) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	ret = hub_set_port(h, cfg->port);
+	if (ret)
+		goto out;
+	ret = loop_fd_add(loop, h->wake_efd, LOOP_READ, on_wake, h);
+	if (ret)
+		goto out;
+	ret = queueing_init(&h->queue, cfg->workers);
+	if (ret)
+		goto out;
+	h->queue_ready = true;
+	ret = -pthread_create(&h->rx_thread, NULL, rx_main, h);
+	if (ret)
+		goto out;
+	pthread_setname_np(h->rx_thread, "knit-udp");
+	h->rx_started = true;
+	*out = h;
+out:
+	if (ret)
+		hub_free(h);
+	return ret;
+}
+
+void hub_free(struct hub *h)
+{
+	if (!h)
+		return;
+	atomic_store(&h->stopping, true);
+	if (h->stop_efd >= 0)
+		efd_signal(h->stop_efd);
+	if (h->rx_started)
+		pthread_join(h->rx_thread, NULL);
+	if (h->queue_ready)
+		queueing_destroy(&h->queue);
+	/* Jobs run above may have scheduled loop work: drop it. */
+	peer_run_scheduled(h);
+	if (h->wake_efd >= 0) {
+		loop_fd_del(h->loop, h->wake_efd);
+		close(h->wake_efd);
+	}
+	for (int i = 0; i < 2; i++) {
+		udp_close(h->sock[i].udp);
+		pthread_mutex_destroy(&h->sock[i].send_lock);
+	}
+	if (h->stop_efd >= 0)
+		close(h->stop_efd);
+	if (h->rx_epfd >= 0)
+		close(h->rx_epfd);
+	pool_free(h->pool);
+	if (h->index)
+		noise_index_free(h->index);
+	free(h->hs_ring);
+	pthread_mutex_destroy(&h->hs_lock);
+	pthread_mutex_destroy(&h->work_lock);
+	pthread_mutex_destroy(&h->qs_lock);
+	free(h);
+}

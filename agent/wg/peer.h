@@ -1,0 +1,119 @@
+/* A WireGuard peer of one engine: its Noise remote, cookie maker, timer
+ * state, allowed-IPs membership, endpoint, staged packets and the two
+ * serial queues of crypt jobs (queueing.h).
+ *
+ * Lifetime: refcounted. The engine's tables hold one reference; every
+ * job, every pending piece of loop work and every flush in progress holds
+ * another. Removal is two-phase (engine.c): peer_kill() marks it dead,
+ * stops its timers and drops its keys and staged packets; the engine
+ * unlinks it from its tables, hub_synchronize() lets readers that found it
+ * by lookup finish, then the table reference goes. The last peer_put()
+ * frees it, on whichever thread that happens.
+ *
+ * Locking (order: tx_lock, then endpoint_lock; rx_lock alone):
+ *  - endpoint_lock: endpoint, has_endpoint.
+ *  - tx_lock: staged ring, tx queue (tx_head, tx_tail, tx_jobs).
+ *  - rx_lock: rx queue (rx_head, rx_tail, rx_jobs).
+ *  - hub.work_lock: work_next.
+ *  - loop thread only: hash_next, list links, timer, persistent_keepalive.
+ *  - atomics: refcount, dead, work, the flushing flags, counters,
+ *    last_handshake_ns, timer_armed.
+ *  - timers, cookie and remote lock themselves. */
+#ifndef KNIT_AGENT_WG_PEER_H
+#define KNIT_AGENT_WG_PEER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "loop.h"
+#include "net/endpoint.h"
+#include "wg/allowedips.h"
+#include "wg/cookie.h"
+#include "wg/messages.h"
+#include "wg/timers.h"
+
+struct engine;
+struct hub;
+struct job;
+struct noise_remote;
+
+#define PEER_STAGED_MAX 128 /* Linux's MAX_STAGED_PACKETS */
+#define PEER_STAGED_RING 512 /* staged plus one TUN batch */
+#define PEER_QUEUE_JOBS_MAX 256 /* jobs in flight per direction */
+
+enum peer_work {
+	PEER_WORK_HANDSHAKE = 1u << 0, /* send an initiation (not a retry) */
+	PEER_WORK_REARM = 1u << 1, /* a timer deadline moved earlier */
+};
+
+struct peer {
+	struct engine *engine;
+	struct noise_remote *remote;
+	struct cookie_maker cookie;
+	struct timers timers;
+	struct allowedips_peer aip;
+	uint8_t public_key[NOISE_PUBLIC_KEY_LEN];
+	atomic_uint refcount;
+	atomic_bool dead;
+
+	struct peer *hash_next, *list_next, *list_prev;
+	struct loop_timer *timer;
+	uint16_t persistent_keepalive;
+	_Atomic uint64_t timer_armed; /* the loop timer's deadline, TIMERS_OFF */
+
+	pthread_mutex_t endpoint_lock;
+	struct endpoint endpoint;
+	bool has_endpoint;
+
+	pthread_mutex_t tx_lock;
+	uint8_t *staged_buf[PEER_STAGED_RING];
+	uint16_t staged_len[PEER_STAGED_RING];
+	size_t staged_head, staged_count;
+	struct job *tx_head, *tx_tail;
+	unsigned tx_jobs;
+	atomic_bool tx_flushing;
+
+	pthread_mutex_t rx_lock;
+	struct job *rx_head, *rx_tail;
+	unsigned rx_jobs;
+	atomic_bool rx_flushing;
+
+	_Atomic uint64_t rx_bytes, tx_bytes;
+	_Atomic int64_t last_handshake_ns; /* CLOCK_REALTIME, 0: never */
+
+	atomic_uint work;
+	struct peer *work_next;
+};
+
+/* Loop thread. A new peer with one reference (the caller's), or NULL on
+ * ENOMEM. It is counted in the engine until freed. */
+struct peer *peer_new(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_LEN]);
+struct peer *peer_get(struct peer *p);
+void peer_put(struct peer *p);
+/* Loop thread: phase one of removal (see above). */
+void peer_kill(struct peer *p);
+
+void peer_set_endpoint(struct peer *p, const struct endpoint *ep);
+/* Copies the endpoint; false if there is none. */
+bool peer_endpoint(struct peer *p, struct endpoint *out);
+void peer_clear_endpoint_src(struct peer *p);
+
+/* Any thread: asks the loop to do work (enum peer_work) for p soon. */
+void peer_schedule(struct peer *p, unsigned work);
+/* Loop thread: does the scheduled work of every peer of the hub. */
+void peer_run_scheduled(struct hub *h);
+/* Any thread, after timers_on_*(): re-arms the loop timer if the next
+ * deadline moved earlier. */
+void peer_timers_changed(struct peer *p);
+/* Loop thread: arms the loop timer for the next deadline. */
+void peer_timers_arm(struct peer *p);
+/* Loop thread: seconds, 0 off; sends a keepalive when it was just enabled. */
+void peer_set_persistent_keepalive(struct peer *p, uint16_t interval);
+
+/* Drops a job: its buffers back to the pool, its keypair and peer
+ * references, the job itself. */
+void peer_release_job(struct job *j);
+
+#endif

@@ -1,0 +1,24 @@
+/* The receive path: datagrams from the hub's sockets classified; data
+ * messages opened in parallel by the crypt workers and written to the TUN
+ * in order per peer (after the replay window and the allowed-IPs source
+ * check), with roaming; handshake messages handled on the loop thread
+ * with the cookie checks of whitepaper section 5.3. */
+#ifndef KNIT_AGENT_WG_RECEIVE_H
+#define KNIT_AGENT_WG_RECEIVE_H
+
+#include <stddef.h>
+
+#include "net/udp.h"
+
+struct hub;
+struct job;
+
+/* Receive thread: takes ownership of every msgs[i].data (a pool slot). */
+void receive_datagrams(struct hub *h, struct udp_msg *msgs, size_t n);
+/* Crypt worker: opens an rx job, then flushes the peer's queue. */
+void receive_job_run(struct job *j);
+/* Loop thread: works through queued handshake messages (a bounded
+ * number per call; wakes the loop again if more are left). */
+void receive_handshakes(struct hub *h);
+
+#endif

@@ -1,0 +1,414 @@
+#include "wg/send.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <string.h>
+#include <stddef.h>
+#include <time.h>
+
+#include <sodium.h>
+
+#include "log.h"
+#include "loop.h"
+#include "wg/engine.h"
+#include "wg/hub.h"
+#include "wg/noise.h"
+#include "wg/peer.h"
+#include "wg/pool.h"
+#include "wg/queueing.h"
+
+/* Datagrams per hub_send(): one GSO send takes up to 64. */
+#define TX_SEND_BATCH 256
+#define STAGED_JOBS_MAX (PEER_STAGED_RING / JOB_MAX)
+
+/* Destination of a plain IP packet, for the allowed-IPs lookup. */
+static const uint8_t *ip_dst(const uint8_t *pkt, size_t len, int *family)
+{
+	if (len >= 20 && pkt[0] >> 4 == 4) {
+		*family = AF_INET;
+		return pkt + 16;
+	}
+	if (len >= 40 && pkt[0] >> 4 == 6) {
+		*family = AF_INET6;
+		return pkt + 24;
+	}
+	return NULL;
+}
+
+/* Caller holds p->tx_lock. */
+static void staged_push(struct peer *p, uint8_t *buf, uint16_t len, uint8_t **dropped, size_t *ndropped)
+{
+	if (p->staged_count == PEER_STAGED_RING) {
+		dropped[(*ndropped)++] = p->staged_buf[p->staged_head];
+		p->staged_head = (p->staged_head + 1) % PEER_STAGED_RING;
+		p->staged_count--;
+	}
+	p->staged_buf[(p->staged_head + p->staged_count) % PEER_STAGED_RING] = buf;
+	p->staged_len[(p->staged_head + p->staged_count) % PEER_STAGED_RING] = len;
+	p->staged_count++;
+}
+
+/* Caller holds p->tx_lock. */
+static uint8_t *staged_pop(struct peer *p, uint16_t *len)
+{
+	uint8_t *buf = p->staged_buf[p->staged_head];
+
+	*len = p->staged_len[p->staged_head];
+	p->staged_head = (p->staged_head + 1) % PEER_STAGED_RING;
+	p->staged_count--;
+	return buf;
+}
+
+static void stage(struct peer *p, uint8_t **bufs, const uint16_t *lens, size_t n)
+{
+	struct engine *e = p->engine;
+	uint8_t *dropped[PEER_STAGED_RING];
+	size_t ndropped = 0;
+
+	pthread_mutex_lock(&p->tx_lock);
+	for (size_t i = 0; i < n; i++) {
+		staged_push(p, bufs[i], lens[i], dropped, &ndropped);
+		if (ndropped == PEER_STAGED_RING) {
+			pool_put(e->hub->pool, dropped, ndropped);
+			atomic_fetch_add(&e->st_tx_dropped, ndropped);
+			ndropped = 0;
+		}
+	}
+	pthread_mutex_unlock(&p->tx_lock);
+	pool_put(e->hub->pool, dropped, ndropped);
+	atomic_fetch_add(&e->st_tx_dropped, ndropped);
+	send_staged(p);
+}
+
+void send_tun_packets(struct engine *e, uint8_t **bufs, const struct pktbuf *pkts, size_t n)
+{
+	uint8_t *run[JOB_MAX * 8], *dropped[JOB_MAX * 8];
+	uint16_t lens[JOB_MAX * 8];
+	size_t nrun = 0, ndropped = 0;
+	struct peer *cur = NULL;
+	uint8_t last_dst[16];
+	int last_family = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		const uint8_t *dst;
+		struct allowedips_peer *ap;
+		struct peer *p;
+		int family;
+
+		dst = ip_dst(pkts[i].data, pkts[i].len, &family);
+		if (!dst) {
+			atomic_fetch_add(&e->st_tx_no_route, 1);
+			dropped[ndropped++] = bufs[i];
+			goto next;
+		}
+		/* A batch is mostly one flow: look the route up once per run. */
+		if (cur && family == last_family &&
+		    !memcmp(dst, last_dst, family == AF_INET ? 4 : 16)) {
+			p = cur;
+		} else {
+			ap = allowedips_lookup(&e->aips, family, dst);
+			p = ap ? (struct peer *)((uint8_t *)ap - offsetof(struct peer, aip)) : NULL;
+			last_family = family;
+			memcpy(last_dst, dst, family == AF_INET ? 4 : 16);
+		}
+		if (!p || atomic_load(&p->dead)) {
+			atomic_fetch_add(&e->st_tx_no_route, 1);
+			dropped[ndropped++] = bufs[i];
+			cur = NULL;
+			goto next;
+		}
+		if (p != cur || nrun == sizeof(run) / sizeof(run[0])) {
+			if (nrun)
+				stage(cur, run, lens, nrun);
+			nrun = 0;
+			cur = p;
+		}
+		run[nrun] = bufs[i];
+		lens[nrun++] = (uint16_t)pkts[i].len;
+next:
+		if (ndropped == sizeof(dropped) / sizeof(dropped[0])) {
+			pool_put(e->hub->pool, dropped, ndropped);
+			ndropped = 0;
+		}
+	}
+	if (nrun)
+		stage(cur, run, lens, nrun);
+	pool_put(e->hub->pool, dropped, ndropped);
+}
+
+void send_drop_staged(struct peer *p)
+{
+	struct engine *e = p->engine;
+	uint8_t *bufs[PEER_STAGED_RING];
+	size_t n = 0;
+	uint16_t len;
+
+	pthread_mutex_lock(&p->tx_lock);
+	while (p->staged_count)
+		bufs[n++] = staged_pop(p, &len);
+	pthread_mutex_unlock(&p->tx_lock);
+	pool_put(e->hub->pool, bufs, n);
+	atomic_fetch_add(&e->st_tx_dropped, n);
+}
+
+void send_staged(struct peer *p)
+{
+	struct engine *e = p->engine;
+	struct hub *h = e->hub;
+	struct job *jobs[STAGED_JOBS_MAX];
+	uint8_t *dropped[PEER_STAGED_RING];
+	size_t njobs = 0, ndropped = 0;
+	struct noise_keypair *kp;
+	bool need_handshake = false;
+	uint16_t len;
+
+	if (atomic_load(&p->dead)) {
+		send_drop_staged(p);
+		return;
+	}
+	kp = noise_keypair_current(p->remote);
+	pthread_mutex_lock(&p->tx_lock);
+	if (!p->staged_count)
+		goto unlock;
+	if (!kp) {
+		/* No session: keep the newest, and get one. */
+		while (p->staged_count > PEER_STAGED_MAX)
+			dropped[ndropped++] = staged_pop(p, &len);
+		need_handshake = true;
+		goto unlock;
+	}
+	while (p->staged_count) {
+		struct job *j = NULL;
+
+		if (p->tx_jobs < PEER_QUEUE_JOBS_MAX)
+			j = queueing_job_new(&h->queue);
+		if (!j) {
+			while (p->staged_count)
+				dropped[ndropped++] = staged_pop(p, &len);
+			break;
+		}
+		j->dir = JOB_TX;
+		j->peer = peer_get(p);
+		j->kp = noise_keypair_get(kp);
+		while (j->n < JOB_MAX && p->staged_count) {
+			j->buf[j->n] = staged_pop(p, &j->plen[j->n]);
+			j->n++;
+		}
+		if (p->tx_tail)
+			p->tx_tail->next = j;
+		else
+			p->tx_head = j;
+		p->tx_tail = j;
+		p->tx_jobs++;
+		jobs[njobs++] = j;
+	}
+unlock:
+	pthread_mutex_unlock(&p->tx_lock);
+	if (ndropped) {
+		pool_put(h->pool, dropped, ndropped);
+		atomic_fetch_add(&e->st_tx_dropped, ndropped);
+	}
+	if (kp) {
+		/* Section 6.2: rekey after REKEY_AFTER_MESSAGES or REKEY_AFTER_TIME. */
+		if (noise_keypair_should_rekey_send(kp, loop_mono_ms()))
+			need_handshake = true;
+		noise_keypair_put(kp);
+	}
+	if (need_handshake)
+		peer_schedule(p, PEER_WORK_HANDSHAKE);
+	queueing_submit(&h->queue, jobs, njobs);
+}
+
+void send_keepalive(struct peer *p)
+{
+	struct engine *e = p->engine;
+	uint8_t *buf = NULL;
+	bool queued = false;
+
+	pthread_mutex_lock(&p->tx_lock);
+	if (!p->staged_count && pool_get(e->hub->pool, &buf, 1)) {
+		uint8_t *none[1];
+		size_t nnone = 0;
+
+		staged_push(p, buf, 0, none, &nnone);
+		queued = true;
+	}
+	pthread_mutex_unlock(&p->tx_lock);
+	if (queued)
+		atomic_fetch_add(&e->st_keepalives, 1);
+	send_staged(p);
+}
+
+/* Sends the done jobs at the head of the tx queue, in order. */
+static void transmit(struct peer *p, struct job *list)
+{
+	struct engine *e = p->engine;
+	struct udp_msg msgs[TX_SEND_BATCH];
+	size_t m = 0;
+	uint64_t bytes = 0;
+	bool sent = false, data = false, have_ep;
+	struct endpoint ep;
+	struct job *j, *last = NULL;
+	unsigned long long no_ep = 0, bad = 0;
+
+	have_ep = peer_endpoint(p, &ep);
+	for (j = list; j; j = j->next) {
+		last = j;
+		for (unsigned i = 0; i < j->n; i++) {
+			if (!j->ok[i]) {
+				bad++;
+				continue;
+			}
+			if (!have_ep) {
+				no_ep++;
+				continue;
+			}
+			msgs[m] = (struct udp_msg){ .data = j->buf[i], .len = j->len[i], .cap = j->len[i], .ep = ep };
+			bytes += j->len[i];
+			data |= j->plen[i] > 0;
+			if (++m == TX_SEND_BATCH) {
+				sent |= hub_send(e->hub, msgs, m) > 0;
+				m = 0;
+			}
+		}
+	}
+	if (m)
+		sent |= hub_send(e->hub, msgs, m) > 0;
+	if (no_ep)
+		atomic_fetch_add(&e->st_tx_no_endpoint, no_ep);
+	if (bad) {
+		/* Sealing failed: the keypair expired under us. */
+		atomic_fetch_add(&e->st_tx_dropped, bad);
+		peer_schedule(p, PEER_WORK_HANDSHAKE);
+	}
+	if (sent) {
+		uint64_t now = loop_mono_ms();
+
+		atomic_fetch_add(&p->tx_bytes, bytes);
+		timers_on_authenticated_packet_sent(&p->timers, now);
+		timers_on_authenticated_packet_traversed(&p->timers, now);
+		if (data)
+			timers_on_data_sent(&p->timers, now);
+		if (last && noise_keypair_should_rekey_send(last->kp, now))
+			peer_schedule(p, PEER_WORK_HANDSHAKE);
+		peer_timers_changed(p);
+	}
+}
+
+/* Whoever finds done jobs at the head sends them; a flag makes that one
+ * thread at a time, and the re-check after clearing it catches a job
+ * finished meanwhile by a thread that saw the flag set. */
+static void tx_flush(struct peer *p)
+{
+	for (;;) {
+		struct job *list = NULL, **tail = &list;
+		bool more;
+
+		if (atomic_exchange(&p->tx_flushing, true))
+			return;
+		pthread_mutex_lock(&p->tx_lock);
+		while (p->tx_head && atomic_load_explicit(&p->tx_head->done, memory_order_acquire)) {
+			struct job *j = p->tx_head;
+			p->tx_head = j->next;
+			if (!p->tx_head)
+				p->tx_tail = NULL;
+			p->tx_jobs--;
+			j->next = NULL;
+			*tail = j;
+			tail = &j->next;
+		}
+		pthread_mutex_unlock(&p->tx_lock);
+		if (list) {
+			transmit(p, list);
+			while (list) {
+				struct job *j = list;
+				list = j->next;
+				peer_release_job(j);
+			}
+		}
+		atomic_store(&p->tx_flushing, false);
+		pthread_mutex_lock(&p->tx_lock);
+		more = p->tx_head && atomic_load_explicit(&p->tx_head->done, memory_order_acquire);
+		pthread_mutex_unlock(&p->tx_lock);
+		if (!more)
+			return;
+	}
+}
+
+void send_job_run(struct job *j)
+{
+	struct peer *p = peer_get(j->peer);
+	size_t mtu = (size_t)atomic_load(&p->engine->mtu);
+	uint64_t now = loop_mono_ms();
+
+	for (unsigned i = 0; i < j->n; i++) {
+		size_t plen = j->plen[i], padded = message_data_padded_len(plen, mtu), out = 0;
+		uint8_t *pkt = j->buf[i];
+
+		/* Section 5.4.6: zero padding to a multiple of 16, capped by the MTU. */
+		memset(pkt + POOL_HEADROOM + plen, 0, padded - plen);
+		j->ok[i] = noise_keypair_encrypt(j->kp, pkt, padded, now, &out);
+		j->len[i] = (uint16_t)out;
+	}
+	atomic_store_explicit(&j->done, true, memory_order_release);
+	tx_flush(p);
+	peer_put(p);
+}
+
+/* ---- handshake messages (loop thread) ---- */
+
+void send_initiation(struct peer *p, bool is_retry)
+{
+	struct engine *e = p->engine;
+	struct message_handshake_initiation msg;
+	uint8_t ts[NOISE_TIMESTAMP_LEN];
+	struct timespec rt;
+	struct endpoint ep;
+	uint64_t now = loop_mono_ms();
+
+	if (atomic_load(&p->dead) || !timers_may_send_initiation(&p->timers, now, is_retry))
+		return;
+	clock_gettime(CLOCK_REALTIME, &rt);
+	noise_tai64n(ts, &rt);
+	if (!noise_handshake_create_initiation(p->remote, &msg, ts))
+		goto out;
+	cookie_maker_add_macs(&p->cookie, &msg, sizeof(msg), now);
+	timers_on_authenticated_packet_traversed(&p->timers, now);
+	timers_on_authenticated_packet_sent(&p->timers, now);
+	/* Without an endpoint it goes nowhere, but the retransmit timer runs
+	 * as in the Linux module, so a later endpoint is tried soon. */
+	if (peer_endpoint(p, &ep) && hub_send_one(e->hub, &ep, &msg, sizeof(msg)) > 0) {
+		atomic_fetch_add(&p->tx_bytes, sizeof(msg));
+		atomic_fetch_add(&e->st_hs_sent, 1);
+	}
+	timers_on_handshake_initiated(&p->timers, now);
+	log_debug("handshake initiation sent", "dev=%s retry=%d", e->ifname, is_retry);
+out:
+	sodium_memzero(&msg, sizeof(msg));
+	peer_timers_arm(p);
+}
+
+void send_response(struct peer *p)
+{
+	struct engine *e = p->engine;
+	struct message_handshake_response msg;
+	struct endpoint ep;
+	uint64_t now = loop_mono_ms();
+
+	timers_on_authenticated_packet_traversed(&p->timers, now);
+	timers_on_authenticated_packet_sent(&p->timers, now);
+	timers_on_handshake_response_sent(&p->timers, now);
+	if (!noise_handshake_create_response(p->remote, &msg))
+		goto out;
+	cookie_maker_add_macs(&p->cookie, &msg, sizeof(msg), now);
+	if (!noise_handshake_begin_session(p->remote, now))
+		goto out;
+	timers_on_session_derived(&p->timers, now);
+	if (peer_endpoint(p, &ep) && hub_send_one(e->hub, &ep, &msg, sizeof(msg)) > 0) {
+		atomic_fetch_add(&p->tx_bytes, sizeof(msg));
+		atomic_fetch_add(&e->st_hs_sent, 1);
+	}
+out:
+	sodium_memzero(&msg, sizeof(msg));
+	peer_timers_arm(p);
+}
