@@ -1,0 +1,134 @@
+/* What the coordination server's three files share: coord.c (sessions,
+ * HTTP handlers, lifecycle), netmap.c (peers, netmaps, deltas, soft state)
+ * and register.c (the worker pool: registration, logout, online writes).
+ * Not for other modules: they use coord.h. */
+#ifndef KNIT_OPERATOR_COORD_INTERNAL_H
+#define KNIT_OPERATOR_COORD_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "control/channel.h"
+#include "coord.h"
+
+struct buf;
+struct httpd;
+struct httpd_req;
+struct httpd_stream;
+struct json;
+struct loop_timer;
+struct strmap;
+
+#define CONTROL_SECRET "knit-control-key"
+#define MAX_CALL_BODY (64u << 10)
+#define MAX_SESSIONS 65536u
+#define MAX_JOBS 1024u
+#define JOB_WORKERS 4
+#define STREAM_QUEUE (8u << 20)
+
+struct coord;
+
+struct session {
+	struct channel_session ch;
+	char mkey[80]; /* "mkey:<hex>" */
+	char idhex[17];
+	uint64_t last_used;
+};
+
+/* One open map stream. */
+struct mapconn {
+	struct coord *c;
+	struct httpd_stream *st;
+	struct session *sess; /* may be freed before us: we keep our own channel copy */
+	struct channel_session ch; /* sealing state for this stream's frames */
+	char device[254];
+	char tailnet[254];
+	char node_key[80];
+	struct mapconn *prev, *next;
+};
+
+/* Soft state per device: never written to the API server at heartbeat rate. */
+struct node {
+	struct json *endpoints; /* array of "ip:port" */
+	int relay;
+	int streams;
+	char *last_peer; /* the peer record last broadcast, to skip no-op deltas */
+};
+
+enum job_type { JOB_REGISTER, JOB_LOGOUT, JOB_ONLINE };
+
+struct job {
+	enum job_type type;
+	struct coord *c;
+	char sess_id[17]; /* reply through this session (loop thread looks it up) */
+	struct httpd_stream *st; /* deferred reply; NULL once the client left */
+	char mkey[80];
+	struct json *req;
+	struct json *reply; /* set by the worker */
+	/* JOB_ONLINE */
+	char device[254];
+	bool online;
+	time_t at;
+	struct job *next;
+};
+
+struct coord {
+	struct operator *op;
+	struct coord_opts o;
+	struct httpd *http;
+	bool ready; /* control key loaded */
+	bool stopping;
+	uint8_t priv[32], pub[32];
+	char pub_text[80];
+
+	/* Loop thread only: */
+	struct strmap *sessions; /* idhex -> session */
+	struct strmap *handshake_ts; /* mkey -> 12-byte TAI64N */
+	struct strmap *nodes; /* device -> node */
+	struct mapconn *conns;
+	struct loop_timer *keepalive, *sweep;
+	uint64_t seq;
+	struct coord_stats stats;
+
+	/* jobs: lock guards head, tail, njobs, stop */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct job *head, *tail;
+	unsigned njobs;
+	bool stop;
+	pthread_t workers[JOB_WORKERS];
+	int nworkers;
+	pthread_t key_loader;
+	bool key_loader_started;
+};
+
+/* coord.c */
+uint64_t coord_now_ms(struct coord *c);
+struct json *coord_jstr(const char *s);
+struct json *coord_error_reply(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int coord_seal_json(struct channel_session *ch, const struct json *j, struct buf *out);
+void coord_respond_sealed(struct httpd_req *req, struct session *s, const struct json *j);
+
+/* netmap.c (loop thread) */
+struct node *coord_node_get(struct coord *c, const char *device, bool create);
+const char *coord_dev_tailnet(const struct json *dev);
+bool coord_dev_usable(const struct json *dev);
+struct json *coord_dns_suffix_json(struct coord *c, const char *tailnet);
+struct json *coord_full_netmap(struct coord *c, const struct json *self);
+int coord_stream_send(struct mapconn *m, const char *text, size_t len);
+int coord_stream_send_json(struct mapconn *m, const struct json *j);
+void coord_publish_device(struct coord *c, const struct json *dev);
+
+/* register.c */
+int coord_job_submit(struct coord *c, struct job *j);
+void *coord_job_worker(void *arg);
+void coord_job_free(struct job *j);
+void coord_reply_stream_closed(struct httpd_stream *st, void *arg);
+/* A copy of the Device this machine key registered, or NULL (any thread). */
+struct json *coord_device_by_machine(struct coord *c, const char *mkey);
+/* Queues the online/offline transition for the API server. */
+void coord_online_changed(struct coord *c, const char *device, bool online);
+
+#endif

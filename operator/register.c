@@ -1,0 +1,462 @@
+/* The coordination server's worker pool: registration (auth key checks,
+ * use counting, Device writes), logout, and online/offline transitions.
+ * Workers make blocking API calls; replies go back through the loop. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sodium.h>
+
+#include "buf.h"
+#include "control/channel.h"
+#include "coord-internal.h"
+#include "httpd.h"
+#include "json.h"
+#include "kube/informer.h"
+#include "kube/meta.h"
+#include "log.h"
+#include "loop.h"
+#include "operator.h"
+#include "strmap.h"
+#include "wg/noise.h"
+
+/* ---- worker pool: registration's API writes ---- */
+
+void coord_job_free(struct job *j)
+{
+	json_free(j->req);
+	json_free(j->reply);
+	free(j);
+}
+
+static void job_done(struct loop *loop, void *arg);
+
+int coord_job_submit(struct coord *c, struct job *j)
+{
+	pthread_mutex_lock(&c->lock);
+	if (c->njobs >= MAX_JOBS || c->stop) {
+		pthread_mutex_unlock(&c->lock);
+		return -EBUSY;
+	}
+	j->next = NULL;
+	if (c->tail)
+		c->tail->next = j;
+	else
+		c->head = j;
+	c->tail = j;
+	c->njobs++;
+	pthread_cond_signal(&c->cond);
+	pthread_mutex_unlock(&c->lock);
+	return 0;
+}
+
+static struct json *do_register(struct coord *c, const char *mkey, const struct json *req);
+static struct json *do_logout(struct coord *c, const char *mkey);
+static void do_online(struct coord *c, const char *device, bool online, time_t at);
+
+void *coord_job_worker(void *arg)
+{
+	struct coord *c = arg;
+
+	for (;;) {
+		struct job *j;
+
+		pthread_mutex_lock(&c->lock);
+		while (!c->head && !c->stop)
+			pthread_cond_wait(&c->cond, &c->lock);
+		if (!c->head) {
+			pthread_mutex_unlock(&c->lock);
+			break;
+		}
+		j = c->head;
+		c->head = j->next;
+		if (!c->head)
+			c->tail = NULL;
+		c->njobs--;
+		pthread_mutex_unlock(&c->lock);
+
+		switch (j->type) {
+		case JOB_REGISTER: j->reply = do_register(c, j->mkey, j->req); break;
+		case JOB_LOGOUT: j->reply = do_logout(c, j->mkey); break;
+		case JOB_ONLINE: do_online(c, j->device, j->online, j->at); break;
+		}
+		if (j->type == JOB_ONLINE || loop_post(c->op->loop, job_done, j))
+			coord_job_free(j);
+	}
+	return NULL;
+}
+
+/* Loop thread: the deferred reply goes out through its stream. */
+static void job_done(struct loop *loop, void *arg)
+{
+	struct job *j = arg;
+	struct coord *c = j->c;
+	struct session *s = strmap_get(c->sessions, j->sess_id);
+	struct buf out = BUF_INIT(16u << 20);
+
+	if (j->st && s && j->reply && coord_seal_json(&s->ch, j->reply, &out) == 0)
+		httpd_stream_write(j->st, out.data, out.len);
+	if (j->st)
+		httpd_stream_close(j->st);
+	buf_free(&out);
+	coord_job_free(j);
+}
+
+void coord_reply_stream_closed(struct httpd_stream *st, void *arg)
+{
+	/* The client left before the reply: the job still completes, silently. */
+	struct job **slot = arg;
+
+	if (*slot)
+		(*slot)->st = NULL;
+	free(slot);
+}
+
+/* ---- registration (worker thread: blocking API calls) ---- */
+
+struct use_ctx {
+	const char *code;
+	time_t now;
+};
+
+static int take_use(struct json *ak, void *arg)
+{
+	struct use_ctx *u = arg;
+	struct json *st = json_get(ak, "status");
+	int64_t uses = json_int(json_get(st, "uses"), 0), max = json_int(json_path(ak, "spec", "maxUses", NULL), 0);
+	bool reusable = json_bool(json_path(ak, "spec", "reusable", NULL), false);
+	time_t exp;
+	char ts[32];
+
+	if (!kube_time_parse(json_str(json_get(st, "expiresAt")), &exp) || u->now >= exp) {
+		u->code = "AuthKeyExpired";
+		return -ETIME;
+	}
+	if ((!reusable && uses >= 1) || (reusable && max > 0 && uses >= max)) {
+		u->code = "AuthKeyUsedUp";
+		return -EDQUOT;
+	}
+	kube_time_format(u->now, ts, sizeof(ts));
+	json_object_set(st, "uses", json_new_int(uses + 1));
+	json_object_set(st, "lastUsed", json_new_string(ts));
+	return 1;
+}
+
+struct find_ctx {
+	const char *field_path[3];
+	const char *value;
+	struct json *found;
+};
+
+static void find_by(const struct json *obj, void *arg)
+{
+	struct find_ctx *f = arg;
+
+	if (!f->found)
+		f->found = json_clone(obj);
+}
+
+struct json *coord_device_by_machine(struct coord *c, const char *mkey)
+{
+	struct find_ctx f = { .value = mkey };
+
+	informer_foreach_indexed(c->op->devices, "machineKey", mkey, find_by, &f);
+	return f.found;
+}
+
+static struct json *authkey_by_prefix(struct coord *c, const char *prefix)
+{
+	struct find_ctx f = { .value = prefix };
+
+	informer_foreach_indexed(c->op->authkeys, "keyPrefix", prefix, find_by, &f);
+	return f.found;
+}
+
+static void sanitize_host(const char *in, char *out, size_t outlen)
+{
+	size_t n = 0;
+
+	for (; in && *in && n + 1 < outlen && n < 40; in++) {
+		char ch = *in;
+		if (ch >= 'A' && ch <= 'Z')
+			ch = (char)(ch - 'A' + 'a');
+		if ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9'))
+			out[n++] = ch;
+		else if (n > 0 && out[n - 1] != '-')
+			out[n++] = '-';
+	}
+	while (n > 0 && out[n - 1] == '-')
+		n--;
+	out[n] = '\0';
+	if (!n)
+		snprintf(out, outlen, "device");
+}
+
+static bool valid_cidr(const char *s)
+{
+	char a[64];
+	const char *slash = s ? strchr(s, '/') : NULL;
+	unsigned char buf[16];
+	int bits;
+
+	if (!slash || (size_t)(slash - s) >= sizeof(a))
+		return false;
+	memcpy(a, s, (size_t)(slash - s));
+	a[slash - s] = '\0';
+	bits = atoi(slash + 1);
+	if (inet_pton(AF_INET, a, buf) == 1)
+		return bits >= 0 && bits <= 32;
+	return inet_pton(AF_INET6, a, buf) == 1 && bits >= 0 && bits <= 128;
+}
+
+/* Waits for the Device reconciler to give the device its addresses. */
+static struct json *wait_addresses(struct coord *c, const char *name)
+{
+	uint64_t deadline = loop_mono_ms() + (c->o.register_wait_ms ? c->o.register_wait_ms : 15000);
+
+	while (loop_mono_ms() < deadline && !c->stopping) {
+		struct json *dev = informer_get(c->op->devices, NULL, name);
+		if (dev && json_array_len(json_path(dev, "status", "addresses", NULL)) == 2)
+			return dev;
+		json_free(dev);
+		struct timespec ts = { .tv_nsec = 50 * 1000000 };
+		nanosleep(&ts, NULL);
+	}
+	return NULL;
+}
+
+static struct json *do_register(struct coord *c, const char *mkey, const struct json *req)
+{
+	struct operator *op = c->op;
+	const char *auth = json_str(json_get(req, "authKey"));
+	const char *node_key = json_str(json_get(req, "nodeKey"));
+	const char *disco_key = json_str(json_get(req, "discoKey"));
+	struct json *tags = json_get(req, "tags"), *routes = json_get(req, "advertiseRoutes");
+	struct json *existing = coord_device_by_machine(c, mkey), *ak = NULL, *reply = NULL, *dev = NULL, *spec;
+	char host[64], name[128], hash_hex[65], ts[32];
+	unsigned char h[crypto_hash_sha256_BYTES], kb[32];
+	struct kube_result r = { 0 };
+	time_t now = time(NULL);
+	bool ephemeral = false;
+	const char *tailnet = "default";
+
+	if (!channel_key_parse(node_key, "nodekey:", kb) || (disco_key && !channel_key_parse(disco_key, "discokey:", kb))) {
+		reply = coord_error_reply("BadRequest", "nodeKey and discoKey must be nodekey:/discokey: followed by 64 hex digits");
+		goto out;
+	}
+	for (size_t i = 0; i < json_array_len(tags); i++) {
+		const char *t = json_str(json_array_at(tags, i));
+		if (!t || strncmp(t, "tag:", 4) != 0 || strlen(t) < 5 || strlen(t) > 67) {
+			reply = coord_error_reply("BadRequest", "tags must look like tag:name");
+			goto out;
+		}
+	}
+	for (size_t i = 0; i < json_array_len(routes); i++) {
+		if (!valid_cidr(json_str(json_array_at(routes, i)))) {
+			reply = coord_error_reply("BadRequest", "advertiseRoutes must be CIDRs");
+			goto out;
+		}
+	}
+
+	if (auth) {
+		char prefix[64];
+		const char *dash = strrchr(auth, '-');
+		size_t plen = dash ? (size_t)(dash - auth) : 0;
+		struct use_ctx u = { .now = now };
+
+		if (strncmp(auth, "knit-auth-", 10) != 0 || plen >= sizeof(prefix) || plen < 11) {
+			reply = coord_error_reply("AuthKeyInvalid", "that is not a knit auth key");
+			goto out;
+		}
+		memcpy(prefix, auth, plen);
+		prefix[plen] = '\0';
+		ak = authkey_by_prefix(c, prefix);
+		crypto_hash_sha256(h, (const unsigned char *)auth, strlen(auth));
+		sodium_bin2hex(hash_hex, sizeof(hash_hex), h, sizeof(h));
+		const char *want = json_str(json_path(ak, "status", "keyHash", NULL));
+		if (!ak || !want || strlen(want) != 64 || sodium_memcmp(want, hash_hex, 64) != 0) {
+			reply = coord_error_reply("AuthKeyInvalid", "the auth key is not valid (deleted, mistyped or never issued)");
+			goto out;
+		}
+		/* One use, counted on the API server with a resourceVersion
+		 * precondition: concurrent registrations cannot both take the last use. */
+		int err = kube_update_retry(op->kube, &res_authkeys, kube_namespace(ak), kube_name(ak), true, 8, take_use, &u, &r);
+		kube_result_clear(&r);
+		if (err < 0 || !kube_ok(&r)) {
+			if (u.code)
+				reply = coord_error_reply(u.code, strcmp(u.code, "AuthKeyUsedUp") == 0
+								    ? "the auth key has already been used; one-off keys register one device"
+								    : "the auth key has expired; create a new one");
+			else
+				reply = coord_error_reply("Unavailable", "cannot record the key's use (HTTP %ld %s); try again", r.status, r.reason);
+			goto out;
+		}
+		ephemeral = json_bool(json_path(ak, "spec", "ephemeral", NULL), false);
+		tailnet = json_str(json_path(ak, "spec", "tailnet", NULL)) ?: "default";
+		/* Requested tags must be among the key's. */
+		struct json *key_tags = json_path(ak, "spec", "tags", NULL);
+		for (size_t i = 0; i < json_array_len(tags); i++) {
+			bool found = false;
+			for (size_t k = 0; k < json_array_len(key_tags); k++)
+				found |= strcmp(json_str(json_array_at(tags, i)), json_str(json_array_at(key_tags, k)) ?: "") == 0;
+			if (!found) {
+				reply = coord_error_reply("TagNotPermitted", "tag %s is not granted by this auth key", json_str(json_array_at(tags, i)));
+				goto out;
+			}
+		}
+		if (!json_array_len(tags))
+			tags = key_tags;
+	} else if (!existing) {
+		reply = coord_error_reply("NotRegistered", "this machine is not registered: run knit up --authkey KEY");
+		goto out;
+	} else {
+		tailnet = coord_dev_tailnet(existing);
+	}
+
+	sanitize_host(json_str(json_get(req, "hostname")), host, sizeof(host));
+	if (existing) {
+		snprintf(name, sizeof(name), "%s", kube_name(existing));
+	} else {
+		unsigned char mh[crypto_hash_sha256_BYTES];
+		char mhex[65];
+		crypto_hash_sha256(mh, (const unsigned char *)mkey, strlen(mkey));
+		sodium_bin2hex(mhex, sizeof(mhex), mh, sizeof(mh));
+		snprintf(name, sizeof(name), "%s-%.6s", host, mhex);
+	}
+
+	dev = existing ? json_clone(existing) : json_new_object();
+	if (!dev)
+		goto nomem;
+	if (!existing) {
+		struct json *meta = json_new_object();
+		json_object_set(dev, "apiVersion", json_new_string(KNIT_API_VERSION));
+		json_object_set(dev, "kind", json_new_string("Device"));
+		json_object_set(meta, "name", json_new_string(name));
+		json_object_set(dev, "metadata", meta);
+	}
+	spec = json_get(dev, "spec");
+	if (!spec) {
+		spec = json_new_object();
+		json_object_set(dev, "spec", spec);
+	}
+	json_object_set(spec, "tailnet", json_new_string(tailnet));
+	json_object_set(spec, "hostname", json_new_string(host));
+	json_object_set(spec, "machineKey", json_new_string(mkey));
+	json_object_set(spec, "nodeKey", json_new_string(node_key));
+	if (disco_key)
+		json_object_set(spec, "discoKey", json_new_string(disco_key));
+	if (auth) {
+		struct json *ref = json_new_object();
+		json_object_set(ref, "namespace", coord_jstr(kube_namespace(ak)));
+		json_object_set(ref, "name", coord_jstr(kube_name(ak)));
+		json_object_set(spec, "authKey", ref);
+		json_object_set(spec, "ephemeral", json_new_bool(ephemeral));
+		json_object_set(spec, "tags", json_clone(tags) ?: json_new_array());
+		/* Re-authenticating renews the key; tagged devices do not expire. */
+		struct json *tn = informer_get(op->tailnets, NULL, tailnet);
+		uint64_t life = 0;
+		kube_duration_parse(json_str(json_path(tn, "spec", "keyExpiry", NULL)) ?: "4320h", &life);
+		json_free(tn);
+		if (life && !json_array_len(tags)) {
+			kube_time_format(now + (time_t)(life / 1000), ts, sizeof(ts));
+			json_object_set(spec, "keyExpiry", json_new_string(ts));
+		} else {
+			json_object_del(spec, "keyExpiry");
+		}
+	}
+	if (json_array_len(routes))
+		json_object_set(spec, "advertisedRoutes", json_clone(routes));
+	else
+		json_object_del(spec, "advertisedRoutes");
+
+	int err = existing ? kube_update(op->kube, &res_devices, NULL, dev, false, &r)
+			   : kube_create(op->kube, &res_devices, NULL, dev, &r);
+	if (err || !kube_ok(&r)) {
+		reply = coord_error_reply(r.status == 409 ? "Conflict" : "Unavailable",
+				    "cannot record the device (HTTP %ld %s: %s); try again", r.status, r.reason, r.message);
+		kube_result_clear(&r);
+		goto out;
+	}
+	kube_result_clear(&r);
+	json_free(dev);
+	dev = wait_addresses(c, name);
+	if (!dev) {
+		reply = coord_error_reply("Unavailable", "the device has no addresses yet; try again");
+		goto out;
+	}
+	reply = json_new_object();
+	if (!reply)
+		goto nomem;
+	json_object_set(reply, "device", json_new_string(name));
+	json_object_set(reply, "name", json_new_string(host));
+	json_object_set(reply, "addresses", json_clone(json_path(dev, "status", "addresses", NULL)));
+	json_object_set(reply, "ephemeral", json_new_bool(json_bool(json_path(dev, "spec", "ephemeral", NULL), false)));
+	struct json *sfx = coord_dns_suffix_json(c, tailnet);
+	json_object_set(reply, "dnsSuffix", sfx);
+	log_info("device registered", "device=%s machine=%.16s new=%s", name, mkey + 5, existing ? "no" : "yes");
+	goto out;
+nomem:
+	reply = coord_error_reply("Unavailable", "out of memory");
+out:
+	sodium_memzero(h, sizeof(h));
+	json_free(existing);
+	json_free(ak);
+	json_free(dev);
+	return reply;
+}
+
+static struct json *do_logout(struct coord *c, const char *mkey)
+{
+	struct json *dev = coord_device_by_machine(c, mkey), *reply;
+	struct kube_result r;
+
+	if (!dev)
+		return coord_error_reply("NotRegistered", "this machine is not registered");
+	if (kube_delete(c->op->kube, &res_devices, NULL, kube_name(dev), kube_uid(dev), NULL, &r) == 0 &&
+	    (kube_ok(&r) || r.status == 404)) {
+		reply = json_new_object();
+		json_object_set(reply, "ok", json_new_bool(true));
+		log_info("device logged out", "device=%s", kube_name(dev));
+	} else {
+		reply = coord_error_reply("Unavailable", "cannot delete the device (HTTP %ld); try again", r.status);
+	}
+	kube_result_clear(&r);
+	json_free(dev);
+	return reply;
+}
+
+/* Online/offline transitions only (not heartbeats) reach the API server. */
+static void do_online(struct coord *c, const char *device, bool online, time_t at)
+{
+	struct json *patch = json_new_object(), *st = json_new_object();
+	struct kube_result r;
+	char ts[32];
+
+	kube_time_format(at, ts, sizeof(ts));
+	json_object_set(st, "online", json_new_bool(online));
+	json_object_set(st, "lastSeen", json_new_string(ts));
+	json_object_set(patch, "status", st);
+	if (kube_patch(c->op->kube, &res_devices, NULL, device, KUBE_PATCH_MERGE, patch, true, &r) == 0)
+		kube_result_clear(&r);
+	json_free(patch);
+}
+
+void coord_online_changed(struct coord *c, const char *device, bool online)
+{
+	struct job *j = calloc(1, sizeof(*j));
+
+	if (!j)
+		return;
+	j->type = JOB_ONLINE;
+	j->c = c;
+	j->online = online;
+	j->at = time(NULL);
+	snprintf(j->device, sizeof(j->device), "%s", device);
+	if (coord_job_submit(c, j))
+		free(j);
+}
