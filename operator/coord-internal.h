@@ -64,6 +64,9 @@ struct job {
 	struct coord *c;
 	char sess_id[17]; /* reply through this session (loop thread looks it up) */
 	struct httpd_stream *st; /* deferred reply; NULL once the client left */
+	/* The stream's on_close argument, which points back at this job: the
+	 * two forget each other, whichever of the job and the stream ends first. */
+	struct job **slot;
 	char mkey[80];
 	struct json *req;
 	struct json *reply; /* set by the worker */

@@ -352,6 +352,7 @@ static void h_call(struct httpd_req *req, void *arg)
 	snprintf(job->mkey, sizeof(job->mkey), "%s", s->mkey);
 	/* The answer needs API writes: reply later through a stream. */
 	*slot = job;
+	job->slot = slot;
 	job->st = httpd_stream_start(req, 200, "application/octet-stream", 1u << 20, coord_reply_stream_closed, slot);
 	if (!job->st) {
 		free(slot);

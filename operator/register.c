@@ -103,6 +103,8 @@ static void job_done(struct loop *loop, void *arg)
 		httpd_stream_write(j->st, out.data, out.len);
 	if (j->st)
 		httpd_stream_close(j->st);
+	if (j->slot)
+		*j->slot = NULL; /* on_close comes later and must not find us */
 	buf_free(&out);
 	coord_job_free(j);
 }
@@ -112,8 +114,10 @@ void coord_reply_stream_closed(struct httpd_stream *st, void *arg)
 	/* The client left before the reply: the job still completes, silently. */
 	struct job **slot = arg;
 
-	if (*slot)
+	if (*slot) {
 		(*slot)->st = NULL;
+		(*slot)->slot = NULL;
+	}
 	free(slot);
 }
 
