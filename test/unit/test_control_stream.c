@@ -46,12 +46,12 @@ static void got_free(struct got *g)
 	memset(g, 0, sizeof(*g));
 }
 
-static const size_t sizes[] = { 1, 5, 4, 300, 70000, 2 };
+static const size_t sizes[] = { 1, 5, 4, 300, 3000, 2 };
 #define NSIZES (sizeof(sizes) / sizeof(sizes[0]))
 
 static void build(struct buf *b)
 {
-	uint8_t *tmp = malloc(70000);
+	uint8_t *tmp = malloc(3000);
 
 	assert_non_null(tmp);
 	for (size_t i = 0; i < NSIZES; i++) {
@@ -119,6 +119,39 @@ static void test_split_everywhere(void **state)
 		stream_free(&s);
 	}
 	buf_free(&b);
+}
+
+/* One large record (over a 64 KiB chunk) in random chunks. */
+static void test_large(void **state)
+{
+	struct buf b = BUF_INIT(4 << 20);
+	size_t n = (1 << 20) + 7, off = 0;
+	uint8_t *big = malloc(n);
+	struct stream s;
+	struct got g = { 0 };
+
+	assert_non_null(big);
+	for (size_t i = 0; i < n; i++)
+		big[i] = (uint8_t)(i * 7);
+	assert_int_equal(stream_record_append(&b, big, n), 0);
+	srand(7);
+	stream_init(&s, 0);
+	while (off < b.len) {
+		size_t k = (size_t)rand() % 70000;
+
+		if (k > b.len - off)
+			k = b.len - off;
+		assert_true(stream_feed(&s, b.data + off, k, on_rec, &g));
+		off += k;
+	}
+	assert_int_equal(g.n, 1);
+	assert_int_equal(g.len[0], n);
+	assert_memory_equal(g.rec[0], big, n);
+	assert_true(stream_at_boundary(&s));
+	got_free(&g);
+	stream_free(&s);
+	buf_free(&b);
+	free(big);
 }
 
 static void test_truncated(void **state)
@@ -225,6 +258,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_split_everywhere),
+		cmocka_unit_test(test_large),
 		cmocka_unit_test(test_truncated),
 		cmocka_unit_test(test_zero_length),
 		cmocka_unit_test(test_oversized),
