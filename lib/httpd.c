@@ -377,6 +377,8 @@ static void remote_ip(struct MHD_Connection *conn, char *out, size_t outlen)
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, outlen);
 	else if (sa->sa_family == AF_INET6)
 		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, outlen);
+	else if (sa->sa_family == AF_UNIX)
+		snprintf(out, outlen, "local");
 }
 
 static void req_free(struct httpd_req *req)
@@ -808,6 +810,8 @@ int httpd_new(struct loop *loop, const struct httpd_opts *o, struct httpd **out)
 		s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
 	else if (ss.ss_family == AF_INET6)
 		s->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	else if (ss.ss_family == AF_UNIX)
+		s->port = 0; /* a local API: access is the socket file's mode */
 	else {
 		err = -EAFNOSUPPORT;
 		goto fail;
