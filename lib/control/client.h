@@ -78,7 +78,7 @@ struct control_client_opts {
 	control_map_state_fn on_map_state; /* optional */
 	void *arg;
 
-	uint32_t call_timeout_ms; /* whole call, handshake included; 0: default */
+	uint32_t call_timeout_ms; /* each HTTP exchange (key, handshake, call); 0: default */
 	uint32_t stall_timeout_ms; /* map: longest gap between records; 0: default */
 	uint32_t backoff_min_ms, backoff_max_ms, stable_ms; /* 0: defaults */
 	size_t max_record; /* 0: CONTROL_MAX_RECORD_DEFAULT */
