@@ -87,7 +87,7 @@ knitd_pod() { # NODE-INDEX: the knitd pod on that node
 kn() { # NODE-INDEX ARGS...: the knit CLI in that node's knitd pod
 	local i=$1
 	shift
-	KS exec "$(knitd_pod "$i")" -- knit "$@"
+	timeout 90 "$KUBECTL" -n knit-system exec "$(knitd_pod "$i")" -- knit "$@"
 }
 
 # --- knit status and ping over the mesh -------------------------------------
