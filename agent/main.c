@@ -1,10 +1,11 @@
-/* knitd: the knit node agent. Today it runs the userspace WireGuard data
- * plane on its own (`knitd wg`, or as knit-wg); mesh mode, which drives the
- * same engine from the coordination server's netmap, is still to come. */
+/* knitd: the knit node agent. `knitd run` joins a knit tailnet (mesh
+ * mode); `knitd wg` (or knit-wg) runs the same userspace WireGuard engine
+ * on its own, configured with wg(8) like wireguard-go. */
 #include <libgen.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "mesh.h"
 #include "standalone.h"
 
 static void usage(FILE *f)
@@ -14,6 +15,8 @@ static void usage(FILE *f)
 		"\n"
 		"knit's node agent. Commands:\n"
 		"\n"
+		"  run [OPTIONS]              join a knit tailnet: the node agent (mesh mode),\n"
+		"                             driven by the knit CLI (`knitd run --help`)\n"
 		"  wg [-f] [OPTIONS] IFNAME   run a standalone userspace WireGuard interface,\n"
 		"                             configured with wg(8) like wireguard-go\n"
 		"                             (`knitd wg --help` for details)\n"
@@ -22,8 +25,8 @@ static void usage(FILE *f)
 		"Run under the name knit-wg (a symlink to knitd), it behaves as `knitd wg`, so\n"
 		"WG_QUICK_USERSPACE_IMPLEMENTATION=knit-wg makes wg-quick(8) use it.\n"
 		"\n"
-		"Mesh mode (joining a knit tailnet through the operator's coordination\n"
-		"server, pod identities, MagicDNS) is not implemented yet.\n");
+		"Pod identities (for the CNI plugin), NAT traversal, MagicDNS and the packet\n"
+		"filter are not implemented yet.\n");
 }
 
 int main(int argc, char **argv)
@@ -43,6 +46,8 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(argv[1], "wg"))
 		return standalone_main(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "run"))
+		return mesh_main(argc - 1, argv + 1);
 	fprintf(stderr, "knitd: unknown command \"%s\"\n\n", argv[1]);
 	usage(stderr);
 	return 2;

@@ -510,7 +510,13 @@ int engine_get(struct engine *e, struct uapi_device *d)
 		memcpy(d->private_key, e->private_key, NOISE_PUBLIC_KEY_LEN);
 	d->listen_port = hub_port(e->hub);
 	d->fwmark = hub_fwmark(e->hub);
-	d->peers = calloc(e->npeers_live ? e->npeers_live : 1, sizeof(*d->peers));
+	/* Sized by the list it walks; an engine without peers reports none. */
+	size_t n = 0;
+
+	d->n_peers = 0;
+	for (struct peer *p = e->peers; p; p = p->list_next)
+		n++;
+	d->peers = calloc(n ? n : 1, sizeof(*d->peers));
 	if (!d->peers)
 		return -ENOMEM;
 	for (struct peer *p = e->peers; p && !ret; p = p->list_next, i++) {

@@ -56,6 +56,15 @@ static bool close_job(struct job *j)
 	return ok;
 }
 
+static void drop(struct hub *h, uint8_t **dropped, size_t *n, uint8_t *buf)
+{
+	dropped[(*n)++] = buf;
+	if (*n == RX_JOBS_MAX) {
+		pool_put(h->pool, dropped, *n);
+		*n = 0;
+	}
+}
+
 void receive_datagrams(struct hub *h, struct udp_msg *msgs, size_t n)
 {
 	struct job *jobs[RX_JOBS_MAX], *cur = NULL;
@@ -84,7 +93,7 @@ void receive_datagrams(struct hub *h, struct udp_msg *msgs, size_t n)
 				kp = noise_keypair_lookup(h->index, index);
 				if (!kp) {
 					atomic_fetch_add(&h->st_unknown, 1);
-					dropped[ndropped++] = m->data;
+					drop(h, dropped, &ndropped, m->data);
 					continue;
 				}
 				p = noise_remote_arg(noise_keypair_remote(kp));
@@ -92,7 +101,7 @@ void receive_datagrams(struct hub *h, struct udp_msg *msgs, size_t n)
 				if (!j) {
 					noise_keypair_put(kp);
 					atomic_fetch_add(&p->engine->st_rx_dropped, 1);
-					dropped[ndropped++] = m->data;
+					drop(h, dropped, &ndropped, m->data);
 					continue;
 				}
 				j->dir = JOB_RX;
@@ -117,15 +126,12 @@ void receive_datagrams(struct hub *h, struct udp_msg *msgs, size_t n)
 		} else {
 			atomic_fetch_add(&h->st_invalid, 1);
 		}
-		dropped[ndropped++] = m->data;
-		if (ndropped == RX_JOBS_MAX) {
-			pool_put(h->pool, dropped, ndropped);
-			ndropped = 0;
-		}
+		drop(h, dropped, &ndropped, m->data);
 	}
 	if (cur && close_job(cur))
 		jobs[njobs++] = cur;
-	pool_put(h->pool, dropped, ndropped);
+	if (ndropped)
+		pool_put(h->pool, dropped, ndropped);
 	if (wake)
 		hub_wake(h);
 	queueing_submit(&h->queue, jobs, njobs);

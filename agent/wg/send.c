@@ -85,37 +85,35 @@ void send_tun_packets(struct engine *e, uint8_t **bufs, const struct pktbuf *pkt
 	uint8_t *run[JOB_MAX * 8], *dropped[JOB_MAX * 8];
 	uint16_t lens[JOB_MAX * 8];
 	size_t nrun = 0, ndropped = 0;
-	struct peer *cur = NULL;
-	uint8_t last_dst[16];
-	int last_family = 0;
+	struct peer *cur = NULL, *cached = NULL;
+	uint8_t cached_dst[16];
+	int cached_family = 0;
 
 	for (size_t i = 0; i < n; i++) {
 		const uint8_t *dst;
-		struct allowedips_peer *ap;
-		struct peer *p;
+		struct peer *p = NULL;
 		int family;
 
 		dst = ip_dst(pkts[i].data, pkts[i].len, &family);
-		if (!dst) {
-			atomic_fetch_add(&e->st_tx_no_route, 1);
-			dropped[ndropped++] = bufs[i];
-			goto next;
-		}
-		/* A batch is mostly one flow: look the route up once per run. */
-		if (cur && family == last_family &&
-		    !memcmp(dst, last_dst, family == AF_INET ? 4 : 16)) {
-			p = cur;
-		} else {
-			ap = allowedips_lookup(&e->aips, family, dst);
+		if (dst && family == cached_family && !memcmp(dst, cached_dst, family == AF_INET ? 4 : 16)) {
+			/* A batch is mostly one flow: one lookup per run. */
+			p = cached;
+		} else if (dst) {
+			struct allowedips_peer *ap = allowedips_lookup(&e->aips, family, dst);
+
 			p = ap ? (struct peer *)((uint8_t *)ap - offsetof(struct peer, aip)) : NULL;
-			last_family = family;
-			memcpy(last_dst, dst, family == AF_INET ? 4 : 16);
+			cached = p;
+			cached_family = family;
+			memcpy(cached_dst, dst, family == AF_INET ? 4 : 16);
 		}
 		if (!p || atomic_load(&p->dead)) {
 			atomic_fetch_add(&e->st_tx_no_route, 1);
 			dropped[ndropped++] = bufs[i];
-			cur = NULL;
-			goto next;
+			if (ndropped == sizeof(dropped) / sizeof(dropped[0])) {
+				pool_put(e->hub->pool, dropped, ndropped);
+				ndropped = 0;
+			}
+			continue;
 		}
 		if (p != cur || nrun == sizeof(run) / sizeof(run[0])) {
 			if (nrun)
@@ -125,15 +123,11 @@ void send_tun_packets(struct engine *e, uint8_t **bufs, const struct pktbuf *pkt
 		}
 		run[nrun] = bufs[i];
 		lens[nrun++] = (uint16_t)pkts[i].len;
-next:
-		if (ndropped == sizeof(dropped) / sizeof(dropped[0])) {
-			pool_put(e->hub->pool, dropped, ndropped);
-			ndropped = 0;
-		}
 	}
 	if (nrun)
 		stage(cur, run, lens, nrun);
-	pool_put(e->hub->pool, dropped, ndropped);
+	if (ndropped)
+		pool_put(e->hub->pool, dropped, ndropped);
 }
 
 void send_drop_staged(struct peer *p)
@@ -274,6 +268,10 @@ static void transmit(struct peer *p, struct job *list)
 	}
 	if (m)
 		sent |= hub_send(e->hub, msgs, m) > 0;
+	/* udp_send() retried without a local address we no longer have:
+	 * forget it, so the next batch does not fail first. */
+	if (have_ep && ep.has_src && sent && !msgs[0].ep.has_src)
+		peer_clear_endpoint_src(p);
 	if (no_ep)
 		atomic_fetch_add(&e->st_tx_no_endpoint, no_ep);
 	if (bad) {
