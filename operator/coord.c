@@ -400,6 +400,28 @@ static void conn_closed(struct httpd_stream *st, void *arg)
 	free(m);
 }
 
+/* One stream record (length + frame) as a whole response. */
+static void respond_record(struct httpd_req *req, struct session *s, const struct json *j)
+{
+	struct buf out = BUF_INIT(16u << 20);
+	uint8_t *hdr;
+	int err;
+
+	hdr = buf_reserve(&out, 4, &err);
+	if (hdr) {
+		buf_commit(&out, 4);
+		err = coord_seal_json(&s->ch, j, &out);
+	}
+	if (!hdr || err) {
+		httpd_respond_text(req, 500, "cannot seal the reply\n");
+	} else {
+		uint32_t n = htonl((uint32_t)(out.len - 4));
+		memcpy(out.data, &n, 4);
+		httpd_respond_buf(req, 200, "application/octet-stream", &out);
+	}
+	buf_free(&out);
+}
+
 static void h_map(struct httpd_req *req, void *arg)
 {
 	struct coord *c = arg;
@@ -415,7 +437,8 @@ static void h_map(struct httpd_req *req, void *arg)
 		struct json *e = dev ? coord_error_reply(json_bool(json_path(dev, "status", "keyExpired", NULL), false) ? "KeyExpired" : "NotReady",
 						   "the device cannot join yet (key expired or no addresses)")
 				     : coord_error_reply("NotRegistered", "this machine is not registered: run knit up --authkey KEY");
-		coord_respond_sealed(req, s, e);
+		/* A map answer is always records, errors included. */
+		respond_record(req, s, e);
 		json_free(e);
 		json_free(dev);
 		json_free(j);
@@ -449,11 +472,13 @@ static void h_map(struct httpd_req *req, void *arg)
 	n = coord_node_get(c, m->device, true);
 	if (n && n->streams++ == 0)
 		coord_online_changed(c, m->device, true);
-	/* Endpoints come with the map request and are re-announced after every reconnect. */
-	set_endpoints(c, m->device, j);
+	/* The full netmap is always the first record; then the endpoints that
+	 * came with the request (re-announced after every reconnect) go to the
+	 * peers, and to this stream as its new self. */
 	nm = coord_full_netmap(c, dev);
 	coord_stream_send_json(m, nm);
 	json_free(nm);
+	set_endpoints(c, m->device, j);
 	json_free(dev);
 	json_free(j);
 	return;

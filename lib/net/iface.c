@@ -24,6 +24,9 @@ static int nl_to_errno(int nlerr)
 	case NLE_NOMEM: return -ENOMEM;
 	case NLE_NOADDR: return -EADDRNOTAVAIL;
 	case NLE_AF_NOSUPPORT: return -EAFNOSUPPORT;
+	case NLE_BUSY: return -EBUSY;
+	case NLE_RANGE: return -ERANGE;
+	case NLE_NOACCESS: return -EACCES;
 	default: return -EIO;
 	}
 }

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Issue 5's slice end to end: a real kube-apiserver, knit-operator serving
+# coordination, and four agents (three "nodes" and a "laptop"), each knitd
+# in a network namespace of its own, joined with AuthKeys made by kubectl.
+source "$(dirname "$0")/lib/common.sh"
+source "$(dirname "$0")/lib/apiserver.sh"
+source "$(dirname "$0")/lib/tailnet.sh"
+
+e2e_begin coordination
+e2e_need_bin "$OPERATOR" "$KNITD" "$KNIT" jq iperf3 ping
+kube_up
+K=$KUBECTL
+NS=knit-system
+$K create namespace "$NS" >/dev/null || e2e_die "create namespace"
+$K apply -f "$KNIT_SOURCE_DIR/manifests/crds/" >/dev/null || e2e_die "apply CRDs"
+$K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_die "CRDs not established"
+
+tailnet_net_up $((20 + $$ % 200))
+tailnet_operator_start op-1
+$K patch tailnet default --type merge -p '{"spec":{"ephemeralInactivityTimeout":"5s"}}' >/dev/null
+
+authkey() { # authkey NAME SPEC-JSON → prints the key
+	printf '{"apiVersion":"knit.dev/v1alpha1","kind":"AuthKey","metadata":{"name":"%s","namespace":"%s"},"spec":%s}' \
+		"$1" "$NS" "$2" | $K apply -f - >/dev/null || return 1
+	e2e_wait_for 30 $K get secret "$1-authkey" -n "$NS" || return 1
+	$K get secret "$1-authkey" -n "$NS" -o jsonpath='{.data.authkey}' | base64 -d
+}
+NODE_KEY=$(authkey nodes '{"reusable":true}') || e2e_die "no nodes key"
+LAPTOP_KEY=$(authkey laptop '{"reusable":false}') || e2e_die "no laptop key"
+EPH_KEY=$(authkey ci '{"reusable":true,"ephemeral":true}') || e2e_die "no ephemeral key"
+CTRL=$($K get tailnet default -o jsonpath='{.status.controlKey}')
+
+AGENTS=(node1 node2 node3 laptop)
+for i in "${!AGENTS[@]}"; do
+	tailnet_host_add "${AGENTS[$i]}" "$i"
+	tailnet_knitd_start "${AGENTS[$i]}"
+done
+for a in node1 node2 node3; do
+	out=$(tailnet_knit "$a" up --authkey "$NODE_KEY" --login-server "$LOGIN_SERVER" --server-key "$CTRL" --hostname "$a" 2>&1)
+	e2e_check "$a joins" test $? -eq 0 || e2e_log "$out"
+done
+# The laptop trusts the server key on first use instead of pinning it.
+out=$(tailnet_knit laptop up --authkey "$LAPTOP_KEY" --login-server "$LOGIN_SERVER" --hostname laptop 2>&1)
+e2e_check "laptop joins (trust on first use)" test $? -eq 0 || e2e_log "$out"
+e2e_check "knit up showed the control key it trusted" grep -q "${CTRL#ctrlkey:}" <<<"$out"
+
+ip_of() { tailnet_knit "$1" ip -4; }
+peers_of() { tailnet_knit "$1" status --json | jq -r '.peers[].name' | sort | tr '\n' ' '; }
+sees_all() { local want; want=$(printf '%s\n' "${AGENTS[@]}" | grep -vx "$1" | sort | tr '\n' ' '); [ "$(peers_of "$1")" = "$want" ]; }
+for a in "${AGENTS[@]}"; do
+	e2e_check "knit status on $a shows the other three" e2e_wait_for 20 sees_all "$a"
+done
+declare -A TIP
+for a in "${AGENTS[@]}"; do TIP[$a]=$(ip_of "$a"); done
+e2e_log "tailnet addresses: $(for a in "${AGENTS[@]}"; do printf '%s=%s ' "$a" "${TIP[$a]}"; done)"
+
+ping_ok() { in_ns "$1" ping -c1 -W2 "$2" >/dev/null 2>&1; }
+matrix_ok=0
+for a in "${AGENTS[@]}"; do
+	for b in "${AGENTS[@]}"; do
+		[ "$a" = "$b" ] && continue
+		if e2e_wait_for 10 ping_ok "$a" "${TIP[$b]}"; then matrix_ok=$((matrix_ok + 1)); else e2e_log "no ping $a -> $b"; fi
+	done
+done
+e2e_expect "every pair pings over tailnet addresses (12 pairs)" 12 "$matrix_ok"
+v6=$(tailnet_knit node2 ip -6)
+e2e_check "IPv6 over the tailnet too" e2e_wait_for 10 in_ns node1 ping -6 -c1 -W2 "$v6"
+e2e_check "knit ping reaches a peer by name" tailnet_knit node1 ping node3
+e2e_check "knit whois names the owner of an address" sh -c "'$KNIT' --socket '$E2E_DIR/node1/knitd.sock' whois ${TIP[laptop]} | grep -q laptop"
+
+online4() { [ "$($K get devices -o json | jq '[.items[] | select(.status.online == true and (.status.addresses | length) == 2)] | length')" -eq 4 ]; }
+e2e_check "kubectl get devices lists four online devices with addresses" e2e_wait_for 20 online4
+$K get devices >"$E2E_DIR/devices.txt"
+e2e_check "devices table shows the tailnet IPs" grep -q "${TIP[node1]}" "$E2E_DIR/devices.txt"
+
+# ---- the operator dies during a transfer: data keeps flowing ----
+in_ns node1 iperf3 -s -D -B "${TIP[node1]}" --logfile "$E2E_DIR/iperf-s.log" || e2e_fail "iperf3 server"
+e2e_defer "pkill -f 'iperf3 -s -D -B ${TIP[node1]}'"
+in_ns node2 iperf3 -c "${TIP[node1]}" -t 8 -J >"$E2E_DIR/iperf.json" 2>&1 &
+IPERF=$!
+e2e_defer "kill $IPERF 2>/dev/null"
+sleep_until() { local t=$1; e2e_wait_for "$t" false; }
+sleep_until 2
+kill -KILL "$OP_PID"
+e2e_log "operator killed during the transfer"
+wait "$IPERF"
+rc=$?
+e2e_expect "iperf3 finished despite the dead operator" 0 "$rc"
+gbit=$(jq -r '.end.sum_received.bits_per_second / 1e9' "$E2E_DIR/iperf.json" 2>/dev/null)
+e2e_log "transfer: ${gbit:-?} Gbit/s"
+e2e_check "and moved data" awk -v g="${gbit:-0}" 'BEGIN { exit !(g > 0.01) }'
+e2e_check "forwarding continues with the operator gone" ping_ok node3 "${TIP[laptop]}"
+tailnet_operator_start op-2
+connected() { [ "$(tailnet_knit "$1" status --json | jq -r '.backendState + "/" + ((.health // "") | length | tostring)')" = "Running/0" ]; }
+for a in "${AGENTS[@]}"; do
+	e2e_check "$a reconnects to the new operator" e2e_wait_for 90 connected "$a"
+done
+e2e_check "netmaps converge after the restart" e2e_wait_for 20 sees_all node2
+
+# ---- a device deleted with kubectl vanishes from its peers within 1 s ----
+LAPTOP_DEV=$($K get devices -o json | jq -r '.items[] | select(.spec.hostname == "laptop") | .metadata.name')
+gone_from() { ! tailnet_knit "$1" status --json | jq -e '.peers[] | select(.name == "laptop")' >/dev/null; }
+t0=$(date +%s%N)
+$K delete device "$LAPTOP_DEV" --wait=false >/dev/null
+e2e_check "the deleted device leaves node1's netmap within 1 s" e2e_wait_for 1 gone_from node1
+e2e_log "gone from node1's netmap after $((($(date +%s%N) - t0) / 1000000)) ms"
+e2e_check "and node2's" e2e_wait_for 1 gone_from node2
+e2e_check "its tunnel stops" sh -c "! ip netns exec $(ns_name node1) ping -c2 -W1 ${TIP[laptop]} >/dev/null 2>&1"
+
+# ---- a one-off key used twice is refused with a clear error ----
+tailnet_host_add laptop2 5
+tailnet_knitd_start laptop2
+out=$(tailnet_knit laptop2 up --authkey "$LAPTOP_KEY" --login-server "$LOGIN_SERVER" --server-key "$CTRL" --hostname laptop2 2>&1)
+rc=$?
+e2e_check "a one-off key used twice is refused" test "$rc" -ne 0
+e2e_check "with a clear error" grep -qi "already been used" <<<"$out"
+e2e_log "knit up said: $out"
+
+# ---- an ephemeral device vanishes after its agent stops ----
+tailnet_host_add ci 6
+tailnet_knitd_start ci
+e2e_check "an ephemeral agent joins" tailnet_knit ci up --authkey "$EPH_KEY" --login-server "$LOGIN_SERVER" --server-key "$CTRL" --hostname ci
+ci_dev() { $K get devices -o json | jq -r '.items[] | select(.spec.hostname == "ci") | .metadata.name'; }
+e2e_check "its Device is ephemeral" sh -c "$K get devices -o json | jq -e '.items[] | select(.spec.hostname == \"ci\") | .spec.ephemeral == true' >/dev/null"
+kill -TERM "$KNITD_PID_ci"
+ci_gone() { [ -z "$(ci_dev)" ]; }
+e2e_check "the ephemeral device is removed after the 5 s inactivity timeout" e2e_wait_for 40 ci_gone
+
+# ---- knitd restarted keeps its identity and addresses ----
+before=$(tailnet_knit node3 status --json | jq -c '{k: .self.nodeKey, a: .self.addresses}')
+kill -TERM "$KNITD_PID_node3"
+e2e_wait_for 10 sh -c "! kill -0 $KNITD_PID_node3" || e2e_fail "knitd on node3 did not stop"
+tailnet_knitd_start node3
+e2e_check "restarted knitd reconnects" e2e_wait_for 30 connected node3
+after=$(tailnet_knit node3 status --json | jq -c '{k: .self.nodeKey, a: .self.addresses}')
+e2e_expect "restarted knitd keeps its node key and addresses" "$before" "$after"
+# Peers still hold the old process's session: WireGuard's timers make them
+# handshake again once their packets go unanswered (up to ~15 s, then the
+# handshake): allow 30 s.
+t0=$(date +%s)
+e2e_check "and is reachable again" e2e_wait_for 30 ping_ok node1 "${TIP[node3]}"
+e2e_log "node3 reachable again $(($(date +%s) - t0)) s after its restart"
+
+# ---- bad input to the coordination API changes nothing ----
+ndev=$($K get devices -o name | wc -l)
+"$KNIT_BUILD_DIR/test/e2e/tools/coord_probe" "$LOGIN_SERVER" "$CTRL" >"$E2E_DIR/probe.log" 2>&1
+e2e_expect "garbage, oversized, replayed and tampered requests are refused" 0 "$?"
+e2e_expect "and change nothing" "$ndev" "$($K get devices -o name | wc -l)"
+grep PROBE "$E2E_DIR/probe.log" | sed 's/^/    /' >&2
+e2e_end

@@ -1,0 +1,91 @@
+# A small "internet" for tailnet tests and the demo (sourced after
+# common.sh and apiserver.sh): a hub namespace with a bridge, the root
+# namespace on it (where kube-apiserver and knit-operator run), and one
+# namespace per agent. Every address is the test's own (10.$NET.0.0/24).
+#
+#   tailnet_net_up NET          hub + bridge; root side 10.NET.0.1/24
+#   tailnet_host_add NAME IDX   namespace knit-$E2E_TAG-NAME at 10.NET.0.(10+IDX)
+#   tailnet_host_move NAME IDX  gives NAME a new underlay address (roaming)
+#   tailnet_operator_start ID   knit-operator, coordination on 10.NET.0.1 (a
+#                               restarted operator keeps the port, as a Service would)
+#   tailnet_knitd_start NAME    knitd (mesh mode) inside NAME's namespace
+#   tailnet_knit NAME ARGS...   the knit CLI against NAME's knitd
+#   in_ns NAME CMD...           runs CMD in NAME's network namespace only
+#
+# Namespaces, veths, processes and state are removed at exit.
+
+E2E_TAG=${E2E_TAG:-$$}
+KNITD=$KNIT_BUILD_DIR/agent/knitd
+KNIT=$KNIT_BUILD_DIR/agent/cli/knit
+OPERATOR=$KNIT_BUILD_DIR/operator/knit-operator
+
+ns_name() { echo "knit-$E2E_TAG-$1"; }
+in_ns() { local n=$1; shift; ip netns exec "$(ns_name "$n")" "$@"; }
+
+tailnet_net_up() {
+	TAILNET_NET=$1
+	local hub
+	hub=$(ns_name hub)
+	ip netns add "$hub" || e2e_die "cannot create namespace $hub"
+	e2e_defer "ip netns del $hub"
+	ip -n "$hub" link add br0 type bridge || e2e_die "cannot create bridge"
+	ip -n "$hub" link set br0 up
+	ip -n "$hub" link set lo up
+	# The root namespace joins through one veth: apiserver and operator stay there.
+	ip link add "kr$E2E_TAG" type veth peer name root netns "$hub" || e2e_die "cannot create veth"
+	e2e_defer "ip link del kr$E2E_TAG"
+	ip -n "$hub" link set root master br0 up
+	ip addr add "10.$TAILNET_NET.0.1/24" dev "kr$E2E_TAG"
+	ip link set "kr$E2E_TAG" up
+	TAILNET_GW=10.$TAILNET_NET.0.1
+}
+
+tailnet_host_add() {
+	local name=$1 idx=$2 ns hub
+	ns=$(ns_name "$name")
+	hub=$(ns_name hub)
+	ip netns add "$ns" || e2e_die "cannot create namespace $ns"
+	e2e_defer "ip netns del $ns"
+	ip -n "$ns" link set lo up
+	ip link add "k$E2E_TAG$idx" netns "$ns" type veth peer name "p$idx" netns "$hub" || e2e_die "veth for $name"
+	ip -n "$ns" link set "k$E2E_TAG$idx" name eth0
+	ip -n "$hub" link set "p$idx" master br0 up
+	ip -n "$ns" addr add "10.$TAILNET_NET.0.$((10 + idx))/24" dev eth0
+	ip -n "$ns" link set eth0 up
+}
+
+tailnet_host_move() {
+	local name=$1 idx=$2
+	ip -n "$(ns_name "$name")" addr flush dev eth0
+	ip -n "$(ns_name "$name")" addr add "10.$TAILNET_NET.0.$((10 + idx))/24" dev eth0
+}
+
+tailnet_operator_start() {
+	local id=$1
+	OP_HTTP_PORT=$(e2e_free_port)
+	COORD_PORT=${COORD_PORT:-$(e2e_free_port)}
+	e2e_bg "operator-$id" "$OPERATOR" --namespace "${TAILNET_OP_NS:-knit-system}" --identity "$id" \
+		--http-listen "127.0.0.1:$OP_HTTP_PORT" --coord-listen "$TAILNET_GW:$COORD_PORT" \
+		--lease-duration 4s --renew-deadline 3s --retry-period 1s
+	OP_PID=$E2E_PID
+	LOGIN_SERVER=http://$TAILNET_GW:$COORD_PORT
+	e2e_wait_for 30 curl -sf "http://127.0.0.1:$OP_HTTP_PORT/readyz" ||
+		e2e_die "operator $id never became ready: $(tail -5 "$E2E_DIR/operator-$id.log")"
+}
+
+tailnet_knitd_start() {
+	local name=$1
+	mkdir -p "$E2E_DIR/$name"
+	e2e_bg "knitd-$name" ip netns exec "$(ns_name "$name")" "$KNITD" run \
+		--state-dir "$E2E_DIR/$name/state" --socket "$E2E_DIR/$name/knitd.sock" --tun "knit0" \
+		--port 41641 --log-level debug
+	eval "KNITD_PID_${name//-/_}=$E2E_PID"
+	e2e_wait_for 20 test -S "$E2E_DIR/$name/knitd.sock" ||
+		e2e_die "knitd in $name did not start: $(tail -5 "$E2E_DIR/knitd-$name.log")"
+}
+
+tailnet_knit() {
+	local name=$1
+	shift
+	"$KNIT" --socket "$E2E_DIR/$name/knitd.sock" "$@"
+}
