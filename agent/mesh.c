@@ -35,6 +35,8 @@
 #include "wg/aead.h"
 #include "wg/engine.h"
 #include "wg/hub.h"
+#include "wg/peer.h"
+#include "wg/send.h"
 #include "wg/uapi_server.h"
 
 #ifndef KNIT_VERSION
@@ -47,6 +49,9 @@
 #define PING_INTERVAL_MS 500
 
 struct options {
+	const char *login_server; /* join at start when not logged in ... */
+	const char *authkey_file; /* ... with this key (or $KNIT_AUTHKEY) */
+	const char *hostname;
 	const char *state_path;
 	const char *socket_path;
 	const char *tun;
@@ -620,7 +625,7 @@ static void register_done(struct control_client *c, int err, const struct json *
 	m->control_key_new = false;
 }
 
-static int send_register(struct mesh *m, const char *auth_key)
+static int send_register_cb(struct mesh *m, const char *auth_key, control_call_fn cb)
 {
 	struct register_request rq = { 0 };
 	char host[256] = "";
@@ -640,9 +645,14 @@ static int send_register(struct mesh *m, const char *auth_key)
 	req = register_request_to_json(&rq);
 	if (!req)
 		return -ENOMEM;
-	err = control_client_call(m->ctl, req, register_done, m, NULL);
+	err = control_client_call(m->ctl, req, cb, m, NULL);
 	messages_json_free_secret(req);
 	return err;
+}
+
+static int send_register(struct mesh *m, const char *auth_key)
+{
+	return send_register_cb(m, auth_key, register_done);
 }
 
 static void api_up(void *arg, const struct localapi_up *req, struct localapi_reply *reply)
@@ -928,6 +938,85 @@ static const struct localapi_ops api_ops = {
 	.ping = api_ping,
 };
 
+/* ---- joining at start (containers, unattended machines) ---- */
+
+static void auto_join_done(struct control_client *c, int err, const struct json *resp, const char *why, void *arg);
+
+static struct loop_timer *join_retry;
+static char *join_key;
+
+static void on_join_retry(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	struct mesh *m = arg;
+
+	if (state_logged_in(m->st) || !join_key)
+		return;
+	if (send_register(m, join_key))
+		loop_timer_arm(t, 5000);
+}
+
+/* register_done's job, for a join with no CLI waiting: retries on
+ * transport errors, gives up loudly on refusals. */
+static void auto_join_done(struct control_client *c, int err, const struct json *resp, const char *why, void *arg)
+{
+	struct mesh *m = arg;
+	const char *code, *msg;
+
+	if (err || (messages_error(resp, &code, &msg) && !strcmp(code, "Unavailable"))) {
+		log_warn("cannot join yet, retrying in 5 s", "why=\"%s\"", err ? (why ? why : "?") : msg);
+		loop_timer_arm(join_retry, 5000);
+		return;
+	}
+	register_done(c, err, resp, why, m);
+	if (state_logged_in(m->st)) {
+		sodium_memzero(join_key, strlen(join_key));
+		free(join_key);
+		join_key = NULL;
+	} else if (messages_error(resp, &code, &msg)) {
+		log_error("the coordination server refused to join this node", "code=%s why=\"%s\"", code, msg);
+	}
+}
+
+/* --login-server with an auth key from --authkey-file or $KNIT_AUTHKEY:
+ * join by ourselves (what `knit up --authkey` does), once. */
+static int auto_join(struct mesh *m)
+{
+	const char *env = getenv("KNIT_AUTHKEY");
+	char buf[512] = "";
+	size_t n;
+
+	if (m->o.authkey_file) {
+		FILE *f = fopen(m->o.authkey_file, "re");
+		if (!f) {
+			log_error("cannot read the auth key file", "path=%s err=%d", m->o.authkey_file, errno);
+			return -errno;
+		}
+		n = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+		buf[n] = '\0';
+		while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+			buf[--n] = '\0';
+		join_key = strdup(buf);
+		sodium_memzero(buf, sizeof(buf));
+	} else if (env && *env) {
+		join_key = strdup(env);
+	} else {
+		log_error("--login-server needs an auth key to join: --authkey-file FILE or KNIT_AUTHKEY");
+		return -EINVAL;
+	}
+	if (!join_key)
+		return -ENOMEM;
+	free(m->st->login_server);
+	m->st->login_server = strdup(m->o.login_server);
+	if (m->o.hostname && state_set_prefs(m->st, m->o.hostname, m->st->tags, m->st->ntags, m->st->routes, m->st->nroutes))
+		return -ENOMEM;
+	join_retry = loop_timer_new(m->loop, on_join_retry, m);
+	if (!m->st->login_server || !join_retry || ensure_client(m))
+		return -ENOMEM;
+	log_info("joining the tailnet", "server=%s", m->st->login_server);
+	return send_register_cb(m, join_key, auto_join_done);
+}
+
 /* ---- lifecycle ---- */
 
 static void usage(FILE *f)
@@ -941,6 +1030,11 @@ static void usage(FILE *f)
 		"netmap live in the state file, so a restart keeps the identity and its\n"
 		"addresses, and the node keeps forwarding while the control plane is away.\n"
 		"\n"
+		"  --login-server URL  join this coordination server at start when not logged\n"
+		"                      in, with the auth key from --authkey-file or $KNIT_AUTHKEY\n"
+		"                      (for containers; retried until the server answers)\n"
+		"  --authkey-file PATH file holding the auth key for --login-server\n"
+		"  --hostname NAME     the name to join with (default: this machine's)\n"
 		"  --state PATH        state file (default " STATE_PATH_DEFAULT ", mode 0600)\n"
 		"  --state-dir DIR     the same as --state DIR/knitd.state\n"
 		"  --socket PATH       local API socket (default " LOCALAPI_SOCKET_DEFAULT ")\n"
@@ -958,7 +1052,7 @@ static void usage(FILE *f)
 
 static int parse_args(int argc, char **argv, struct options *o, char *state_buf, size_t state_len)
 {
-	enum { STATE = 256, STATE_DIR, SOCKET, TUN, PORT, UAPI_DIR, WORKERS, LOG_LEVEL };
+	enum { STATE = 256, STATE_DIR, SOCKET, TUN, PORT, UAPI_DIR, WORKERS, LOG_LEVEL, LOGIN, AUTHKEY_FILE, HOSTNAME };
 	static const struct option longopts[] = {
 		{ "state", required_argument, NULL, STATE },
 		{ "state-dir", required_argument, NULL, STATE_DIR },
@@ -968,6 +1062,9 @@ static int parse_args(int argc, char **argv, struct options *o, char *state_buf,
 		{ "uapi-dir", required_argument, NULL, UAPI_DIR },
 		{ "workers", required_argument, NULL, WORKERS },
 		{ "log-level", required_argument, NULL, LOG_LEVEL },
+		{ "login-server", required_argument, NULL, LOGIN },
+		{ "authkey-file", required_argument, NULL, AUTHKEY_FILE },
+		{ "hostname", required_argument, NULL, HOSTNAME },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1009,6 +1106,15 @@ static int parse_args(int argc, char **argv, struct options *o, char *state_buf,
 			}
 			break;
 		case LOG_LEVEL: o->log_level = optarg; break;
+		case LOGIN:
+			if (strncmp(optarg, "http://", 7) && strncmp(optarg, "https://", 8)) {
+				fprintf(stderr, "knitd run: --login-server must be an http(s) URL\n");
+				return 2;
+			}
+			o->login_server = optarg;
+			break;
+		case AUTHKEY_FILE: o->authkey_file = optarg; break;
+		case HOSTNAME: o->hostname = optarg; break;
 		case 'h': usage(stdout); return 1;
 		default: usage(stderr); return 2;
 		}
@@ -1116,6 +1222,14 @@ int mesh_main(int argc, char **argv)
 	if (state_logged_in(m->st) && state_get_netmap(m->st, &m->nm, err, sizeof(err))) {
 		m->has_nm = true;
 		apply_netmap(m);
+		/* Peers still hold sessions with our previous process, which we no
+		 * longer have: start fresh ones now rather than wait for their
+		 * timers to notice (about 15 s). */
+		for (size_t i = 0; i < m->nm.npeers; i++) {
+			struct peer *p = engine_peer_lookup(m->engine, m->nm.peers[i].node_key);
+			if (p)
+				send_initiation(p, false);
+		}
 		log_info("forwarding on the saved netmap", "peers=%zu", m->nm.npeers);
 	}
 	lo.socket_path = m->o.socket_path;
@@ -1135,6 +1249,10 @@ int mesh_main(int argc, char **argv)
 	if (state_logged_in(m->st) && m->st->login_server && ensure_client(m) == 0) {
 		m->running = true;
 		start_map(m);
+	} else if (!state_logged_in(m->st) && m->o.login_server) {
+		r = auto_join(m);
+		if (r)
+			goto out;
 	}
 	loop_timer_arm(m->endpoint_timer, ENDPOINT_REFRESH_MS);
 	log_info("ready", "dev=%s port=%u socket=%s state=%s", engine_ifname(m->engine), hub_port(m->hub),
@@ -1148,6 +1266,11 @@ int mesh_main(int argc, char **argv)
 out:
 	while (m->pings)
 		ping_free(m->pings);
+	loop_timer_free(join_retry);
+	if (join_key) {
+		sodium_memzero(join_key, strlen(join_key));
+		free(join_key);
+	}
 	control_client_free(m->ctl);
 	localapi_free(m->api);
 	uapi_server_close(m->uapi);

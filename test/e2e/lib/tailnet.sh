@@ -73,12 +73,13 @@ tailnet_operator_start() {
 		e2e_die "operator $id never became ready: $(tail -5 "$E2E_DIR/operator-$id.log")"
 }
 
-tailnet_knitd_start() {
+tailnet_knitd_start() { # tailnet_knitd_start NAME [EXTRA knitd run ARGS...]
 	local name=$1
+	shift
 	mkdir -p "$E2E_DIR/$name"
 	e2e_bg "knitd-$name" ip netns exec "$(ns_name "$name")" "$KNITD" run \
 		--state-dir "$E2E_DIR/$name/state" --socket "$E2E_DIR/$name/knitd.sock" --tun "knit0" \
-		--port 41641 --log-level debug
+		--port 41641 --log-level debug "$@"
 	eval "KNITD_PID_${name//-/_}=$E2E_PID"
 	e2e_wait_for 20 test -S "$E2E_DIR/$name/knitd.sock" ||
 		e2e_die "knitd in $name did not start: $(tail -5 "$E2E_DIR/knitd-$name.log")"
