@@ -59,6 +59,8 @@ void standalone_usage(FILE *f, const char *prog)
 		"                        LOG_LEVEL).\n"
 		"  KNIT_WG_UNDER_LOAD_AT queued handshakes from which cookies are demanded\n"
 		"                        (default 512, an eighth of the queue; tests set 1)\n"
+		"  KNIT_WG_READERS_HELP  0: the TUN and UDP reader threads leave all crypto\n"
+		"                        to the workers (default: they take a share)\n"
 		"\n"
 		"For wg-quick: WG_QUICK_USERSPACE_IMPLEMENTATION=knit-wg (knitd run under\n"
 		"the name knit-wg behaves as `knitd wg`).\n",
@@ -239,7 +241,7 @@ int standalone_main(int argc, char **argv)
 	loop_signal_add(s.loop, SIGINT, on_signal, &s);
 
 	hc.workers = o.workers < 0 ? default_workers() : (unsigned)o.workers;
-	hc.readers_help = true;
+	hc.readers_help = !getenv("KNIT_WG_READERS_HELP") || strcmp(getenv("KNIT_WG_READERS_HELP"), "0");
 	if (ula)
 		hc.under_load_at = (size_t)strtoul(ula, NULL, 10);
 	ret = hub_new(&hub, s.loop, &hc);

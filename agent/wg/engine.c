@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -159,6 +161,7 @@ static void *tun_main(void *arg)
 		{ .fd = e->stop_efd, .events = POLLIN },
 	};
 
+	queueing_thread_helps(e->hub->cfg.readers_help);
 	while (!atomic_load(&e->dead)) {
 		int n;
 
@@ -186,10 +189,23 @@ static void *tun_main(void *arg)
 	return NULL;
 }
 
+/* SIOCGIFMTU through the engine's control socket, made in the namespace
+ * where the TUN device was created (the loop thread may be elsewhere). */
+static int get_mtu(struct engine *e, int *mtu)
+{
+	struct ifreq ifr = { 0 };
+
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", e->ifname);
+	if (ioctl(e->ctl_fd, SIOCGIFMTU, &ifr) < 0)
+		return -errno;
+	*mtu = ifr.ifr_mtu;
+	return 0;
+}
+
 static void on_watch(struct loop *loop, struct loop_timer *t, void *arg)
 {
 	struct engine *e = arg;
-	int mtu, ret = tun_get_mtu(e->tun, &mtu);
+	int mtu, ret = get_mtu(e, &mtu);
 
 	if (!ret)
 		atomic_store(&e->mtu, mtu);
@@ -222,7 +238,7 @@ int engine_new(struct engine **out, struct hub *hub, const struct engine_config 
 		return -ENOMEM;
 	e->hub = hub;
 	e->cfg = *cfg;
-	e->stop_efd = -1;
+	e->stop_efd = e->ctl_fd = -1;
 	pthread_mutex_init(&e->tun_write_lock, NULL);
 	allowedips_init(&e->aips);
 	cookie_checker_init(&e->cookie);
@@ -231,11 +247,12 @@ int engine_new(struct engine **out, struct hub *hub, const struct engine_config 
 	e->table_size = 64;
 	e->table = calloc(e->table_size, sizeof(*e->table));
 	e->stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	e->ctl_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (!e->noise || !e->table) {
 		ret = -ENOMEM;
 		goto out;
 	}
-	if (e->stop_efd < 0) {
+	if (e->stop_efd < 0 || e->ctl_fd < 0) {
 		ret = -errno;
 		goto out;
 	}
@@ -270,6 +287,8 @@ out:
 		tun_close(e->tun);
 		if (e->stop_efd >= 0)
 			close(e->stop_efd);
+		if (e->ctl_fd >= 0)
+			close(e->ctl_fd);
 		free(e->table);
 		if (e->noise)
 			noise_local_free(e->noise);
@@ -314,6 +333,7 @@ void engine_free(struct engine *e)
 	allowedips_free(&e->aips);
 	free(e->table);
 	close(e->stop_efd);
+	close(e->ctl_fd);
 	pthread_mutex_destroy(&e->tun_write_lock);
 	log_info("engine down", "dev=%s", e->ifname);
 	sodium_memzero(e, sizeof(*e));

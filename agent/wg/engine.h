@@ -94,6 +94,7 @@ struct engine {
 	bool tun_thread_started;
 	struct hub_qs tun_qs;
 	int stop_efd;
+	int ctl_fd; /* a socket in the TUN's namespace, for interface ioctls */
 	atomic_bool dead, tun_down;
 	bool down_reported;
 	struct loop_timer *watch;

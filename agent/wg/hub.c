@@ -146,7 +146,7 @@ int hub_set_port(struct hub *h, uint16_t port)
 	for (int i = 0; i < 2; i++) {
 		pthread_mutex_lock(&h->sock[i].send_lock);
 		old[i] = h->sock[i].udp;
-		h->sock[i].udp = fresh[i];
+		__atomic_store_n(&h->sock[i].udp, fresh[i], __ATOMIC_SEQ_CST);
 		pthread_mutex_unlock(&h->sock[i].send_lock);
 		if (old[i])
 			epoll_ctl(h->rx_epfd, EPOLL_CTL_DEL, udp_fd(old[i]), NULL);
@@ -287,6 +287,15 @@ bool hub_handshake_dequeue(struct hub *h, struct hub_handshake *out, size_t *lef
 
 /* ---- the receive thread ---- */
 
+/* Whether u is still one of the hub's sockets. hub_set_port() swaps
+ * before it synchronizes, so a reader that checks this after reporting a
+ * quiescent state never uses a socket that may be closed. */
+static bool socket_current(struct hub *h, const struct udp *u)
+{
+	return __atomic_load_n(&h->sock[0].udp, __ATOMIC_SEQ_CST) == u ||
+	       __atomic_load_n(&h->sock[1].udp, __ATOMIC_SEQ_CST) == u;
+}
+
 /* Reads one socket until it is drained: udp_recv() keeps GRO runs it has
  * not handed out yet, which epoll cannot see. */
 static void rx_drain(struct hub *h, struct udp *u)
@@ -294,7 +303,7 @@ static void rx_drain(struct hub *h, struct udp *u)
 	uint8_t *bufs[RX_BATCH];
 	struct udp_msg msgs[RX_BATCH];
 
-	while (!atomic_load(&h->stopping)) {
+	while (!atomic_load(&h->stopping) && socket_current(h, u)) {
 		size_t got = pool_get(h->pool, bufs, RX_BATCH);
 		int r;
 
@@ -328,6 +337,7 @@ static void *rx_main(void *arg)
 	struct epoll_event ev[4];
 
 	hub_qs_register(h, &h->rx_qs);
+	queueing_thread_helps(h->cfg.readers_help);
 	while (!atomic_load(&h->stopping)) {
 		int n;
 

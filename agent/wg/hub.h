@@ -16,7 +16,8 @@
  * threads.
  *
  * Locking: hub_socket.send_lock guards that socket's udp for sending (and
- * its swap by hub_set_port()); hs_lock the handshake queue; work_lock the
+ * its swap by hub_set_port(); the receive thread reads the pointer
+ * atomically and re-checks it after each quiescent state); hs_lock the handshake queue; work_lock the
  * list of peers waiting for the loop; qs_lock the quiescent-state list.
  * engines, port, fwmark and load belong to the loop thread.
  *

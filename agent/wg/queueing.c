@@ -9,6 +9,15 @@
 #include "wg/receive.h"
 #include "wg/send.h"
 
+/* This thread runs queued jobs itself right after submitting (a worker,
+ * or a reader that helps): it need not wake a worker for one of them. */
+static __thread bool tls_helps;
+
+void queueing_thread_helps(bool helps)
+{
+	tls_helps = helps;
+}
+
 static void run(struct job *j)
 {
 	if (j->dir == JOB_TX)
@@ -36,6 +45,7 @@ static void *worker(void *arg)
 	struct queueing *q = arg;
 	struct job *j;
 
+	queueing_thread_helps(true);
 	pthread_mutex_lock(&q->lock);
 	for (;;) {
 		while (!q->head && !q->stopping) {
@@ -156,6 +166,8 @@ void queueing_submit(struct queueing *q, struct job **jobs, size_t n)
 		q->tail = jobs[i];
 	}
 	q->queued += n;
+	if (tls_helps)
+		n--; /* that one is ours */
 	wake = n < q->idle ? (unsigned)n : q->idle;
 	pthread_mutex_unlock(&q->lock);
 	while (wake--)

@@ -76,6 +76,11 @@ void queueing_job_free(struct queueing *q, struct job *j);
 
 /* Hands jobs[0..n) to the workers (or runs them here, without workers). */
 void queueing_submit(struct queueing *q, struct job **jobs, size_t n);
+/* Says whether the calling thread runs queued jobs right after it
+ * submits (workers do; readers that help). Then queueing_submit() wakes
+ * one worker fewer: a woken worker that finds nothing costs two context
+ * switches for nothing. */
+void queueing_thread_helps(bool helps);
 /* Runs up to max queued jobs on the calling thread; returns how many. */
 size_t queueing_help(struct queueing *q, size_t max);
 size_t queueing_queued(struct queueing *q);

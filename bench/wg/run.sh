@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Single-stream TCP throughput through WireGuard, measured in one run on
+# this machine: two network namespaces on a veth, iperf3 single stream
+# through (a) the bare veth, (b) Debian's wireguard-go, (c) knitd wg, each
+# REPS times for DURATION seconds; prints every run, the medians in
+# Gbit/s, and the ratios knitd/wireguard-go and knitd/veth.
+#
+#   sudo bench/wg/run.sh [-d SECONDS] [-r REPS] [-b BUILD_DIR] [-k "KNITD ARGS"]
+#
+# Needs root (namespaces, TUN), iperf3, wireguard-go, wg. knitd comes from
+# BUILD_DIR (default build/default; use a release build).
+set -uo pipefail
+
+DURATION=10 REPS=3
+SRC=$(cd "$(dirname "$0")/../.." && pwd)
+BUILD=${KNIT_BUILD_DIR:-$SRC/build/default}
+KNITD_ARGS=""
+while getopts "d:r:b:k:h" o; do
+	case $o in
+	d) DURATION=$OPTARG ;;
+	r) REPS=$OPTARG ;;
+	b) BUILD=$OPTARG ;;
+	k) KNITD_ARGS=$OPTARG ;;
+	*) sed -n '2,12p' "$0"; exit 2 ;;
+	esac
+done
+KNITD=$BUILD/agent/knitd
+[ "$(id -u)" -eq 0 ] || { echo "run.sh: must run as root" >&2; exit 1; }
+for b in "$KNITD" iperf3 wireguard-go wg ip python3; do
+	command -v "$b" >/dev/null 2>&1 || [ -x "$b" ] || { echo "run.sh: missing $b" >&2; exit 1; }
+done
+
+NSA=knit-bench-$$-a NSB=knit-bench-$$-b
+IFA=kb$$a IFB=kb$$b
+WORK=$(mktemp -d /tmp/knit-bench-wg.XXXXXX)
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+	ip netns del "$NSA" 2>/dev/null
+	ip netns del "$NSB" 2>/dev/null
+	rm -f "/var/run/wireguard/$IFA.sock" "/var/run/wireguard/$IFB.sock"
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+inA() { ip netns exec "$NSA" "$@"; }
+inB() { ip netns exec "$NSB" "$@"; }
+
+ip netns add "$NSA" && ip netns add "$NSB" || exit 1
+ip link add va netns "$NSA" type veth peer name vb netns "$NSB"
+inA ip addr add 192.168.210.1/24 dev va
+inB ip addr add 192.168.210.2/24 dev vb
+for ns in "$NSA" "$NSB"; do ip -n "$ns" link set lo up; done
+inA ip link set va up
+inB ip link set vb up
+umask 077
+wg genkey >"$WORK/a.key"
+wg genkey >"$WORK/b.key"
+
+inB iperf3 -s >/dev/null 2>&1 &
+PIDS+=($!)
+
+# One iperf3 run: prints the receiver's Gbit/s.
+measure() { # server address
+	inA iperf3 -c "$1" -t "$DURATION" -J 2>/dev/null | python3 -c '
+import json, sys
+try:
+    print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))
+except Exception:
+    print("0.000")'
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+# Starts an implementation on both sides and connects them.
+tunnel_up() { # wireguard-go | knitd
+	local impl=$1 ns ifn
+	for side in a b; do
+		if [ $side = a ]; then ns=$NSA ifn=$IFA; else ns=$NSB ifn=$IFB; fi
+		if [ "$impl" = knitd ]; then
+			# shellcheck disable=SC2086
+			ip netns exec "$ns" "$KNITD" wg -f $KNITD_ARGS "$ifn" >"$WORK/$impl.$side.log" 2>&1 &
+		else
+			ip netns exec "$ns" env WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 \
+				wireguard-go -f "$ifn" >"$WORK/$impl.$side.log" 2>&1 &
+		fi
+		PIDS+=($!)
+	done
+	for i in $(seq 100); do
+		[ -S "/var/run/wireguard/$IFA.sock" ] && [ -S "/var/run/wireguard/$IFB.sock" ] && break
+		sleep 0.1
+	done
+	inA wg set "$IFA" private-key "$WORK/a.key" listen-port 51850 \
+		peer "$(wg pubkey <"$WORK/b.key")" endpoint 192.168.210.2:51851 allowed-ips 10.210.0.2/32
+	inB wg set "$IFB" private-key "$WORK/b.key" listen-port 51851 \
+		peer "$(wg pubkey <"$WORK/a.key")" endpoint 192.168.210.1:51850 allowed-ips 10.210.0.1/32
+	inA ip addr add 10.210.0.1/24 dev "$IFA"
+	inB ip addr add 10.210.0.2/24 dev "$IFB"
+	inA ip link set "$IFA" up
+	inB ip link set "$IFB" up
+	for i in $(seq 50); do inA ping -c 1 -W 1 10.210.0.2 >/dev/null 2>&1 && return 0; done
+	echo "run.sh: $impl tunnel did not come up" >&2
+	return 1
+}
+
+tunnel_down() {
+	local keep=() p
+	for p in "${PIDS[@]:1}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+	PIDS=("${PIDS[0]}")
+	for i in $(seq 50); do
+		ip -n "$NSA" link show "$IFA" >/dev/null 2>&1 || ip -n "$NSB" link show "$IFB" >/dev/null 2>&1 || break
+		sleep 0.1
+	done
+}
+
+declare -A RUNS MED
+run_case() { # name server-address
+	local name=$1 addr=$2 r v=()
+	for r in $(seq "$REPS"); do
+		v+=("$(measure "$addr")")
+		echo "  $name run $r: ${v[-1]} Gbit/s" >&2
+	done
+	RUNS[$name]="${v[*]}"
+	MED[$name]=$(median "${v[@]}")
+}
+
+echo "knit WireGuard benchmark: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), kernel $(uname -r)" >&2
+echo "iperf3 single TCP stream, ${DURATION}s x $REPS, veth MTU 1500, tunnel MTU 1420" >&2
+run_case veth 192.168.210.2
+tunnel_up wireguard-go && run_case wireguard-go 10.210.0.2
+tunnel_down
+tunnel_up knitd && run_case knitd 10.210.0.2
+tunnel_down
+
+printf '\n%-14s %-26s %12s\n' "path" "runs (Gbit/s)" "median"
+for n in veth wireguard-go knitd; do
+	printf '%-14s %-26s %12s\n' "$n" "${RUNS[$n]:-}" "${MED[$n]:-n/a}"
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+printf '\nknitd / wireguard-go: %sx   (target >= 12x)\n' "$(ratio "${MED[knitd]:-0}" "${MED[wireguard-go]:-0}")"
+printf 'knitd / veth:         %s\n' "$(ratio "${MED[knitd]:-0}" "${MED[veth]:-0}")"
+printf 'knitd:                %s Gbit/s (target >= 4)\n' "${MED[knitd]:-0}"

@@ -1,0 +1,358 @@
+/* The WireGuard engine end to end inside one process: two identities on
+ * ONE hub (one UDP socket, demultiplexed by MAC1 for initiations and by
+ * receiver index for everything else), their TUN devices in two network
+ * namespaces so that traffic really crosses the tunnel. Runs as root in
+ * namespaces of its own (skipped otherwise). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "buf.h"
+#include "log.h"
+#include "loop.h"
+#include "wg/aead.h"
+#include "wg/engine.h"
+#include "wg/hub.h"
+#include "wg/noise.h"
+#include "wg/peer.h"
+#include "wg/uapi.h"
+
+static int ns_x = -1, ns_y = -1;
+
+static void enter(int ns)
+{
+	assert_int_equal(setns(ns, CLONE_NEWNET), 0);
+}
+
+static void sh(const char *fmt, ...)
+{
+	char cmd[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	assert_int_equal(system(cmd), 0);
+}
+
+struct pair {
+	struct loop *loop;
+	struct hub *hub;
+	struct engine *a, *b; /* a's TUN in x (10.91.0.1), b's in y (10.91.0.2) */
+	uint8_t ka[32], kb[32], pa[32], pb[32];
+};
+
+static struct uapi_peer peer_of(const uint8_t pub[32], const char *aip, uint16_t port)
+{
+	static struct uapi_allowed_ip ips[2];
+	static int n;
+	struct uapi_allowed_ip *ip = &ips[n++ % 2];
+	struct uapi_peer p = { .flags = UAPI_PEER_REPLACE_ALLOWED_IPS, .allowed_ips = ip, .n_allowed_ips = 1 };
+
+	memcpy(p.public_key, pub, 32);
+	ip->family = AF_INET;
+	ip->cidr = 32;
+	assert_int_equal(inet_pton(AF_INET, aip, &ip->ip.v4), 1);
+	if (port) {
+		p.flags |= UAPI_PEER_HAS_ENDPOINT;
+		p.endpoint.addr.in4.sin_family = AF_INET;
+		p.endpoint.addr.in4.sin_port = htons(port);
+		p.endpoint.addr.in4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	}
+	return p;
+}
+
+static int pair_setup(void **state)
+{
+	struct pair *p = calloc(1, sizeof(*p));
+	struct hub_config hc = { .workers = 2, .readers_help = true };
+	struct engine_config ca = { .ifname = "kte0a" }, cb = { .ifname = "kte0b" };
+	struct uapi_peer up;
+
+	assert_non_null(p);
+	p->loop = loop_new();
+	assert_non_null(p->loop);
+	enter(ns_x);
+	assert_int_equal(hub_new(&p->hub, p->loop, &hc), 0);
+	assert_int_equal(engine_new(&p->a, p->hub, &ca), 0);
+	sh("ip addr add 10.91.0.1/24 dev kte0a && ip link set kte0a up");
+	enter(ns_y);
+	assert_int_equal(engine_new(&p->b, p->hub, &cb), 0);
+	sh("ip addr add 10.91.0.2/24 dev kte0b && ip link set kte0b up");
+	enter(ns_x);
+
+	noise_keygen(p->ka);
+	noise_keygen(p->kb);
+	assert_true(noise_public_from_private(p->pa, p->ka));
+	assert_true(noise_public_from_private(p->pb, p->kb));
+	assert_int_equal(engine_set_private_key(p->a, p->ka), 0);
+	assert_int_equal(engine_set_private_key(p->b, p->kb), 0);
+	/* Both identities share the hub's port: the endpoints are that port. */
+	up = peer_of(p->pb, "10.91.0.2", hub_port(p->hub));
+	assert_int_equal(engine_peer_set(p->a, &up), 0);
+	up = peer_of(p->pa, "10.91.0.1", hub_port(p->hub));
+	assert_int_equal(engine_peer_set(p->b, &up), 0);
+	*state = p;
+	return 0;
+}
+
+static int pair_teardown(void **state)
+{
+	struct pair *p = *state;
+
+	enter(ns_x);
+	engine_free(p->a);
+	engine_free(p->b);
+	hub_free(p->hub);
+	loop_free(p->loop);
+	free(p);
+	return 0;
+}
+
+static int udp_socket_in(int ns, const char *addr, uint16_t port)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(port) };
+	int s;
+
+	enter(ns);
+	s = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+	assert_true(s >= 0);
+	inet_pton(AF_INET, addr, &sin.sin_addr);
+	assert_int_equal(bind(s, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	enter(ns_x);
+	return s;
+}
+
+/* Sends msg from s to addr:port until it arrives on r (handshakes first;
+ * a retransmitted initiation takes 5 s), running the loop meanwhile.
+ * Returns the bytes received, or -1 after timeout_ms. */
+static ssize_t through_within(struct pair *p, int s, const char *addr, uint16_t port, int r, const char *msg,
+			      uint64_t timeout_ms)
+{
+	struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(port) };
+	char buf[256];
+	uint64_t deadline = loop_mono_ms() + timeout_ms, next = 0;
+	ssize_t n = -1;
+
+	inet_pton(AF_INET, addr, &to.sin_addr);
+	while (loop_mono_ms() < deadline) {
+		if (loop_mono_ms() >= next) {
+			assert_int_equal(sendto(s, msg, strlen(msg), 0, (struct sockaddr *)&to, sizeof(to)),
+					 (ssize_t)strlen(msg));
+			next = loop_mono_ms() + 200;
+		}
+		loop_run_once(p->loop, 10);
+		/* Skip whatever else is still arriving (earlier bursts). */
+		while ((n = recv(r, buf, sizeof(buf) - 1, 0)) >= 0) {
+			buf[n] = '\0';
+			if (!strcmp(buf, msg))
+				return n;
+		}
+	}
+	return -1;
+}
+
+static ssize_t through(struct pair *p, int s, const char *addr, uint16_t port, int r, const char *msg)
+{
+	return through_within(p, s, addr, port, r, msg, 12000);
+}
+
+static void test_two_identities_one_socket(void **state)
+{
+	struct pair *p = *state;
+	int sx = udp_socket_in(ns_x, "10.91.0.1", 7001), sy = udp_socket_in(ns_y, "10.91.0.2", 7002);
+	struct engine_peer_stats st;
+	struct uapi_device d = { 0 };
+
+	assert_int_equal(through(p, sx, "10.91.0.2", 7002, sy, "hello y"), 7);
+	assert_int_equal(through(p, sy, "10.91.0.1", 7001, sx, "hello x"), 7);
+
+	assert_int_equal(engine_peer_stats(p->a, p->pb, &st), 0);
+	assert_true(st.has_session);
+	assert_true(st.last_handshake_ns > 0);
+	assert_true(st.rx_bytes > 0 && st.tx_bytes > 0);
+	assert_true(st.has_endpoint);
+	assert_int_equal(engine_peer_stats(p->a, p->pa, &st), -ENOENT);
+
+	assert_int_equal(engine_get(p->b, &d), 0);
+	assert_true(d.has_private_key);
+	assert_int_equal(d.listen_port, hub_port(p->hub));
+	assert_int_equal(d.n_peers, 1);
+	assert_memory_equal(d.peers[0].public_key, p->pa, 32);
+	assert_int_equal(d.peers[0].n_allowed_ips, 1);
+	assert_int_equal(d.peers[0].allowed_ips[0].cidr, 32);
+	assert_true(d.peers[0].last_handshake_sec > 0);
+	uapi_device_release(&d);
+	close(sx);
+	close(sy);
+}
+
+/* Cryptokey routing on receive: a peer may only send from its allowed IPs. */
+static void test_source_check(void **state)
+{
+	struct pair *p = *state;
+	int sx = udp_socket_in(ns_x, "10.91.0.1", 7003), sy = udp_socket_in(ns_y, "10.91.0.2", 7004);
+	struct uapi_peer up = peer_of(p->pb, "10.91.0.99", 0);
+	struct engine_stats es;
+
+	assert_int_equal(through(p, sx, "10.91.0.2", 7004, sy, "warm up"), 7);
+	/* a no longer accepts 10.91.0.2 as b's source, though it still routes to it */
+	assert_int_equal(engine_peer_set(p->a, &up), 0);
+	up = peer_of(p->pb, "10.91.0.2", 0);
+	up.flags = 0; /* add, do not replace */
+	assert_int_equal(engine_peer_set(p->a, &up), 0);
+	up = peer_of(p->pb, "10.91.0.99", 0);
+	assert_int_equal(engine_peer_set(p->a, &up), 0);
+	assert_int_equal(through_within(p, sy, "10.91.0.1", 7003, sx, "spoofed", 1500), -1);
+	engine_stats(p->a, &es);
+	assert_true(es.rx_bad_source > 0);
+	close(sx);
+	close(sy);
+}
+
+/* Removing a peer while packets fly, then adding it back. */
+static void test_remove_under_traffic(void **state)
+{
+	struct pair *p = *state;
+	int sx = udp_socket_in(ns_x, "10.91.0.1", 7005), sy = udp_socket_in(ns_y, "10.91.0.2", 7006);
+	struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(7006) };
+	struct engine_peer_stats st;
+	char blob[1200] = { 0 };
+	struct uapi_peer up;
+
+	assert_int_equal(through(p, sx, "10.91.0.2", 7006, sy, "before"), 6);
+	inet_pton(AF_INET, "10.91.0.2", &to.sin_addr);
+	for (int i = 0; i < 2000; i++) {
+		sendto(sx, blob, sizeof(blob), 0, (struct sockaddr *)&to, sizeof(to));
+		if (i == 1000)
+			assert_int_equal(engine_peer_remove(p->a, p->pb), 0);
+		if (i % 100 == 0)
+			loop_run_once(p->loop, 0);
+	}
+	assert_int_equal(engine_peer_stats(p->a, p->pb, &st), -ENOENT);
+	assert_int_equal(engine_peer_remove(p->a, p->pb), -ENOENT);
+	up = peer_of(p->pb, "10.91.0.2", hub_port(p->hub));
+	assert_int_equal(engine_peer_set(p->a, &up), 0);
+	if (through(p, sx, "10.91.0.2", 7006, sy, "after") != 5) {
+		struct engine_stats ea, eb;
+		struct hub_stats hs;
+		engine_stats(p->a, &ea);
+		engine_stats(p->b, &eb);
+		hub_stats(p->hub, &hs);
+		engine_peer_stats(p->a, p->pb, &st);
+		fprintf(stderr, "A: hs sent %llu rcvd %llu tx_dropped %llu noroute %llu noep %llu; peer attempts %u session %d\n",
+			ea.handshakes_sent, ea.handshakes_received, ea.tx_dropped, ea.tx_no_route, ea.tx_no_endpoint,
+			st.handshake_attempts, st.has_session);
+		fprintf(stderr, "B: hs sent %llu rcvd %llu rx bad src %llu auth %llu replay %llu bad %llu dropped %llu\n",
+			eb.handshakes_sent, eb.handshakes_received, eb.rx_bad_source, eb.rx_auth_failed, eb.rx_replayed,
+			eb.rx_bad_packet, eb.rx_dropped);
+		fprintf(stderr, "hub: hsq %llu hsdrop %llu unknown %llu invalid %llu pool %zu/%zu\n", hs.handshakes_queued,
+			hs.handshakes_dropped, hs.rx_unknown_index, hs.rx_invalid, hs.pool_free, hs.pool_size);
+		fail();
+	}
+	close(sx);
+	close(sy);
+}
+
+/* The UAPI glue: a set request's text through uapi_parse_set() and
+ * engine_set(), and back out through engine_get(). */
+static void test_uapi_set_get(void **state)
+{
+	struct pair *p = *state;
+	static const char hexa[] = "0123456789abcdef";
+	char text[1024], khex[65], phex[65];
+	struct uapi_config *cfg = NULL;
+	struct uapi_error err;
+	struct uapi_device d = { 0 };
+	uint8_t other[32], other_pub[32];
+	struct buf out = BUF_INIT(1 << 16);
+
+	noise_keygen(other);
+	assert_true(noise_public_from_private(other_pub, other));
+	for (int i = 0; i < 32; i++) {
+		khex[2 * i] = hexa[other_pub[i] >> 4];
+		khex[2 * i + 1] = hexa[other_pub[i] & 15];
+		phex[2 * i] = hexa[p->pa[i] >> 4];
+		phex[2 * i + 1] = hexa[p->pa[i] & 15];
+	}
+	khex[64] = phex[64] = '\0';
+	snprintf(text, sizeof(text),
+		 "replace_peers=true\n"
+		 "public_key=%s\nendpoint=192.0.2.7:51820\npersistent_keepalive_interval=25\n"
+		 "allowed_ip=10.92.0.0/16\nallowed_ip=fd92::/64\n"
+		 "public_key=%s\nremove=true\n\n",
+		 khex, phex);
+	assert_true(uapi_parse_set(text, strlen(text), &cfg, &err));
+	assert_int_equal(engine_set(p->b, cfg), 0);
+	uapi_config_free(cfg);
+
+	assert_int_equal(engine_get(p->b, &d), 0);
+	assert_int_equal(d.n_peers, 1);
+	assert_memory_equal(d.peers[0].public_key, other_pub, 32);
+	assert_int_equal(d.peers[0].persistent_keepalive, 25);
+	assert_int_equal(d.peers[0].n_allowed_ips, 2);
+	assert_true(d.peers[0].has_endpoint);
+	assert_int_equal(uapi_format_get(&d, &out), 0);
+	assert_non_null(strstr(buf_str(&out), "endpoint=192.0.2.7:51820\n"));
+	assert_non_null(strstr(buf_str(&out), "allowed_ip=fd92::/64\n"));
+	uapi_device_release(&d);
+	buf_free(&out);
+
+	/* A private key equal to a peer's removes that peer, as wg(8) does. */
+	assert_int_equal(engine_set_private_key(p->b, other), 0);
+	assert_int_equal(engine_get(p->b, &d), 0);
+	assert_int_equal(d.n_peers, 0);
+	uapi_device_release(&d);
+	/* Listen port belongs to the hub: a non-owning engine refuses a change. */
+	cfg = calloc(1, sizeof(*cfg));
+	assert_non_null(cfg);
+	cfg->flags = UAPI_DEVICE_HAS_LISTEN_PORT;
+	cfg->listen_port = (uint16_t)(hub_port(p->hub) + 1);
+	assert_int_equal(engine_set(p->b, cfg), -EBUSY);
+	cfg->listen_port = hub_port(p->hub);
+	assert_int_equal(engine_set(p->b, cfg), 0);
+	uapi_config_free(cfg);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_two_identities_one_socket, pair_setup, pair_teardown),
+		cmocka_unit_test_setup_teardown(test_source_check, pair_setup, pair_teardown),
+		cmocka_unit_test_setup_teardown(test_remove_under_traffic, pair_setup, pair_teardown),
+		cmocka_unit_test_setup_teardown(test_uapi_set_get, pair_setup, pair_teardown),
+	};
+
+	enum log_level level = LOG_WARN;
+
+	if (getenv("KNIT_LOG_LEVEL"))
+		log_level_parse(getenv("KNIT_LOG_LEVEL"), &level);
+	log_init("test_engine", level);
+	if (aead_init(AEAD_IMPL_AUTO) != 0)
+		return 1;
+	if (unshare(CLONE_NEWNET) != 0) {
+		printf("# skipped: unshare(CLONE_NEWNET): %s\n", strerror(errno));
+		return 0;
+	}
+	ns_x = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+	if (ns_x < 0 || system("ip link set lo up") != 0)
+		return 1;
+	if (unshare(CLONE_NEWNET) != 0)
+		return 1;
+	ns_y = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+	if (ns_y < 0 || system("ip link set lo up") != 0)
+		return 1;
+	enter(ns_x);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
