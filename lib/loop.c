@@ -510,6 +510,8 @@ int loop_run_once(struct loop *loop, int timeout_ms)
 
 int loop_run(struct loop *loop)
 {
+	/* Each run starts afresh: a loop_stop() ends the run it lands in. */
+	loop->stop = false;
 	while (!loop->stop) {
 		int r = loop_run_once(loop, -1);
 		if (r < 0)

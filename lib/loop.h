@@ -33,7 +33,8 @@ struct loop *loop_new(void);
  * freed; posted callbacks not yet run are dropped. */
 void loop_free(struct loop *loop);
 
-/* Runs until loop_stop(). Returns 0, or a negative errno if epoll fails. */
+/* Runs until loop_stop() (called during this run: a stop before it does
+ * not carry over). Returns 0, or a negative errno if epoll fails. */
 int loop_run(struct loop *loop);
 /* Runs one iteration, waiting at most timeout_ms (-1: until something
  * happens). Returns the number of callbacks run, or a negative errno. */

@@ -78,11 +78,11 @@ uint64_t ipam_pool_size(const struct ipam_pool *p)
 
 static void add_offset(const struct ipam_pool *p, uint64_t offset, uint8_t out[16])
 {
-	size_t n = addr_len(p->family);
+	int last = p->family == AF_INET ? 3 : 15;
 	unsigned carry = 0;
 
 	memcpy(out, p->base, 16);
-	for (size_t i = n; i-- > 0;) {
+	for (int i = last; i >= 0 && i < 16; i--) {
 		unsigned v = out[i] + (unsigned)(offset & 0xff) + carry;
 		out[i] = (uint8_t)v;
 		carry = v >> 8;

@@ -290,8 +290,15 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		/* One use, counted on the API server with a resourceVersion
 		 * precondition: concurrent registrations cannot both take the last use. */
 		int err = kube_update_retry(op->kube, &res_authkeys, kube_namespace(ak), kube_name(ak), true, 8, take_use, &u, &r);
-		kube_result_clear(&r);
-		if (err < 0 || !kube_ok(&r)) {
+		kube_result_clear(&r); /* status and reason stay readable */
+		bool unlimited = json_bool(json_path(ak, "spec", "reusable", NULL), false) &&
+				 !json_int(json_path(ak, "spec", "maxUses", NULL), 0);
+		if (!u.code && r.status == 409 && unlimited) {
+			/* Only the count lost the race (many devices joining with one
+			 * key): for a key without maxUses it is informational, so the
+			 * registration goes on. Keys with a limit stay strict. */
+			log_warn("auth key use not counted (conflicts)", "authkey=%s/%s", kube_namespace(ak), kube_name(ak));
+		} else if (err < 0 || !kube_ok(&r)) {
 			if (u.code)
 				reply = coord_error_reply(u.code, strcmp(u.code, "AuthKeyUsedUp") == 0
 								    ? "the auth key has already been used; one-off keys register one device"

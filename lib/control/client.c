@@ -709,7 +709,7 @@ static bool map_open(struct control_client *c, const uint8_t *frame, size_t len,
 	*out = json_parse_max((const char *)buf_str(&plain), plain.len, c->o.max_record, &je);
 	buf_free(&plain);
 	if (!*out || !json_is_object(*out)) {
-		snprintf(why, whylen, "a map record is not a JSON object%s%s", *out ? "" : ": ",
+		snprintf(why, whylen, "a map record is not a JSON object%s%.120s", *out ? "" : ": ",
 			 *out ? "" : je.msg);
 		json_free(*out);
 		*out = NULL;

@@ -1,0 +1,404 @@
+/* coord_bench: N simulated agents (in-process control clients, no TUN)
+ * against one knit-operator, as issue 5 asks:
+ *
+ *   1. N Devices are created through the API (the tailnet's existing
+ *      nodes) and get their addresses from the operator;
+ *   2. N clients handshake and open their map streams, in batches, each
+ *      waiting for its full netmap (which holds the other N - 1 peers);
+ *   3. the operator's RSS is read;
+ *   4. one new agent registers with an auth key through the coordination
+ *      API, and the time until its node key reaches every one of the N map
+ *      streams is measured (first, median, 99th percentile, last).
+ *
+ * The clients keep no netmaps: each record is scanned for the new key and
+ * dropped, so one process can hold 10,000 of them. Their processing is
+ * serial on one loop, so "last" includes the clients' own time to open and
+ * parse one delta each; "first" is the server's time to first delivery.
+ *
+ *   coord_bench --server URL --control-key ctrlkey:HEX --authkey KEY
+ *               --operator-pid PID --n N [--batch B] [--prefix P]
+ * (KUBECONFIG selects the API server.)
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sodium.h>
+
+#include "buf.h"
+#include "control/channel.h"
+#include "control/client.h"
+#include "control/messages.h"
+#include "json.h"
+#include "kube/client.h"
+#include "kube/config.h"
+#include "log.h"
+#include "loop.h"
+#include "wg/aead.h"
+#include "wg/noise.h"
+
+static const struct kube_resource res_devices = { "knit.dev", "v1alpha1", "devices", "Device", false };
+
+struct agent {
+	struct control_client *ctl;
+	uint8_t machine[32];
+	bool has_full;
+	uint64_t seen_at; /* when the new key arrived, µs; 0: not yet */
+};
+
+static struct {
+	const char *server, *authkey, *prefix;
+	uint8_t control_key[32];
+	int n, batch, operator_pid;
+	struct loop *loop;
+	struct agent *agents;
+	int connected, full;
+	char new_key[80]; /* "nodekey:..." of the new agent */
+	uint64_t t0, t_reply;
+	int seen;
+	bool done;
+	struct kube_client *kube;
+} B;
+
+static uint64_t now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static long rss_kb(int pid)
+{
+	char path[64], line[256];
+	long kb = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+/* ---- phase 1: the Devices, through the API from worker threads ---- */
+
+struct creator {
+	int from, to;
+	int failed;
+};
+
+static int threads_done; /* atomic: creator threads finished */
+
+static void *create_devices(void *arg)
+{
+	struct creator *cr = arg;
+
+	for (int i = cr->from; i < cr->to; i++) {
+		uint8_t node[32], disco[32], pub[32];
+		char mk[80], nk[80], dk[80], doc[1024];
+		struct json_error je;
+		struct kube_result r;
+		struct json *dev;
+
+		channel_public_key(pub, B.agents[i].machine);
+		channel_key_format(pub, "mkey:", mk, sizeof(mk));
+		randombytes_buf(node, sizeof(node));
+		randombytes_buf(disco, sizeof(disco));
+		channel_key_format(node, "nodekey:", nk, sizeof(nk));
+		channel_key_format(disco, "discokey:", dk, sizeof(dk));
+		snprintf(doc, sizeof(doc),
+			 "{\"apiVersion\":\"knit.dev/v1alpha1\",\"kind\":\"Device\",\"metadata\":{\"name\":\"%s-%d\","
+			 "\"labels\":{\"knit.dev/bench\":\"%s\"}},\"spec\":{\"tailnet\":\"default\",\"hostname\":\"%s-%d\","
+			 "\"machineKey\":\"%s\",\"nodeKey\":\"%s\",\"discoKey\":\"%s\"}}",
+			 B.prefix, i, B.prefix, B.prefix, i, mk, nk, dk);
+		dev = json_parse(doc, strlen(doc), &je);
+		if (!dev || kube_create(B.kube, &res_devices, NULL, dev, &r) || !kube_ok(&r))
+			cr->failed++;
+		kube_result_clear(&r);
+		json_free(dev);
+	}
+	__atomic_add_fetch(&threads_done, 1, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+static int count_ready(void)
+{
+	struct kube_list_opts o = { .label_selector = NULL, .limit = 500 };
+	char sel[128];
+	struct kube_result r;
+	struct json *items;
+	int ready = 0;
+
+	snprintf(sel, sizeof(sel), "knit.dev/bench=%s", B.prefix);
+	o.label_selector = sel;
+	if (kube_list_all(B.kube, &res_devices, NULL, &o, &r) || !kube_ok(&r)) {
+		kube_result_clear(&r);
+		return -1;
+	}
+	items = json_get(r.obj, "items");
+	for (size_t i = 0; i < json_array_len(items); i++)
+		if (json_array_len(json_path(json_array_at(items, i), "status", "addresses", NULL)) == 2)
+			ready++;
+	kube_result_clear(&r);
+	return ready;
+}
+
+struct ready_poll {
+	int want, ready;
+	bool done;
+};
+
+/* Polls the Devices until want have addresses (15 minutes at most). */
+static void *poll_ready(void *arg)
+{
+	struct ready_poll *p = arg;
+	uint64_t deadline = now_us() + 900ull * 1000000u;
+
+	while (now_us() < deadline) {
+		p->ready = count_ready();
+		if (p->ready >= p->want)
+			break;
+		struct timespec ts = { .tv_sec = 1 };
+		nanosleep(&ts, NULL);
+	}
+	__atomic_store_n(&p->done, true, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+/* ---- phases 2-4: the clients, on the loop ---- */
+
+static bool on_record(struct control_client *c, const struct json *rec, void *arg)
+{
+	struct agent *a = arg;
+	const char *type = messages_type(rec);
+	struct json *up;
+
+	if (type && !strcmp(type, "full")) {
+		if (!a->has_full) {
+			a->has_full = true;
+			B.full++;
+		}
+		return true;
+	}
+	if (!B.new_key[0] || a->seen_at || !type || strcmp(type, "delta"))
+		return true;
+	up = json_get(rec, "upsert");
+	for (size_t i = 0; i < json_array_len(up); i++) {
+		const char *k = json_str(json_get(json_array_at(up, i), "nodeKey"));
+		if (k && !strcmp(k, B.new_key)) {
+			a->seen_at = now_us();
+			if (++B.seen == B.n)
+				loop_stop(B.loop);
+			break;
+		}
+	}
+	return true;
+}
+
+static int start_agent(int i)
+{
+	struct agent *a = &B.agents[i];
+	struct control_client_opts o = {
+		.server_url = B.server,
+		.machine_priv = a->machine,
+		.control_key = B.control_key,
+		.on_record = on_record,
+		.arg = a,
+		.stall_timeout_ms = 600000,
+	};
+	struct json *req = json_new_object();
+	int err;
+
+	json_object_set(req, "type", json_new_string("map"));
+	json_object_set(req, "endpoints", json_new_array());
+	err = control_client_new(B.loop, &o, &a->ctl);
+	if (!err)
+		err = control_client_map_start(a->ctl, req);
+	json_free(req);
+	return err;
+}
+
+static void on_tick(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	/* Batches: the next one starts when the previous got its netmaps. */
+	while (B.connected < B.n && B.connected - B.full < B.batch) {
+		if (start_agent(B.connected)) {
+			fprintf(stderr, "coord_bench: cannot start agent %d\n", B.connected);
+			exit(1);
+		}
+		B.connected++;
+	}
+	if (B.full == B.n) {
+		loop_stop(loop);
+		return;
+	}
+	loop_timer_arm(t, 20);
+}
+
+static void registered(struct control_client *c, int err, const struct json *resp, const char *why, void *arg)
+{
+	const char *code, *msg;
+
+	if (err || messages_error(resp, &code, &msg)) {
+		fprintf(stderr, "coord_bench: the new agent could not register: %s\n",
+			err ? (why ? why : "?") : msg);
+		exit(1);
+	}
+	B.t_reply = now_us();
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static void on_deadline(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	fprintf(stderr, "coord_bench: deadline: %d of %d streams saw the new device\n", B.seen, B.n);
+	loop_stop(loop);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "server", required_argument, NULL, 's' }, { "control-key", required_argument, NULL, 'k' },
+		{ "authkey", required_argument, NULL, 'a' }, { "operator-pid", required_argument, NULL, 'p' },
+		{ "n", required_argument, NULL, 'n' }, { "batch", required_argument, NULL, 'b' },
+		{ "prefix", required_argument, NULL, 'x' }, { NULL, 0, NULL, 0 },
+	};
+	struct kube_config cfg;
+	char err[256];
+	int c, nthreads = 8;
+	uint64_t t;
+
+	B.batch = 200;
+	B.prefix = "bench";
+	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		switch (c) {
+		case 's': B.server = optarg; break;
+		case 'k':
+			if (!channel_key_parse(optarg, "ctrlkey:", B.control_key)) {
+				fprintf(stderr, "coord_bench: bad --control-key\n");
+				return 2;
+			}
+			break;
+		case 'a': B.authkey = optarg; break;
+		case 'p': B.operator_pid = atoi(optarg); break;
+		case 'n': B.n = atoi(optarg); break;
+		case 'b': B.batch = atoi(optarg); break;
+		case 'x': B.prefix = optarg; break;
+		default: return 2;
+		}
+	}
+	if (!B.server || !B.authkey || !B.operator_pid || B.n < 1) {
+		fprintf(stderr, "usage: coord_bench --server URL --control-key ctrlkey:HEX --authkey KEY "
+				"--operator-pid PID --n N [--batch B] [--prefix P]\n");
+		return 2;
+	}
+	log_init("coord_bench", LOG_WARN);
+	aead_init(AEAD_IMPL_AUTO);
+	B.loop = loop_new();
+	if (kube_config_load(&cfg, NULL, err, sizeof(err))) {
+		fprintf(stderr, "coord_bench: %s\n", err);
+		return 1;
+	}
+	B.kube = kube_client_new(B.loop, &cfg);
+	kube_config_free(&cfg);
+	B.agents = calloc((size_t)B.n + 1, sizeof(*B.agents));
+	for (int i = 0; i <= B.n; i++)
+		channel_keygen(B.agents[i].machine);
+
+	/* 1. Devices, from worker threads; the loop carries their requests. */
+	t = now_us();
+	pthread_t th[8];
+	struct creator cr[8];
+	for (int i = 0; i < nthreads; i++) {
+		cr[i] = (struct creator){ .from = B.n * i / nthreads, .to = B.n * (i + 1) / nthreads };
+		pthread_create(&th[i], NULL, create_devices, &cr[i]);
+	}
+	/* The blocking client needs the loop running while they work. */
+	struct loop_timer *poll = NULL;
+	while (__atomic_load_n(&threads_done, __ATOMIC_SEQ_CST) < nthreads)
+		loop_run_once(B.loop, 50);
+	for (int i = 0; i < nthreads; i++)
+		pthread_join(th[i], NULL);
+	int failed = 0;
+	for (int i = 0; i < nthreads; i++)
+		failed += cr[i].failed;
+	printf("devices created: %d (%d failed) in %.1f s\n", B.n - failed, failed, (double)(now_us() - t) / 1e6);
+	fflush(stdout);
+
+	/* Wait for addresses: a helper thread polls, the loop serves it. */
+	struct ready_poll rp = { .want = B.n - failed };
+	pthread_t pt;
+	pthread_create(&pt, NULL, poll_ready, &rp);
+	while (!__atomic_load_n(&rp.done, __ATOMIC_SEQ_CST))
+		loop_run_once(B.loop, 50);
+	pthread_join(pt, NULL);
+	printf("devices with addresses: %d after %.1f s\n", rp.ready, (double)(now_us() - t) / 1e6);
+	fflush(stdout);
+
+	/* 2. The map streams, in batches. */
+	t = now_us();
+	poll = loop_timer_new(B.loop, on_tick, NULL);
+	loop_timer_arm(poll, 0);
+	loop_run(B.loop);
+	B.n = B.full; /* streams that got their netmap */
+	printf("map streams with their full netmap: %d in %.1f s\n", B.full, (double)(now_us() - t) / 1e6);
+	fflush(stdout);
+
+	/* 3. RSS with N streams open. */
+	long rss = rss_kb(B.operator_pid);
+
+	/* 4. A new agent registers; its key must reach every stream. */
+	struct agent *na = &B.agents[B.n];
+	uint8_t node[32], disco[32], pub[32];
+	struct register_request rq = { 0 };
+	struct control_client_opts o = { .server_url = B.server, .machine_priv = na->machine,
+					 .control_key = B.control_key, .on_record = on_record, .arg = na };
+	randombytes_buf(node, sizeof(node));
+	randombytes_buf(disco, sizeof(disco));
+	crypto_scalarmult_base(pub, node);
+	memcpy(rq.node_key, pub, 32);
+	crypto_scalarmult_base(rq.disco_key, disco);
+	channel_key_format(pub, "nodekey:", B.new_key, sizeof(B.new_key));
+	rq.auth_key = (char *)B.authkey;
+	rq.hostname = "bench-new";
+	struct json *req = register_request_to_json(&rq);
+	control_client_new(B.loop, &o, &na->ctl);
+	struct loop_timer *dl = loop_timer_new(B.loop, on_deadline, NULL);
+	loop_timer_arm(dl, 120000);
+	B.t0 = now_us();
+	control_client_call(na->ctl, req, registered, NULL, NULL);
+	messages_json_free_secret(req);
+	loop_run(B.loop);
+
+	uint64_t *lat = calloc((size_t)B.n + 1, sizeof(*lat));
+	int k = 0;
+	for (int i = 0; i < B.n; i++)
+		if (B.agents[i].seen_at)
+			lat[k++] = B.agents[i].seen_at - B.t0;
+	qsort(lat, (size_t)k, sizeof(*lat), cmp_u64);
+	/* register_ms: until the new agent's register call returned (it waits
+	 * for its addresses); first/p50/p99/last: until its key reached that
+	 * many streams; spread_ms = last - first, the fan-out itself. */
+	printf("RESULT n=%d reached=%d register_ms=%.1f first_ms=%.1f p50_ms=%.1f p99_ms=%.1f last_ms=%.1f spread_ms=%.1f "
+	       "operator_rss_mb=%.1f\n",
+	       B.n, k, B.t_reply ? (B.t_reply - B.t0) / 1e3 : -1, k ? lat[0] / 1e3 : -1, k ? lat[k / 2] / 1e3 : -1,
+	       k ? lat[k * 99 / 100 < k ? k * 99 / 100 : k - 1] / 1e3 : -1, k ? lat[k - 1] / 1e3 : -1,
+	       k ? (lat[k - 1] - lat[0]) / 1e3 : -1, rss / 1024.0);
+	fflush(stdout);
+	/* Tear down quickly: the process exits; the OS closes the streams. */
+	return k == B.n ? 0 : 1;
+}
