@@ -18,6 +18,7 @@
 #include "wg/aead.h"
 #include "wg/engine.h"
 #include "wg/hub.h"
+#include "wg/pool.h"
 #include "wg/uapi_server.h"
 
 struct options {
@@ -51,7 +52,7 @@ void standalone_usage(FILE *f, const char *prog)
 		"\n"
 		"It exits, removing its socket, on SIGTERM or SIGINT, and when the TUN device\n"
 		"is deleted (ip link del IFNAME). Inner packets up to %d bytes are carried:\n"
-		"set the tunnel MTU no higher.\n"
+		"set the tunnel MTU no higher (ip link set IFNAME mtu N).\n"
 		"\n"
 		"Environment:\n"
 		"  KNIT_LOG_LEVEL        log level, as --log-level. In the background, logs go\n"
@@ -64,7 +65,15 @@ void standalone_usage(FILE *f, const char *prog)
 		"\n"
 		"For wg-quick: WG_QUICK_USERSPACE_IMPLEMENTATION=knit-wg (knitd run under\n"
 		"the name knit-wg behaves as `knitd wg`).\n",
-		prog, 1952);
+		prog, POOL_PAYLOAD_MAX);
+}
+
+/* "knitd wg" when run as a subcommand, else the name it was run under. */
+static const char *prog_name(const char *argv0)
+{
+	const char *slash = strrchr(argv0, '/');
+
+	return !strcmp(argv0, "wg") ? "knitd wg" : slash ? slash + 1 : argv0;
 }
 
 static int parse_args(int argc, char **argv, struct options *o)
@@ -100,15 +109,15 @@ static int parse_args(int argc, char **argv, struct options *o)
 			o->log_level = optarg;
 			break;
 		case 'h':
-			standalone_usage(stdout, argv[0]);
+			standalone_usage(stdout, prog_name(argv[0]));
 			return 1;
 		default:
-			standalone_usage(stderr, argv[0]);
+			standalone_usage(stderr, prog_name(argv[0]));
 			return 2;
 		}
 	}
 	if (optind != argc - 1) {
-		standalone_usage(stderr, argv[0]);
+		standalone_usage(stderr, prog_name(argv[0]));
 		return 2;
 	}
 	o->ifname = argv[optind];
