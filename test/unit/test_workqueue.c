@@ -178,6 +178,8 @@ static void test_no_concurrent_processing(void **state)
 		snprintf(key, sizeof(key), "ns/k%d", k);
 		h->added[k]++;
 		assert_int_equal(workqueue_add(h->q, key), 0);
+		if (i % 8 == 0)
+			sched_yield(); /* let workers interleave with the adds */
 	}
 	/* Wait for quiescence, then stop. */
 	deadline = now_ms() + 30000;
