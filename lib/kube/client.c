@@ -466,8 +466,7 @@ int kube_request(struct kube_client *c, const char *method, const char *path, co
 	return err;
 }
 
-/* Percent-encodes v (RFC 3986 unreserved characters pass) onto b. */
-static int add_query(struct buf *b, const char *key, const char *v)
+int kube_query_add(struct buf *b, const char *key, const char *v)
 {
 	static const char hex[] = "0123456789ABCDEF";
 	int err;
@@ -508,11 +507,11 @@ int kube_list(struct kube_client *c, const struct kube_resource *r, const char *
 		return err;
 	if (o) {
 		snprintf(limit, sizeof(limit), "%ld", o->limit);
-		if ((err = add_query(&q, "labelSelector", o->label_selector)) ||
-		    (err = add_query(&q, "fieldSelector", o->field_selector)) ||
-		    (err = add_query(&q, "resourceVersion", o->resource_version)) ||
-		    (err = add_query(&q, "continue", o->continue_token)) ||
-		    (err = add_query(&q, "limit", o->limit > 0 ? limit : NULL)))
+		if ((err = kube_query_add(&q, "labelSelector", o->label_selector)) ||
+		    (err = kube_query_add(&q, "fieldSelector", o->field_selector)) ||
+		    (err = kube_query_add(&q, "resourceVersion", o->resource_version)) ||
+		    (err = kube_query_add(&q, "continue", o->continue_token)) ||
+		    (err = kube_query_add(&q, "limit", o->limit > 0 ? limit : NULL)))
 			goto out;
 	}
 	err = kube_request(c, "GET", path, buf_str(&q), NULL, NULL, res);
@@ -570,10 +569,10 @@ int kube_list_all(struct kube_client *c, const struct kube_resource *r, const ch
 
 static int write_query(struct kube_client *c, struct buf *q, bool apply)
 {
-	int err = add_query(q, "fieldManager", c->field_manager);
+	int err = kube_query_add(q, "fieldManager", c->field_manager);
 
 	if (!err && apply)
-		err = add_query(q, "force", "true");
+		err = kube_query_add(q, "force", "true");
 	return err;
 }
 

@@ -87,6 +87,12 @@ void kube_client_set_metrics(struct kube_client *c, struct metrics_family *laten
 			     struct metrics_family *requests);
 const char *kube_client_field_manager(const struct kube_client *c);
 
+/* Appends "key=value" (value percent-encoded, RFC 3986 unreserved
+ * characters kept) to a query string in q, with "&" when q is not empty.
+ * An empty or NULL value adds nothing. 0 or the buf error. */
+struct buf;
+int kube_query_add(struct buf *q, const char *key, const char *value);
+
 /* Builds "/apis/g/v/namespaces/ns/plural/name/sub" into out. ns may be NULL
  * for cluster-scoped types or all-namespace lists; name and sub may be NULL.
  * -ENAMETOOLONG if it does not fit. */

@@ -380,21 +380,6 @@ static void on_retry(struct loop *loop, struct loop_timer *t, void *arg)
 		start_watch(inf);
 }
 
-static int add_q(struct buf *q, const char *key, const char *v)
-{
-	static const char hex[] = "0123456789ABCDEF";
-	int err = buf_addf(q, "%s%s=", q->len ? "&" : "", key);
-
-	for (const unsigned char *p = (const unsigned char *)v; !err && *p; p++) {
-		if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
-		    *p == '-' || *p == '.' || *p == '_' || *p == '~')
-			err = buf_add_byte(q, *p);
-		else
-			err = buf_addf(q, "%%%c%c", hex[*p >> 4], hex[*p & 15]);
-	}
-	return err;
-}
-
 static void on_list_page(struct kube_result *res, void *arg)
 {
 	struct informer *inf = arg;
@@ -450,11 +435,11 @@ static void start_list(struct informer *inf)
 	snprintf(limit, sizeof(limit), "%d", LIST_PAGE);
 	err = kube_path(path, sizeof(path), inf->res, inf->ns, NULL, NULL);
 	if (!err)
-		err = add_q(&q, "limit", limit);
+		err = kube_query_add(&q, "limit", limit);
 	if (!err && inf->selector)
-		err = add_q(&q, "labelSelector", inf->selector);
+		err = kube_query_add(&q, "labelSelector", inf->selector);
 	if (!err && inf->continue_token)
-		err = add_q(&q, "continue", inf->continue_token);
+		err = kube_query_add(&q, "continue", inf->continue_token);
 	if (!err)
 		err = kube_request_async(inf->client, "GET", path, buf_str(&q), NULL, NULL, on_list_page, inf);
 	buf_free(&q);
@@ -521,11 +506,11 @@ static void start_watch(struct informer *inf)
 	if (!err)
 		err = buf_add_str(&q, "watch=1&allowWatchBookmarks=true");
 	if (!err)
-		err = add_q(&q, "resourceVersion", inf->rv);
+		err = kube_query_add(&q, "resourceVersion", inf->rv);
 	if (!err)
-		err = add_q(&q, "timeoutSeconds", timeout);
+		err = kube_query_add(&q, "timeoutSeconds", timeout);
 	if (!err && inf->selector)
-		err = add_q(&q, "labelSelector", inf->selector);
+		err = kube_query_add(&q, "labelSelector", inf->selector);
 	if (!err)
 		err = kube_stream_async(inf->client, path, buf_str(&q), WATCH_STALL_MS, on_watch_headers,
 					on_watch_data, on_watch_done, inf, &inf->watch);
