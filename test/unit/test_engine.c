@@ -35,6 +35,7 @@ static void enter(int ns)
 	assert_int_equal(setns(ns, CLONE_NEWNET), 0);
 }
 
+static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void sh(const char *fmt, ...)
 {
 	char cmd[512];

@@ -669,7 +669,7 @@ static void test_stream_whole_and_bytewise(void **state)
 			for (size_t i = 0; i < n; i++) {
 				assert_true(json_stream_feed(s, watch + i, 1, &err));
 				/* The first document is out the moment its '}' is in. */
-				if (i + 1 == strchr(watch, '\n') - watch)
+				if (i + 1 == (size_t)(strchr(watch, '\n') - watch))
 					assert_int_equal(json_array_len(c.docs), 1);
 			}
 		}
