@@ -196,7 +196,7 @@ static bool on_record(struct control_client *c, const struct json *rec, void *ar
 		const char *k = json_str(json_get(json_array_at(up, i), "nodeKey"));
 		if (k && !strcmp(k, B.new_key)) {
 			a->seen_at = now_us();
-			if (++B.seen == B.n)
+			if (++B.seen == B.n && B.t_reply)
 				loop_stop(B.loop);
 			break;
 		}
@@ -254,6 +254,8 @@ static void registered(struct control_client *c, int err, const struct json *res
 		exit(1);
 	}
 	B.t_reply = now_us();
+	if (B.seen == B.n)
+		loop_stop(B.loop);
 }
 
 static int cmp_u64(const void *a, const void *b)

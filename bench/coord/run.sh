@@ -50,7 +50,7 @@ $K apply -f "$src/manifests/crds/" >/dev/null
 $K wait --for condition=established --timeout=60s crd --all >/dev/null
 port=$(e2e_free_port)
 e2e_bg operator "$build/operator/knit-operator" --namespace knit-system --http-listen 127.0.0.1:0 \
-	--coord-listen "127.0.0.1:$port" --no-leader-election --workers 8 --log-level warn
+	--coord-listen "127.0.0.1:$port" --no-leader-election --workers 8 --log-level "${KNIT_BENCH_LOG:-warn}"
 op=$E2E_PID
 e2e_wait_for 60 sh -c "$K get tailnet default -o jsonpath='{.status.controlKey}' | grep -q ctrlkey" || e2e_die "operator not ready"
 printf '{"apiVersion":"knit.dev/v1alpha1","kind":"AuthKey","metadata":{"name":"bench","namespace":"knit-system"},"spec":{"reusable":true}}' |
@@ -61,4 +61,5 @@ ctrl=$($K get tailnet default -o jsonpath='{.status.controlKey}')
 "$build/bench/coord/coord_bench" --server "http://127.0.0.1:$port" --control-key "$ctrl" --authkey "$key" \
 	--operator-pid "$op" --n "$n" --prefix "b$n"
 e2e_check "coord_bench ran" test $? -eq 0
+[ -n "${KNIT_BENCH_KEEP_LOG:-}" ] && cp "$E2E_DIR/operator.log" "$KNIT_BENCH_KEEP_LOG"
 e2e_end
