@@ -79,20 +79,6 @@ static struct json *strv(const char *const *v, size_t n)
 	return a;
 }
 
-static struct json *error_json(const char *code, const char *msg)
-{
-	struct json *o = json_new_object();
-	int err = o ? 0 : -ENOMEM;
-
-	put(o, "error", json_new_string(msg), &err);
-	put(o, "code", json_new_string(code), &err);
-	if (err) {
-		json_free(o);
-		return NULL;
-	}
-	return o;
-}
-
 static void respond_json(struct httpd_req *req, unsigned status, const struct json *j)
 {
 	struct buf b = BUF_INIT(64u << 20);
@@ -118,7 +104,7 @@ static void respond_error(struct httpd_req *req, unsigned status, const char *co
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	j = error_json(code, msg);
+	j = messages_error_new(code, msg);
 	respond_json(req, status, j);
 	json_free(j);
 }
@@ -235,7 +221,7 @@ void localapi_reply_error(struct localapi_reply *r, unsigned status, const char 
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	reply_finish(r, status, error_json(code, msg));
+	reply_finish(r, status, messages_error_new(code, msg));
 }
 
 void localapi_reply_pong(struct localapi_reply *r, const struct localapi_pong *p)

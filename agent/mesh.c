@@ -433,11 +433,6 @@ static int ensure_client(struct mesh *m)
 
 /* ---- local API ---- */
 
-static void key_text(const uint8_t key[32], const char *prefix, char *out, size_t len)
-{
-	channel_key_format(key, prefix, out, len);
-}
-
 static const char *backend_state(struct mesh *m)
 {
 	if (!state_logged_in(m->st))
@@ -461,7 +456,7 @@ static void view_node(struct mesh *m, const struct netmap_node *n, bool self, st
 	struct engine_peer_stats ps;
 
 	memset(v, 0, sizeof(*v));
-	key_text(n->node_key, "nodekey:", v->key, sizeof(v->key));
+	channel_key_format(n->node_key, "nodekey:", v->key, sizeof(v->key));
 	for (size_t i = 0; i < n->naddresses && i < 8; i++) {
 		netmap_prefix_format(&n->addresses[i], true, v->addr_text[i], sizeof(v->addr_text[i]));
 		v->addrs[i] = v->addr_text[i];
@@ -499,7 +494,7 @@ static int api_status(void *arg, struct localapi_writer *w)
 	int err;
 
 	if (m->st->has_control_key) {
-		key_text(m->st->control_key, "ctrlkey:", ck, sizeof(ck));
+		channel_key_format(m->st->control_key, "ctrlkey:", ck, sizeof(ck));
 		s.control_key = ck;
 	}
 	if ((err = localapi_write_status(w, &s)))
@@ -610,7 +605,7 @@ static void register_done(struct control_client *c, int err, const struct json *
 			netmap_prefix_format(&m->st->device.addresses[i], true, text[i], sizeof(text[i]));
 			addrs[i] = text[i];
 		}
-		key_text(m->st->control_key, "ctrlkey:", ck, sizeof(ck));
+		channel_key_format(m->st->control_key, "ctrlkey:", ck, sizeof(ck));
 		struct localapi_up_result u = {
 			.backend_state = backend_state(m),
 			.device = m->st->device.device,

@@ -112,6 +112,9 @@ uint64_t coord_now_ms(struct coord *c);
 struct json *coord_jstr(const char *s);
 struct json *coord_error_reply(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int coord_seal_json(struct channel_session *ch, const struct json *j, struct buf *out);
+/* Appends one map-stream record (4-byte big-endian length + sealed frame)
+ * of text to out. */
+int coord_seal_record(struct channel_session *ch, const void *text, size_t len, struct buf *out);
 void coord_respond_sealed(struct httpd_req *req, struct session *s, const struct json *j);
 
 /* netmap.c (loop thread) */

@@ -13,6 +13,7 @@
 
 #include "buf.h"
 #include "control/channel.h"
+#include "control/messages.h"
 #include "coord-internal.h"
 #include "httpd.h"
 #include "json.h"
@@ -38,18 +39,31 @@ struct json *coord_jstr(const char *s)
 
 struct json *coord_error_reply(const char *code, const char *fmt, ...)
 {
-	struct json *j = json_new_object();
 	char msg[512];
 	va_list ap;
 
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (j) {
-		json_object_set(j, "error", json_new_string(msg));
-		json_object_set(j, "code", json_new_string(code));
-	}
-	return j;
+	return messages_error_new(code, msg);
+}
+
+int coord_seal_record(struct channel_session *ch, const void *text, size_t len, struct buf *out)
+{
+	size_t start = out->len;
+	uint32_t n;
+	int err;
+
+	/* Seal in place after a 4-byte hole, then fill in the length. */
+	if (!buf_reserve(out, 4, &err))
+		return err;
+	buf_commit(out, 4);
+	err = channel_seal(ch, text, len, out);
+	if (err)
+		return err;
+	n = htonl((uint32_t)(out->len - start - 4));
+	memcpy(out->data + start, &n, 4);
+	return 0;
 }
 
 /* Seals json with ch into out as a bare frame. */
@@ -403,22 +417,13 @@ static void conn_closed(struct httpd_stream *st, void *arg)
 /* One stream record (length + frame) as a whole response. */
 static void respond_record(struct httpd_req *req, struct session *s, const struct json *j)
 {
-	struct buf out = BUF_INIT(16u << 20);
-	uint8_t *hdr;
-	int err;
+	struct buf text = BUF_INIT(16u << 20), out = BUF_INIT(16u << 20);
 
-	hdr = buf_reserve(&out, 4, &err);
-	if (hdr) {
-		buf_commit(&out, 4);
-		err = coord_seal_json(&s->ch, j, &out);
-	}
-	if (!hdr || err) {
-		httpd_respond_text(req, 500, "cannot seal the reply\n");
-	} else {
-		uint32_t n = htonl((uint32_t)(out.len - 4));
-		memcpy(out.data, &n, 4);
+	if (json_dump(j, &text, 0) == 0 && coord_seal_record(&s->ch, text.data, text.len, &out) == 0)
 		httpd_respond_buf(req, 200, "application/octet-stream", &out);
-	}
+	else
+		httpd_respond_text(req, 500, "cannot seal the reply\n");
+	buf_free(&text);
 	buf_free(&out);
 }
 

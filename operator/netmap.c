@@ -152,19 +152,10 @@ struct json *coord_full_netmap(struct coord *c, const struct json *self)
 int coord_stream_send(struct mapconn *m, const char *text, size_t len)
 {
 	struct buf out = BUF_INIT(16u << 20);
-	uint8_t *hdr;
-	int err;
+	int err = coord_seal_record(&m->ch, text, len, &out);
 
-	hdr = buf_reserve(&out, 4, &err);
-	if (!hdr)
-		return err;
-	buf_commit(&out, 4);
-	err = channel_seal(&m->ch, text, len, &out);
-	if (!err) {
-		uint32_t n = htonl((uint32_t)(out.len - 4));
-		memcpy(out.data, &n, 4);
+	if (!err)
 		err = httpd_stream_write(m->st, out.data, out.len);
-	}
 	buf_free(&out);
 	return err;
 }
