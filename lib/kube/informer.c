@@ -1,4 +1,5 @@
 #include "kube/informer.h"
+#include "kube/meta.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -64,18 +65,6 @@ struct informer {
 
 static void start_list(struct informer *inf);
 static void start_watch(struct informer *inf);
-
-static int object_key(const struct json *obj, char *out, size_t outlen)
-{
-	const char *name = json_str(json_path(obj, "metadata", "name", NULL));
-	const char *ns = json_str(json_path(obj, "metadata", "namespace", NULL));
-	int n;
-
-	if (!name || !*name)
-		return -EBADMSG;
-	n = ns && *ns ? snprintf(out, outlen, "%s/%s", ns, name) : snprintf(out, outlen, "%s", name);
-	return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;
-}
 
 static const char *object_rv(const struct json *obj)
 {
@@ -175,7 +164,7 @@ static int upsert(struct informer *inf, struct json *obj)
 	char key[512];
 	struct json *old;
 	const char *rv = object_rv(obj);
-	int err = object_key(obj, key, sizeof(key));
+	int err = kube_key(obj, key, sizeof(key));
 
 	if (err) {
 		json_free(obj);
@@ -203,7 +192,7 @@ static int remove_obj(struct informer *inf, const struct json *obj)
 {
 	char key[512];
 	struct json *old;
-	int err = object_key(obj, key, sizeof(key));
+	int err = kube_key(obj, key, sizeof(key));
 
 	if (err)
 		return err;
@@ -311,7 +300,7 @@ int informer_replace(struct informer *inf, struct json *list)
 	}
 	for (size_t i = 0; i < json_array_len(items); i++) {
 		struct json *item = json_array_at(items, i);
-		if (object_key(item, key, sizeof(key)) != 0)
+		if (kube_key(item, key, sizeof(key)) != 0)
 			continue;
 		if (strmap_set(seen, key, (void *)1, NULL)) {
 			err = -ENOMEM;

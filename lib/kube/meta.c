@@ -215,7 +215,7 @@ int kube_key(const struct json *obj, char *out, size_t outlen)
 	const char *name = kube_name(obj), *ns = kube_namespace(obj);
 	int n;
 
-	if (!name)
+	if (!name || !*name)
 		return -EINVAL;
 	n = ns && *ns ? snprintf(out, outlen, "%s/%s", ns, name) : snprintf(out, outlen, "%s", name);
 	return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;

@@ -39,7 +39,8 @@ const char *kube_namespace(const struct json *obj);
 const char *kube_uid(const struct json *obj);
 int64_t kube_generation(const struct json *obj);
 bool kube_deleting(const struct json *obj);
-/* "ns/name" or "name" into out; -ENAMETOOLONG/-EINVAL. */
+/* "ns/name" or "name" into out; -EINVAL without a (non-empty) name,
+ * -ENAMETOOLONG. */
 int kube_key(const struct json *obj, char *out, size_t outlen);
 /* Splits a key in place: *ns is NULL for cluster-scoped keys. */
 void kube_key_split(char *key, char **ns, char **name);

@@ -1,3 +1,4 @@
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -113,6 +114,9 @@ static void test_owner_and_keys(void **state)
 	assert_null(ns);
 	assert_string_equal(name, "cluster");
 	assert_false(kube_deleting(owner));
+	struct json *unnamed = parse("{\"metadata\":{\"name\":\"\"}}");
+	assert_int_equal(kube_key(unnamed, key, sizeof(key)), -EINVAL);
+	json_free(unnamed);
 	json_free(owner);
 	json_free(child);
 }
