@@ -75,6 +75,10 @@ struct mesh {
 
 	struct netmap nm;
 	bool has_nm;
+	/* A full netmap that arrives in pieces ("more":true) builds up here and
+	 * replaces nm only once complete: forwarding never sees half of it. */
+	struct netmap pending;
+	bool has_pending;
 	bool running; /* wants the map stream (up, not down) */
 	bool map_up;
 	char health[256];
@@ -222,6 +226,13 @@ out:
 	strmap_free(keep);
 }
 
+static void drop_pending(struct mesh *m)
+{
+	if (m->has_pending)
+		netmap_free(&m->pending);
+	m->has_pending = false;
+}
+
 static void clear_netmap(struct mesh *m)
 {
 	struct strmap *none = strmap_new();
@@ -235,6 +246,7 @@ static void clear_netmap(struct mesh *m)
 	if (m->has_nm)
 		netmap_free(&m->nm);
 	m->has_nm = false;
+	drop_pending(m);
 }
 
 /* ---- endpoints: where peers can reach us ---- */
@@ -370,24 +382,36 @@ static bool on_record(struct control_client *c, const struct json *rec, void *ar
 			log_warn("unusable netmap", "error=\"%s\"", err);
 			return false;
 		}
-		if (m->has_nm)
-			netmap_free(&m->nm);
-		m->nm = nm;
-		m->has_nm = true;
+		drop_pending(m);
+		m->pending = nm;
+		m->has_pending = true;
 	} else if (type && !strcmp(type, "delta")) {
+		struct netmap *to = m->has_pending ? &m->pending : &m->nm;
 		struct netmap_delta d;
-		if (!m->has_nm || !netmap_delta_from_json(rec, &d, err, sizeof(err))) {
-			log_warn("unusable netmap delta", "error=\"%s\"", m->has_nm ? err : "no netmap yet");
+		if ((!m->has_pending && !m->has_nm) || !netmap_delta_from_json(rec, &d, err, sizeof(err))) {
+			log_warn("unusable netmap delta", "error=\"%s\"", m->has_nm || m->has_pending ? err : "no netmap yet");
+			drop_pending(m);
 			return false; /* reconnect: the next stream starts with a full netmap */
 		}
-		int r = netmap_apply_delta(&m->nm, &d, err, sizeof(err));
+		int r = netmap_apply_delta(to, &d, err, sizeof(err));
 		netmap_delta_free(&d);
 		if (r) {
 			log_warn("netmap delta does not apply", "error=\"%s\"", err);
+			drop_pending(m);
 			return false;
 		}
 	} else {
 		return true; /* keepalive */
+	}
+	if (m->has_pending) {
+		/* A netmap in pieces: the last one says "more":false. */
+		if (json_bool(json_get(rec, "more"), false))
+			return true;
+		if (m->has_nm)
+			netmap_free(&m->nm);
+		m->nm = m->pending;
+		m->has_nm = true;
+		m->has_pending = false;
 	}
 	apply_netmap(m);
 	save_soon(m);
@@ -400,6 +424,8 @@ static void on_map_state(struct control_client *c, bool up, int err, const char 
 	struct mesh *m = arg;
 
 	m->map_up = up;
+	if (!up)
+		drop_pending(m); /* the next stream starts with a full netmap */
 	if (up) {
 		m->health[0] = '\0';
 		log_info("connected to the coordination server");
@@ -1271,6 +1297,7 @@ out:
 	uapi_server_close(m->uapi);
 	if (m->has_nm)
 		netmap_free(&m->nm);
+	drop_pending(m);
 	engine_free(m->engine);
 	hub_free(m->hub);
 	loop_timer_free(m->save_timer);

@@ -20,8 +20,9 @@
 #include "loop.h"
 #include "metrics.h"
 
-#define LISTEN_BACKLOG 128
-#define STREAM_BLOCK_SIZE (32u * 1024)
+#define LISTEN_BACKLOG 1024
+#define STREAM_BLOCK_SIZE (16u * 1024)
+#define STREAM_KEEP_BYTES (64u * 1024) /* a drained queue keeps at most this */
 #define RESP_HEADERS_MAX (16u * 1024)
 /* A chunked body over the cap is read and dropped so that the client gets
  * its 413; past this much more it is not worth the bandwidth. */
@@ -74,6 +75,8 @@ struct httpd_stream {
 	 * response whose reader uses the stream (dropped in its free cb). */
 	int refs;
 	httpd_stream_close_fn on_close;
+	httpd_stream_fill_fn fill;
+	size_t low_water;
 	void *arg;
 	char ip[INET6_ADDRSTRLEN];
 	struct httpd_stream *prev, *next;
@@ -230,12 +233,27 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
 
 	if (st->state == ST_ABORT || st->state == ST_DONE)
 		return MHD_CONTENT_READER_END_WITH_ERROR;
+	if (st->fill && st->state == ST_OPEN && avail < st->low_water) {
+		st->refs++; /* fill may abort the stream; it stays ours until we return */
+		st->fill(st, st->arg);
+		if (st->state == ST_ABORT || st->state == ST_DONE) {
+			stream_unref(st);
+			return MHD_CONTENT_READER_END_WITH_ERROR;
+		}
+		stream_unref(st);
+		avail = st->q.len - st->head;
+	}
 	if (avail > 0) {
 		size_t n = avail < max ? avail : max;
 		memcpy(out, st->q.data + st->head, n);
 		st->head += n;
 		if (st->head == st->q.len) {
-			buf_reset(&st->q);
+			/* Drained: a large queue gives its memory back (thousands of
+			 * idle streams must not each keep their largest burst). */
+			if (st->q.alloc > STREAM_KEEP_BYTES)
+				buf_free(&st->q);
+			else
+				buf_reset(&st->q);
 			st->head = 0;
 		}
 		return (ssize_t)n;
@@ -349,6 +367,18 @@ void httpd_stream_close(struct httpd_stream *st)
 		return;
 	st->state = ST_CLOSING;
 	stream_resume(st);
+}
+
+void httpd_stream_set_fill(struct httpd_stream *st, size_t low_water, httpd_stream_fill_fn fill)
+{
+	st->fill = fill;
+	st->low_water = low_water;
+}
+
+void httpd_stream_wake(struct httpd_stream *st)
+{
+	if (st->state == ST_OPEN)
+		stream_resume(st);
 }
 
 size_t httpd_stream_queued(const struct httpd_stream *st)
@@ -832,6 +862,8 @@ int httpd_new(struct loop *loop, const struct httpd_opts *o, struct httpd **out)
 				  (unsigned)(o->conn_timeout_s ? o->conn_timeout_s
 							       : HTTPD_CONN_TIMEOUT_DEFAULT_S),
 				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+				  o->conn_memory ? MHD_OPTION_CONNECTION_MEMORY_LIMIT : MHD_OPTION_END,
+				  (size_t)o->conn_memory,
 				  MHD_OPTION_END);
 	if (!s->mhd) {
 		err = -EIO;

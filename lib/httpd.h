@@ -55,10 +55,16 @@ struct httpd_opts {
 	 * waits on it). A stream with nothing queued is not idle: it is
 	 * exempt until its next write. 0: HTTPD_CONN_TIMEOUT_DEFAULT_S. */
 	unsigned conn_timeout_s;
+	/* Bytes of libmicrohttpd's per-connection memory pool (request
+	 * headers, the read and write buffers); 0: libmicrohttpd's default
+	 * (32 KiB). A server holding many thousands of idle streams sets it
+	 * lower: the pool is resident for every connection. */
+	size_t conn_memory;
 };
 
 typedef void (*httpd_handler_fn)(struct httpd_req *req, void *arg);
 typedef void (*httpd_stream_close_fn)(struct httpd_stream *st, void *arg);
+typedef void (*httpd_stream_fill_fn)(struct httpd_stream *st, void *arg);
 
 /* Binds and starts serving. On error returns a negative errno (-EINVAL for
  * a bad address, -EADDRINUSE, ...) and *out is untouched. */
@@ -133,6 +139,20 @@ int httpd_stream_write(struct httpd_stream *st, const void *data, size_t len);
 /* Ends the stream after what is queued has been sent; on_close follows. A
  * no-op on a stream that is already closing. */
 void httpd_stream_close(struct httpd_stream *st);
+/* Pull mode: fill is called whenever the socket can take data and fewer
+ * than low_water bytes are queued; it may write (as much as it likes, up
+ * to the cap) or nothing, and may close the stream. A producer with more
+ * to say than it wants to queue (a large netmap, coalescing deltas for a
+ * slow client) writes a piece at a time this way, and the client's own
+ * pace decides how much is ever buffered. fill runs inside the server's
+ * processing on the loop thread: it must not free the server. Until
+ * httpd_stream_wake(), a stream with nothing queued is parked and fill is
+ * not called. fill == NULL turns pull mode off. */
+void httpd_stream_set_fill(struct httpd_stream *st, size_t low_water, httpd_stream_fill_fn fill);
+/* The producer has something new: fill is called soon (once the socket
+ * can take data). Cheap when the stream is already awake; a no-op on a
+ * closed stream. */
+void httpd_stream_wake(struct httpd_stream *st);
 /* Bytes queued and not yet handed to the socket. */
 size_t httpd_stream_queued(const struct httpd_stream *st);
 /* The client's address as text, for logs. */

@@ -18,6 +18,7 @@ struct httpd;
 struct httpd_req;
 struct httpd_stream;
 struct json;
+struct loop;
 struct loop_timer;
 struct strmap;
 
@@ -27,6 +28,9 @@ struct strmap;
 #define MAX_JOBS 1024u
 #define JOB_WORKERS 4
 #define STREAM_QUEUE (8u << 20)
+#define STREAM_LOW_WATER (64u << 10) /* pull the next record below this */
+#define RECORD_CHUNK (64u << 10) /* peer text per record, about */
+#define FLUSH_MIN_MS 50 /* streams are woken at most this often */
 
 struct coord;
 
@@ -37,24 +41,54 @@ struct session {
 	uint64_t last_used;
 };
 
-/* One open map stream. */
+/* One open map stream. It pulls its records from the change log (see
+ * netmap.c) whenever its socket can take more: a full netmap in pieces
+ * first, then deltas, each covering the log from its cursor on. A slow
+ * client simply gets fewer, larger deltas. */
 struct mapconn {
 	struct coord *c;
 	struct httpd_stream *st;
-	struct session *sess; /* may be freed before us: we keep our own channel copy */
+	struct node *node; /* our device's soft state; holds a stream count */
 	struct channel_session ch; /* sealing state for this stream's frames */
 	char device[254];
 	char tailnet[254];
-	char node_key[80];
+	uint64_t cursor; /* log entries up to this seq are sent */
+	uint64_t sync_from; /* the log seq when the full netmap began */
+	bool syncing; /* a full netmap is under way (records carry "more") */
+	bool header_sent; /* its first record ("type":"full") is out */
 	struct mapconn *prev, *next;
 };
 
-/* Soft state per device: never written to the API server at heartbeat rate. */
+/* Soft state and the published record per device: never written to the
+ * API server at heartbeat rate. Freed once deleted, streamless and out of
+ * the log (refs). */
 struct node {
+	char *name;
+	char *tailnet;
 	struct json *endpoints; /* array of "ip:port" */
 	int relay;
 	int streams;
-	char *last_peer; /* the peer record last broadcast, to skip no-op deltas */
+	char *peer; /* the record peers see (JSON text); NULL: not a usable peer */
+	size_t peer_len;
+	char node_key[80]; /* the key in peer, for its removal */
+	uint64_t seq; /* seq of its live log entry; 0: none */
+	unsigned refs; /* log entries pointing here */
+	bool dead; /* the Device is gone */
+};
+
+/* The change log: one entry per change, in seq order. An upsert entry is
+ * live while its node's seq is still the entry's (a later change makes a
+ * new entry); a removal carries the key peers must drop. Compacted when
+ * mostly dead. */
+struct removal {
+	char *tailnet, *device;
+	char node_key[80];
+};
+
+struct logent {
+	uint64_t seq;
+	struct node *n; /* an upsert of n's current record, or NULL: */
+	struct removal *rm;
 };
 
 enum job_type { JOB_REGISTER, JOB_LOGOUT, JOB_ONLINE };
@@ -89,17 +123,23 @@ struct coord {
 	/* Loop thread only: */
 	struct strmap *sessions; /* idhex -> session */
 	struct strmap *handshake_ts; /* mkey -> 12-byte TAI64N */
-	struct strmap *nodes; /* device -> node */
+	struct strmap *nodes; /* device -> node (live devices only) */
 	struct mapconn *conns;
-	struct loop_timer *keepalive, *sweep;
-	uint64_t seq;
+	struct loop_timer *keepalive, *sweep, *flush;
+	uint64_t seq; /* the last log entry's */
+	struct logent *log;
+	size_t log_len, log_cap, log_live;
+	bool flush_armed;
+	uint64_t last_flush;
 	struct coord_stats stats;
 
-	/* jobs: lock guards head, tail, njobs, stop */
+	/* jobs: lock guards head, tail, njobs, ohead, otail, online_pending, stop */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	struct job *head, *tail;
+	struct job *head, *tail; /* calls: register, logout */
 	unsigned njobs;
+	struct job *ohead, *otail; /* online writes, one per device: */
+	struct strmap *online_pending; /* device -> its job in that queue */
 	bool stop;
 	pthread_t workers[JOB_WORKERS];
 	int nworkers;
@@ -118,14 +158,22 @@ int coord_seal_record(struct channel_session *ch, const void *text, size_t len, 
 void coord_respond_sealed(struct httpd_req *req, struct session *s, const struct json *j);
 
 /* netmap.c (loop thread) */
-struct node *coord_node_get(struct coord *c, const char *device, bool create);
+struct node *coord_node_get(struct coord *c, const char *device, const char *tailnet);
+/* A stream of the node opened or closed (soft state: online). */
+void coord_node_stream(struct coord *c, struct node *n, bool opened);
 const char *coord_dev_tailnet(const struct json *dev);
 bool coord_dev_usable(const struct json *dev);
 struct json *coord_dns_suffix_json(struct coord *c, const char *tailnet);
-struct json *coord_full_netmap(struct coord *c, const struct json *self);
 int coord_stream_send(struct mapconn *m, const char *text, size_t len);
 int coord_stream_send_json(struct mapconn *m, const struct json *j);
 void coord_publish_device(struct coord *c, const struct json *dev);
+/* Starts (or restarts) m's full netmap; records follow as the client reads. */
+void coord_stream_sync(struct mapconn *m);
+/* httpd fill callback of map streams. */
+void coord_stream_fill(struct httpd_stream *st, void *arg);
+/* The flush timer: wakes streams with log entries to pull. */
+void coord_flush(struct loop *loop, struct loop_timer *t, void *arg);
+void coord_netmap_free(struct coord *c);
 
 /* register.c */
 int coord_job_submit(struct coord *c, struct job *j);

@@ -299,11 +299,11 @@ static struct json *open_request(struct coord *c, struct httpd_req *req, struct 
 	return j;
 }
 
-static void set_endpoints(struct coord *c, const char *device, const struct json *req)
+/* Soft state from an update or map request: endpoints and relay. */
+static void set_endpoints(struct coord *c, const struct json *dev, const struct json *req, bool publish)
 {
 	struct json *eps = json_get(req, "endpoints");
-	struct node *n = coord_node_get(c, device, true);
-	struct json *dev;
+	struct node *n = coord_node_get(c, kube_name(dev), coord_dev_tailnet(dev));
 
 	if (!n)
 		return;
@@ -313,10 +313,8 @@ static void set_endpoints(struct coord *c, const char *device, const struct json
 	}
 	if (json_get(req, "relay"))
 		n->relay = (int)json_int(json_get(req, "relay"), 0);
-	dev = informer_get(c->op->devices, NULL, device);
-	if (dev)
+	if (publish)
 		coord_publish_device(c, dev);
-	json_free(dev);
 }
 
 static void h_call(struct httpd_req *req, void *arg)
@@ -335,7 +333,7 @@ static void h_call(struct httpd_req *req, void *arg)
 		struct json *ok = json_new_object();
 		dev = coord_device_by_machine(c, s->mkey);
 		if (dev)
-			set_endpoints(c, kube_name(dev), j);
+			set_endpoints(c, dev, j, true);
 		json_object_set(ok, "ok", json_new_bool(dev != NULL));
 		coord_respond_sealed(req, s, dev ? ok : coord_error_reply("NotRegistered", "this machine is not registered"));
 		json_free(ok);
@@ -394,7 +392,6 @@ static void conn_closed(struct httpd_stream *st, void *arg)
 {
 	struct mapconn *m = arg;
 	struct coord *c = m->c;
-	struct node *n = coord_node_get(c, m->device, false);
 
 	if (m->prev)
 		m->prev->next = m->next;
@@ -403,13 +400,8 @@ static void conn_closed(struct httpd_stream *st, void *arg)
 	if (m->next)
 		m->next->prev = m->prev;
 	c->stats.streams--;
-	if (n && --n->streams == 0 && !c->stopping) {
-		struct json *dev = informer_get(c->op->devices, NULL, m->device);
-		coord_online_changed(c, m->device, false);
-		if (dev)
-			coord_publish_device(c, dev);
-		json_free(dev);
-	}
+	if (m->node)
+		coord_node_stream(c, m->node, false);
 	channel_session_wipe(&m->ch);
 	free(m);
 }
@@ -431,9 +423,8 @@ static void h_map(struct httpd_req *req, void *arg)
 {
 	struct coord *c = arg;
 	struct session *s;
-	struct json *j, *dev, *nm;
+	struct json *j, *dev;
 	struct mapconn *m;
-	struct node *n;
 
 	if (!serving(c, req) || !(j = open_request(c, req, &s)))
 		return;
@@ -453,6 +444,18 @@ static void h_map(struct httpd_req *req, void *arg)
 	if (!m)
 		goto nomem;
 	m->c = c;
+	snprintf(m->device, sizeof(m->device), "%s", kube_name(dev));
+	snprintf(m->tailnet, sizeof(m->tailnet), "%s", coord_dev_tailnet(dev));
+	m->node = coord_node_get(c, m->device, m->tailnet);
+	if (!m->node) {
+		free(m);
+		goto nomem;
+	}
+	m->st = httpd_stream_start(req, 200, "application/octet-stream", STREAM_QUEUE, conn_closed, m);
+	if (!m->st) {
+		free(m);
+		goto nomem;
+	}
 	/* The stream takes the session over (docs/control-protocol.md): its
 	 * frames use the session's server-to-agent counter, so no call may
 	 * share it. Calls on this session id now get 401. */
@@ -460,30 +463,19 @@ static void h_map(struct httpd_req *req, void *arg)
 	strmap_del(c->sessions, s->idhex);
 	channel_session_wipe(&s->ch);
 	free(s);
-	s = NULL;
-	snprintf(m->device, sizeof(m->device), "%s", kube_name(dev));
-	snprintf(m->tailnet, sizeof(m->tailnet), "%s", coord_dev_tailnet(dev));
-	snprintf(m->node_key, sizeof(m->node_key), "%s", json_str(json_path(dev, "spec", "nodeKey", NULL)));
-	m->st = httpd_stream_start(req, 200, "application/octet-stream", STREAM_QUEUE, conn_closed, m);
-	if (!m->st) {
-		free(m);
-		goto nomem;
-	}
+	httpd_stream_set_fill(m->st, STREAM_LOW_WATER, coord_stream_fill);
 	m->next = c->conns;
 	if (c->conns)
 		c->conns->prev = m;
 	c->conns = m;
 	c->stats.streams++;
-	n = coord_node_get(c, m->device, true);
-	if (n && n->streams++ == 0)
-		coord_online_changed(c, m->device, true);
-	/* The full netmap is always the first record; then the endpoints that
-	 * came with the request (re-announced after every reconnect) go to the
-	 * peers, and to this stream as its new self. */
-	nm = coord_full_netmap(c, dev);
-	coord_stream_send_json(m, nm);
-	json_free(nm);
-	set_endpoints(c, m->device, j);
+	/* The endpoints that came with the request (re-announced after every
+	 * reconnect) and the online flag go to the peers; this stream pulls
+	 * its full netmap, its own new record included, as it reads. */
+	set_endpoints(c, dev, j, false);
+	coord_node_stream(c, m->node, true);
+	coord_publish_device(c, dev);
+	coord_stream_sync(m);
 	json_free(dev);
 	json_free(j);
 	return;
@@ -535,7 +527,10 @@ static void on_sweep(struct loop *loop, struct loop_timer *t, void *arg)
 int coord_new(struct operator *op, const struct coord_opts *o, struct coord **out)
 {
 	struct coord *c = calloc(1, sizeof(*c));
-	struct httpd_opts ho = { .listen = o->listen, .listen_fd = -1, .conn_limit = 20000, .conn_timeout_s = 120 };
+	/* Thousands of mostly idle streams: a small per-connection pool (the
+	 * requests are small; bodies are collected outside it). */
+	struct httpd_opts ho = { .listen = o->listen, .listen_fd = -1, .conn_limit = 20000, .conn_timeout_s = 120,
+				 .conn_memory = 16u << 10 };
 	int err = -ENOMEM;
 
 	if (!c)
@@ -546,14 +541,18 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 		c->o.keepalive_ms = 30000;
 	if (!c->o.session_idle_ms)
 		c->o.session_idle_ms = 10 * 60000;
+	if (!c->o.record_bytes)
+		c->o.record_bytes = RECORD_CHUNK;
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_cond_init(&c->cond, NULL);
 	c->sessions = strmap_new();
 	c->handshake_ts = strmap_new();
 	c->nodes = strmap_new();
+	c->online_pending = strmap_new();
 	c->keepalive = loop_timer_new(op->loop, on_keepalive, c);
 	c->sweep = loop_timer_new(op->loop, on_sweep, c);
-	if (!c->sessions || !c->handshake_ts || !c->nodes || !c->keepalive || !c->sweep)
+	c->flush = loop_timer_new(op->loop, coord_flush, c);
+	if (!c->sessions || !c->handshake_ts || !c->nodes || !c->online_pending || !c->keepalive || !c->sweep || !c->flush)
 		goto fail;
 	err = httpd_new(op->loop, &ho, &c->http);
 	if (err)
@@ -628,6 +627,11 @@ void coord_free(struct coord *c)
 		n = j->next;
 		coord_job_free(j);
 	}
+	for (struct job *j = c->ohead, *n; j; j = n) {
+		n = j->next;
+		coord_job_free(j);
+	}
+	strmap_free(c->online_pending);
 	httpd_free(c->http); /* closes streams: conn_closed frees the mapconns */
 	if (c->sessions) {
 		for (struct strmap_entry *e = strmap_first(c->sessions); e; e = strmap_next(c->sessions, e)) {
@@ -642,17 +646,10 @@ void coord_free(struct coord *c)
 			free(strmap_value(e));
 		strmap_free(c->handshake_ts);
 	}
-	if (c->nodes) {
-		for (struct strmap_entry *e = strmap_first(c->nodes); e; e = strmap_next(c->nodes, e)) {
-			struct node *n = strmap_value(e);
-			json_free(n->endpoints);
-			free(n->last_peer);
-			free(n);
-		}
-		strmap_free(c->nodes);
-	}
+	coord_netmap_free(c);
 	loop_timer_free(c->keepalive);
 	loop_timer_free(c->sweep);
+	loop_timer_free(c->flush);
 	pthread_cond_destroy(&c->cond);
 	pthread_mutex_destroy(&c->lock);
 	sodium_memzero(c->priv, sizeof(c->priv));

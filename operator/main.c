@@ -34,6 +34,7 @@ struct options {
 	const char *listen_coord;
 	const char *log_level;
 	int workers;
+	uint32_t map_record_bytes;
 	bool leader_election;
 	bool default_tailnet;
 	uint32_t lease_ms, renew_ms, retry_ms;
@@ -70,6 +71,8 @@ static void usage(FILE *f)
 		"  --coord-listen ADDR       serve the coordination API (knitd connects here) on\n"
 		"                            ADDR (default 0.0.0.0:9443; \"\" disables)\n"
 		"  --workers N               reconcile workers per kind (default 4)\n"
+		"  --map-record-bytes N      peer bytes per map-stream record: a large netmap\n"
+		"                            goes out in pieces of about this size (default 65536)\n"
 		"  --no-default-tailnet      do not create the Tailnet \"default\" when missing\n"
 		"  --log-level LEVEL         debug, info, warn, error (default info)\n"
 		"  -h, --help                show this help\n"
@@ -93,7 +96,7 @@ static bool parse_ms(const char *flag, const char *v, uint32_t *out)
 static int parse_args(int argc, char **argv, struct options *o)
 {
 	enum { KUBECONFIG = 256, NAMESPACE, LEASE_NAME, IDENTITY, NO_LE, LEASE_D, RENEW_D, RETRY_D, HEALTH, WORKERS,
-	       NO_DEFAULT, LOG_LEVEL, COORD };
+	       NO_DEFAULT, LOG_LEVEL, COORD, RECORD_BYTES };
 	static const struct option longopts[] = {
 		{ "kubeconfig", required_argument, NULL, KUBECONFIG },
 		{ "namespace", required_argument, NULL, NAMESPACE },
@@ -106,6 +109,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "http-listen", required_argument, NULL, HEALTH },
 		{ "workers", required_argument, NULL, WORKERS },
 		{ "coord-listen", required_argument, NULL, COORD },
+		{ "map-record-bytes", required_argument, NULL, RECORD_BYTES },
 		{ "no-default-tailnet", no_argument, NULL, NO_DEFAULT },
 		{ "log-level", required_argument, NULL, LOG_LEVEL },
 		{ "help", no_argument, NULL, 'h' },
@@ -134,6 +138,16 @@ static int parse_args(int argc, char **argv, struct options *o)
 				return 2;
 			}
 			break;
+		case RECORD_BYTES: {
+			char *end;
+			unsigned long v = strtoul(optarg, &end, 10);
+			if (*optarg < '0' || *optarg > '9' || *end || v < 1 || v > (8ul << 20)) {
+				fprintf(stderr, "knit-operator: --map-record-bytes must be 1..8388608\n");
+				return 2;
+			}
+			o->map_record_bytes = (uint32_t)v;
+			break;
+		}
 		case NO_DEFAULT: o->default_tailnet = false; break;
 		case LOG_LEVEL: o->log_level = optarg; break;
 		case 'h': usage(stdout); return 1;
@@ -549,7 +563,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (o.listen_coord && *o.listen_coord) {
-		struct coord_opts co = { .listen = o.listen_coord };
+		struct coord_opts co = { .listen = o.listen_coord, .record_bytes = o.map_record_bytes };
 		r = coord_new(&op, &co, &op.coord);
 		if (r) {
 			log_error("cannot serve coordination", "listen=%s err=%d", o.listen_coord, r);

@@ -1,6 +1,17 @@
 /* Netmaps: what each agent sees of its tailnet (peers, DNS, relay map),
  * sent in full when a map stream opens and as deltas as devices and soft
- * state change. Loop thread only. */
+ * state change. Loop thread only.
+ *
+ * Every change to what peers see is one entry in a change log (an upsert
+ * of a device's cached record text, or the removal of a node key). A map
+ * stream is a cursor into that log: when its socket can take more, it
+ * pulls the entries past its cursor, skipping the ones a later change made
+ * stale, as one sealed record of at most about RECORD_CHUNK bytes of peers.
+ * A full netmap is the same walk from the start, in pieces marked "more".
+ * So the work per change is one record text, serialised once; a client
+ * that reads slowly gets fewer, larger deltas instead of a growing queue;
+ * and the server's memory per stream stays bounded by the low-water mark
+ * whatever the tailnet's size. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
@@ -25,24 +36,44 @@
 #include "strmap.h"
 #include "wg/noise.h"
 
-/* ---- peers and netmaps (loop thread) ---- */
+/* ---- nodes ---- */
 
-struct node *coord_node_get(struct coord *c, const char *device, bool create)
+struct node *coord_node_get(struct coord *c, const char *device, const char *tailnet)
 {
 	struct node *n = strmap_get(c->nodes, device);
 
-	if (n || !create)
+	if (n || !tailnet)
 		return n;
 	n = calloc(1, sizeof(*n));
 	if (!n)
 		return NULL;
+	n->name = strdup(device);
+	n->tailnet = strdup(tailnet);
 	n->endpoints = json_new_array();
-	if (!n->endpoints || strmap_set(c->nodes, device, n, NULL)) {
+	if (!n->name || !n->tailnet || !n->endpoints || strmap_set(c->nodes, device, n, NULL)) {
+		free(n->name);
+		free(n->tailnet);
 		json_free(n->endpoints);
 		free(n);
 		return NULL;
 	}
 	return n;
+}
+
+static void node_free(struct node *n)
+{
+	free(n->name);
+	free(n->tailnet);
+	json_free(n->endpoints);
+	free(n->peer);
+	free(n);
+}
+
+/* Frees a deleted node nothing points at any more. */
+static void node_release(struct node *n)
+{
+	if (n->dead && n->streams == 0 && n->refs == 0)
+		node_free(n);
 }
 
 const char *coord_dev_tailnet(const struct json *dev)
@@ -67,13 +98,12 @@ struct json *coord_dns_suffix_json(struct coord *c, const char *tailnet)
 }
 
 /* The record peers see for dev (and the device sees as "self"). */
-static struct json *peer_json(struct coord *c, const struct json *dev, const char *suffix)
+static struct json *peer_json(struct node *n, const struct json *dev, const char *suffix)
 {
 	struct json *p = json_new_object(), *addrs = json_new_array(), *allowed = json_new_array();
 	struct json *st_addrs = json_path(dev, "status", "addresses", NULL);
 	struct json *routes = json_path(dev, "spec", "approvedRoutes", NULL);
 	const char *host = json_str(json_path(dev, "spec", "hostname", NULL)) ?: kube_name(dev);
-	struct node *n = coord_node_get(c, kube_name(dev), false);
 	char fqdn[600];
 
 	if (!p || !addrs || !allowed) {
@@ -101,52 +131,146 @@ static struct json *peer_json(struct coord *c, const struct json *dev, const cha
 	json_object_set(p, "discoKey", coord_jstr(json_str(json_path(dev, "spec", "discoKey", NULL))));
 	json_object_set(p, "addresses", addrs);
 	json_object_set(p, "allowedIPs", allowed);
-	json_object_set(p, "endpoints", n ? json_clone(n->endpoints) : json_new_array());
-	json_object_set(p, "relay", json_new_int(n ? n->relay : 0));
-	json_object_set(p, "online", json_new_bool(n && n->streams > 0));
+	json_object_set(p, "endpoints", json_clone(n->endpoints));
+	json_object_set(p, "relay", json_new_int(n->relay));
+	json_object_set(p, "online", json_new_bool(n->streams > 0));
 	json_object_set(p, "tags", json_clone(json_path(dev, "spec", "tags", NULL)) ?: json_new_array());
 	json_object_set(p, "ephemeral", json_new_bool(json_bool(json_path(dev, "spec", "ephemeral", NULL), false)));
 	return p;
 }
 
-struct collect {
-	struct coord *c;
-	const char *tailnet, *self, *suffix;
-	struct json *peers;
-};
+/* ---- the change log ---- */
 
-static void collect_peer(const struct json *dev, void *arg)
+static void flush_soon(struct coord *c)
 {
-	struct collect *k = arg;
+	uint64_t now = coord_now_ms(c);
 
-	if (strcmp(kube_name(dev), k->self) == 0 || strcmp(coord_dev_tailnet(dev), k->tailnet) != 0 || !coord_dev_usable(dev))
+	if (c->flush_armed)
 		return;
-	json_array_append(k->peers, peer_json(k->c, dev, k->suffix));
+	c->flush_armed = true;
+	/* The first change after a quiet spell goes out at once; a burst is
+	 * sent every FLUSH_MIN_MS, each stream getting all of it in one record. */
+	loop_timer_arm(c->flush, now - c->last_flush >= FLUSH_MIN_MS ? 0 : c->last_flush + FLUSH_MIN_MS - now);
 }
 
-struct json *coord_full_netmap(struct coord *c, const struct json *self)
+static bool entry_live(const struct logent *e)
 {
-	const char *tailnet = coord_dev_tailnet(self);
-	struct json *tn = informer_get(c->op->tailnets, NULL, tailnet);
-	struct json *nm = json_new_object(), *dns = json_new_object(), *ns = json_new_array();
-	const char *suffix = json_str(json_path(tn, "spec", "dnsSuffix", NULL)) ?: "tailnet.knit";
-	struct collect k = { .c = c, .tailnet = tailnet, .self = kube_name(self), .suffix = suffix,
-			     .peers = json_new_array() };
-
-	informer_foreach(c->op->devices, collect_peer, &k);
-	json_object_set(nm, "type", json_new_string("full"));
-	json_object_set(nm, "seq", json_new_int((int64_t)++c->seq));
-	json_object_set(nm, "self", peer_json(c, self, suffix));
-	json_object_set(nm, "peers", k.peers);
-	json_array_append(ns, json_new_string("100.100.100.100"));
-	json_object_set(dns, "suffix", json_new_string(suffix));
-	json_object_set(dns, "nameservers", ns);
-	json_object_set(nm, "dns", dns);
-	json_object_set(nm, "relayMap", json_clone(json_path(tn, "spec", "relayMap", NULL)) ?: json_new_null());
-	json_object_set(nm, "packetFilter", json_new_null());
-	json_free(tn);
-	return nm;
+	return e->n ? !e->n->dead && e->n->seq == e->seq : true;
 }
+
+static void log_compact(struct coord *c)
+{
+	uint64_t oldest = c->seq; /* removals at or before every cursor are done with */
+	size_t k = 0;
+
+	for (struct mapconn *m = c->conns; m; m = m->next) {
+		/* a syncing stream skips removals before its netmap began */
+		uint64_t need = m->syncing && m->sync_from > m->cursor ? m->sync_from : m->cursor;
+		if (need < oldest)
+			oldest = need;
+	}
+	for (size_t i = 0; i < c->log_len; i++) {
+		struct logent *e = &c->log[i];
+		bool keep = e->n ? entry_live(e) : e->seq > oldest;
+
+		if (keep) {
+			c->log[k++] = *e;
+			continue;
+		}
+		if (e->n) {
+			e->n->refs--;
+			node_release(e->n);
+		} else {
+			free(e->rm->tailnet);
+			free(e->rm->device);
+			free(e->rm);
+		}
+	}
+	c->log_len = k;
+	c->log_live = k;
+	if (c->log_cap > 1024 && k < c->log_cap / 4) {
+		struct logent *smaller = realloc(c->log, (c->log_cap / 2) * sizeof(*c->log));
+		if (smaller) {
+			c->log = smaller;
+			c->log_cap /= 2;
+		}
+	}
+}
+
+/* Appends one entry (n, or rm); false if out of memory. */
+static bool log_append(struct coord *c, struct node *n, struct removal *rm)
+{
+	if (c->log_len > 1024 && c->log_len > 2 * c->log_live)
+		log_compact(c);
+	if (c->log_len == c->log_cap) {
+		size_t cap = c->log_cap ? 2 * c->log_cap : 1024;
+		struct logent *bigger = realloc(c->log, cap * sizeof(*c->log));
+		if (!bigger)
+			return false;
+		c->log = bigger;
+		c->log_cap = cap;
+	}
+	if (n && n->seq)
+		c->log_live--; /* its previous entry is stale now */
+	c->log[c->log_len++] = (struct logent){ .seq = ++c->seq, .n = n, .rm = rm };
+	c->log_live++;
+	if (n) {
+		n->seq = c->seq;
+		n->refs++;
+	}
+	flush_soon(c);
+	return true;
+}
+
+static void log_removal(struct coord *c, const char *tailnet, const char *device, const char *node_key)
+{
+	struct removal *rm = calloc(1, sizeof(*rm));
+
+	if (rm) {
+		rm->tailnet = strdup(tailnet);
+		rm->device = strdup(device);
+		snprintf(rm->node_key, sizeof(rm->node_key), "%s", node_key);
+	}
+	if (!rm || !rm->tailnet || !rm->device || !log_append(c, NULL, rm)) {
+		log_error("coordination: out of memory; peers keep a removed node", "device=%s", device);
+		if (rm) {
+			free(rm->tailnet);
+			free(rm->device);
+		}
+		free(rm);
+	}
+}
+
+/* The node stops being a peer: its entry goes stale, peers drop its key. */
+static void node_unpublish(struct coord *c, struct node *n)
+{
+	if (!n->peer)
+		return;
+	free(n->peer);
+	n->peer = NULL;
+	if (n->seq) {
+		n->seq = 0;
+		c->log_live--;
+	}
+	log_removal(c, n->tailnet, n->name, n->node_key);
+}
+
+/* First index whose seq is greater than seq. */
+static size_t log_after(const struct coord *c, uint64_t seq)
+{
+	size_t lo = 0, hi = c->log_len;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (c->log[mid].seq <= seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* ---- stream records ---- */
 
 /* One record: 4-byte big-endian length, then the sealed frame. */
 int coord_stream_send(struct mapconn *m, const char *text, size_t len)
@@ -171,102 +295,224 @@ int coord_stream_send_json(struct mapconn *m, const struct json *j)
 	return err;
 }
 
-/* Sends a delta to every stream of the tailnet except the device's own. */
-static void broadcast(struct coord *c, const char *tailnet, const char *except, const struct json *delta)
+void coord_stream_sync(struct mapconn *m)
 {
-	struct buf text = BUF_INIT(16u << 20);
+	m->cursor = 0;
+	m->sync_from = m->c->seq;
+	m->syncing = true;
+	m->header_sent = false;
+	httpd_stream_wake(m->st);
+}
 
-	if (json_dump(delta, &text, 0))
-		goto out;
-	for (struct mapconn *m = c->conns, *next; m; m = next) {
-		next = m->next;
-		if (strcmp(m->tailnet, tailnet) != 0 || (except && strcmp(m->device, except) == 0))
-			continue;
-		coord_stream_send(m, (const char *)text.data, text.len);
+/* The fields of a full netmap besides its peers, as JSON text to follow
+ * "self": ,"dns":{...},"relayMap":...,"packetFilter":null */
+static int full_fields(struct coord *c, const char *tailnet, struct buf *out)
+{
+	struct json *tn = informer_get(c->op->tailnets, NULL, tailnet);
+	struct json *f = json_new_object(), *dns = json_new_object(), *ns = json_new_array();
+	const char *suffix = json_str(json_path(tn, "spec", "dnsSuffix", NULL)) ?: "tailnet.knit";
+	struct buf text = BUF_INIT(1u << 20);
+	int err;
+
+	json_array_append(ns, json_new_string("100.100.100.100"));
+	json_object_set(dns, "suffix", json_new_string(suffix));
+	json_object_set(dns, "nameservers", ns);
+	json_object_set(f, "dns", dns);
+	json_object_set(f, "relayMap", json_clone(json_path(tn, "spec", "relayMap", NULL)) ?: json_new_null());
+	json_object_set(f, "packetFilter", json_new_null());
+	err = json_dump(f, &text, 0);
+	/* {"dns":...} -> ,"dns":... (without the braces) */
+	if (!err && text.len >= 2) {
+		text.data[0] = ',';
+		err = buf_add(out, text.data, text.len - 1);
 	}
-out:
 	buf_free(&text);
+	json_free(f);
+	json_free(tn);
+	return err;
 }
 
-static struct json *delta_new(struct coord *c)
+/* Builds and queues m's next record from the log; false if there was
+ * nothing to send (or the stream failed). */
+static bool emit_record(struct mapconn *m)
 {
-	struct json *d = json_new_object();
+	struct coord *c = m->c;
+	struct buf rec = BUF_INIT(16u << 20), peers = BUF_INIT(16u << 20), removes = BUF_INIT(16u << 20);
+	const struct node *self = NULL;
+	size_t i = log_after(c, m->cursor);
+	uint64_t upto = m->cursor;
+	bool more, ok = false;
+	int err = 0;
 
-	json_object_set(d, "type", json_new_string("delta"));
-	json_object_set(d, "seq", json_new_int((int64_t)++c->seq));
-	return d;
+	if (!m->syncing && i == c->log_len)
+		return false;
+	for (; i < c->log_len && peers.len + removes.len < c->o.record_bytes && !err; i++) {
+		const struct logent *e = &c->log[i];
+		upto = e->seq;
+		if (e->n) {
+			const struct node *n = e->n;
+			if (!entry_live(e) || !n->peer || strcmp(n->tailnet, m->tailnet) != 0)
+				continue;
+			if (strcmp(n->name, m->device) == 0) {
+				self = n;
+				continue;
+			}
+			if (peers.len)
+				err = buf_add_byte(&peers, ',');
+			if (!err)
+				err = buf_add(&peers, n->peer, n->peer_len);
+		} else {
+			const struct removal *rm = e->rm;
+			if (e->seq <= m->sync_from && m->syncing)
+				continue; /* before this netmap began: never sent */
+			if (strcmp(rm->tailnet, m->tailnet) != 0 || strcmp(rm->device, m->device) == 0)
+				continue;
+			err = buf_addf(&removes, "%s\"%s\"", removes.len ? "," : "", rm->node_key);
+		}
+	}
+	if (err)
+		goto out;
+	more = m->syncing && i < c->log_len;
+	if (!m->syncing && !peers.len && !removes.len && !self) {
+		m->cursor = upto; /* only other tailnets' or stale entries */
+		goto out;
+	}
+	if (m->syncing && !m->header_sent) {
+		const struct node *me = strmap_get(c->nodes, m->device);
+		if (!self)
+			self = me;
+		err = buf_addf(&rec, "{\"type\":\"full\",\"seq\":%llu,\"self\":", (unsigned long long)upto);
+		if (!err)
+			err = self && self->peer ? buf_add(&rec, self->peer, self->peer_len) : buf_add_str(&rec, "null");
+		if (!err)
+			err = full_fields(c, m->tailnet, &rec);
+		if (!err)
+			err = buf_add_str(&rec, ",\"peers\":[");
+		if (!err && peers.len)
+			err = buf_add(&rec, peers.data, peers.len);
+		if (!err)
+			err = buf_add_byte(&rec, ']');
+		/* Removals in the first piece are of peers it never sent. */
+	} else {
+		err = buf_addf(&rec, "{\"type\":\"delta\",\"seq\":%llu", (unsigned long long)upto);
+		if (!err && peers.len)
+			err = buf_addf(&rec, ",\"upsert\":[%.*s]", (int)peers.len, (const char *)peers.data);
+		if (!err && removes.len)
+			err = buf_addf(&rec, ",\"remove\":[%.*s]", (int)removes.len, (const char *)removes.data);
+		if (!err && self && self->peer)
+			err = buf_addf(&rec, ",\"self\":%.*s", (int)self->peer_len, self->peer);
+	}
+	if (!err && m->syncing)
+		err = buf_add_str(&rec, more ? ",\"more\":true" : ",\"more\":false");
+	if (!err)
+		err = buf_add_byte(&rec, '}');
+	if (err || coord_stream_send(m, (const char *)rec.data, rec.len))
+		goto out;
+	m->cursor = upto;
+	m->header_sent = true;
+	if (!more)
+		m->syncing = false;
+	ok = true;
+out:
+	if (err)
+		log_error("coordination: cannot build a netmap record", "device=%s error=%d", m->device, err);
+	buf_free(&rec);
+	buf_free(&peers);
+	buf_free(&removes);
+	return ok;
 }
 
-static void send_remove(struct coord *c, const char *tailnet, const char *device, const char *node_key)
+void coord_stream_fill(struct httpd_stream *st, void *arg)
 {
-	struct json *d = delta_new(c), *rm = json_new_array();
+	struct mapconn *m = arg;
 
-	json_array_append(rm, coord_jstr(node_key));
-	json_object_set(d, "remove", rm);
-	broadcast(c, tailnet, device, d);
-	json_free(d);
+	while (httpd_stream_queued(st) < STREAM_LOW_WATER && emit_record(m))
+		;
 }
 
-/* Tells peers about dev if its record changed, and dev's own streams about itself. */
+/* Wakes the streams that have something to pull. */
+void coord_flush(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	struct coord *c = arg;
+
+	c->flush_armed = false;
+	c->last_flush = coord_now_ms(c);
+	for (struct mapconn *m = c->conns; m; m = m->next)
+		if (m->syncing || m->cursor < c->seq)
+			httpd_stream_wake(m->st);
+}
+
+/* ---- publishing ---- */
+
+/* Logs dev's record if it changed (or its removal if it is no longer a peer). */
 void coord_publish_device(struct coord *c, const struct json *dev)
 {
 	const char *name = kube_name(dev), *tailnet = coord_dev_tailnet(dev);
-	struct json *suffix = coord_dns_suffix_json(c, tailnet), *p, *d;
-	struct node *n = coord_node_get(c, name, true);
+	const char *key = json_str(json_path(dev, "spec", "nodeKey", NULL));
+	struct node *n = coord_node_get(c, name, tailnet);
+	struct json *suffix, *p;
 	struct buf text = BUF_INIT(1u << 20);
 
-	if (!n || !coord_dev_usable(dev)) {
-		/* Not (or no longer) a usable peer: peers that knew it drop it. */
-		if (n && n->last_peer) {
-			send_remove(c, tailnet, name, json_str(json_path(dev, "spec", "nodeKey", NULL)));
-			free(n->last_peer);
-			n->last_peer = NULL;
-		}
-		json_free(suffix);
+	if (!n)
 		return;
+	if (!coord_dev_usable(dev) || strcmp(n->tailnet, tailnet) != 0) {
+		/* Not (or no longer) a usable peer here: peers that knew it drop it. */
+		node_unpublish(c, n);
+		if (strcmp(n->tailnet, tailnet) != 0) {
+			char *t = strdup(tailnet);
+			if (t) {
+				free(n->tailnet);
+				n->tailnet = t;
+			}
+		}
+		if (!coord_dev_usable(dev))
+			return;
 	}
-	p = peer_json(c, dev, json_str(suffix));
+	if (n->peer && key && strcmp(n->node_key, key) != 0)
+		node_unpublish(c, n); /* a rotated key: the old one is gone */
+	suffix = coord_dns_suffix_json(c, tailnet);
+	p = peer_json(n, dev, json_str(suffix));
 	json_free(suffix);
-	if (!p || json_dump(p, &text, 0) || (n->last_peer && strcmp(n->last_peer, buf_str(&text)) == 0)) {
+	if (!p || json_dump(p, &text, 0) ||
+	    (n->peer && n->peer_len == text.len && memcmp(n->peer, text.data, text.len) == 0)) {
 		json_free(p);
 		buf_free(&text);
 		return;
 	}
-	free(n->last_peer);
-	n->last_peer = buf_steal(&text, NULL);
-	d = delta_new(c);
-	struct json *up = json_new_array();
-	json_array_append(up, json_clone(p));
-	json_object_set(d, "upsert", up);
-	broadcast(c, tailnet, name, d);
-	json_free(d);
-	/* Its own streams: the new self. */
-	d = delta_new(c);
-	json_object_set(d, "self", p);
-	for (struct mapconn *m = c->conns; m; m = m->next)
-		if (strcmp(m->device, name) == 0)
-			coord_stream_send_json(m, d);
-	json_free(d);
+	json_free(p);
+	free(n->peer);
+	n->peer_len = text.len;
+	n->peer = buf_steal(&text, NULL);
+	snprintf(n->node_key, sizeof(n->node_key), "%s", key ? key : "");
+	if (!log_append(c, n, NULL))
+		log_error("coordination: out of memory; peers miss a change", "device=%s", name);
+}
+
+void coord_node_stream(struct coord *c, struct node *n, bool opened)
+{
+	struct json *dev;
+
+	if (opened ? n->streams++ > 0 : --n->streams > 0)
+		return;
+	if (n->dead) {
+		node_release(n);
+		return;
+	}
+	if (c->stopping)
+		return;
+	/* Online or offline: the API server hears of the transition, peers of
+	 * the new record. */
+	coord_online_changed(c, n->name, opened);
+	dev = informer_get(c->op->devices, NULL, n->name);
+	if (dev)
+		coord_publish_device(c, dev);
+	json_free(dev);
 }
 
 void coord_device_changed(struct coord *c, const struct json *old, const struct json *dev)
 {
-	const char *old_key = json_str(json_path(old, "spec", "nodeKey", NULL));
-	const char *new_key = json_str(json_path(dev, "spec", "nodeKey", NULL));
-	struct node *n;
-
-	if (!c)
-		return;
-	/* A rotated node key: the old one is gone for peers. */
-	if (old_key && new_key && strcmp(old_key, new_key) != 0) {
-		send_remove(c, coord_dev_tailnet(old), kube_name(old), old_key);
-		n = coord_node_get(c, kube_name(dev), false);
-		if (n) {
-			free(n->last_peer);
-			n->last_peer = NULL;
-		}
-	}
-	coord_publish_device(c, dev);
+	if (c)
+		coord_publish_device(c, dev);
 }
 
 void coord_device_deleted(struct coord *c, const struct json *dev)
@@ -277,7 +523,11 @@ void coord_device_deleted(struct coord *c, const struct json *dev)
 
 	if (!c)
 		return;
-	send_remove(c, coord_dev_tailnet(dev), name, json_str(json_path(dev, "spec", "nodeKey", NULL)));
+	n = strmap_del(c->nodes, name);
+	if (n) {
+		node_unpublish(c, n);
+		n->dead = true;
+	}
 	/* Its own streams end: the identity no longer exists. */
 	d = coord_error_reply("DeviceDeleted", "this device was deleted; run knit up --authkey to join again");
 	for (struct mapconn *m = c->conns; m; m = m->next) {
@@ -287,28 +537,52 @@ void coord_device_deleted(struct coord *c, const struct json *dev)
 		}
 	}
 	json_free(d);
-	n = strmap_del(c->nodes, name);
-	if (n) {
-		/* Streams still point at the name; they find no node and that is fine. */
-		json_free(n->endpoints);
-		free(n->last_peer);
-		free(n);
-	}
+	if (n)
+		node_release(n);
+}
+
+static void republish_of_tailnet(const struct json *dev, void *arg)
+{
+	void **a = arg;
+
+	if (strcmp(coord_dev_tailnet(dev), a[1]) == 0)
+		coord_publish_device(a[0], dev);
 }
 
 void coord_tailnet_changed(struct coord *c, const struct json *tn)
 {
-	/* DNS suffix, relay map: rare; every stream of it gets a full netmap. */
-	for (struct mapconn *m = c ? c->conns : NULL; m; m = m->next) {
-		struct json *dev, *nm;
-		if (strcmp(m->tailnet, kube_name(tn)) != 0)
-			continue;
-		dev = informer_get(c->op->devices, NULL, m->device);
-		if (!dev)
-			continue;
-		nm = coord_full_netmap(c, dev);
-		coord_stream_send_json(m, nm);
-		json_free(nm);
-		json_free(dev);
+	void *a[2] = { c, (void *)kube_name(tn) };
+
+	if (!c)
+		return;
+	/* DNS suffix, relay map: rare. The records carry the suffix (fqdn);
+	 * every stream of the tailnet starts over with a full netmap. */
+	informer_foreach(c->op->devices, republish_of_tailnet, a);
+	for (struct mapconn *m = c->conns; m; m = m->next)
+		if (strcmp(m->tailnet, kube_name(tn)) == 0)
+			coord_stream_sync(m);
+}
+
+void coord_netmap_free(struct coord *c)
+{
+	for (size_t i = 0; i < c->log_len; i++) {
+		struct logent *e = &c->log[i];
+		if (e->n) {
+			e->n->refs--;
+			node_release(e->n);
+		} else {
+			free(e->rm->tailnet);
+			free(e->rm->device);
+			free(e->rm);
+		}
+	}
+	free(c->log);
+	c->log = NULL;
+	c->log_len = c->log_cap = c->log_live = 0;
+	if (c->nodes) {
+		for (struct strmap_entry *e = strmap_first(c->nodes); e; e = strmap_next(c->nodes, e))
+			node_free(strmap_value(e));
+		strmap_free(c->nodes);
+		c->nodes = NULL;
 	}
 }

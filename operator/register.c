@@ -55,6 +55,29 @@ int coord_job_submit(struct coord *c, struct job *j)
 	return 0;
 }
 
+/* The next job: calls first (a client waits on each), then online writes. */
+static struct job *job_next(struct coord *c)
+{
+	struct job *j;
+
+	if (c->head) {
+		j = c->head;
+		c->head = j->next;
+		if (!c->head)
+			c->tail = NULL;
+		c->njobs--;
+		return j;
+	}
+	j = c->ohead;
+	if (j) {
+		c->ohead = j->next;
+		if (!c->ohead)
+			c->otail = NULL;
+		strmap_del(c->online_pending, j->device);
+	}
+	return j;
+}
+
 static struct json *do_register(struct coord *c, const char *mkey, const struct json *req);
 static struct json *do_logout(struct coord *c, const char *mkey);
 static void do_online(struct coord *c, const char *device, bool online, time_t at);
@@ -67,18 +90,12 @@ void *coord_job_worker(void *arg)
 		struct job *j;
 
 		pthread_mutex_lock(&c->lock);
-		while (!c->head && !c->stop)
+		while (!c->head && !c->ohead && !c->stop)
 			pthread_cond_wait(&c->cond, &c->lock);
-		if (!c->head) {
-			pthread_mutex_unlock(&c->lock);
-			break;
-		}
-		j = c->head;
-		c->head = j->next;
-		if (!c->head)
-			c->tail = NULL;
-		c->njobs--;
+		j = c->head || !c->stop ? job_next(c) : NULL; /* stopping: finish the calls only */
 		pthread_mutex_unlock(&c->lock);
+		if (!j)
+			break;
 
 		switch (j->type) {
 		case JOB_REGISTER: j->reply = do_register(c, j->mkey, j->req); break;
@@ -457,17 +474,37 @@ static void do_online(struct coord *c, const char *device, bool online, time_t a
 	json_free(patch);
 }
 
+/* Online transitions are written in the background, one per device: a
+ * device that flaps while its write waits is written once, with its
+ * latest state. Registrations never queue behind them. */
 void coord_online_changed(struct coord *c, const char *device, bool online)
 {
-	struct job *j = calloc(1, sizeof(*j));
+	struct job *j;
 
-	if (!j)
+	pthread_mutex_lock(&c->lock);
+	j = strmap_get(c->online_pending, device);
+	if (j) {
+		j->online = online;
+		j->at = time(NULL);
+		pthread_mutex_unlock(&c->lock);
 		return;
+	}
+	j = calloc(1, sizeof(*j));
+	if (!j || c->stop || strmap_set(c->online_pending, device, j, NULL)) {
+		pthread_mutex_unlock(&c->lock);
+		free(j);
+		return;
+	}
 	j->type = JOB_ONLINE;
 	j->c = c;
 	j->online = online;
 	j->at = time(NULL);
 	snprintf(j->device, sizeof(j->device), "%s", device);
-	if (coord_job_submit(c, j))
-		free(j);
+	if (c->otail)
+		c->otail->next = j;
+	else
+		c->ohead = j;
+	c->otail = j;
+	pthread_cond_signal(&c->cond);
+	pthread_mutex_unlock(&c->lock);
 }

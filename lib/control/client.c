@@ -706,6 +706,10 @@ static bool map_open(struct control_client *c, const uint8_t *frame, size_t len,
 		buf_free(&plain);
 		return false;
 	}
+	if (c->o.on_record_text && !c->o.on_record_text(c, (const char *)buf_str(&plain), plain.len, c->o.arg)) {
+		buf_free(&plain);
+		return true; /* skipped: *out stays NULL */
+	}
 	*out = json_parse_max((const char *)buf_str(&plain), plain.len, c->o.max_record, &je);
 	buf_free(&plain);
 	if (!*out || !json_is_object(*out)) {
@@ -731,6 +735,10 @@ static bool on_map_frame(const uint8_t *rec, size_t len, void *arg, char *msg, s
 
 	if (!map_open(f->c, rec, len, &j, msg, msglen))
 		return false;
+	if (!j) {
+		loop_timer_arm(f->c->map_stall, f->c->o.stall_timeout_ms);
+		return true;
+	}
 	ok = map_deliver(f->c, j);
 	json_free(j);
 	if (!ok)
@@ -837,7 +845,7 @@ static void on_map_done(struct http_request *r, const struct http_result *res, v
 			map_fail(c, -EKEYREJECTED, why);
 			return;
 		}
-		if (map_deliver(c, j)) {
+		if (!j || map_deliver(c, j)) {
 			whyf(why, "control server %s answered the map request without a stream", c->url);
 			map_fail(c, -EPROTO, why);
 		}

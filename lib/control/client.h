@@ -46,6 +46,11 @@ typedef bool (*control_key_fn)(struct control_client *c, const uint8_t key[CHANN
  * with a backoff (for a record the caller cannot use, say a delta that
  * does not apply: the next connection starts with a full netmap). */
 typedef bool (*control_record_fn)(struct control_client *c, const struct json *rec, void *arg);
+/* Optional: sees each opened map record's text before it is parsed;
+ * returning false skips it (no parse, no on_record; it counts as a
+ * delivered record). For clients that only look for something in the
+ * stream (benchmarks, probes) and must not pay for parsing it all. */
+typedef bool (*control_record_text_fn)(struct control_client *c, const char *text, size_t len, void *arg);
 /* The map stream came up (its first record arrived) or went down; err and
  * why say why it went down, retry_ms when it is tried again. */
 typedef void (*control_map_state_fn)(struct control_client *c, bool up, int err, const char *why,
@@ -75,6 +80,7 @@ struct control_client_opts {
 	const uint8_t *control_key; /* 32 bytes to pin, or NULL: fetch it */
 	control_key_fn on_control_key; /* required when control_key is NULL */
 	control_record_fn on_record; /* required for the map stream */
+	control_record_text_fn on_record_text; /* optional */
 	control_map_state_fn on_map_state; /* optional */
 	void *arg;
 

@@ -16,6 +16,9 @@ $K apply -f "$KNIT_SOURCE_DIR/manifests/crds/" >/dev/null || e2e_die "apply CRDs
 $K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_die "CRDs not established"
 
 tailnet_net_up $((20 + $$ % 200))
+# One peer per map record: every full netmap here comes in pieces
+# ("more"), as a large tailnet's does, and the agents must assemble them.
+TAILNET_OP_ARGS="--map-record-bytes 1"
 tailnet_operator_start op-1
 $K patch tailnet default --type merge -p '{"spec":{"ephemeralInactivityTimeout":"5s"}}' >/dev/null
 
