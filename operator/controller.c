@@ -162,6 +162,13 @@ void controller_enqueue_key(struct controller *c, const char *key)
 	update_depth(c);
 }
 
+void controller_enqueue_key_after(struct controller *c, const char *key, uint64_t delay_ms)
+{
+	if (workqueue_add_after(c->queue, key, delay_ms))
+		log_error("cannot queue key", "kind=%s key=%s", c->kind, key);
+	update_depth(c);
+}
+
 void controller_enqueue(struct controller *c, const struct json *obj)
 {
 	char key[512];

@@ -25,6 +25,9 @@ void controller_join(struct controller *c);
 
 void controller_enqueue(struct controller *c, const struct json *obj);
 void controller_enqueue_key(struct controller *c, const char *key);
+/* Queues key delay_ms from now; a key already waiting keeps the sooner
+ * time, so a burst of events makes one reconcile. */
+void controller_enqueue_key_after(struct controller *c, const char *key, uint64_t delay_ms);
 
 /* Informer handlers that enqueue the object itself (arg = controller). */
 extern const struct informer_handlers controller_handlers;

@@ -140,6 +140,10 @@ struct coord {
 	unsigned njobs;
 	struct job *ohead, *otail; /* online writes, one per device: */
 	struct strmap *online_pending; /* device -> its job in that queue */
+	/* Registrations waiting for their Device's addresses sleep on
+	 * dev_cond; every Device event bumps dev_gen (CLOCK_MONOTONIC cond). */
+	pthread_cond_t dev_cond;
+	unsigned dev_gen, addr_waiters;
 	bool stop;
 	pthread_t workers[JOB_WORKERS];
 	int nworkers;

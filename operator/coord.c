@@ -543,8 +543,14 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 		c->o.session_idle_ms = 10 * 60000;
 	if (!c->o.record_bytes)
 		c->o.record_bytes = RECORD_CHUNK;
+	pthread_condattr_t ca;
+
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_cond_init(&c->cond, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->dev_cond, &ca);
+	pthread_condattr_destroy(&ca);
 	c->sessions = strmap_new();
 	c->handshake_ts = strmap_new();
 	c->nodes = strmap_new();
@@ -601,6 +607,7 @@ void coord_shutdown(struct coord *c)
 	pthread_mutex_lock(&c->lock);
 	c->stop = true;
 	pthread_cond_broadcast(&c->cond);
+	pthread_cond_broadcast(&c->dev_cond);
 	pthread_mutex_unlock(&c->lock);
 }
 
@@ -651,6 +658,7 @@ void coord_free(struct coord *c)
 	loop_timer_free(c->sweep);
 	loop_timer_free(c->flush);
 	pthread_cond_destroy(&c->cond);
+	pthread_cond_destroy(&c->dev_cond);
 	pthread_mutex_destroy(&c->lock);
 	sodium_memzero(c->priv, sizeof(c->priv));
 	free(c);

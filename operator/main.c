@@ -163,11 +163,16 @@ static int parse_args(int argc, char **argv, struct options *o)
 
 /* ---- informer wiring ---- */
 
+/* A Device or claim changed: its Tailnet's status counts them. Counting
+ * walks every device and claim, so events are gathered for up to a second
+ * (10,000 devices coming online must not mean 10,000 recounts). */
+#define TAILNET_RECOUNT_MS 1000
+
 static void enqueue_tailnet_of(const struct json *obj)
 {
 	const char *tn = json_str(json_path(obj, "spec", "tailnet", NULL));
 
-	controller_enqueue_key(op.tailnet_ctl, tn ? tn : "default");
+	controller_enqueue_key_after(op.tailnet_ctl, tn ? tn : "default", TAILNET_RECOUNT_MS);
 }
 
 static void device_changed(const struct json *dev)

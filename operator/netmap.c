@@ -332,6 +332,17 @@ static int full_fields(struct coord *c, const char *tailnet, struct buf *out)
 	return err;
 }
 
+static int add_member(struct buf *rec, const char *open, const struct buf *text, const char *close)
+{
+	int err = buf_add_str(rec, open);
+
+	if (!err)
+		err = buf_add(rec, text->data, text->len);
+	if (!err)
+		err = buf_add_str(rec, close);
+	return err;
+}
+
 /* Builds and queues m's next record from the log; false if there was
  * nothing to send (or the stream failed). */
 static bool emit_record(struct mapconn *m)
@@ -394,13 +405,17 @@ static bool emit_record(struct mapconn *m)
 			err = buf_add_byte(&rec, ']');
 		/* Removals in the first piece are of peers it never sent. */
 	} else {
+		/* Text is copied with buf_add: printf's %.*s is slow on 64 KiB. */
 		err = buf_addf(&rec, "{\"type\":\"delta\",\"seq\":%llu", (unsigned long long)upto);
 		if (!err && peers.len)
-			err = buf_addf(&rec, ",\"upsert\":[%.*s]", (int)peers.len, (const char *)peers.data);
+			err = add_member(&rec, ",\"upsert\":[", &peers, "]");
 		if (!err && removes.len)
-			err = buf_addf(&rec, ",\"remove\":[%.*s]", (int)removes.len, (const char *)removes.data);
-		if (!err && self && self->peer)
-			err = buf_addf(&rec, ",\"self\":%.*s", (int)self->peer_len, self->peer);
+			err = add_member(&rec, ",\"remove\":[", &removes, "]");
+		if (!err && self && self->peer) {
+			err = buf_add_str(&rec, ",\"self\":");
+			if (!err)
+				err = buf_add(&rec, self->peer, self->peer_len);
+		}
 	}
 	if (!err && m->syncing)
 		err = buf_add_str(&rec, more ? ",\"more\":true" : ",\"more\":false");
@@ -511,8 +526,15 @@ void coord_node_stream(struct coord *c, struct node *n, bool opened)
 
 void coord_device_changed(struct coord *c, const struct json *old, const struct json *dev)
 {
-	if (c)
-		coord_publish_device(c, dev);
+	if (!c)
+		return;
+	coord_publish_device(c, dev);
+	pthread_mutex_lock(&c->lock);
+	if (c->addr_waiters) {
+		c->dev_gen++;
+		pthread_cond_broadcast(&c->dev_cond);
+	}
+	pthread_mutex_unlock(&c->lock);
 }
 
 void coord_device_deleted(struct coord *c, const struct json *dev)

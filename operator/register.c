@@ -236,19 +236,47 @@ static bool valid_cidr(const char *s)
 }
 
 /* Waits for the Device reconciler to give the device its addresses. */
+/* Waits for the Device controller to give name its addresses: woken by
+ * every Device event the loop sees (coord_device_changed), not polling. */
 static struct json *wait_addresses(struct coord *c, const char *name)
 {
 	uint64_t deadline = loop_mono_ms() + (c->o.register_wait_ms ? c->o.register_wait_ms : 15000);
+	struct json *dev = NULL;
 
-	while (loop_mono_ms() < deadline && !c->stopping) {
-		struct json *dev = informer_get(c->op->devices, NULL, name);
-		if (dev && json_array_len(json_path(dev, "status", "addresses", NULL)) == 2)
-			return dev;
+	pthread_mutex_lock(&c->lock);
+	c->addr_waiters++;
+	while (!c->stop) {
+		unsigned gen = c->dev_gen;
+		pthread_mutex_unlock(&c->lock);
+		dev = informer_get(c->op->devices, NULL, name);
+		if (dev && json_array_len(json_path(dev, "status", "addresses", NULL)) == 2) {
+			pthread_mutex_lock(&c->lock);
+			break;
+		}
 		json_free(dev);
-		struct timespec ts = { .tv_nsec = 50 * 1000000 };
-		nanosleep(&ts, NULL);
+		dev = NULL;
+		uint64_t now = loop_mono_ms();
+		pthread_mutex_lock(&c->lock);
+		if (now >= deadline)
+			break;
+		/* Wake-ups can be missed only between the read and here, and the
+		 * generation catches those; the 100 ms cap is belt and braces. */
+		uint64_t until = now + (deadline - now < 100 ? deadline - now : 100);
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += (time_t)((until - now) / 1000);
+		ts.tv_nsec += (long)((until - now) % 1000) * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		while (gen == c->dev_gen && !c->stop)
+			if (pthread_cond_timedwait(&c->dev_cond, &c->lock, &ts) == ETIMEDOUT)
+				break;
 	}
-	return NULL;
+	c->addr_waiters--;
+	pthread_mutex_unlock(&c->lock);
+	return dev;
 }
 
 static struct json *do_register(struct coord *c, const char *mkey, const struct json *req)

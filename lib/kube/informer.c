@@ -170,6 +170,10 @@ static int upsert(struct informer *inf, struct json *obj)
 		json_free(obj);
 		return err;
 	}
+	/* No reconciler reads managedFields, and on small objects it is
+	 * most of the bytes: the cache drops it (as controller-runtime
+	 * caches are usually told to). */
+	json_object_del(json_get(obj, "metadata"), "managedFields");
 	old = strmap_get(inf->objects, key);
 	if (old && rv && object_rv(old) && strcmp(rv, object_rv(old)) == 0) {
 		json_free(obj); /* same version: nothing happened */

@@ -9,7 +9,9 @@
  *
  * Threads: the informer runs on its client's loop; handlers are called
  * there, after the cache has changed. The cache may be read from any
- * thread (a read-write lock guards it); reads return copies. */
+ * thread (a read-write lock guards it); reads return copies. Cached
+ * objects lack metadata.managedFields (the API server's bookkeeping: no
+ * reconciler reads it, and it is most of a small object's bytes). */
 #ifndef KNIT_KUBE_INFORMER_H
 #define KNIT_KUBE_INFORMER_H
 

@@ -149,6 +149,26 @@ static void test_bookmark_only_moves_rv(void **state)
 	assert_int_equal(informer_len(f->inf), 0);
 }
 
+/* The cache keeps what reconcilers read, not the API server's field
+ * bookkeeping: managedFields is dropped (memory at 10,000s of objects). */
+static void test_cache_drops_managed_fields(void **state)
+{
+	struct fixture *f = *state;
+	static const char ev[] =
+		"{\"type\":\"ADDED\",\"object\":{\"kind\":\"Device\",\"metadata\":{\"name\":\"a\",\"resourceVersion\":\"7\","
+		"\"managedFields\":[{\"manager\":\"kubectl\",\"operation\":\"Apply\",\"fieldsV1\":{\"f:spec\":{}}}]},"
+		"\"spec\":{\"node\":\"n1\"}}}\n";
+	struct json *o;
+
+	assert_int_equal(informer_feed(f->inf, ev, strlen(ev)), 0);
+	o = informer_get(f->inf, NULL, "a");
+	assert_non_null(o);
+	assert_null(json_path(o, "metadata", "managedFields", NULL));
+	assert_string_equal(json_str(json_path(o, "metadata", "resourceVersion", NULL)), "7");
+	assert_string_equal(json_str(json_path(o, "spec", "node", NULL)), "n1");
+	json_free(o);
+}
+
 static void test_error_410_asks_for_relist(void **state)
 {
 	struct fixture *f = *state;
@@ -248,6 +268,7 @@ int main(void)
 		cmocka_unit_test(test_stream_split_everywhere),
 		cmocka_unit_test_setup_teardown(test_stream_byte_by_byte, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bookmark_only_moves_rv, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cache_drops_managed_fields, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_error_410_asks_for_relist, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_error_other_is_bad_message, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
