@@ -5,7 +5,10 @@
 # REPS times for DURATION seconds; prints every run, the medians in
 # Gbit/s, and the ratios knitd/wireguard-go and knitd/veth.
 #
-#   sudo bench/wg/run.sh [-d SECONDS] [-r REPS] [-b BUILD_DIR] [-k "KNITD ARGS"]
+#   sudo bench/wg/run.sh [-d SECONDS] [-r REPS] [-b BUILD_DIR] [-k "KNITD ARGS"] [-p PATHS]
+#
+# -p runs only some paths (comma-separated: veth,wireguard-go,knitd; all
+# by default): for quick iterations; ratios need all three.
 #
 # Needs root (namespaces, TUN), iperf3, wireguard-go, wg. knitd comes from
 # BUILD_DIR (default build/default; use a release build).
@@ -14,14 +17,15 @@ set -uo pipefail
 DURATION=10 REPS=3
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${KNIT_BUILD_DIR:-$SRC/build/default}
-KNITD_ARGS=""
-while getopts "d:r:b:k:h" o; do
+KNITD_ARGS="" PATHS=veth,wireguard-go,knitd
+while getopts "d:r:b:k:p:h" o; do
 	case $o in
 	d) DURATION=$OPTARG ;;
 	r) REPS=$OPTARG ;;
 	b) BUILD=$OPTARG ;;
 	k) KNITD_ARGS=$OPTARG ;;
-	*) sed -n '2,12p' "$0"; exit 2 ;;
+	p) PATHS=$OPTARG ;;
+	*) sed -n '2,15p' "$0"; exit 2 ;;
 	esac
 done
 KNITD=$BUILD/agent/knitd
@@ -37,6 +41,11 @@ PIDS=()
 cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+	# Whatever else runs in our namespaces is ours too: a leftover would
+	# keep the caller's lock file (flock) open.
+	for ns in "$NSA" "$NSB"; do
+		ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null
+	done
 	ip netns del "$NSA" 2>/dev/null
 	ip netns del "$NSB" 2>/dev/null
 	rm -f "/var/run/wireguard/$IFA.sock" "/var/run/wireguard/$IFB.sock"
@@ -58,7 +67,9 @@ umask 077
 wg genkey >"$WORK/a.key"
 wg genkey >"$WORK/b.key"
 
-inB iperf3 -s >/dev/null 2>&1 &
+# Not through inB(): a function in the background is a subshell, and $!
+# would name it instead of the server.
+ip netns exec "$NSB" iperf3 -s >/dev/null 2>&1 &
 PIDS+=($!)
 
 # One iperf3 run: prints the receiver's Gbit/s.
@@ -127,11 +138,13 @@ run_case() { # name server-address
 
 echo "knit WireGuard benchmark: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), kernel $(uname -r)" >&2
 echo "iperf3 single TCP stream, ${DURATION}s x $REPS, veth MTU 1500, tunnel MTU 1420" >&2
-run_case veth 192.168.210.2
-tunnel_up wireguard-go && run_case wireguard-go 10.210.0.2
-tunnel_down
-tunnel_up knitd && run_case knitd 10.210.0.2
-tunnel_down
+wanted() { case ",$PATHS," in *",$1,"*) return 0 ;; esac; return 1; }
+if wanted veth; then run_case veth 192.168.210.2; fi
+for impl in wireguard-go knitd; do
+	wanted $impl || continue
+	tunnel_up $impl && run_case $impl 10.210.0.2
+	tunnel_down
+done
 
 printf '\n%-14s %-26s %12s\n' "path" "runs (Gbit/s)" "median"
 for n in veth wireguard-go knitd; do
