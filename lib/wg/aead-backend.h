@@ -12,6 +12,14 @@ struct aead_backend {
 	bool (*open)(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,
 		     const uint8_t nonce[AEAD_NONCE_LEN], const uint8_t key[AEAD_KEY_LEN]);
 	void (*thread_cleanup)(void);
+	/* Optional per-key state (NULL: the key is passed with each call).
+	 * key_state_new returns NULL on ENOMEM; key_state_free wipes. */
+	void *(*key_state_new)(const uint8_t key[AEAD_KEY_LEN], bool seal);
+	void (*key_state_free)(void *state);
+	bool (*seal_keyed)(void *state, uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad,
+			   size_t adlen, const uint8_t nonce[AEAD_NONCE_LEN], const uint8_t key[AEAD_KEY_LEN]);
+	bool (*open_keyed)(void *state, uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad,
+			   size_t adlen, const uint8_t nonce[AEAD_NONCE_LEN], const uint8_t key[AEAD_KEY_LEN]);
 };
 
 extern const struct aead_backend aead_backend_sodium;

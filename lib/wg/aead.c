@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <sodium.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -167,6 +168,91 @@ bool aead_open(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, 
 
 	counter_nonce(nonce, counter);
 	return aead_open_ietf(AEAD_IMPL_AUTO, dst, src, len, ad, adlen, nonce, key);
+}
+
+/* The key, and the backends selected when it was made with their state
+ * for it: [0] for full-size packets, [1] for small ones when another
+ * backend takes those. */
+struct aead_key {
+	uint8_t key[AEAD_KEY_LEN];
+	const struct aead_backend *b[2];
+	void *state[2];
+};
+
+struct aead_key *aead_key_new(const uint8_t key[AEAD_KEY_LEN], bool seal)
+{
+	struct aead_key *k = calloc(1, sizeof(*k));
+
+	if (!k)
+		return NULL;
+	memcpy(k->key, key, AEAD_KEY_LEN);
+	k->b[0] = active;
+	k->b[1] = active_small != active ? active_small : NULL;
+	for (int i = 0; i < 2; i++) {
+		if (!k->b[i] || !k->b[i]->key_state_new)
+			continue;
+		k->state[i] = k->b[i]->key_state_new(key, seal);
+		if (!k->state[i]) {
+			aead_key_free(k);
+			return NULL;
+		}
+	}
+	return k;
+}
+
+void aead_key_free(struct aead_key *k)
+{
+	if (!k)
+		return;
+	for (int i = 0; i < 2; i++)
+		if (k->state[i])
+			k->b[i]->key_state_free(k->state[i]);
+	sodium_memzero(k, sizeof(*k));
+	free(k);
+}
+
+/* Which backend does len bytes, and its state for k (NULL: none kept). */
+static const struct aead_backend *key_backend(struct aead_key *k, size_t len, void **state)
+{
+	int i = len < AEAD_SMALL_MAX && k->b[1] ? 1 : 0;
+
+	*state = k->state[i];
+	return k->b[i];
+}
+
+bool aead_key_seal(struct aead_key *k, uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad,
+		   size_t adlen, uint64_t counter)
+{
+	uint8_t nonce[AEAD_NONCE_LEN];
+	const struct aead_backend *b;
+	void *state;
+
+	counter_nonce(nonce, counter);
+	b = key_backend(k, len, &state);
+	if (state)
+		return b->seal_keyed(state, dst, src, len, ad, adlen, nonce, k->key);
+	return b->seal(dst, src, len, ad, adlen, nonce, k->key);
+}
+
+bool aead_key_open(struct aead_key *k, uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad,
+		   size_t adlen, uint64_t counter)
+{
+	uint8_t nonce[AEAD_NONCE_LEN];
+	const struct aead_backend *b;
+	void *state;
+	bool ok;
+
+	if (len < AEAD_TAG_LEN)
+		return false;
+	counter_nonce(nonce, counter);
+	b = key_backend(k, len - AEAD_TAG_LEN, &state);
+	if (state)
+		ok = b->open_keyed(state, dst, src, len, ad, adlen, nonce, k->key);
+	else
+		ok = b->open(dst, src, len, ad, adlen, nonce, k->key);
+	if (!ok && len > AEAD_TAG_LEN)
+		memset(dst, 0, len - AEAD_TAG_LEN);
+	return ok;
 }
 
 bool aead_xseal(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,

@@ -9,7 +9,11 @@
  * Thread-safety: all functions are reentrant. The OpenSSL backend keeps one
  * EVP_CIPHER_CTX per thread, made on first use and freed at thread exit (or
  * by aead_thread_cleanup()); nothing is allocated per packet. src and dst
- * may be the same buffer (in-place); partial overlap is not allowed. */
+ * may be the same buffer (in-place); partial overlap is not allowed.
+ *
+ * A transport key seals or opens millions of packets: struct aead_key
+ * prepares it once (OpenSSL: a few keyed contexts that threads take in
+ * turn, so a packet only sets its nonce) and wipes it when freed. */
 #ifndef KNIT_WG_AEAD_H
 #define KNIT_WG_AEAD_H
 
@@ -55,6 +59,18 @@ bool aead_seal_ietf(enum aead_impl impl, uint8_t *dst, const uint8_t *src, size_
 bool aead_open_ietf(enum aead_impl impl, uint8_t *dst, const uint8_t *src, size_t len,
 		    const uint8_t *ad, size_t adlen, const uint8_t nonce[AEAD_NONCE_LEN],
 		    const uint8_t key[AEAD_KEY_LEN]);
+
+/* A prepared key for one direction (seal or open). NULL on ENOMEM.
+ * Call after aead_init(); any thread may use it, several at once. */
+struct aead_key;
+struct aead_key *aead_key_new(const uint8_t key[AEAD_KEY_LEN], bool seal);
+/* Wipes and frees; NULL is a no-op. No thread may still be using it. */
+void aead_key_free(struct aead_key *k);
+/* aead_seal()/aead_open() with a prepared key of the matching direction. */
+bool aead_key_seal(struct aead_key *k, uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad,
+		   size_t adlen, uint64_t counter);
+bool aead_key_open(struct aead_key *k, uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad,
+		   size_t adlen, uint64_t counter);
 
 bool aead_xseal(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,
 		const uint8_t nonce[AEAD_XNONCE_LEN], const uint8_t key[AEAD_KEY_LEN]);

@@ -40,8 +40,7 @@ enum handshake_state {
 struct noise_keypair {
 	struct index_entry entry; /* entry.index: our receiver index */
 	struct noise_remote *remote;
-	uint8_t send_key[NOISE_SYMMETRIC_KEY_LEN];
-	uint8_t recv_key[NOISE_SYMMETRIC_KEY_LEN];
+	struct aead_key *send_key, *recv_key; /* prepared once; wiped with the keypair */
 	_Atomic uint64_t send_counter;
 	atomic_bool send_valid;
 	atomic_bool recv_valid;
@@ -389,6 +388,8 @@ void noise_keypair_put(struct noise_keypair *kp)
 	if (!kp || atomic_fetch_sub_explicit(&kp->refcount, 1, memory_order_acq_rel) != 1)
 		return;
 	pthread_mutex_destroy(&kp->replay_lock);
+	aead_key_free(kp->send_key);
+	aead_key_free(kp->recv_key);
 	sodium_memzero(kp, sizeof(*kp));
 	free(kp);
 }
@@ -540,8 +541,8 @@ bool noise_keypair_encrypt(struct noise_keypair *kp, uint8_t *pkt, size_t payloa
 	hdr->header.type = htole32(MESSAGE_DATA);
 	hdr->key_idx = htole32(kp->remote_index);
 	hdr->counter = htole64(nonce);
-	if (!aead_seal(pkt + MESSAGE_DATA_HEADER_LEN, pkt + MESSAGE_DATA_HEADER_LEN, payload_len, NULL, 0,
-		       nonce, kp->send_key))
+	if (!aead_key_seal(kp->send_key, pkt + MESSAGE_DATA_HEADER_LEN, pkt + MESSAGE_DATA_HEADER_LEN, payload_len,
+			   NULL, 0, nonce))
 		return false;
 	*pkt_len = MESSAGE_DATA_HEADER_LEN + payload_len + MESSAGE_DATA_TAG_LEN;
 	return true;
@@ -564,8 +565,8 @@ enum noise_rx noise_keypair_decrypt(struct noise_keypair *kp, uint8_t *pkt, size
 		atomic_store(&kp->recv_valid, false);
 		return NOISE_RX_INVALID;
 	}
-	if (!aead_open(pkt + MESSAGE_DATA_HEADER_LEN, pkt + MESSAGE_DATA_HEADER_LEN,
-		       pkt_len - MESSAGE_DATA_HEADER_LEN, NULL, 0, counter, kp->recv_key))
+	if (!aead_key_open(kp->recv_key, pkt + MESSAGE_DATA_HEADER_LEN, pkt + MESSAGE_DATA_HEADER_LEN,
+			   pkt_len - MESSAGE_DATA_HEADER_LEN, NULL, 0, counter))
 		return NOISE_RX_AUTH;
 	pthread_mutex_lock(&kp->replay_lock);
 	fresh = replay_check(&kp->replay, counter);
@@ -1015,6 +1016,7 @@ out:
 bool noise_handshake_begin_session(struct noise_remote *r, uint64_t now)
 {
 	struct noise_keypair *kp = NULL;
+	uint8_t send_key[NOISE_SYMMETRIC_KEY_LEN], recv_key[NOISE_SYMMETRIC_KEY_LEN];
 	bool ret = false;
 
 	pthread_rwlock_wrlock(&r->handshake_lock);
@@ -1024,6 +1026,22 @@ bool noise_handshake_begin_session(struct noise_remote *r, uint64_t now)
 	if (!kp)
 		goto out;
 	if (pthread_mutex_init(&kp->replay_lock, NULL) != 0) {
+		free(kp);
+		kp = NULL;
+		goto out;
+	}
+	/* Section 5.4.5: (T_send, T_recv) = KDF2(C, empty) for the initiator. */
+	if (r->state == HANDSHAKE_CONSUMED_RESPONSE)
+		blake2s_kdf(send_key, recv_key, NULL, NULL, 0, r->chaining_key);
+	else
+		blake2s_kdf(recv_key, send_key, NULL, NULL, 0, r->chaining_key);
+	kp->send_key = aead_key_new(send_key, true);
+	kp->recv_key = aead_key_new(recv_key, false);
+	if (!kp->send_key || !kp->recv_key) {
+		/* ENOMEM: the handshake stays, a retry may do better. */
+		pthread_mutex_destroy(&kp->replay_lock);
+		aead_key_free(kp->send_key);
+		aead_key_free(kp->recv_key);
 		free(kp);
 		kp = NULL;
 		goto out;
@@ -1042,12 +1060,6 @@ bool noise_handshake_begin_session(struct noise_remote *r, uint64_t now)
 	atomic_init(&kp->in_next, false);
 	replay_init(&kp->replay);
 
-	/* Section 5.4.5: (T_send, T_recv) = KDF2(C, empty) for the initiator. */
-	if (kp->initiator)
-		blake2s_kdf(kp->send_key, kp->recv_key, NULL, NULL, 0, r->chaining_key);
-	else
-		blake2s_kdf(kp->recv_key, kp->send_key, NULL, NULL, 0, r->chaining_key);
-
 	index_replace(r->local->index, &r->hs_entry, &kp->entry);
 	handshake_zero(r);
 
@@ -1057,5 +1069,7 @@ bool noise_handshake_begin_session(struct noise_remote *r, uint64_t now)
 	ret = true;
 out:
 	pthread_rwlock_unlock(&r->handshake_lock);
+	sodium_memzero(send_key, sizeof(send_key));
+	sodium_memzero(recv_key, sizeof(recv_key));
 	return ret;
 }

@@ -1,5 +1,7 @@
 /* ChaCha20-Poly1305 on both backends (RFC 8439 section 2.8.2), the
- * WireGuard counter nonce, in-place operation, forgeries, XChaCha20. */
+ * WireGuard counter nonce, in-place operation, forgeries, prepared keys
+ * (also from many threads at once), XChaCha20. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -136,6 +138,109 @@ static void test_backends_agree(void **state)
 	}
 }
 
+/* Prepared keys compute what the per-call functions do, on each backend
+ * and with AUTO's split between small and full-size packets, and refuse
+ * forgeries and the other direction's key. */
+static void test_prepared_key(void **state)
+{
+	static const enum aead_impl sel[] = { AEAD_IMPL_SODIUM, AEAD_IMPL_OPENSSL, AEAD_IMPL_AUTO };
+	static const size_t lens[] = { 0, 1, 16, 64, 1023, 1024, 1420, 4096 };
+	static uint8_t p[4096], a[4096 + 16], b[4096 + 16];
+	uint8_t key[32];
+
+	randombytes_buf(p, sizeof(p));
+	for (size_t s = 0; s < sizeof(sel) / sizeof(sel[0]); s++) {
+		struct aead_key *enc, *dec;
+
+		assert_int_equal(aead_init(sel[s]), 0);
+		randombytes_buf(key, sizeof(key));
+		enc = aead_key_new(key, true);
+		dec = aead_key_new(key, false);
+		assert_non_null(enc);
+		assert_non_null(dec);
+		for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+			uint64_t ctr = 0x0102030405060708ULL + i;
+
+			assert_true(aead_key_seal(enc, a, p, lens[i], NULL, 0, ctr));
+			assert_true(aead_seal(b, p, lens[i], NULL, 0, ctr, key));
+			assert_memory_equal(a, b, lens[i] + 16);
+			/* in place, twice: the prepared context is reused */
+			for (int round = 0; round < 2; round++) {
+				memcpy(b, a, lens[i] + 16);
+				assert_true(aead_key_open(dec, b, b, lens[i] + 16, NULL, 0, ctr));
+				assert_true(lens[i] == 0 || memcmp(b, p, lens[i]) == 0);
+			}
+			assert_false(aead_key_open(dec, b, a, lens[i] + 16, NULL, 0, ctr + 1));
+			a[lens[i]] ^= 1;
+			assert_false(aead_key_open(dec, b, a, lens[i] + 16, NULL, 0, ctr));
+			if (lens[i]) {
+				static const uint8_t zero[4096];
+				assert_memory_equal(b, zero, lens[i]);
+			}
+			assert_false(aead_key_open(dec, b, a, 15, NULL, 0, ctr));
+		}
+		aead_key_free(enc);
+		aead_key_free(dec);
+	}
+	aead_key_free(NULL);
+	assert_int_equal(aead_init(AEAD_IMPL_SODIUM), 0);
+}
+
+/* More threads than a prepared key has contexts, sealing and opening
+ * with one key pair at once: every packet must still come out right. */
+#define KEY_THREADS 8
+
+struct key_worker {
+	struct aead_key *enc, *dec;
+	const uint8_t *key;
+	unsigned id;
+	bool ok;
+};
+
+static void *key_worker(void *arg)
+{
+	struct key_worker *w = arg;
+	uint8_t p[1420], a[1436], b[1436];
+
+	w->ok = true;
+	for (unsigned i = 0; i < 2000 && w->ok; i++) {
+		uint64_t ctr = (uint64_t)w->id << 32 | i;
+
+		memset(p, (int)(w->id + i), sizeof(p));
+		w->ok = aead_key_seal(w->enc, a, p, sizeof(p), NULL, 0, ctr) &&
+			aead_seal(b, p, sizeof(p), NULL, 0, ctr, w->key) && !memcmp(a, b, sizeof(a)) &&
+			aead_key_open(w->dec, b, a, sizeof(a), NULL, 0, ctr) && !memcmp(b, p, sizeof(p));
+	}
+	aead_thread_cleanup();
+	return NULL;
+}
+
+static void test_prepared_key_threads(void **state)
+{
+	struct key_worker w[KEY_THREADS];
+	pthread_t t[KEY_THREADS];
+	uint8_t key[32];
+	struct aead_key *enc, *dec;
+
+	assert_int_equal(aead_init(AEAD_IMPL_OPENSSL), 0);
+	randombytes_buf(key, sizeof(key));
+	enc = aead_key_new(key, true);
+	dec = aead_key_new(key, false);
+	assert_non_null(enc);
+	assert_non_null(dec);
+	for (unsigned i = 0; i < KEY_THREADS; i++) {
+		w[i] = (struct key_worker){ .enc = enc, .dec = dec, .key = key, .id = i };
+		assert_int_equal(pthread_create(&t[i], NULL, key_worker, &w[i]), 0);
+	}
+	for (unsigned i = 0; i < KEY_THREADS; i++) {
+		pthread_join(t[i], NULL);
+		assert_true(w[i].ok);
+	}
+	aead_key_free(enc);
+	aead_key_free(dec);
+	assert_int_equal(aead_init(AEAD_IMPL_SODIUM), 0);
+}
+
 static void test_xchacha(void **state)
 {
 	uint8_t key[32], nonce[24], ad[16], cookie[16], sealed[32], out[16];
@@ -184,6 +289,8 @@ int main(void)
 		cmocka_unit_test(test_forgery),
 		cmocka_unit_test(test_counter_nonce),
 		cmocka_unit_test(test_backends_agree),
+		cmocka_unit_test(test_prepared_key),
+		cmocka_unit_test(test_prepared_key_threads),
 		cmocka_unit_test(test_xchacha),
 		cmocka_unit_test(test_init),
 	};
