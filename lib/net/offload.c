@@ -52,15 +52,56 @@ static inline uint16_t fold(uint64_t s)
 	return (uint16_t)s;
 }
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* Sums the 32-bit words of p[0..len/32*32) into 64-bit lanes (no carries
+ * to fold until the end); ~5x the scalar loop's speed. Returns the sum,
+ * below 2^48 for any len up to 64 KB, and how far it got. */
+__attribute__((target("avx2"))) static uint64_t sum32_avx2(const uint8_t *p, size_t len, size_t *done)
+{
+	__m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256(), zero = _mm256_setzero_si256();
+	uint64_t lanes[4];
+	size_t i = 0;
+
+	for (; i + 32 <= len; i += 32) {
+		__m256i v = _mm256_loadu_si256((const __m256i *)(p + i));
+		a = _mm256_add_epi64(a, _mm256_unpacklo_epi32(v, zero));
+		b = _mm256_add_epi64(b, _mm256_unpackhi_epi32(v, zero));
+	}
+	_mm256_storeu_si256((__m256i *)lanes, _mm256_add_epi64(a, b));
+	*done = i;
+	return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+
+static bool have_avx2(void)
+{
+	static int have = -1;
+
+	if (have < 0)
+		have = __builtin_cpu_supports("avx2") ? 1 : 0;
+	return have;
+}
+#endif
+
 /* RFC 1071 is byte-order independent: summing host-order (little-endian)
  * words yields the byte-swapped big-endian sum, so we load 8 bytes at a time
- * and swap once at the end. */
+ * (32 with AVX2) and swap once at the end. */
 uint16_t offload_checksum(const void *buf, size_t len, uint32_t sum)
 {
 	const uint8_t *p = buf;
 	uint64_t acc = 0, v;
 	uint16_t r;
 
+#if defined(__x86_64__)
+	if (len >= 128 && len <= OFFLOAD_MAX_PACKET && have_avx2()) {
+		size_t done;
+
+		acc = sum32_avx2(p, len, &done);
+		p += done;
+		len -= done;
+	}
+#endif
 	while (len >= 32) {
 		uint64_t w[4];
 		memcpy(w, p, sizeof(w));
@@ -277,9 +318,10 @@ struct seg {
 };
 
 /* A TCP segment that may join a group: plain header, ACK (and maybe PSH)
- * only, payload present, checksum right. Checksums are checked because the
- * merged packet goes up as CHECKSUM_PARTIAL and would hide a bad one. */
-static bool parse_seg(const struct pktbuf *p, struct seg *s)
+ * only, payload present, checksum right. Checksums are checked (unless
+ * trusted) because the merged packet goes up as CHECKSUM_PARTIAL and would
+ * hide a bad one. */
+static bool parse_seg(const struct pktbuf *p, struct seg *s, bool trusted)
 {
 	const uint8_t *d = p->data;
 	const uint8_t *th;
@@ -308,7 +350,7 @@ static bool parse_seg(const struct pktbuf *p, struct seg *s)
 		return false;
 	s->plen = len - s->iph - s->thl;
 	s->seq = get32(th + 4);
-	return offload_checksum(th, len - s->iph, pseudo_sum(s->v6, d, IPPROTO_TCP_, len - s->iph)) == 0xffff;
+	return trusted || offload_checksum(th, len - s->iph, pseudo_sum(s->v6, d, IPPROTO_TCP_, len - s->iph)) == 0xffff;
 }
 
 /* Same flow and same everything the kernel's GRO insists on. */
@@ -366,7 +408,7 @@ static void finish_group(struct offload_group *g, const struct seg *s0, size_t t
 }
 
 size_t offload_coalesce(const struct pktbuf *pkts, size_t n, struct offload_group *groups,
-			size_t *order)
+			size_t *order, unsigned flags)
 {
 	/* Members are linked through next[] while grouping, flattened after. */
 	uint16_t next[COALESCE_MAX];
@@ -376,7 +418,7 @@ size_t offload_coalesce(const struct pktbuf *pkts, size_t n, struct offload_grou
 	for (size_t i = 0; i < n; i++) {
 		struct seg s;
 		struct open_group *o = NULL;
-		bool ok = i < COALESCE_MAX && parse_seg(&pkts[i], &s);
+		bool ok = i < COALESCE_MAX && parse_seg(&pkts[i], &s, flags & OFFLOAD_CSUM_TRUSTED);
 
 		if (ok) {
 			for (size_t j = nopen; j-- > 0;) {

@@ -73,18 +73,25 @@ struct offload_group {
 	uint8_t hdr[OFFLOAD_HDR_MAX];
 };
 
+enum {
+	/* The packets were authenticated end to end (WireGuard's AEAD tag):
+	 * their TCP checksums need no second look, as the Linux module marks
+	 * them CHECKSUM_UNNECESSARY. */
+	OFFLOAD_CSUM_TRUSTED = 1u << 0,
+};
+
 /* Groups pkts[0..n) (plain IP packets) for writing to a vnet-header TUN:
  * IPv4 (no options, not fragmented) and IPv6 (no extension headers) TCP
  * segments are merged when they belong to the same flow (addresses, ports,
  * ACK number), follow each other in sequence, carry equal TOS/traffic class,
- * TTL/hop limit, DF and TCP options, only ACK/PSH flags, a valid checksum,
- * and all but the last have the same payload size; a PSH segment ends a
- * group. Anything else stays a group of one. A merged packet never exceeds
- * OFFLOAD_MAX_PACKET. order must hold n entries, groups n entries.
- * Returns the number of groups; groups keep the order of their first
- * packets. */
+ * TTL/hop limit, DF and TCP options, only ACK/PSH flags, a valid checksum
+ * (not checked with OFFLOAD_CSUM_TRUSTED), and all but the last have the
+ * same payload size; a PSH segment ends a group. Anything else stays a
+ * group of one. A merged packet never exceeds OFFLOAD_MAX_PACKET. order
+ * must hold n entries, groups n entries. Returns the number of groups;
+ * groups keep the order of their first packets. */
 size_t offload_coalesce(const struct pktbuf *pkts, size_t n, struct offload_group *groups,
-			size_t *order);
+			size_t *order, unsigned flags);
 
 /* Materialises a group into one buffer (vnet header excluded): what the
  * kernel would see. For tests and for writers without writev. Returns the

@@ -320,7 +320,7 @@ static int write_iov(struct tun *t, struct iovec *iov, int cnt)
 	return -errno;
 }
 
-static int write_round(struct tun *t, const struct pktbuf *pkts, size_t n)
+static int write_round(struct tun *t, const struct pktbuf *pkts, size_t n, unsigned flags)
 {
 	static const struct virtio_net_hdr none;
 	size_t ngroups;
@@ -337,7 +337,7 @@ static int write_round(struct tun *t, const struct pktbuf *pkts, size_t n)
 		return ret;
 	}
 
-	ngroups = offload_coalesce(pkts, n, t->groups, t->order);
+	ngroups = offload_coalesce(pkts, n, t->groups, t->order, flags & TUN_WRITE_CSUM_TRUSTED);
 	for (size_t g = 0; g < ngroups && !ret; g++) {
 		struct offload_group *gr = &t->groups[g];
 		int cnt = 0;
@@ -359,12 +359,12 @@ static int write_round(struct tun *t, const struct pktbuf *pkts, size_t n)
 	return ret;
 }
 
-int tun_write(struct tun *t, const struct pktbuf *pkts, size_t n)
+int tun_write(struct tun *t, const struct pktbuf *pkts, size_t n, unsigned flags)
 {
 	/* WRITE_ROUND keeps a group's iovecs (2 + members) under IOV_MAX_. */
 	for (size_t done = 0; done < n;) {
 		size_t m = n - done < WRITE_ROUND ? n - done : WRITE_ROUND;
-		int ret = write_round(t, pkts + done, m);
+		int ret = write_round(t, pkts + done, m, flags);
 		if (ret)
 			return done ? (int)done : ret;
 		done += m;

@@ -50,11 +50,17 @@ int tun_set_up(struct tun *t, bool up);
  * -EAGAIN if none, or another negative errno. */
 int tun_read(struct tun *t, struct pktbuf *pkts, size_t n);
 
+enum {
+	/* Authenticated end to end: see OFFLOAD_CSUM_TRUSTED. */
+	TUN_WRITE_CSUM_TRUSTED = OFFLOAD_CSUM_TRUSTED,
+};
+
 /* Writes pkts[0..n) (plain IP packets), coalescing TCP runs when the
  * device takes TSO. The packets' bytes are only read. A packet the kernel
- * refuses (EINVAL, e.g. malformed) is dropped and counted. Returns the
- * number of packets handed over, or a negative errno if the device fails. */
-int tun_write(struct tun *t, const struct pktbuf *pkts, size_t n);
+ * refuses (EINVAL, e.g. malformed) is dropped and counted. flags: the
+ * TUN_WRITE_* above. Returns the number of packets handed over, or a
+ * negative errno if the device fails. */
+int tun_write(struct tun *t, const struct pktbuf *pkts, size_t n, unsigned flags);
 
 struct tun_stats {
 	unsigned long long read_syscalls, write_syscalls;

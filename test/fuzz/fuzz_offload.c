@@ -1,7 +1,8 @@
 /* Input: a virtio_net_hdr, then a packet as read from a TUN device.
  * Segments it into slots of varying size (must never write out of bounds),
- * then feeds the segments to the coalescer, and every merged group back to
- * the segmenter: a group must cut back into exactly its members. */
+ * then feeds the segments to the coalescer (trusting checksums or not, by
+ * a bit of the input), and every merged group back to the segmenter: a
+ * group must cut back into exactly its members. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -27,6 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	memcpy(&vh, data, sizeof(vh));
 	size_t skip = data[sizeof(vh)] % 4;
+	unsigned cflags = data[sizeof(vh)] & 4 ? OFFLOAD_CSUM_TRUSTED : 0;
 	size_t cap = 64 + (size_t)data[sizeof(vh) + 1] * 8;
 	data += sizeof(vh) + 2;
 	size -= sizeof(vh) + 2;
@@ -42,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if ((size_t)n > (size_t)total - skip)
 		abort();
 
-	ng = offload_coalesce(pb, (size_t)n, groups, order);
+	ng = offload_coalesce(pb, (size_t)n, groups, order, cflags);
 	for (size_t g = 0; g < ng; g++) {
 		size_t len = offload_group_build(&groups[g], pb, order, super, sizeof(super));
 		if (!len || len > OFFLOAD_MAX_PACKET)

@@ -430,7 +430,7 @@ static void test_coalesce_one_flow(void **state)
 		struct batch *b = batch_new();
 		struct mk m = { .v6 = v6, .seq = 0xffffff00u, .flags = 0x10, .id = 100, .optlen = 12 };
 		add_run(b, m, 20, 1200, 500, true);
-		size_t n = offload_coalesce(b->pb, b->n, b->groups, b->order);
+		size_t n = offload_coalesce(b->pb, b->n, b->groups, b->order, 0);
 		assert_int_equal(n, 1);
 		assert_int_equal(b->groups[0].count, 20);
 		assert_int_equal(b->groups[0].vnet.gso_size, 1200);
@@ -456,7 +456,7 @@ static void test_coalesce_interleaved_flows(void **state)
 		add(b, &x, 1000);
 		add(b, &y, 900);
 	}
-	size_t n = offload_coalesce(b->pb, b->n, b->groups, b->order);
+	size_t n = offload_coalesce(b->pb, b->n, b->groups, b->order, 0);
 	assert_int_equal(n, 2);
 	assert_int_equal(b->groups[0].count, 10);
 	assert_int_equal(b->groups[1].count, 10);
@@ -464,6 +464,32 @@ static void test_coalesce_interleaved_flows(void **state)
 	assert_int_equal(b->order[1], 2);
 	assert_int_equal(b->order[10], 1);
 	assert_roundtrip(b, n);
+	free(b);
+}
+
+/* Trusted (authenticated) segments merge without a checksum check, and
+ * everything else is still refused. */
+static void test_coalesce_trusted(void **state)
+{
+	struct mk m = { .seq = 1, .flags = 0x10, .id = 1 }, second = { .seq = 1001, .flags = 0x10, .id = 2 };
+	struct batch *b = batch_new();
+	size_t n;
+
+	add(b, &m, 1000);
+	add(b, &second, 1000);
+	b->mem[1][60] ^= 0x55; /* payload: the checksum no longer matches */
+	assert_int_equal(offload_coalesce(b->pb, b->n, b->groups, b->order, 0), 2);
+	n = offload_coalesce(b->pb, b->n, b->groups, b->order, OFFLOAD_CSUM_TRUSTED);
+	assert_int_equal(n, 1);
+	assert_int_equal(b->groups[0].count, 2);
+	assert_int_equal(b->groups[0].vnet.flags, VIRTIO_NET_HDR_F_NEEDS_CSUM);
+	free(b);
+
+	b = batch_new();
+	add(b, &m, 1000);
+	second.flags = 0x11; /* FIN */
+	add(b, &second, 1000);
+	assert_int_equal(offload_coalesce(b->pb, b->n, b->groups, b->order, OFFLOAD_CSUM_TRUSTED), 2);
 	free(b);
 }
 
@@ -514,7 +540,7 @@ static void test_coalesce_refusals(void **state)
 			p[10] = p[11] = 0;
 			wr16(p + 10, ~ref_sum(p, 20, 0));
 		}
-		n = offload_coalesce(b->pb, b->n, b->groups, b->order);
+		n = offload_coalesce(b->pb, b->n, b->groups, b->order, 0);
 		if (n != 2)
 			fail_msg("merged: %s", cases[i].what);
 		if (cases[i].mut != 5)
@@ -529,7 +555,7 @@ static void test_coalesce_refusals(void **state)
 	add_run(b, m, 2, 1000, 400, false);
 	m.seq = 4401;
 	add(b, &m, 1000);
-	n = offload_coalesce(b->pb, b->n, b->groups, b->order);
+	n = offload_coalesce(b->pb, b->n, b->groups, b->order, 0);
 	assert_int_equal(n, 3);
 	assert_int_equal(b->groups[0].count, 3);
 	assert_int_equal(b->groups[1].count, 2);
@@ -542,7 +568,7 @@ static void test_coalesce_refusals(void **state)
 	b = batch_new();
 	m.seq = 1;
 	add_run(b, m, 60, 1400, 1400, false);
-	n = offload_coalesce(b->pb, b->n, b->groups, b->order);
+	n = offload_coalesce(b->pb, b->n, b->groups, b->order, 0);
 	assert_int_equal(n, 2);
 	assert_int_equal(b->groups[0].count, (65535 - 40) / 1400);
 	assert_roundtrip(b, n);
@@ -554,7 +580,7 @@ static void test_coalesce_refusals(void **state)
 	b->pb[1] = (struct pktbuf){ .data = b->mem[1], .len = 3, .cap = SLOT };
 	b->pb[2] = (struct pktbuf){ .data = b->mem[2], .len = 0, .cap = SLOT };
 	b->n = 3;
-	n = offload_coalesce(b->pb, b->n, b->groups, b->order);
+	n = offload_coalesce(b->pb, b->n, b->groups, b->order, 0);
 	assert_int_equal(n, 3);
 	free(b);
 }
@@ -571,6 +597,7 @@ int main(void)
 		cmocka_unit_test(test_segment_malformed),
 		cmocka_unit_test(test_coalesce_one_flow),
 		cmocka_unit_test(test_coalesce_interleaved_flows),
+		cmocka_unit_test(test_coalesce_trusted),
 		cmocka_unit_test(test_coalesce_refusals),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -209,7 +209,7 @@ static void send_ctl(struct peer *p, uint8_t flags)
 	struct pktbuf one = { .data = buf, .cap = sizeof(buf) };
 
 	one.len = mk_tcp(buf, p, flags, NULL, 0, p->snd_nxt);
-	assert_int_equal(tun_write(tun, &one, 1), 1);
+	assert_int_equal(tun_write(tun, &one, 1, 0), 1);
 	if (flags & 0x02)
 		p->snd_nxt++;
 }
@@ -296,7 +296,7 @@ static void test_tcp_tso_and_gro(void **state)
 				   p.snd_nxt + (uint32_t)(i * 1000));
 	}
 	tun_stats(tun, &st0);
-	assert_int_equal(tun_write(tun, pb, nseg), (int)nseg);
+	assert_int_equal(tun_write(tun, pb, nseg, 0), (int)nseg);
 	tun_stats(tun, &st1);
 	printf("# tun->kernel: %zu segments in %llu writes (%llu GRO)\n", nseg,
 	       st1.write_syscalls - st0.write_syscalls, st1.gro_writes - st0.gro_writes);
@@ -335,7 +335,7 @@ static void test_plain_tun(void **state)
 	assert_v4_valid(pb[i].data, 29);
 	/* a write with no vnet header goes out as is; garbage is dropped */
 	pb[1].len = 3;
-	assert_int_equal(tun_write(t, pb, 2), 2);
+	assert_int_equal(tun_write(t, pb, 2, 0), 2);
 	tun_close(t);
 	close(s);
 }
