@@ -21,8 +21,12 @@
 #include "metrics.h"
 
 #define LISTEN_BACKLOG 1024
-#define STREAM_BLOCK_SIZE (16u * 1024)
-#define STREAM_KEEP_BYTES (64u * 1024) /* a drained queue keeps at most this */
+/* libmicrohttpd allocates (and zeroes) this much per streaming response,
+ * but a chunked (HTTP/1.1) response is read into the connection's own
+ * buffer instead; only HTTP/1.0 streams use it. Small: thousands of map
+ * streams each hold one. */
+#define STREAM_BLOCK_SIZE (4u * 1024)
+#define STREAM_KEEP_BYTES 4096u /* a drained queue keeps at most this */
 #define RESP_HEADERS_MAX (16u * 1024)
 /* A chunked body over the cap is read and dropped so that the client gets
  * its 413; past this much more it is not worth the bandwidth. */
@@ -248,8 +252,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
 		memcpy(out, st->q.data + st->head, n);
 		st->head += n;
 		if (st->head == st->q.len) {
-			/* Drained: a large queue gives its memory back (thousands of
-			 * idle streams must not each keep their largest burst). */
+			/* Drained: the queue gives its memory back (thousands of
+			 * idle streams must not each keep their last burst). */
 			if (st->q.alloc > STREAM_KEEP_BYTES)
 				buf_free(&st->q);
 			else

@@ -30,7 +30,10 @@ struct strmap;
 #define STREAM_QUEUE (8u << 20)
 #define STREAM_LOW_WATER (64u << 10) /* pull the next record below this */
 #define RECORD_CHUNK (64u << 10) /* peer text per record, about */
-#define FLUSH_MIN_MS 50 /* streams are woken at most this often */
+#define FLUSH_MIN_MS 50 /* streams are woken at most this often... */
+#define SOFT_FLUSH_MS 1000 /* ...and this late for soft state alone */
+#define TRIM_EVERY_MS 5000
+#define TRIM_AFTER_BYTES (64u << 20)
 
 struct coord;
 
@@ -71,6 +74,7 @@ struct node {
 	char *peer; /* the record peers see (JSON text); NULL: not a usable peer */
 	size_t peer_len;
 	char node_key[80]; /* the key in peer, for its removal */
+	uint64_t hard_hash; /* of peer without soft state: see flush_soon() */
 	uint64_t seq; /* seq of its live log entry; 0: none */
 	unsigned refs; /* log entries pointing here */
 	bool dead; /* the Device is gone */
@@ -130,7 +134,9 @@ struct coord {
 	struct logent *log;
 	size_t log_len, log_cap, log_live;
 	bool flush_armed;
-	uint64_t last_flush;
+	uint64_t flush_due, last_flush;
+	uint64_t sent_since_trim; /* record bytes queued: see on_trim() */
+	struct loop_timer *trim;
 	struct coord_stats stats;
 
 	/* jobs: lock guards head, tail, njobs, ohead, otail, online_pending, stop */

@@ -2,6 +2,7 @@
  * lifecycle. See coord.h. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -499,6 +500,20 @@ static void on_keepalive(struct loop *loop, struct loop_timer *t, void *arg)
 	loop_timer_arm(t, c->o.keepalive_ms);
 }
 
+/* Thousands of streams each queue and free a record at once: the freed
+ * memory stays in malloc's arenas, and RSS with it, unless handed back.
+ * After a burst (not when idle: a trim walks the heap) give it back. */
+static void on_trim(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	struct coord *c = arg;
+
+	if (c->sent_since_trim > TRIM_AFTER_BYTES) {
+		c->sent_since_trim = 0;
+		malloc_trim(0);
+	}
+	loop_timer_arm(t, TRIM_EVERY_MS);
+}
+
 static void on_sweep(struct loop *loop, struct loop_timer *t, void *arg)
 {
 	struct coord *c = arg;
@@ -558,7 +573,8 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 	c->keepalive = loop_timer_new(op->loop, on_keepalive, c);
 	c->sweep = loop_timer_new(op->loop, on_sweep, c);
 	c->flush = loop_timer_new(op->loop, coord_flush, c);
-	if (!c->sessions || !c->handshake_ts || !c->nodes || !c->online_pending || !c->keepalive || !c->sweep || !c->flush)
+	c->trim = loop_timer_new(op->loop, on_trim, c);
+	if (!c->trim || !c->sessions || !c->handshake_ts || !c->nodes || !c->online_pending || !c->keepalive || !c->sweep || !c->flush)
 		goto fail;
 	err = httpd_new(op->loop, &ho, &c->http);
 	if (err)
@@ -577,6 +593,7 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 	c->key_loader_started = true;
 	loop_timer_arm(c->keepalive, c->o.keepalive_ms);
 	loop_timer_arm(c->sweep, 60000);
+	loop_timer_arm(c->trim, TRIM_EVERY_MS);
 	*out = c;
 	return 0;
 fail:
@@ -657,6 +674,7 @@ void coord_free(struct coord *c)
 	loop_timer_free(c->keepalive);
 	loop_timer_free(c->sweep);
 	loop_timer_free(c->flush);
+	loop_timer_free(c->trim);
 	pthread_cond_destroy(&c->cond);
 	pthread_cond_destroy(&c->dev_cond);
 	pthread_mutex_destroy(&c->lock);

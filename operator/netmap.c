@@ -97,8 +97,20 @@ struct json *coord_dns_suffix_json(struct coord *c, const char *tailnet)
 	return s;
 }
 
-/* The record peers see for dev (and the device sees as "self"). */
-static struct json *peer_json(struct node *n, const struct json *dev, const char *suffix)
+/* FNV-1a: tells a change of what peers need now from soft state alone. */
+static uint64_t fnv1a(const void *p, size_t len)
+{
+	const uint8_t *b = p;
+	uint64_t h = 14695981039346656037ull;
+
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ b[i]) * 1099511628211ull;
+	return h;
+}
+
+/* The record peers see for dev (and the device sees as "self"); *hard is a
+ * hash of it without the soft state (endpoints, relay, online). */
+static struct json *peer_json(struct node *n, const struct json *dev, const char *suffix, uint64_t *hard)
 {
 	struct json *p = json_new_object(), *addrs = json_new_array(), *allowed = json_new_array();
 	struct json *st_addrs = json_path(dev, "status", "addresses", NULL);
@@ -131,26 +143,38 @@ static struct json *peer_json(struct node *n, const struct json *dev, const char
 	json_object_set(p, "discoKey", coord_jstr(json_str(json_path(dev, "spec", "discoKey", NULL))));
 	json_object_set(p, "addresses", addrs);
 	json_object_set(p, "allowedIPs", allowed);
+	json_object_set(p, "tags", json_clone(json_path(dev, "spec", "tags", NULL)) ?: json_new_array());
+	json_object_set(p, "ephemeral", json_new_bool(json_bool(json_path(dev, "spec", "ephemeral", NULL), false)));
+	struct buf text = BUF_INIT(1u << 20);
+	*hard = json_dump(p, &text, 0) ? 0 : fnv1a(text.data, text.len);
+	buf_free(&text);
 	json_object_set(p, "endpoints", json_clone(n->endpoints));
 	json_object_set(p, "relay", json_new_int(n->relay));
 	json_object_set(p, "online", json_new_bool(n->streams > 0));
-	json_object_set(p, "tags", json_clone(json_path(dev, "spec", "tags", NULL)) ?: json_new_array());
-	json_object_set(p, "ephemeral", json_new_bool(json_bool(json_path(dev, "spec", "ephemeral", NULL), false)));
 	return p;
 }
 
 /* ---- the change log ---- */
 
-static void flush_soon(struct coord *c)
+/* Streams are woken at most every FLUSH_MIN_MS for a change peers must
+ * see soon (a new or changed peer, a removal: the first after a quiet
+ * spell goes out at once), and after SOFT_FLUSH_MS for soft state alone
+ * (online, endpoints): when thousands of agents connect together, each
+ * stream then gets one delta a second listing them all, not one per agent.
+ * A stream that is reading anyway pulls everything at once. */
+static void flush_soon(struct coord *c, bool urgent)
 {
-	uint64_t now = coord_now_ms(c);
+	uint64_t now = coord_now_ms(c), due;
 
-	if (c->flush_armed)
+	if (urgent)
+		due = now - c->last_flush >= FLUSH_MIN_MS ? now : c->last_flush + FLUSH_MIN_MS;
+	else
+		due = now + SOFT_FLUSH_MS;
+	if (c->flush_armed && c->flush_due <= due)
 		return;
 	c->flush_armed = true;
-	/* The first change after a quiet spell goes out at once; a burst is
-	 * sent every FLUSH_MIN_MS, each stream getting all of it in one record. */
-	loop_timer_arm(c->flush, now - c->last_flush >= FLUSH_MIN_MS ? 0 : c->last_flush + FLUSH_MIN_MS - now);
+	c->flush_due = due;
+	loop_timer_arm(c->flush, due - now);
 }
 
 static bool entry_live(const struct logent *e)
@@ -197,8 +221,9 @@ static void log_compact(struct coord *c)
 	}
 }
 
-/* Appends one entry (n, or rm); false if out of memory. */
-static bool log_append(struct coord *c, struct node *n, struct removal *rm)
+/* Appends one entry (n, or rm); false if out of memory. urgent: see
+ * flush_soon(). */
+static bool log_append(struct coord *c, struct node *n, struct removal *rm, bool urgent)
 {
 	if (c->log_len > 1024 && c->log_len > 2 * c->log_live)
 		log_compact(c);
@@ -218,7 +243,7 @@ static bool log_append(struct coord *c, struct node *n, struct removal *rm)
 		n->seq = c->seq;
 		n->refs++;
 	}
-	flush_soon(c);
+	flush_soon(c, urgent);
 	return true;
 }
 
@@ -231,7 +256,7 @@ static void log_removal(struct coord *c, const char *tailnet, const char *device
 		rm->device = strdup(device);
 		snprintf(rm->node_key, sizeof(rm->node_key), "%s", node_key);
 	}
-	if (!rm || !rm->tailnet || !rm->device || !log_append(c, NULL, rm)) {
+	if (!rm || !rm->tailnet || !rm->device || !log_append(c, NULL, rm, true)) {
 		log_error("coordination: out of memory; peers keep a removed node", "device=%s", device);
 		if (rm) {
 			free(rm->tailnet);
@@ -280,6 +305,8 @@ int coord_stream_send(struct mapconn *m, const char *text, size_t len)
 
 	if (!err)
 		err = httpd_stream_write(m->st, out.data, out.len);
+	if (!err)
+		m->c->sent_since_trim += out.len;
 	buf_free(&out);
 	return err;
 }
@@ -467,6 +494,8 @@ void coord_publish_device(struct coord *c, const struct json *dev)
 	struct node *n = coord_node_get(c, name, tailnet);
 	struct json *suffix, *p;
 	struct buf text = BUF_INIT(1u << 20);
+	uint64_t hard;
+	bool urgent;
 
 	if (!n)
 		return;
@@ -486,7 +515,7 @@ void coord_publish_device(struct coord *c, const struct json *dev)
 	if (n->peer && key && strcmp(n->node_key, key) != 0)
 		node_unpublish(c, n); /* a rotated key: the old one is gone */
 	suffix = coord_dns_suffix_json(c, tailnet);
-	p = peer_json(n, dev, json_str(suffix));
+	p = peer_json(n, dev, json_str(suffix), &hard);
 	json_free(suffix);
 	if (!p || json_dump(p, &text, 0) ||
 	    (n->peer && n->peer_len == text.len && memcmp(n->peer, text.data, text.len) == 0)) {
@@ -495,11 +524,13 @@ void coord_publish_device(struct coord *c, const struct json *dev)
 		return;
 	}
 	json_free(p);
+	urgent = !n->peer || hard != n->hard_hash;
 	free(n->peer);
 	n->peer_len = text.len;
 	n->peer = buf_steal(&text, NULL);
+	n->hard_hash = hard;
 	snprintf(n->node_key, sizeof(n->node_key), "%s", key ? key : "");
-	if (!log_append(c, n, NULL))
+	if (!log_append(c, n, NULL, urgent))
 		log_error("coordination: out of memory; peers miss a change", "device=%s", name);
 }
 

@@ -34,6 +34,7 @@
 #include "control/channel.h"
 #include "control/client.h"
 #include "control/messages.h"
+#include "http.h"
 #include "json.h"
 #include "kube/client.h"
 #include "kube/config.h"
@@ -59,10 +60,13 @@ static struct {
 	struct agent *agents;
 	int connected, full;
 	char new_key[80]; /* "nodekey:..." of the new agent */
-	uint64_t t0, t_reply;
+	uint64_t t0, t_reply, t_progress;
 	int seen;
 	bool done;
 	struct kube_client *kube;
+	/* One HTTP client for all agents: one connection cache, so each agent
+	 * holds one socket (its stream), not also an idle one per agent. */
+	struct http_client *http;
 } B;
 
 static uint64_t now_us(void)
@@ -214,6 +218,7 @@ static int start_agent(int i)
 		.on_record = on_record,
 		.on_record_text = on_record_text,
 		.arg = a,
+		.http = B.http,
 		.stall_timeout_ms = 600000,
 	};
 	struct json *req = json_new_object();
@@ -241,6 +246,11 @@ static void on_tick(struct loop *loop, struct loop_timer *t, void *arg)
 	if (B.full == B.n) {
 		loop_stop(loop);
 		return;
+	}
+	if (now_us() - B.t_progress > 10000000) {
+		B.t_progress = now_us();
+		fprintf(stderr, "coord_bench: %d streams started, %d with their full netmap, operator RSS %.0f MB\n",
+			B.connected, B.full, rss_kb(B.operator_pid) / 1024.0);
 	}
 	loop_timer_arm(t, 20);
 }
@@ -312,6 +322,7 @@ int main(int argc, char **argv)
 	log_init("coord_bench", LOG_WARN);
 	aead_init(AEAD_IMPL_AUTO);
 	B.loop = loop_new();
+	B.http = http_client_new(B.loop);
 	if (kube_config_load(&cfg, NULL, err, sizeof(err))) {
 		fprintf(stderr, "coord_bench: %s\n", err);
 		return 1;

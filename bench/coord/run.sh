@@ -14,7 +14,7 @@ build=${KNIT_BENCH_BUILD:-$src/build/bench}
 
 if [ "${1:-}" != --one ]; then
 	[ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }
-	cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DKNIT_TESTS=OFF >/dev/null &&
+	cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKNIT_TESTS=OFF >/dev/null &&
 		cmake --build "$build" -j "$(nproc)" --target knit-operator coord_bench >/dev/null || exit 1
 	ns=("$@")
 	[ ${#ns[@]} -gt 0 ] || ns=(100 1000 10000)
@@ -42,7 +42,9 @@ export KNIT_BUILD_DIR=$build KNIT_SOURCE_DIR=$src
 source "$src/test/e2e/lib/common.sh"
 source "$src/test/e2e/lib/apiserver.sh"
 e2e_begin "bench-coord-$n"
-ulimit -n 1048576 2>/dev/null || ulimit -n 65536
+ulimit -n 1048576 2>/dev/null || ulimit -n 65536 2>/dev/null
+ulimit -c unlimited 2>/dev/null # a crash at scale leaves a core in the work dir
+cd "$E2E_DIR" || exit 1
 kube_up
 K=$KUBECTL
 $K create namespace knit-system >/dev/null

@@ -53,6 +53,7 @@ enum map_state { MAP_OFF, MAP_WAIT, MAP_HANDSHAKE, MAP_REQUEST };
 struct control_client {
 	struct loop *loop;
 	struct http_client *http;
+	bool own_http; /* made here (not opts.http): freed here */
 	struct control_client_opts o;
 	char *url;
 	uint8_t machine_priv[CHANNEL_KEY_LEN];
@@ -998,7 +999,11 @@ int control_client_new(struct loop *loop, const struct control_client_opts *o, s
 		c->have_server_key = true;
 	}
 	c->url = strdup(o->server_url);
-	c->http = http_client_new(loop);
+	c->http = o->http;
+	if (!c->http) {
+		c->http = http_client_new(loop);
+		c->own_http = true;
+	}
 	c->map_retry = loop_timer_new(loop, on_map_retry, c);
 	c->map_stall = loop_timer_new(loop, on_map_stall, c);
 	if (!c->url || !c->http || !c->map_retry || !c->map_stall) {
@@ -1027,7 +1032,8 @@ void control_client_free(struct control_client *c)
 		call_free(call);
 	}
 	hs_free(c->call_hs);
-	http_client_free(c->http);
+	if (c->own_http)
+		http_client_free(c->http);
 	loop_timer_free(c->map_retry);
 	loop_timer_free(c->map_stall);
 	channel_session_wipe(&c->call_sess);

@@ -30,6 +30,7 @@
 
 #include "control/channel.h"
 
+struct http_client;
 struct json;
 struct loop;
 struct control_client;
@@ -88,6 +89,12 @@ struct control_client_opts {
 	uint32_t stall_timeout_ms; /* map: longest gap between records; 0: default */
 	uint32_t backoff_min_ms, backoff_max_ms, stable_ms; /* 0: defaults */
 	size_t max_record; /* 0: CONTROL_MAX_RECORD_DEFAULT */
+	/* An HTTP client (one curl multi, one connection cache) to share with
+	 * other control clients on the same loop, or NULL: the client makes
+	 * its own. Many simulated agents in one process share one, so idle
+	 * connections are reused instead of each agent keeping its own. It
+	 * must outlive every client using it. */
+	struct http_client *http;
 };
 
 /* Returns 0, -EINVAL (no URL, no key and no on_control_key, bad URL),
