@@ -73,8 +73,12 @@ struct httpd_stream {
 	size_t max_queue;
 	bool suspended;
 	/* While suspended MHD does not look at the socket, so a client that
-	 * hangs up would go unnoticed until the next write; we watch for it. */
+	 * hangs up would go unnoticed until the next write; we watch for it.
+	 * The watch stays from the first suspension to the end (not toggled
+	 * per suspension: a fan-out to thousands of streams would pay two
+	 * epoll_ctl calls each); a client that talks ends it (watch_off). */
 	int watch_fd;
+	bool watch_off;
 	/* One for the connection (dropped at completion), one for the MHD
 	 * response whose reader uses the stream (dropped in its free cb). */
 	int refs;
@@ -174,7 +178,6 @@ static void stream_resume(struct httpd_stream *st)
 {
 	if (!st->suspended)
 		return;
-	stream_unwatch(st);
 	st->suspended = false;
 	MHD_resume_connection(st->conn);
 	st->s->kick = true;
@@ -213,6 +216,7 @@ static void on_peer(struct loop *loop, int fd, unsigned events, void *arg)
 		/* The client is talking during a stream (pipelining); leave it
 		 * to MHD and notice a hang-up at the next write instead. */
 		stream_unwatch(st);
+		st->watch_off = true;
 		return;
 	}
 	log_debug("httpd: stream client went away", "remote=%s", st->ip);
@@ -225,6 +229,8 @@ static void stream_suspend(struct httpd_stream *st)
 
 	MHD_suspend_connection(st->conn);
 	st->suspended = true;
+	if (st->watch_fd >= 0 || st->watch_off)
+		return;
 	ci = MHD_get_connection_info(st->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
 	if (ci && loop_fd_add(st->s->loop, ci->connect_fd, LOOP_READ, on_peer, st) == 0)
 		st->watch_fd = ci->connect_fd;

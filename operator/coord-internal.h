@@ -30,7 +30,7 @@ struct strmap;
 #define STREAM_QUEUE (8u << 20)
 #define STREAM_LOW_WATER (64u << 10) /* pull the next record below this */
 #define RECORD_CHUNK (64u << 10) /* peer text per record, about */
-#define FLUSH_MIN_MS 50 /* streams are woken at most this often... */
+#define FLUSH_MIN_MS 25 /* streams are woken at most this often... */
 #define SOFT_FLUSH_MS 1000 /* ...and this late for soft state alone */
 #define TRIM_EVERY_MS 5000
 #define TRIM_AFTER_BYTES (64u << 20)
@@ -95,7 +95,7 @@ struct logent {
 	struct removal *rm;
 };
 
-enum job_type { JOB_REGISTER, JOB_LOGOUT, JOB_ONLINE };
+enum job_type { JOB_REGISTER, JOB_LOGOUT, JOB_ONLINE, JOB_COUNT_USE };
 
 struct job {
 	enum job_type type;
@@ -108,7 +108,7 @@ struct job {
 	char mkey[80];
 	struct json *req;
 	struct json *reply; /* set by the worker */
-	/* JOB_ONLINE */
+	/* JOB_ONLINE: device; JOB_COUNT_USE: the AuthKey, mkey = namespace, device = name */
 	char device[254];
 	bool online;
 	time_t at;

@@ -80,6 +80,7 @@ static struct job *job_next(struct coord *c)
 
 static struct json *do_register(struct coord *c, const char *mkey, const struct json *req);
 static struct json *do_logout(struct coord *c, const char *mkey);
+static void do_count_use(struct coord *c, const char *ns, const char *name);
 static void do_online(struct coord *c, const char *device, bool online, time_t at);
 
 void *coord_job_worker(void *arg)
@@ -101,8 +102,9 @@ void *coord_job_worker(void *arg)
 		case JOB_REGISTER: j->reply = do_register(c, j->mkey, j->req); break;
 		case JOB_LOGOUT: j->reply = do_logout(c, j->mkey); break;
 		case JOB_ONLINE: do_online(c, j->device, j->online, j->at); break;
+		case JOB_COUNT_USE: do_count_use(c, j->mkey, j->device); break;
 		}
-		if (j->type == JOB_ONLINE || loop_post(c->op->loop, job_done, j))
+		if (j->type == JOB_ONLINE || j->type == JOB_COUNT_USE || loop_post(c->op->loop, job_done, j))
 			coord_job_free(j);
 	}
 	return NULL;
@@ -139,6 +141,24 @@ void coord_reply_stream_closed(struct httpd_stream *st, void *arg)
 }
 
 /* ---- registration (worker thread: blocking API calls) ---- */
+
+/* A use of an unlimited key: status.uses and lastUsed are for people, so
+ * they are written after the registration, by another worker. */
+static void count_use_later(struct coord *c, const char *ns, const char *name)
+{
+	struct job *j = calloc(1, sizeof(*j));
+
+	if (!j)
+		return;
+	j->type = JOB_COUNT_USE;
+	j->c = c;
+	snprintf(j->mkey, sizeof(j->mkey), "%s", ns); /* the key's namespace */
+	snprintf(j->device, sizeof(j->device), "%s", name); /* and name */
+	if (coord_job_submit(c, j)) {
+		log_warn("auth key use not counted (busy)", "authkey=%s/%s", ns, name);
+		free(j);
+	}
+}
 
 struct use_ctx {
 	const char *code;
@@ -332,25 +352,37 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 			reply = coord_error_reply("AuthKeyInvalid", "the auth key is not valid (deleted, mistyped or never issued)");
 			goto out;
 		}
-		/* One use, counted on the API server with a resourceVersion
-		 * precondition: concurrent registrations cannot both take the last use. */
-		int err = kube_update_retry(op->kube, &res_authkeys, kube_namespace(ak), kube_name(ak), true, 8, take_use, &u, &r);
-		kube_result_clear(&r); /* status and reason stay readable */
 		bool unlimited = json_bool(json_path(ak, "spec", "reusable", NULL), false) &&
 				 !json_int(json_path(ak, "spec", "maxUses", NULL), 0);
-		if (!u.code && r.status == 409 && unlimited) {
-			/* Only the count lost the race (many devices joining with one
-			 * key): for a key without maxUses it is informational, so the
-			 * registration goes on. Keys with a limit stay strict. */
-			log_warn("auth key use not counted (conflicts)", "authkey=%s/%s", kube_namespace(ak), kube_name(ak));
-		} else if (err < 0 || !kube_ok(&r)) {
-			if (u.code)
-				reply = coord_error_reply(u.code, strcmp(u.code, "AuthKeyUsedUp") == 0
-								    ? "the auth key has already been used; one-off keys register one device"
-								    : "the auth key has expired; create a new one");
-			else
-				reply = coord_error_reply("Unavailable", "cannot record the key's use (HTTP %ld %s); try again", r.status, r.reason);
-			goto out;
+		if (unlimited) {
+			/* Nothing to run out of: check the cached key (expiry) and
+			 * count the use in the background, off the joining path. */
+			struct json *probe = json_clone(ak);
+			int err = probe ? take_use(probe, &u) : -ENOMEM;
+			json_free(probe);
+			if (err < 0) {
+				reply = u.code ? coord_error_reply(u.code, "the auth key has expired; create a new one")
+					       : coord_error_reply("Unavailable", "out of memory");
+				goto out;
+			}
+			count_use_later(c, kube_namespace(ak), kube_name(ak));
+		} else {
+			/* One use, counted on the API server with a resourceVersion
+			 * precondition: concurrent registrations cannot both take
+			 * the last use. */
+			int err = kube_update_retry(op->kube, &res_authkeys, kube_namespace(ak), kube_name(ak), true, 8,
+						    take_use, &u, &r);
+			kube_result_clear(&r); /* status and reason stay readable */
+			if (err < 0 || !kube_ok(&r)) {
+				if (u.code)
+					reply = coord_error_reply(u.code, strcmp(u.code, "AuthKeyUsedUp") == 0
+									    ? "the auth key has already been used; one-off keys register one device"
+									    : "the auth key has expired; create a new one");
+				else
+					reply = coord_error_reply("Unavailable", "cannot record the key's use (HTTP %ld %s); try again",
+								  r.status, r.reason);
+				goto out;
+			}
 		}
 		ephemeral = json_bool(json_path(ak, "spec", "ephemeral", NULL), false);
 		tailnet = json_str(json_path(ak, "spec", "tailnet", NULL)) ?: "default";
@@ -484,6 +516,17 @@ static struct json *do_logout(struct coord *c, const char *mkey)
 	kube_result_clear(&r);
 	json_free(dev);
 	return reply;
+}
+
+static void do_count_use(struct coord *c, const char *ns, const char *name)
+{
+	struct use_ctx u = { .now = time(NULL) };
+	struct kube_result r = { 0 };
+
+	/* Conflicts are retried; a use that cannot be counted is only noted. */
+	if (kube_update_retry(c->op->kube, &res_authkeys, ns, name, true, 8, take_use, &u, &r) < 0 || !kube_ok(&r))
+		log_warn("auth key use not counted", "authkey=%s/%s status=%ld", ns, name, r.status);
+	kube_result_clear(&r);
 }
 
 /* Online/offline transitions only (not heartbeats) reach the API server. */

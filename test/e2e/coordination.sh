@@ -75,6 +75,9 @@ online4() { [ "$($K get devices -o json | jq '[.items[] | select(.status.online 
 e2e_check "kubectl get devices lists four online devices with addresses" e2e_wait_for 20 online4
 $K get devices >"$E2E_DIR/devices.txt"
 e2e_check "devices table shows the tailnet IPs" grep -q "${TIP[node1]}" "$E2E_DIR/devices.txt"
+# A reusable key without maxUses has its uses counted after the joins.
+nodes_uses() { [ "$($K get authkey nodes -n "$NS" -o jsonpath='{.status.uses}')" = 3 ]; }
+e2e_check "the nodes key counts its three uses" e2e_wait_for 10 nodes_uses
 
 # ---- the operator dies during a transfer: data keeps flowing ----
 in_ns node1 iperf3 -s -D -B "${TIP[node1]}" --logfile "$E2E_DIR/iperf-s.log" || e2e_fail "iperf3 server"
