@@ -6,6 +6,7 @@
 
 #include "log.h"
 #include "wg/aead.h"
+#include "wg/peer.h"
 #include "wg/receive.h"
 #include "wg/send.h"
 
@@ -16,14 +17,6 @@ static __thread bool tls_helps;
 void queueing_thread_helps(bool helps)
 {
 	tls_helps = helps;
-}
-
-static void run(struct job *j)
-{
-	if (j->dir == JOB_TX)
-		send_job_run(j);
-	else
-		receive_job_run(j);
 }
 
 /* Caller holds q->lock. */
@@ -40,6 +33,41 @@ static struct job *pop_locked(struct queueing *q)
 	return j;
 }
 
+/* Runs j, then the jobs right behind it in the crypt queue that go the
+ * same way for the same peer (up to *budget in all), and flushes the peer
+ * once: one GSO send or one TUN write for the lot instead of one per job
+ * (64 KB super-packets rather than 32-packet ones, and fewer TCP ACKs). A
+ * job another thread took meanwhile is flushed by that thread or by us,
+ * whoever comes last. */
+static void run(struct queueing *q, struct job *j, size_t *budget)
+{
+	struct peer *p = peer_get(j->peer);
+	enum job_dir dir = j->dir;
+
+	for (;;) {
+		/* j may be released by a flusher as soon as it is done. */
+		if (dir == JOB_TX)
+			send_job_seal(j);
+		else
+			receive_job_open(j);
+		(*budget)--;
+		j = NULL;
+		if (*budget && q->nworkers) {
+			pthread_mutex_lock(&q->lock);
+			if (q->head && q->head->peer == p && q->head->dir == dir)
+				j = pop_locked(q);
+			pthread_mutex_unlock(&q->lock);
+		}
+		if (!j)
+			break;
+	}
+	if (dir == JOB_TX)
+		send_flush(p);
+	else
+		receive_flush(p);
+	peer_put(p);
+}
+
 static void *worker(void *arg)
 {
 	struct queueing *q = arg;
@@ -53,11 +81,13 @@ static void *worker(void *arg)
 			pthread_cond_wait(&q->cond, &q->lock);
 			q->idle--;
 		}
+		size_t budget = SIZE_MAX;
+
 		j = pop_locked(q);
 		if (!j)
 			break; /* stopping, and nothing left */
 		pthread_mutex_unlock(&q->lock);
-		run(j);
+		run(q, j, &budget);
 		pthread_mutex_lock(&q->lock);
 	}
 	pthread_mutex_unlock(&q->lock);
@@ -152,8 +182,21 @@ void queueing_submit(struct queueing *q, struct job **jobs, size_t n)
 	if (!n)
 		return;
 	if (!q->nworkers) {
-		for (size_t i = 0; i < n; i++)
-			run(jobs[i]);
+		/* Run to completion: one flush per run of one peer's jobs. */
+		for (size_t i = 0; i < n;) {
+			size_t k = i + 1, budget = SIZE_MAX;
+
+			while (k < n && jobs[k]->peer == jobs[i]->peer && jobs[k]->dir == jobs[i]->dir)
+				k++;
+			for (size_t m = i; m + 1 < k; m++) {
+				if (jobs[m]->dir == JOB_TX)
+					send_job_seal(jobs[m]);
+				else
+					receive_job_open(jobs[m]);
+			}
+			run(q, jobs[k - 1], &budget);
+			i = k;
+		}
 		return;
 	}
 	pthread_mutex_lock(&q->lock);
@@ -176,19 +219,19 @@ void queueing_submit(struct queueing *q, struct job **jobs, size_t n)
 
 size_t queueing_help(struct queueing *q, size_t max)
 {
-	size_t done = 0;
 	struct job *j;
 
-	while (done < max) {
+	size_t budget = max;
+
+	while (budget) {
 		pthread_mutex_lock(&q->lock);
 		j = pop_locked(q);
 		pthread_mutex_unlock(&q->lock);
 		if (!j)
 			break;
-		run(j);
-		done++;
+		run(q, j, &budget);
 	}
-	return done;
+	return max - budget;
 }
 
 size_t queueing_queued(struct queueing *q)

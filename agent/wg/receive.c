@@ -305,9 +305,13 @@ static void rx_flush(struct peer *p)
 	}
 }
 
-void receive_job_run(struct job *j)
+void receive_flush(struct peer *p)
 {
-	struct peer *p = peer_get(j->peer);
+	rx_flush(p);
+}
+
+void receive_job_open(struct job *j)
+{
 	uint64_t now = loop_mono_ms();
 
 	for (unsigned i = 0; i < j->n; i++) {
@@ -317,8 +321,6 @@ void receive_job_run(struct job *j)
 		j->plen[i] = (uint16_t)plen;
 	}
 	atomic_store_explicit(&j->done, true, memory_order_release);
-	rx_flush(p);
-	peer_put(p);
 }
 
 /* ---- handshake messages (loop thread) ---- */

@@ -333,10 +333,14 @@ static void tx_flush(struct peer *p)
 	}
 }
 
-void send_job_run(struct job *j)
+void send_flush(struct peer *p)
 {
-	struct peer *p = peer_get(j->peer);
-	size_t mtu = (size_t)atomic_load(&p->engine->mtu);
+	tx_flush(p);
+}
+
+void send_job_seal(struct job *j)
+{
+	size_t mtu = (size_t)atomic_load(&j->peer->engine->mtu);
 	uint64_t now = loop_mono_ms();
 
 	for (unsigned i = 0; i < j->n; i++) {
@@ -349,8 +353,6 @@ void send_job_run(struct job *j)
 		j->len[i] = (uint16_t)out;
 	}
 	atomic_store_explicit(&j->done, true, memory_order_release);
-	tx_flush(p);
-	peer_put(p);
 }
 
 /* ---- handshake messages (loop thread) ---- */

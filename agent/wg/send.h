@@ -25,8 +25,10 @@ void send_staged(struct peer *p);
 void send_keepalive(struct peer *p);
 /* Drops the staged packets (the handshake was given up). */
 void send_drop_staged(struct peer *p);
-/* Crypt worker: seals a tx job, then flushes the peer's queue. */
-void send_job_run(struct job *j);
+/* Crypt worker: seals a tx job and marks it done (the job may be gone
+ * once this returns); send_flush() then sends the peer's done jobs. */
+void send_job_seal(struct job *j);
+void send_flush(struct peer *p);
 
 /* Loop thread: a handshake initiation, rate-limited by the timers. */
 void send_initiation(struct peer *p, bool is_retry);

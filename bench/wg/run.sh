@@ -72,14 +72,16 @@ wg genkey >"$WORK/b.key"
 ip netns exec "$NSB" iperf3 -s >/dev/null 2>&1 &
 PIDS+=($!)
 
-# One iperf3 run: prints the receiver's Gbit/s.
+# One iperf3 run: prints the receiver's Gbit/s, then the sender's TCP
+# retransmissions.
 measure() { # server address
 	inA iperf3 -c "$1" -t "$DURATION" -J 2>/dev/null | python3 -c '
 import json, sys
 try:
-    print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))
+    end = json.load(sys.stdin)["end"]
+    print("%.3f %d" % (end["sum_received"]["bits_per_second"] / 1e9, end["sum_sent"].get("retransmits", -1)))
 except Exception:
-    print("0.000")'
+    print("0.000 -1")'
 }
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
@@ -129,8 +131,9 @@ declare -A RUNS MED
 run_case() { # name server-address
 	local name=$1 addr=$2 r v=()
 	for r in $(seq "$REPS"); do
-		v+=("$(measure "$addr")")
-		echo "  $name run $r: ${v[-1]} Gbit/s" >&2
+		read -r g retr < <(measure "$addr")
+		v+=("$g")
+		echo "  $name run $r: $g Gbit/s ($retr retransmits)" >&2
 	done
 	RUNS[$name]="${v[*]}"
 	MED[$name]=$(median "${v[@]}")
