@@ -5,7 +5,9 @@
  *      nodes) and get their addresses from the operator;
  *   2. N clients handshake and open their map streams, in batches, each
  *      waiting for its full netmap (which holds the other N - 1 peers);
- *   3. the operator's RSS is read;
+ *   3. once no record has arrived for 3 s (the connect burst is
+ *      through), the operator's RSS is read (its peak while the streams
+ *      connected is reported too);
  *   4. one new agent registers with an auth key through the coordination
  *      API, and the time until its node key reaches every one of the N map
  *      streams is measured (first, median, 99th percentile, last).
@@ -61,6 +63,8 @@ static struct {
 	int connected, full;
 	char new_key[80]; /* "nodekey:..." of the new agent */
 	uint64_t t0, t_reply, t_progress;
+	uint64_t last_record; /* when any stream last got a record, µs */
+	long peak_rss_kb; /* the operator's, sampled while streams connect */
 	int seen;
 	bool done;
 	struct kube_client *kube;
@@ -188,6 +192,7 @@ static bool on_record_text(struct control_client *c, const char *text, size_t le
 {
 	struct agent *a = arg;
 
+	B.last_record = now_us();
 	if (!a->has_full) {
 		if (memmem(text, len, "\"more\":false", sizeof("\"more\":false") - 1)) {
 			a->has_full = true;
@@ -247,6 +252,9 @@ static void on_tick(struct loop *loop, struct loop_timer *t, void *arg)
 		loop_stop(loop);
 		return;
 	}
+	long kb = rss_kb(B.operator_pid);
+	if (kb > B.peak_rss_kb)
+		B.peak_rss_kb = kb;
 	if (now_us() - B.t_progress > 10000000) {
 		B.t_progress = now_us();
 		fprintf(stderr, "coord_bench: %d streams started, %d with their full netmap, operator RSS %.0f MB\n",
@@ -372,7 +380,15 @@ int main(int argc, char **argv)
 	printf("map streams with their full netmap: %d in %.1f s\n", B.full, (double)(now_us() - t) / 1e6);
 	fflush(stdout);
 
-	/* 3. RSS with N streams open. */
+	/* 3. Settle: the measurement is of a tailnet at rest, so wait until
+	 * the connect burst's last deltas (online flags, once a second) and
+	 * the operator's status writes are through: no record for 3 s (at
+	 * most 2 minutes). Then the RSS with N streams open. */
+	t = now_us();
+	while (now_us() - B.last_record < 3000000 && now_us() - t < 120000000)
+		loop_run_once(B.loop, 100);
+	printf("settled after %.1f s\n", (double)(now_us() - t) / 1e6);
+	fflush(stdout);
 	long rss = rss_kb(B.operator_pid);
 
 	/* 4. A new agent registers; its key must reach every stream. */
@@ -409,10 +425,10 @@ int main(int argc, char **argv)
 	 * for its addresses); first/p50/p99/last: until its key reached that
 	 * many streams; spread_ms = last - first, the fan-out itself. */
 	printf("RESULT n=%d reached=%d register_ms=%.1f first_ms=%.1f p50_ms=%.1f p99_ms=%.1f last_ms=%.1f spread_ms=%.1f "
-	       "operator_rss_mb=%.1f\n",
+	       "operator_rss_mb=%.1f peak_rss_mb=%.1f\n",
 	       B.n, k, B.t_reply ? (B.t_reply - B.t0) / 1e3 : -1, k ? lat[0] / 1e3 : -1, k ? lat[k / 2] / 1e3 : -1,
 	       k ? lat[k * 99 / 100 < k ? k * 99 / 100 : k - 1] / 1e3 : -1, k ? lat[k - 1] / 1e3 : -1,
-	       k ? (lat[k - 1] - lat[0]) / 1e3 : -1, rss / 1024.0);
+	       k ? (lat[k - 1] - lat[0]) / 1e3 : -1, rss / 1024.0, (B.peak_rss_kb > rss ? B.peak_rss_kb : rss) / 1024.0);
 	fflush(stdout);
 	/* Tear down quickly: the process exits; the OS closes the streams. */
 	return k == B.n ? 0 : 1;

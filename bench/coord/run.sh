@@ -24,15 +24,16 @@ if [ "${1:-}" != --one ]; then
 		results+=("${out:-RESULT n=$n FAILED}")
 	done
 	echo
-	printf '%-7s %-8s %-12s %-9s %-9s %-9s %-9s %-10s %-10s\n' N reached register_ms first_ms p50_ms p99_ms last_ms spread_ms rss_mb
+	printf '%-7s %-8s %-12s %-9s %-9s %-9s %-9s %-10s %-10s %-10s\n' N reached register_ms first_ms p50_ms p99_ms last_ms spread_ms rss_mb peak_mb
 	for r in "${results[@]}"; do
 		eval "$(sed -E 's/^RESULT //; s/([a-z0-9_]+)=/local_\1=/g' <<<"$r" | tr ' ' '\n' | sed 's/^/export /')" 2>/dev/null
-		printf '%-7s %-8s %-12s %-9s %-9s %-9s %-9s %-10s %-10s\n' "${local_n:-?}" "${local_reached:-?}" \
+		printf '%-7s %-8s %-12s %-9s %-9s %-9s %-9s %-10s %-10s %-10s\n' "${local_n:-?}" "${local_reached:-?}" \
 			"${local_register_ms:-?}" "${local_first_ms:-?}" "${local_p50_ms:-?}" "${local_p99_ms:-?}" \
-			"${local_last_ms:-?}" "${local_spread_ms:-?}" "${local_operator_rss_mb:-?}"
+			"${local_last_ms:-?}" "${local_spread_ms:-?}" "${local_operator_rss_mb:-?}" "${local_peak_rss_mb:-?}"
 	done
 	echo "register_ms: the new agent's register call (waits for its addresses); first..last_ms: its key"
 	echo "reaching the first..last stream, from the start of registration; spread_ms = last - first."
+	echo "rss_mb: the operator's RSS with the N streams open, at rest; peak_mb: its highest while they connected."
 	echo "targets: reach all streams <= 200 ms at N = 10000; operator RSS <= 500 MB"
 	exit 0
 fi
