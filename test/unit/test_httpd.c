@@ -47,6 +47,10 @@ struct fx {
 	int frames; /* frames written by the ticker */
 	int last_write_err;
 	struct metrics *metrics;
+	/* /pull: a pull-mode stream producing pull_avail pieces */
+	int pull_avail, pull_sent, fills;
+	size_t pull_max_queued; /* the most queued when fill was called */
+	bool pull_close; /* close once everything available is out */
 };
 
 static void h_ok(struct httpd_req *req, void *arg)
@@ -130,6 +134,39 @@ static void h_stream(struct httpd_req *req, void *arg)
 	fx->streams[fx->nstreams++] = st;
 }
 
+#define PULL_LOW_WATER 1000
+#define PULL_PIECE 100 /* bytes per piece */
+
+static void pull_fill(struct httpd_stream *st, void *arg)
+{
+	struct fx *fx = arg;
+	char piece[PULL_PIECE + 1];
+
+	fx->fills++;
+	if (httpd_stream_queued(st) > fx->pull_max_queued)
+		fx->pull_max_queued = httpd_stream_queued(st);
+	assert_true(httpd_stream_queued(st) < PULL_LOW_WATER);
+	/* A piece at a time, like a netmap in records: up to the low water. */
+	while (fx->pull_sent < fx->pull_avail && httpd_stream_queued(st) < PULL_LOW_WATER) {
+		snprintf(piece, sizeof(piece), "%0*d\n", PULL_PIECE - 1, fx->pull_sent++);
+		assert_int_equal(httpd_stream_write(st, piece, PULL_PIECE), 0);
+	}
+	if (fx->pull_sent == fx->pull_avail && fx->pull_close)
+		httpd_stream_close(st);
+}
+
+static void h_pull(struct httpd_req *req, void *arg)
+{
+	struct fx *fx = arg;
+	struct httpd_stream *st;
+
+	fx->handled++;
+	st = httpd_stream_start(req, 200, "application/octet-stream", 0, on_close, fx);
+	assert_non_null(st);
+	httpd_stream_set_fill(st, PULL_LOW_WATER, pull_fill);
+	fx->streams[fx->nstreams++] = st;
+}
+
 static int open_streams(struct fx *fx)
 {
 	int n = 0;
@@ -158,6 +195,7 @@ static struct fx *fx_new(const struct httpd_opts *o)
 	assert_int_equal(httpd_route(fx->s, "GET", "/m/deeper/*", 0, h_ok, fx), 0);
 	assert_int_equal(httpd_route(fx->s, "GET", "/none", 0, h_none, fx), 0);
 	assert_int_equal(httpd_route(fx->s, "GET", "/stream", 0, h_stream, fx), 0);
+	assert_int_equal(httpd_route(fx->s, "GET", "/pull", 0, h_pull, fx), 0);
 	assert_int_equal(httpd_route(fx->s, "GET", "/healthz", 0, h_ok, fx), -EEXIST);
 	assert_int_equal(httpd_route(fx->s, "GET", "nope", 0, h_ok, fx), -EINVAL);
 	assert_int_equal(httpd_route(fx->s, "GET", "/a*b", 0, h_ok, fx), -EINVAL);
@@ -560,6 +598,45 @@ static void test_stream(void **state)
 	fx_free(fx);
 }
 
+/* Pull mode: the producer is asked for data as the client takes it, never
+ * holds more than the low water plus a piece, idles when it has nothing,
+ * and is woken for what comes later. */
+static void test_stream_pull(void **state)
+{
+	struct fx *fx = fx_new(NULL);
+	struct client *c = client_start(fx, NULL, "/pull");
+	int fills;
+
+	fx->pull_avail = 2000; /* 200 kB: many times the low water */
+	client_go(c);
+	RUN_UNTIL(fx, fx->pull_sent == 2000 && c->received >= 2000 * PULL_PIECE);
+	assert_true(fx->fills > 2000 * PULL_PIECE / (PULL_LOW_WATER + PULL_PIECE));
+	assert_true(fx->pull_max_queued < PULL_LOW_WATER);
+	/* Nothing more to give: the stream idles, fill is not polled. */
+	for (int i = 0; i < 5; i++)
+		loop_run_once(fx->loop, 20);
+	fills = fx->fills;
+	for (int i = 0; i < 5; i++)
+		loop_run_once(fx->loop, 20);
+	assert_int_equal(fx->fills, fills);
+	assert_false(c->done);
+	/* More arrives: a wake gets it out, then the producer ends the stream. */
+	fx->pull_avail = 2003;
+	fx->pull_close = true;
+	httpd_stream_wake(fx->streams[0]);
+	httpd_stream_wake(fx->streams[0]); /* cheap when already awake */
+	RUN_UNTIL(fx, c->done && fx->closed == 1);
+	assert_int_equal(c->rc, CURLE_OK);
+	assert_int_equal(c->resp.len, 2003u * PULL_PIECE);
+	for (int i = 0; i < 2003; i += 667) {
+		char want[PULL_PIECE + 1];
+		snprintf(want, sizeof(want), "%0*d\n", PULL_PIECE - 1, i);
+		assert_memory_equal(c->resp.data + (size_t)i * PULL_PIECE, want, PULL_PIECE);
+	}
+	client_free(c);
+	fx_free(fx);
+}
+
 static void test_stream_client_hangs_up(void **state)
 {
 	struct fx *fx = fx_new(NULL);
@@ -770,6 +847,7 @@ int main(void)
 		cmocka_unit_test(test_many_clients),
 		cmocka_unit_test(test_stream),
 		cmocka_unit_test(test_stream_client_hangs_up),
+		cmocka_unit_test(test_stream_pull),
 		cmocka_unit_test(test_stream_slow_reader),
 		cmocka_unit_test(test_free_with_open_streams),
 		cmocka_unit_test(test_listen),
