@@ -5,6 +5,7 @@
 # long until every stream has it, and the operator's RSS.
 #
 #   sudo bench/coord/run.sh [N...]        default: 100 1000 10000
+#   (KNIT_BENCH_REPEAT=K: new devices measured per N, the median reported; 5)
 #
 # Targets: <= 200 ms to reach all streams at N = 10,000; RSS <= 500 MB.
 set -uo pipefail
@@ -62,7 +63,7 @@ e2e_wait_for 30 $K get secret bench-authkey -n knit-system || e2e_die "no auth k
 key=$($K get secret bench-authkey -n knit-system -o jsonpath='{.data.authkey}' | base64 -d)
 ctrl=$($K get tailnet default -o jsonpath='{.status.controlKey}')
 "$build/bench/coord/coord_bench" --server "http://127.0.0.1:$port" --control-key "$ctrl" --authkey "$key" \
-	--operator-pid "$op" --n "$n" --prefix "b$n"
+	--operator-pid "$op" --n "$n" --prefix "b$n" --repeat "${KNIT_BENCH_REPEAT:-5}"
 e2e_check "coord_bench ran" test $? -eq 0
 [ -n "${KNIT_BENCH_KEEP_LOG:-}" ] && cp "$E2E_DIR/operator.log" "$KNIT_BENCH_KEEP_LOG"
 e2e_end
