@@ -182,6 +182,19 @@ static bool entry_live(const struct logent *e)
 	return e->n ? !e->n->dead && e->n->seq == e->seq : true;
 }
 
+/* Lets go of what an entry holds (its node's reference, or its removal). */
+static void entry_drop(struct logent *e)
+{
+	if (e->n) {
+		e->n->refs--;
+		node_release(e->n);
+	} else {
+		free(e->rm->tailnet);
+		free(e->rm->device);
+		free(e->rm);
+	}
+}
+
 static void log_compact(struct coord *c)
 {
 	uint64_t oldest = c->seq; /* removals at or before every cursor are done with */
@@ -197,18 +210,10 @@ static void log_compact(struct coord *c)
 		struct logent *e = &c->log[i];
 		bool keep = e->n ? entry_live(e) : e->seq > oldest;
 
-		if (keep) {
+		if (keep)
 			c->log[k++] = *e;
-			continue;
-		}
-		if (e->n) {
-			e->n->refs--;
-			node_release(e->n);
-		} else {
-			free(e->rm->tailnet);
-			free(e->rm->device);
-			free(e->rm);
-		}
+		else
+			entry_drop(e);
 	}
 	c->log_len = k;
 	c->log_live = k;
@@ -618,17 +623,8 @@ void coord_tailnet_changed(struct coord *c, const struct json *tn)
 
 void coord_netmap_free(struct coord *c)
 {
-	for (size_t i = 0; i < c->log_len; i++) {
-		struct logent *e = &c->log[i];
-		if (e->n) {
-			e->n->refs--;
-			node_release(e->n);
-		} else {
-			free(e->rm->tailnet);
-			free(e->rm->device);
-			free(e->rm);
-		}
-	}
+	for (size_t i = 0; i < c->log_len; i++)
+		entry_drop(&c->log[i]);
 	free(c->log);
 	c->log = NULL;
 	c->log_len = c->log_cap = c->log_live = 0;
