@@ -28,12 +28,16 @@ struct strmap;
 #define MAX_JOBS 1024u
 #define JOB_WORKERS 4
 #define STREAM_QUEUE (8u << 20)
-#define STREAM_LOW_WATER (64u << 10) /* pull the next record below this */
-#define RECORD_CHUNK (64u << 10) /* peer text per record, about */
+#define STREAM_LOW_WATER (16u << 10) /* pull the next record below this */
+/* Peer text per record, about. With the low water it bounds what a stream
+ * buffers (~32 KiB): when 10,000 agents connect at once and read slowly,
+ * the backlog waits in the change log, not in 10,000 queues. */
+#define RECORD_CHUNK (16u << 10)
 #define FLUSH_MIN_MS 25 /* streams are woken at most this often... */
 #define SOFT_FLUSH_MS 1000 /* ...and this late for soft state alone */
-#define TRIM_EVERY_MS 5000
-#define TRIM_AFTER_BYTES (64u << 20)
+#define TRIM_EVERY_MS 1000
+#define TRIM_AFTER_BYTES (16u << 20) /* sent since the last trim, and... */
+#define TRIM_QUIET_BYTES (1u << 20) /* ...less than this in the last second */
 
 struct coord;
 
@@ -135,7 +139,7 @@ struct coord {
 	size_t log_len, log_cap, log_live;
 	bool flush_armed;
 	uint64_t flush_due, last_flush;
-	uint64_t sent_since_trim; /* record bytes queued: see on_trim() */
+	uint64_t sent_since_trim, sent_at_tick; /* record bytes queued: see on_trim() */
 	struct loop_timer *trim;
 	struct coord_stats stats;
 

@@ -501,16 +501,17 @@ static void on_keepalive(struct loop *loop, struct loop_timer *t, void *arg)
 }
 
 /* Thousands of streams each queue and free a record at once: the freed
- * memory stays in malloc's arenas, and RSS with it, unless handed back.
- * After a burst (not when idle: a trim walks the heap) give it back. */
+ * memory stays in malloc's arenas, and RSS with it, unless handed back. */
 static void on_trim(struct loop *loop, struct loop_timer *t, void *arg)
 {
 	struct coord *c = arg;
 
-	if (c->sent_since_trim > TRIM_AFTER_BYTES) {
+	/* Once a burst is over (not during it: a trim walks the heap). */
+	if (c->sent_since_trim > TRIM_AFTER_BYTES && c->sent_since_trim - c->sent_at_tick < TRIM_QUIET_BYTES) {
 		c->sent_since_trim = 0;
 		malloc_trim(0);
 	}
+	c->sent_at_tick = c->sent_since_trim;
 	loop_timer_arm(t, TRIM_EVERY_MS);
 }
 

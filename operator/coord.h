@@ -22,7 +22,7 @@ struct coord_opts {
 	uint32_t keepalive_ms; /* map stream keepalive; 0: 30 s */
 	uint32_t session_idle_ms; /* 0: 10 min */
 	uint32_t register_wait_ms; /* how long register waits for addresses; 0: 15 s */
-	uint32_t record_bytes; /* peer text per map record, about; 0: 64 KiB */
+	uint32_t record_bytes; /* peer text per map record, about; 0: 16 KiB */
 };
 
 int coord_new(struct operator *op, const struct coord_opts *o, struct coord **out);

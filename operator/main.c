@@ -73,7 +73,7 @@ static void usage(FILE *f)
 		"                            ADDR (default 0.0.0.0:9443; \"\" disables)\n"
 		"  --workers N               reconcile workers per kind (default 4)\n"
 		"  --map-record-bytes N      peer bytes per map-stream record: a large netmap\n"
-		"                            goes out in pieces of about this size (default 65536)\n"
+		"                            goes out in pieces of about this size (default 16384)\n"
 		"  --no-default-tailnet      do not create the Tailnet \"default\" when missing\n"
 		"  --log-level LEVEL         debug, info, warn, error (default info)\n"
 		"  -h, --help                show this help\n"
@@ -164,9 +164,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 
 /* ---- informer wiring ---- */
 
-/* A Device or claim changed: its Tailnet's status counts them. Counting
- * walks every device and claim, so events are gathered for up to a second
- * (10,000 devices coming online must not mean 10,000 recounts). */
+/* A Device or claim changed: its Tailnet's status counts them (by index).
+ * Events are gathered for up to a second: 10,000 devices coming online
+ * must not mean 10,000 status writes. */
 #define TAILNET_RECOUNT_MS 1000
 
 static void enqueue_tailnet_of(const struct json *obj)
@@ -259,6 +259,32 @@ static int claim_device_index(const struct json *obj, const char **values, int m
 	return index_one(json_str(json_path(obj, "spec", "device", NULL)), values, max);
 }
 
+static const char *tailnet_of(const struct json *obj)
+{
+	return json_str(json_path(obj, "spec", "tailnet", NULL)) ?: "default";
+}
+
+/* Tailnet status counts by these (informer_index_count), not by walking. */
+static int device_tailnet_index(const struct json *obj, const char **values, int max)
+{
+	return index_one(tailnet_of(obj), values, max);
+}
+
+static int claim_tailnet_family_index(const struct json *obj, const char **values, int max, bool v6)
+{
+	const char *addr = json_str(json_path(obj, "spec", "address", NULL));
+
+	return addr && (strchr(addr, ':') != NULL) == v6 ? index_one(tailnet_of(obj), values, max) : 0;
+}
+static int claim_tailnet4_index(const struct json *obj, const char **values, int max)
+{
+	return claim_tailnet_family_index(obj, values, max, false);
+}
+static int claim_tailnet6_index(const struct json *obj, const char **values, int max)
+{
+	return claim_tailnet_family_index(obj, values, max, true);
+}
+
 static int device_machine_index(const struct json *obj, const char **values, int max)
 {
 	return index_one(json_str(json_path(obj, "spec", "machineKey", NULL)), values, max);
@@ -300,8 +326,11 @@ static struct informer *start_informer(const struct kube_resource *res, const ch
 		return NULL;
 	informer_set_metrics(inf, METRICS_WITH(m_restarts, res->plural), METRICS_WITH(m_relists, res->plural),
 			     METRICS_WITH(m_events, res->plural));
-	if ((res == &res_addressclaims && informer_add_index(inf, "device", claim_device_index)) ||
-	    (res == &res_devices && informer_add_index(inf, "machineKey", device_machine_index)) ||
+	if ((res == &res_addressclaims && (informer_add_index(inf, "device", claim_device_index) ||
+					    informer_add_index(inf, OPERATOR_INDEX_TAILNET4, claim_tailnet4_index) ||
+					    informer_add_index(inf, OPERATOR_INDEX_TAILNET6, claim_tailnet6_index))) ||
+	    (res == &res_devices && (informer_add_index(inf, "machineKey", device_machine_index) ||
+				     informer_add_index(inf, OPERATOR_INDEX_TAILNET, device_tailnet_index))) ||
 	    (res == &res_authkeys && informer_add_index(inf, "keyPrefix", authkey_prefix_index))) {
 		informer_free(inf);
 		return NULL;

@@ -26,6 +26,10 @@ extern const struct kube_resource res_addressclaims;
 
 #define KNIT_API_VERSION "knit.dev/v1alpha1"
 #define OPERATOR_MANAGER "knit-operator"
+/* Informer indexes by tailnet: Devices, and IPv4 / IPv6 AddressClaims. */
+#define OPERATOR_INDEX_TAILNET "tailnet"
+#define OPERATOR_INDEX_TAILNET4 "tailnet4"
+#define OPERATOR_INDEX_TAILNET6 "tailnet6"
 
 struct operator {
 	struct loop *loop;

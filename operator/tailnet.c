@@ -13,38 +13,10 @@
 #include "kube/meta.h"
 #include "operator.h"
 
-struct tally {
-	const char *tailnet;
-	int64_t devices, v4, v6;
-};
-
-static void count_device(const struct json *dev, void *arg)
-{
-	struct tally *t = arg;
-	const char *tn = json_str(json_path(dev, "spec", "tailnet", NULL)) ?: "default";
-
-	if (strcmp(tn, t->tailnet) == 0)
-		t->devices++;
-}
-
-static void count_claim(const struct json *claim, void *arg)
-{
-	struct tally *t = arg;
-	const char *tn = json_str(json_path(claim, "spec", "tailnet", NULL));
-	const char *addr = json_str(json_path(claim, "spec", "address", NULL));
-
-	if (!tn || !addr || strcmp(tn, t->tailnet) != 0)
-		return;
-	if (strchr(addr, ':'))
-		t->v6++;
-	else
-		t->v4++;
-}
 
 int tailnet_reconcile(struct operator *op, const char *ns, const char *name, uint64_t *requeue_ms)
 {
 	struct json *tn = informer_get(op->tailnets, NULL, name), *status;
-	struct tally t = { .tailnet = name };
 	struct ipam_pool p4, p6;
 	char err4[256] = "", err6[256] = "", msg[600];
 	time_t now = time(NULL);
@@ -72,13 +44,14 @@ int tailnet_reconcile(struct operator *op, const char *ns, const char *name, uin
 		ok6 = false;
 		snprintf(err6, sizeof(err6), "ipv6Pool is not an IPv6 CIDR");
 	}
-	informer_foreach(op->devices, count_device, &t);
-	informer_foreach(op->claims, count_claim, &t);
-	json_object_set(status, "devices", json_new_int(t.devices));
+	long devices = informer_index_count(op->devices, OPERATOR_INDEX_TAILNET, name);
+	long v4 = informer_index_count(op->claims, OPERATOR_INDEX_TAILNET4, name);
+	long v6 = informer_index_count(op->claims, OPERATOR_INDEX_TAILNET6, name);
+	json_object_set(status, "devices", json_new_int(devices > 0 ? devices : 0));
 	if (coord_ready(op->coord))
 		json_object_set(status, "controlKey", json_new_string(coord_control_key(op->coord)));
-	json_object_set(status, "ipv4Allocated", json_new_int(t.v4));
-	json_object_set(status, "ipv6Allocated", json_new_int(t.v6));
+	json_object_set(status, "ipv4Allocated", json_new_int(v4 > 0 ? v4 : 0));
+	json_object_set(status, "ipv6Allocated", json_new_int(v6 > 0 ? v6 : 0));
 	if (ok4 && ok6) {
 		kube_condition_set(status, "Ready", "True", "PoolsValid", "address pools are valid", gen, now);
 	} else {

@@ -661,6 +661,22 @@ int informer_foreach_indexed(struct informer *inf, const char *index, const char
 	return err;
 }
 
+long informer_index_count(struct informer *inf, const char *index, const char *value)
+{
+	long n = -ENOENT;
+
+	pthread_rwlock_rdlock(&inf->lock);
+	for (int i = 0; i < inf->nindexes; i++) {
+		if (strcmp(inf->indexes[i].name, index) == 0) {
+			struct strmap *set = strmap_get(inf->indexes[i].values, value);
+			n = set ? (long)strmap_len(set) : 0;
+			break;
+		}
+	}
+	pthread_rwlock_unlock(&inf->lock);
+	return n;
+}
+
 void informer_stats(struct informer *inf, unsigned long *watch_restarts, unsigned long *relists,
 		    unsigned long *events)
 {

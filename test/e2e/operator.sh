@@ -133,6 +133,18 @@ e2e_check "Device printer columns" grep -qE 'NAME +HOSTNAME +IPV4 +TAGS +ONLINE 
 $K delete device dev-0000 >/dev/null
 gone_claims() { [ "$($K get addressclaims -o json | jq "[.items[] | select(.spec.device == \"dev-0000\")] | length")" -eq 0 ]; }
 e2e_check "deleting a Device frees its address claims" e2e_wait_for 60 gone_claims
+# The Tailnet's status counts what the API server holds (by index, after
+# a second's gathering of events).
+counts_match() {
+	local want got
+	want="$($K get devices -o name | wc -l) $($K get addressclaims -o json |
+		jq -r '[.items[].spec.address | select(contains(":") | not)] | length') $($K get addressclaims -o json |
+		jq -r '[.items[].spec.address | select(contains(":"))] | length')"
+	got=$($K get tailnet default -o jsonpath='{.status.devices} {.status.ipv4Allocated} {.status.ipv6Allocated}')
+	[ "$want" = "$got" ] || { echo "want $want got $got" >"$E2E_DIR/counts"; return 1; }
+}
+e2e_check "Tailnet status counts devices and IPv4/IPv6 claims" e2e_wait_for 30 counts_match ||
+	e2e_log "$(cat "$E2E_DIR/counts" 2>/dev/null)"
 
 # ---- the key appears nowhere but its Secret ----
 dump() {

@@ -256,6 +256,11 @@ static void test_index(void **state)
 	assert_int_equal(informer_foreach_indexed(f->inf, "node", "n2", count, &n), 0);
 	assert_int_equal(n, 1);
 	assert_int_equal(informer_foreach_indexed(f->inf, "nope", "n2", count, &n), -ENOENT);
+	/* Counted without walking, in step with the moves and deletes. */
+	assert_int_equal(informer_index_count(f->inf, "node", "n1"), 0);
+	assert_int_equal(informer_index_count(f->inf, "node", "n2"), 1);
+	assert_int_equal(informer_index_count(f->inf, "node", "n9"), 0);
+	assert_int_equal(informer_index_count(f->inf, "nope", "n2"), -ENOENT);
 	n = 0;
 	informer_foreach(f->inf, count, &n);
 	assert_int_equal(n, 1);
