@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <sodium.h>
 
@@ -281,6 +282,24 @@ static void registered(struct control_client *c, int err, const struct json *res
 		loop_stop(B.loop);
 }
 
+/* CPU time used so far by pid (0: this process), ms. */
+static double cpu_ms(int pid)
+{
+	char path[64];
+	unsigned long ut = 0, st = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), pid ? "/proc/%d/stat" : "/proc/self/stat", pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	/* Fields 14 and 15 (utime, stime), after the ")" that ends comm. */
+	if (fscanf(f, "%*d (%*[^)]) %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+		ut = st = 0;
+	fclose(f);
+	return (double)(ut + st) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -441,6 +460,7 @@ int main(int argc, char **argv)
 		control_client_new(B.loop, &o, &na->ctl);
 		struct loop_timer *dl = loop_timer_new(B.loop, on_deadline, NULL);
 		loop_timer_arm(dl, 120000);
+		double cpu_op = cpu_ms(B.operator_pid), cpu_me = cpu_ms(0);
 		B.t0 = now_us();
 		control_client_call(na->ctl, req, registered, NULL, NULL);
 		messages_json_free_secret(req);
@@ -457,8 +477,11 @@ int main(int argc, char **argv)
 			.first = k ? lat[0] / 1e3 : -1, .p50 = k ? lat[k / 2] / 1e3 : -1,
 			.p99 = k ? lat[k * 99 / 100 < k ? k * 99 / 100 : k - 1] / 1e3 : -1, .last = k ? lat[k - 1] / 1e3 : -1,
 		};
-		printf("rep %d: reached=%d register_ms=%.1f first_ms=%.1f p50_ms=%.1f p99_ms=%.1f last_ms=%.1f\n", r, k,
-		       reps[r].reg, reps[r].first, reps[r].p50, reps[r].p99, reps[r].last);
+		/* CPU each side spent on this registration's way: which one is the bottleneck. */
+		printf("rep %d: reached=%d register_ms=%.1f first_ms=%.1f p50_ms=%.1f p99_ms=%.1f last_ms=%.1f "
+		       "operator_cpu_ms=%.0f clients_cpu_ms=%.0f\n", r, k,
+		       reps[r].reg, reps[r].first, reps[r].p50, reps[r].p99, reps[r].last,
+		       cpu_ms(B.operator_pid) - cpu_op, cpu_ms(0) - cpu_me);
 		fflush(stdout);
 		if (k != B.n)
 			ok = 0;
