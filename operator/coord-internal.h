@@ -10,10 +10,10 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "buf.h"
 #include "control/channel.h"
 #include "coord.h"
 
-struct buf;
 struct httpd;
 struct httpd_req;
 struct httpd_stream;
@@ -93,6 +93,12 @@ struct removal {
 	char node_key[80];
 };
 
+#define DELTA_CACHE_WHO 8
+struct delta_who {
+	const struct node *n;
+	const struct removal *rm;
+};
+
 struct logent {
 	uint64_t seq;
 	struct node *n; /* an upsert of n's current record, or NULL: */
@@ -140,6 +146,16 @@ struct coord {
 	bool flush_armed;
 	uint64_t flush_due, last_flush;
 	uint64_t sent_since_trim, sent_at_tick; /* record bytes queued: see on_trim() */
+	/* The last delta built (netmap.c: delta_cached()): a change reaches
+	 * thousands of streams at the same cursor, built once. */
+	struct {
+		bool valid;
+		uint64_t from, upto, seq;
+		char tailnet[254];
+		struct delta_who who[DELTA_CACHE_WHO]; /* the log entries it covers */
+		size_t nwho;
+		struct buf text;
+	} delta;
 	struct loop_timer *trim;
 	struct coord_stats stats;
 

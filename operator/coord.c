@@ -553,6 +553,7 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 		return -ENOMEM;
 	c->op = op;
 	c->o = *o;
+	buf_init(&c->delta.text, 16u << 20);
 	if (!c->o.keepalive_ms)
 		c->o.keepalive_ms = 30000;
 	if (!c->o.session_idle_ms)
@@ -672,6 +673,7 @@ void coord_free(struct coord *c)
 		strmap_free(c->handshake_ts);
 	}
 	coord_netmap_free(c);
+	buf_free(&c->delta.text);
 	loop_timer_free(c->keepalive);
 	loop_timer_free(c->sweep);
 	loop_timer_free(c->flush);

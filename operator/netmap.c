@@ -375,6 +375,22 @@ static int add_member(struct buf *rec, const char *open, const struct buf *text,
 	return err;
 }
 
+/* Is the cached delta m's next record? It is while the log has not grown
+ * (checked first: entries it names are alive until then), for a stream of
+ * the same tailnet at the same cursor whose own device it does not name. */
+static bool delta_cached(struct coord *c, const struct mapconn *m)
+{
+	if (!c->delta.valid || c->delta.seq != c->seq || c->delta.from != m->cursor ||
+	    strcmp(c->delta.tailnet, m->tailnet) != 0)
+		return false;
+	for (size_t k = 0; k < c->delta.nwho; k++) {
+		const struct delta_who *w = &c->delta.who[k];
+		if (w->n ? w->n == m->node : strcmp(w->rm->device, m->device) == 0)
+			return false;
+	}
+	return true;
+}
+
 /* Builds and queues m's next record from the log; false if there was
  * nothing to send (or the stream failed). */
 static bool emit_record(struct mapconn *m)
@@ -387,11 +403,23 @@ static bool emit_record(struct mapconn *m)
 	bool more, ok = false;
 	int err = 0;
 
+	struct delta_who who[DELTA_CACHE_WHO];
+	size_t nwho = 0, from = i;
+
 	if (!m->syncing && i == c->log_len)
 		return false;
+	if (!m->syncing && delta_cached(c, m)) {
+		if (coord_stream_send(m, (const char *)c->delta.text.data, c->delta.text.len))
+			return false;
+		m->cursor = c->delta.upto;
+		return true;
+	}
 	for (; i < c->log_len && peers.len + removes.len < c->o.record_bytes && !err; i++) {
 		const struct logent *e = &c->log[i];
 		upto = e->seq;
+		if (nwho < DELTA_CACHE_WHO)
+			who[nwho] = (struct delta_who){ .n = e->n, .rm = e->rm };
+		nwho++;
 		if (e->n) {
 			const struct node *n = e->n;
 			if (!entry_live(e) || !n->peer || strcmp(n->tailnet, m->tailnet) != 0)
@@ -455,6 +483,23 @@ static bool emit_record(struct mapconn *m)
 		err = buf_add_byte(&rec, '}');
 	if (err || coord_stream_send(m, (const char *)rec.data, rec.len))
 		goto out;
+	/* A delta that covers the log to its end and is not about this
+	 * stream's own device is what every stream of the tailnet at the same
+	 * cursor gets next: keep its text. */
+	if (!m->syncing && !self && i == c->log_len && nwho <= DELTA_CACHE_WHO && i > from) {
+		buf_reset(&c->delta.text);
+		if (buf_add(&c->delta.text, rec.data, rec.len) == 0) {
+			c->delta.valid = true;
+			c->delta.from = m->cursor;
+			c->delta.upto = upto;
+			c->delta.seq = c->seq;
+			snprintf(c->delta.tailnet, sizeof(c->delta.tailnet), "%s", m->tailnet);
+			memcpy(c->delta.who, who, nwho * sizeof(*who));
+			c->delta.nwho = nwho;
+		} else {
+			c->delta.valid = false;
+		}
+	}
 	m->cursor = upto;
 	m->header_sent = true;
 	if (!more)
