@@ -639,23 +639,32 @@ void informer_foreach(struct informer *inf, void (*fn)(const struct json *obj, v
 	pthread_rwlock_unlock(&inf->lock);
 }
 
+/* The keys index `index` files under value (NULL if none), or -ENOENT in
+ * *err for an unknown index. Read lock held. */
+static struct strmap *index_set(struct informer *inf, const char *index, const char *value, int *err)
+{
+	for (int i = 0; i < inf->nindexes; i++) {
+		if (strcmp(inf->indexes[i].name, index) == 0) {
+			*err = 0;
+			return strmap_get(inf->indexes[i].values, value);
+		}
+	}
+	*err = -ENOENT;
+	return NULL;
+}
+
 int informer_foreach_indexed(struct informer *inf, const char *index, const char *value,
 			     void (*fn)(const struct json *obj, void *arg), void *arg)
 {
-	int err = -ENOENT;
+	struct strmap *set;
+	int err;
 
 	pthread_rwlock_rdlock(&inf->lock);
-	for (int i = 0; i < inf->nindexes; i++) {
-		if (strcmp(inf->indexes[i].name, index) != 0)
-			continue;
-		struct strmap *set = strmap_get(inf->indexes[i].values, value);
-		for (struct strmap_entry *e = set ? strmap_first(set) : NULL; e; e = strmap_next(set, e)) {
-			struct json *obj = strmap_get(inf->objects, strmap_key(e));
-			if (obj)
-				fn(obj, arg);
-		}
-		err = 0;
-		break;
+	set = index_set(inf, index, value, &err);
+	for (struct strmap_entry *e = set ? strmap_first(set) : NULL; e; e = strmap_next(set, e)) {
+		struct json *obj = strmap_get(inf->objects, strmap_key(e));
+		if (obj)
+			fn(obj, arg);
 	}
 	pthread_rwlock_unlock(&inf->lock);
 	return err;
@@ -663,16 +672,13 @@ int informer_foreach_indexed(struct informer *inf, const char *index, const char
 
 long informer_index_count(struct informer *inf, const char *index, const char *value)
 {
-	long n = -ENOENT;
+	struct strmap *set;
+	long n;
+	int err;
 
 	pthread_rwlock_rdlock(&inf->lock);
-	for (int i = 0; i < inf->nindexes; i++) {
-		if (strcmp(inf->indexes[i].name, index) == 0) {
-			struct strmap *set = strmap_get(inf->indexes[i].values, value);
-			n = set ? (long)strmap_len(set) : 0;
-			break;
-		}
-	}
+	set = index_set(inf, index, value, &err);
+	n = err ? err : set ? (long)strmap_len(set) : 0;
 	pthread_rwlock_unlock(&inf->lock);
 	return n;
 }
