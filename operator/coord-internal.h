@@ -189,9 +189,11 @@ void coord_respond_sealed(struct httpd_req *req, struct session *s, const struct
 
 /* netmap.c (loop thread) */
 struct node *coord_node_get(struct coord *c, const char *device, const char *tailnet);
-/* A stream of the node opened or closed (soft state: online). */
-void coord_node_stream(struct coord *c, struct node *n, bool opened);
-const char *coord_dev_tailnet(const struct json *dev);
+/* A stream of the node opened or closed. The first open and the last
+ * close are online transitions (written to the API server); the record is
+ * republished then, and whenever dev (the Device, its new soft state
+ * already set) is given. */
+void coord_node_stream(struct coord *c, struct node *n, bool opened, const struct json *dev);
 bool coord_dev_usable(const struct json *dev);
 struct json *coord_dns_suffix_json(struct coord *c, const char *tailnet);
 int coord_stream_send(struct mapconn *m, const char *text, size_t len);

@@ -304,7 +304,7 @@ static struct json *open_request(struct coord *c, struct httpd_req *req, struct 
 static void set_endpoints(struct coord *c, const struct json *dev, const struct json *req, bool publish)
 {
 	struct json *eps = json_get(req, "endpoints");
-	struct node *n = coord_node_get(c, kube_name(dev), coord_dev_tailnet(dev));
+	struct node *n = coord_node_get(c, kube_name(dev), operator_tailnet_of(dev));
 
 	if (!n)
 		return;
@@ -402,7 +402,7 @@ static void conn_closed(struct httpd_stream *st, void *arg)
 		m->next->prev = m->prev;
 	c->stats.streams--;
 	if (m->node)
-		coord_node_stream(c, m->node, false);
+		coord_node_stream(c, m->node, false, NULL);
 	channel_session_wipe(&m->ch);
 	free(m);
 }
@@ -446,7 +446,7 @@ static void h_map(struct httpd_req *req, void *arg)
 		goto nomem;
 	m->c = c;
 	snprintf(m->device, sizeof(m->device), "%s", kube_name(dev));
-	snprintf(m->tailnet, sizeof(m->tailnet), "%s", coord_dev_tailnet(dev));
+	snprintf(m->tailnet, sizeof(m->tailnet), "%s", operator_tailnet_of(dev));
 	m->node = coord_node_get(c, m->device, m->tailnet);
 	if (!m->node) {
 		free(m);
@@ -474,8 +474,7 @@ static void h_map(struct httpd_req *req, void *arg)
 	 * reconnect) and the online flag go to the peers; this stream pulls
 	 * its full netmap, its own new record included, as it reads. */
 	set_endpoints(c, dev, j, false);
-	coord_node_stream(c, m->node, true);
-	coord_publish_device(c, dev);
+	coord_node_stream(c, m->node, true, dev);
 	coord_stream_sync(m);
 	json_free(dev);
 	json_free(j);

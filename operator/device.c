@@ -297,7 +297,7 @@ int device_reconcile(struct operator *op, const char *ns, const char *name, uint
 	if (!dev || kube_deleting(dev))
 		goto out;
 	gen = kube_generation(dev);
-	tailnet = json_str(json_path(dev, "spec", "tailnet", NULL)) ?: "default";
+	tailnet = operator_tailnet_of(dev);
 	status = json_clone(json_get(dev, "status"));
 	if (!status && !(status = json_new_object())) {
 		err = -ENOMEM;

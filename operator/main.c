@@ -171,9 +171,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 
 static void enqueue_tailnet_of(const struct json *obj)
 {
-	const char *tn = json_str(json_path(obj, "spec", "tailnet", NULL));
-
-	controller_enqueue_key_after(op.tailnet_ctl, tn ? tn : "default", TAILNET_RECOUNT_MS);
+	controller_enqueue_key_after(op.tailnet_ctl, operator_tailnet_of(obj), TAILNET_RECOUNT_MS);
 }
 
 static void device_changed(const struct json *dev)
@@ -214,9 +212,7 @@ static void claim_del(struct informer *i, const struct json *o, void *a) { enque
 
 static void enqueue_devices_of_tailnet(const struct json *dev, void *arg)
 {
-	const char *tn = json_str(json_path(dev, "spec", "tailnet", NULL)) ?: "default";
-
-	if (strcmp(tn, arg) == 0)
+	if (strcmp(operator_tailnet_of(dev), arg) == 0)
 		controller_enqueue(op.device_ctl, dev);
 }
 
@@ -259,22 +255,17 @@ static int claim_device_index(const struct json *obj, const char **values, int m
 	return index_one(json_str(json_path(obj, "spec", "device", NULL)), values, max);
 }
 
-static const char *tailnet_of(const struct json *obj)
-{
-	return json_str(json_path(obj, "spec", "tailnet", NULL)) ?: "default";
-}
-
 /* Tailnet status counts by these (informer_index_count), not by walking. */
 static int device_tailnet_index(const struct json *obj, const char **values, int max)
 {
-	return index_one(tailnet_of(obj), values, max);
+	return index_one(operator_tailnet_of(obj), values, max);
 }
 
 static int claim_tailnet_family_index(const struct json *obj, const char **values, int max, bool v6)
 {
 	const char *addr = json_str(json_path(obj, "spec", "address", NULL));
 
-	return addr && (strchr(addr, ':') != NULL) == v6 ? index_one(tailnet_of(obj), values, max) : 0;
+	return addr && (strchr(addr, ':') != NULL) == v6 ? index_one(operator_tailnet_of(obj), values, max) : 0;
 }
 static int claim_tailnet4_index(const struct json *obj, const char **values, int max)
 {

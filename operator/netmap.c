@@ -76,11 +76,6 @@ static void node_release(struct node *n)
 		node_free(n);
 }
 
-const char *coord_dev_tailnet(const struct json *dev)
-{
-	return json_str(json_path(dev, "spec", "tailnet", NULL)) ?: "default";
-}
-
 bool coord_dev_usable(const struct json *dev)
 {
 	return json_array_len(json_path(dev, "status", "addresses", NULL)) == 2 &&
@@ -539,7 +534,7 @@ void coord_flush(struct loop *loop, struct loop_timer *t, void *arg)
 /* Logs dev's record if it changed (or its removal if it is no longer a peer). */
 void coord_publish_device(struct coord *c, const struct json *dev)
 {
-	const char *name = kube_name(dev), *tailnet = coord_dev_tailnet(dev);
+	const char *name = kube_name(dev), *tailnet = operator_tailnet_of(dev);
 	const char *key = json_str(json_path(dev, "spec", "nodeKey", NULL));
 	struct node *n = coord_node_get(c, name, tailnet);
 	struct json *suffix, *p;
@@ -547,19 +542,22 @@ void coord_publish_device(struct coord *c, const struct json *dev)
 	uint64_t hard;
 	bool urgent;
 
+	bool usable = coord_dev_usable(dev), moved;
+
 	if (!n)
 		return;
-	if (!coord_dev_usable(dev) || strcmp(n->tailnet, tailnet) != 0) {
+	moved = strcmp(n->tailnet, tailnet) != 0;
+	if (!usable || moved) {
 		/* Not (or no longer) a usable peer here: peers that knew it drop it. */
 		node_unpublish(c, n);
-		if (strcmp(n->tailnet, tailnet) != 0) {
+		if (moved) {
 			char *t = strdup(tailnet);
 			if (t) {
 				free(n->tailnet);
 				n->tailnet = t;
 			}
 		}
-		if (!coord_dev_usable(dev))
+		if (!usable)
 			return;
 	}
 	if (n->peer && key && strcmp(n->node_key, key) != 0)
@@ -584,25 +582,26 @@ void coord_publish_device(struct coord *c, const struct json *dev)
 		log_error("coordination: out of memory; peers miss a change", "device=%s", name);
 }
 
-void coord_node_stream(struct coord *c, struct node *n, bool opened)
+void coord_node_stream(struct coord *c, struct node *n, bool opened, const struct json *dev)
 {
-	struct json *dev;
+	bool transition = opened ? n->streams++ == 0 : --n->streams == 0;
+	struct json *found = NULL;
 
-	if (opened ? n->streams++ > 0 : --n->streams > 0)
-		return;
 	if (n->dead) {
 		node_release(n);
 		return;
 	}
-	if (c->stopping)
+	if (c->stopping || (!transition && !dev))
 		return;
 	/* Online or offline: the API server hears of the transition, peers of
 	 * the new record. */
-	coord_online_changed(c, n->name, opened);
-	dev = informer_get(c->op->devices, NULL, n->name);
+	if (transition)
+		coord_online_changed(c, n->name, opened);
+	if (!dev)
+		dev = found = informer_get(c->op->devices, NULL, n->name);
 	if (dev)
 		coord_publish_device(c, dev);
-	json_free(dev);
+	json_free(found);
 }
 
 void coord_device_changed(struct coord *c, const struct json *old, const struct json *dev)
@@ -648,7 +647,7 @@ static void republish_of_tailnet(const struct json *dev, void *arg)
 {
 	void **a = arg;
 
-	if (strcmp(coord_dev_tailnet(dev), a[1]) == 0)
+	if (strcmp(operator_tailnet_of(dev), a[1]) == 0)
 		coord_publish_device(a[0], dev);
 }
 

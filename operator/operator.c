@@ -16,6 +16,11 @@ const struct kube_resource res_policies = { "knit.dev", "v1alpha1", "policies", 
 const struct kube_resource res_devices = { "knit.dev", "v1alpha1", "devices", "Device", false };
 const struct kube_resource res_addressclaims = { "knit.dev", "v1alpha1", "addressclaims", "AddressClaim", false };
 
+const char *operator_tailnet_of(const struct json *obj)
+{
+	return json_str(json_path(obj, "spec", "tailnet", NULL)) ?: "default";
+}
+
 int operator_update_status(struct operator *op, const struct kube_resource *res,
 			   const struct json *current, struct json *desired_status)
 {

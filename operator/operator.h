@@ -56,6 +56,10 @@ int tailnet_reconcile(struct operator *op, const char *ns, const char *name, uin
 int authkey_reconcile(struct operator *op, const char *ns, const char *name, uint64_t *requeue_ms);
 int device_reconcile(struct operator *op, const char *ns, const char *name, uint64_t *requeue_ms);
 
+/* The Tailnet a Device, AddressClaim or AuthKey belongs to: spec.tailnet,
+ * "default" when unset. */
+const char *operator_tailnet_of(const struct json *obj);
+
 /* Writes obj's status through the /status subresource when it differs
  * from current; the object's resourceVersion is the precondition. Returns
  * 0, -EAGAIN on conflict (requeue), or another negative errno. */

@@ -36,6 +36,29 @@ void coord_job_free(struct job *j)
 
 static void job_done(struct loop *loop, void *arg);
 
+/* The two FIFO queues (calls; online writes), under c->lock. */
+static void job_append(struct job **head, struct job **tail, struct job *j)
+{
+	j->next = NULL;
+	if (*tail)
+		(*tail)->next = j;
+	else
+		*head = j;
+	*tail = j;
+}
+
+static struct job *job_pop(struct job **head, struct job **tail)
+{
+	struct job *j = *head;
+
+	if (j) {
+		*head = j->next;
+		if (!*head)
+			*tail = NULL;
+	}
+	return j;
+}
+
 int coord_job_submit(struct coord *c, struct job *j)
 {
 	pthread_mutex_lock(&c->lock);
@@ -43,12 +66,7 @@ int coord_job_submit(struct coord *c, struct job *j)
 		pthread_mutex_unlock(&c->lock);
 		return -EBUSY;
 	}
-	j->next = NULL;
-	if (c->tail)
-		c->tail->next = j;
-	else
-		c->head = j;
-	c->tail = j;
+	job_append(&c->head, &c->tail, j);
 	c->njobs++;
 	pthread_cond_signal(&c->cond);
 	pthread_mutex_unlock(&c->lock);
@@ -58,23 +76,15 @@ int coord_job_submit(struct coord *c, struct job *j)
 /* The next job: calls first (a client waits on each), then online writes. */
 static struct job *job_next(struct coord *c)
 {
-	struct job *j;
+	struct job *j = job_pop(&c->head, &c->tail);
 
-	if (c->head) {
-		j = c->head;
-		c->head = j->next;
-		if (!c->head)
-			c->tail = NULL;
+	if (j) {
 		c->njobs--;
 		return j;
 	}
-	j = c->ohead;
-	if (j) {
-		c->ohead = j->next;
-		if (!c->ohead)
-			c->otail = NULL;
+	j = job_pop(&c->ohead, &c->otail);
+	if (j)
 		strmap_del(c->online_pending, j->device);
-	}
 	return j;
 }
 
@@ -165,25 +175,40 @@ struct use_ctx {
 	time_t now;
 };
 
+/* Why ak cannot register a device at now ("AuthKeyExpired",
+ * "AuthKeyUsedUp"), or NULL if it can. */
+static const char *use_refused(const struct json *ak, time_t now)
+{
+	const struct json *st = json_get(ak, "status");
+	int64_t uses = json_int(json_get(st, "uses"), 0), max = json_int(json_path(ak, "spec", "maxUses", NULL), 0);
+	bool reusable = json_bool(json_path(ak, "spec", "reusable", NULL), false);
+	time_t exp;
+
+	if (!kube_time_parse(json_str(json_get(st, "expiresAt")), &exp) || now >= exp)
+		return "AuthKeyExpired";
+	if ((!reusable && uses >= 1) || (reusable && max > 0 && uses >= max))
+		return "AuthKeyUsedUp";
+	return NULL;
+}
+
+static struct json *refusal_reply(const char *code)
+{
+	return coord_error_reply(code, strcmp(code, "AuthKeyUsedUp") == 0
+					       ? "the auth key has already been used; one-off keys register one device"
+					       : "the auth key has expired; create a new one");
+}
+
 static int take_use(struct json *ak, void *arg)
 {
 	struct use_ctx *u = arg;
 	struct json *st = json_get(ak, "status");
-	int64_t uses = json_int(json_get(st, "uses"), 0), max = json_int(json_path(ak, "spec", "maxUses", NULL), 0);
-	bool reusable = json_bool(json_path(ak, "spec", "reusable", NULL), false);
-	time_t exp;
 	char ts[32];
 
-	if (!kube_time_parse(json_str(json_get(st, "expiresAt")), &exp) || u->now >= exp) {
-		u->code = "AuthKeyExpired";
-		return -ETIME;
-	}
-	if ((!reusable && uses >= 1) || (reusable && max > 0 && uses >= max)) {
-		u->code = "AuthKeyUsedUp";
-		return -EDQUOT;
-	}
+	u->code = use_refused(ak, u->now);
+	if (u->code)
+		return strcmp(u->code, "AuthKeyExpired") == 0 ? -ETIME : -EDQUOT;
 	kube_time_format(u->now, ts, sizeof(ts));
-	json_object_set(st, "uses", json_new_int(uses + 1));
+	json_object_set(st, "uses", json_new_int(json_int(json_get(st, "uses"), 0) + 1));
 	json_object_set(st, "lastUsed", json_new_string(ts));
 	return 1;
 }
@@ -357,12 +382,8 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		if (unlimited) {
 			/* Nothing to run out of: check the cached key (expiry) and
 			 * count the use in the background, off the joining path. */
-			struct json *probe = json_clone(ak);
-			int err = probe ? take_use(probe, &u) : -ENOMEM;
-			json_free(probe);
-			if (err < 0) {
-				reply = u.code ? coord_error_reply(u.code, "the auth key has expired; create a new one")
-					       : coord_error_reply("Unavailable", "out of memory");
+			if ((u.code = use_refused(ak, now))) {
+				reply = refusal_reply(u.code);
 				goto out;
 			}
 			count_use_later(c, kube_namespace(ak), kube_name(ak));
@@ -375,9 +396,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 			kube_result_clear(&r); /* status and reason stay readable */
 			if (err < 0 || !kube_ok(&r)) {
 				if (u.code)
-					reply = coord_error_reply(u.code, strcmp(u.code, "AuthKeyUsedUp") == 0
-									    ? "the auth key has already been used; one-off keys register one device"
-									    : "the auth key has expired; create a new one");
+					reply = refusal_reply(u.code);
 				else
 					reply = coord_error_reply("Unavailable", "cannot record the key's use (HTTP %ld %s); try again",
 								  r.status, r.reason);
@@ -385,7 +404,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 			}
 		}
 		ephemeral = json_bool(json_path(ak, "spec", "ephemeral", NULL), false);
-		tailnet = json_str(json_path(ak, "spec", "tailnet", NULL)) ?: "default";
+		tailnet = operator_tailnet_of(ak);
 		/* Requested tags must be among the key's. */
 		struct json *key_tags = json_path(ak, "spec", "tags", NULL);
 		for (size_t i = 0; i < json_array_len(tags); i++) {
@@ -403,7 +422,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		reply = coord_error_reply("NotRegistered", "this machine is not registered: run knit up --authkey KEY");
 		goto out;
 	} else {
-		tailnet = coord_dev_tailnet(existing);
+		tailnet = operator_tailnet_of(existing);
 	}
 
 	sanitize_host(json_str(json_get(req, "hostname")), host, sizeof(host));
@@ -571,11 +590,7 @@ void coord_online_changed(struct coord *c, const char *device, bool online)
 	j->online = online;
 	j->at = time(NULL);
 	snprintf(j->device, sizeof(j->device), "%s", device);
-	if (c->otail)
-		c->otail->next = j;
-	else
-		c->ohead = j;
-	c->otail = j;
+	job_append(&c->ohead, &c->otail, j);
 	pthread_cond_signal(&c->cond);
 	pthread_mutex_unlock(&c->lock);
 }
