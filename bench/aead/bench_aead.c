@@ -52,7 +52,7 @@ static double run(enum aead_impl impl, size_t len, bool seal, double secs)
 int main(int argc, char **argv)
 {
 	static const size_t sizes[] = { 64, 576, 1420, 8192, 65536 };
-	static const enum aead_impl impls[] = { AEAD_IMPL_OPENSSL, AEAD_IMPL_SODIUM };
+	static const enum aead_impl impls[] = { AEAD_IMPL_AVX2, AEAD_IMPL_OPENSSL, AEAD_IMPL_SODIUM };
 	double secs = argc > 1 ? atof(argv[1]) : 0.5;
 
 	if (aead_init(AEAD_IMPL_SODIUM) != 0) {
@@ -60,10 +60,15 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	printf("%-10s %7s %12s %12s\n", "backend", "bytes", "seal MB/s", "open MB/s");
-	for (size_t i = 0; i < sizeof(impls) / sizeof(impls[0]); i++)
+	for (size_t i = 0; i < sizeof(impls) / sizeof(impls[0]); i++) {
+		if (!aead_impl_usable(impls[i])) {
+			printf("%-10s (not usable on this machine)\n", aead_impl_name(impls[i]));
+			continue;
+		}
 		for (size_t j = 0; j < sizeof(sizes) / sizeof(sizes[0]); j++)
 			printf("%-10s %7zu %12.0f %12.0f\n", aead_impl_name(impls[i]), sizes[j],
 			       run(impls[i], sizes[j], true, secs), run(impls[i], sizes[j], false, secs));
+	}
 	if (aead_init(AEAD_IMPL_AUTO) != 0)
 		return 1;
 	printf("aead_init(AUTO) picks: %s for 1420 bytes, %s for 128 bytes\n", aead_impl_name(aead_impl()),

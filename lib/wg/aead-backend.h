@@ -24,5 +24,6 @@ struct aead_backend {
 
 extern const struct aead_backend aead_backend_sodium;
 extern const struct aead_backend aead_backend_openssl;
+extern const struct aead_backend aead_backend_avx2;
 
 #endif

@@ -2,6 +2,7 @@
 #include "wg/aead-backend.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,9 @@
 static const struct aead_backend *backends[] = {
 	[AEAD_IMPL_SODIUM] = &aead_backend_sodium,
 	[AEAD_IMPL_OPENSSL] = &aead_backend_openssl,
+	[AEAD_IMPL_AVX2] = &aead_backend_avx2,
 };
+#define NBACKENDS (sizeof(backends) / sizeof(backends[0]))
 
 /* Written once by aead_init() before threads start; read-only after.
  * OpenSSL's EVP re-initialisation per packet costs about as much as
@@ -20,6 +23,25 @@ static const struct aead_backend *backends[] = {
 static enum aead_impl selected = AEAD_IMPL_SODIUM, selected_small = AEAD_IMPL_SODIUM;
 static const struct aead_backend *active = &aead_backend_sodium;
 static const struct aead_backend *active_small = &aead_backend_sodium;
+
+/* Which backends this CPU and library can run: probed once (the AVX2
+ * backend checks itself against libsodium, OpenSSL's against its provider). */
+static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
+static bool usable[NBACKENDS];
+
+static void probe(void)
+{
+	for (size_t i = AEAD_IMPL_SODIUM; i < NBACKENDS; i++)
+		usable[i] = backends[i]->available();
+}
+
+static bool backend_usable(enum aead_impl impl)
+{
+	if (impl <= AEAD_IMPL_AUTO || (size_t)impl >= NBACKENDS)
+		return false;
+	pthread_once(&probe_once, probe);
+	return usable[impl];
+}
 
 static inline const struct aead_backend *backend_by_len(size_t len)
 {
@@ -63,19 +85,28 @@ int aead_init(enum aead_impl impl)
 	if (sodium_init() < 0)
 		return -ENOSYS;
 	switch (impl) {
-	case AEAD_IMPL_AUTO:
+	case AEAD_IMPL_AUTO: {
 		/* 1420: the usual tunnel MTU; 128: ACKs and keepalives. */
+		uint64_t best = measure(&aead_backend_sodium, 1420);
+		uint64_t best_small = measure(&aead_backend_sodium, 128);
+
 		impl = small = AEAD_IMPL_SODIUM;
-		if (aead_backend_openssl.available()) {
-			if (measure(&aead_backend_openssl, 1420) < measure(&aead_backend_sodium, 1420))
-				impl = AEAD_IMPL_OPENSSL;
-			if (measure(&aead_backend_openssl, 128) < measure(&aead_backend_sodium, 128))
-				small = AEAD_IMPL_OPENSSL;
+		for (enum aead_impl i = AEAD_IMPL_SODIUM + 1; i < NBACKENDS; i++) {
+			uint64_t t;
+
+			if (!backend_usable(i))
+				continue;
+			if ((t = measure(backends[i], 1420)) < best)
+				best = t, impl = i;
+			if ((t = measure(backends[i], 128)) < best_small)
+				best_small = t, small = i;
 		}
 		break;
+	}
 	case AEAD_IMPL_SODIUM:
 	case AEAD_IMPL_OPENSSL:
-		if (!backends[impl]->available())
+	case AEAD_IMPL_AVX2:
+		if (!backend_usable(impl))
 			return -ENOSYS;
 		small = impl;
 		break;
@@ -87,6 +118,11 @@ int aead_init(enum aead_impl impl)
 	active = backends[impl];
 	active_small = backends[small];
 	return 0;
+}
+
+bool aead_impl_usable(enum aead_impl impl)
+{
+	return impl == AEAD_IMPL_AUTO || backend_usable(impl);
 }
 
 enum aead_impl aead_impl(void)
@@ -104,6 +140,7 @@ const char *aead_impl_name(enum aead_impl impl)
 	switch (impl) {
 	case AEAD_IMPL_SODIUM:
 	case AEAD_IMPL_OPENSSL:
+	case AEAD_IMPL_AVX2:
 		return backends[impl]->name;
 	case AEAD_IMPL_AUTO:
 		return "auto";
@@ -113,15 +150,15 @@ const char *aead_impl_name(enum aead_impl impl)
 
 void aead_thread_cleanup(void)
 {
-	aead_backend_openssl.thread_cleanup();
-	aead_backend_sodium.thread_cleanup();
+	for (size_t i = AEAD_IMPL_SODIUM; i < NBACKENDS; i++)
+		backends[i]->thread_cleanup();
 }
 
 static const struct aead_backend *backend_for(enum aead_impl impl, size_t len)
 {
-	if (impl == AEAD_IMPL_SODIUM || impl == AEAD_IMPL_OPENSSL)
-		return backends[impl];
-	return backend_by_len(len);
+	if (impl == AEAD_IMPL_AUTO)
+		return backend_by_len(len);
+	return backend_usable(impl) ? backends[impl] : NULL;
 }
 
 static inline void counter_nonce(uint8_t nonce[AEAD_NONCE_LEN], uint64_t counter)
@@ -135,16 +172,20 @@ bool aead_seal_ietf(enum aead_impl impl, uint8_t *dst, const uint8_t *src, size_
 		    const uint8_t *ad, size_t adlen, const uint8_t nonce[AEAD_NONCE_LEN],
 		    const uint8_t key[AEAD_KEY_LEN])
 {
-	return backend_for(impl, len)->seal(dst, src, len, ad, adlen, nonce, key);
+	const struct aead_backend *b = backend_for(impl, len);
+
+	return b && b->seal(dst, src, len, ad, adlen, nonce, key);
 }
 
 bool aead_open_ietf(enum aead_impl impl, uint8_t *dst, const uint8_t *src, size_t len,
 		    const uint8_t *ad, size_t adlen, const uint8_t nonce[AEAD_NONCE_LEN],
 		    const uint8_t key[AEAD_KEY_LEN])
 {
-	if (len < AEAD_TAG_LEN)
+	const struct aead_backend *b;
+
+	if (len < AEAD_TAG_LEN || !(b = backend_for(impl, len - AEAD_TAG_LEN)))
 		return false;
-	if (!backend_for(impl, len - AEAD_TAG_LEN)->open(dst, src, len, ad, adlen, nonce, key)) {
+	if (!b->open(dst, src, len, ad, adlen, nonce, key)) {
 		if (len > AEAD_TAG_LEN)
 			memset(dst, 0, len - AEAD_TAG_LEN);
 		return false;

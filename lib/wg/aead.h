@@ -1,9 +1,10 @@
 /* ChaCha20-Poly1305 (RFC 8439) for transport data and the handshake, and
  * XChaCha20-Poly1305 for cookie replies, as WireGuard uses them.
  *
- * Two interchangeable backends compute the same bytes: OpenSSL 3's EVP
- * (faster where it has AVX2/AVX-512 code) and libsodium. aead_init() picks
- * one; until then libsodium is used. XChaCha20 always comes from libsodium
+ * Three interchangeable backends compute the same bytes: OpenSSL 3's EVP
+ * (fastest where it has AVX-512 code), knit's own AVX2 code (ChaCha20 and
+ * Poly1305 stitched; aead-avx2.c) and libsodium. aead_init() picks one;
+ * until then libsodium is used. XChaCha20 always comes from libsodium
  * (OpenSSL has none; cookie replies are rare).
  *
  * Thread-safety: all functions are reentrant. The OpenSSL backend keeps one
@@ -27,14 +28,17 @@
 #define AEAD_TAG_LEN 16
 
 enum aead_impl {
-	AEAD_IMPL_AUTO = 0, /* measure both, keep the faster (separately for packets under 1 KiB) */
+	AEAD_IMPL_AUTO = 0, /* measure each, keep the fastest (separately for packets under 1 KiB) */
 	AEAD_IMPL_SODIUM,
 	AEAD_IMPL_OPENSSL,
+	AEAD_IMPL_AVX2, /* x86-64 with AVX2 and BMI2 only */
 };
 
 /* Call once at startup, before threads use the AEAD. Also initialises
  * libsodium. Returns 0 or -EINVAL/-ENOSYS (unknown or unusable backend). */
 int aead_init(enum aead_impl impl);
+/* Whether this machine can run impl (AUTO: always). */
+bool aead_impl_usable(enum aead_impl impl);
 /* The backend for full-size packets, and the one used for len bytes. */
 enum aead_impl aead_impl(void);
 enum aead_impl aead_impl_for(size_t len);
@@ -52,7 +56,8 @@ bool aead_open(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, 
 	       uint64_t counter, const uint8_t key[AEAD_KEY_LEN]);
 
 /* The same with a full 96-bit nonce on a named backend (test vectors, the
- * benchmark). AEAD_IMPL_AUTO means the selected one. */
+ * benchmark). AEAD_IMPL_AUTO means the selected one; a backend this
+ * machine cannot run fails (returns false). */
 bool aead_seal_ietf(enum aead_impl impl, uint8_t *dst, const uint8_t *src, size_t len,
 		    const uint8_t *ad, size_t adlen, const uint8_t nonce[AEAD_NONCE_LEN],
 		    const uint8_t key[AEAD_KEY_LEN]);

@@ -1,4 +1,5 @@
-/* ChaCha20-Poly1305 on both backends (RFC 8439 section 2.8.2), the
+/* ChaCha20-Poly1305 on every backend this machine runs (RFC 8439 section
+ * 2.8.2), all three agreeing at every length up to a few chunks, the
  * WireGuard counter nonce, in-place operation, forgeries, prepared keys
  * (also from many threads at once), XChaCha20. */
 #include <pthread.h>
@@ -25,7 +26,11 @@ static const char rfc_sealed[] =
 	"\x3f\xf4\xde\xf0\x8e\x4b\x7a\x9d\xe5\x76\xd2\x65\x86\xce\xc6\x4b\x61\x16"
 	"\x1a\xe1\x0b\x59\x4f\x09\xe2\x6a\x7e\x90\x2e\xcb\xd0\x60\x06\x91";
 
-static const enum aead_impl impls[] = { AEAD_IMPL_SODIUM, AEAD_IMPL_OPENSSL };
+/* The backends under test: those this machine can run (setup fills it;
+ * the AVX2 one must be among them wherever the CPU has AVX2 and BMI2). */
+static enum aead_impl impls[3];
+static size_t nimpls;
+#define NIMPLS nimpls
 
 static void rfc_key(uint8_t key[32])
 {
@@ -35,7 +40,68 @@ static void rfc_key(uint8_t key[32])
 
 static int setup(void **state)
 {
+	static const enum aead_impl all[] = { AEAD_IMPL_SODIUM, AEAD_IMPL_OPENSSL, AEAD_IMPL_AVX2 };
+
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+		if (aead_impl_usable(all[i]))
+			impls[nimpls++] = all[i];
+		else
+			print_message("backend %s: not usable on this machine\n", aead_impl_name(all[i]));
+	}
 	return aead_init(AEAD_IMPL_SODIUM);
+}
+
+/* The AVX2 backend is there wherever it can run: its self-check against
+ * libsodium passed (a failing one would hide it behind the others). */
+static void test_avx2_present(void **state)
+{
+#if defined(__x86_64__)
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2"))
+		assert_true(aead_impl_usable(AEAD_IMPL_AVX2));
+	else
+		assert_false(aead_impl_usable(AEAD_IMPL_AVX2));
+#else
+	assert_false(aead_impl_usable(AEAD_IMPL_AVX2));
+#endif
+	assert_int_equal(aead_init(AEAD_IMPL_SODIUM), 0);
+}
+
+/* Every length from 0 to 1600 (the chunk and block boundaries of each
+ * backend: 16, 64, 448, 512...) with AD of 0-33 bytes, in place and not:
+ * each backend seals what libsodium seals and opens it back. */
+static void test_every_length(void **state)
+{
+	static uint8_t p[1601], ref[1601 + 16], a[1601 + 16];
+	uint8_t key[32], nonce[12], ad[33];
+
+	randombytes_buf(p, sizeof(p));
+	randombytes_buf(key, sizeof(key));
+	randombytes_buf(nonce, sizeof(nonce));
+	randombytes_buf(ad, sizeof(ad));
+	for (size_t len = 0; len <= 1600; len++) {
+		size_t adlen = len % 34;
+
+		assert_true(aead_seal_ietf(AEAD_IMPL_SODIUM, ref, p, len, ad, adlen, nonce, key));
+		for (size_t i = 0; i < NIMPLS; i++) {
+			if (len % 2) {
+				memcpy(a, p, len);
+				assert_true(aead_seal_ietf(impls[i], a, a, len, ad, adlen, nonce, key));
+			} else {
+				assert_true(aead_seal_ietf(impls[i], a, p, len, ad, adlen, nonce, key));
+			}
+			assert_memory_equal(a, ref, len + 16);
+			assert_true(aead_open_ietf(impls[i], a, a, len + 16, ad, adlen, nonce, key));
+			assert_true(len == 0 || memcmp(a, p, len) == 0);
+			/* the last byte of the ciphertext and of the tag */
+			memcpy(a, ref, len + 16);
+			a[len ? len - 1 : 0] ^= 0x80;
+			assert_false(aead_open_ietf(impls[i], a, a, len + 16, ad, adlen, nonce, key));
+			memcpy(a, ref, len + 16);
+			a[len + 15] ^= 0x01;
+			assert_false(aead_open_ietf(impls[i], a, a, len + 16, ad, adlen, nonce, key));
+		}
+	}
 }
 
 static int teardown(void **state)
@@ -51,7 +117,7 @@ static void test_rfc8439_vector(void **state)
 
 	assert_int_equal(len, 114);
 	rfc_key(key);
-	for (size_t i = 0; i < sizeof(impls) / sizeof(impls[0]); i++) {
+	for (size_t i = 0; i < NIMPLS; i++) {
 		/* separate buffers */
 		assert_true(aead_seal_ietf(impls[i], buf, (const uint8_t *)rfc_plain, len, rfc_aad, sizeof(rfc_aad),
 					   rfc_nonce, key));
@@ -75,7 +141,7 @@ static void test_forgery(void **state)
 	uint8_t key[32], buf[256], out[256], aad[sizeof(rfc_aad)], nonce[12];
 
 	rfc_key(key);
-	for (size_t i = 0; i < sizeof(impls) / sizeof(impls[0]); i++) {
+	for (size_t i = 0; i < NIMPLS; i++) {
 		for (size_t pos = 0; pos < len + 16; pos++) {
 			memcpy(buf, rfc_sealed, len + 16);
 			buf[pos] ^= 0x01;
@@ -104,7 +170,7 @@ static void test_counter_nonce(void **state)
 
 	rfc_key(key);
 	memset(p, 0x5A, sizeof(p));
-	for (size_t i = 0; i < sizeof(impls) / sizeof(impls[0]); i++) {
+	for (size_t i = 0; i < NIMPLS; i++) {
 		assert_int_equal(aead_init(impls[i]), 0);
 		assert_int_equal(aead_impl(), impls[i]);
 		assert_true(aead_seal(a, p, sizeof(p), NULL, 0, 0x0706050403020100ULL, key));
@@ -131,10 +197,13 @@ static void test_backends_agree(void **state)
 		randombytes_buf(nonce, sizeof(nonce));
 		randombytes_buf(ad, sizeof(ad));
 		assert_true(aead_seal_ietf(AEAD_IMPL_SODIUM, a, p, lens[i], ad, i % 2 ? sizeof(ad) : 0, nonce, key));
-		assert_true(aead_seal_ietf(AEAD_IMPL_OPENSSL, b, p, lens[i], ad, i % 2 ? sizeof(ad) : 0, nonce, key));
-		assert_memory_equal(a, b, lens[i] + 16);
-		assert_true(aead_open_ietf(AEAD_IMPL_OPENSSL, b, a, lens[i] + 16, ad, i % 2 ? sizeof(ad) : 0, nonce, key));
-		assert_true(lens[i] == 0 || memcmp(b, p, lens[i]) == 0);
+		for (size_t k = 0; k < NIMPLS; k++) {
+			assert_true(aead_seal_ietf(impls[k], b, p, lens[i], ad, i % 2 ? sizeof(ad) : 0, nonce, key));
+			assert_memory_equal(a, b, lens[i] + 16);
+			assert_true(aead_open_ietf(impls[k], b, a, lens[i] + 16, ad, i % 2 ? sizeof(ad) : 0, nonce,
+						   key));
+			assert_true(lens[i] == 0 || memcmp(b, p, lens[i]) == 0);
+		}
 	}
 }
 
@@ -143,7 +212,7 @@ static void test_backends_agree(void **state)
  * forgeries and the other direction's key. */
 static void test_prepared_key(void **state)
 {
-	static const enum aead_impl sel[] = { AEAD_IMPL_SODIUM, AEAD_IMPL_OPENSSL, AEAD_IMPL_AUTO };
+	static const enum aead_impl sel[] = { AEAD_IMPL_SODIUM, AEAD_IMPL_OPENSSL, AEAD_IMPL_AVX2, AEAD_IMPL_AUTO };
 	static const size_t lens[] = { 0, 1, 16, 64, 1023, 1024, 1420, 4096 };
 	static uint8_t p[4096], a[4096 + 16], b[4096 + 16];
 	uint8_t key[32];
@@ -152,6 +221,8 @@ static void test_prepared_key(void **state)
 	for (size_t s = 0; s < sizeof(sel) / sizeof(sel[0]); s++) {
 		struct aead_key *enc, *dec;
 
+		if (!aead_impl_usable(sel[s]))
+			continue;
 		assert_int_equal(aead_init(sel[s]), 0);
 		randombytes_buf(key, sizeof(key));
 		enc = aead_key_new(key, true);
@@ -272,20 +343,25 @@ static void test_xchacha(void **state)
 static void test_init(void **state)
 {
 	assert_int_equal(aead_init(AEAD_IMPL_AUTO), 0);
-	assert_true(aead_impl() == AEAD_IMPL_SODIUM || aead_impl() == AEAD_IMPL_OPENSSL);
+	assert_true(aead_impl_usable(aead_impl()) && aead_impl() != AEAD_IMPL_AUTO);
+	assert_true(aead_impl_usable(aead_impl_for(64)) && aead_impl_for(64) != AEAD_IMPL_AUTO);
 	assert_int_equal(aead_impl_for(1420), aead_impl());
 	assert_int_equal(aead_init(AEAD_IMPL_OPENSSL), 0);
 	assert_int_equal(aead_impl_for(64), AEAD_IMPL_OPENSSL);
 	assert_int_equal(aead_init((enum aead_impl)42), -22);
 	assert_string_equal(aead_impl_name(AEAD_IMPL_OPENSSL), "openssl");
 	assert_string_equal(aead_impl_name(AEAD_IMPL_SODIUM), "libsodium");
+	assert_string_equal(aead_impl_name(AEAD_IMPL_AVX2), "avx2");
+	assert_false(aead_impl_usable((enum aead_impl)42));
 	assert_int_equal(aead_init(AEAD_IMPL_SODIUM), 0);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_avx2_present),
 		cmocka_unit_test(test_rfc8439_vector),
+		cmocka_unit_test(test_every_length),
 		cmocka_unit_test(test_forgery),
 		cmocka_unit_test(test_counter_nonce),
 		cmocka_unit_test(test_backends_agree),
