@@ -314,12 +314,7 @@ void receive_job_open(struct job *j)
 {
 	uint64_t now = loop_mono_ms();
 
-	for (unsigned i = 0; i < j->n; i++) {
-		size_t plen = 0;
-
-		j->ok[i] = (uint8_t)noise_keypair_decrypt(j->kp, j->buf[i], j->len[i], now, &plen);
-		j->plen[i] = (uint16_t)plen;
-	}
+	noise_keypair_decrypt_many(j->kp, j->buf, j->len, j->n, now, j->ok, j->plen);
 	atomic_store_explicit(&j->done, true, memory_order_release);
 }
 

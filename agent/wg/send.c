@@ -343,15 +343,17 @@ void send_job_seal(struct job *j)
 	size_t mtu = (size_t)atomic_load(&j->peer->engine->mtu);
 	uint64_t now = loop_mono_ms();
 
+	uint16_t padded[JOB_MAX];
+
 	for (unsigned i = 0; i < j->n; i++) {
-		size_t plen = j->plen[i], padded = message_data_padded_len(plen, mtu), out = 0;
-		uint8_t *pkt = j->buf[i];
+		size_t plen = j->plen[i];
 
 		/* Section 5.4.6: zero padding to a multiple of 16, capped by the MTU. */
-		memset(pkt + POOL_HEADROOM + plen, 0, padded - plen);
-		j->ok[i] = noise_keypair_encrypt(j->kp, pkt, padded, now, &out);
-		j->len[i] = (uint16_t)out;
+		padded[i] = (uint16_t)message_data_padded_len(plen, mtu);
+		memset(j->buf[i] + POOL_HEADROOM + plen, 0, padded[i] - plen);
 	}
+	/* One run: the AEAD pipelines the packets into one another. */
+	noise_keypair_encrypt_many(j->kp, j->buf, padded, j->n, now, j->ok, j->len);
 	atomic_store_explicit(&j->done, true, memory_order_release);
 }
 

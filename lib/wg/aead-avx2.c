@@ -321,87 +321,194 @@ TARGET static inline void xor_stream(uint8_t *dst, const uint8_t *src, const uin
 		dst[i] = src[i] ^ ks[i];
 }
 
-/* Seals (enc) or opens len bytes; tag receives the computed tag. */
-TARGET static void chachapoly(bool enc, uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad,
-			      size_t adlen, const uint8_t nonce[AEAD_NONCE_LEN], const uint8_t key[AEAD_KEY_LEN],
-			      uint8_t tag[AEAD_TAG_LEN])
-{
-	_Alignas(32) uint8_t ks[2][512];
-	uint32_t st[16] = { 0x61707865, 0x3320646e, 0x79622d32, 0x6b206574 };
-	struct poly p;
-	uint8_t lens[16];
-	/* Authenticated bytes: ciphertext, which is dst when sealing. */
-	const uint8_t *ct = enc ? dst : src;
-	size_t prev_off = 0, prev_len, off;
-	const uint8_t *prev_ks;
-	uint32_t ctr = 8;
-	int cur = 1;
+/* One message of a run under one key. For sealing, len is the plaintext
+ * and the tag goes to dst + len; for opening, len is the ciphertext
+ * without its tag, which is read from src + len. */
+struct msg {
+	uint8_t *dst;
+	const uint8_t *src;
+	size_t len;
+	const uint8_t *ad;
+	size_t adlen;
+	uint8_t nonce[AEAD_NONCE_LEN];
+	bool ok;
+};
 
+/* The chunk the previous batch of keystream covered: authenticated during
+ * the next batch (sealing: the ciphertext just written; opening: the
+ * ciphertext, which the keystream is XORed over only afterwards). */
+struct chunk {
+	struct msg *m;
+	struct poly *p;
+	const uint8_t *ks;
+	size_t off, n;
+	bool last; /* the message's last chunk: its tag follows */
+};
+
+static inline void set_state(uint32_t st[16], const uint8_t key[AEAD_KEY_LEN], const uint8_t nonce[AEAD_NONCE_LEN])
+{
+	st[0] = 0x61707865, st[1] = 0x3320646e, st[2] = 0x79622d32, st[3] = 0x6b206574;
 	for (int i = 0; i < 8; i++)
 		st[4 + i] = le32(key + 4 * i);
+	st[12] = 0;
 	for (int i = 0; i < 3; i++)
 		st[13 + i] = le32(nonce + 4 * i);
+}
 
-	/* Block 0 keys Poly1305; blocks 1-7 cover the first 448 bytes. */
-	chacha8_stitched(ks[0], st, 0, NULL, NULL, 0);
-	poly_init(&p, ks[0]);
-	poly_padded(&p, ad, adlen);
-	prev_ks = ks[0] + 64;
-	prev_len = len < 448 ? len : 448;
-	if (enc)
-		xor_stream(dst, src, prev_ks, prev_len);
-	for (off = prev_len; off < len; off += 512, ctr += 8, cur ^= 1) {
-		size_t n = len - off < 512 ? len - off : 512;
+/* The rest of chunk c after the stitched rounds authenticated its first
+ * done bytes: the other blocks (a partial last one), the XOR when
+ * opening, the tag when it ends its message. */
+TARGET static void chunk_finish(bool enc, const struct chunk *c, size_t done)
+{
+	struct msg *m = c->m;
+	uint8_t lens[16], tag[AEAD_TAG_LEN];
 
-		/* prev_len is 448 or 512 here: whole blocks. */
-		chacha8_stitched(ks[cur], st, ctr, &p, ct + prev_off, prev_len / 16);
-		if (!enc)
-			xor_stream(dst + prev_off, src + prev_off, prev_ks, prev_len);
-		else
-			xor_stream(dst + off, src + off, ks[cur], n);
-		prev_off = off;
-		prev_len = n;
-		prev_ks = ks[cur];
-	}
-	poly_padded(&p, ct + prev_off, prev_len);
+	if (!m)
+		return;
+	poly_padded(c->p, (enc ? m->dst : m->src) + c->off + done, c->n - done);
 	if (!enc)
-		xor_stream(dst + prev_off, src + prev_off, prev_ks, prev_len);
+		xor_stream(m->dst + c->off, m->src + c->off, c->ks, c->n);
+	if (!c->last)
+		return;
 	for (int i = 0; i < 8; i++) {
-		lens[i] = (uint8_t)((uint64_t)adlen >> (8 * i));
-		lens[8 + i] = (uint8_t)((uint64_t)len >> (8 * i));
+		lens[i] = (uint8_t)((uint64_t)m->adlen >> (8 * i));
+		lens[8 + i] = (uint8_t)((uint64_t)m->len >> (8 * i));
 	}
-	poly_blocks(&p, lens, 1);
-	poly_finish(&p, tag);
+	poly_blocks(c->p, lens, 1);
+	poly_finish(c->p, tag);
+	if (enc) {
+		memcpy(m->dst + m->len, tag, AEAD_TAG_LEN);
+		m->ok = true;
+	} else {
+		m->ok = sodium_memcmp(tag, m->src + m->len, AEAD_TAG_LEN) == 0;
+		if (!m->ok)
+			sodium_memzero(m->dst, m->len);
+	}
+	sodium_memzero(c->p, sizeof(*c->p));
+}
+
+/* Seals (enc) or opens n messages under one key as one stream of 512-byte
+ * keystream batches: each batch is stitched with the authentication of
+ * the chunk before it, across message boundaries too, so only the very
+ * first batch and the very last chunk of the run go unstitched. */
+TARGET static void chachapoly_run(bool enc, struct msg *ms, size_t n, const uint8_t key[AEAD_KEY_LEN])
+{
+	_Alignas(32) uint8_t ks[2][512];
+	uint32_t st[16];
+	struct poly polys[2];
+	struct chunk prev = { 0 };
+	int cur = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		struct msg *m = &ms[i];
+		struct poly *p = &polys[i & 1];
+		size_t off = 0;
+
+		set_state(st, key, m->nonce);
+		for (uint32_t ctr = 0;; ctr += 8, cur ^= 1) {
+			const uint8_t *pm = prev.m ? (enc ? prev.m->dst : prev.m->src) + prev.off : NULL;
+			size_t first = ctr ? 0 : 64, take = 512 - first;
+
+			/* Whole groups of four blocks go into the rounds. */
+			chacha8_stitched(ks[cur], st, ctr, prev.p, pm, prev.m ? prev.n / 64 * 4 : 0);
+			chunk_finish(enc, &prev, prev.n / 64 * 64);
+			if (ctr == 0) {
+				poly_init(p, ks[cur]);
+				poly_padded(p, m->ad, m->adlen);
+			}
+			if (take > m->len - off)
+				take = m->len - off;
+			if (enc)
+				xor_stream(m->dst + off, m->src + off, ks[cur] + first, take);
+			prev = (struct chunk){ .m = m, .p = p, .ks = ks[cur] + first, .off = off, .n = take };
+			off += take;
+			if (off == m->len) {
+				prev.last = true;
+				cur ^= 1;
+				break;
+			}
+		}
+	}
+	chunk_finish(enc, &prev, 0);
 	sodium_memzero(ks, sizeof(ks));
-	sodium_memzero(&p, sizeof(p));
 	sodium_memzero(st, sizeof(st));
 }
+
+/* Longest message: RFC 8439 allows 2^32 blocks per nonce (block 0 is the
+ * Poly1305 key). */
+#define MAX_LEN (((uint64_t)1 << 32) * 64 - 64)
 
 static bool avx2_seal(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,
 		      const uint8_t nonce[AEAD_NONCE_LEN], const uint8_t key[AEAD_KEY_LEN])
 {
-	/* RFC 8439 allows 2^32 blocks per nonce (block 0 is the key). */
-	if ((uint64_t)len > ((uint64_t)1 << 32) * 64 - 64)
+	struct msg m = { .dst = dst, .src = src, .len = len, .ad = ad, .adlen = adlen };
+
+	if ((uint64_t)len > MAX_LEN)
 		return false;
-	chachapoly(true, dst, src, len, ad, adlen, nonce, key, dst + len);
-	return true;
+	memcpy(m.nonce, nonce, AEAD_NONCE_LEN);
+	chachapoly_run(true, &m, 1, key);
+	return m.ok;
 }
 
 static bool avx2_open(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,
 		      const uint8_t nonce[AEAD_NONCE_LEN], const uint8_t key[AEAD_KEY_LEN])
 {
-	uint8_t want[AEAD_TAG_LEN], got[AEAD_TAG_LEN];
-	bool ok;
+	struct msg m = { .dst = dst, .src = src, .len = len - AEAD_TAG_LEN, .ad = ad, .adlen = adlen };
 
-	if (len < AEAD_TAG_LEN || (uint64_t)len - AEAD_TAG_LEN > ((uint64_t)1 << 32) * 64 - 64)
+	if (len < AEAD_TAG_LEN || (uint64_t)len - AEAD_TAG_LEN > MAX_LEN)
 		return false;
-	len -= AEAD_TAG_LEN;
-	memcpy(want, src + len, AEAD_TAG_LEN);
-	chachapoly(false, dst, src, len, ad, adlen, nonce, key, got);
-	ok = sodium_memcmp(want, got, AEAD_TAG_LEN) == 0;
-	if (!ok)
-		sodium_memzero(dst, len);
-	return ok;
+	memcpy(m.nonce, nonce, AEAD_NONCE_LEN);
+	chachapoly_run(false, &m, 1, key);
+	return m.ok;
+}
+
+/* Runs of WireGuard transport messages (counter nonces, no AD), in
+ * groups that fit on the stack. */
+#define RUN_MAX 64
+
+static void avx2_many(bool enc, struct aead_msg *v, size_t n, const uint8_t key[AEAD_KEY_LEN])
+{
+	struct msg ms[RUN_MAX];
+	size_t from[RUN_MAX];
+
+	while (n) {
+		size_t k = 0, used = 0;
+
+		for (; used < n && k < RUN_MAX; used++) {
+			struct aead_msg *a = &v[used];
+			size_t len = a->len;
+
+			a->ok = false;
+			if (!enc && len < AEAD_TAG_LEN)
+				continue;
+			len -= enc ? 0 : AEAD_TAG_LEN;
+			if ((uint64_t)len > MAX_LEN)
+				continue;
+			ms[k] = (struct msg){ .dst = a->dst, .src = a->src, .len = len };
+			memset(ms[k].nonce, 0, 4);
+			for (int b = 0; b < 8; b++)
+				ms[k].nonce[4 + b] = (uint8_t)(a->counter >> (8 * b));
+			from[k++] = used;
+		}
+		if (k)
+			chachapoly_run(enc, ms, k, key);
+		for (size_t j = 0; j < k; j++)
+			v[from[j]].ok = ms[j].ok;
+		v += used;
+		n -= used;
+	}
+}
+
+static void avx2_seal_many(void *state, struct aead_msg *v, size_t n, const uint8_t key[AEAD_KEY_LEN])
+{
+	(void)state;
+	avx2_many(true, v, n, key);
+}
+
+static void avx2_open_many(void *state, struct aead_msg *v, size_t n, const uint8_t key[AEAD_KEY_LEN])
+{
+	(void)state;
+	avx2_many(false, v, n, key);
 }
 
 /* The CPU has the instructions, and this code computes what libsodium does
@@ -458,6 +565,18 @@ static bool avx2_open(uint8_t *dst, const uint8_t *src, size_t len, const uint8_
 	return false;
 }
 
+static void avx2_seal_many(void *state, struct aead_msg *v, size_t n, const uint8_t key[AEAD_KEY_LEN])
+{
+	(void)state, (void)key;
+	for (size_t i = 0; i < n; i++)
+		v[i].ok = false;
+}
+
+static void avx2_open_many(void *state, struct aead_msg *v, size_t n, const uint8_t key[AEAD_KEY_LEN])
+{
+	avx2_seal_many(state, v, n, key);
+}
+
 #endif
 
 static void avx2_thread_cleanup(void)
@@ -469,5 +588,7 @@ const struct aead_backend aead_backend_avx2 = {
 	.available = avx2_available,
 	.seal = avx2_seal,
 	.open = avx2_open,
+	.seal_many = avx2_seal_many,
+	.open_many = avx2_open_many,
 	.thread_cleanup = avx2_thread_cleanup,
 };

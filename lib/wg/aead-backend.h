@@ -20,6 +20,10 @@ struct aead_backend {
 			   size_t adlen, const uint8_t nonce[AEAD_NONCE_LEN], const uint8_t key[AEAD_KEY_LEN]);
 	bool (*open_keyed)(void *state, uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad,
 			   size_t adlen, const uint8_t nonce[AEAD_NONCE_LEN], const uint8_t key[AEAD_KEY_LEN]);
+	/* Optional: runs of transport messages under one key (state as for
+	 * the keyed calls, NULL if none). Sets each ok. */
+	void (*seal_many)(void *state, struct aead_msg *v, size_t n, const uint8_t key[AEAD_KEY_LEN]);
+	void (*open_many)(void *state, struct aead_msg *v, size_t n, const uint8_t key[AEAD_KEY_LEN]);
 };
 
 extern const struct aead_backend aead_backend_sodium;

@@ -77,6 +77,23 @@ bool aead_key_seal(struct aead_key *k, uint8_t *dst, const uint8_t *src, size_t 
 bool aead_key_open(struct aead_key *k, uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad,
 		   size_t adlen, uint64_t counter);
 
+/* Runs of transport messages under one prepared key, in one call: a
+ * backend may pipeline them (the AVX2 one stitches each message's last
+ * Poly1305 chunk into the next one's first ChaCha20 batch). Each message
+ * is what aead_key_seal()/aead_key_open() take: seal len plaintext bytes
+ * to len + AEAD_TAG_LEN at dst; open len sealed bytes (tag included) to
+ * len - AEAD_TAG_LEN at dst, zeroed on failure. dst may equal src, but
+ * messages must not overlap one another. Sets every ok. */
+struct aead_msg {
+	uint8_t *dst;
+	const uint8_t *src;
+	size_t len;
+	uint64_t counter;
+	bool ok;
+};
+void aead_key_seal_many(struct aead_key *k, struct aead_msg *v, size_t n);
+void aead_key_open_many(struct aead_key *k, struct aead_msg *v, size_t n);
+
 bool aead_xseal(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,
 		const uint8_t nonce[AEAD_XNONCE_LEN], const uint8_t key[AEAD_KEY_LEN]);
 bool aead_xopen(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,

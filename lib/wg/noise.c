@@ -577,6 +577,93 @@ enum noise_rx noise_keypair_decrypt(struct noise_keypair *kp, uint8_t *pkt, size
 	return NOISE_RX_OK;
 }
 
+/* Runs handed to the AEAD at once (bounded: they live on the stack). */
+#define NOISE_RUN 64
+
+void noise_keypair_encrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], const uint16_t payload_len[],
+				unsigned n, uint64_t now, uint8_t ok[], uint16_t pkt_len[])
+{
+	struct aead_msg v[NOISE_RUN];
+	unsigned from[NOISE_RUN];
+
+	for (unsigned base = 0; base < n; base += NOISE_RUN) {
+		unsigned count = n - base < NOISE_RUN ? n - base : NOISE_RUN, k = 0;
+		uint64_t first;
+
+		memset(ok + base, 0, count);
+		if (!atomic_load(&kp->send_valid) || has_expired(kp->birthdate, REJECT_AFTER_TIME_MS, now))
+			return;
+		first = atomic_fetch_add(&kp->send_counter, count);
+		for (unsigned i = 0; i < count; i++) {
+			struct message_data *hdr = (struct message_data *)pkt[base + i];
+			uint64_t nonce = first + i;
+
+			if (nonce >= REJECT_AFTER_MESSAGES) {
+				atomic_store(&kp->send_counter, REJECT_AFTER_MESSAGES);
+				break;
+			}
+			hdr->header.type = htole32(MESSAGE_DATA);
+			hdr->key_idx = htole32(kp->remote_index);
+			hdr->counter = htole64(nonce);
+			v[k] = (struct aead_msg){ .dst = pkt[base + i] + MESSAGE_DATA_HEADER_LEN,
+						  .src = pkt[base + i] + MESSAGE_DATA_HEADER_LEN,
+						  .len = payload_len[base + i],
+						  .counter = nonce };
+			from[k++] = base + i;
+		}
+		aead_key_seal_many(kp->send_key, v, k);
+		for (unsigned i = 0; i < k; i++) {
+			ok[from[i]] = v[i].ok;
+			pkt_len[from[i]] = (uint16_t)(MESSAGE_DATA_HEADER_LEN + v[i].len + MESSAGE_DATA_TAG_LEN);
+		}
+	}
+}
+
+void noise_keypair_decrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], const uint16_t pkt_len[],
+				unsigned n, uint64_t now, uint8_t rx[], uint16_t payload_len[])
+{
+	struct aead_msg v[NOISE_RUN];
+	unsigned from[NOISE_RUN];
+
+	for (unsigned base = 0; base < n; base += NOISE_RUN) {
+		unsigned count = n - base < NOISE_RUN ? n - base : NOISE_RUN, k = 0;
+		bool live = atomic_load(&kp->recv_valid);
+
+		if (live && has_expired(kp->birthdate, REJECT_AFTER_TIME_MS, now)) {
+			atomic_store(&kp->recv_valid, false);
+			live = false;
+		}
+		for (unsigned i = 0; i < count; i++) {
+			const struct message_data *hdr = (const struct message_data *)pkt[base + i];
+			size_t len = pkt_len[base + i];
+
+			rx[base + i] = NOISE_RX_INVALID;
+			if (!live || len < MESSAGE_DATA_MIN_LEN || le32toh(hdr->header.type) != MESSAGE_DATA ||
+			    le32toh(hdr->key_idx) != kp->entry.index || le64toh(hdr->counter) >= REJECT_AFTER_MESSAGES)
+				continue;
+			v[k] = (struct aead_msg){ .dst = pkt[base + i] + MESSAGE_DATA_HEADER_LEN,
+						  .src = pkt[base + i] + MESSAGE_DATA_HEADER_LEN,
+						  .len = len - MESSAGE_DATA_HEADER_LEN,
+						  .counter = le64toh(hdr->counter) };
+			from[k++] = base + i;
+		}
+		aead_key_open_many(kp->recv_key, v, k);
+		/* The window only after authentication, in arrival order. */
+		pthread_mutex_lock(&kp->replay_lock);
+		for (unsigned i = 0; i < k; i++) {
+			if (!v[i].ok)
+				rx[from[i]] = NOISE_RX_AUTH;
+			else if (!replay_check(&kp->replay, v[i].counter))
+				rx[from[i]] = NOISE_RX_REPLAY;
+			else {
+				rx[from[i]] = NOISE_RX_OK;
+				payload_len[from[i]] = (uint16_t)(v[i].len - MESSAGE_DATA_TAG_LEN);
+			}
+		}
+		pthread_mutex_unlock(&kp->replay_lock);
+	}
+}
+
 bool noise_keypair_should_rekey_send(struct noise_keypair *kp, uint64_t now)
 {
 	return atomic_load(&kp->send_valid) &&

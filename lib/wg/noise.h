@@ -160,6 +160,12 @@ void noise_keypairs_expire(struct noise_remote *r);
 bool noise_keypair_encrypt(struct noise_keypair *kp, uint8_t *pkt, size_t payload_len, uint64_t now,
 			   size_t *pkt_len);
 
+/* noise_keypair_encrypt() for n packets at once (any n): the counters are
+ * taken in one step and the AEAD seals them as one run. ok[i] and
+ * pkt_len[i] are the per-packet results. */
+void noise_keypair_encrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], const uint16_t payload_len[],
+				unsigned n, uint64_t now, uint8_t ok[], uint16_t pkt_len[]);
+
 enum noise_rx {
 	NOISE_RX_OK,
 	NOISE_RX_INVALID, /* malformed, or keypair expired / exhausted */
@@ -172,6 +178,11 @@ enum noise_rx {
  * window. */
 enum noise_rx noise_keypair_decrypt(struct noise_keypair *kp, uint8_t *pkt, size_t pkt_len, uint64_t now,
 				    size_t *payload_len);
+/* The same for n packets at once (any n), opened as one run, with the
+ * replay window checked in order: rx[i] is an enum noise_rx, payload_len[i]
+ * is set where rx[i] is NOISE_RX_OK. */
+void noise_keypair_decrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], const uint16_t pkt_len[],
+				unsigned n, uint64_t now, uint8_t rx[], uint16_t payload_len[]);
 
 /* Section 6.2 rekey triggers, evaluated by the engine after each send or
  * receive: after sending, when the counter passed REKEY_AFTER_MESSAGES or

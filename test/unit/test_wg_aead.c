@@ -257,6 +257,62 @@ static void test_prepared_key(void **state)
 	assert_int_equal(aead_init(AEAD_IMPL_SODIUM), 0);
 }
 
+/* Runs of messages (aead_key_seal_many/open_many) compute what one call
+ * per message does, on every backend: lengths that cross every chunk
+ * boundary mixed in one run, in place, with one forged message in the
+ * middle that alone fails and is zeroed, and too-short sealed messages. */
+static void test_runs(void **state)
+{
+	enum { N = 40 };
+	static uint8_t p[N][2100], sealed[N][2100 + 16], buf[N][2100 + 16];
+	static const uint8_t zero[2100];
+	struct aead_msg v[N];
+	uint8_t key[32];
+
+	for (size_t s = 0; s < NIMPLS + 1; s++) {
+		enum aead_impl impl = s < NIMPLS ? impls[s] : AEAD_IMPL_AUTO;
+		struct aead_key *enc, *dec;
+		size_t len[N];
+
+		assert_int_equal(aead_init(impl), 0);
+		randombytes_buf(key, sizeof(key));
+		enc = aead_key_new(key, true);
+		dec = aead_key_new(key, false);
+		assert_non_null(enc);
+		assert_non_null(dec);
+		for (size_t i = 0; i < N; i++) {
+			len[i] = i < 8 ? (size_t[]){ 0, 1, 64, 447, 448, 449, 512, 1420 }[i] : randombytes_uniform(2100);
+			randombytes_buf(p[i], len[i]);
+			memcpy(buf[i], p[i], len[i]);
+			v[i] = (struct aead_msg){ .dst = buf[i], .src = buf[i], .len = len[i], .counter = 1000 + i };
+		}
+		aead_key_seal_many(enc, v, N);
+		for (size_t i = 0; i < N; i++) {
+			assert_true(v[i].ok);
+			assert_true(aead_seal(sealed[i], p[i], len[i], NULL, 0, 1000 + i, key));
+			assert_memory_equal(buf[i], sealed[i], len[i] + 16);
+			v[i].len = len[i] + 16;
+		}
+		buf[N / 2][len[N / 2] + 3] ^= 0x10; /* its tag */
+		buf[N / 2 + 1][0] ^= 0x01;
+		v[3].len = 15;
+		aead_key_open_many(dec, v, N);
+		for (size_t i = 0; i < N; i++) {
+			if (i == 3 || i == N / 2 || i == N / 2 + 1) {
+				assert_false(v[i].ok);
+				if (i != 3)
+					assert_memory_equal(buf[i], zero, len[i]);
+				continue;
+			}
+			assert_true(v[i].ok);
+			assert_true(len[i] == 0 || memcmp(buf[i], p[i], len[i]) == 0);
+		}
+		aead_key_free(enc);
+		aead_key_free(dec);
+	}
+	assert_int_equal(aead_init(AEAD_IMPL_SODIUM), 0);
+}
+
 /* More threads than a prepared key has contexts, sealing and opening
  * with one key pair at once: every packet must still come out right. */
 #define KEY_THREADS 8
@@ -367,6 +423,7 @@ int main(void)
 		cmocka_unit_test(test_backends_agree),
 		cmocka_unit_test(test_prepared_key),
 		cmocka_unit_test(test_prepared_key_threads),
+		cmocka_unit_test(test_runs),
 		cmocka_unit_test(test_xchacha),
 		cmocka_unit_test(test_init),
 	};

@@ -314,6 +314,81 @@ static void test_data_rejects(void **state)
 	}
 }
 
+/* Batches (encrypt_many/decrypt_many) are the single calls in a row: what
+ * one seals the other opens, counters consecutive; in one batch a
+ * duplicate is a replay, a corrupted packet fails alone, a wrong index or
+ * a short packet is invalid, and a keepalive opens to 0 bytes. */
+static void test_data_batches(void **state)
+{
+	enum { N = 70 }; /* more than one AEAD run */
+	struct pair *p = *state;
+	static uint8_t bufs[N][1600], copies[N][1600];
+	uint8_t *pkt[N], ok[N], rx[N];
+	uint16_t plen[N], len[N], got[N];
+	struct noise_keypair *kp, *rkp;
+	size_t n1, pl;
+	uint64_t c0;
+
+	assert_true(handshake(p, &p->a, &p->b));
+	n1 = seal(p, &p->a, bufs[0], "confirm");
+	assert_int_equal(open_pkt(p, &p->b, bufs[0], n1, "confirm"), NOISE_RX_OK);
+	kp = noise_keypair_current(p->a.remote);
+	assert_non_null(kp);
+	for (unsigned i = 0; i < N; i++) {
+		pkt[i] = bufs[i];
+		plen[i] = (uint16_t)(i == 5 ? 0 : message_data_padded_len(17 * i % 1420 + 1, 1420));
+		for (unsigned b = 0; b < plen[i]; b++)
+			bufs[i][MESSAGE_DATA_HEADER_LEN + b] = (uint8_t)(i + b);
+	}
+	noise_keypair_encrypt_many(kp, pkt, plen, N, p->now, ok, len);
+	c0 = le64toh(((struct message_data *)bufs[0])->counter);
+	for (unsigned i = 0; i < N; i++) {
+		assert_true(ok[i]);
+		assert_int_equal(len[i], MESSAGE_DATA_MIN_LEN + plen[i]);
+		assert_int_equal(le64toh(((struct message_data *)bufs[i])->counter), c0 + i);
+		memcpy(copies[i], bufs[i], len[i]);
+	}
+	noise_keypair_put(kp);
+	/* the first ten one by one */
+	for (unsigned i = 0; i < 10; i++) {
+		assert_int_equal(open_pkt(p, &p->b, bufs[i], len[i], NULL), NOISE_RX_OK);
+		for (unsigned b = 0; b < plen[i]; b++)
+			assert_int_equal(bufs[i][MESSAGE_DATA_HEADER_LEN + b], (uint8_t)(i + b));
+	}
+	/* all again as one batch (the first ten are replays now; they were
+	 * opened in place), with faults planted */
+	for (unsigned i = 0; i < 10; i++)
+		memcpy(bufs[i], copies[i], len[i]);
+	rkp = noise_keypair_lookup(noise_local_index(p->b.local), le32toh(((struct message_data *)bufs[0])->key_idx));
+	assert_non_null(rkp);
+	memcpy(bufs[0], copies[3], len[3]); /* a replay of one opened above */
+	len[0] = len[3];
+	memcpy(bufs[1], copies[40], len[40]); /* the same as a later one: the later one is the replay */
+	len[1] = len[40];
+	bufs[20][len[20] - 1] ^= 1; /* a corrupted tag */
+	bufs[21][4] ^= 1; /* another receiver index */
+	len[22] = 31; /* short */
+	noise_keypair_decrypt_many(rkp, pkt, len, N, p->now, rx, got);
+	for (unsigned i = 0; i < N; i++) {
+		enum noise_rx want = NOISE_RX_OK;
+
+		if (i == 0 || i == 40 || (i >= 2 && i < 10))
+			want = NOISE_RX_REPLAY;
+		else if (i == 20)
+			want = NOISE_RX_AUTH;
+		else if (i == 21 || i == 22)
+			want = NOISE_RX_INVALID;
+		assert_int_equal(rx[i], want);
+		if (want != NOISE_RX_OK)
+			continue;
+		pl = i == 1 ? plen[40] : plen[i];
+		assert_int_equal(got[i], pl);
+		for (unsigned b = 0; b < pl; b++)
+			assert_int_equal(bufs[i][MESSAGE_DATA_HEADER_LEN + b], (uint8_t)((i == 1 ? 40 : i) + b));
+	}
+	noise_keypair_put(rkp);
+}
+
 static void test_initiation_replay_and_flood(void **state)
 {
 	struct pair *p = *state;
@@ -677,6 +752,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_handshake_and_transport, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_psk, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_data_rejects, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_data_batches, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_initiation_replay_and_flood, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupted_handshakes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unknown_peer, setup, teardown),
