@@ -1063,7 +1063,8 @@ static void usage(FILE *f)
 		"  --port N            WireGuard UDP port (default 41641; 0 picks one)\n"
 		"  --uapi-dir DIR      also serve wg(8)'s UAPI socket DIR/<tun>.sock\n"
 		"                      (/var/run/wireguard makes `wg show knit0` work)\n"
-		"  --workers N         crypto worker threads (default: one per CPU)\n"
+		"  --workers N         crypto worker threads (default: one per CPU, none on\n"
+		"                      one or two CPUs: the readers seal and open)\n"
 		"  --log-level LEVEL   debug, info, warn, error (default info)\n"
 		"  -h, --help          show this help\n"
 		"\n"
@@ -1174,7 +1175,6 @@ int mesh_main(int argc, char **argv)
 	struct engine_config ec = { 0 };
 	struct localapi_opts lo = { 0 };
 	enum log_level level = LOG_INFO;
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	int r;
 
 	r = parse_args(argc, argv, &m->o, state_buf, sizeof(state_buf));
@@ -1215,7 +1215,7 @@ int mesh_main(int argc, char **argv)
 	if (!m->save_timer || !m->endpoint_timer)
 		goto out;
 
-	hc.workers = m->o.workers >= 0 ? (unsigned)m->o.workers : (unsigned)(ncpu > 0 ? ncpu : 1);
+	hc.workers = m->o.workers >= 0 ? (unsigned)m->o.workers : hub_default_workers();
 	hc.readers_help = true;
 	hc.port = (uint16_t)m->o.port;
 	if ((r = hub_new(&m->hub, m->loop, &hc))) {

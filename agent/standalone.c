@@ -45,8 +45,9 @@ void standalone_usage(FILE *f, const char *prog)
 		"cannot be made.\n"
 		"\n"
 		"  -f, --foreground      stay in the foreground, logging to stderr\n"
-		"  --workers N           crypt worker threads (default: one per CPU; 0 runs\n"
-		"                        encryption on the threads that read the packets)\n"
+		"  --workers N           crypt worker threads (default: one per CPU, none on\n"
+		"                        one or two CPUs; 0 runs encryption on the threads\n"
+		"                        that read the packets)\n"
 		"  --log-level LEVEL     debug, info, warn, error (default info)\n"
 		"  -h, --help            show this help\n"
 		"\n"
@@ -198,13 +199,6 @@ static void detach_stdio(bool keep_output)
 	close(null);
 }
 
-static unsigned default_workers(void)
-{
-	long n = sysconf(_SC_NPROCESSORS_ONLN);
-
-	return n > 0 ? (unsigned)n : 1;
-}
-
 int standalone_main(int argc, char **argv)
 {
 	struct options o;
@@ -249,7 +243,7 @@ int standalone_main(int argc, char **argv)
 	loop_signal_add(s.loop, SIGTERM, on_signal, &s);
 	loop_signal_add(s.loop, SIGINT, on_signal, &s);
 
-	hc.workers = o.workers < 0 ? default_workers() : (unsigned)o.workers;
+	hc.workers = o.workers < 0 ? hub_default_workers() : (unsigned)o.workers;
 	hc.readers_help = !getenv("KNIT_WG_READERS_HELP") || strcmp(getenv("KNIT_WG_READERS_HELP"), "0");
 	if (ula)
 		hc.under_load_at = (size_t)strtoul(ula, NULL, 10);

@@ -387,6 +387,13 @@ void hub_detach(struct hub *h, struct engine *e)
 	}
 }
 
+unsigned hub_default_workers(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n > 2 ? (unsigned)n : 0;
+}
+
 int hub_new(struct hub **out, struct loop *loop, const struct hub_config *cfg)
 {
 	struct hub *h = calloc(1, sizeof(*h));
