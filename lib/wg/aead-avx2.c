@@ -281,34 +281,33 @@ static inline void rounds_plain(__m256i *x, int n)
  * (operands for those would each take an address register, and at -O0
  * there are none left). */
 
-/* n double rounds, each with four Poly1305 blocks from m (64 n bytes).
- * r0, r1 and s1 are read from memory (MULX and IMUL take it as the
- * source): with them in registers too, a build with frame pointers and
- * sanitizers runs out of general registers. */
-static inline void rounds_poly(__m256i *x, int n, uint64_t *h, uint64_t r0, uint64_t r1, uint64_t s1,
-			       const uint8_t *m)
-{
-	uint64_t h0 = h[0], h1 = h[1], h2 = h[2], t0, t1, t2, a, b;
-	const uint64_t rk[3] = { r0, r1, s1 };
+/* n double rounds, each with four (rounds_poly4) or three (rounds_poly3)
+ * Poly1305 blocks from m. r0, r1 and s1 are read from memory (MULX and
+ * IMUL take it as the source): with them in registers too, a build with
+ * frame pointers and sanitizers runs out of general registers. Four
+ * blocks take longer than the vector work of a double round (a block's
+ * dependency chain is about 16 cycles), three take less. */
+#define ROUNDS_POLY(name, body, step)                                                                          \
+	static inline void name(__m256i *x, int n, uint64_t *h, const uint64_t rk[3], const uint8_t *m)        \
+	{                                                                                                      \
+		uint64_t h0 = h[0], h1 = h[1], h2 = h[2], t0, t1, t2, a, b;                                    \
+                                                                                                               \
+		__asm__ volatile(LOAD_ALL "1:\n\t" body "addq $" #step ", %[m]\n\t"                          \
+					  "decl %[n]\n\t"                                                      \
+					  "jnz 1b\n\t" STORE_ALL                                               \
+				 : [n] "+m"(n), [m] "+r"(m), [h0] "+&r"(h0), [h1] "+&r"(h1), [h2] "+&r"(h2),   \
+				   [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [a] "=&r"(a), [b] "=&r"(b)  \
+				 : [x] "r"(x), [rot16] "m"(rot16_mask), [rot8] "m"(rot8_mask), [r0] "m"(rk[0]), \
+				   [r1] "m"(rk[1]), [s1] "m"(rk[2])                                            \
+				 : "memory", "rdx", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", \
+				   "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");  \
+		h[0] = h0, h[1] = h1, h[2] = h2;                                                               \
+	}
 
-	__asm__ volatile(LOAD_ALL
-			 "1:\n\t"
-			 POLY_ASM(0) COLS_A SWAP_TO_10
-			 POLY_ASM(16) COLS_B
-			 POLY_ASM(32) DIAG_A SWAP_TO_8
-			 POLY_ASM(48) DIAG_B
-			 "addq $64, %[m]\n\t"
-			 "decl %[n]\n\t"
-			 "jnz 1b\n\t"
-			 STORE_ALL
-			 : [n] "+m"(n), [m] "+r"(m), [h0] "+&r"(h0), [h1] "+&r"(h1),
-			   [h2] "+&r"(h2), [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [a] "=&r"(a), [b] "=&r"(b)
-			 : [x] "r"(x), [rot16] "m"(rot16_mask), [rot8] "m"(rot8_mask), [r0] "m"(rk[0]), [r1] "m"(rk[1]),
-			   [s1] "m"(rk[2])
-			 : "memory", "rdx", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
-			   "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
-	h[0] = h0, h[1] = h1, h[2] = h2;
-}
+ROUNDS_POLY(rounds_poly4,
+	    POLY_ASM(0) COLS_A SWAP_TO_10 POLY_ASM(16) COLS_B POLY_ASM(32) DIAG_A SWAP_TO_8 POLY_ASM(48) DIAG_B, 64)
+ROUNDS_POLY(rounds_poly3, POLY_ASM(0) COLS_A SWAP_TO_10 POLY_ASM(16) COLS_B POLY_ASM(32) DIAG_A SWAP_TO_8 DIAG_B,
+	    48)
 
 /* Rows 0-7 or 8-15 of eight blocks (x[i] holds word i of blocks 0..7) to
  * the halves of eight 64-byte blocks at out (+0 or +32 per block). */
@@ -334,29 +333,52 @@ TARGET static inline void store_half(uint8_t *out, __m256i x0, __m256i x1, __m25
 	_mm256_store_si256((__m256i *)(out + 7 * 64), _mm256_permute2x128_si256(u3, u7, 0x31));
 }
 
+/* How nblocks Poly1305 blocks spread over the ten double rounds: k4 with
+ * four, k3 with three (as many as fit, four only where three per round
+ * would leave blocks over), the rest after the rounds. */
+static inline void poly_spread(size_t nblocks, int *k4, int *k3)
+{
+	for (int f = nblocks > 30 ? (int)nblocks - 30 : 0; f <= 10 && 4 * (size_t)f <= nblocks; f++) {
+		size_t rest = nblocks - 4 * (size_t)f;
+
+		if (rest % 3 == 0 && f + (int)(rest / 3) <= 10) {
+			*k4 = f;
+			*k3 = (int)(rest / 3);
+			return;
+		}
+	}
+	*k4 = nblocks >= 40 ? 10 : 0;
+	*k3 = *k4 ? 0 : (int)(nblocks / 3 < 10 ? nblocks / 3 : 10);
+}
+
 /* Keystream blocks ctr..ctr+7 of state st into ks (512 bytes, 32-aligned),
- * authenticating nblocks 16-byte blocks at m on the way: whole groups of
- * four inside the rounds, the rest after. x is the caller's scratch (the
- * caller wipes it). */
+ * authenticating nblocks 16-byte blocks at m on the way (poly_spread()'s
+ * share inside the rounds, the rest after). x is the caller's scratch
+ * (the caller wipes it). */
 TARGET static void chacha8_stitched(__m256i x[16], uint8_t *ks, const uint32_t st[16], uint32_t ctr,
 				    struct poly *p, const uint8_t *m, size_t nblocks)
 {
 	const __m256i c12 = _mm256_add_epi32(_mm256_set1_epi32((int)ctr), _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0));
-	int kp = (int)(nblocks / 4 > 10 ? 10 : nblocks / 4);
+	int k4 = 0, k3 = 0;
 
 	for (int i = 0; i < 16; i++)
 		x[i] = _mm256_set1_epi32((int)st[i]);
 	x[12] = c12;
-	if (kp) {
+	poly_spread(nblocks, &k4, &k3);
+	if (k4 || k3) {
 		uint64_t h[3] = { p->h0, p->h1, p->h2 };
+		const uint64_t rk[3] = { p->r0, p->r1, p->s1 };
 
-		rounds_poly(x, kp, h, p->r0, p->r1, p->s1, m);
+		if (k4)
+			rounds_poly4(x, k4, h, rk, m);
+		if (k3)
+			rounds_poly3(x, k3, h, rk, m + 64 * k4);
 		p->h0 = h[0], p->h1 = h[1], p->h2 = h[2];
-		m += 64 * kp;
-		nblocks -= 4 * (size_t)kp;
+		m += 64 * k4 + 48 * k3;
+		nblocks -= 4 * (size_t)k4 + 3 * (size_t)k3;
 	}
-	if (kp < 10)
-		rounds_plain(x, 10 - kp);
+	if (k4 + k3 < 10)
+		rounds_plain(x, 10 - k4 - k3);
 	for (int i = 0; i < 16; i++)
 		x[i] = _mm256_add_epi32(x[i], i == 12 ? c12 : _mm256_set1_epi32((int)st[i]));
 	store_half(ks, x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]);
@@ -485,9 +507,9 @@ TARGET static void chachapoly_run(bool enc, struct msg *ms, size_t n, const uint
 			const uint8_t *pm = prev.m ? (enc ? prev.m->dst : prev.m->src) + prev.off : NULL;
 			size_t first = ctr ? 0 : 64, take = 512 - first;
 
-			/* Whole groups of four blocks go into the rounds. */
-			chacha8_stitched(x, ks[cur], st, ctr, prev.p, pm, prev.m ? prev.n / 64 * 4 : 0);
-			chunk_finish(enc, &prev, prev.n / 64 * 64);
+			/* The previous chunk's whole blocks go into the rounds. */
+			chacha8_stitched(x, ks[cur], st, ctr, prev.p, pm, prev.m ? prev.n / 16 : 0);
+			chunk_finish(enc, &prev, prev.n / 16 * 16);
 			if (ctr == 0) {
 				poly_init(p, ks[cur]);
 				poly_padded(p, m->ad, m->adlen);
