@@ -291,14 +291,15 @@ static inline void rounds_plain(__m256i *x, int n)
 	static inline void name(__m256i *x, int n, uint64_t *h, const uint64_t rk[3], const uint8_t *m)        \
 	{                                                                                                      \
 		uint64_t h0 = h[0], h1 = h[1], h2 = h[2], t0, t1, t2, a, b;                                    \
+		const uint64_t r[3] = { rk[0], rk[1], rk[2] }; /* on the stack: no address register */        \
                                                                                                                \
 		__asm__ volatile(LOAD_ALL "1:\n\t" body "addq $" #step ", %[m]\n\t"                          \
 					  "decl %[n]\n\t"                                                      \
 					  "jnz 1b\n\t" STORE_ALL                                               \
 				 : [n] "+m"(n), [m] "+r"(m), [h0] "+&r"(h0), [h1] "+&r"(h1), [h2] "+&r"(h2),   \
 				   [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [a] "=&r"(a), [b] "=&r"(b)  \
-				 : [x] "r"(x), [rot16] "m"(rot16_mask), [rot8] "m"(rot8_mask), [r0] "m"(rk[0]), \
-				   [r1] "m"(rk[1]), [s1] "m"(rk[2])                                            \
+				 : [x] "r"(x), [rot16] "m"(rot16_mask), [rot8] "m"(rot8_mask), [r0] "m"(r[0]),  \
+				   [r1] "m"(r[1]), [s1] "m"(r[2])                                            \
 				 : "memory", "rdx", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", \
 				   "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");  \
 		h[0] = h0, h[1] = h1, h[2] = h2;                                                               \
