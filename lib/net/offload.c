@@ -74,6 +74,26 @@ __attribute__((target("avx2"))) static uint64_t sum32_avx2(const uint8_t *p, siz
 	return lanes[0] + lanes[1] + lanes[2] + lanes[3];
 }
 
+/* sum32_avx2() that also copies what it sums to dst: one pass. */
+__attribute__((target("avx2"))) static uint64_t copy_sum32_avx2(uint8_t *dst, const uint8_t *p, size_t len,
+								  size_t *done)
+{
+	__m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256(), zero = _mm256_setzero_si256();
+	uint64_t lanes[4];
+	size_t i = 0;
+
+	for (; i + 32 <= len; i += 32) {
+		__m256i v = _mm256_loadu_si256((const __m256i *)(p + i));
+
+		_mm256_storeu_si256((__m256i *)(dst + i), v);
+		a = _mm256_add_epi64(a, _mm256_unpacklo_epi32(v, zero));
+		b = _mm256_add_epi64(b, _mm256_unpackhi_epi32(v, zero));
+	}
+	_mm256_storeu_si256((__m256i *)lanes, _mm256_add_epi64(a, b));
+	*done = i;
+	return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+
 static bool have_avx2(void)
 {
 	static int have = -1;
@@ -86,22 +106,13 @@ static bool have_avx2(void)
 
 /* RFC 1071 is byte-order independent: summing host-order (little-endian)
  * words yields the byte-swapped big-endian sum, so we load 8 bytes at a time
- * (32 with AVX2) and swap once at the end. */
-uint16_t offload_checksum(const void *buf, size_t len, uint32_t sum)
+ * (32 with AVX2) and swap once at the end. acc is what an AVX2 pass over
+ * the bytes before p summed. */
+static uint16_t checksum_tail(const uint8_t *p, size_t len, uint64_t acc, uint32_t sum)
 {
-	const uint8_t *p = buf;
-	uint64_t acc = 0, v;
+	uint64_t v;
 	uint16_t r;
 
-#if defined(__x86_64__)
-	if (len >= 128 && len <= OFFLOAD_MAX_PACKET && have_avx2()) {
-		size_t done;
-
-		acc = sum32_avx2(p, len, &done);
-		p += done;
-		len -= done;
-	}
-#endif
 	while (len >= 32) {
 		uint64_t w[4];
 		memcpy(w, p, sizeof(w));
@@ -132,6 +143,43 @@ uint16_t offload_checksum(const void *buf, size_t len, uint32_t sum)
 	r = __builtin_bswap16(r);
 #endif
 	return fold((uint64_t)r + fold(sum));
+}
+
+uint16_t offload_checksum(const void *buf, size_t len, uint32_t sum)
+{
+	const uint8_t *p = buf;
+	uint64_t acc = 0;
+
+#if defined(__x86_64__)
+	if (len >= 128 && len <= OFFLOAD_MAX_PACKET && have_avx2()) {
+		size_t done;
+
+		acc = sum32_avx2(p, len, &done);
+		p += done;
+		len -= done;
+	}
+#endif
+	return checksum_tail(p, len, acc, sum);
+}
+
+uint16_t offload_copy_checksum(void *dst, const void *src, size_t len, uint32_t sum)
+{
+	uint8_t *d = dst;
+	const uint8_t *p = src;
+	uint64_t acc = 0;
+
+#if defined(__x86_64__)
+	if (len >= 128 && len <= OFFLOAD_MAX_PACKET && have_avx2()) {
+		size_t done;
+
+		acc = copy_sum32_avx2(d, p, len, &done);
+		d += done;
+		p += done;
+		len -= done;
+	}
+#endif
+	memcpy(d, p, len);
+	return checksum_tail(d, len, acc, sum);
 }
 
 static uint32_t pseudo_sum(bool v6, const uint8_t *ip, uint8_t proto, size_t l4len)
@@ -271,12 +319,15 @@ int offload_segment(const struct virtio_net_hdr *vh, const uint8_t *pkt, size_t 
 		size_t seglen = payload - off < g.gso_size ? payload - off : g.gso_size;
 		size_t total = g.hdr_len + seglen, l4len = total - g.l4;
 		uint8_t *d = out[k].data;
-		uint16_t c;
+		uint16_t c, psum;
 
 		if (out[k].cap < total)
 			return -ENOSPC;
 		memcpy(d, pkt, g.hdr_len);
-		memcpy(d + g.hdr_len, pkt + g.hdr_len + off, seglen);
+		/* The payload's sum comes with its copy; the L4 header (a
+		 * multiple of 4 bytes long, so the payload starts on an even
+		 * offset) is summed once its fields are set. */
+		psum = offload_copy_checksum(d + g.hdr_len, pkt + g.hdr_len + off, seglen, 0);
 		out[k].len = total;
 
 		if (g.v6) {
@@ -295,13 +346,13 @@ int offload_segment(const struct virtio_net_hdr *vh, const uint8_t *pkt, size_t 
 			if (i != 0)
 				th[13] &= ~TCP_CWR;
 			put16(th + 16, 0);
-			c = ~offload_checksum(th, l4len, pseudo_sum(g.v6, d, IPPROTO_TCP_, l4len));
+			c = ~offload_checksum(th, g.hdr_len - g.l4, pseudo_sum(g.v6, d, IPPROTO_TCP_, l4len) + psum);
 			put16(th + 16, c);
 		} else {
 			uint8_t *uh = d + g.l4;
 			put16(uh + 4, (uint16_t)l4len);
 			put16(uh + 6, 0);
-			c = ~offload_checksum(uh, l4len, pseudo_sum(g.v6, d, IPPROTO_UDP_, l4len));
+			c = ~offload_checksum(uh, g.hdr_len - g.l4, pseudo_sum(g.v6, d, IPPROTO_UDP_, l4len) + psum);
 			put16(uh + 6, c ? c : 0xffff);
 		}
 	}

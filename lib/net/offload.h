@@ -40,6 +40,9 @@ struct pktbuf {
 /* Internet checksum (RFC 1071) of buf added to sum, folded to 16 bits but
  * not complemented. */
 uint16_t offload_checksum(const void *buf, size_t len, uint32_t sum);
+/* Copies len bytes from src to dst and returns offload_checksum(dst, len,
+ * sum), reading the bytes once. */
+uint16_t offload_copy_checksum(void *dst, const void *src, size_t len, uint32_t sum);
 
 /* Number of packets offload_segment() makes of pkt (>= 1), or -EINVAL if
  * the header and packet do not describe something it can segment. */

@@ -482,7 +482,6 @@ TARGET static void chunk_finish(bool enc, const struct chunk *c, size_t done)
 		if (!m->ok)
 			sodium_memzero(m->dst, m->len);
 	}
-	sodium_memzero(c->p, sizeof(*c->p));
 }
 
 /* Seals (enc) or opens n messages under one key as one stream of 512-byte
@@ -531,6 +530,7 @@ TARGET static void chachapoly_run(bool enc, struct msg *ms, size_t n, const uint
 	chunk_finish(enc, &prev, 0);
 	sodium_memzero(ks, sizeof(ks));
 	sodium_memzero(x, sizeof(x));
+	sodium_memzero(polys, sizeof(polys));
 	sodium_memzero(st, sizeof(st));
 }
 

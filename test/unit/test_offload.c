@@ -185,6 +185,23 @@ static void test_checksum_matches_reference(void **state)
 	assert_int_equal(offload_checksum(buf, sizeof(buf), 0xffff), ref_sum(buf, sizeof(buf), 0xffff));
 }
 
+/* The fused copy sums what it copies, at every length and alignment
+ * (either side of the AVX2 threshold), and copies it exactly. */
+static void test_copy_checksum(void **state)
+{
+	static uint8_t src[1700], dst[1700];
+
+	fill(src, sizeof(src), 5);
+	for (size_t off = 0; off < 4; off++)
+		for (size_t n = 0; n + off + 8 <= sizeof(src); n += n < 300 ? 1 : 29) {
+			memset(dst, 0xee, sizeof(dst));
+			assert_int_equal(offload_copy_checksum(dst + off, src + off + 3, n, 0x4321),
+					 ref_sum(src + off + 3, n, 0x4321));
+			assert_memory_equal(dst + off, src + off + 3, n);
+			assert_int_equal(dst[off + n], 0xee);
+		}
+}
+
 /* ---- segmentation ---- */
 
 static void check_tso(bool v6, bool udp, size_t optlen, size_t plen, uint16_t gso, uint8_t flags)
@@ -589,6 +606,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_checksum_matches_reference),
+		cmocka_unit_test(test_copy_checksum),
 		cmocka_unit_test(test_tso4),
 		cmocka_unit_test(test_tso6),
 		cmocka_unit_test(test_uso),
