@@ -188,41 +188,30 @@ static inline void poly_finish(struct poly *p, uint8_t tag[16])
  * does not touch, and the Poly1305 blocks (four per double round) go
  * between the pairs. */
 /* Two quarter rounds side by side on (a,b,c,d) and (e,f,g,h), ymm numbers;
- * ymm14 and ymm15 are the temporaries. */
+ * ymm14 and ymm15 are the temporaries. Each half: a += b, d ^= a, d <<<= 16
+ * (then 8) by a byte shuffle; c += d, b ^= c, b <<<= 12 (then 7) by two
+ * shifts and an or. */
 #define V(n) "%%ymm" #n
-#define QR2(a, b, c, d, e, f, g, h)                                                              \
+#define QR2_HALF(a, b, c, d, e, f, g, h, mask, l, r)                                              \
 	"vpaddd " V(b) ", " V(a) ", " V(a) "\n\t"                                                 \
 	"vpaddd " V(f) ", " V(e) ", " V(e) "\n\t"                                                 \
 	"vpxor " V(a) ", " V(d) ", " V(d) "\n\t"                                                  \
 	"vpxor " V(e) ", " V(h) ", " V(h) "\n\t"                                                  \
-	"vpshufb %[rot16], " V(d) ", " V(d) "\n\t"                                                \
-	"vpshufb %[rot16], " V(h) ", " V(h) "\n\t"                                                \
+	"vpshufb %[" #mask "], " V(d) ", " V(d) "\n\t"                                            \
+	"vpshufb %[" #mask "], " V(h) ", " V(h) "\n\t"                                            \
 	"vpaddd " V(d) ", " V(c) ", " V(c) "\n\t"                                                 \
 	"vpaddd " V(h) ", " V(g) ", " V(g) "\n\t"                                                 \
 	"vpxor " V(c) ", " V(b) ", " V(b) "\n\t"                                                  \
 	"vpxor " V(g) ", " V(f) ", " V(f) "\n\t"                                                  \
-	"vpsrld $20, " V(b) ", %%ymm14\n\t"                                                       \
-	"vpsrld $20, " V(f) ", %%ymm15\n\t"                                                       \
-	"vpslld $12, " V(b) ", " V(b) "\n\t"                                                      \
-	"vpslld $12, " V(f) ", " V(f) "\n\t"                                                      \
-	"vpor %%ymm14, " V(b) ", " V(b) "\n\t"                                                    \
-	"vpor %%ymm15, " V(f) ", " V(f) "\n\t"                                                    \
-	"vpaddd " V(b) ", " V(a) ", " V(a) "\n\t"                                                 \
-	"vpaddd " V(f) ", " V(e) ", " V(e) "\n\t"                                                 \
-	"vpxor " V(a) ", " V(d) ", " V(d) "\n\t"                                                  \
-	"vpxor " V(e) ", " V(h) ", " V(h) "\n\t"                                                  \
-	"vpshufb %[rot8], " V(d) ", " V(d) "\n\t"                                                 \
-	"vpshufb %[rot8], " V(h) ", " V(h) "\n\t"                                                 \
-	"vpaddd " V(d) ", " V(c) ", " V(c) "\n\t"                                                 \
-	"vpaddd " V(h) ", " V(g) ", " V(g) "\n\t"                                                 \
-	"vpxor " V(c) ", " V(b) ", " V(b) "\n\t"                                                  \
-	"vpxor " V(g) ", " V(f) ", " V(f) "\n\t"                                                  \
-	"vpsrld $25, " V(b) ", %%ymm14\n\t"                                                       \
-	"vpsrld $25, " V(f) ", %%ymm15\n\t"                                                       \
-	"vpslld $7, " V(b) ", " V(b) "\n\t"                                                       \
-	"vpslld $7, " V(f) ", " V(f) "\n\t"                                                       \
+	"vpsrld $" #r ", " V(b) ", %%ymm14\n\t"                                                   \
+	"vpsrld $" #r ", " V(f) ", %%ymm15\n\t"                                                   \
+	"vpslld $" #l ", " V(b) ", " V(b) "\n\t"                                                  \
+	"vpslld $" #l ", " V(f) ", " V(f) "\n\t"                                                  \
 	"vpor %%ymm14, " V(b) ", " V(b) "\n\t"                                                    \
 	"vpor %%ymm15, " V(f) ", " V(f) "\n\t"
+#define QR2(a, b, c, d, e, f, g, h)                                \
+	QR2_HALF(a, b, c, d, e, f, g, h, rot16, 12, 20)            \
+	QR2_HALF(a, b, c, d, e, f, g, h, rot8, 7, 25)
 
 /* Registers: x0-x7 in ymm0-7, x12-x15 in ymm10-13; ymm8/ymm9 hold x8/x9
  * or x10/x11 by turns, the other pair waiting in the state array (the two

@@ -306,30 +306,28 @@ static bool key_run_backend(struct aead_key *k, bool seal, const struct aead_bac
 	return true;
 }
 
-void aead_key_seal_many(struct aead_key *k, struct aead_msg *v, size_t n)
+static void key_run(struct aead_key *k, bool seal, struct aead_msg *v, size_t n)
 {
 	const struct aead_backend *b;
 	void *state;
 
-	if (key_run_backend(k, true, &b, &state)) {
-		b->seal_many(state, v, n, k->key);
+	if (key_run_backend(k, seal, &b, &state)) {
+		(seal ? b->seal_many : b->open_many)(state, v, n, k->key);
 		return;
 	}
 	for (size_t i = 0; i < n; i++)
-		v[i].ok = aead_key_seal(k, v[i].dst, v[i].src, v[i].len, NULL, 0, v[i].counter);
+		v[i].ok = (seal ? aead_key_seal : aead_key_open)(k, v[i].dst, v[i].src, v[i].len, NULL, 0,
+								 v[i].counter);
+}
+
+void aead_key_seal_many(struct aead_key *k, struct aead_msg *v, size_t n)
+{
+	key_run(k, true, v, n);
 }
 
 void aead_key_open_many(struct aead_key *k, struct aead_msg *v, size_t n)
 {
-	const struct aead_backend *b;
-	void *state;
-
-	if (key_run_backend(k, false, &b, &state)) {
-		b->open_many(state, v, n, k->key);
-		return;
-	}
-	for (size_t i = 0; i < n; i++)
-		v[i].ok = aead_key_open(k, v[i].dst, v[i].src, v[i].len, NULL, 0, v[i].counter);
+	key_run(k, false, v, n);
 }
 
 bool aead_xseal(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,

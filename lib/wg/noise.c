@@ -525,58 +525,6 @@ static inline bool has_expired(uint64_t birthdate, uint64_t age, uint64_t now)
 	return now >= birthdate + age;
 }
 
-bool noise_keypair_encrypt(struct noise_keypair *kp, uint8_t *pkt, size_t payload_len, uint64_t now,
-			   size_t *pkt_len)
-{
-	struct message_data *hdr = (struct message_data *)pkt;
-	uint64_t nonce;
-
-	if (!atomic_load(&kp->send_valid) || has_expired(kp->birthdate, REJECT_AFTER_TIME_MS, now))
-		return false;
-	nonce = atomic_fetch_add(&kp->send_counter, 1);
-	if (nonce >= REJECT_AFTER_MESSAGES) {
-		atomic_store(&kp->send_counter, REJECT_AFTER_MESSAGES);
-		return false;
-	}
-	hdr->header.type = htole32(MESSAGE_DATA);
-	hdr->key_idx = htole32(kp->remote_index);
-	hdr->counter = htole64(nonce);
-	if (!aead_key_seal(kp->send_key, pkt + MESSAGE_DATA_HEADER_LEN, pkt + MESSAGE_DATA_HEADER_LEN, payload_len,
-			   NULL, 0, nonce))
-		return false;
-	*pkt_len = MESSAGE_DATA_HEADER_LEN + payload_len + MESSAGE_DATA_TAG_LEN;
-	return true;
-}
-
-enum noise_rx noise_keypair_decrypt(struct noise_keypair *kp, uint8_t *pkt, size_t pkt_len, uint64_t now,
-				    size_t *payload_len)
-{
-	const struct message_data *hdr = (const struct message_data *)pkt;
-	uint64_t counter;
-	bool fresh;
-
-	if (pkt_len < MESSAGE_DATA_MIN_LEN || le32toh(hdr->header.type) != MESSAGE_DATA ||
-	    le32toh(hdr->key_idx) != kp->entry.index)
-		return NOISE_RX_INVALID;
-	counter = le64toh(hdr->counter);
-	if (!atomic_load(&kp->recv_valid) || counter >= REJECT_AFTER_MESSAGES)
-		return NOISE_RX_INVALID;
-	if (has_expired(kp->birthdate, REJECT_AFTER_TIME_MS, now)) {
-		atomic_store(&kp->recv_valid, false);
-		return NOISE_RX_INVALID;
-	}
-	if (!aead_key_open(kp->recv_key, pkt + MESSAGE_DATA_HEADER_LEN, pkt + MESSAGE_DATA_HEADER_LEN,
-			   pkt_len - MESSAGE_DATA_HEADER_LEN, NULL, 0, counter))
-		return NOISE_RX_AUTH;
-	pthread_mutex_lock(&kp->replay_lock);
-	fresh = replay_check(&kp->replay, counter);
-	pthread_mutex_unlock(&kp->replay_lock);
-	if (!fresh)
-		return NOISE_RX_REPLAY;
-	*payload_len = pkt_len - MESSAGE_DATA_MIN_LEN;
-	return NOISE_RX_OK;
-}
-
 /* Runs handed to the AEAD at once (bounded: they live on the stack). */
 #define NOISE_RUN 64
 
@@ -662,6 +610,34 @@ void noise_keypair_decrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], 
 		}
 		pthread_mutex_unlock(&kp->replay_lock);
 	}
+}
+
+/* The single-packet calls are runs of one. */
+bool noise_keypair_encrypt(struct noise_keypair *kp, uint8_t *pkt, size_t payload_len, uint64_t now,
+			   size_t *pkt_len)
+{
+	uint16_t len = (uint16_t)payload_len, out = 0;
+	uint8_t ok = 0;
+
+	if (payload_len > UINT16_MAX - MESSAGE_DATA_MIN_LEN)
+		return false;
+	noise_keypair_encrypt_many(kp, &pkt, &len, 1, now, &ok, &out);
+	*pkt_len = out;
+	return ok;
+}
+
+enum noise_rx noise_keypair_decrypt(struct noise_keypair *kp, uint8_t *pkt, size_t pkt_len, uint64_t now,
+				    size_t *payload_len)
+{
+	uint16_t len = (uint16_t)pkt_len, out = 0;
+	uint8_t rx = NOISE_RX_INVALID;
+
+	if (pkt_len > UINT16_MAX)
+		return NOISE_RX_INVALID;
+	noise_keypair_decrypt_many(kp, &pkt, &len, 1, now, &rx, &out);
+	if (rx == NOISE_RX_OK)
+		*payload_len = out;
+	return (enum noise_rx)rx;
 }
 
 bool noise_keypair_should_rekey_send(struct noise_keypair *kp, uint64_t now)
