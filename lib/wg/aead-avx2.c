@@ -30,6 +30,7 @@
 #include "wg/aead-backend.h"
 
 #include <sodium.h>
+#include <stddef.h>
 #include <string.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -76,25 +77,27 @@ static inline void poly_init(struct poly *p, const uint8_t key[32])
 	p->pad1 = le64(key + 24);
 }
 
-/* One Poly1305 block on limbs in registers (operands h0-h2, r0, r1, s1,
- * m, scratch t0-t2, a, b; clobbers rdx and the flags). See poly_step(). */
-#define POLY_ASM(off)                                   \
+/* One Poly1305 block on limbs in registers (operands h0-h2, m, scratch
+ * t0-t2, a, b; R0, R1, S1 name the key limbs, a register or memory;
+ * clobbers rdx and the flags). See poly_step(). POLY_ASM: the limbs are
+ * operands r0, r1, s1. */
+#define POLY_ASM_R(off, R0, R1, S1)                     \
 	"addq " #off "(%[m]), %[h0]\n\t"                \
 	"adcq " #off "+8(%[m]), %[h1]\n\t"              \
 	"adcq $1, %[h2]\n\t"                            \
 	"movq %[h0], %%rdx\n\t"                         \
-	"mulx %[r0], %[h0], %[t0]\n\t" /* h0*r0 */       \
-	"mulx %[r1], %[t1], %[t2]\n\t" /* h0*r1 */       \
+	"mulx " R0 ", %[h0], %[t0]\n\t" /* h0*r0 */      \
+	"mulx " R1 ", %[t1], %[t2]\n\t" /* h0*r1 */      \
 	"movq %[h1], %%rdx\n\t"                         \
-	"mulx %[s1], %[a], %[b]\n\t"   /* + h1*s1: d0 */ \
+	"mulx " S1 ", %[a], %[b]\n\t"   /* + h1*s1: d0 */\
 	"addq %[a], %[h0]\n\t"                          \
 	"adcq %[b], %[t0]\n\t"                          \
-	"mulx %[r0], %[a], %[b]\n\t"   /* + h1*r0: d1 */ \
+	"mulx " R0 ", %[a], %[b]\n\t"   /* + h1*r0: d1 */\
 	"addq %[a], %[t1]\n\t"                          \
 	"adcq %[b], %[t2]\n\t"                          \
 	"movq %[h2], %[a]\n\t"                          \
-	"imulq %[s1], %[a]\n\t"        /* + h2*s1: d1 */ \
-	"imulq %[r0], %[h2]\n\t"       /* d2 = h2*r0 */  \
+	"imulq " S1 ", %[a]\n\t"        /* + h2*s1: d1 */\
+	"imulq " R0 ", %[h2]\n\t"       /* d2 = h2*r0 */ \
 	"addq %[a], %[t1]\n\t"                          \
 	"adcq $0, %[t2]\n\t"                            \
 	"addq %[t0], %[t1]\n\t"        /* carries up */  \
@@ -109,6 +112,7 @@ static inline void poly_init(struct poly *p, const uint8_t key[32])
 	"addq %[a], %[h0]\n\t"                          \
 	"adcq $0, %[h1]\n\t"                            \
 	"adcq $0, %[h2]\n\t"
+#define POLY_ASM(off) POLY_ASM_R(off, "%[r0]", "%[r1]", "%[s1]")
 
 /* h = (h + m + 2^128) * r, partly reduced, for one 16-byte block, on
  * limbs the caller keeps in registers (POLY_ASM, which the ChaCha20
@@ -197,8 +201,8 @@ static inline void poly_finish(struct poly *p, uint8_t tag[16])
 	"vpaddd " V(f) ", " V(e) ", " V(e) "\n\t"                                                 \
 	"vpxor " V(a) ", " V(d) ", " V(d) "\n\t"                                                  \
 	"vpxor " V(e) ", " V(h) ", " V(h) "\n\t"                                                  \
-	"vpshufb %[" #mask "], " V(d) ", " V(d) "\n\t"                                            \
-	"vpshufb %[" #mask "], " V(h) ", " V(h) "\n\t"                                            \
+	"vpshufb " mask "(%[x]), " V(d) ", " V(d) "\n\t"                                          \
+	"vpshufb " mask "(%[x]), " V(h) ", " V(h) "\n\t"                                          \
 	"vpaddd " V(d) ", " V(c) ", " V(c) "\n\t"                                                 \
 	"vpaddd " V(h) ", " V(g) ", " V(g) "\n\t"                                                 \
 	"vpxor " V(c) ", " V(b) ", " V(b) "\n\t"                                                  \
@@ -210,8 +214,8 @@ static inline void poly_finish(struct poly *p, uint8_t tag[16])
 	"vpor %%ymm14, " V(b) ", " V(b) "\n\t"                                                    \
 	"vpor %%ymm15, " V(f) ", " V(f) "\n\t"
 #define QR2(a, b, c, d, e, f, g, h)                                \
-	QR2_HALF(a, b, c, d, e, f, g, h, rot16, 12, 20)            \
-	QR2_HALF(a, b, c, d, e, f, g, h, rot8, 7, 25)
+	QR2_HALF(a, b, c, d, e, f, g, h, "512", 12, 20)            \
+	QR2_HALF(a, b, c, d, e, f, g, h, "544", 7, 25)
 
 /* Registers: x0-x7 in ymm0-7, x12-x15 in ymm10-13; ymm8/ymm9 hold x8/x9
  * or x10/x11 by turns, the other pair waiting in the state array (the two
@@ -248,56 +252,72 @@ static inline void poly_finish(struct poly *p, uint8_t tag[16])
 #define DIAG_A QR2(0, 5, 8, 13, 1, 6, 9, 10)
 #define DIAG_B QR2(2, 7, 8, 11, 3, 4, 9, 12)
 
-static const __m256i rot16_mask = { 0x0504070601000302LL, 0x0d0c0f0e09080b0aLL, 0x0504070601000302LL, 0x0d0c0f0e09080b0aLL };
-static const __m256i rot8_mask = { 0x0605040702010003LL, 0x0e0d0c0f0a09080bLL, 0x0605040702010003LL, 0x0e0d0c0f0a09080bLL };
+/* All the rounds' memory, at fixed offsets from one pointer (the asm's
+ * only address register: at -O0 each memory operand would take one of
+ * its own, and clang then runs out of general registers). */
+struct rounds_scratch {
+	__m256i x[16]; /* the state, word i of eight blocks in x[i] */
+	__m256i rot16, rot8; /* vpshufb masks */
+	uint64_t r0, r1, s1; /* the Poly1305 key limbs */
+	uint64_t n; /* double rounds left */
+};
+_Static_assert(offsetof(struct rounds_scratch, rot16) == 512 && offsetof(struct rounds_scratch, rot8) == 544 &&
+		       offsetof(struct rounds_scratch, r0) == 576 && offsetof(struct rounds_scratch, r1) == 584 &&
+		       offsetof(struct rounds_scratch, s1) == 592 && offsetof(struct rounds_scratch, n) == 600,
+	       "the offsets the assembly uses");
+#define ROUNDS_CLOBBERS                                                                                     \
+	"memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", \
+		"xmm11", "xmm12", "xmm13", "xmm14", "xmm15"
 
-/* n double rounds on the state array x (16 vectors), no Poly1305. */
-static inline void rounds_plain(__m256i *x, int n)
+static void scratch_init(struct rounds_scratch *sc)
+{
+	static const uint8_t r16[16] = { 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13 };
+	static const uint8_t r8[16] = { 3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14 };
+
+	memcpy((uint8_t *)&sc->rot16, r16, 16);
+	memcpy((uint8_t *)&sc->rot16 + 16, r16, 16);
+	memcpy((uint8_t *)&sc->rot8, r8, 16);
+	memcpy((uint8_t *)&sc->rot8 + 16, r8, 16);
+}
+
+/* sc->n double rounds on sc->x, no Poly1305. */
+static inline void rounds_plain(struct rounds_scratch *sc)
 {
 	__asm__ volatile(LOAD_ALL
 			 "1:\n\t"
 			 COLS_A SWAP_TO_10 COLS_B DIAG_A SWAP_TO_8 DIAG_B
-			 "decl %[n]\n\t"
+			 "decq 600(%[x])\n\t"
 			 "jnz 1b\n\t"
 			 STORE_ALL
-			 : [n] "+r"(n)
-			 : [x] "r"(x), [rot16] "m"(rot16_mask), [rot8] "m"(rot8_mask)
-			 : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
-			   "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+			 :
+			 : [x] "r"(sc)
+			 : ROUNDS_CLOBBERS);
 }
 
-/* Both read and write the state array x and read m: "memory" says so
- * (operands for those would each take an address register, and at -O0
- * there are none left). */
-
-/* n double rounds, each with four (rounds_poly4) or three (rounds_poly3)
- * Poly1305 blocks from m. r0, r1 and s1 are read from memory (MULX and
- * IMUL take it as the source): with them in registers too, a build with
- * frame pointers and sanitizers runs out of general registers. Four
- * blocks take longer than the vector work of a double round (a block's
- * dependency chain is about 16 cycles), three take less. */
-#define ROUNDS_POLY(name, body, step)                                                                          \
-	static inline void name(__m256i *x, int n, uint64_t *h, const uint64_t rk[3], const uint8_t *m)        \
-	{                                                                                                      \
-		uint64_t h0 = h[0], h1 = h[1], h2 = h[2], t0, t1, t2, a, b;                                    \
-		const uint64_t r[3] = { rk[0], rk[1], rk[2] }; /* on the stack: no address register */        \
-                                                                                                               \
-		__asm__ volatile(LOAD_ALL "1:\n\t" body "addq $" #step ", %[m]\n\t"                          \
-					  "decl %[n]\n\t"                                                      \
-					  "jnz 1b\n\t" STORE_ALL                                               \
-				 : [n] "+m"(n), [m] "+r"(m), [h0] "+&r"(h0), [h1] "+&r"(h1), [h2] "+&r"(h2),   \
-				   [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [a] "=&r"(a), [b] "=&r"(b)  \
-				 : [x] "r"(x), [rot16] "m"(rot16_mask), [rot8] "m"(rot8_mask), [r0] "m"(r[0]),  \
-				   [r1] "m"(r[1]), [s1] "m"(r[2])                                            \
-				 : "memory", "rdx", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", \
-				   "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");  \
-		h[0] = h0, h[1] = h1, h[2] = h2;                                                               \
+/* sc->n double rounds, each with four (rounds_poly4) or three
+ * (rounds_poly3) Poly1305 blocks from m under the key limbs in sc, the
+ * accumulator in h. Four blocks take longer than the vector work of a
+ * double round (a block's dependency chain is about 16 cycles), three
+ * take less. */
+#define POLY_SC(off) POLY_ASM_R(off, "576(%[x])", "584(%[x])", "592(%[x])")
+#define ROUNDS_POLY(name, body, step)                                                                      \
+	static inline void name(struct rounds_scratch *sc, uint64_t *h, const uint8_t *m)                  \
+	{                                                                                                  \
+		uint64_t h0 = h[0], h1 = h[1], h2 = h[2], t0, t1, t2, a, b;                                \
+                                                                                                           \
+		__asm__ volatile(LOAD_ALL "1:\n\t" body "addq $" #step ", %[m]\n\t"                      \
+					  "decq 600(%[x])\n\t"                                             \
+					  "jnz 1b\n\t" STORE_ALL                                           \
+				 : [m] "+r"(m), [h0] "+&r"(h0), [h1] "+&r"(h1), [h2] "+&r"(h2), [t0] "=&r"(t0), \
+				   [t1] "=&r"(t1), [t2] "=&r"(t2), [a] "=&r"(a), [b] "=&r"(b)               \
+				 : [x] "r"(sc)                                                              \
+				 : "rdx", ROUNDS_CLOBBERS);                                                 \
+		h[0] = h0, h[1] = h1, h[2] = h2;                                                           \
 	}
 
-ROUNDS_POLY(rounds_poly4,
-	    POLY_ASM(0) COLS_A SWAP_TO_10 POLY_ASM(16) COLS_B POLY_ASM(32) DIAG_A SWAP_TO_8 POLY_ASM(48) DIAG_B, 64)
-ROUNDS_POLY(rounds_poly3, POLY_ASM(0) COLS_A SWAP_TO_10 POLY_ASM(16) COLS_B POLY_ASM(32) DIAG_A SWAP_TO_8 DIAG_B,
-	    48)
+ROUNDS_POLY(rounds_poly4, POLY_SC(0) COLS_A SWAP_TO_10 POLY_SC(16) COLS_B POLY_SC(32) DIAG_A SWAP_TO_8 POLY_SC(48) DIAG_B,
+	    64)
+ROUNDS_POLY(rounds_poly3, POLY_SC(0) COLS_A SWAP_TO_10 POLY_SC(16) COLS_B POLY_SC(32) DIAG_A SWAP_TO_8 DIAG_B, 48)
 
 /* Rows 0-7 or 8-15 of eight blocks (x[i] holds word i of blocks 0..7) to
  * the halves of eight 64-byte blocks at out (+0 or +32 per block). */
@@ -343,12 +363,13 @@ static inline void poly_spread(size_t nblocks, int *k4, int *k3)
 
 /* Keystream blocks ctr..ctr+7 of state st into ks (512 bytes, 32-aligned),
  * authenticating nblocks 16-byte blocks at m on the way (poly_spread()'s
- * share inside the rounds, the rest after). x is the caller's scratch
- * (the caller wipes it). */
-TARGET static void chacha8_stitched(__m256i x[16], uint8_t *ks, const uint32_t st[16], uint32_t ctr,
+ * share inside the rounds, the rest after). sc is the caller's scratch,
+ * made by scratch_init() (the caller wipes it). */
+TARGET static void chacha8_stitched(struct rounds_scratch *sc, uint8_t *ks, const uint32_t st[16], uint32_t ctr,
 				    struct poly *p, const uint8_t *m, size_t nblocks)
 {
 	const __m256i c12 = _mm256_add_epi32(_mm256_set1_epi32((int)ctr), _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0));
+	__m256i *x = sc->x;
 	int k4 = 0, k3 = 0;
 
 	for (int i = 0; i < 16; i++)
@@ -357,18 +378,24 @@ TARGET static void chacha8_stitched(__m256i x[16], uint8_t *ks, const uint32_t s
 	poly_spread(nblocks, &k4, &k3);
 	if (k4 || k3) {
 		uint64_t h[3] = { p->h0, p->h1, p->h2 };
-		const uint64_t rk[3] = { p->r0, p->r1, p->s1 };
 
-		if (k4)
-			rounds_poly4(x, k4, h, rk, m);
-		if (k3)
-			rounds_poly3(x, k3, h, rk, m + 64 * k4);
+		sc->r0 = p->r0, sc->r1 = p->r1, sc->s1 = p->s1;
+		if (k4) {
+			sc->n = (uint64_t)k4;
+			rounds_poly4(sc, h, m);
+		}
+		if (k3) {
+			sc->n = (uint64_t)k3;
+			rounds_poly3(sc, h, m + 64 * k4);
+		}
 		p->h0 = h[0], p->h1 = h[1], p->h2 = h[2];
 		m += 64 * k4 + 48 * k3;
 		nblocks -= 4 * (size_t)k4 + 3 * (size_t)k3;
 	}
-	if (k4 + k3 < 10)
-		rounds_plain(x, 10 - k4 - k3);
+	if (k4 + k3 < 10) {
+		sc->n = (uint64_t)(10 - k4 - k3);
+		rounds_plain(sc);
+	}
 	for (int i = 0; i < 16; i++)
 		x[i] = _mm256_add_epi32(x[i], i == 12 ? c12 : _mm256_set1_epi32((int)st[i]));
 	store_half(ks, x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]);
@@ -480,12 +507,13 @@ TARGET static void chunk_finish(bool enc, const struct chunk *c, size_t done)
 TARGET static void chachapoly_run(bool enc, struct msg *ms, size_t n, const uint8_t key[AEAD_KEY_LEN])
 {
 	_Alignas(32) uint8_t ks[2][512];
-	_Alignas(32) __m256i x[16];
+	_Alignas(32) struct rounds_scratch sc;
 	uint32_t st[16];
 	struct poly polys[2];
 	struct chunk prev = { 0 };
 	int cur = 0;
 
+	scratch_init(&sc);
 	for (size_t i = 0; i < n; i++) {
 		struct msg *m = &ms[i];
 		struct poly *p = &polys[i & 1];
@@ -497,7 +525,7 @@ TARGET static void chachapoly_run(bool enc, struct msg *ms, size_t n, const uint
 			size_t first = ctr ? 0 : 64, take = 512 - first;
 
 			/* The previous chunk's whole blocks go into the rounds. */
-			chacha8_stitched(x, ks[cur], st, ctr, prev.p, pm, prev.m ? prev.n / 16 : 0);
+			chacha8_stitched(&sc, ks[cur], st, ctr, prev.p, pm, prev.m ? prev.n / 16 : 0);
 			chunk_finish(enc, &prev, prev.n / 16 * 16);
 			if (ctr == 0) {
 				poly_init(p, ks[cur]);
@@ -518,7 +546,7 @@ TARGET static void chachapoly_run(bool enc, struct msg *ms, size_t n, const uint
 	}
 	chunk_finish(enc, &prev, 0);
 	sodium_memzero(ks, sizeof(ks));
-	sodium_memzero(x, sizeof(x));
+	sodium_memzero(&sc, sizeof(sc));
 	sodium_memzero(polys, sizeof(polys));
 	sodium_memzero(st, sizeof(st));
 }
