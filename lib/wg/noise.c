@@ -534,14 +534,13 @@ void noise_keypair_encrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], 
 	struct aead_msg v[NOISE_RUN];
 	unsigned from[NOISE_RUN];
 
+	memset(ok, 0, n);
+	if (!atomic_load(&kp->send_valid) || has_expired(kp->birthdate, REJECT_AFTER_TIME_MS, now))
+		return;
 	for (unsigned base = 0; base < n; base += NOISE_RUN) {
 		unsigned count = n - base < NOISE_RUN ? n - base : NOISE_RUN, k = 0;
-		uint64_t first;
+		uint64_t first = atomic_fetch_add(&kp->send_counter, count);
 
-		memset(ok + base, 0, count);
-		if (!atomic_load(&kp->send_valid) || has_expired(kp->birthdate, REJECT_AFTER_TIME_MS, now))
-			return;
-		first = atomic_fetch_add(&kp->send_counter, count);
 		for (unsigned i = 0; i < count; i++) {
 			struct message_data *hdr = (struct message_data *)pkt[base + i];
 			uint64_t nonce = first + i;
@@ -572,15 +571,15 @@ void noise_keypair_decrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], 
 {
 	struct aead_msg v[NOISE_RUN];
 	unsigned from[NOISE_RUN];
+	bool live = atomic_load(&kp->recv_valid);
 
+	if (live && has_expired(kp->birthdate, REJECT_AFTER_TIME_MS, now)) {
+		atomic_store(&kp->recv_valid, false);
+		live = false;
+	}
 	for (unsigned base = 0; base < n; base += NOISE_RUN) {
 		unsigned count = n - base < NOISE_RUN ? n - base : NOISE_RUN, k = 0;
-		bool live = atomic_load(&kp->recv_valid);
 
-		if (live && has_expired(kp->birthdate, REJECT_AFTER_TIME_MS, now)) {
-			atomic_store(&kp->recv_valid, false);
-			live = false;
-		}
 		for (unsigned i = 0; i < count; i++) {
 			const struct message_data *hdr = (const struct message_data *)pkt[base + i];
 			size_t len = pkt_len[base + i];

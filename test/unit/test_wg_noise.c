@@ -387,6 +387,16 @@ static void test_data_batches(void **state)
 			assert_int_equal(bufs[i][MESSAGE_DATA_HEADER_LEN + b], (uint8_t)((i == 1 ? 40 : i) + b));
 	}
 	noise_keypair_put(rkp);
+	/* a keypair that may no longer send fails every packet of a batch,
+	 * past the first AEAD run too */
+	kp = noise_keypair_current(p->a.remote);
+	assert_non_null(kp);
+	noise_keypairs_expire(p->a.remote);
+	memset(ok, 1, sizeof(ok));
+	noise_keypair_encrypt_many(kp, pkt, plen, N, p->now, ok, len);
+	for (unsigned i = 0; i < N; i++)
+		assert_int_equal(ok[i], 0);
+	noise_keypair_put(kp);
 }
 
 static void test_initiation_replay_and_flood(void **state)
