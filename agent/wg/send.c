@@ -342,7 +342,6 @@ void send_job_seal(struct job *j)
 {
 	size_t mtu = (size_t)atomic_load(&j->peer->engine->mtu);
 	uint64_t now = loop_mono_ms();
-
 	uint16_t padded[JOB_MAX];
 
 	for (unsigned i = 0; i < j->n; i++) {

@@ -71,8 +71,10 @@ static double run_many(enum aead_impl impl, size_t len, bool seal, double secs, 
 		return -1;
 	for (size_t i = 0; i < RUN; i++) {
 		randombytes_buf(bufs[i], len);
-		if (!aead_seal(sealed[i], bufs[i], len, NULL, 0, i, key))
+		if (!aead_seal(sealed[i], bufs[i], len, NULL, 0, i, key)) {
+			aead_key_free(k);
 			return -1;
+		}
 	}
 	start = now_s();
 	do {
@@ -89,8 +91,10 @@ static double run_many(enum aead_impl impl, size_t len, bool seal, double secs, 
 		else
 			aead_key_open_many(k, v, RUN);
 		for (size_t i = 0; i < RUN; i++)
-			if (!v[i].ok)
+			if (!v[i].ok) {
+				aead_key_free(k);
 				return -1;
+			}
 		n += RUN;
 		elapsed = now_s() - start;
 	} while (elapsed < secs);

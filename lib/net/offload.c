@@ -56,27 +56,10 @@ static inline uint16_t fold(uint64_t s)
 #include <immintrin.h>
 
 /* Sums the 32-bit words of p[0..len/32*32) into 64-bit lanes (no carries
- * to fold until the end); ~5x the scalar loop's speed. Returns the sum,
- * below 2^48 for any len up to 64 KB, and how far it got. */
-__attribute__((target("avx2"))) static uint64_t sum32_avx2(const uint8_t *p, size_t len, size_t *done)
-{
-	__m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256(), zero = _mm256_setzero_si256();
-	uint64_t lanes[4];
-	size_t i = 0;
-
-	for (; i + 32 <= len; i += 32) {
-		__m256i v = _mm256_loadu_si256((const __m256i *)(p + i));
-		a = _mm256_add_epi64(a, _mm256_unpacklo_epi32(v, zero));
-		b = _mm256_add_epi64(b, _mm256_unpackhi_epi32(v, zero));
-	}
-	_mm256_storeu_si256((__m256i *)lanes, _mm256_add_epi64(a, b));
-	*done = i;
-	return lanes[0] + lanes[1] + lanes[2] + lanes[3];
-}
-
-/* sum32_avx2() that also copies what it sums to dst: one pass. */
-__attribute__((target("avx2"))) static uint64_t copy_sum32_avx2(uint8_t *dst, const uint8_t *p, size_t len,
-								  size_t *done)
+ * to fold until the end); ~5x the scalar loop's speed. With dst, also
+ * copies them there in the same pass. Returns the sum, below 2^48 for any
+ * len up to 64 KB, and how far it got. */
+__attribute__((target("avx2"))) static uint64_t sum32_avx2(uint8_t *dst, const uint8_t *p, size_t len, size_t *done)
 {
 	__m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256(), zero = _mm256_setzero_si256();
 	uint64_t lanes[4];
@@ -85,7 +68,8 @@ __attribute__((target("avx2"))) static uint64_t copy_sum32_avx2(uint8_t *dst, co
 	for (; i + 32 <= len; i += 32) {
 		__m256i v = _mm256_loadu_si256((const __m256i *)(p + i));
 
-		_mm256_storeu_si256((__m256i *)(dst + i), v);
+		if (dst)
+			_mm256_storeu_si256((__m256i *)(dst + i), v);
 		a = _mm256_add_epi64(a, _mm256_unpacklo_epi32(v, zero));
 		b = _mm256_add_epi64(b, _mm256_unpackhi_epi32(v, zero));
 	}
@@ -145,41 +129,37 @@ static uint16_t checksum_tail(const uint8_t *p, size_t len, uint64_t acc, uint32
 	return fold((uint64_t)r + fold(sum));
 }
 
-uint16_t offload_checksum(const void *buf, size_t len, uint32_t sum)
+/* The checksum of src's len bytes added to sum; with dst, the bytes are
+ * also copied there, read once. */
+static uint16_t checksum_copy(uint8_t *dst, const uint8_t *src, size_t len, uint32_t sum)
 {
-	const uint8_t *p = buf;
 	uint64_t acc = 0;
 
 #if defined(__x86_64__)
 	if (len >= 128 && len <= OFFLOAD_MAX_PACKET && have_avx2()) {
 		size_t done;
 
-		acc = sum32_avx2(p, len, &done);
-		p += done;
+		acc = sum32_avx2(dst, src, len, &done);
+		src += done;
+		dst = dst ? dst + done : NULL;
 		len -= done;
 	}
 #endif
-	return checksum_tail(p, len, acc, sum);
+	if (dst) {
+		memcpy(dst, src, len);
+		src = dst;
+	}
+	return checksum_tail(src, len, acc, sum);
+}
+
+uint16_t offload_checksum(const void *buf, size_t len, uint32_t sum)
+{
+	return checksum_copy(NULL, buf, len, sum);
 }
 
 uint16_t offload_copy_checksum(void *dst, const void *src, size_t len, uint32_t sum)
 {
-	uint8_t *d = dst;
-	const uint8_t *p = src;
-	uint64_t acc = 0;
-
-#if defined(__x86_64__)
-	if (len >= 128 && len <= OFFLOAD_MAX_PACKET && have_avx2()) {
-		size_t done;
-
-		acc = copy_sum32_avx2(d, p, len, &done);
-		d += done;
-		p += done;
-		len -= done;
-	}
-#endif
-	memcpy(d, p, len);
-	return checksum_tail(d, len, acc, sum);
+	return checksum_copy(dst, src, len, sum);
 }
 
 static uint32_t pseudo_sum(bool v6, const uint8_t *ip, uint8_t proto, size_t l4len)

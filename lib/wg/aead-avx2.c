@@ -79,7 +79,7 @@ static inline void poly_init(struct poly *p, const uint8_t key[32])
 
 /* One Poly1305 block on limbs in registers (operands h0-h2, m, scratch
  * t0-t2, a, b; R0, R1, S1 name the key limbs, a register or memory;
- * clobbers rdx and the flags). See poly_step(). POLY_ASM: the limbs are
+ * clobbers rdx and the flags). See poly_blocks(). POLY_ASM: the limbs are
  * operands r0, r1, s1. */
 #define POLY_ASM_R(off, R0, R1, S1)                     \
 	"addq " #off "(%[m]), %[h0]\n\t"                \
@@ -114,35 +114,24 @@ static inline void poly_init(struct poly *p, const uint8_t key[32])
 	"adcq $0, %[h2]\n\t"
 #define POLY_ASM(off) POLY_ASM_R(off, "%[r0]", "%[r1]", "%[s1]")
 
-/* h = (h + m + 2^128) * r, partly reduced, for one 16-byte block, on
- * limbs the caller keeps in registers (POLY_ASM, which the ChaCha20
- * rounds below also interleave):
+/* h = (h + m + 2^128) * r, partly reduced, for each of n 16-byte blocks
+ * (POLY_ASM, which the ChaCha20 rounds below also interleave):
  *   d0 = h0*r0 + h1*s1, d1 = h0*r1 + h1*r0 + h2*s1, d2 = h2*r0 (+ carries),
  * then everything from bit 130 up folds back times 5. In assembly because
  * both GCC's unsigned __int128 and its carry intrinsics spill the limbs
  * to the stack on every block, which doubles the cost here. Needs BMI2
  * (MULX). */
-static inline void poly_step(uint64_t *h0p, uint64_t *h1p, uint64_t *h2p, uint64_t r0, uint64_t r1, uint64_t s1,
-			     const uint8_t *m)
-{
-	uint64_t h0 = *h0p, h1 = *h1p, h2 = *h2p, t0, t1, t2, a, b;
-
-	__asm__(POLY_ASM(0)
-		: [h0] "+&r"(h0), [h1] "+&r"(h1), [h2] "+&r"(h2), [t0] "=&r"(t0), [t1] "=&r"(t1),
-		  [t2] "=&r"(t2), [a] "=&r"(a), [b] "=&r"(b)
-		: [m] "r"(m), "m"(*(const uint8_t(*)[16])m), [r0] "r"(r0), [r1] "r"(r1), [s1] "r"(s1)
-		: "rdx", "cc");
-	*h0p = h0;
-	*h1p = h1;
-	*h2p = h2;
-}
-
 static inline void poly_blocks(struct poly *p, const uint8_t *m, size_t n)
 {
-	uint64_t h0 = p->h0, h1 = p->h1, h2 = p->h2;
+	uint64_t h0 = p->h0, h1 = p->h1, h2 = p->h2, t0, t1, t2, a, b;
 
 	for (; n; n--, m += 16)
-		poly_step(&h0, &h1, &h2, p->r0, p->r1, p->s1, m);
+		__asm__(POLY_ASM(0)
+			: [h0] "+&r"(h0), [h1] "+&r"(h1), [h2] "+&r"(h2), [t0] "=&r"(t0), [t1] "=&r"(t1),
+			  [t2] "=&r"(t2), [a] "=&r"(a), [b] "=&r"(b)
+			: [m] "r"(m), "m"(*(const uint8_t(*)[16])m), [r0] "r"(p->r0), [r1] "r"(p->r1),
+			  [s1] "r"(p->s1)
+			: "rdx", "cc");
 	p->h0 = h0;
 	p->h1 = h1;
 	p->h2 = h2;
@@ -189,8 +178,8 @@ static inline void poly_finish(struct poly *p, uint8_t tag[16])
  * spilling put stores and reloads on the rounds' critical path (247 ns
  * per eight blocks here; the hand allocation below, 202 ns). Two words at
  * a time wait in memory, always the two the next pair of quarter rounds
- * does not touch, and the Poly1305 blocks (four per double round) go
- * between the pairs. */
+ * does not touch, and the Poly1305 blocks (three or four per double round,
+ * poly_spread()) go between the pairs. */
 /* Two quarter rounds side by side on (a,b,c,d) and (e,f,g,h), ymm numbers;
  * ymm14 and ymm15 are the temporaries. Each half: a += b, d ^= a, d <<<= 16
  * (then 8) by a byte shuffle; c += d, b ^= c, b <<<= 12 (then 7) by two
@@ -555,28 +544,45 @@ TARGET static void chachapoly_run(bool enc, struct msg *ms, size_t n, const uint
  * Poly1305 key). */
 #define MAX_LEN (((uint64_t)1 << 32) * 64 - 64)
 
+/* m for sealing len bytes, or opening len sealed ones (tag included), with
+ * no AD; false if the length cannot be. */
+static bool msg_set(struct msg *m, bool enc, uint8_t *dst, const uint8_t *src, size_t len)
+{
+	if (!enc) {
+		if (len < AEAD_TAG_LEN)
+			return false;
+		len -= AEAD_TAG_LEN;
+	}
+	if ((uint64_t)len > MAX_LEN)
+		return false;
+	*m = (struct msg){ .dst = dst, .src = src, .len = len };
+	return true;
+}
+
+static bool avx2_one(bool enc, uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,
+		     const uint8_t nonce[AEAD_NONCE_LEN], const uint8_t key[AEAD_KEY_LEN])
+{
+	struct msg m;
+
+	if (!msg_set(&m, enc, dst, src, len))
+		return false;
+	m.ad = ad;
+	m.adlen = adlen;
+	memcpy(m.nonce, nonce, AEAD_NONCE_LEN);
+	chachapoly_run(enc, &m, 1, key);
+	return m.ok;
+}
+
 static bool avx2_seal(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,
 		      const uint8_t nonce[AEAD_NONCE_LEN], const uint8_t key[AEAD_KEY_LEN])
 {
-	struct msg m = { .dst = dst, .src = src, .len = len, .ad = ad, .adlen = adlen };
-
-	if ((uint64_t)len > MAX_LEN)
-		return false;
-	memcpy(m.nonce, nonce, AEAD_NONCE_LEN);
-	chachapoly_run(true, &m, 1, key);
-	return m.ok;
+	return avx2_one(true, dst, src, len, ad, adlen, nonce, key);
 }
 
 static bool avx2_open(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,
 		      const uint8_t nonce[AEAD_NONCE_LEN], const uint8_t key[AEAD_KEY_LEN])
 {
-	struct msg m = { .dst = dst, .src = src, .len = len - AEAD_TAG_LEN, .ad = ad, .adlen = adlen };
-
-	if (len < AEAD_TAG_LEN || (uint64_t)len - AEAD_TAG_LEN > MAX_LEN)
-		return false;
-	memcpy(m.nonce, nonce, AEAD_NONCE_LEN);
-	chachapoly_run(false, &m, 1, key);
-	return m.ok;
+	return avx2_one(false, dst, src, len, ad, adlen, nonce, key);
 }
 
 /* Runs of WireGuard transport messages (counter nonces, no AD), in
@@ -593,18 +599,11 @@ static void avx2_many(bool enc, struct aead_msg *v, size_t n, const uint8_t key[
 
 		for (; used < n && k < RUN_MAX; used++) {
 			struct aead_msg *a = &v[used];
-			size_t len = a->len;
 
 			a->ok = false;
-			if (!enc && len < AEAD_TAG_LEN)
+			if (!msg_set(&ms[k], enc, a->dst, a->src, a->len))
 				continue;
-			len -= enc ? 0 : AEAD_TAG_LEN;
-			if ((uint64_t)len > MAX_LEN)
-				continue;
-			ms[k] = (struct msg){ .dst = a->dst, .src = a->src, .len = len };
-			memset(ms[k].nonce, 0, 4);
-			for (int b = 0; b < 8; b++)
-				ms[k].nonce[4 + b] = (uint8_t)(a->counter >> (8 * b));
+			counter_nonce(ms[k].nonce, a->counter);
 			from[k++] = used;
 		}
 		if (k)

@@ -26,6 +26,15 @@ struct aead_backend {
 	void (*open_many)(void *state, struct aead_msg *v, size_t n, const uint8_t key[AEAD_KEY_LEN]);
 };
 
+/* WireGuard's nonce: 32 zero bits, then the counter little-endian. */
+static inline void counter_nonce(uint8_t nonce[AEAD_NONCE_LEN], uint64_t counter)
+{
+	for (int i = 0; i < 4; i++)
+		nonce[i] = 0;
+	for (int i = 0; i < 8; i++)
+		nonce[4 + i] = (uint8_t)(counter >> (8 * i));
+}
+
 extern const struct aead_backend aead_backend_sodium;
 extern const struct aead_backend aead_backend_openssl;
 extern const struct aead_backend aead_backend_avx2;

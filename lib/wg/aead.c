@@ -161,13 +161,6 @@ static const struct aead_backend *backend_for(enum aead_impl impl, size_t len)
 	return backend_usable(impl) ? backends[impl] : NULL;
 }
 
-static inline void counter_nonce(uint8_t nonce[AEAD_NONCE_LEN], uint64_t counter)
-{
-	memset(nonce, 0, 4);
-	for (int i = 0; i < 8; i++)
-		nonce[4 + i] = (uint8_t)(counter >> (8 * i));
-}
-
 bool aead_seal_ietf(enum aead_impl impl, uint8_t *dst, const uint8_t *src, size_t len,
 		    const uint8_t *ad, size_t adlen, const uint8_t nonce[AEAD_NONCE_LEN],
 		    const uint8_t key[AEAD_KEY_LEN])
