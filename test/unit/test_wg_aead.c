@@ -30,7 +30,6 @@ static const char rfc_sealed[] =
  * the AVX2 one must be among them wherever the CPU has AVX2 and BMI2). */
 static enum aead_impl impls[3];
 static size_t nimpls;
-#define NIMPLS nimpls
 
 static void rfc_key(uint8_t key[32])
 {
@@ -83,7 +82,7 @@ static void test_every_length(void **state)
 		size_t adlen = len % 34;
 
 		assert_true(aead_seal_ietf(AEAD_IMPL_SODIUM, ref, p, len, ad, adlen, nonce, key));
-		for (size_t i = 0; i < NIMPLS; i++) {
+		for (size_t i = 0; i < nimpls; i++) {
 			if (len % 2) {
 				memcpy(a, p, len);
 				assert_true(aead_seal_ietf(impls[i], a, a, len, ad, adlen, nonce, key));
@@ -117,7 +116,7 @@ static void test_rfc8439_vector(void **state)
 
 	assert_int_equal(len, 114);
 	rfc_key(key);
-	for (size_t i = 0; i < NIMPLS; i++) {
+	for (size_t i = 0; i < nimpls; i++) {
 		/* separate buffers */
 		assert_true(aead_seal_ietf(impls[i], buf, (const uint8_t *)rfc_plain, len, rfc_aad, sizeof(rfc_aad),
 					   rfc_nonce, key));
@@ -141,7 +140,7 @@ static void test_forgery(void **state)
 	uint8_t key[32], buf[256], out[256], aad[sizeof(rfc_aad)], nonce[12];
 
 	rfc_key(key);
-	for (size_t i = 0; i < NIMPLS; i++) {
+	for (size_t i = 0; i < nimpls; i++) {
 		for (size_t pos = 0; pos < len + 16; pos++) {
 			memcpy(buf, rfc_sealed, len + 16);
 			buf[pos] ^= 0x01;
@@ -170,7 +169,7 @@ static void test_counter_nonce(void **state)
 
 	rfc_key(key);
 	memset(p, 0x5A, sizeof(p));
-	for (size_t i = 0; i < NIMPLS; i++) {
+	for (size_t i = 0; i < nimpls; i++) {
 		assert_int_equal(aead_init(impls[i]), 0);
 		assert_int_equal(aead_impl(), impls[i]);
 		assert_true(aead_seal(a, p, sizeof(p), NULL, 0, 0x0706050403020100ULL, key));
@@ -197,7 +196,7 @@ static void test_backends_agree(void **state)
 		randombytes_buf(nonce, sizeof(nonce));
 		randombytes_buf(ad, sizeof(ad));
 		assert_true(aead_seal_ietf(AEAD_IMPL_SODIUM, a, p, lens[i], ad, i % 2 ? sizeof(ad) : 0, nonce, key));
-		for (size_t k = 0; k < NIMPLS; k++) {
+		for (size_t k = 0; k < nimpls; k++) {
 			assert_true(aead_seal_ietf(impls[k], b, p, lens[i], ad, i % 2 ? sizeof(ad) : 0, nonce, key));
 			assert_memory_equal(a, b, lens[i] + 16);
 			assert_true(aead_open_ietf(impls[k], b, a, lens[i] + 16, ad, i % 2 ? sizeof(ad) : 0, nonce,
@@ -269,8 +268,8 @@ static void test_runs(void **state)
 	struct aead_msg v[N];
 	uint8_t key[32];
 
-	for (size_t s = 0; s < NIMPLS + 1; s++) {
-		enum aead_impl impl = s < NIMPLS ? impls[s] : AEAD_IMPL_AUTO;
+	for (size_t s = 0; s < nimpls + 1; s++) {
+		enum aead_impl impl = s < nimpls ? impls[s] : AEAD_IMPL_AUTO;
 		struct aead_key *enc, *dec;
 		size_t len[N];
 
