@@ -14,6 +14,7 @@
 #include "wg/noise.h"
 #include "wg/peer.h"
 #include "wg/pool.h"
+#include "wg/ratelimiter.h"
 #include "wg/receive.h"
 
 #define RX_BATCH 128
@@ -233,6 +234,7 @@ void hub_stats(struct hub *h, struct hub_stats *out)
 	out->handshakes_queued = atomic_load(&h->st_hs_queued);
 	out->handshakes_dropped = atomic_load(&h->st_hs_dropped);
 	out->cookie_replies_sent = atomic_load(&h->st_cookies);
+	out->handshakes_ratelimited = atomic_load(&h->st_hs_limited);
 	out->rx_invalid = atomic_load(&h->st_invalid);
 	out->rx_other = atomic_load(&h->st_other);
 	out->rx_unknown_index = atomic_load(&h->st_unknown);
@@ -251,12 +253,14 @@ void hub_stats(struct hub *h, struct hub_stats *out)
 bool hub_handshake_enqueue(struct hub *h, const uint8_t *msg, size_t len, const struct endpoint *from)
 {
 	struct hub_handshake *slot;
+	size_t room;
 	bool ok = false;
 
 	if (len > sizeof(slot->msg))
 		return false;
+	room = len == MESSAGE_COOKIE_LEN || cookie_msg_has_mac2(msg, len) ? h->hs_cap : h->hs_cap - h->hs_cap / 4;
 	pthread_mutex_lock(&h->hs_lock);
-	if (h->hs_count < h->hs_cap) {
+	if (h->hs_count < room) {
 		slot = &h->hs_ring[(h->hs_head + h->hs_count) % h->hs_cap];
 		memcpy(slot->msg, msg, len);
 		slot->len = (uint16_t)len;
@@ -419,7 +423,9 @@ int hub_new(struct hub **out, struct loop *loop, const struct hub_config *cfg)
 	h->hs_cap = h->cfg.handshake_queue_max;
 	h->hs_ring = calloc(h->hs_cap, sizeof(*h->hs_ring));
 	h->index = noise_index_new();
-	if (!h->hs_ring || !h->index) {
+	h->rl_replies = ratelimiter_new(RATELIMITER_SLOTS, RATELIMITER_PER_SECOND, RATELIMITER_BURST);
+	h->rl_handshakes = ratelimiter_new(RATELIMITER_SLOTS, RATELIMITER_PER_SECOND, RATELIMITER_BURST);
+	if (!h->hs_ring || !h->index || !h->rl_replies || !h->rl_handshakes) {
 		ret = -ENOMEM;
 		goto out;
 	}
@@ -488,6 +494,8 @@ void hub_free(struct hub *h)
 	if (h->index)
 		noise_index_free(h->index);
 	free(h->hs_ring);
+	ratelimiter_free(h->rl_replies);
+	ratelimiter_free(h->rl_handshakes);
 	pthread_mutex_destroy(&h->hs_lock);
 	pthread_mutex_destroy(&h->work_lock);
 	pthread_mutex_destroy(&h->qs_lock);

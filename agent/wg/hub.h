@@ -46,6 +46,7 @@ struct engine;
 struct peer;
 struct pool;
 struct noise_index;
+struct ratelimiter;
 
 /* Linux's MAX_QUEUED_INCOMING_HANDSHAKES: under load from an eighth of it. */
 #define HUB_HANDSHAKE_QUEUE_MAX 4096
@@ -89,6 +90,8 @@ struct hub_qs {
 
 struct hub_stats {
 	unsigned long long handshakes_queued, handshakes_dropped, cookie_replies_sent;
+	/* Handshakes and cookie replies refused by the per-source limits. */
+	unsigned long long handshakes_ratelimited;
 	unsigned long long rx_invalid, rx_other, rx_unknown_index;
 	struct udp_stats udp[2];
 	size_t pool_free, pool_size;
@@ -112,6 +115,9 @@ struct hub {
 	struct hub_handshake *hs_ring;
 	size_t hs_head, hs_count, hs_cap;
 	struct cookie_load load; /* loop thread */
+	/* Loop thread. Under load: cookie replies per source address and
+	 * port, and handshakes with a valid cookie per source IP (/64). */
+	struct ratelimiter *rl_replies, *rl_handshakes;
 
 	pthread_mutex_t work_lock; /* guards work_head */
 	struct peer *work_head;
@@ -128,7 +134,7 @@ struct hub {
 	struct hub_qs *qs;
 	struct hub_qs rx_qs;
 
-	_Atomic unsigned long long st_hs_queued, st_hs_dropped, st_cookies, st_invalid, st_other, st_unknown;
+	_Atomic unsigned long long st_hs_queued, st_hs_dropped, st_hs_limited, st_cookies, st_invalid, st_other, st_unknown;
 };
 
 /* Opens the sockets, starts the receive thread and the workers. Call on
@@ -162,7 +168,9 @@ int hub_send(struct hub *h, struct udp_msg *msgs, size_t n);
 int hub_send_one(struct hub *h, const struct endpoint *to, const void *pkt, size_t len);
 
 /* Queues a handshake message for the loop (receive thread). False when
- * the queue is full. */
+ * the queue is full. Its last quarter is kept for what a flood of made-up
+ * initiations cannot send cheaply: messages with a MAC2 (their senders
+ * hold a cookie) and cookie replies. */
 bool hub_handshake_enqueue(struct hub *h, const uint8_t *msg, size_t len, const struct endpoint *from);
 /* Loop thread: takes the oldest; *left is how many remain behind it. */
 bool hub_handshake_dequeue(struct hub *h, struct hub_handshake *out, size_t *left);

@@ -15,6 +15,7 @@
 #include "wg/peer.h"
 #include "wg/pool.h"
 #include "wg/queueing.h"
+#include "wg/ratelimiter.h"
 #include "wg/send.h"
 
 #define RX_JOBS_MAX 256
@@ -360,13 +361,25 @@ static bool admit(struct hub *h, struct engine *e, const struct hub_handshake *h
 
 	switch (cookie_checker_check(&e->cookie, hs->msg, hs->len, under_load, src, srclen, now)) {
 	case COOKIE_ACCEPT:
-		return true;
+		/* Under load it proved its address with a cookie; the Linux
+		 * module then limits each IP (IPv6: each /64) to 20 a second. */
+		if (!under_load || ratelimiter_allow(h->rl_handshakes, src, srclen == 6 ? 4 : 8, now))
+			return true;
+		break;
 	case COOKIE_SEND_REPLY:
-		send_cookie_reply(h, e, hs, src, srclen, now);
-		return false;
+		/* Per address and port, as the cookie is: a flood from one
+		 * socket costs a MAC1 check per packet, not a reply each, and
+		 * leaves other senders behind the same address their replies. */
+		if (ratelimiter_allow(h->rl_replies, src, srclen, now)) {
+			send_cookie_reply(h, e, hs, src, srclen, now);
+			return false;
+		}
+		break;
 	default:
 		return false;
 	}
+	atomic_fetch_add(&h->st_hs_limited, 1);
+	return false;
 }
 
 /* An initiation names no receiver: it belongs to whichever identity's

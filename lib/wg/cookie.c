@@ -83,6 +83,18 @@ static void make_cookie(struct cookie_checker *c, uint8_t cookie[COOKIE_LEN], co
 	pthread_rwlock_unlock(&c->lock);
 }
 
+bool cookie_msg_has_mac2(const void *msg, size_t len)
+{
+	static const uint8_t zero[COOKIE_LEN];
+	const struct message_macs *macs;
+
+	if (len != MESSAGE_INITIATION_LEN && len != MESSAGE_RESPONSE_LEN)
+		return false;
+	macs = (const struct message_macs *)((const uint8_t *)msg + MESSAGE_MAC1_OFFSET(len));
+	/* MAC2 is on the wire for all to see: no need for a constant-time compare. */
+	return memcmp(macs->mac2, zero, COOKIE_LEN) != 0;
+}
+
 enum cookie_mac_state cookie_checker_validate(struct cookie_checker *c, const void *msg, size_t len,
 					      bool check_cookie, const uint8_t *src, size_t srclen,
 					      uint64_t now)
@@ -106,7 +118,8 @@ enum cookie_mac_state cookie_checker_validate(struct cookie_checker *c, const vo
 		goto out;
 
 	ret = COOKIE_MAC_VALID_NO_COOKIE;
-	if (!check_cookie)
+	/* A sender without a cookie leaves MAC2 zero: nothing to compute. */
+	if (!check_cookie || !cookie_msg_has_mac2(msg, len))
 		goto out;
 	make_cookie(c, cookie, src, srclen, now);
 	compute_mac2(computed, msg, len, cookie);

@@ -71,6 +71,9 @@ void cookie_checker_init(struct cookie_checker *c);
 void cookie_checker_destroy(struct cookie_checker *c);
 /* The identity's public key (NULL when it has none: every MAC1 then fails). */
 void cookie_checker_set_public(struct cookie_checker *c, const uint8_t pub[NOISE_PUBLIC_KEY_LEN]);
+/* Whether msg (an initiation or response) carries a MAC2 at all: senders
+ * without a cookie leave it zero. */
+bool cookie_msg_has_mac2(const void *msg, size_t len);
 /* msg is a whole initiation or response (len 148 or 92). MAC2 is checked
  * only when check_cookie (i.e. under load). */
 enum cookie_mac_state cookie_checker_validate(struct cookie_checker *c, const void *msg, size_t len,

@@ -196,12 +196,18 @@ inB wg set "$IFC" private-key "$E2E_DIR/c.key" listen-port $PC \
 	peer "$PUBA" endpoint "$UA:$PA" allowed-ips 10.79.0.1/32 persistent-keepalive 1
 inB ip addr add 10.79.0.3/24 dev "$IFC"
 inB ip link set "$IFC" up
+T0=$(date +%s%N)
 e2e_check "a new peer connects during the flood" e2e_wait_for 14 ping_ok inB ping -c 1 -W 1 10.79.0.1
+e2e_log "C reached A $(((($(date +%s%N) - T0) / 1000000))) ms after it was configured"
 e2e_check "the flood was still going on" kill -0 "$FLOOD"
 wait "$FLOOD"
 e2e_log "flood: $(cat "$E2E_DIR/flood.out")"
 COOKIES=$(sed -n 's/.*cookies=\([0-9]*\).*/\1/p' "$E2E_DIR/flood.out")
+SENT=$(sed -n 's/.*sent=\([0-9]*\).*/\1/p' "$E2E_DIR/flood.out")
 e2e_check "knitd answered the flood with cookie replies (${COOKIES:-0})" test "${COOKIES:-0}" -gt 0
+# One socket gets 20 replies a second (and a burst of 5), not one per packet.
+e2e_check "cookie replies to one source are rate-limited (${COOKIES:-0} for ${SENT:-0} sent)" \
+	test "${COOKIES:-0}" -le $((16 * 20 + 5))
 e2e_check "knitd survived the flood" kill -0 "$PIDA"
 e2e_check "the old tunnel still works" inB ping -c 2 -i 0.2 -W 2 10.78.0.1
 e2e_check "and the new one" inB ping -c 2 -i 0.2 -W 2 10.79.0.1

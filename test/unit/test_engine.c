@@ -326,6 +326,47 @@ static void test_uapi_set_get(void **state)
 	uapi_config_free(cfg);
 }
 
+/* The handshake queue keeps its last quarter for messages a flood of
+ * made-up initiations cannot send: those carrying a MAC2, and cookie
+ * replies. */
+static void test_handshake_queue_reserve(void **state)
+{
+	struct hub_config hc = { .handshake_queue_max = 8 };
+	struct endpoint from = { 0 };
+	struct hub_handshake out;
+	struct hub_stats st;
+	uint8_t plain[MESSAGE_INITIATION_LEN] = { MESSAGE_HANDSHAKE_INITIATION };
+	uint8_t with_mac2[MESSAGE_INITIATION_LEN] = { MESSAGE_HANDSHAKE_INITIATION };
+	uint8_t cookie[MESSAGE_COOKIE_LEN] = { MESSAGE_HANDSHAKE_COOKIE };
+	struct loop *loop = loop_new();
+	struct hub *h;
+	size_t left;
+
+	(void)state;
+	assert_non_null(loop);
+	assert_int_equal(hub_new(&h, loop, &hc), 0);
+	with_mac2[MESSAGE_MAC2_OFFSET(sizeof(with_mac2)) + 3] = 1;
+	from.addr.in4.sin_family = AF_INET;
+	for (int i = 0; i < 6; i++)
+		assert_true(hub_handshake_enqueue(h, plain, sizeof(plain), &from));
+	assert_false(hub_handshake_enqueue(h, plain, sizeof(plain), &from));
+	assert_true(hub_handshake_enqueue(h, with_mac2, sizeof(with_mac2), &from));
+	assert_true(hub_handshake_enqueue(h, cookie, sizeof(cookie), &from));
+	assert_false(hub_handshake_enqueue(h, with_mac2, sizeof(with_mac2), &from)); /* full */
+	assert_false(hub_handshake_enqueue(h, cookie, sizeof(cookie), &from));
+	/* In order, and a freed slot goes to a cookie reply, not a plain one. */
+	assert_true(hub_handshake_dequeue(h, &out, &left));
+	assert_int_equal(left, 7);
+	assert_memory_equal(out.msg, plain, sizeof(plain));
+	assert_false(hub_handshake_enqueue(h, plain, sizeof(plain), &from));
+	assert_true(hub_handshake_enqueue(h, cookie, sizeof(cookie), &from));
+	hub_stats(h, &st);
+	assert_int_equal(st.handshakes_queued, 9);
+	assert_int_equal(st.handshakes_dropped, 4);
+	hub_free(h);
+	loop_free(loop);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -333,6 +374,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_source_check, pair_setup, pair_teardown),
 		cmocka_unit_test_setup_teardown(test_remove_under_traffic, pair_setup, pair_teardown),
 		cmocka_unit_test_setup_teardown(test_uapi_set_get, pair_setup, pair_teardown),
+		cmocka_unit_test(test_handshake_queue_reserve),
 	};
 
 	enum log_level level = LOG_WARN;

@@ -534,6 +534,7 @@ static void test_cookie_under_load(void **state)
 	under_load = cookie_under_load(&load, 4096 / 8, 4096, p->now);
 	assert_true(under_load);
 	make_initiation(p, &p->a, &init);
+	assert_false(cookie_msg_has_mac2(&init, sizeof(init))); /* no cookie yet */
 	assert_int_equal(cookie_checker_check(&p->b.checker, &init, sizeof(init), under_load, src_a, 6, p->now),
 			 COOKIE_SEND_REPLY);
 	assert_true(cookie_checker_create_reply(&p->b.checker, &reply, &init, sizeof(init),
@@ -554,8 +555,15 @@ static void test_cookie_under_load(void **state)
 
 	p->now += 100;
 	make_initiation(p, &p->a, &init);
+	assert_true(cookie_msg_has_mac2(&init, sizeof(init)));
+	assert_false(cookie_msg_has_mac2(&init, sizeof(init) - 1));
 	assert_int_equal(cookie_checker_check(&p->b.checker, &init, sizeof(init), true, src_a, 6, p->now),
 			 COOKIE_ACCEPT);
+	/* a MAC2 that is wrong in one bit is no cookie */
+	init.macs.mac2[15] ^= 0x80;
+	assert_int_equal(cookie_checker_check(&p->b.checker, &init, sizeof(init), true, src_a, 6, p->now),
+			 COOKIE_SEND_REPLY);
+	init.macs.mac2[15] ^= 0x80;
 	/* from another address/port the cookie does not fit */
 	assert_int_equal(cookie_checker_check(&p->b.checker, &init, sizeof(init), true, src_other, 6, p->now),
 			 COOKIE_SEND_REPLY);
