@@ -83,11 +83,18 @@ bool coord_dev_usable(const struct json *dev)
 	       json_str(json_path(dev, "spec", "nodeKey", NULL));
 }
 
+/* The tailnet's MagicDNS suffix: the CRD defaults it, but a Tailnet the
+ * informer has not seen yet (or an older object) has none. */
+static const char *dns_suffix(const struct json *tn)
+{
+	return json_str(json_path(tn, "spec", "dnsSuffix", NULL)) ?: "tailnet.knit";
+}
+
 struct json *coord_dns_suffix_json(struct coord *c, const char *tailnet)
 {
 	struct json *tn = informer_get(c->op->tailnets, NULL, tailnet), *s;
 
-	s = json_new_string(json_str(json_path(tn, "spec", "dnsSuffix", NULL)) ?: "tailnet.knit");
+	s = json_new_string(dns_suffix(tn));
 	json_free(tn);
 	return s;
 }
@@ -130,7 +137,7 @@ static struct json *peer_json(struct node *n, const struct json *dev, const char
 	}
 	for (size_t i = 0; i < json_array_len(routes); i++)
 		json_array_append(allowed, json_clone(json_array_at(routes, i)));
-	snprintf(fqdn, sizeof(fqdn), "%s.%s", host, suffix ? suffix : "tailnet.knit");
+	snprintf(fqdn, sizeof(fqdn), "%s.%s", host, suffix);
 	json_object_set(p, "name", coord_jstr(host));
 	json_object_set(p, "fqdn", coord_jstr(fqdn));
 	json_object_set(p, "device", coord_jstr(kube_name(dev)));
@@ -337,7 +344,7 @@ static int full_fields(struct coord *c, const char *tailnet, struct buf *out)
 {
 	struct json *tn = informer_get(c->op->tailnets, NULL, tailnet);
 	struct json *f = json_new_object(), *dns = json_new_object(), *ns = json_new_array();
-	const char *suffix = json_str(json_path(tn, "spec", "dnsSuffix", NULL)) ?: "tailnet.knit";
+	const char *suffix = dns_suffix(tn);
 	struct buf text = BUF_INIT(1u << 20);
 	int err;
 
@@ -563,7 +570,7 @@ void coord_publish_device(struct coord *c, const struct json *dev)
 	if (n->peer && key && strcmp(n->node_key, key) != 0)
 		node_unpublish(c, n); /* a rotated key: the old one is gone */
 	suffix = coord_dns_suffix_json(c, tailnet);
-	p = peer_json(n, dev, json_str(suffix), &hard);
+	p = suffix ? peer_json(n, dev, json_str(suffix), &hard) : NULL;
 	json_free(suffix);
 	if (!p || json_dump(p, &text, 0) ||
 	    (n->peer && n->peer_len == text.len && memcmp(n->peer, text.data, text.len) == 0)) {
