@@ -11,7 +11,7 @@ struct aead_backend {
 		     const uint8_t nonce[AEAD_NONCE_LEN], const uint8_t key[AEAD_KEY_LEN]);
 	bool (*open)(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t *ad, size_t adlen,
 		     const uint8_t nonce[AEAD_NONCE_LEN], const uint8_t key[AEAD_KEY_LEN]);
-	void (*thread_cleanup)(void);
+	void (*thread_cleanup)(void); /* optional: frees the calling thread's state */
 	/* Optional per-key state (NULL: the key is passed with each call).
 	 * key_state_new returns NULL on ENOMEM; key_state_free wipes. */
 	void *(*key_state_new)(const uint8_t key[AEAD_KEY_LEN], bool seal);

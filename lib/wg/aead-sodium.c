@@ -25,14 +25,9 @@ static bool sodium_open(uint8_t *dst, const uint8_t *src, size_t len, const uint
 								  nonce, key) == 0;
 }
 
-static void sodium_thread_cleanup(void)
-{
-}
-
 const struct aead_backend aead_backend_sodium = {
 	.name = "libsodium",
 	.available = sodium_available,
 	.seal = sodium_seal,
 	.open = sodium_open,
-	.thread_cleanup = sodium_thread_cleanup,
 };

@@ -151,7 +151,8 @@ const char *aead_impl_name(enum aead_impl impl)
 void aead_thread_cleanup(void)
 {
 	for (size_t i = AEAD_IMPL_SODIUM; i < NBACKENDS; i++)
-		backends[i]->thread_cleanup();
+		if (backends[i]->thread_cleanup)
+			backends[i]->thread_cleanup();
 }
 
 static const struct aead_backend *backend_for(enum aead_impl impl, size_t len)

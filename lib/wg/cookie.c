@@ -85,14 +85,12 @@ static void make_cookie(struct cookie_checker *c, uint8_t cookie[COOKIE_LEN], co
 
 bool cookie_msg_has_mac2(const void *msg, size_t len)
 {
-	static const uint8_t zero[COOKIE_LEN];
 	const struct message_macs *macs;
 
 	if (len != MESSAGE_INITIATION_LEN && len != MESSAGE_RESPONSE_LEN)
 		return false;
 	macs = (const struct message_macs *)((const uint8_t *)msg + MESSAGE_MAC1_OFFSET(len));
-	/* MAC2 is on the wire for all to see: no need for a constant-time compare. */
-	return memcmp(macs->mac2, zero, COOKIE_LEN) != 0;
+	return !sodium_is_zero(macs->mac2, COOKIE_LEN);
 }
 
 enum cookie_mac_state cookie_checker_validate(struct cookie_checker *c, const void *msg, size_t len,
