@@ -24,10 +24,12 @@
 #include "control/channel.h"
 #include "control/client.h"
 #include "control/messages.h"
+#include "httpd.h"
 #include "json.h"
 #include "localapi.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "net/endpoint.h"
 #include "net/iface.h"
 #include "state.h"
@@ -36,6 +38,7 @@
 #include "wg/engine.h"
 #include "wg/hub.h"
 #include "wg/peer.h"
+#include "wg/exporter.h"
 #include "wg/send.h"
 #include "wg/uapi_server.h"
 
@@ -57,6 +60,7 @@ struct options {
 	const char *tun;
 	const char *uapi_dir;
 	const char *log_level;
+	const char *http_listen; /* /healthz, /readyz, /metrics */
 	int port;
 	int workers;
 };
@@ -70,6 +74,9 @@ struct mesh {
 	struct engine *engine;
 	struct uapi_server *uapi;
 	struct localapi *api;
+	struct httpd *http;
+	struct metrics *metrics;
+	struct exporter *exporter;
 	struct control_client *ctl;
 	struct state *st;
 
@@ -1038,6 +1045,76 @@ static int auto_join(struct mesh *m)
 	return send_register_cb(m, join_key, auto_join_done);
 }
 
+/* ---- health and metrics ---- */
+
+static void h_healthz(struct httpd_req *req, void *arg)
+{
+	/* Answered from the loop thread: the agent's loop is turning. */
+	httpd_respond_text(req, 200, "ok\n");
+}
+
+/* Ready: logged in, up, and holding a netmap (the DaemonSet's "knit status"
+ * says the same), so a node only counts once it can reach its peers. */
+static void h_readyz(struct httpd_req *req, void *arg)
+{
+	struct mesh *m = arg;
+	const char *state = backend_state(m);
+
+	if (strcmp(state, "Running") == 0)
+		httpd_respond_text(req, 200, "ok\n");
+	else
+		httpd_respond_text(req, 503, "%s%s%s\n", state, m->health[0] ? ": " : "", m->health);
+}
+
+static double logged_in_value(void *arg)
+{
+	struct mesh *m = arg;
+
+	return state_logged_in(m->st) ? 1 : 0;
+}
+
+static double connected_value(void *arg)
+{
+	struct mesh *m = arg;
+
+	return m->map_up ? 1 : 0;
+}
+
+static double health_value(void *arg)
+{
+	struct mesh *m = arg;
+
+	return m->health[0] ? 1 : 0;
+}
+
+static int serve_http(struct mesh *m)
+{
+	struct httpd_opts ho = { .listen = m->o.http_listen, .listen_fd = -1 };
+	int r;
+
+	m->metrics = metrics_new();
+	if (!m->metrics)
+		return -ENOMEM;
+	if (!metrics_gauge_func_new(m->metrics, "knitd_logged_in", "1 once this node has joined a tailnet.",
+				    logged_in_value, m) ||
+	    !metrics_gauge_func_new(m->metrics, "knitd_coordination_connected",
+				    "1 while the map stream from the coordination server is up.", connected_value, m) ||
+	    !metrics_gauge_func_new(m->metrics, "knitd_health_problem",
+				    "1 while knit status reports a health problem.", health_value, m))
+		return -ENOMEM;
+	m->exporter = exporter_new(m->metrics, m->engine);
+	if (!m->exporter)
+		return -errno;
+	metrics_set_collector(m->metrics, exporter_collect, m->exporter);
+	if ((r = httpd_new(m->loop, &ho, &m->http)))
+		return r;
+	if ((r = httpd_route(m->http, "GET", "/healthz", 0, h_healthz, m)) ||
+	    (r = httpd_route(m->http, "GET", "/readyz", 0, h_readyz, m)) || (r = httpd_serve_metrics(m->http, m->metrics)))
+		return r;
+	log_info("serving health and metrics", "listen=%s port=%u", m->o.http_listen, httpd_port(m->http));
+	return 0;
+}
+
 /* ---- lifecycle ---- */
 
 static void usage(FILE *f)
@@ -1063,6 +1140,9 @@ static void usage(FILE *f)
 		"  --port N            WireGuard UDP port (default 41641; 0 picks one)\n"
 		"  --uapi-dir DIR      also serve wg(8)'s UAPI socket DIR/<tun>.sock\n"
 		"                      (/var/run/wireguard makes `wg show knit0` work)\n"
+		"  --http-listen ADDR  serve /healthz, /readyz (200 once connected to the\n"
+		"                      tailnet) and Prometheus /metrics on ADDR, e.g.\n"
+		"                      127.0.0.1:9102 or [::]:9102 (default: not served)\n"
 		"  --workers N         crypto worker threads (default: one per CPU, none on\n"
 		"                      one or two CPUs: the readers seal and open)\n"
 		"  --log-level LEVEL   debug, info, warn, error (default info)\n"
@@ -1074,7 +1154,8 @@ static void usage(FILE *f)
 
 static int parse_args(int argc, char **argv, struct options *o, char *state_buf, size_t state_len)
 {
-	enum { STATE = 256, STATE_DIR, SOCKET, TUN, PORT, UAPI_DIR, WORKERS, LOG_LEVEL, LOGIN, AUTHKEY_FILE, HOSTNAME };
+	enum { STATE = 256, STATE_DIR, SOCKET, TUN, PORT, UAPI_DIR, WORKERS, LOG_LEVEL, LOGIN, AUTHKEY_FILE, HOSTNAME,
+	       HTTP_LISTEN };
 	static const struct option longopts[] = {
 		{ "state", required_argument, NULL, STATE },
 		{ "state-dir", required_argument, NULL, STATE_DIR },
@@ -1087,6 +1168,7 @@ static int parse_args(int argc, char **argv, struct options *o, char *state_buf,
 		{ "login-server", required_argument, NULL, LOGIN },
 		{ "authkey-file", required_argument, NULL, AUTHKEY_FILE },
 		{ "hostname", required_argument, NULL, HOSTNAME },
+		{ "http-listen", required_argument, NULL, HTTP_LISTEN },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1137,6 +1219,7 @@ static int parse_args(int argc, char **argv, struct options *o, char *state_buf,
 			break;
 		case AUTHKEY_FILE: o->authkey_file = optarg; break;
 		case HOSTNAME: o->hostname = optarg; break;
+		case HTTP_LISTEN: o->http_listen = optarg; break;
 		case 'h': usage(stdout); return 1;
 		default: usage(stderr); return 2;
 		}
@@ -1253,6 +1336,10 @@ int mesh_main(int argc, char **argv)
 		}
 		log_info("forwarding on the saved netmap", "peers=%zu", m->nm.npeers);
 	}
+	if (m->o.http_listen && (r = serve_http(m))) {
+		log_error("cannot serve health and metrics", "listen=%s err=%d", m->o.http_listen, r);
+		goto out;
+	}
 	lo.socket_path = m->o.socket_path;
 	lo.version = KNIT_VERSION;
 	{
@@ -1293,6 +1380,9 @@ out:
 		free(join_key);
 	}
 	control_client_free(m->ctl);
+	httpd_free(m->http);
+	exporter_free(m->exporter);
+	metrics_free(m->metrics);
 	localapi_free(m->api);
 	uapi_server_close(m->uapi);
 	if (m->has_nm)

@@ -50,8 +50,10 @@ struct metrics_family {
 };
 
 struct metrics {
-	pthread_mutex_t lock; /* guards families, tail (registration, render) */
+	pthread_mutex_t lock; /* guards families, tail (registration, render), collect */
 	struct metrics_family *families, **tail;
+	metrics_collect_fn collect;
+	void *collect_arg;
 };
 
 /* ---- atomic doubles ------------------------------------------------------ */
@@ -625,10 +627,26 @@ static int render_family(struct buf *b, struct metrics_family *f)
 	return err;
 }
 
+void metrics_set_collector(struct metrics *m, metrics_collect_fn fn, void *arg)
+{
+	pthread_mutex_lock(&m->lock);
+	m->collect = fn;
+	m->collect_arg = arg;
+	pthread_mutex_unlock(&m->lock);
+}
+
 int metrics_render(struct metrics *m, struct buf *out)
 {
+	metrics_collect_fn collect;
+	void *arg;
 	int err = 0;
 
+	pthread_mutex_lock(&m->lock);
+	collect = m->collect;
+	arg = m->collect_arg;
+	pthread_mutex_unlock(&m->lock);
+	if (collect)
+		collect(arg);
 	pthread_mutex_lock(&m->lock);
 	for (struct metrics_family *f = m->families; f && !err; f = f->next)
 		err = render_family(out, f);

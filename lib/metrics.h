@@ -75,6 +75,14 @@ void metrics_observe(struct metric *x, double v);
 /* A counter's or gauge's value, a histogram's count; 0 for NULL. */
 double metrics_value(struct metric *x);
 
+/* A collector runs at the start of every metrics_render(), on the
+ * rendering thread and before the registry is locked, so it may mirror
+ * another component's own counters into series (metrics_add() what they
+ * grew by, metrics_set() a gauge) just before they are read. One per
+ * registry; fn NULL removes it. */
+typedef void (*metrics_collect_fn)(void *arg);
+void metrics_set_collector(struct metrics *m, metrics_collect_fn fn, void *arg);
+
 /* Appends the whole registry to out in registration order (series in
  * creation order). Returns 0, -ENOSPC (out's cap) or -ENOMEM; on error out
  * is left as buf_add() leaves it (empty). */

@@ -353,6 +353,9 @@ static void bury(struct engine *e, struct peer *list)
 	hub_synchronize(e->hub);
 	while (list) {
 		struct peer *next = list->list_next;
+		/* No data-path thread holds it any more: the counts are final. */
+		e->removed_rx_bytes += atomic_load(&list->rx_bytes);
+		e->removed_tx_bytes += atomic_load(&list->tx_bytes);
 		list->list_next = NULL;
 		peer_put(list);
 		list = next;
@@ -595,6 +598,16 @@ void engine_stats(struct engine *e, struct engine_stats *out)
 	out->handshakes_received = atomic_load(&e->st_hs_received);
 	out->keepalives_sent = atomic_load(&e->st_keepalives);
 	out->peers = e->npeers_live;
+	out->rx_bytes = e->removed_rx_bytes;
+	out->tx_bytes = e->removed_tx_bytes;
+	for (struct peer *p = e->peers; p; p = p->list_next) {
+		struct noise_keypair *kp = noise_keypair_current(p->remote);
+
+		out->rx_bytes += atomic_load(&p->rx_bytes);
+		out->tx_bytes += atomic_load(&p->tx_bytes);
+		out->peers_with_session += kp != NULL;
+		noise_keypair_put(kp);
+	}
 	out->mtu = atomic_load(&e->mtu);
 	tun_stats(e->tun, &out->tun);
 }

@@ -63,7 +63,11 @@ struct engine_stats {
 	unsigned long long tx_no_route, tx_no_endpoint, tx_dropped; /* staged overflow, queue full, seal failed */
 	unsigned long long rx_bad_source, rx_bad_packet, rx_auth_failed, rx_replayed, rx_dropped;
 	unsigned long long handshakes_sent, handshakes_received, keepalives_sent;
+	/* WireGuard datagram bytes from and to every peer this engine has had,
+	 * removed ones included (what wg show's transfer counts, summed). */
+	unsigned long long rx_bytes, tx_bytes;
 	size_t peers;
+	size_t peers_with_session; /* holding a keypair that may send */
 	int mtu;
 	struct tun_stats tun;
 };
@@ -89,6 +93,9 @@ struct engine {
 	size_t table_size, npeers_live;
 	struct peer *peers; /* creation order, peer.list_next */
 	atomic_size_t npeers; /* allocated, freed or not yet */
+	/* What removed peers had sent and received (loop thread), so the
+	 * engine's totals never go down. */
+	unsigned long long removed_rx_bytes, removed_tx_bytes;
 
 	pthread_t tun_thread;
 	bool tun_thread_started;

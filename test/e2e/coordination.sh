@@ -36,8 +36,22 @@ CTRL=$($K get tailnet default -o jsonpath='{.status.controlKey}')
 AGENTS=(node1 node2 node3 laptop)
 for i in "${!AGENTS[@]}"; do
 	tailnet_host_add "${AGENTS[$i]}" "$i"
-	tailnet_knitd_start "${AGENTS[$i]}"
+	# node1 also serves /healthz, /readyz and /metrics (in its own namespace).
+	if [ "${AGENTS[$i]}" = node1 ]; then
+		tailnet_knitd_start node1 --http-listen 127.0.0.1:9102
+	else
+		tailnet_knitd_start "${AGENTS[$i]}"
+	fi
 done
+http_code() { in_ns node1 curl -s -o /dev/null -w '%{http_code}' --max-time 3 "http://127.0.0.1:9102$1"; }
+# The value of one series of node1's /metrics ("name" or "name{labels}").
+metric() { in_ns node1 curl -sf --max-time 3 http://127.0.0.1:9102/metrics | awk -v s="$1" '$1 == s { print $2; f = 1 } END { exit !f }'; }
+metric_is() { [ "$(metric "$1")" = "$2" ]; }
+metric_above() { awk -v v="$(metric "$1")" -v min="$2" 'BEGIN { exit !(v != "" && v + 0 > min + 0) }'; }
+http_is() { [ "$(http_code "$1")" = "$2" ]; }
+e2e_check "node1 /healthz answers 200" e2e_wait_for 10 http_is /healthz 200
+e2e_check "node1 /readyz is 503 before it joins" http_is /readyz 503
+e2e_check "and /metrics says it is not logged in" metric_is knitd_logged_in 0
 for a in node1 node2 node3; do
 	out=$(tailnet_knit "$a" up --authkey "$NODE_KEY" --login-server "$LOGIN_SERVER" --server-key "$CTRL" --hostname "$a" 2>&1)
 	e2e_check "$a joins" test $? -eq 0 || e2e_log "$out"
@@ -53,6 +67,9 @@ sees_all() { local want; want=$(printf '%s\n' "${AGENTS[@]}" | grep -vx "$1" | s
 for a in "${AGENTS[@]}"; do
 	e2e_check "knit status on $a shows the other three" e2e_wait_for 20 sees_all "$a"
 done
+e2e_check "node1 /readyz is 200 once it has joined" e2e_wait_for 10 http_is /readyz 200
+joined_metrics() { metric_is knitd_logged_in 1 && metric_is knitd_coordination_connected 1 && metric_is knitd_peers 3; }
+e2e_check "/metrics: logged in, connected, three peers" e2e_wait_for 10 joined_metrics
 declare -A TIP
 for a in "${AGENTS[@]}"; do TIP[$a]=$(ip_of "$a"); done
 e2e_log "tailnet addresses: $(for a in "${AGENTS[@]}"; do printf '%s=%s ' "$a" "${TIP[$a]}"; done)"
@@ -66,6 +83,9 @@ for a in "${AGENTS[@]}"; do
 	done
 done
 e2e_expect "every pair pings over tailnet addresses (12 pairs)" 12 "$matrix_ok"
+e2e_check "/metrics: node1 holds sessions with its three peers" metric_is knitd_peers_with_session 3
+e2e_check "and counts bytes both ways" metric_above knitd_outbound_bytes_total 0
+e2e_check "(inbound too)" metric_above knitd_inbound_bytes_total 0
 v6=$(tailnet_knit node2 ip -6)
 e2e_check "IPv6 over the tailnet too" e2e_wait_for 10 in_ns node1 ping -6 -c1 -W2 "$v6"
 e2e_check "knit ping reaches a peer by name" tailnet_knit node1 ping node3
@@ -96,6 +116,8 @@ gbit=$(jq -r '.end.sum_received.bits_per_second / 1e9' "$E2E_DIR/iperf.json" 2>/
 e2e_log "transfer: ${gbit:-?} Gbit/s"
 e2e_check "and moved data" awk -v g="${gbit:-0}" 'BEGIN { exit !(g > 0.01) }'
 e2e_check "forwarding continues with the operator gone" ping_ok node3 "${TIP[laptop]}"
+e2e_check "/metrics shows node1 cut off from coordination" e2e_wait_for 20 metric_is knitd_coordination_connected 0
+e2e_check "while /readyz stays 200 (it forwards on its netmap)" http_is /readyz 200
 tailnet_operator_start op-2
 connected() { [ "$(tailnet_knit "$1" status --json | jq -r '.backendState + "/" + ((.health // "") | length | tostring)')" = "Running/0" ]; }
 for a in "${AGENTS[@]}"; do

@@ -103,6 +103,18 @@ for j in 2 3; do
 		q kn 1 ping -c 10 "$NAME-n$j"
 done
 e2e_check "knit ping from node 3 reaches node 2 over the mesh" q kn 3 ping -c 10 "$NAME-n2"
+# knitd's /metrics on node 1's address, through the API server's pod proxy
+# (what a Prometheus in the cluster scrapes).
+metric() { # NODE-INDEX SERIES: its value
+	K get --raw "/api/v1/namespaces/knit-system/pods/$(knitd_pod "$1"):9102/proxy/metrics" 2>/dev/null |
+		awk -v s="$2" '$1 == s { print $2; f = 1 } END { exit !f }'
+}
+scraped() {
+	[ "$(metric 1 knitd_coordination_connected)" = 1 ] && [ "$(metric 1 knitd_peers)" = 2 ] &&
+		[ "$(metric 1 knitd_peers_with_session)" = 2 ] &&
+		awk -v v="$(metric 1 knitd_outbound_bytes_total)" 'BEGIN { exit !(v + 0 > 0) }'
+}
+e2e_check "node 1's knitd /metrics: connected, two peers with sessions, bytes sent" e2e_wait_for 30 scraped
 
 # --- a replaced knitd pod is the same device --------------------------------
 dev_of() { # NODE-INDEX: "name machineKey addresses" of that node's Device

@@ -21,11 +21,13 @@
 #include "buf.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "wg/aead.h"
 #include "wg/engine.h"
 #include "wg/hub.h"
 #include "wg/noise.h"
 #include "wg/peer.h"
+#include "wg/exporter.h"
 #include "wg/uapi.h"
 
 static int ns_x = -1, ns_y = -1;
@@ -266,6 +268,89 @@ static void test_remove_under_traffic(void **state)
 	close(sy);
 }
 
+/* The value of the series line that starts with series (name and labels). */
+static double scrape(struct metrics *m, const char *series)
+{
+	struct buf b = BUF_INIT(1u << 20);
+	char *text, *at;
+	size_t len = strlen(series);
+	double v = -1;
+
+	assert_int_equal(metrics_render(m, &b), 0);
+	text = buf_steal(&b, NULL);
+	for (at = text; (at = strstr(at, series)); at += len) {
+		if ((at == text || at[-1] == '\n') && at[len] == ' ') {
+			v = strtod(at + len + 1, NULL);
+			break;
+		}
+	}
+	free(text);
+	assert_true(v >= 0);
+	return v;
+}
+
+/* knitd's data-plane series follow the engine's own counters, and the
+ * byte totals do not go down when a peer is removed. */
+static void test_exporter(void **state)
+{
+	struct pair *p = *state;
+	int sx = udp_socket_in(ns_x, "10.91.0.1", 7011), sy = udp_socket_in(ns_y, "10.91.0.2", 7012);
+	struct metrics *m = metrics_new();
+	struct exporter *x;
+	struct engine_peer_stats st;
+	struct engine_stats es;
+	double out, in;
+
+	assert_non_null(m);
+	x = exporter_new(m, p->a);
+	assert_non_null(x);
+	assert_null(exporter_new(m, p->a)); /* the names are taken */
+	metrics_set_collector(m, exporter_collect, x);
+	assert_int_equal(scrape(m, "knitd_peers"), 1);
+	assert_int_equal(scrape(m, "knitd_peers_with_session"), 0);
+	assert_int_equal(scrape(m, "knitd_outbound_bytes_total"), 0);
+
+	assert_int_equal(through(p, sx, "10.91.0.2", 7012, sy, "counted"), 7);
+	assert_int_equal(through(p, sy, "10.91.0.1", 7011, sx, "back"), 4);
+	assert_int_equal(engine_peer_stats(p->a, p->pb, &st), 0);
+	out = scrape(m, "knitd_outbound_bytes_total");
+	in = scrape(m, "knitd_inbound_bytes_total");
+	assert_true(out >= (double)st.tx_bytes && out > 0);
+	assert_true(in >= (double)st.rx_bytes && in > 0);
+	assert_int_equal(scrape(m, "knitd_peers_with_session"), 1);
+	assert_true(scrape(m, "knitd_handshakes_total{direction=\"sent\"}") +
+			    scrape(m, "knitd_handshakes_total{direction=\"received\"}") >= 1);
+	assert_true(scrape(m, "knitd_packet_buffers_free") > 0);
+
+	/* A destination no peer routes: counted as an outbound drop. */
+	{
+		struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(9) };
+		double before = scrape(m, "knitd_dropped_packets_total{direction=\"outbound\",reason=\"no_route\"}");
+
+		sh("ip route add 10.92.0.0/24 dev kte0a");
+		inet_pton(AF_INET, "10.92.0.7", &to.sin_addr);
+		assert_int_equal(sendto(sx, "x", 1, 0, (struct sockaddr *)&to, sizeof(to)), 1);
+		for (int i = 0; i < 100 &&
+				scrape(m, "knitd_dropped_packets_total{direction=\"outbound\",reason=\"no_route\"}") == before;
+		     i++)
+			loop_run_once(p->loop, 10);
+		assert_true(scrape(m, "knitd_dropped_packets_total{direction=\"outbound\",reason=\"no_route\"}") > before);
+	}
+
+	assert_int_equal(engine_peer_remove(p->a, p->pb), 0);
+	engine_stats(p->a, &es);
+	assert_true((double)es.rx_bytes >= in && (double)es.tx_bytes >= out);
+	assert_int_equal(scrape(m, "knitd_peers"), 0);
+	assert_int_equal(scrape(m, "knitd_peers_with_session"), 0);
+	assert_true(scrape(m, "knitd_outbound_bytes_total") >= out);
+	assert_true(scrape(m, "knitd_inbound_bytes_total") >= in);
+
+	exporter_free(x);
+	metrics_free(m);
+	close(sx);
+	close(sy);
+}
+
 /* The UAPI glue: a set request's text through uapi_parse_set() and
  * engine_set(), and back out through engine_get(). */
 static void test_uapi_set_get(void **state)
@@ -374,6 +459,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_source_check, pair_setup, pair_teardown),
 		cmocka_unit_test_setup_teardown(test_remove_under_traffic, pair_setup, pair_teardown),
 		cmocka_unit_test_setup_teardown(test_uapi_set_get, pair_setup, pair_teardown),
+		cmocka_unit_test_setup_teardown(test_exporter, pair_setup, pair_teardown),
 		cmocka_unit_test(test_handshake_queue_reserve),
 	};
 

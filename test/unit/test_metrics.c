@@ -37,6 +37,51 @@ static double bytes(void *arg)
 	return 1e18;
 }
 
+/* A collector mirrors counters kept elsewhere: it runs before every
+ * render, unlocked, so it may update series (and a render sees it). */
+struct source {
+	struct metric *seen;
+	unsigned long long kept, mirrored;
+	int calls;
+};
+
+static void collect(void *arg)
+{
+	struct source *s = arg;
+
+	s->calls++;
+	metrics_add(s->seen, (double)(s->kept - s->mirrored));
+	s->mirrored = s->kept;
+}
+
+static void test_collector(void **state)
+{
+	struct metrics *m = metrics_new();
+	struct source src = { 0 };
+	char *out;
+
+	assert_non_null(m);
+	src.seen = metrics_with(metrics_counter_new(m, "seen_total", "Mirrored.", NULL), NULL);
+	assert_non_null(src.seen);
+	metrics_set_collector(m, collect, &src);
+	src.kept = 41;
+	out = render(m);
+	assert_non_null(strstr(out, "\nseen_total 41\n"));
+	free(out);
+	src.kept = 1000;
+	out = render(m);
+	assert_non_null(strstr(out, "\nseen_total 1000\n"));
+	free(out);
+	assert_int_equal(src.calls, 2);
+	metrics_set_collector(m, NULL, NULL);
+	src.kept = 2000;
+	out = render(m);
+	assert_non_null(strstr(out, "\nseen_total 1000\n"));
+	free(out);
+	assert_int_equal(src.calls, 2);
+	metrics_free(m);
+}
+
 static void test_exposition(void **state)
 {
 	struct metrics *m = metrics_new();
@@ -337,6 +382,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_exposition),
+		cmocka_unit_test(test_collector),
 		cmocka_unit_test(test_unlabelled_histogram_defaults),
 		cmocka_unit_test(test_invalid),
 		cmocka_unit_test(test_cardinality_cap),
