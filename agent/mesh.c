@@ -24,7 +24,7 @@
 #include "control/channel.h"
 #include "control/client.h"
 #include "control/messages.h"
-#include "httpd.h"
+#include "health.h"
 #include "json.h"
 #include "localapi.h"
 #include "log.h"
@@ -38,7 +38,6 @@
 #include "wg/engine.h"
 #include "wg/hub.h"
 #include "wg/peer.h"
-#include "wg/exporter.h"
 #include "wg/send.h"
 #include "wg/uapi_server.h"
 
@@ -74,9 +73,7 @@ struct mesh {
 	struct engine *engine;
 	struct uapi_server *uapi;
 	struct localapi *api;
-	struct httpd *http;
-	struct metrics *metrics;
-	struct exporter *exporter;
+	struct health *http; /* --http-listen */
 	struct control_client *ctl;
 	struct state *st;
 
@@ -1047,14 +1044,9 @@ static int auto_join(struct mesh *m)
 
 /* ---- health and metrics ---- */
 
-static void h_healthz(struct httpd_req *req, void *arg)
-{
-	/* Answered from the loop thread: the agent's loop is turning. */
-	httpd_respond_text(req, 200, "ok\n");
-}
-
-/* Ready: logged in, up, and holding a netmap (the DaemonSet's "knit status"
- * says the same), so a node only counts once it can reach its peers. */
+/* Ready: logged in, up, and holding a netmap, so a node counts only once it
+ * can reach its peers; it stays ready on its last netmap while the
+ * coordination server is away, because it keeps forwarding. */
 static void h_readyz(struct httpd_req *req, void *arg)
 {
 	struct mesh *m = arg;
@@ -1089,29 +1081,19 @@ static double health_value(void *arg)
 
 static int serve_http(struct mesh *m)
 {
-	struct httpd_opts ho = { .listen = m->o.http_listen, .listen_fd = -1 };
-	int r;
+	struct metrics *reg;
+	int r = health_new(&m->http, m->loop, m->o.http_listen, m->engine, h_readyz, m);
 
-	m->metrics = metrics_new();
-	if (!m->metrics)
-		return -ENOMEM;
-	if (!metrics_gauge_func_new(m->metrics, "knitd_logged_in", "1 once this node has joined a tailnet.",
-				    logged_in_value, m) ||
-	    !metrics_gauge_func_new(m->metrics, "knitd_coordination_connected",
+	if (r)
+		return r;
+	reg = health_metrics(m->http);
+	if (!metrics_gauge_func_new(reg, "knitd_logged_in", "1 once this node has joined a tailnet.", logged_in_value, m) ||
+	    !metrics_gauge_func_new(reg, "knitd_coordination_connected",
 				    "1 while the map stream from the coordination server is up.", connected_value, m) ||
-	    !metrics_gauge_func_new(m->metrics, "knitd_health_problem",
-				    "1 while knit status reports a health problem.", health_value, m))
+	    !metrics_gauge_func_new(reg, "knitd_health_problem", "1 while knit status reports a health problem.",
+				    health_value, m))
 		return -ENOMEM;
-	m->exporter = exporter_new(m->metrics, m->engine);
-	if (!m->exporter)
-		return -errno;
-	metrics_set_collector(m->metrics, exporter_collect, m->exporter);
-	if ((r = httpd_new(m->loop, &ho, &m->http)))
-		return r;
-	if ((r = httpd_route(m->http, "GET", "/healthz", 0, h_healthz, m)) ||
-	    (r = httpd_route(m->http, "GET", "/readyz", 0, h_readyz, m)) || (r = httpd_serve_metrics(m->http, m->metrics)))
-		return r;
-	log_info("serving health and metrics", "listen=%s port=%u", m->o.http_listen, httpd_port(m->http));
+	log_info("serving health and metrics", "listen=%s port=%u", m->o.http_listen, health_port(m->http));
 	return 0;
 }
 
@@ -1380,9 +1362,7 @@ out:
 		free(join_key);
 	}
 	control_client_free(m->ctl);
-	httpd_free(m->http);
-	exporter_free(m->exporter);
-	metrics_free(m->metrics);
+	health_free(m->http);
 	localapi_free(m->api);
 	uapi_server_close(m->uapi);
 	if (m->has_nm)

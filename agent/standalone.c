@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "health.h"
 #include "log.h"
 #include "loop.h"
 #include "wg/aead.h"
@@ -26,6 +27,7 @@ struct options {
 	bool foreground;
 	int workers; /* -1: auto */
 	const char *log_level;
+	const char *http_listen; /* /healthz and /metrics */
 };
 
 void standalone_usage(FILE *f, const char *prog)
@@ -49,6 +51,9 @@ void standalone_usage(FILE *f, const char *prog)
 		"                        one or two CPUs; 0 runs encryption on the threads\n"
 		"                        that read the packets)\n"
 		"  --log-level LEVEL     debug, info, warn, error (default info)\n"
+		"  --http-listen ADDR    serve /healthz and Prometheus /metrics (knitd_peers,\n"
+		"                        knitd_inbound_bytes_total, ...) on ADDR, e.g.\n"
+		"                        127.0.0.1:9102 (default: not served)\n"
 		"  -h, --help            show this help\n"
 		"\n"
 		"It exits, removing its socket, on SIGTERM or SIGINT, and when the TUN device\n"
@@ -79,11 +84,12 @@ static const char *prog_name(const char *argv0)
 
 static int parse_args(int argc, char **argv, struct options *o)
 {
-	enum { WORKERS = 256, LOG_LEVEL };
+	enum { WORKERS = 256, LOG_LEVEL, HTTP_LISTEN };
 	static const struct option longopts[] = {
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "workers", required_argument, NULL, WORKERS },
 		{ "log-level", required_argument, NULL, LOG_LEVEL },
+		{ "http-listen", required_argument, NULL, HTTP_LISTEN },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -108,6 +114,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 		}
 		case LOG_LEVEL:
 			o->log_level = optarg;
+			break;
+		case HTTP_LISTEN:
+			o->http_listen = optarg;
 			break;
 		case 'h':
 			standalone_usage(stdout, prog_name(argv[0]));
@@ -208,6 +217,7 @@ int standalone_main(int argc, char **argv)
 	struct hub *hub = NULL;
 	struct engine *engine = NULL;
 	struct uapi_server *srv = NULL;
+	struct health *http = NULL;
 	enum log_level level = LOG_INFO;
 	int ready_fd = -1, ret;
 	const char *ula = getenv("KNIT_WG_UNDER_LOAD_AT");
@@ -271,6 +281,13 @@ int standalone_main(int argc, char **argv)
 				strerror(-ret));
 		goto out;
 	}
+	if (o.http_listen && (ret = health_new(&http, s.loop, o.http_listen, engine, NULL, NULL))) {
+		log_error("cannot serve health and metrics", "listen=%s errno=%d", o.http_listen, -ret);
+		if (!o.foreground)
+			fprintf(stderr, "knitd wg: cannot serve health and metrics on %s: %s\n", o.http_listen,
+				strerror(-ret));
+		goto out;
+	}
 	log_info("ready", "dev=%s uapi=%s port=%u workers=%u", engine_ifname(engine), uapi_server_path(srv),
 		 hub_port(hub), hc.workers);
 	if (!o.foreground) {
@@ -281,6 +298,7 @@ int standalone_main(int argc, char **argv)
 	s.exit_code = ret ? 1 : 0;
 out:
 	report(&ready_fd, 1);
+	health_free(http);
 	uapi_server_close(srv);
 	engine_free(engine);
 	hub_free(hub);

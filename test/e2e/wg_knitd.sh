@@ -11,7 +11,7 @@ source "$(dirname "$0")/lib/common.sh"
 e2e_begin wg_knitd
 KNITD=$KNIT_BUILD_DIR/agent/knitd
 AGENT_DIR=$KNIT_BUILD_DIR/agent
-e2e_need_bin "$KNITD" "$AGENT_DIR/knit-wg" wg wg-quick ip iperf3 python3
+e2e_need_bin "$KNITD" "$AGENT_DIR/knit-wg" wg wg-quick ip iperf3 python3 curl
 
 NSA=knit-wg-$$-a NSB=knit-wg-$$-b
 IFA=kw$$a IFB=kw$$b IFC=kw$$c
@@ -56,7 +56,8 @@ ping_ok() { "$@" >/dev/null 2>&1; }
 
 # A: `knitd wg IFNAME` daemonizes once the device and socket are ready.
 # Cookies are demanded as soon as any handshake waits (tests only).
-ip netns exec "$NSA" env KNIT_LOG_LEVEL=info KNIT_WG_UNDER_LOAD_AT=1 "$KNITD" wg "$IFA" >"$E2E_DIR/knitd-a.log" 2>&1
+ip netns exec "$NSA" env KNIT_LOG_LEVEL=info KNIT_WG_UNDER_LOAD_AT=1 "$KNITD" wg --http-listen 127.0.0.1:9103 "$IFA" \
+	>"$E2E_DIR/knitd-a.log" 2>&1
 e2e_expect "knitd wg (daemon) returns 0 once ready" 0 "$?"
 e2e_check "its UAPI socket is there at once" test -S "$SOCK/$IFA.sock"
 PIDA=$(knitd_pid "$NSA" "$IFA") || e2e_die "daemonized knitd not found"
@@ -209,6 +210,17 @@ e2e_check "knitd answered the flood with cookie replies (${COOKIES:-0})" test "$
 e2e_check "cookie replies to one source are rate-limited (${COOKIES:-0} for ${SENT:-0} sent)" \
 	test "${COOKIES:-0}" -le $((16 * 20 + 5))
 e2e_check "knitd survived the flood" kill -0 "$PIDA"
+# A's Prometheus /metrics (--http-listen, in A's namespace) saw the same.
+metric() { inA curl -sf --max-time 3 http://127.0.0.1:9103/metrics | awk -v s="$1" '$1 == s { print $2; f = 1 } END { exit !f }'; }
+CR=$(metric knitd_cookie_replies_sent_total)
+RL=$(metric knitd_handshakes_ratelimited_total)
+e2e_check "A's /metrics counts the cookie replies the flood got (${CR:-none} >= ${COOKIES:-0})" \
+	awk -v c="${CR:-0}" -v f="${COOKIES:-0}" 'BEGIN { exit !(c + 0 >= f + 0 && c + 0 > 0) }'
+e2e_check "and the per-source limit's refusals (${RL:-none} for ${SENT:-0} sent)" \
+	awk -v r="${RL:-0}" -v s="${SENT:-0}" 'BEGIN { exit !(r + 0 >= s / 2 && s + 0 > 0) }'
+e2e_check "A's /metrics: two peers, bytes both ways" sh -c "[ '$(metric knitd_peers)' = 2 ] &&
+	awk -v i='$(metric knitd_inbound_bytes_total)' -v o='$(metric knitd_outbound_bytes_total)' 'BEGIN { exit !(i + 0 > 0 && o + 0 > 0) }'"
+e2e_check "A's /healthz" inA curl -sf --max-time 3 -o /dev/null http://127.0.0.1:9103/healthz
 e2e_check "the old tunnel still works" inB ping -c 2 -i 0.2 -W 2 10.78.0.1
 e2e_check "and the new one" inB ping -c 2 -i 0.2 -W 2 10.79.0.1
 HSC=$(inA wg show "$IFA" latest-handshakes | awk -v k="$PUBC" '$1 == k {print $2}')
