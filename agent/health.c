@@ -33,7 +33,7 @@ int health_new(struct health **out, struct loop *loop, const char *listen, struc
 		goto out;
 	h->exporter = exporter_new(h->metrics, e);
 	if (!h->exporter) {
-		ret = errno ? -errno : -ENOMEM;
+		ret = -errno; /* exporter_new() always sets it */
 		goto out;
 	}
 	metrics_set_collector(h->metrics, exporter_collect, h->exporter);

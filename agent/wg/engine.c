@@ -563,10 +563,19 @@ int engine_get(struct engine *e, struct uapi_device *d)
 	return ret;
 }
 
+/* A current keypair that may send. */
+static bool has_session(struct peer *p)
+{
+	struct noise_keypair *kp = noise_keypair_current(p->remote);
+	bool ok = kp != NULL;
+
+	noise_keypair_put(kp);
+	return ok;
+}
+
 int engine_peer_stats(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_LEN], struct engine_peer_stats *out)
 {
 	struct peer *p = engine_peer_lookup(e, pub);
-	struct noise_keypair *kp;
 
 	memset(out, 0, sizeof(*out));
 	if (!p)
@@ -577,9 +586,7 @@ int engine_peer_stats(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_LEN],
 	out->tx_bytes = atomic_load(&p->tx_bytes);
 	out->persistent_keepalive = p->persistent_keepalive;
 	out->handshake_attempts = timers_handshake_attempts(&p->timers);
-	kp = noise_keypair_current(p->remote);
-	out->has_session = kp != NULL;
-	noise_keypair_put(kp);
+	out->has_session = has_session(p);
 	return 0;
 }
 
@@ -601,12 +608,9 @@ void engine_stats(struct engine *e, struct engine_stats *out)
 	out->rx_bytes = e->removed_rx_bytes;
 	out->tx_bytes = e->removed_tx_bytes;
 	for (struct peer *p = e->peers; p; p = p->list_next) {
-		struct noise_keypair *kp = noise_keypair_current(p->remote);
-
 		out->rx_bytes += atomic_load(&p->rx_bytes);
 		out->tx_bytes += atomic_load(&p->tx_bytes);
-		out->peers_with_session += kp != NULL;
-		noise_keypair_put(kp);
+		out->peers_with_session += has_session(p);
 	}
 	out->mtu = atomic_load(&e->mtu);
 	tun_stats(e->tun, &out->tun);
