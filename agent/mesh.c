@@ -1262,10 +1262,11 @@ int mesh_main(int argc, char **argv)
 		log_error("cannot use the state file", "path=%s error=\"%s\"", m->o.state_path, r == -ENOMEM ? "out of memory" : err);
 		return 1;
 	}
-	if (aead_init(AEAD_IMPL_AUTO)) {
-		log_error("no usable AEAD backend");
+	if (aead_init_named(getenv("KNIT_AEAD"))) {
+		log_error("no usable AEAD backend", "KNIT_AEAD=%s", getenv("KNIT_AEAD") ? getenv("KNIT_AEAD") : "");
 		goto out;
 	}
+	log_info("AEAD backend", "packets=%s small=%s", aead_impl_name(aead_impl()), aead_impl_name(aead_impl_for(0)));
 	m->loop = loop_new();
 	m->routes = strmap_new();
 	m->addrs = strmap_new();

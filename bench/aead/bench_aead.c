@@ -106,7 +106,7 @@ static double run_many(enum aead_impl impl, size_t len, bool seal, double secs, 
 int main(int argc, char **argv)
 {
 	static const size_t sizes[] = { 64, 576, 1420, 8192, 65536 };
-	static const enum aead_impl impls[] = { AEAD_IMPL_AVX2, AEAD_IMPL_OPENSSL, AEAD_IMPL_SODIUM };
+	static const enum aead_impl impls[] = { AEAD_IMPL_AVX512, AEAD_IMPL_AVX2, AEAD_IMPL_OPENSSL, AEAD_IMPL_SODIUM };
 	double secs = argc > 1 ? atof(argv[1]) : 0.5;
 
 	if (aead_init(AEAD_IMPL_SODIUM) != 0) {

@@ -38,5 +38,6 @@ static inline void counter_nonce(uint8_t nonce[AEAD_NONCE_LEN], uint64_t counter
 extern const struct aead_backend aead_backend_sodium;
 extern const struct aead_backend aead_backend_openssl;
 extern const struct aead_backend aead_backend_avx2;
+extern const struct aead_backend aead_backend_avx512;
 
 #endif

@@ -12,6 +12,7 @@ static const struct aead_backend *backends[] = {
 	[AEAD_IMPL_SODIUM] = &aead_backend_sodium,
 	[AEAD_IMPL_OPENSSL] = &aead_backend_openssl,
 	[AEAD_IMPL_AVX2] = &aead_backend_avx2,
+	[AEAD_IMPL_AVX512] = &aead_backend_avx512,
 };
 #define NBACKENDS (sizeof(backends) / sizeof(backends[0]))
 
@@ -106,6 +107,7 @@ int aead_init(enum aead_impl impl)
 	case AEAD_IMPL_SODIUM:
 	case AEAD_IMPL_OPENSSL:
 	case AEAD_IMPL_AVX2:
+	case AEAD_IMPL_AVX512:
 		if (!backend_usable(impl))
 			return -ENOSYS;
 		small = impl;
@@ -118,6 +120,16 @@ int aead_init(enum aead_impl impl)
 	active = backends[impl];
 	active_small = backends[small];
 	return 0;
+}
+
+int aead_init_named(const char *name)
+{
+	if (!name || !*name || !strcmp(name, "auto"))
+		return aead_init(AEAD_IMPL_AUTO);
+	for (size_t i = AEAD_IMPL_SODIUM; i < NBACKENDS; i++)
+		if (!strcmp(name, backends[i]->name))
+			return aead_init((enum aead_impl)i);
+	return -EINVAL;
 }
 
 bool aead_impl_usable(enum aead_impl impl)
@@ -141,6 +153,7 @@ const char *aead_impl_name(enum aead_impl impl)
 	case AEAD_IMPL_SODIUM:
 	case AEAD_IMPL_OPENSSL:
 	case AEAD_IMPL_AVX2:
+	case AEAD_IMPL_AVX512:
 		return backends[impl]->name;
 	case AEAD_IMPL_AUTO:
 		return "auto";

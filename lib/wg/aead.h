@@ -32,11 +32,15 @@ enum aead_impl {
 	AEAD_IMPL_SODIUM,
 	AEAD_IMPL_OPENSSL,
 	AEAD_IMPL_AVX2, /* x86-64 with AVX2 and BMI2 only */
+	AEAD_IMPL_AVX512, /* x86-64 with AVX-512F/VL, AVX2 and BMI2 only */
 };
 
 /* Call once at startup, before threads use the AEAD. Also initialises
  * libsodium. Returns 0 or -EINVAL/-ENOSYS (unknown or unusable backend). */
 int aead_init(enum aead_impl impl);
+/* aead_init() by backend name ("sodium", "openssl", "avx2", "avx512";
+ * NULL, "" or "auto": AUTO), as knitd's KNIT_AEAD gives it. */
+int aead_init_named(const char *name);
 /* Whether this machine can run impl (AUTO: always). */
 bool aead_impl_usable(enum aead_impl impl);
 /* The backend for full-size packets, and the one used for len bytes. */
