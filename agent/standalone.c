@@ -69,8 +69,8 @@ void standalone_usage(FILE *f, const char *prog)
 		"  KNIT_WG_READERS_HELP  0: the TUN and UDP reader threads leave all crypto\n"
 		"                        to the workers (default: they take a share)\n"
 		"  KNIT_AEAD             ChaCha20-Poly1305 backend: avx512, avx2, openssl,\n"
-		"                        sodium (default auto: the fastest here, measured at\n"
-		"                        start)\n"
+		"                        libsodium (default auto: the fastest here, measured\n"
+		"                        at start)\n"
 		"\n"
 		"For wg-quick: WG_QUICK_USERSPACE_IMPLEMENTATION=knit-wg (knitd run under\n"
 		"the name knit-wg behaves as `knitd wg`).\n",

@@ -38,7 +38,7 @@ enum aead_impl {
 /* Call once at startup, before threads use the AEAD. Also initialises
  * libsodium. Returns 0 or -EINVAL/-ENOSYS (unknown or unusable backend). */
 int aead_init(enum aead_impl impl);
-/* aead_init() by backend name ("sodium", "openssl", "avx2", "avx512";
+/* aead_init() by backend name ("libsodium", "openssl", "avx2", "avx512";
  * NULL, "" or "auto": AUTO), as knitd's KNIT_AEAD gives it. */
 int aead_init_named(const char *name);
 /* Whether this machine can run impl (AUTO: always). */

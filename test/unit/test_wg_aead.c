@@ -27,8 +27,9 @@ static const char rfc_sealed[] =
 	"\x1a\xe1\x0b\x59\x4f\x09\xe2\x6a\x7e\x90\x2e\xcb\xd0\x60\x06\x91";
 
 /* The backends under test: those this machine can run (setup fills it;
- * the AVX2 one must be among them wherever the CPU has AVX2 and BMI2). */
-static enum aead_impl impls[3];
+ * the AVX2 and AVX-512 ones must be among them wherever the CPU can run
+ * them). */
+static enum aead_impl impls[4];
 static size_t nimpls;
 
 static void rfc_key(uint8_t key[32])
@@ -39,7 +40,8 @@ static void rfc_key(uint8_t key[32])
 
 static int setup(void **state)
 {
-	static const enum aead_impl all[] = { AEAD_IMPL_SODIUM, AEAD_IMPL_OPENSSL, AEAD_IMPL_AVX2 };
+	static const enum aead_impl all[] = { AEAD_IMPL_SODIUM, AEAD_IMPL_OPENSSL, AEAD_IMPL_AVX2,
+					      AEAD_IMPL_AVX512 };
 
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
 		if (aead_impl_usable(all[i]))
@@ -50,18 +52,23 @@ static int setup(void **state)
 	return aead_init(AEAD_IMPL_SODIUM);
 }
 
-/* The AVX2 backend is there wherever it can run: its self-check against
- * libsodium passed (a failing one would hide it behind the others). */
-static void test_avx2_present(void **state)
+/* The AVX2 and AVX-512 backends are there wherever they can run: their
+ * self-checks against libsodium passed (a failing one would hide behind
+ * the others). */
+static void test_x86_present(void **state)
 {
 #if defined(__x86_64__)
+	bool avx2, avx512;
+
 	__builtin_cpu_init();
-	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2"))
-		assert_true(aead_impl_usable(AEAD_IMPL_AVX2));
-	else
-		assert_false(aead_impl_usable(AEAD_IMPL_AVX2));
+	avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
+	avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+	assert_int_equal(aead_impl_usable(AEAD_IMPL_AVX2), avx2);
+	assert_int_equal(aead_impl_usable(AEAD_IMPL_AVX512), avx512);
+	print_message("avx2 %s, avx512 %s\n", avx2 ? "here" : "absent", avx512 ? "here" : "absent");
 #else
 	assert_false(aead_impl_usable(AEAD_IMPL_AVX2));
+	assert_false(aead_impl_usable(AEAD_IMPL_AVX512));
 #endif
 	assert_int_equal(aead_init(AEAD_IMPL_SODIUM), 0);
 }
@@ -211,7 +218,8 @@ static void test_backends_agree(void **state)
  * forgeries and the other direction's key. */
 static void test_prepared_key(void **state)
 {
-	static const enum aead_impl sel[] = { AEAD_IMPL_SODIUM, AEAD_IMPL_OPENSSL, AEAD_IMPL_AVX2, AEAD_IMPL_AUTO };
+	static const enum aead_impl sel[] = { AEAD_IMPL_SODIUM, AEAD_IMPL_OPENSSL, AEAD_IMPL_AVX2, AEAD_IMPL_AVX512,
+					      AEAD_IMPL_AUTO };
 	static const size_t lens[] = { 0, 1, 16, 64, 1023, 1024, 1420, 4096 };
 	static uint8_t p[4096], a[4096 + 16], b[4096 + 16];
 	uint8_t key[32];
@@ -407,14 +415,33 @@ static void test_init(void **state)
 	assert_string_equal(aead_impl_name(AEAD_IMPL_OPENSSL), "openssl");
 	assert_string_equal(aead_impl_name(AEAD_IMPL_SODIUM), "libsodium");
 	assert_string_equal(aead_impl_name(AEAD_IMPL_AVX2), "avx2");
+	assert_string_equal(aead_impl_name(AEAD_IMPL_AVX512), "avx512");
 	assert_false(aead_impl_usable((enum aead_impl)42));
+	/* by name, as KNIT_AEAD gives it */
+	assert_int_equal(aead_init_named("openssl"), 0);
+	assert_int_equal(aead_impl(), AEAD_IMPL_OPENSSL);
+	assert_int_equal(aead_init_named("libsodium"), 0);
+	assert_int_equal(aead_impl(), AEAD_IMPL_SODIUM);
+	for (size_t i = 0; i < nimpls; i++) {
+		assert_int_equal(aead_init_named(aead_impl_name(impls[i])), 0);
+		assert_int_equal(aead_impl(), impls[i]);
+		assert_int_equal(aead_impl_for(64), impls[i]);
+	}
+	assert_int_equal(aead_init_named(NULL), 0);
+	assert_true(aead_impl() != AEAD_IMPL_AUTO);
+	assert_int_equal(aead_init_named("auto"), 0);
+	assert_int_equal(aead_init_named(""), 0);
+	assert_int_equal(aead_init_named("AVX2"), -22);
+	assert_int_equal(aead_init_named("chacha"), -22);
+	if (!aead_impl_usable(AEAD_IMPL_AVX512))
+		assert_int_equal(aead_init_named("avx512"), -38);
 	assert_int_equal(aead_init(AEAD_IMPL_SODIUM), 0);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_avx2_present),
+		cmocka_unit_test(test_x86_present),
 		cmocka_unit_test(test_rfc8439_vector),
 		cmocka_unit_test(test_every_length),
 		cmocka_unit_test(test_forgery),
