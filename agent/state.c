@@ -25,11 +25,9 @@ static int errf(char *err, size_t errlen, int ret, const char *fmt, ...)
 {
 	va_list ap;
 
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
+	va_start(ap, fmt);
+	errbuf_vprintf(err, errlen, fmt, ap);
+	va_end(ap);
 	return ret;
 }
 

@@ -170,3 +170,18 @@ char *buf_steal(struct buf *b, size_t *len)
 	b->alloc = 0;
 	return p;
 }
+
+void errbuf_vprintf(char *err, size_t errlen, const char *fmt, va_list ap)
+{
+	if (err && errlen)
+		vsnprintf(err, errlen, fmt, ap);
+}
+
+void errbuf_printf(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	errbuf_vprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}

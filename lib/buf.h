@@ -49,4 +49,9 @@ const char *buf_str(const struct buf *b);
  * may be NULL. */
 char *buf_steal(struct buf *b, size_t *len);
 
+/* For functions that say why they failed in a caller's fixed buffer: the
+ * message, truncated to errlen bytes; nothing if err is NULL or errlen 0. */
+void errbuf_printf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void errbuf_vprintf(char *err, size_t errlen, const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
+
 #endif

@@ -2,22 +2,11 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
+#include "buf.h"
 
 static size_t addr_len(int family)
 {
@@ -34,7 +23,7 @@ bool ipam_pool_parse(const char *cidr, struct ipam_pool *out, char *err, size_t 
 
 	memset(out, 0, sizeof(*out));
 	if (!slash || (size_t)(slash - cidr) >= sizeof(addr)) {
-		set_err(err, errlen, "\"%s\" is not a CIDR (address/prefix)", cidr ? cidr : "");
+		errbuf_printf(err, errlen, "\"%s\" is not a CIDR (address/prefix)", cidr ? cidr : "");
 		return false;
 	}
 	memcpy(addr, cidr, (size_t)(slash - cidr));
@@ -44,26 +33,26 @@ bool ipam_pool_parse(const char *cidr, struct ipam_pool *out, char *err, size_t 
 	else if (inet_pton(AF_INET6, addr, out->base) == 1)
 		out->family = AF_INET6;
 	else {
-		set_err(err, errlen, "\"%s\": \"%s\" is not an IP address", cidr, addr);
+		errbuf_printf(err, errlen, "\"%s\": \"%s\" is not an IP address", cidr, addr);
 		return false;
 	}
 	errno = 0;
 	bits = strtol(slash + 1, &end, 10);
 	n = addr_len(out->family);
 	if (errno || end == slash + 1 || *end || bits < 0 || bits > (long)n * 8) {
-		set_err(err, errlen, "\"%s\": bad prefix length", cidr);
+		errbuf_printf(err, errlen, "\"%s\": bad prefix length", cidr);
 		return false;
 	}
 	out->bits = (unsigned)bits;
 	for (unsigned i = out->bits; i < n * 8; i++) {
 		if (out->base[i / 8] & (0x80 >> (i % 8))) {
-			set_err(err, errlen, "\"%s\": host bits set (did you mean the network address?)", cidr);
+			errbuf_printf(err, errlen, "\"%s\": host bits set (did you mean the network address?)", cidr);
 			return false;
 		}
 	}
 	/* At least one usable address besides network (and broadcast). */
 	if (n * 8 - out->bits < 2) {
-		set_err(err, errlen, "\"%s\": pool too small", cidr);
+		errbuf_printf(err, errlen, "\"%s\": pool too small", cidr);
 		return false;
 	}
 	return true;

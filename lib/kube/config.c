@@ -1,7 +1,6 @@
 #include "kube/config.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,18 +14,6 @@
 
 #define SA_ROOT "/var/run/secrets/kubernetes.io/serviceaccount"
 #define MAX_FILE (4u << 20)
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 static void free_secret(char *s, size_t n)
 {
@@ -132,13 +119,13 @@ static bool file_or_data(const struct json *obj, const char *key, const char *ba
 	if (data) {
 		*pem = b64_decode(data, pem_len);
 		if (!*pem) {
-			set_err(err, errlen, "%s: %s is not valid base64", what, data_key);
+			errbuf_printf(err, errlen, "%s: %s is not valid base64", what, data_key);
 			return false;
 		}
 	} else if (path) {
 		*file = resolve(base_dir, path);
 		if (!*file) {
-			set_err(err, errlen, "%s: out of memory", what);
+			errbuf_printf(err, errlen, "%s: out of memory", what);
 			return false;
 		}
 	}
@@ -155,38 +142,38 @@ bool kube_config_parse(struct kube_config *cfg, const char *yaml, size_t len, co
 
 	memset(cfg, 0, sizeof(*cfg));
 	if (!doc) {
-		set_err(err, errlen, "kubeconfig line %zu column %zu: %s", jerr.line, jerr.column, jerr.msg);
+		errbuf_printf(err, errlen, "kubeconfig line %zu column %zu: %s", jerr.line, jerr.column, jerr.msg);
 		return false;
 	}
 	if (!json_is_object(doc)) {
-		set_err(err, errlen, "kubeconfig: not a mapping");
+		errbuf_printf(err, errlen, "kubeconfig: not a mapping");
 		goto out;
 	}
 	if (!context)
 		context = json_str(json_get(doc, "current-context"));
 	if (!context || !*context) {
-		set_err(err, errlen, "kubeconfig: no current-context and none given");
+		errbuf_printf(err, errlen, "kubeconfig: no current-context and none given");
 		goto out;
 	}
 	ctx = named(doc, "contexts", context, "context");
 	if (!json_is_object(ctx)) {
-		set_err(err, errlen, "kubeconfig: context \"%s\" not found", context);
+		errbuf_printf(err, errlen, "kubeconfig: context \"%s\" not found", context);
 		goto out;
 	}
 	cluster_name = json_str(json_get(ctx, "cluster"));
 	user_name = json_str(json_get(ctx, "user"));
 	if (!cluster_name) {
-		set_err(err, errlen, "kubeconfig: context \"%s\" names no cluster", context);
+		errbuf_printf(err, errlen, "kubeconfig: context \"%s\" names no cluster", context);
 		goto out;
 	}
 	cluster = named(doc, "clusters", cluster_name, "cluster");
 	if (!json_is_object(cluster)) {
-		set_err(err, errlen, "kubeconfig: cluster \"%s\" (context \"%s\") not found", cluster_name, context);
+		errbuf_printf(err, errlen, "kubeconfig: cluster \"%s\" (context \"%s\") not found", cluster_name, context);
 		goto out;
 	}
 	server = json_str(json_get(cluster, "server"));
 	if (!server || (strncmp(server, "https://", 8) != 0 && strncmp(server, "http://", 7) != 0)) {
-		set_err(err, errlen, "kubeconfig: cluster \"%s\": server must be an http(s) URL", cluster_name);
+		errbuf_printf(err, errlen, "kubeconfig: cluster \"%s\": server must be an http(s) URL", cluster_name);
 		goto out;
 	}
 	cfg->server = strdup(server);
@@ -206,11 +193,11 @@ bool kube_config_parse(struct kube_config *cfg, const char *yaml, size_t len, co
 	if (user_name) {
 		user = named(doc, "users", user_name, "user");
 		if (!json_is_object(user)) {
-			set_err(err, errlen, "kubeconfig: user \"%s\" (context \"%s\") not found", user_name, context);
+			errbuf_printf(err, errlen, "kubeconfig: user \"%s\" (context \"%s\") not found", user_name, context);
 			goto out;
 		}
 		if (json_get(user, "exec") || json_get(user, "auth-provider")) {
-			set_err(err, errlen, "kubeconfig: user \"%s\": exec and auth-provider plugins are not supported; use a token or client certificate", user_name);
+			errbuf_printf(err, errlen, "kubeconfig: user \"%s\": exec and auth-provider plugins are not supported; use a token or client certificate", user_name);
 			goto out;
 		}
 		token = json_str(json_get(user, "token"));
@@ -225,7 +212,7 @@ bool kube_config_parse(struct kube_config *cfg, const char *yaml, size_t len, co
 				  &cfg->key_pem_len, "user", err, errlen))
 			goto out;
 		if (!!(cfg->cert_file || cfg->cert_pem) != !!(cfg->key_file || cfg->key_pem)) {
-			set_err(err, errlen, "kubeconfig: user \"%s\": client certificate and key must come together", user_name);
+			errbuf_printf(err, errlen, "kubeconfig: user \"%s\": client certificate and key must come together", user_name);
 			goto out;
 		}
 	}
@@ -234,7 +221,7 @@ bool kube_config_parse(struct kube_config *cfg, const char *yaml, size_t len, co
 	ok = true;
 	goto out;
 nomem:
-	set_err(err, errlen, "kubeconfig: out of memory");
+	errbuf_printf(err, errlen, "kubeconfig: out of memory");
 out:
 	json_free(doc);
 	if (!ok)
@@ -254,7 +241,7 @@ int kube_config_in_cluster(struct kube_config *cfg, const char *root, char *err,
 	if (!root)
 		root = SA_ROOT;
 	if (!host || !*host || !port || !*port) {
-		set_err(err, errlen, "in-cluster: KUBERNETES_SERVICE_HOST/PORT are not set");
+		errbuf_printf(err, errlen, "in-cluster: KUBERNETES_SERVICE_HOST/PORT are not set");
 		return -ENOENT;
 	}
 	/* An IPv6 service address needs brackets in the URL. */
@@ -264,7 +251,7 @@ int kube_config_in_cluster(struct kube_config *cfg, const char *root, char *err,
 	}
 	snprintf(path, sizeof(path), "%s/token", root);
 	if (access(path, R_OK) != 0) {
-		set_err(err, errlen, "in-cluster: cannot read %s: %s", path, strerror(errno));
+		errbuf_printf(err, errlen, "in-cluster: cannot read %s: %s", path, strerror(errno));
 		kube_config_free(cfg);
 		return -ENOENT;
 	}
@@ -284,7 +271,7 @@ int kube_config_in_cluster(struct kube_config *cfg, const char *root, char *err,
 	}
 	return 0;
 nomem:
-	set_err(err, errlen, "in-cluster: out of memory");
+	errbuf_printf(err, errlen, "in-cluster: out of memory");
 	kube_config_free(cfg);
 	return -ENOMEM;
 }
@@ -311,7 +298,7 @@ int kube_config_load(struct kube_config *cfg, const char *path, char *err, size_
 		} else {
 			const char *home = getenv("HOME");
 			if (!home || asprintf(&home_path, "%s/.kube/config", home) < 0) {
-				set_err(err, errlen, "no kubeconfig: set --kubeconfig or KUBECONFIG");
+				errbuf_printf(err, errlen, "no kubeconfig: set --kubeconfig or KUBECONFIG");
 				return -ENOENT;
 			}
 			path = home_path;
@@ -320,7 +307,7 @@ int kube_config_load(struct kube_config *cfg, const char *path, char *err, size_
 	data = read_file(path, &len);
 	if (!data) {
 		int e = errno;
-		set_err(err, errlen, "cannot read kubeconfig %s: %s", path, strerror(e));
+		errbuf_printf(err, errlen, "cannot read kubeconfig %s: %s", path, strerror(e));
 		free(env_copy);
 		free(home_path);
 		return -e;
@@ -335,7 +322,7 @@ int kube_config_load(struct kube_config *cfg, const char *path, char *err, size_
 	}
 	ok = dir && kube_config_parse(cfg, data, len, NULL, dir, err, errlen);
 	if (!dir)
-		set_err(err, errlen, "out of memory");
+		errbuf_printf(err, errlen, "out of memory");
 	free_secret(data, len);
 	free(dir);
 	free(env_copy);
