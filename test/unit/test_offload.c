@@ -8,39 +8,9 @@
 #include <cmocka.h>
 
 #include "net/offload.h"
+#include "pkt_ref.h"
 
 /* ---- an independent, obviously-correct checksum and packet builder ---- */
-
-static uint16_t ref_sum(const uint8_t *p, size_t n, uint32_t s)
-{
-	for (size_t i = 0; i < n; i += 2)
-		s += (uint32_t)p[i] << 8 | (i + 1 < n ? p[i + 1] : 0);
-	while (s >> 16)
-		s = (s & 0xffff) + (s >> 16);
-	return (uint16_t)s;
-}
-
-static uint16_t rd16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static uint32_t rd32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static void wr16(uint8_t *p, uint16_t v)
-{
-	p[0] = v >> 8;
-	p[1] = v & 0xff;
-}
-
-static void wr32(uint8_t *p, uint32_t v)
-{
-	wr16(p, v >> 16);
-	wr16(p + 2, v & 0xffff);
-}
 
 static uint32_t ref_pseudo(const uint8_t *ip, bool v6, uint8_t proto, size_t l4len)
 {
