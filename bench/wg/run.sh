@@ -148,6 +148,8 @@ for impl in wireguard-go knitd; do
 	tunnel_up $impl && run_case $impl 10.210.0.2
 	tunnel_down
 done
+# Which ChaCha20-Poly1305 code knitd measured fastest here (or KNIT_AEAD chose).
+AEAD=$(grep -ho 'msg="AEAD backend" packets=[a-z0-9]*' "$WORK/knitd.a.log" 2>/dev/null | head -n1 | cut -d= -f3)
 
 printf '\n%-14s %-26s %12s\n' "path" "runs (Gbit/s)" "median"
 for n in veth wireguard-go knitd; do
@@ -157,3 +159,4 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 printf '\nknitd / wireguard-go: %sx   (target >= 12x)\n' "$(ratio "${MED[knitd]:-0}" "${MED[wireguard-go]:-0}")"
 printf 'knitd / veth:         %s\n' "$(ratio "${MED[knitd]:-0}" "${MED[veth]:-0}")"
 printf 'knitd:                %s Gbit/s (target >= 4)\n' "${MED[knitd]:-0}"
+if wanted knitd; then printf 'knitd AEAD backend:   %s\n' "${AEAD:-unknown}"; fi
