@@ -1262,11 +1262,8 @@ int mesh_main(int argc, char **argv)
 		log_error("cannot use the state file", "path=%s error=\"%s\"", m->o.state_path, r == -ENOMEM ? "out of memory" : err);
 		return 1;
 	}
-	if (aead_init_named(getenv("KNIT_AEAD"))) {
-		log_error("no usable AEAD backend", "KNIT_AEAD=%s", getenv("KNIT_AEAD") ? getenv("KNIT_AEAD") : "");
+	if (aead_init_env())
 		goto out;
-	}
-	log_info("AEAD backend", "packets=%s small=%s", aead_impl_name(aead_impl()), aead_impl_name(aead_impl_for(0)));
 	m->loop = loop_new();
 	m->routes = strmap_new();
 	m->addrs = strmap_new();

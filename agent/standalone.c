@@ -241,13 +241,9 @@ int standalone_main(int argc, char **argv)
 		}
 	}
 
-	ret = aead_init_named(getenv("KNIT_AEAD"));
-	if (ret) {
-		log_error("no usable AEAD backend", "KNIT_AEAD=%s errno=%d", getenv("KNIT_AEAD") ? getenv("KNIT_AEAD") : "",
-			  -ret);
+	ret = aead_init_env();
+	if (ret)
 		goto out;
-	}
-	log_info("AEAD backend", "packets=%s small=%s", aead_impl_name(aead_impl()), aead_impl_name(aead_impl_for(0)));
 	s.loop = loop_new();
 	if (!s.loop) {
 		ret = -ENOMEM;

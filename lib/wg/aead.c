@@ -1,6 +1,8 @@
 #include "wg/aead.h"
 #include "wg/aead-backend.h"
 
+#include "log.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <sodium.h>
@@ -130,6 +132,18 @@ int aead_init_named(const char *name)
 		if (!strcmp(name, backends[i]->name))
 			return aead_init((enum aead_impl)i);
 	return -EINVAL;
+}
+
+int aead_init_env(void)
+{
+	const char *name = getenv("KNIT_AEAD");
+	int ret = aead_init_named(name);
+
+	if (ret)
+		log_error("no usable AEAD backend", "KNIT_AEAD=%s errno=%d", name ? name : "", -ret);
+	else
+		log_info("AEAD backend", "packets=%s small=%s", aead_impl_name(selected), aead_impl_name(selected_small));
+	return ret;
 }
 
 bool aead_impl_usable(enum aead_impl impl)

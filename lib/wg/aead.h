@@ -41,6 +41,9 @@ int aead_init(enum aead_impl impl);
 /* aead_init() by backend name ("libsodium", "openssl", "avx2", "avx512";
  * NULL, "" or "auto": AUTO), as knitd's KNIT_AEAD gives it. */
 int aead_init_named(const char *name);
+/* aead_init_named(getenv("KNIT_AEAD")), logging the backends chosen or
+ * why there is none: how both of knitd's modes start. */
+int aead_init_env(void);
 /* Whether this machine can run impl (AUTO: always). */
 bool aead_impl_usable(enum aead_impl impl);
 /* The backend for full-size packets, and the one used for len bytes. */

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -435,6 +436,16 @@ static void test_init(void **state)
 	assert_int_equal(aead_init_named("chacha"), -22);
 	if (!aead_impl_usable(AEAD_IMPL_AVX512))
 		assert_int_equal(aead_init_named("avx512"), -38);
+	/* from the environment, as knitd starts */
+	assert_int_equal(setenv("KNIT_AEAD", "openssl", 1), 0);
+	assert_int_equal(aead_init_env(), 0);
+	assert_int_equal(aead_impl(), AEAD_IMPL_OPENSSL);
+	assert_int_equal(setenv("KNIT_AEAD", "bogus", 1), 0);
+	assert_int_equal(aead_init_env(), -22);
+	assert_int_equal(aead_impl(), AEAD_IMPL_OPENSSL);
+	assert_int_equal(unsetenv("KNIT_AEAD"), 0);
+	assert_int_equal(aead_init_env(), 0);
+	assert_true(aead_impl() != AEAD_IMPL_AUTO);
 	assert_int_equal(aead_init(AEAD_IMPL_SODIUM), 0);
 }
 
