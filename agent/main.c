@@ -20,7 +20,8 @@ static void usage(FILE *f)
 		"  wg [-f] [OPTIONS] IFNAME   run a standalone userspace WireGuard interface,\n"
 		"                             configured with wg(8) like wireguard-go\n"
 		"                             (`knitd wg --help` for details)\n"
-		"  help                       show this help\n"
+		"  help, -h, --help           show this help\n"
+		"  --version                  print knitd's version\n"
 		"\n"
 		"Run under the name knit-wg (a symlink to knitd), it behaves as `knitd wg`, so\n"
 		"WG_QUICK_USERSPACE_IMPLEMENTATION=knit-wg makes wg-quick(8) use it.\n"
@@ -42,6 +43,10 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(argv[1], "help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
 		usage(stdout);
+		return 0;
+	}
+	if (!strcmp(argv[1], "--version")) {
+		printf("knitd %s\n", KNIT_VERSION);
 		return 0;
 	}
 	if (!strcmp(argv[1], "wg"))
