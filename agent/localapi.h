@@ -25,13 +25,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "defaults.h"
+
 struct json;
 struct loop;
 struct localapi;
 struct localapi_reply;
 struct localapi_writer;
 
-#define LOCALAPI_SOCKET_DEFAULT "/var/run/knit/knitd.sock"
+#define LOCALAPI_SOCKET_DEFAULT KNIT_SOCKET_DEFAULT
 #define LOCALAPI_MAX_BODY (64u << 10)
 
 /* A node as status and whois show it. Strings may be NULL when unknown. */
