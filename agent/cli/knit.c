@@ -3,25 +3,29 @@
  * request at a time is all a CLI needs. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include <sodium.h>
 
 #include "buf.h"
+#include "defaults.h"
 #include "json.h"
 
-#ifndef KNIT_VERSION
-#define KNIT_VERSION "unknown"
-#endif
-#define SOCKET_DEFAULT "/var/run/knit/knitd.sock"
+#define SOCKET_DEFAULT KNIT_SOCKET_DEFAULT
 #define MAX_RESPONSE ((size_t)64 << 20)
+/* Auth keys are a few dozen characters; a file much bigger is not one. */
+#define MAX_AUTHKEY 4096
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
 
@@ -48,6 +52,7 @@ static const char usage_main[] =
 	"\n"
 	"Global flags:\n"
 	"  --socket PATH   knitd's local API socket (default " SOCKET_DEFAULT ")\n"
+	"  --version       print knit's version\n"
 	"  -h, --help      this text; \"knit COMMAND --help\" for a command's\n"
 	"\n"
 	"Exit status: 0 on success, 1 on failure, 2 for a usage error.\n";
@@ -60,7 +65,12 @@ static const char usage_up[] =
 	"Flags given replace the saved ones; flags left out keep them.\n"
 	"\n"
 	"Flags:\n"
-	"  --authkey KEY             auth key from the operator (an AuthKey's Secret)\n"
+	"  --authkey-file PATH       read the auth key from PATH (\"-\": standard input), the\n"
+	"                            key from the operator (an AuthKey's Secret); it is\n"
+	"                            needed the first time only\n"
+	"  --authkey KEY             the auth key itself; \"-\" reads it from standard input.\n"
+	"                            A key given here is visible to every user in\n"
+	"                            /proc/PID/cmdline while knit runs: prefer the file\n"
 	"  --login-server URL        the coordination server, e.g. http://knit-control.knit-system:8080\n"
 	"  --server-key ctrlkey:HEX  pin the server's control key (its Tailnet's status.controlKey);\n"
 	"                            without it the key is fetched and trusted on first use, and shown\n"
@@ -154,11 +164,11 @@ static void errorf(const char *fmt, ...)
 
 static int usage_error(const char *usage, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* fmt names the command ("knit up: ...") or is "knit: ...". */
 static int usage_error(const char *usage, const char *fmt, ...)
 {
 	va_list ap;
 
-	fputs("knit: ", stderr);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
@@ -167,32 +177,124 @@ static int usage_error(const char *usage, const char *fmt, ...)
 	return EXIT_USAGE;
 }
 
-static bool is_help(const char *a)
+/* Long flags' values are OPT_FIRST and up, never a character, so that
+ * bad_flag() can tell a long flag from a short one. */
+enum { OPT_FIRST = 0x100, OPT_HELP = OPT_FIRST };
+
+/* Every command takes -h/--help; these take nothing else. */
+static const struct option help_only[] = {
+	{ "help", no_argument, NULL, OPT_HELP },
+	{ NULL, 0, NULL, 0 },
+};
+
+/* Starts getopt_long afresh over a command's arguments (argv[0] is the
+ * command's name). Errors are ours to print: see bad_flag(). */
+static void opts_begin(void)
 {
-	return strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0 || strcmp(a, "-help") == 0;
+	optind = 0;
+	opterr = 0;
 }
 
-/* "--name value" or "--name=value" at argv[*i]; advances *i. */
-static bool flag_value(int argc, char **argv, int *i, const char *name, const char **out, bool *missing)
+/* getopt_long returned '?' or ':' for the flag it just read: say what
+ * was wrong with it, as typed. optopt is the short flag's character, a long
+ * flag's value (OPT_FIRST and up), or 0 for a long flag nobody knows. */
+static int bad_flag(const char *usage, char **argv, int c)
 {
-	size_t n = strlen(name);
-	const char *a = argv[*i];
+	const char *cmd = argv[0], *arg = argv[optind - 1];
 
-	*missing = false;
-	if (strncmp(a, name, n) != 0)
+	if (c == ':' && optopt < OPT_FIRST)
+		return usage_error(usage, "knit %s: -%c needs a value", cmd, optopt);
+	if (c == ':')
+		return usage_error(usage, "knit %s: %s needs a value", cmd, arg);
+	if (optopt >= OPT_FIRST)
+		return usage_error(usage, "knit %s: %s takes no value", cmd, arg);
+	if (optopt)
+		return usage_error(usage, "knit %s: unknown flag \"-%c\"", cmd, optopt);
+	return usage_error(usage, "knit %s: unknown or ambiguous flag \"%s\"", cmd, arg);
+}
+
+/* A whole positive decimal number. */
+static bool parse_positive(const char *s, long *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || end == s || *end || v <= 0)
 		return false;
-	if (a[n] == '=') {
-		*out = a + n + 1;
-		return true;
-	}
-	if (a[n] != '\0')
-		return false;
-	if (*i + 1 >= argc) {
-		*missing = true;
-		return true;
-	}
-	*out = argv[++*i];
+	*out = v;
 	return true;
+}
+
+/* Reads an auth key from path ("-": standard input), so that it is never in
+ * /proc/PID/cmdline. The key is the file's one word; surrounding blanks and
+ * newlines are dropped. From a terminal: one line, with echo off. Returns
+ * the key (caller wipes and frees) or NULL after printing why. */
+static char *authkey_read(const char *path)
+{
+	char buf[MAX_AUTHKEY + 1];
+	bool from_stdin = strcmp(path, "-") == 0, tty = false;
+	const char *what = from_stdin ? "standard input" : path;
+	struct termios saved, noecho;
+	char *key = NULL, *p;
+	size_t n = 0;
+	ssize_t r;
+	int fd = from_stdin ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0) {
+		errorf("cannot read the auth key from %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	if (from_stdin && isatty(fd) && tcgetattr(fd, &saved) == 0) {
+		noecho = saved;
+		noecho.c_lflag &= ~(tcflag_t)ECHO;
+		tty = tcsetattr(fd, TCSAFLUSH, &noecho) == 0;
+		fputs("Auth key: ", stderr);
+	}
+	/* A terminal gives a line per read; a file or a pipe is read to its end. */
+	while (n < sizeof(buf)) {
+		r = read(fd, buf + n, sizeof(buf) - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			errorf("cannot read the auth key from %s: %s", what, strerror(errno));
+			goto out;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+		if (tty && memchr(buf, '\n', n))
+			break;
+	}
+	if (n == sizeof(buf)) {
+		errorf("%s holds more than an auth key (over %d bytes)", what, MAX_AUTHKEY);
+		goto out;
+	}
+	buf[n] = '\0';
+	while (n > 0 && strchr(" \t\r\n", buf[n - 1]))
+		buf[--n] = '\0';
+	for (p = buf; *p && strchr(" \t\r\n", *p); p++)
+		;
+	if (!*p) {
+		errorf("no auth key in %s", what);
+		goto out;
+	}
+	if (strpbrk(p, " \t\r\n")) {
+		errorf("%s holds more than one word: want the auth key alone", what);
+		goto out;
+	}
+	if (!(key = strdup(p)))
+		errorf("out of memory");
+out:
+	if (tty) {
+		tcsetattr(fd, TCSAFLUSH, &saved);
+		fputc('\n', stderr);
+	}
+	if (!from_stdin)
+		close(fd);
+	sodium_memzero(buf, sizeof(buf));
+	return key;
 }
 
 /* ---- talking to knitd --------------------------------------------------------------- */
@@ -341,54 +443,87 @@ static struct json *strv_from_csv(const char *csv)
 
 static int cmd_up(const struct cli *cli, int argc, char **argv)
 {
+	enum { AUTHKEY = OPT_HELP + 1, AUTHKEY_FILE, LOGIN, SERVER_KEY, HOSTNAME, TAGS, ROUTES, TIMEOUT };
+	static const struct option longopts[] = {
+		{ "authkey", required_argument, NULL, AUTHKEY },
+		{ "auth-key", required_argument, NULL, AUTHKEY },
+		{ "authkey-file", required_argument, NULL, AUTHKEY_FILE },
+		{ "login-server", required_argument, NULL, LOGIN },
+		{ "server-key", required_argument, NULL, SERVER_KEY },
+		{ "hostname", required_argument, NULL, HOSTNAME },
+		{ "advertise-tags", required_argument, NULL, TAGS },
+		{ "advertise-routes", required_argument, NULL, ROUTES },
+		{ "timeout", required_argument, NULL, TIMEOUT },
+		{ "help", no_argument, NULL, OPT_HELP },
+		{ NULL, 0, NULL, 0 },
+	};
 	struct json *req = json_new_object(), *resp = NULL;
-	const char *v;
+	const char *authkey = NULL, *authkey_file = NULL;
+	char *key = NULL;
 	long status, timeout = 60;
-	bool missing;
-	int ret = EXIT_FAIL, err = req ? 0 : -ENOMEM;
+	int c, ret = EXIT_FAIL, err = req ? 0 : -ENOMEM;
 
-	for (int i = 1; i < argc && !err; i++) {
-		const char *a = argv[i];
-
-		if (is_help(a)) {
+	opts_begin();
+	while (!err && (c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+		case OPT_HELP:
 			fputs(usage_up, stdout);
 			ret = EXIT_OK;
 			goto out;
-		}
-		if (flag_value(argc, argv, &i, "--authkey", &v, &missing) ||
-		    flag_value(argc, argv, &i, "--auth-key", &v, &missing)) {
-			if (!missing)
-				err = json_object_set(req, "authKey", json_new_string(v));
-		} else if (flag_value(argc, argv, &i, "--login-server", &v, &missing)) {
-			if (!missing)
-				err = json_object_set(req, "loginServer", json_new_string(v));
-		} else if (flag_value(argc, argv, &i, "--server-key", &v, &missing)) {
-			if (!missing)
-				err = json_object_set(req, "serverKey", json_new_string(v));
-		} else if (flag_value(argc, argv, &i, "--hostname", &v, &missing)) {
-			if (!missing)
-				err = json_object_set(req, "hostname", json_new_string(v));
-		} else if (flag_value(argc, argv, &i, "--advertise-tags", &v, &missing)) {
-			if (!missing)
-				err = json_object_set(req, "advertiseTags", strv_from_csv(v));
-		} else if (flag_value(argc, argv, &i, "--advertise-routes", &v, &missing)) {
-			if (!missing)
-				err = json_object_set(req, "advertiseRoutes", strv_from_csv(v));
-		} else if (flag_value(argc, argv, &i, "--timeout", &v, &missing)) {
-			if (!missing && (timeout = strtol(v, NULL, 10)) <= 0) {
-				ret = usage_error(usage_up, "--timeout: want a number of seconds, not \"%s\"", v);
+		case AUTHKEY:
+			authkey = optarg;
+			break;
+		case AUTHKEY_FILE:
+			authkey_file = optarg;
+			break;
+		case LOGIN:
+			err = json_object_set(req, "loginServer", json_new_string(optarg));
+			break;
+		case SERVER_KEY:
+			err = json_object_set(req, "serverKey", json_new_string(optarg));
+			break;
+		case HOSTNAME:
+			err = json_object_set(req, "hostname", json_new_string(optarg));
+			break;
+		case TAGS:
+			err = json_object_set(req, "advertiseTags", strv_from_csv(optarg));
+			break;
+		case ROUTES:
+			err = json_object_set(req, "advertiseRoutes", strv_from_csv(optarg));
+			break;
+		case TIMEOUT:
+			if (!parse_positive(optarg, &timeout)) {
+				ret = usage_error(usage_up, "knit up: --timeout wants a number of seconds, not \"%s\"",
+						  optarg);
 				goto out;
 			}
-		} else {
-			ret = usage_error(usage_up, "knit up: unknown flag or argument \"%s\"", a);
-			goto out;
-		}
-		if (missing) {
-			ret = usage_error(usage_up, "knit up: %s needs a value", a);
+			break;
+		default:
+			ret = bad_flag(usage_up, argv, c);
 			goto out;
 		}
 	}
 	if (err) {
+		errorf("out of memory");
+		goto out;
+	}
+	if (optind < argc) {
+		ret = usage_error(usage_up, "knit up: unexpected argument \"%s\"", argv[optind]);
+		goto out;
+	}
+	if (authkey && authkey_file) {
+		ret = usage_error(usage_up, "knit up: give the auth key once, with --authkey or --authkey-file");
+		goto out;
+	}
+	if (authkey && strcmp(authkey, "-") == 0)
+		authkey_file = "-";
+	if (authkey_file) {
+		if (!(key = authkey_read(authkey_file)))
+			goto out;
+		authkey = key;
+	}
+	if (authkey && json_object_set(req, "authKey", json_new_string(authkey))) {
 		errorf("out of memory");
 		goto out;
 	}
@@ -410,14 +545,18 @@ static int cmd_up(const struct cli *cli, int argc, char **argv)
 	printf("\n");
 	ret = EXIT_OK;
 out:
-	/* The auth key is in the tree; api() wiped the text. */
+	/* The auth key is in the tree (and in key); api() wiped the text. */
 	if (req) {
 		struct json *k = json_get(req, "authKey");
 		size_t n;
 		char *s = (char *)json_strn(k, &n);
 
 		if (s)
-			memset(s, 0, n);
+			sodium_memzero(s, n);
+	}
+	if (key) {
+		sodium_memzero(key, strlen(key));
+		free(key);
 	}
 	json_free(req);
 	json_free(resp);
@@ -429,15 +568,17 @@ static int simple_post(const struct cli *cli, int argc, char **argv, const char 
 {
 	struct json *resp = NULL;
 	long status;
-	int ret;
+	int c, ret;
 
-	if (argc > 1) {
-		if (is_help(argv[1])) {
-			fputs(usage, stdout);
-			return EXIT_OK;
-		}
-		return usage_error(usage, "knit %s: unexpected argument \"%s\"", argv[0], argv[1]);
+	opts_begin();
+	while ((c = getopt_long(argc, argv, ":h", help_only, NULL)) != -1) {
+		if (c != 'h' && c != OPT_HELP)
+			return bad_flag(usage, argv, c);
+		fputs(usage, stdout);
+		return EXIT_OK;
 	}
+	if (optind < argc)
+		return usage_error(usage, "knit %s: unexpected argument \"%s\"", argv[0], argv[optind]);
 	if (api(cli, "POST", path, NULL, 60, &resp, &status))
 		return EXIT_FAIL;
 	ret = api_error(resp);
@@ -542,22 +683,37 @@ static int get_status(const struct cli *cli, struct json **out)
 
 static int cmd_status(const struct cli *cli, int argc, char **argv)
 {
+	enum { JSON = OPT_HELP + 1 };
+	static const struct option longopts[] = {
+		{ "json", optional_argument, NULL, JSON },
+		{ "help", no_argument, NULL, OPT_HELP },
+		{ NULL, 0, NULL, 0 },
+	};
 	struct json *st;
 	struct buf b = BUF_INIT(MAX_RESPONSE);
 	bool as_json = false;
 	const char *state, *health;
-	int ret = EXIT_OK;
+	int c, ret = EXIT_OK;
 
-	for (int i = 1; i < argc; i++) {
-		if (is_help(argv[i])) {
+	opts_begin();
+	while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+		case OPT_HELP:
 			fputs(usage_status, stdout);
 			return EXIT_OK;
+		case JSON:
+			/* --json, --json=true or --json=false, as Go's flags read. */
+			if (optarg && strcmp(optarg, "true") && strcmp(optarg, "false"))
+				return usage_error(usage_status, "knit status: --json=%s: want true or false", optarg);
+			as_json = !optarg || strcmp(optarg, "true") == 0;
+			break;
+		default:
+			return bad_flag(usage_status, argv, c);
 		}
-		if (strcmp(argv[i], "--json") == 0 || strcmp(argv[i], "--json=true") == 0)
-			as_json = true;
-		else
-			return usage_error(usage_status, "knit status: unknown flag or argument \"%s\"", argv[i]);
 	}
+	if (optind < argc)
+		return usage_error(usage_status, "knit status: unexpected argument \"%s\"", argv[optind]);
 	if (get_status(cli, &st))
 		return EXIT_FAIL;
 	if (as_json) {
@@ -631,24 +787,29 @@ static int cmd_ip(const struct cli *cli, int argc, char **argv)
 	const char *who = NULL;
 	const struct json *node, *addrs;
 	struct json *st;
-	int want = 0, printed = 0;
+	int c, want = 0, printed = 0;
 
-	for (int i = 1; i < argc; i++) {
-		if (is_help(argv[i])) {
+	opts_begin();
+	while ((c = getopt_long(argc, argv, ":46h", help_only, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+		case OPT_HELP:
 			fputs(usage_ip, stdout);
 			return EXIT_OK;
+		case '4':
+		case '6':
+			if (want && want != c - '0')
+				return usage_error(usage_ip, "knit ip: -4 or -6, not both");
+			want = c - '0';
+			break;
+		default:
+			return bad_flag(usage_ip, argv, c);
 		}
-		if (strcmp(argv[i], "-4") == 0)
-			want = 4;
-		else if (strcmp(argv[i], "-6") == 0)
-			want = 6;
-		else if (argv[i][0] == '-')
-			return usage_error(usage_ip, "knit ip: unknown flag \"%s\"", argv[i]);
-		else if (who)
-			return usage_error(usage_ip, "knit ip: one PEER at most");
-		else
-			who = argv[i];
 	}
+	if (argc - optind > 1)
+		return usage_error(usage_ip, "knit ip: one PEER at most");
+	if (optind < argc)
+		who = argv[optind];
 	if (get_status(cli, &st))
 		return EXIT_FAIL;
 	node = who ? find_node(st, who) : json_get(st, "self");
@@ -686,17 +847,22 @@ static int cmd_whois(const struct cli *cli, int argc, char **argv)
 	char path[128];
 	long status;
 	uint8_t a[16];
-	int ret;
+	const char *ip;
+	int c, ret;
 
-	if (argc > 1 && is_help(argv[1])) {
+	opts_begin();
+	while ((c = getopt_long(argc, argv, ":h", help_only, NULL)) != -1) {
+		if (c != 'h' && c != OPT_HELP)
+			return bad_flag(usage_whois, argv, c);
 		fputs(usage_whois, stdout);
 		return EXIT_OK;
 	}
-	if (argc != 2)
+	if (argc - optind != 1)
 		return usage_error(usage_whois, "knit whois: want exactly one IP");
-	if (inet_pton(AF_INET, argv[1], a) != 1 && inet_pton(AF_INET6, argv[1], a) != 1)
-		return usage_error(usage_whois, "knit whois: \"%s\" is not an IP address", argv[1]);
-	snprintf(path, sizeof(path), "/localapi/v1/whois?ip=%s", argv[1]);
+	ip = argv[optind];
+	if (inet_pton(AF_INET, ip, a) != 1 && inet_pton(AF_INET6, ip, a) != 1)
+		return usage_error(usage_whois, "knit whois: \"%s\" is not an IP address", ip);
+	snprintf(path, sizeof(path), "/localapi/v1/whois?ip=%s", ip);
 	if (api(cli, "GET", path, NULL, 10, &resp, &status))
 		return EXIT_FAIL;
 	if ((ret = api_error(resp))) {
@@ -725,32 +891,41 @@ static int cmd_whois(const struct cli *cli, int argc, char **argv)
 
 static int cmd_ping(const struct cli *cli, int argc, char **argv)
 {
-	const char *peer = NULL, *v;
+	enum { TIMEOUT = OPT_HELP + 1 };
+	static const struct option longopts[] = {
+		{ "timeout", required_argument, NULL, TIMEOUT },
+		{ "help", no_argument, NULL, OPT_HELP },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *peer;
 	long count = 10, timeout = 5;
-	bool missing, direct = false;
-	int answered = 0;
+	bool direct = false;
+	int c, answered = 0;
 
-	for (int i = 1; i < argc; i++) {
-		if (is_help(argv[i])) {
+	opts_begin();
+	while ((c = getopt_long(argc, argv, ":c:h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+		case OPT_HELP:
 			fputs(usage_ping, stdout);
 			return EXIT_OK;
-		}
-		if (flag_value(argc, argv, &i, "-c", &v, &missing)) {
-			if (missing || (count = strtol(v, NULL, 10)) <= 0)
-				return usage_error(usage_ping, "knit ping: -c wants a positive count");
-		} else if (flag_value(argc, argv, &i, "--timeout", &v, &missing)) {
-			if (missing || (timeout = strtol(v, NULL, 10)) <= 0)
-				return usage_error(usage_ping, "knit ping: --timeout wants seconds");
-		} else if (argv[i][0] == '-') {
-			return usage_error(usage_ping, "knit ping: unknown flag \"%s\"", argv[i]);
-		} else if (peer) {
-			return usage_error(usage_ping, "knit ping: one PEER only");
-		} else {
-			peer = argv[i];
+		case 'c':
+			if (!parse_positive(optarg, &count))
+				return usage_error(usage_ping, "knit ping: -c wants a positive count, not \"%s\"", optarg);
+			break;
+		case TIMEOUT:
+			if (!parse_positive(optarg, &timeout))
+				return usage_error(usage_ping, "knit ping: --timeout wants seconds, not \"%s\"", optarg);
+			break;
+		default:
+			return bad_flag(usage_ping, argv, c);
 		}
 	}
-	if (!peer)
+	if (optind >= argc)
 		return usage_error(usage_ping, "knit ping: which peer? (a name or a tailnet IP)");
+	if (argc - optind > 1)
+		return usage_error(usage_ping, "knit ping: one PEER only");
+	peer = argv[optind];
 	for (long n = 0; n < count && !direct; n++) {
 		struct json *req = json_new_object(), *resp = NULL;
 		const char *code, *ep;
@@ -805,13 +980,17 @@ static int cmd_version(const struct cli *cli, int argc, char **argv)
 {
 	struct json *st = NULL;
 	long status;
+	int c;
 
-	if (argc > 1 && is_help(argv[1])) {
+	opts_begin();
+	while ((c = getopt_long(argc, argv, ":h", help_only, NULL)) != -1) {
+		if (c != 'h' && c != OPT_HELP)
+			return bad_flag(usage_version, argv, c);
 		fputs(usage_version, stdout);
 		return EXIT_OK;
 	}
-	if (argc > 1)
-		return usage_error(usage_version, "knit version: unexpected argument \"%s\"", argv[1]);
+	if (optind < argc)
+		return usage_error(usage_version, "knit version: unexpected argument \"%s\"", argv[optind]);
 	printf("knit %s\n", KNIT_VERSION);
 	/* knitd's, quietly: a stopped daemon is not an error here. */
 	quiet = true;
@@ -835,44 +1014,60 @@ static const struct {
 
 int main(int argc, char **argv)
 {
+	enum { SOCKET = OPT_HELP + 1, VERSION };
+	/* "+": the global flags end at the command's name. */
+	static const struct option longopts[] = {
+		{ "socket", required_argument, NULL, SOCKET },
+		{ "version", no_argument, NULL, VERSION },
+		{ "help", no_argument, NULL, OPT_HELP },
+		{ NULL, 0, NULL, 0 },
+	};
 	struct cli cli = { .socket = SOCKET_DEFAULT, .prog = argv[0] };
-	const char *v;
-	bool missing;
-	int i, ret;
+	const char *cmd;
+	int c, ret;
 
-	for (i = 1; i < argc && argv[i][0] == '-'; i++) {
-		if (is_help(argv[i])) {
+	opts_begin();
+	while ((c = getopt_long(argc, argv, "+:h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+		case OPT_HELP:
 			fputs(usage_main, stdout);
 			return EXIT_OK;
-		}
-		if (strcmp(argv[i], "--version") == 0) {
+		case VERSION:
 			printf("knit %s\n", KNIT_VERSION);
 			return EXIT_OK;
+		case SOCKET:
+			if (!*optarg)
+				return usage_error(usage_main, "knit: --socket needs a path");
+			cli.socket = optarg;
+			break;
+		case ':':
+			return usage_error(usage_main, "knit: %s needs a value", argv[optind - 1]);
+		default:
+			if (optopt >= OPT_FIRST)
+				return usage_error(usage_main, "knit: %s takes no value", argv[optind - 1]);
+			if (optopt)
+				return usage_error(usage_main, "knit: unknown flag \"-%c\"", optopt);
+			return usage_error(usage_main, "knit: unknown or ambiguous flag \"%s\"", argv[optind - 1]);
 		}
-		if (flag_value(argc, argv, &i, "--socket", &v, &missing)) {
-			if (missing || !*v)
-				return usage_error(usage_main, "--socket needs a path");
-			cli.socket = v;
-			continue;
-		}
-		return usage_error(usage_main, "unknown flag \"%s\"", argv[i]);
 	}
-	if (i >= argc)
-		return usage_error(usage_main, "which command?");
-	if (strcmp(argv[i], "help") == 0) {
+	if (optind >= argc)
+		return usage_error(usage_main, "knit: which command?");
+	cmd = argv[optind];
+	if (strcmp(cmd, "help") == 0) {
 		fputs(usage_main, stdout);
 		return EXIT_OK;
 	}
 	for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]); k++) {
-		if (strcmp(argv[i], commands[k].name) == 0) {
+		if (strcmp(cmd, commands[k].name) == 0) {
 			if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
 				errorf("cannot initialise libcurl");
 				return EXIT_FAIL;
 			}
-			ret = commands[k].fn(&cli, argc - i, argv + i);
+			ret = commands[k].fn(&cli, argc - optind, argv + optind);
 			curl_global_cleanup();
 			return ret;
 		}
 	}
-	return usage_error(usage_main, "unknown command \"%s\"", argv[i]);
+	return usage_error(usage_main, "knit: unknown command \"%s\"", cmd);
 }
