@@ -10,7 +10,7 @@
 
 #include "buf.h"
 #include "json.h"
-#include "yaml.h"
+#include "yamldoc.h"
 
 #define SA_ROOT "/var/run/secrets/kubernetes.io/serviceaccount"
 #define MAX_FILE (4u << 20)
@@ -136,7 +136,7 @@ bool kube_config_parse(struct kube_config *cfg, const char *yaml, size_t len, co
 		       const char *base_dir, char *err, size_t errlen)
 {
 	struct json_error jerr;
-	struct json *doc = yaml_parse(yaml, len, &jerr), *ctx, *cluster, *user;
+	struct json *doc = yamldoc_parse(yaml, len, &jerr), *ctx, *cluster, *user;
 	const char *cluster_name, *user_name, *server, *ns, *token, *token_file;
 	bool ok = false;
 

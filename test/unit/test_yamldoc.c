@@ -10,12 +10,12 @@
 
 #include "buf.h"
 #include "json.h"
-#include "yaml.h"
+#include "yamldoc.h"
 
 static struct json *yaml_ok(const char *s)
 {
 	struct json_error err = { 0 };
-	struct json *j = yaml_parse(s, strlen(s), &err);
+	struct json *j = yamldoc_parse(s, strlen(s), &err);
 
 	if (!j)
 		fail_msg("yaml parse of <<%s>> failed: %zu:%zu %s", s, err.line, err.column, err.msg);
@@ -199,7 +199,7 @@ static void test_kubeconfig(void **state)
 
 		assert_non_null(copy);
 		memcpy(copy, kubeconfig, n);
-		p = yaml_parse(copy, n, &err);
+		p = yamldoc_parse(copy, n, &err);
 		if (!p)
 			assert_true(err.line >= 1 && err.column >= 1 && err.msg[0]);
 		json_free(p);
@@ -228,7 +228,7 @@ static void test_multi_document(void **state)
 		"...\n"
 		"--- [1, 2]\n";
 	struct json_error err = { 0 };
-	struct json *all = yaml_parse_all(manifests, strlen(manifests), &err);
+	struct json *all = yamldoc_parse_all(manifests, strlen(manifests), &err);
 
 	assert_non_null(all);
 	assert_int_equal(json_array_len(all), 3);
@@ -237,20 +237,20 @@ static void test_multi_document(void **state)
 	assert_int_equal(json_array_len(json_array_at(all, 2)), 2);
 	json_free(all);
 
-	/* yaml_parse wants exactly one. */
-	assert_null(yaml_parse(manifests, strlen(manifests), &err));
+	/* yamldoc_parse wants exactly one. */
+	assert_null(yamldoc_parse(manifests, strlen(manifests), &err));
 	assert_non_null(strstr(err.msg, "single YAML document"));
 	assert_int_equal(err.line, 6);
 	assert_int_equal(err.column, 1);
 
 	/* Empty streams. */
-	assert_null(yaml_parse("", 0, &err));
+	assert_null(yamldoc_parse("", 0, &err));
 	assert_non_null(strstr(err.msg, "no YAML document"));
-	assert_null(yaml_parse("# nothing\n", 10, &err));
-	all = yaml_parse_all("# nothing\n", 10, &err);
+	assert_null(yamldoc_parse("# nothing\n", 10, &err));
+	all = yamldoc_parse_all("# nothing\n", 10, &err);
 	assert_int_equal(json_array_len(all), 0);
 	json_free(all);
-	all = yaml_parse("---\n", 4, &err);
+	all = yamldoc_parse("---\n", 4, &err);
 	assert_true(json_is_null(all));
 	json_free(all);
 }
@@ -325,7 +325,7 @@ static void test_errors(void **state)
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct json_error err = { 0 };
-		struct json *j = yaml_parse(cases[i].in, strlen(cases[i].in), &err);
+		struct json *j = yamldoc_parse(cases[i].in, strlen(cases[i].in), &err);
 
 		if (!cases[i].line) {
 			/* Only: no crash, no leak. */
@@ -356,12 +356,12 @@ static void test_alias_bomb(void **state)
 	struct json_error err = { 0 };
 	struct json *j;
 
-	assert_null(yaml_parse(bomb, strlen(bomb), &err));
+	assert_null(yamldoc_parse(bomb, strlen(bomb), &err));
 	assert_non_null(strstr(err.msg, "aliases expand to more than"));
 	assert_int_equal(err.line, 6);
 
 	/* The first four levels are fine: 9 + 90 + 900 + 9000 copies. */
-	j = yaml_parse(bomb, strstr(bomb, "e:") - bomb, &err);
+	j = yamldoc_parse(bomb, strstr(bomb, "e:") - bomb, &err);
 	assert_non_null(j);
 	assert_int_equal(json_array_len(json_get(j, "d")), 9);
 	json_free(j);
@@ -374,7 +374,7 @@ static void test_alias_bomb(void **state)
 	for (int i = 0; i < 60; i++)
 		buf_add_byte(&b, ']');
 	assert_int_equal(buf_add_str(&b, "\nb: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[*a]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n"), 0);
-	assert_null(yaml_parse(buf_str(&b), b.len, &err));
+	assert_null(yamldoc_parse(buf_str(&b), b.len, &err));
 	assert_non_null(strstr(err.msg, "nesting deeper than"));
 	assert_int_equal(err.line, 2);
 	buf_free(&b);
@@ -390,13 +390,13 @@ static void test_depth(void **state)
 		buf_add_byte(&b, '[');
 	for (int i = 0; i < JSON_MAX_DEPTH; i++)
 		buf_add_byte(&b, ']');
-	j = yaml_parse(buf_str(&b), b.len, &err);
+	j = yamldoc_parse(buf_str(&b), b.len, &err);
 	assert_non_null(j);
 	json_free(j);
 	buf_reset(&b);
 	for (int i = 0; i < 10000; i++)
 		buf_add_byte(&b, '[');
-	assert_null(yaml_parse(buf_str(&b), b.len, &err));
+	assert_null(yamldoc_parse(buf_str(&b), b.len, &err));
 	assert_non_null(strstr(err.msg, "nesting deeper than 100"));
 	assert_int_equal(err.column, JSON_MAX_DEPTH + 1);
 	buf_free(&b);
@@ -421,8 +421,8 @@ static void roundtrip(const char *json_text)
 	struct buf b = BUF_INIT(1 << 20);
 	struct json_error err = { 0 };
 
-	assert_int_equal(yaml_dump(j, &b), 0);
-	back = yaml_parse(buf_str(&b), b.len, &err);
+	assert_int_equal(yamldoc_dump(j, &b), 0);
+	back = yamldoc_parse(buf_str(&b), b.len, &err);
 	if (!back)
 		fail_msg("re-reading %s as YAML failed: %s\n%s", json_text, err.msg, buf_str(&b));
 	if (!json_equal(j, back)) {
@@ -465,7 +465,7 @@ static void test_roundtrip(void **state)
 	json_array_append(a, json_new_double(__builtin_nan("")));
 	json_array_append(a, json_new_double(__builtin_inf()));
 	json_array_append(a, json_new_double(-__builtin_inf()));
-	assert_int_equal(yaml_dump(a, &b), 0);
+	assert_int_equal(yamldoc_dump(a, &b), 0);
 	assert_string_equal(buf_str(&b), "- .nan\n- .inf\n- -.inf\n");
 	back = yaml_ok(buf_str(&b));
 	assert_true(json_equal(a, back));
@@ -476,7 +476,7 @@ static void test_roundtrip(void **state)
 	/* And the kubeconfig: YAML -> tree -> YAML -> tree. */
 	struct json *k = yaml_ok(kubeconfig);
 	b = (struct buf)BUF_INIT(1 << 16);
-	assert_int_equal(yaml_dump(k, &b), 0);
+	assert_int_equal(yamldoc_dump(k, &b), 0);
 	back = yaml_ok(buf_str(&b));
 	assert_true(json_equal(k, back));
 	json_free(back);
@@ -492,7 +492,7 @@ static void test_dump_format(void **state)
 				 "\"list\":[1,{\"x\":null}]}");
 	struct buf b = BUF_INIT(4096), tiny = BUF_INIT(8);
 
-	assert_int_equal(yaml_dump(j, &b), 0);
+	assert_int_equal(yamldoc_dump(j, &b), 0);
 	assert_string_equal(buf_str(&b), "apiVersion: v1\n"
 					 "kind: ConfigMap\n"
 					 "metadata:\n"
@@ -507,15 +507,15 @@ static void test_dump_format(void **state)
 					 "list:\n"
 					 "- 1\n"
 					 "- x: null\n");
-	assert_int_equal(yaml_dump(j, &tiny), -ENOSPC);
+	assert_int_equal(yamldoc_dump(j, &tiny), -ENOSPC);
 	json_free(j);
 	buf_free(&b);
 
 	/* What YAML cannot hold. */
 	j = json_new_stringn("\xff", 1);
-	assert_int_equal(yaml_dump(j, &b), -EINVAL);
+	assert_int_equal(yamldoc_dump(j, &b), -EINVAL);
 	json_free(j);
-	assert_int_equal(yaml_dump(NULL, &b), -EINVAL);
+	assert_int_equal(yamldoc_dump(NULL, &b), -EINVAL);
 	buf_free(&b);
 }
 

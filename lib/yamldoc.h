@@ -10,21 +10,17 @@
  * are strings, and "<<" is an ordinary key (no merge keys).
  *
  * Aliases are expanded by copying, and all copies together may not exceed
- * YAML_MAX_ALIAS_NODES nodes (the "billion laughs"). Mapping keys must be
+ * YAMLDOC_MAX_ALIAS_NODES nodes (the "billion laughs"). Mapping keys must be
  * scalars and are kept as their text; a key given twice is an error, as in
- * json.h. Nesting is bounded by JSON_MAX_DEPTH, input by YAML_MAX_BYTES.
+ * json.h. Nesting is bounded by JSON_MAX_DEPTH, input by YAMLDOC_MAX_BYTES.
  *
  * Errors carry libyaml's line and column (1-based, counted in characters)
  * and its problem text; offset is libyaml's character index.
+ *
+ * Named yamldoc, not yaml: <yaml.h> and the yaml_ prefix are libyaml's.
  */
-/* lib/ is on the include path, so <yaml.h> finds this file first. yaml.c
- * alone asks for libyaml's header, which comes next on the path. */
-#ifdef KNIT_YAML_WANT_LIBYAML
-#include_next <yaml.h>
-#endif
-
-#ifndef KNIT_YAML_H
-#define KNIT_YAML_H
+#ifndef KNIT_YAMLDOC_H
+#define KNIT_YAMLDOC_H
 
 #include <stddef.h>
 
@@ -32,20 +28,20 @@
 
 struct buf;
 
-#define YAML_MAX_BYTES JSON_MAX_BYTES
-#define YAML_MAX_ALIAS_NODES 100000
+#define YAMLDOC_MAX_BYTES JSON_MAX_BYTES
+#define YAMLDOC_MAX_ALIAS_NODES 100000
 
 /* Exactly one document (an empty input is an error, an empty document is
  * null). Caller frees the result with json_free(). */
-struct json *yaml_parse(const char *data, size_t len, struct json_error *err);
+struct json *yamldoc_parse(const char *data, size_t len, struct json_error *err);
 /* Every non-empty document of a multi-document stream ("---"), as a JSON
  * array; documents that are empty (or just null) are skipped. */
-struct json *yaml_parse_all(const char *data, size_t len, struct json_error *err);
+struct json *yamldoc_parse_all(const char *data, size_t len, struct json_error *err);
 
 /* Appends j as one block-style YAML document. Strings that would read back
  * as another type (under YAML 1.2 or 1.1 rules) are quoted, so parsing the
  * output gives a tree json_equal() to j. Returns 0, -ENOSPC/-ENOMEM from
  * out, or -EINVAL (invalid UTF-8, nesting deeper than JSON_MAX_DEPTH). */
-int yaml_dump(const struct json *j, struct buf *out);
+int yamldoc_dump(const struct json *j, struct buf *out);
 
 #endif

@@ -1,6 +1,5 @@
-/* Our header shares its name with libyaml's: this pulls in both, see
- * yaml.h. */
-#define KNIT_YAML_WANT_LIBYAML
+#include "yamldoc.h"
+
 #include <yaml.h>
 
 #include <errno.h>
@@ -498,9 +497,9 @@ static bool on_alias(struct loader *l, const yaml_event_t *ev)
 		return set_key(l, key, len, &ev->start_mark);
 	}
 	measure(a->node, &nodes, &height);
-	if (nodes > YAML_MAX_ALIAS_NODES - l->alias_nodes)
+	if (nodes > YAMLDOC_MAX_ALIAS_NODES - l->alias_nodes)
 		return fail(l, &ev->start_mark, "aliases expand to more than %d nodes",
-			    YAML_MAX_ALIAS_NODES);
+			    YAMLDOC_MAX_ALIAS_NODES);
 	l->alias_nodes += nodes;
 	if (l->depth + height > JSON_MAX_DEPTH)
 		return fail(l, &ev->start_mark, "nesting deeper than %d levels", JSON_MAX_DEPTH);
@@ -556,9 +555,9 @@ static struct json *load(const char *data, size_t len, bool all, struct json_err
 
 	if (err)
 		memset(err, 0, sizeof(*err));
-	if (len > YAML_MAX_BYTES) {
-		json_error_set(err, data, YAML_MAX_BYTES, "input larger than %zu bytes",
-			       (size_t)YAML_MAX_BYTES);
+	if (len > YAMLDOC_MAX_BYTES) {
+		json_error_set(err, data, YAMLDOC_MAX_BYTES, "input larger than %zu bytes",
+			       (size_t)YAMLDOC_MAX_BYTES);
 		return NULL;
 	}
 	if (!yaml_parser_initialize(&l.parser)) {
@@ -643,12 +642,12 @@ out:
 	return all ? docs : single;
 }
 
-struct json *yaml_parse(const char *data, size_t len, struct json_error *err)
+struct json *yamldoc_parse(const char *data, size_t len, struct json_error *err)
 {
 	return load(data, len, false, err);
 }
 
-struct json *yaml_parse_all(const char *data, size_t len, struct json_error *err)
+struct json *yamldoc_parse_all(const char *data, size_t len, struct json_error *err)
 {
 	return load(data, len, true, err);
 }
@@ -783,7 +782,7 @@ static int write_out(void *data, unsigned char *p, size_t n)
 	return o->err ? 0 : 1;
 }
 
-int yaml_dump(const struct json *j, struct buf *out)
+int yamldoc_dump(const struct json *j, struct buf *out)
 {
 	struct emit_out o = { .out = out };
 	yaml_emitter_t e;

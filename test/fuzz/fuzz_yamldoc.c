@@ -5,7 +5,7 @@
 
 #include "buf.h"
 #include "json.h"
-#include "yaml.h"
+#include "yamldoc.h"
 
 static void roundtrip(const struct json *doc)
 {
@@ -13,8 +13,8 @@ static void roundtrip(const struct json *doc)
 	struct json_error err;
 	struct json *again;
 
-	if (yaml_dump(doc, &b) == 0) {
-		again = yaml_parse((const char *)b.data, b.len, &err);
+	if (yamldoc_dump(doc, &b) == 0) {
+		again = yamldoc_parse((const char *)b.data, b.len, &err);
 		if (!again || !json_equal(doc, again))
 			abort();
 		json_free(again);
@@ -34,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct json_error err;
 	struct json *docs, *one;
 
-	docs = yaml_parse_all((const char *)data, size, &err);
+	docs = yamldoc_parse_all((const char *)data, size, &err);
 	if (!docs) {
 		if (err.line < 1 || err.column < 1)
 			abort();
@@ -42,7 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	for (size_t i = 0; i < json_array_len(docs); i++)
 		roundtrip(json_array_at(docs, i));
-	one = yaml_parse((const char *)data, size, &err);
+	one = yamldoc_parse((const char *)data, size, &err);
 	if (one && json_array_len(docs) == 1 && !json_equal(one, json_array_at(docs, 0)))
 		abort();
 	json_free(one);
