@@ -6,11 +6,18 @@
  * and port); they are hashed with SipHash under a random key, so an
  * attacker cannot aim collisions at someone else's bucket.
  *
- * The table is direct-mapped and fixed in size: no allocation per source
- * and no garbage collection. A bucket idle for burst / per_second seconds
- * is as good as new, so a source that lands on a slot held by another
- * simply takes it over with a full bucket. Collisions can only make the
- * limiter more lenient, never lock a source out.
+ * The table is fixed in size and 4-way set-associative: no allocation per
+ * source and no garbage collection. A source not in the table takes the
+ * way of its set that holds the most tokens (an empty way holds a full
+ * bucket) and inherits that bucket as it is: a bucket idle for
+ * burst / per_second seconds is as good as new, so newcomers get their
+ * burst while the table is not crowded, but eviction never creates tokens.
+ * A source evicted by a flood of others comes back to a drained bucket,
+ * and however many sources rotate through it, the table grants at most
+ * slots * burst at once and slots * per_second a second. Under a flood
+ * from more sources than slots, a newcomer therefore shares what is left
+ * (as WireGuard's Linux limiter refuses new sources when its table is
+ * full).
  *
  * Not thread-safe: the owner serialises calls. Times are monotonic
  * milliseconds. */
@@ -28,7 +35,8 @@
 
 struct ratelimiter;
 
-/* slots is rounded up to a power of two; per_second and burst must be > 0.
+/* slots is rounded up to a power of two (4 at least); per_second and burst
+ * must be > 0.
  * NULL on allocation failure or bad arguments. */
 struct ratelimiter *ratelimiter_new(size_t slots, uint32_t per_second, uint32_t burst);
 void ratelimiter_free(struct ratelimiter *rl);

@@ -1,5 +1,5 @@
 /* Per-source token buckets: bursts, refill rate, independence of
- * sources, and what a full table does. */
+ * sources, and what a full table does (eviction never grants a burst). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -80,24 +80,78 @@ static void test_sources_are_independent(void **state)
 	ratelimiter_free(rl);
 }
 
-/* Many sources through a small table: collisions hand a slot over with a
- * full bucket, so nobody is ever refused their first packets, and a
- * source that keeps its slot is still limited. */
+/* Many sources through a small table: the table as a whole grants at
+ * most its slots' bursts, and then its slots' refills, however many
+ * sources come; a source that keeps its slot is still limited. */
 static void test_small_table(void **state)
 {
 	struct ratelimiter *rl = ratelimiter_new(5, 20, 1); /* rounded up to 8 */
 	uint32_t src;
-	int first = 0;
+	int first = 0, later = 0;
 
 	(void)state;
 	assert_non_null(rl);
+	/* One packet each from 1000 sources at once: every slot's burst of
+	 * one goes to its first taker (both sets fill, with 1000 sources),
+	 * and nobody else gets anything. */
 	for (src = 0; src < 1000; src++)
 		first += ratelimiter_allow(rl, &src, sizeof(src), 0);
-	assert_int_equal(first, 1000);
-	/* Right after its own packet a source in its slot gets nothing more. */
+	assert_int_equal(first, 8);
+	/* 50 ms later each slot has refilled one packet (20 a second). */
+	for (src = 0; src < 1000; src++)
+		later += ratelimiter_allow(rl, &src, sizeof(src), 50);
+	assert_int_equal(later, 8);
+	/* A quiet table is as good as new: a newcomer gets its burst. */
 	src = 12345;
-	assert_true(ratelimiter_allow(rl, &src, sizeof(src), 0));
-	assert_false(ratelimiter_allow(rl, &src, sizeof(src), 0));
+	assert_true(ratelimiter_allow(rl, &src, sizeof(src), 1000));
+	assert_false(ratelimiter_allow(rl, &src, sizeof(src), 1000));
+	ratelimiter_free(rl);
+}
+
+/* Issue 15.10: a source pushed out of the table by others must not get a
+ * full burst back on its next packet. Eight sources share one set of four
+ * slots; each sends its whole burst, round after round, at one instant. A
+ * direct-mapped table handed every returning source a new bucket (eight
+ * sources in four slots: at least four evictions per round, 20 packets
+ * each round); the limiter must grant the four buckets' 20 packets once. */
+static void test_evicted_source_gets_no_new_burst(void **state)
+{
+	struct ratelimiter *rl = ratelimiter_new(4, 20, 5);
+	int total = 0, after = 0;
+	uint32_t src;
+
+	(void)state;
+	assert_non_null(rl);
+	for (int round = 0; round < 10; round++)
+		for (src = 0; src < 8; src++)
+			total += count_allowed(rl, &src, sizeof(src), 10, 1000);
+	assert_int_equal(total, 4 * 5);
+	/* Each of them, evicted or not, is refused at that instant. */
+	for (src = 0; src < 8; src++)
+		assert_false(ratelimiter_allow(rl, &src, sizeof(src), 1000));
+	/* And the whole set refills at the rate of its four buckets only:
+	 * 100 ms at 20 a second is two packets a bucket. */
+	for (src = 0; src < 8; src++)
+		after += count_allowed(rl, &src, sizeof(src), 10, 1100);
+	assert_int_equal(after, 4 * 2);
+	ratelimiter_free(rl);
+}
+
+/* Rates and bursts at their limits must not overflow the refill. */
+static void test_extreme_rates(void **state)
+{
+	struct ratelimiter *rl = ratelimiter_new(4, UINT32_MAX, UINT32_MAX);
+
+	(void)state;
+	assert_non_null(rl);
+	assert_true(ratelimiter_allow(rl, src_a, sizeof(src_a), 0));
+	/* A refill long enough to overflow gained * rate caps at the burst. */
+	assert_true(ratelimiter_allow(rl, src_a, sizeof(src_a), UINT64_MAX / 2));
+	ratelimiter_free(rl);
+	rl = ratelimiter_new(4, UINT32_MAX, 1);
+	assert_true(ratelimiter_allow(rl, src_a, sizeof(src_a), 0));
+	assert_false(ratelimiter_allow(rl, src_a, sizeof(src_a), 0));
+	assert_true(ratelimiter_allow(rl, src_a, sizeof(src_a), 1));
 	ratelimiter_free(rl);
 }
 
@@ -117,6 +171,8 @@ int main(void)
 		cmocka_unit_test(test_refill_caps_at_burst),
 		cmocka_unit_test(test_sources_are_independent),
 		cmocka_unit_test(test_small_table),
+		cmocka_unit_test(test_evicted_source_gets_no_new_burst),
+		cmocka_unit_test(test_extreme_rates),
 		cmocka_unit_test(test_bad_arguments),
 	};
 
