@@ -56,8 +56,9 @@ for a in node1 node2 node3; do
 	out=$(tailnet_knit "$a" up --authkey "$NODE_KEY" --login-server "$LOGIN_SERVER" --server-key "$CTRL" --hostname "$a" 2>&1)
 	e2e_check "$a joins" test $? -eq 0 || e2e_log "$out"
 done
-# The laptop trusts the server key on first use instead of pinning it.
-out=$(tailnet_knit laptop up --authkey "$LAPTOP_KEY" --login-server "$LOGIN_SERVER" --hostname laptop 2>&1)
+# The laptop trusts the server key on first use instead of pinning it, and
+# reads its auth key from standard input (kept out of /proc/PID/cmdline).
+out=$(printf '%s\n' "$LAPTOP_KEY" | tailnet_knit laptop up --authkey - --login-server "$LOGIN_SERVER" --hostname laptop 2>&1)
 e2e_check "laptop joins (trust on first use)" test $? -eq 0 || e2e_log "$out"
 e2e_check "knit up showed the control key it trusted" grep -q "${CTRL#ctrlkey:}" <<<"$out"
 
@@ -147,7 +148,8 @@ e2e_log "knit up said: $out"
 # ---- an ephemeral device vanishes after its agent stops ----
 tailnet_host_add ci 6
 tailnet_knitd_start ci
-e2e_check "an ephemeral agent joins" tailnet_knit ci up --authkey "$EPH_KEY" --login-server "$LOGIN_SERVER" --server-key "$CTRL" --hostname ci
+printf '%s\n' "$EPH_KEY" >"$E2E_DIR/ci.key"
+e2e_check "an ephemeral agent joins (auth key from a file)" tailnet_knit ci up --authkey-file "$E2E_DIR/ci.key" --login-server "$LOGIN_SERVER" --server-key "$CTRL" --hostname ci
 ci_dev() { $K get devices -o json | jq -r '.items[] | select(.spec.hostname == "ci") | .metadata.name'; }
 e2e_check "its Device is ephemeral" sh -c "$K get devices -o json | jq -e '.items[] | select(.spec.hostname == \"ci\") | .spec.ephemeral == true' >/dev/null"
 kill -TERM "$KNITD_PID_ci"
