@@ -137,7 +137,7 @@ static const char usage_logout[] =
 	"Usage: knit logout\n"
 	"\n"
 	"Deletes this device from the tailnet at the coordination server. Its node\n"
-	"key stops working at once; joining again needs \"knit up --authkey KEY\".\n";
+	"key stops working at once; joining again needs \"knit up --authkey-file PATH\".\n";
 
 static const char usage_version[] =
 	"Usage: knit version\n"
@@ -271,6 +271,10 @@ static char *authkey_read(const char *path)
 		errorf("%s holds more than an auth key (over %d bytes)", what, MAX_AUTHKEY);
 		goto out;
 	}
+	if (memchr(buf, '\0', n)) {
+		errorf("%s is not text: it holds a NUL byte", what);
+		goto out;
+	}
 	buf[n] = '\0';
 	while (n > 0 && strchr(" \t\r\n", buf[n - 1]))
 		buf[--n] = '\0';
@@ -402,10 +406,10 @@ static int api_error(const struct json *j)
 		return 0;
 	errorf("%s", msg ? msg : "(no message)");
 	if (strcmp(code, "NeedsLogin") == 0 || strcmp(code, "NotRegistered") == 0)
-		fprintf(stderr, "      this device is logged out: run knit up --authkey KEY\n");
+		fprintf(stderr, "      this device is logged out: run knit up --authkey-file PATH\n");
 	else if (strcmp(code, "AuthKeyInvalid") == 0 || strcmp(code, "AuthKeyExpired") == 0 ||
 		 strcmp(code, "AuthKeyUsedUp") == 0)
-		fprintf(stderr, "      get a new auth key from the operator and run knit up --authkey KEY\n");
+		fprintf(stderr, "      get a new auth key from the operator and run knit up --authkey-file PATH\n");
 	else if (strcmp(code, "TagNotPermitted") == 0)
 		fprintf(stderr, "      the tailnet policy's tagOwners do not allow these tags for this key\n");
 	else if (strcmp(code, "ControlUnreachable") == 0)
@@ -598,7 +602,7 @@ static int cmd_logout(const struct cli *cli, int argc, char **argv)
 {
 	return simple_post(cli, argc, argv, usage_logout, "/localapi/v1/logout",
 			   "Logged out: this device is gone from the tailnet and its node key no longer works.\n"
-			   "Run knit up --authkey KEY to join again.");
+			   "Run knit up --authkey-file PATH to join again.");
 }
 
 static void human_bytes(uint64_t n, char *out, size_t len)
@@ -726,7 +730,7 @@ static int cmd_status(const struct cli *cli, int argc, char **argv)
 	state = json_str(json_get(st, "backendState")) ?: "";
 	health = json_str(json_get(st, "health"));
 	if (strcmp(state, "NeedsLogin") == 0) {
-		printf("Logged out.\nLog in with: knit up --authkey KEY [--login-server URL]\n");
+		printf("Logged out.\nLog in with: knit up --authkey-file PATH [--login-server URL]\n");
 		ret = EXIT_FAIL;
 	} else if (strcmp(state, "Stopped") == 0) {
 		printf("knit is down. Run knit up to connect.\n");

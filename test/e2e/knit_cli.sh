@@ -75,6 +75,8 @@ expect "a missing key file" 1 "^knit: cannot read the auth key from $E2E_DIR/nok
 expect "an empty key file" 1 "^knit: no auth key in /dev/null" "$KNIT" --socket "$NOSOCK" up --authkey-file /dev/null
 printf 'tskey-one\ntskey-two\n' >"$E2E_DIR/twokeys"
 expect "a file of two keys" 1 "holds more than one word" "$KNIT" --socket "$NOSOCK" up --authkey-file "$E2E_DIR/twokeys"
+printf 'tskey-one\0two' >"$E2E_DIR/nulkey"
+expect "a key file with a NUL byte" 1 "is not text" "$KNIT" --socket "$NOSOCK" up --authkey-file "$E2E_DIR/nulkey"
 expect "empty standard input" 1 "^knit: no auth key in standard input" "$KNIT" --socket "$NOSOCK" up --authkey -
 
 # A real knitd, logged out: without a key "up" is refused with NeedsLogin;
