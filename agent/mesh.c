@@ -1330,7 +1330,8 @@ int mesh_main(int argc, char **argv)
 	}
 	if ((r = localapi_new(m->loop, &lo, &m->api))) {
 		log_error("cannot serve the local API", "socket=%s err=%d%s", m->o.socket_path, r,
-			  r == -EADDRINUSE ? " (another knitd is running)" : "");
+			  r == -EADDRINUSE ? " (another knitd is running)" :
+			  r == -EEXIST	   ? " (not a socket: refusing to replace it)" : "");
 		goto out;
 	}
 	/* Logged in: come back (the server knows this machine key). */
