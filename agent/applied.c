@@ -38,8 +38,8 @@ struct applied {
 };
 
 /* In a plan's peers map: the peer is gone. */
-static char removed_mark;
-#define REMOVED ((void *)&removed_mark)
+static const char removed_mark;
+#define REMOVED ((void *)(uintptr_t)&removed_mark)
 
 static void hex_of(const uint8_t key[32], char out[65])
 {

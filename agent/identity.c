@@ -814,26 +814,27 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 	id->endpoint_timer = loop_timer_new(loop, on_endpoint_timer, id);
 	if (!id->applied || !id->save_timer || !id->endpoint_timer ||
 	    (cfg->state_path && !(id->state_path = strdup(cfg->state_path))))
-		goto fail;
+		goto out;
 	ec.arg = id;
 	if ((r = engine_new(&id->engine, hub, &ec))) {
 		log_error("cannot create the TUN device", "dev=%s err=%d", cfg->ifname ? cfg->ifname : "?", r);
-		goto fail;
+		goto out;
 	}
 	engine_set_private_key(id->engine, st->node_key);
 	/* An identity owns its device: up, so addresses and routes can go on it. */
 	if ((r = iface_link_up(engine_ifname(id->engine)))) {
 		log_error("cannot bring the TUN device up", "dev=%s err=%d", engine_ifname(id->engine), r);
-		goto fail;
+		goto out;
 	}
 	if (cfg->uapi_dir &&
 	    (r = uapi_server_open(&id->uapi, loop, cfg->uapi_dir, engine_ifname(id->engine), &engine_uapi_ops, id->engine)))
 		log_warn("cannot serve the WireGuard UAPI socket", "dir=%s err=%d", cfg->uapi_dir, r);
 	resume(id);
 	*out = id;
-	return 0;
-fail:
-	identity_free(id);
+	r = 0;
+out:
+	if (r)
+		identity_free(id);
 	return r;
 }
 

@@ -98,18 +98,18 @@ int join_start(struct join **out, struct loop *loop, struct identity *id, const 
 		return -ENOMEM;
 	j->id = id;
 	if ((err = read_key(j, cfg->authkey_file)))
-		goto fail;
+		goto out;
 	err = -ENOMEM;
 	j->retry = loop_timer_new(loop, on_retry, j);
 	if (!j->retry || identity_set_login(id, cfg->login_server, cfg->hostname))
-		goto fail;
+		goto out;
 	log_info("joining the tailnet", "server=%s", cfg->login_server);
 	if ((err = identity_register(id, j->key, join_done, j)))
-		goto fail;
+		goto out;
 	*out = j;
-	return 0;
-fail:
-	join_free(j);
+out:
+	if (err)
+		join_free(j);
 	return err;
 }
 
