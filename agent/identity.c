@@ -38,6 +38,7 @@ struct identity {
 	char *state_path; /* NULL: not saved */
 	struct control_client *ctl;
 	void (*on_down)(void *arg, struct identity *id);
+	bool (*is_identity_device)(void *arg, const char *ifname);
 	void *arg;
 
 	struct netmap nm;
@@ -233,8 +234,15 @@ int identity_apply_delta(struct identity *id, struct netmap_delta *d)
 
 /* ---- endpoints: where peers can reach us ---- */
 
-/* Every address of an up, non-loopback interface other than our TUN,
- * with our WireGuard port. */
+static bool is_identity_device(const struct identity *id, const char *ifname)
+{
+	if (id->is_identity_device)
+		return id->is_identity_device(id->arg, ifname);
+	return strcmp(ifname, engine_ifname(id->engine)) == 0;
+}
+
+/* Every address of an up, non-loopback interface other than the TUNs of
+ * this process's identities, with our WireGuard port. */
 static struct update_request collect_endpoints(struct identity *id, char *sig, size_t siglen)
 {
 	struct update_request u = { 0 };
@@ -248,7 +256,7 @@ static struct update_request collect_endpoints(struct identity *id, char *sig, s
 		struct endpoint ep = { 0 };
 		char text[80];
 		if (!i->ifa_addr || !(i->ifa_flags & IFF_UP) || (i->ifa_flags & IFF_LOOPBACK) ||
-		    strcmp(i->ifa_name, engine_ifname(id->engine)) == 0)
+		    is_identity_device(id, i->ifa_name))
 			continue;
 		if (i->ifa_addr->sa_family == AF_INET) {
 			ep.addr.in4 = *(struct sockaddr_in *)i->ifa_addr;
@@ -808,6 +816,7 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 	id->hub = hub;
 	id->st = st;
 	id->on_down = cfg->on_down;
+	id->is_identity_device = cfg->is_identity_device;
 	id->arg = cfg->arg;
 	id->applied = applied_new();
 	id->save_timer = loop_timer_new(loop, on_save, id);

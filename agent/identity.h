@@ -31,6 +31,9 @@ struct identity_config {
 	const char *uapi_dir; /* also serve wg(8)'s UAPI DIR/<ifname>.sock; NULL: not */
 	/* The TUN device went away (deleted, or failing). */
 	void (*on_down)(void *arg, struct identity *id);
+	/* Whether ifname is the device of any identity of this process: its
+	 * addresses are no endpoint of ours. NULL: only this identity's own. */
+	bool (*is_identity_device)(void *arg, const char *ifname);
 	void *arg;
 };
 

@@ -252,6 +252,16 @@ static void on_tun_down(void *arg, struct identity *id)
 	loop_stop(m->loop);
 }
 
+static bool is_identity_device(void *arg, const char *ifname)
+{
+	const struct mesh *m = arg;
+
+	for (const struct member *mb = m->identities; mb; mb = mb->next)
+		if (!strcmp(engine_ifname(identity_engine(mb->id)), ifname))
+			return true;
+	return false;
+}
+
 /* The node identity's state file (fresh keys on a new machine). */
 static int load_state(struct mesh *m, struct state **st)
 {
@@ -272,7 +282,7 @@ static int load_state(struct mesh *m, struct state **st)
 static int add_node_identity(struct mesh *m, struct state *st)
 {
 	struct identity_config ic = { .ifname = m->o.tun, .state_path = m->o.state_path, .uapi_dir = m->o.uapi_dir,
-				      .on_down = on_tun_down, .arg = m };
+				      .on_down = on_tun_down, .is_identity_device = is_identity_device, .arg = m };
 	struct member *mb = calloc(1, sizeof(*mb));
 	int r;
 
