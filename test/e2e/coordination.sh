@@ -110,6 +110,9 @@ e2e_check "the nodes key counts its three uses" e2e_wait_for 10 nodes_uses
 # ---- the operator dies during a transfer: data keeps flowing ----
 in_ns node1 iperf3 -s -D -B "${TIP[node1]}" --logfile "$E2E_DIR/iperf-s.log" || e2e_fail "iperf3 server"
 e2e_defer "pkill -f 'iperf3 -s -D -B ${TIP[node1]}'"
+# -D returns before the daemon listens: a client right after it can be refused.
+iperf_listening() { in_ns node1 ss -Hltn "sport = :5201" | grep -q .; }
+e2e_wait_for 10 iperf_listening || e2e_fail "iperf3 server not listening"
 in_ns node2 iperf3 -c "${TIP[node1]}" -t 8 -J >"$E2E_DIR/iperf.json" 2>&1 &
 IPERF=$!
 e2e_defer "kill $IPERF 2>/dev/null"
