@@ -6,10 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <unistd.h>
 
 #include <sodium.h>
 
@@ -20,6 +16,7 @@
 #include "json.h"
 #include "log.h"
 #include "loop.h"
+#include "net/unixsock.h"
 
 #define MAX_LIST 256 /* tags or routes in one up request */
 
@@ -27,6 +24,7 @@ struct localapi {
 	struct loop *loop;
 	struct httpd *http;
 	struct localapi_ops ops;
+	struct unixsock sock; /* its fd belongs to http once that exists */
 	char *path;
 	char *version;
 };
@@ -570,71 +568,12 @@ static void h_ping(struct httpd_req *req, void *arg)
 
 /* ---- lifecycle ------------------------------------------------------------------------ */
 
-/* The socket: a stale file from a dead knitd is replaced, a live one is not. */
-static int bind_socket(const char *path, int *out)
-{
-	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	char *dir = NULL, *slash;
-	int fd = -1, probe = -1, err;
-
-	if (strlen(path) >= sizeof(sun.sun_path))
-		return -ENAMETOOLONG;
-	memcpy(sun.sun_path, path, strlen(path) + 1);
-	dir = strdup(path);
-	if (!dir)
-		return -ENOMEM;
-	slash = strrchr(dir, '/');
-	if (slash && slash != dir) {
-		*slash = '\0';
-		if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
-			err = -errno;
-			goto out;
-		}
-	}
-	probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (probe < 0) {
-		err = -errno;
-		goto out;
-	}
-	if (connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
-		err = -EADDRINUSE;
-		goto out;
-	}
-	if (errno == ECONNREFUSED)
-		unlink(path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0) {
-		err = -errno;
-		goto out;
-	}
-	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
-		err = -errno;
-		goto out;
-	}
-	/* Nobody can connect before listen(): 0600 first. */
-	if (chmod(path, 0600) < 0 || listen(fd, 64) < 0) {
-		err = -errno;
-		unlink(path);
-		goto out;
-	}
-	*out = fd;
-	fd = -1;
-	err = 0;
-out:
-	if (fd >= 0)
-		close(fd);
-	if (probe >= 0)
-		close(probe);
-	free(dir);
-	return err;
-}
-
 int localapi_new(struct loop *loop, const struct localapi_opts *o, struct localapi **out)
 {
 	struct localapi *api;
 	struct httpd_opts ho = { .listen_fd = -1, .conn_limit = 64, .conn_timeout_s = 30 };
 	const struct localapi_ops *ops = o->ops;
-	int err, fd = -1;
+	int err;
 
 	if (!ops || !ops->status || !ops->whois || !ops->up || !ops->down || !ops->logout || !ops->ping)
 		return -EINVAL;
@@ -643,20 +582,19 @@ int localapi_new(struct loop *loop, const struct localapi_opts *o, struct locala
 		return -ENOMEM;
 	api->loop = loop;
 	api->ops = *ops;
+	api->sock.fd = -1;
 	api->path = strdup(o->socket_path ? o->socket_path : LOCALAPI_SOCKET_DEFAULT);
 	api->version = o->version ? strdup(o->version) : NULL;
 	if (!api->path || (o->version && !api->version)) {
 		err = -ENOMEM;
 		goto fail;
 	}
-	err = bind_socket(api->path, &fd);
+	err = unixsock_listen(&api->sock, api->path, 64);
 	if (err)
 		goto fail;
-	ho.listen_fd = fd;
+	ho.listen_fd = api->sock.fd;
 	err = httpd_new(loop, &ho, &api->http);
 	if (err) {
-		close(fd);
-		unlink(api->path);
 		if (err == -EAFNOSUPPORT)
 			log_error("lib/httpd does not serve unix sockets", "path=%s", api->path);
 		goto fail;
@@ -680,9 +618,10 @@ void localapi_free(struct localapi *api)
 	if (!api)
 		return;
 	if (api->http) {
-		httpd_free(api->http);
-		unlink(api->path);
+		httpd_free(api->http); /* closes the listening fd */
+		api->sock.fd = -1;
 	}
+	unixsock_close(&api->sock);
 	free(api->path);
 	free(api->version);
 	free(api);

@@ -101,10 +101,11 @@ struct localapi_opts {
 	const struct localapi_ops *ops; /* copied */
 };
 
-/* Binds the socket (mode 0600; its directory made 0755 if missing) and
- * serves. A stale socket file is replaced; one that answers is another
- * knitd: -EADDRINUSE. Other negative errnos from the system; -EAFNOSUPPORT
- * if lib/httpd will not serve a unix socket. */
+/* Binds the socket (net/unixsock.h: mode 0600; its directory made 0755 if
+ * missing) and serves. A stale socket nobody answers on is replaced; one
+ * that answers is another knitd: -EADDRINUSE; a path that is not a socket
+ * is left intact: -EEXIST. Other negative errnos from the system;
+ * -EAFNOSUPPORT if lib/httpd will not serve a unix socket. */
 int localapi_new(struct loop *loop, const struct localapi_opts *o, struct localapi **out);
 /* Stops serving and removes the socket file. Replies still outstanding
  * stay valid: completing them only frees them. NULL is a no-op. */

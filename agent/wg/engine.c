@@ -627,3 +627,13 @@ static int uapi_set(void *arg, const struct uapi_config *c)
 }
 
 const struct uapi_ops engine_uapi_ops = { .get = uapi_get, .set = uapi_set };
+
+int engine_peer_handshake(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_LEN])
+{
+	struct peer *p = engine_peer_lookup(e, pub);
+
+	if (!p)
+		return -ENOENT;
+	send_initiation(p, false);
+	return 0;
+}

@@ -145,4 +145,9 @@ void engine_check_down(struct engine *e);
 /* uapi_server ops for one engine (arg: the struct engine). */
 extern const struct uapi_ops engine_uapi_ops;
 
+/* Loop thread: starts a handshake with the peer now rather than when its
+ * timers would (a restarted node whose peers still hold sessions with its
+ * previous process). The usual rate limit applies. -ENOENT: no such peer. */
+int engine_peer_handshake(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_LEN]);
+
 #endif

@@ -7,12 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "buf.h"
 #include "log.h"
+#include "net/unixsock.h"
 
 /* A set for tens of thousands of peers fits; anything bigger is abuse. */
 #define REQUEST_MAX (16u << 20)
@@ -31,8 +30,7 @@ struct uapi_server {
 	struct loop *loop;
 	const struct uapi_ops *ops;
 	void *arg;
-	int fd;
-	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct unixsock sock;
 	struct conn *conns;
 	size_t nconns;
 };
@@ -227,40 +225,17 @@ static void on_accept(struct loop *loop, int fd, unsigned events, void *arg)
 	}
 }
 
-/* A socket file nobody accepts on is left over from a crash: remove it.
- * One that answers belongs to a live process: keep our hands off. */
-static int clear_stale(const struct sockaddr_un *sun)
-{
-	struct stat st;
-	int fd, ret = 0;
-
-	if (lstat(sun->sun_path, &st) < 0)
-		return errno == ENOENT ? 0 : -errno;
-	if (!S_ISSOCK(st.st_mode))
-		return -EEXIST;
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	if (connect(fd, (const struct sockaddr *)sun, sizeof(*sun)) == 0)
-		ret = -EADDRINUSE;
-	else if (errno == ECONNREFUSED && unlink(sun->sun_path) < 0 && errno != ENOENT)
-		ret = -errno;
-	close(fd);
-	return ret;
-}
-
 int uapi_server_open(struct uapi_server **out, struct loop *loop, const char *dir, const char *ifname,
 		     const struct uapi_ops *ops, void *arg)
 {
 	struct uapi_server *s = calloc(1, sizeof(*s));
-	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	bool bound = false;
+	char path[sizeof(s->sock.path)];
 	int n, ret;
 
 	*out = NULL;
 	if (!s)
 		return -ENOMEM;
-	s->fd = -1;
+	s->sock.fd = -1;
 	s->loop = loop;
 	s->ops = ops;
 	s->arg = arg;
@@ -270,45 +245,22 @@ int uapi_server_open(struct uapi_server **out, struct loop *loop, const char *di
 		ret = -EINVAL;
 		goto out;
 	}
-	n = snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/%s.sock", dir, ifname);
-	if (n < 0 || (size_t)n >= sizeof(sun.sun_path)) {
+	n = snprintf(path, sizeof(path), "%s/%s.sock", dir, ifname);
+	if (n < 0 || (size_t)n >= sizeof(path)) {
 		ret = -ENAMETOOLONG;
 		goto out;
 	}
-	memcpy(s->path, sun.sun_path, sizeof(s->path));
-	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
-		ret = -errno;
-		goto out;
-	}
-	ret = clear_stale(&sun);
+	ret = unixsock_listen(&s->sock, path, 16);
 	if (ret)
 		goto out;
-	s->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (s->fd < 0) {
-		ret = -errno;
-		goto out;
-	}
-	if (bind(s->fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
-		ret = -errno;
-		goto out;
-	}
-	bound = true;
-	/* Before listen() nobody can connect, so the mode is right in time. */
-	if (chmod(sun.sun_path, 0600) < 0 || listen(s->fd, 16) < 0) {
-		ret = -errno;
-		goto out;
-	}
-	ret = loop_fd_add(loop, s->fd, LOOP_READ, on_accept, s);
+	ret = loop_fd_add(loop, s->sock.fd, LOOP_READ, on_accept, s);
 	if (ret)
 		goto out;
-	log_info("uapi listening", "path=%s", s->path);
+	log_info("uapi listening", "path=%s", s->sock.path);
 	*out = s;
 out:
 	if (ret) {
-		if (bound)
-			unlink(s->path);
-		if (s->fd >= 0)
-			close(s->fd);
+		unixsock_close(&s->sock);
 		free(s);
 	}
 	return ret;
@@ -320,13 +272,12 @@ void uapi_server_close(struct uapi_server *s)
 		return;
 	while (s->conns)
 		conn_free(s->conns);
-	loop_fd_del(s->loop, s->fd);
-	close(s->fd);
-	unlink(s->path);
+	loop_fd_del(s->loop, s->sock.fd);
+	unixsock_close(&s->sock);
 	free(s);
 }
 
 const char *uapi_server_path(const struct uapi_server *s)
 {
-	return s->path;
+	return s->sock.path;
 }

@@ -3,8 +3,10 @@
  *
  * The directory is created 0755 and the socket 0600, as wg(8) and
  * wireguard-go expect; a stale socket nobody answers on is replaced, a live
- * one is left alone (-EADDRINUSE). Each connection may carry any number of
- * requests; requests are capped in size; a client may go away at any time. */
+ * one is left alone (-EADDRINUSE), anything else at the path is never
+ * touched (-EEXIST): the rules of net/unixsock.h. Each connection may
+ * carry any number of requests; requests are capped in size; a client may
+ * go away at any time. */
 #ifndef KNIT_WG_UAPI_SERVER_H
 #define KNIT_WG_UAPI_SERVER_H
 

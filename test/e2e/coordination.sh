@@ -43,6 +43,14 @@ for i in "${!AGENTS[@]}"; do
 		tailnet_knitd_start "${AGENTS[$i]}"
 	fi
 done
+# --socket pointed at a file that is not a socket: knitd refuses to start
+# and leaves the file alone (it used to unlink whatever was there).
+printf 'keep me\n' >"$E2E_DIR/not-a-socket"
+timeout 30 ip netns exec "$(ns_name node1)" "$KNITD" run --state-dir "$E2E_DIR/refused/state" \
+	--socket "$E2E_DIR/not-a-socket" --tun knitx --port 0 >"$E2E_DIR/refused.log" 2>&1
+rc=$?
+e2e_check "knitd run --socket at a regular file refuses to start" test "$rc" -eq 1
+e2e_expect "and leaves the file intact" "keep me" "$(cat "$E2E_DIR/not-a-socket")"
 http_code() { in_ns node1 curl -s -o /dev/null -w '%{http_code}' --max-time 3 "http://127.0.0.1:9102$1"; }
 # The value of one series of node1's /metrics ("name" or "name{labels}").
 metric() { in_ns node1 curl -sf --max-time 3 http://127.0.0.1:9102/metrics | awk -v s="$1" '$1 == s { print $2; f = 1 } END { exit !f }'; }
@@ -103,6 +111,9 @@ e2e_check "the nodes key counts its three uses" e2e_wait_for 10 nodes_uses
 # ---- the operator dies during a transfer: data keeps flowing ----
 in_ns node1 iperf3 -s -D -B "${TIP[node1]}" --logfile "$E2E_DIR/iperf-s.log" || e2e_fail "iperf3 server"
 e2e_defer "pkill -f 'iperf3 -s -D -B ${TIP[node1]}'"
+# -D returns before the daemon listens: a client right after it can be refused.
+iperf_listening() { in_ns node1 ss -Hltn "sport = :5201" | grep -q .; }
+e2e_wait_for 10 iperf_listening || e2e_fail "iperf3 server not listening"
 in_ns node2 iperf3 -c "${TIP[node1]}" -t 8 -J >"$E2E_DIR/iperf.json" 2>&1 &
 IPERF=$!
 e2e_defer "kill $IPERF 2>/dev/null"

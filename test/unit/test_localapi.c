@@ -329,6 +329,26 @@ static void test_socket(void **state)
 	}
 	o.ops = &fake_ops;
 	assert_int_equal(localapi_new(fx->loop, &o, &fx->api), 0);
+	/* --socket pointed at a file that is not a socket: refused, and the
+	 * file is left exactly as it was. */
+	localapi_free(fx->api);
+	fx->api = NULL;
+	{
+		char buf[32] = "";
+		FILE *f = fopen(fx->sock, "w");
+
+		assert_non_null(f);
+		fputs("not a socket\n", f);
+		fclose(f);
+		assert_int_equal(localapi_new(fx->loop, &o, &other), -EEXIST);
+		f = fopen(fx->sock, "r");
+		assert_non_null(f);
+		assert_non_null(fgets(buf, sizeof(buf), f));
+		fclose(f);
+		assert_string_equal(buf, "not a socket\n");
+		assert_int_equal(unlink(fx->sock), 0);
+	}
+	assert_int_equal(localapi_new(fx->loop, &o, &fx->api), 0);
 }
 
 static void test_status(void **state)

@@ -1,0 +1,882 @@
+#include "identity.h"
+
+#include <errno.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "applied.h"
+#include "control/channel.h"
+#include "control/messages.h"
+#include "json.h"
+#include "localapi.h"
+#include "log.h"
+#include "loop.h"
+#include "net/endpoint.h"
+#include "net/iface.h"
+#include "ping.h"
+#include "state.h"
+#include "wg/engine.h"
+#include "wg/hub.h"
+#include "wg/uapi_server.h"
+
+#define SAVE_DELAY_MS 2000 /* netmap deltas are saved at most this often */
+#define ENDPOINT_REFRESH_MS 30000
+
+struct identity {
+	struct loop *loop;
+	struct hub *hub;
+	struct engine *engine;
+	struct uapi_server *uapi;
+	struct state *st;
+	char *state_path; /* NULL: not saved */
+	struct control_client *ctl;
+	void (*on_down)(void *arg, struct identity *id);
+	bool (*is_identity_device)(void *arg, const char *ifname);
+	void *arg;
+
+	struct netmap nm;
+	bool has_nm;
+	/* A full netmap that arrives in pieces ("more":true) builds up here and
+	 * replaces nm only once complete: forwarding never sees half of it. */
+	struct netmap pending;
+	bool has_pending;
+	struct applied *applied; /* what of nm the engine and the TUN hold */
+	bool running; /* wants the map stream (up, not down) */
+	bool map_up;
+	char health[256];
+	bool control_key_new;
+
+	struct loop_timer *save_timer, *endpoint_timer;
+	char endpoints_sig[2048];
+	struct localapi_reply *pending_up;
+	identity_register_fn register_done; /* who else waits for a registration */
+	void *register_arg;
+	struct ping *pings;
+};
+
+/* ---- state ---- */
+
+static void save_now(struct identity *id)
+{
+	char err[256];
+
+	if (!id->state_path)
+		return;
+	if (id->has_nm && state_set_netmap(id->st, &id->nm))
+		log_warn("cannot keep the netmap in the state (out of memory)");
+	if (state_save(id->st, id->state_path, err, sizeof(err)))
+		log_error("cannot save the state file", "path=%s error=\"%s\"", id->state_path, err);
+}
+
+static void on_save(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	save_now(arg);
+}
+
+static void save_soon(struct identity *id)
+{
+	if (!loop_timer_armed(id->save_timer))
+		loop_timer_arm(id->save_timer, SAVE_DELAY_MS);
+}
+
+/* ---- applying a netmap: run a plan against the engine and the TUN ---- */
+
+static void run_op(struct identity *id, struct applied_op *op)
+{
+	const char *dev = engine_ifname(id->engine);
+	struct engine_peer_stats ps;
+	char hex[17];
+
+	switch (op->kind) {
+	case APPLIED_PEER_REMOVE:
+		op->err = engine_peer_remove(id->engine, op->peer.public_key);
+		if (op->err == -ENOENT)
+			op->err = 0;
+		break;
+	case APPLIED_PEER_SET:
+		/* The endpoint the server saw announced; once a handshake works the
+		 * engine roams on its own, so only a peer without one gets it. */
+		if ((op->peer.flags & UAPI_PEER_HAS_ENDPOINT) &&
+		    engine_peer_stats(id->engine, op->peer.public_key, &ps) == 0 && ps.has_endpoint && ps.has_session)
+			op->peer.flags &= ~(unsigned)UAPI_PEER_HAS_ENDPOINT;
+		if (!op->peer.flags)
+			break;
+		op->err = engine_peer_set(id->engine, &op->peer);
+		if (op->err) {
+			sodium_bin2hex(hex, sizeof(hex), op->peer.public_key, 8);
+			log_warn("cannot configure peer", "peer=%s err=%d", hex, op->err);
+		}
+		break;
+	case APPLIED_ADDR_ADD:
+	case APPLIED_ADDR_DEL:
+		op->err = op->kind == APPLIED_ADDR_ADD ? iface_addr_add(dev, op->cidr) : iface_addr_del(dev, op->cidr);
+		if (op->err && op->kind == APPLIED_ADDR_ADD)
+			log_warn("cannot add address", "dev=%s cidr=%s err=%d", dev, op->cidr, op->err);
+		break;
+	case APPLIED_ROUTE_ADD:
+	case APPLIED_ROUTE_DEL:
+		op->err = op->kind == APPLIED_ROUTE_ADD ? iface_route_add(dev, op->cidr) : iface_route_del(dev, op->cidr);
+		if (op->err && op->kind == APPLIED_ROUTE_ADD)
+			log_warn("cannot add route", "dev=%s cidr=%s err=%d", dev, op->cidr, op->err);
+		break;
+	}
+}
+
+/* Out of memory half way through a commit: start from nothing. */
+static void reset_applied(struct identity *id)
+{
+	struct applied_plan plan;
+
+	log_error("out of memory applying the netmap: clearing the engine and the device");
+	if (applied_plan_clear(id->applied, &plan) == 0) {
+		for (size_t i = 0; i < plan.nops; i++)
+			run_op(id, &plan.ops[i]);
+		applied_plan_free(&plan);
+	}
+	engine_peers_clear(id->engine);
+	applied_reset(id->applied);
+}
+
+static int run_plan(struct identity *id, struct applied_plan *plan)
+{
+	int err;
+
+	for (size_t i = 0; i < plan->nops; i++)
+		run_op(id, &plan->ops[i]);
+	err = applied_commit(id->applied, plan);
+	applied_plan_free(plan);
+	if (err)
+		reset_applied(id);
+	return err;
+}
+
+/* Peers the engine holds that the netmap does not (set through wg(8)'s
+ * UAPI, say): a full netmap says who the peers are. */
+static void remove_strangers(struct identity *id)
+{
+	struct uapi_device snapshot = { 0 };
+
+	if (engine_get(id->engine, &snapshot))
+		return;
+	for (size_t i = 0; i < snapshot.n_peers; i++)
+		if (!applied_has_peer(id->applied, snapshot.peers[i].public_key))
+			engine_peer_remove(id->engine, snapshot.peers[i].public_key);
+	uapi_device_release(&snapshot);
+}
+
+static int apply_full(struct identity *id)
+{
+	struct applied_plan plan;
+	int err = applied_plan_netmap(id->applied, &id->nm, &plan);
+
+	if (!err)
+		err = run_plan(id, &plan);
+	if (!err)
+		remove_strangers(id);
+	return err;
+}
+
+static void drop_pending(struct identity *id)
+{
+	if (id->has_pending)
+		netmap_free(&id->pending);
+	id->has_pending = false;
+}
+
+static void clear_netmap(struct identity *id)
+{
+	struct applied_plan plan;
+
+	if (applied_plan_clear(id->applied, &plan) == 0)
+		run_plan(id, &plan);
+	engine_peers_clear(id->engine);
+	if (id->has_nm)
+		netmap_free(&id->nm);
+	id->has_nm = false;
+	drop_pending(id);
+}
+
+int identity_apply_netmap(struct identity *id, struct netmap *nm)
+{
+	if (id->has_nm)
+		netmap_free(&id->nm);
+	id->nm = *nm;
+	id->has_nm = true;
+	memset(nm, 0, sizeof(*nm));
+	return apply_full(id);
+}
+
+int identity_apply_delta(struct identity *id, struct netmap_delta *d)
+{
+	struct applied_plan plan;
+	char err[256];
+	int r;
+
+	if (!id->has_nm)
+		return -ENOENT;
+	/* Planned against what is applied before the netmap takes d. */
+	if ((r = applied_plan_delta(id->applied, d, &plan)))
+		return r;
+	if ((r = netmap_apply_delta(&id->nm, d, err, sizeof(err)))) {
+		log_warn("netmap delta does not apply", "error=\"%s\"", err);
+		applied_plan_free(&plan);
+		return r;
+	}
+	return run_plan(id, &plan);
+}
+
+/* ---- endpoints: where peers can reach us ---- */
+
+static bool is_identity_device(const struct identity *id, const char *ifname)
+{
+	if (id->is_identity_device)
+		return id->is_identity_device(id->arg, ifname);
+	return strcmp(ifname, engine_ifname(id->engine)) == 0;
+}
+
+/* Every address of an up, non-loopback interface other than the TUNs of
+ * this process's identities, with our WireGuard port. */
+static struct update_request collect_endpoints(struct identity *id, char *sig, size_t siglen)
+{
+	struct update_request u = { 0 };
+	struct ifaddrs *ifs = NULL;
+	size_t n = 0, cap = 0, pos = 0;
+
+	sig[0] = '\0';
+	if (getifaddrs(&ifs) != 0)
+		return u;
+	for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
+		struct endpoint ep = { 0 };
+		char text[80];
+		if (!i->ifa_addr || !(i->ifa_flags & IFF_UP) || (i->ifa_flags & IFF_LOOPBACK) ||
+		    is_identity_device(id, i->ifa_name))
+			continue;
+		if (i->ifa_addr->sa_family == AF_INET) {
+			ep.addr.in4 = *(struct sockaddr_in *)i->ifa_addr;
+			ep.addr.in4.sin_port = htons(hub_port(id->hub));
+		} else if (i->ifa_addr->sa_family == AF_INET6) {
+			ep.addr.in6 = *(struct sockaddr_in6 *)i->ifa_addr;
+			if (IN6_IS_ADDR_LINKLOCAL(&ep.addr.in6.sin6_addr))
+				continue;
+			ep.addr.in6.sin6_port = htons(hub_port(id->hub));
+		} else {
+			continue;
+		}
+		if (n == cap) {
+			size_t nc = cap ? cap * 2 : 8;
+			struct endpoint *e = realloc(u.endpoints, nc * sizeof(*e));
+			if (!e)
+				break;
+			u.endpoints = e;
+			cap = nc;
+		}
+		u.endpoints[n++] = ep;
+		if (endpoint_format(&ep, text, sizeof(text)) > 0 && pos + strlen(text) + 2 < siglen)
+			pos += (size_t)snprintf(sig + pos, siglen - pos, "%s,", text);
+	}
+	u.nendpoints = n;
+	freeifaddrs(ifs);
+	return u;
+}
+
+static void start_map(struct identity *id)
+{
+	struct update_request u = collect_endpoints(id, id->endpoints_sig, sizeof(id->endpoints_sig));
+	struct json *req = map_request_to_json(&u);
+
+	if (!req || control_client_map_start(id->ctl, req))
+		log_error("cannot start the map stream");
+	json_free(req);
+	update_request_free(&u);
+}
+
+static void update_done(struct control_client *c, int err, const struct json *resp, const char *why, void *arg)
+{
+	if (err)
+		log_warn("endpoint update not delivered", "why=\"%s\"", why ? why : "");
+}
+
+/* Endpoints change when the machine roams: tell the server (peers learn it). */
+static void on_endpoint_timer(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	struct identity *id = arg;
+	char sig[2048];
+	struct update_request u = collect_endpoints(id, sig, sizeof(sig));
+
+	if (id->ctl && id->running && strcmp(sig, id->endpoints_sig) != 0) {
+		struct json *req = update_request_to_json(&u);
+		log_info("endpoints changed", "endpoints=\"%s\"", sig);
+		snprintf(id->endpoints_sig, sizeof(id->endpoints_sig), "%s", sig);
+		if (req)
+			control_client_call(id->ctl, req, update_done, id, NULL);
+		json_free(req);
+	}
+	update_request_free(&u);
+	loop_timer_arm(t, ENDPOINT_REFRESH_MS);
+}
+
+/* ---- the control connection ---- */
+
+static bool on_control_key(struct control_client *c, const uint8_t key[CHANNEL_KEY_LEN], void *arg)
+{
+	struct identity *id = arg;
+	char text[80];
+
+	/* Trust on first use: pinned from now on, and shown to the user. */
+	channel_key_format(key, "ctrlkey:", text, sizeof(text));
+	memcpy(id->st->control_key, key, 32);
+	id->st->has_control_key = true;
+	id->control_key_new = true;
+	save_now(id);
+	log_info("pinned the coordination server's key (trust on first use)", "key=%s", text);
+	return true;
+}
+
+static void logged_out(struct identity *id, const char *why)
+{
+	log_warn("this device is no longer registered", "why=\"%s\"", why);
+	id->running = false;
+	if (id->ctl)
+		control_client_map_stop(id->ctl);
+	clear_netmap(id);
+	state_logout(id->st);
+	engine_set_private_key(id->engine, id->st->node_key);
+	snprintf(id->health, sizeof(id->health), "logged out: %s", why);
+	save_now(id);
+}
+
+/* A full netmap (maybe one piece of it) or a delta from the map stream.
+ * false: reconnect, and the next stream starts with a full netmap. */
+static bool on_netmap_record(struct identity *id, const struct json *rec, bool full)
+{
+	char err[256];
+	int r;
+
+	if (full) {
+		struct netmap nm;
+		if (!netmap_from_json(rec, &nm, err, sizeof(err))) {
+			log_warn("unusable netmap", "error=\"%s\"", err);
+			return false;
+		}
+		drop_pending(id);
+		id->pending = nm;
+		id->has_pending = true;
+	} else {
+		struct netmap_delta d;
+		if ((!id->has_pending && !id->has_nm) || !netmap_delta_from_json(rec, &d, err, sizeof(err))) {
+			log_warn("unusable netmap delta", "error=\"%s\"", id->has_nm || id->has_pending ? err : "no netmap yet");
+			drop_pending(id);
+			return false;
+		}
+		if (id->has_pending) {
+			/* Still assembling: nothing is applied yet. */
+			r = netmap_apply_delta(&id->pending, &d, err, sizeof(err));
+			if (r)
+				log_warn("netmap delta does not apply", "error=\"%s\"", err);
+		} else {
+			r = identity_apply_delta(id, &d);
+		}
+		netmap_delta_free(&d);
+		if (r) {
+			drop_pending(id);
+			return false;
+		}
+	}
+	if (id->has_pending) {
+		/* A netmap in pieces: the last one says "more":false. */
+		if (json_bool(json_get(rec, "more"), false))
+			return true;
+		id->has_pending = false;
+		if (identity_apply_netmap(id, &id->pending))
+			return false;
+	}
+	save_soon(id);
+	log_debug("netmap applied", "seq=%llu peers=%zu", (unsigned long long)id->nm.seq, id->nm.npeers);
+	return true;
+}
+
+static bool on_record(struct control_client *c, const struct json *rec, void *arg)
+{
+	struct identity *id = arg;
+	const char *type = messages_type(rec), *code, *msg;
+
+	if (messages_error(rec, &code, &msg)) {
+		if (!strcmp(code, "DeviceDeleted") || !strcmp(code, "NotRegistered") || !strcmp(code, "KeyExpired")) {
+			logged_out(id, msg);
+			return false;
+		}
+		snprintf(id->health, sizeof(id->health), "coordination server: %s", msg);
+		return false;
+	}
+	if (type && (!strcmp(type, "full") || !strcmp(type, "delta")))
+		return on_netmap_record(id, rec, !strcmp(type, "full"));
+	return true; /* keepalive */
+}
+
+static void on_map_state(struct control_client *c, bool up, int err, const char *why, uint64_t retry_ms, void *arg)
+{
+	struct identity *id = arg;
+
+	id->map_up = up;
+	if (!up)
+		drop_pending(id); /* the next stream starts with a full netmap */
+	if (up) {
+		id->health[0] = '\0';
+		log_info("connected to the coordination server");
+	} else if (id->running) {
+		/* Forwarding goes on with the last netmap. */
+		snprintf(id->health, sizeof(id->health), "coordination server unreachable (%s); retrying in %llus, "
+			 "forwarding on the last netmap", why ? why : "?", (unsigned long long)(retry_ms / 1000));
+		log_warn("lost the coordination server", "why=\"%s\" retry_ms=%llu", why ? why : "?",
+			 (unsigned long long)retry_ms);
+	}
+}
+
+static int ensure_client(struct identity *id)
+{
+	struct control_client_opts co = {
+		.server_url = id->st->login_server,
+		.machine_priv = id->st->machine_key,
+		.control_key = id->st->has_control_key ? id->st->control_key : NULL,
+		.on_control_key = on_control_key,
+		.on_record = on_record,
+		.on_map_state = on_map_state,
+		.arg = id,
+	};
+
+	if (id->ctl)
+		return 0;
+	if (!id->st->login_server)
+		return -EINVAL;
+	return control_client_new(id->loop, &co, &id->ctl);
+}
+
+/* ---- registering ---- */
+
+static void reply_registered(struct identity *id, struct localapi_reply *reply)
+{
+	const char *addrs[8];
+	char text[8][64], ck[80];
+	size_t n = id->st->device.naddresses < 8 ? id->st->device.naddresses : 8;
+
+	for (size_t i = 0; i < n; i++) {
+		netmap_prefix_format(&id->st->device.addresses[i], true, text[i], sizeof(text[i]));
+		addrs[i] = text[i];
+	}
+	channel_key_format(id->st->control_key, "ctrlkey:", ck, sizeof(ck));
+	struct localapi_up_result u = {
+		.backend_state = identity_backend_state(id),
+		.device = id->st->device.device,
+		.name = id->st->device.name,
+		.addresses = addrs,
+		.naddresses = n,
+		.control_key = ck,
+		.control_key_new = id->control_key_new,
+	};
+	localapi_reply_up(reply, &u);
+}
+
+static void handle_register(struct identity *id, int err, const struct json *resp, const char *why)
+{
+	struct localapi_reply *reply = id->pending_up;
+	struct register_response r;
+	const char *code, *msg;
+	char perr[256];
+
+	id->pending_up = NULL;
+	if (err) {
+		if (reply)
+			localapi_reply_error(reply, 502, err == -EKEYREJECTED ? "ControlKeyMismatch" : "ControlUnreachable",
+					     "cannot talk to the coordination server at %s: %s%s", id->st->login_server,
+					     why ? why : strerror(-err),
+					     err == -EKEYREJECTED ? " (it does not hold the pinned key: pass --server-key if it changed)" : "");
+		return;
+	}
+	if (messages_error(resp, &code, &msg)) {
+		if (reply)
+			localapi_reply_error(reply, 403, code, "%s", msg);
+		if (!strcmp(code, "NotRegistered"))
+			logged_out(id, msg);
+		return;
+	}
+	if (!register_response_from_json(resp, &r, perr, sizeof(perr))) {
+		if (reply)
+			localapi_reply_error(reply, 502, "BadResponse", "the coordination server answered nonsense: %s", perr);
+		return;
+	}
+	state_set_device(id->st, &r);
+	register_response_free(&r);
+	id->running = true;
+	save_now(id);
+	start_map(id);
+	log_info("registered", "device=%s", id->st->device.device);
+	if (reply)
+		reply_registered(id, reply);
+	id->control_key_new = false;
+}
+
+static void register_done(struct control_client *c, int err, const struct json *resp, const char *why, void *arg)
+{
+	struct identity *id = arg;
+	identity_register_fn done = id->register_done;
+
+	handle_register(id, err, resp, why);
+	id->register_done = NULL;
+	if (done)
+		done(id->register_arg, err, resp, why);
+}
+
+int identity_register(struct identity *id, const char *auth_key, identity_register_fn done, void *arg)
+{
+	struct register_request rq = { 0 };
+	char host[256] = "";
+	struct json *req;
+	int err;
+
+	if ((err = ensure_client(id)))
+		return err;
+	crypto_scalarmult_base(rq.node_key, id->st->node_key);
+	crypto_scalarmult_base(rq.disco_key, id->st->disco_key);
+	if (!id->st->hostname)
+		gethostname(host, sizeof(host) - 1);
+	rq.auth_key = (char *)auth_key;
+	rq.hostname = id->st->hostname ? id->st->hostname : host;
+	rq.tags = id->st->tags;
+	rq.ntags = id->st->ntags;
+	rq.routes = id->st->routes;
+	rq.nroutes = id->st->nroutes;
+	req = register_request_to_json(&rq);
+	if (!req)
+		return -ENOMEM;
+	err = control_client_call(id->ctl, req, register_done, id, NULL);
+	messages_json_free_secret(req);
+	if (!err && done) {
+		id->register_done = done;
+		id->register_arg = arg;
+	}
+	return err;
+}
+
+int identity_set_login(struct identity *id, const char *login_server, const char *hostname)
+{
+	char *server = strdup(login_server);
+
+	if (!server)
+		return -ENOMEM;
+	free(id->st->login_server);
+	id->st->login_server = server;
+	if (hostname &&
+	    state_set_prefs(id->st, hostname, id->st->tags, id->st->ntags, id->st->routes, id->st->nroutes))
+		return -ENOMEM;
+	return 0;
+}
+
+/* ---- the local API's operations ---- */
+
+void identity_up(struct identity *id, const struct localapi_up *req, struct localapi_reply *reply)
+{
+	bool server_changed;
+	int err;
+
+	if (id->pending_up) {
+		localapi_reply_error(reply, 409, "Busy", "another knit up is in progress");
+		return;
+	}
+	server_changed = req->login_server && (!id->st->login_server || strcmp(req->login_server, id->st->login_server));
+	if (!req->login_server && !id->st->login_server) {
+		localapi_reply_error(reply, 400, "NoLoginServer",
+				     "no coordination server yet: pass --login-server URL (the operator's coordination Service)");
+		return;
+	}
+	if (server_changed) {
+		/* Another server: another identity there, and its own key. */
+		control_client_free(id->ctl);
+		id->ctl = NULL;
+		id->map_up = false;
+		clear_netmap(id);
+		if (state_logged_in(id->st))
+			state_logout(id->st);
+		engine_set_private_key(id->engine, id->st->node_key);
+		free(id->st->login_server);
+		id->st->login_server = strdup(req->login_server);
+		id->st->has_control_key = false;
+	}
+	if (req->has_server_key) {
+		if (id->st->has_control_key && memcmp(id->st->control_key, req->server_key, 32)) {
+			control_client_free(id->ctl);
+			id->ctl = NULL;
+		}
+		memcpy(id->st->control_key, req->server_key, 32);
+		id->st->has_control_key = true;
+	}
+	if (req->hostname || req->has_tags || req->has_routes) {
+		struct netmap_prefix routes[64];
+		size_t nroutes = 0;
+		for (size_t i = 0; req->has_routes && i < req->nroutes && nroutes < 64; i++)
+			if (netmap_prefix_parse(&routes[nroutes], req->routes[i]))
+				nroutes++;
+		if (state_set_prefs(id->st, req->hostname ? req->hostname : id->st->hostname,
+				    req->has_tags ? (char *const *)req->tags : id->st->tags,
+				    req->has_tags ? req->ntags : id->st->ntags,
+				    req->has_routes ? routes : id->st->routes,
+				    req->has_routes ? nroutes : id->st->nroutes)) {
+			localapi_reply_error(reply, 500, "NoMemory", "out of memory");
+			return;
+		}
+	}
+	if (!req->auth_key && !state_logged_in(id->st)) {
+		localapi_reply_error(reply, 400, "NeedsLogin",
+				     "this device is not logged in: run knit up --authkey KEY (create an AuthKey with kubectl)");
+		return;
+	}
+	if ((err = ensure_client(id))) {
+		localapi_reply_error(reply, 400, "BadLoginServer", "cannot use login server %s: %s",
+				     id->st->login_server ? id->st->login_server : "(none)", strerror(-err));
+		return;
+	}
+	save_now(id);
+	id->pending_up = reply;
+	if ((err = identity_register(id, req->auth_key, NULL, NULL))) {
+		id->pending_up = NULL;
+		localapi_reply_error(reply, 500, "Internal", "cannot send the registration: %s", strerror(-err));
+	}
+}
+
+void identity_down(struct identity *id, struct localapi_reply *reply)
+{
+	id->running = false;
+	id->map_up = false;
+	if (id->ctl)
+		control_client_map_stop(id->ctl);
+	clear_netmap(id);
+	log_info("down: disconnected from the tailnet (knit up reconnects)");
+	localapi_reply_ok(reply, NULL);
+}
+
+static void logout_done(struct control_client *c, int err, const struct json *resp, const char *why, void *arg)
+{
+	struct localapi_reply *reply = arg;
+	const char *code, *msg;
+
+	if (err)
+		localapi_reply_error(reply, 502, "ControlUnreachable", "cannot reach the coordination server: %s", why ? why : "?");
+	else if (messages_error(resp, &code, &msg) && strcmp(code, "NotRegistered"))
+		localapi_reply_error(reply, 502, code, "%s", msg);
+	else
+		localapi_reply_ok(reply, NULL);
+}
+
+void identity_logout(struct identity *id, struct localapi_reply *reply)
+{
+	struct json *req = json_new_object();
+
+	if (!state_logged_in(id->st) || ensure_client(id)) {
+		json_free(req);
+		localapi_reply_error(reply, 400, "NeedsLogin", "this device is not logged in");
+		return;
+	}
+	json_object_set(req, "type", json_new_string("logout"));
+	if (control_client_call(id->ctl, req, logout_done, reply, NULL))
+		localapi_reply_error(reply, 500, "Internal", "cannot send the logout");
+	json_free(req);
+	/* The node key dies either way: forget it now. */
+	logged_out(id, "logged out by the user");
+}
+
+void identity_ping(struct identity *id, const char *peer, struct localapi_reply *reply)
+{
+	bool self;
+	const struct netmap_node *n = identity_find_node(id, peer, &self);
+
+	if (!n || self) {
+		localapi_reply_error(reply, 404, "PeerNotFound", "%s is not a peer of this node (see knit status)", peer);
+		return;
+	}
+	ping_start(&id->pings, id->loop, id->engine, n, peer, reply);
+}
+
+/* ---- what it is ---- */
+
+const char *identity_backend_state(const struct identity *id)
+{
+	if (!state_logged_in(id->st))
+		return "NeedsLogin";
+	if (!id->running)
+		return "Stopped";
+	return id->map_up || id->has_nm ? "Running" : "Starting";
+}
+
+const char *identity_health(const struct identity *id)
+{
+	return id->health[0] ? id->health : NULL;
+}
+
+bool identity_logged_in(const struct identity *id)
+{
+	return state_logged_in(id->st);
+}
+
+bool identity_connected(const struct identity *id)
+{
+	return id->map_up;
+}
+
+const struct state *identity_state(const struct identity *id)
+{
+	return id->st;
+}
+
+const struct netmap *identity_netmap(const struct identity *id)
+{
+	return id->has_nm ? &id->nm : NULL;
+}
+
+struct engine *identity_engine(const struct identity *id)
+{
+	return id->engine;
+}
+
+const struct netmap_node *identity_find_node(const struct identity *id, const char *what, bool *is_self)
+{
+	struct netmap_prefix want;
+	bool by_ip = netmap_prefix_parse(&want, what);
+
+	*is_self = false;
+	if (!id->has_nm)
+		return NULL;
+	for (size_t i = 0; i <= id->nm.npeers; i++) {
+		const struct netmap_node *n = i < id->nm.npeers ? &id->nm.peers[i] : &id->nm.self;
+		if (!by_ip) {
+			if ((n->name && !strcmp(n->name, what)) || (n->fqdn && !strcmp(n->fqdn, what)) ||
+			    (n->device && !strcmp(n->device, what))) {
+				*is_self = i == id->nm.npeers;
+				return n;
+			}
+			continue;
+		}
+		for (size_t k = 0; k < n->naddresses; k++) {
+			if (n->addresses[k].family == want.family &&
+			    !memcmp(n->addresses[k].addr, want.addr, want.family == AF_INET ? 4 : 16)) {
+				*is_self = i == id->nm.npeers;
+				return n;
+			}
+		}
+	}
+	return NULL;
+}
+
+/* ---- lifecycle ---- */
+
+static void on_tun_down(void *arg, struct engine *e)
+{
+	struct identity *id = arg;
+
+	if (id->on_down)
+		id->on_down(id->arg, id);
+}
+
+/* The netmap saved before a restart: forwarding resumes at once. */
+static void resume(struct identity *id)
+{
+	char err[256];
+
+	if (!state_logged_in(id->st) || !state_get_netmap(id->st, &id->nm, err, sizeof(err)))
+		return;
+	id->has_nm = true;
+	if (apply_full(id))
+		return;
+	/* Peers still hold sessions with our previous process, which we no
+	 * longer have: start fresh ones now rather than wait for their timers
+	 * to notice (about 15 s). */
+	for (size_t i = 0; i < id->nm.npeers; i++)
+		engine_peer_handshake(id->engine, id->nm.peers[i].node_key);
+	log_info("forwarding on the saved netmap", "dev=%s peers=%zu", engine_ifname(id->engine), id->nm.npeers);
+}
+
+int identity_new(struct identity **out, struct loop *loop, struct hub *hub, struct state *st,
+		 const struct identity_config *cfg)
+{
+	struct identity *id = calloc(1, sizeof(*id));
+	struct engine_config ec = { .ifname = cfg->ifname, .on_down = on_tun_down };
+	int r = -ENOMEM;
+
+	*out = NULL;
+	if (!id) {
+		state_free(st);
+		return -ENOMEM;
+	}
+	id->loop = loop;
+	id->hub = hub;
+	id->st = st;
+	id->on_down = cfg->on_down;
+	id->is_identity_device = cfg->is_identity_device;
+	id->arg = cfg->arg;
+	id->applied = applied_new();
+	id->save_timer = loop_timer_new(loop, on_save, id);
+	id->endpoint_timer = loop_timer_new(loop, on_endpoint_timer, id);
+	if (!id->applied || !id->save_timer || !id->endpoint_timer ||
+	    (cfg->state_path && !(id->state_path = strdup(cfg->state_path))))
+		goto out;
+	ec.arg = id;
+	if ((r = engine_new(&id->engine, hub, &ec))) {
+		log_error("cannot create the TUN device", "dev=%s err=%d", cfg->ifname ? cfg->ifname : "?", r);
+		goto out;
+	}
+	engine_set_private_key(id->engine, st->node_key);
+	/* An identity owns its device: up, so addresses and routes can go on it. */
+	if ((r = iface_link_up(engine_ifname(id->engine)))) {
+		log_error("cannot bring the TUN device up", "dev=%s err=%d", engine_ifname(id->engine), r);
+		goto out;
+	}
+	if (cfg->uapi_dir &&
+	    (r = uapi_server_open(&id->uapi, loop, cfg->uapi_dir, engine_ifname(id->engine), &engine_uapi_ops, id->engine)))
+		log_warn("cannot serve the WireGuard UAPI socket", "dir=%s err=%d", cfg->uapi_dir, r);
+	resume(id);
+	*out = id;
+	r = 0;
+out:
+	if (r)
+		identity_free(id);
+	return r;
+}
+
+void identity_start(struct identity *id)
+{
+	/* Logged in: come back (the server knows this machine key). */
+	if (state_logged_in(id->st) && id->st->login_server && ensure_client(id) == 0) {
+		id->running = true;
+		start_map(id);
+	}
+	loop_timer_arm(id->endpoint_timer, ENDPOINT_REFRESH_MS);
+}
+
+void identity_save(struct identity *id)
+{
+	save_now(id);
+}
+
+void identity_free(struct identity *id)
+{
+	if (!id)
+		return;
+	ping_free_all(&id->pings);
+	control_client_free(id->ctl);
+	uapi_server_close(id->uapi);
+	if (id->has_nm)
+		netmap_free(&id->nm);
+	drop_pending(id);
+	engine_free(id->engine);
+	applied_free(id->applied);
+	loop_timer_free(id->save_timer);
+	loop_timer_free(id->endpoint_timer);
+	free(id->state_path);
+	state_free(id->st);
+	free(id);
+}

@@ -1,0 +1,100 @@
+/* One tailnet identity of this node: its keys and login (struct state),
+ * its WireGuard engine on the node's shared hub with its own TUN device,
+ * its control connection and netmap, and what of that netmap is applied
+ * to the engine and the link (applied.h). knitd's mesh mode holds a list
+ * of them, the node's own first; each is created and destroyed at run
+ * time and shares nothing with the others but the loop and the hub.
+ * Everything runs on the loop thread. */
+#ifndef KNIT_AGENT_IDENTITY_H
+#define KNIT_AGENT_IDENTITY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "control/client.h"
+
+struct engine;
+struct hub;
+struct json;
+struct localapi_reply;
+struct localapi_up;
+struct loop;
+struct netmap;
+struct netmap_delta;
+struct netmap_node;
+struct state;
+struct identity;
+
+struct identity_config {
+	const char *ifname; /* the TUN device to create */
+	const char *state_path; /* where st is saved; NULL: kept in memory only */
+	const char *uapi_dir; /* also serve wg(8)'s UAPI DIR/<ifname>.sock; NULL: not */
+	/* The TUN device went away (deleted, or failing). */
+	void (*on_down)(void *arg, struct identity *id);
+	/* Whether ifname is the device of any identity of this process: its
+	 * addresses are no endpoint of ours. NULL: only this identity's own. */
+	bool (*is_identity_device)(void *arg, const char *ifname);
+	void *arg;
+};
+
+/* Takes st (freed with the identity, also on failure). Creates the TUN
+ * device up, with st's node key, and, when st holds a netmap from before,
+ * applies it and starts handshakes with its peers: forwarding resumes
+ * before the control plane answers. Returns 0 or a negative errno (logged). */
+int identity_new(struct identity **out, struct loop *loop, struct hub *hub, struct state *st,
+		 const struct identity_config *cfg);
+/* Removes the peers, the TUN device and the control connection (the
+ * state is not saved: identity_save() first). NULL is a no-op. */
+void identity_free(struct identity *id);
+/* Writes the state file now (no-op without a path). */
+void identity_save(struct identity *id);
+/* Logged in: connects to the coordination server and follows the map
+ * stream. Also starts watching this machine's endpoints. */
+void identity_start(struct identity *id);
+
+/* ---- netmaps (the map stream's records end up here) ---- */
+
+/* Takes nm (it is left empty) and applies it. 0 or -ENOMEM. */
+int identity_apply_netmap(struct identity *id, struct netmap *nm);
+/* Applies d to the netmap held (taking its contents). -ESTALE, -ENOMEM,
+ * -ENOENT with no netmap yet: the caller asks for a full one. */
+int identity_apply_delta(struct identity *id, struct netmap_delta *d);
+
+/* ---- login ---- */
+
+/* What the registration's answer did, after the identity handled it
+ * (saved the device, started the map stream, answered a waiting knit up). */
+typedef void (*identity_register_fn)(void *arg, int err, const struct json *resp, const char *why);
+
+/* Sets the coordination server (and the hostname to join with, if not
+ * NULL) for a join with no CLI involved. 0 or -ENOMEM. */
+int identity_set_login(struct identity *id, const char *login_server, const char *hostname);
+/* Registers with auth_key (NULL: come back with this machine key); done
+ * (may be NULL) runs once the answer is handled. 0 or a negative errno. */
+int identity_register(struct identity *id, const char *auth_key, identity_register_fn done, void *arg);
+
+/* ---- the local API's operations, each completing reply ---- */
+
+void identity_up(struct identity *id, const struct localapi_up *req, struct localapi_reply *reply);
+void identity_down(struct identity *id, struct localapi_reply *reply);
+void identity_logout(struct identity *id, struct localapi_reply *reply);
+void identity_ping(struct identity *id, const char *peer, struct localapi_reply *reply);
+
+/* ---- what it is ---- */
+
+/* "NeedsLogin", "Stopped", "Starting", "Running" (localapi.h). */
+const char *identity_backend_state(const struct identity *id);
+/* One line on what is wrong, or NULL. */
+const char *identity_health(const struct identity *id);
+bool identity_logged_in(const struct identity *id);
+/* The map stream is up. */
+bool identity_connected(const struct identity *id);
+const struct state *identity_state(const struct identity *id);
+/* The netmap in force, NULL before the first. */
+const struct netmap *identity_netmap(const struct identity *id);
+struct engine *identity_engine(const struct identity *id);
+/* A node of the netmap by name, DNS name, Device name or tailnet IP;
+ * *is_self says whether it is this identity. NULL if none. */
+const struct netmap_node *identity_find_node(const struct identity *id, const char *what, bool *is_self);
+
+#endif
