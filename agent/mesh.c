@@ -25,9 +25,6 @@
 #include "wg/engine.h"
 #include "wg/hub.h"
 
-#ifndef KNIT_VERSION
-#define KNIT_VERSION "0.1.0"
-#endif
 
 struct options {
 	const char *login_server; /* join at start when not logged in ... */
