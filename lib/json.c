@@ -755,6 +755,7 @@ struct builder {
 	 * its offset (yajl's byte count inside a callback is the offset just
 	 * past the token being reported). NULL for streams. */
 	const char *text;
+	size_t cancel_at; /* where a cancelling callback's error is, or SIZE_MAX */
 	/* \u escape scanner state, see scan_escapes() */
 	int esc; /* 0 outside an escape, 1 after '\\', 2..5 in the hex digits */
 	unsigned cp;
@@ -1038,6 +1039,8 @@ static int cb_map_key(void *ctx, const unsigned char *s, size_t len)
 
 	if (!utf8_valid(s, len))
 		return cancel(b, "invalid UTF-8 in key");
+	if (obj_find(f->node, (const char *)s, len) != NOT_FOUND && b->text)
+		b->cancel_at = str_start(b, tok_end(b));
 	if (obj_find(f->node, (const char *)s, len) != NOT_FOUND)
 		return cancel(b, "duplicate key \"%.*s\"%s", (int)(len > 64 ? 64 : len), s,
 			      len > 64 ? "..." : "");
@@ -1143,6 +1146,7 @@ struct json *json_parse_max(const char *data, size_t len, size_t max_bytes,
 	}
 	p.b.deliver = deliver_one;
 	p.b.text = data;
+	p.b.cancel_at = SIZE_MAX;
 	p.result = NULL;
 	/* An earlier error from yajl wins over a bad escape. */
 	bad = scan_escapes(&p.b, data, len);
@@ -1160,6 +1164,8 @@ struct json *json_parse_max(const char *data, size_t len, size_t max_bytes,
 	}
 	if (st != yajl_status_ok) {
 		status_msg(&p.b, st, msg, sizeof(msg));
+		if (st == yajl_status_client_canceled && p.b.cancel_at != SIZE_MAX)
+			off = p.b.cancel_at;
 		if (off > len)
 			off = len;
 		json_error_set(err, data, off, "%s", msg);

@@ -239,7 +239,7 @@ static void test_invalid(void **state)
 		{ "+1", 1, 2, "invalid char" },
 		{ "NaN", 1, 2, "invalid" },
 		{ "[1] // c", 1, 5, "" },
-		{ "{\n  \"a\": 1,\n  \"a\": 2\n}", 3, 6, "duplicate key \"a\"" },
+		{ "{\n  \"a\": 1,\n  \"a\": 2\n}", 3, 3, "duplicate key \"a\"" },
 		{ "\"\\ud800\"", 1, 8, "surrogate" },
 		{ "\"\\udc00\"", 1, 7, "surrogate" },
 		{ "\"\\ud800\\u0041\"", 1, 13, "surrogate" },
