@@ -935,6 +935,32 @@ static void test_filter_json(void **state)
 	policy_free(p);
 }
 
+/* autogroup:internet on an exit node: the public IPv4 space in 51
+ * prefixes (0/0 split around the private, shared, loopback, link-local and
+ * multicast ranges) and IPv6 2000::/3; nothing on other devices. */
+static void test_internet(void **state)
+{
+	struct policy *p = parse_ok(ACLS(ACLP("\"group:eng\"", "\"autogroup:internet:*\"", "\"tcp\"")));
+	struct policy_net *net = net_all(p);
+	char *s = filter_text(net, "router"), *w = filter_text(net, "web");
+	size_t n = 0;
+
+	(void)state;
+	for (const char *c = s; (c = strstr(c, "\"ip\":")); c++)
+		n++;
+	assert_int_equal(n, 52);
+	assert_non_null(strstr(s, "\"1.0.0.0/8\""));
+	assert_non_null(strstr(s, "\"2000::/3\""));
+	assert_non_null(strstr(s, "\"100.128.0.0/9\""));
+	assert_null(strstr(s, "\"ip\":\"100.64."));
+	assert_null(strstr(s, "\"ip\":\"10."));
+	assert_string_equal(w, "[]");
+	free(s);
+	free(w);
+	policy_net_free(net);
+	policy_free(p);
+}
+
 /* ---- autoApprovers and tagOwners ------------------------------------- */
 
 static void test_routes(void **state)
@@ -1060,7 +1086,7 @@ int main(void)
 		cmocka_unit_test(test_policy_tests), cmocka_unit_test(test_visibility),
 		cmocka_unit_test(test_incremental), cmocka_unit_test(test_filter_json),
 		cmocka_unit_test(test_routes),	   cmocka_unit_test(test_tag_owners),
-		cmocka_unit_test(test_misc),
+		cmocka_unit_test(test_misc),	   cmocka_unit_test(test_internet),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
