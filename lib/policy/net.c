@@ -29,11 +29,89 @@ struct policy_net {
 	struct strmap *by_name; /* slot + 1 */
 	struct strmap *by_user, *by_tag, *by_ns; /* struct bucket * */
 	struct bucket member, tagged, exits;
+	struct bucket routers; /* devices with an approved subnet route */
+	/* Every device address, sorted per family, so an address selector
+	 * finds its devices by binary search instead of a scan. */
+	struct addr_index {
+		struct addr_entry *v;
+		size_t n, cap;
+	} addrs[2];
 	struct policy_prefix *internet; /* autogroup:internet, see internet_build() */
 	size_t n_internet;
 };
 
 #define SLOT(v) ((size_t)(uintptr_t)(v) - 1)
+
+struct addr_entry {
+	uint8_t addr[16];
+	size_t slot;
+};
+
+/* ---- the address index ----------------------------------------------- */
+
+static struct addr_index *addr_family(struct policy_net *n, uint8_t family)
+{
+	return &n->addrs[family == 4 ? 0 : 1];
+}
+
+/* First entry not below key (its first len bytes). */
+static size_t addr_lower(const struct addr_index *x, const uint8_t *key, size_t len)
+{
+	size_t lo = 0, hi = x->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (memcmp(x->v[mid].addr, key, len) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static size_t addr_len(uint8_t family)
+{
+	return family == 4 ? 4 : 16;
+}
+
+static int addr_insert(struct policy_net *n, const struct policy_prefix *a, size_t slot)
+{
+	struct addr_index *x = addr_family(n, a->family);
+	size_t at;
+
+	if (x->n == x->cap) {
+		size_t cap = x->cap ? x->cap * 2 : 64;
+		struct addr_entry *v = reallocarray(x->v, cap, sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		x->v = v;
+		x->cap = cap;
+	}
+	at = addr_lower(x, a->addr, addr_len(a->family));
+	memmove(&x->v[at + 1], &x->v[at], (x->n - at) * sizeof(*x->v));
+	memset(&x->v[at], 0, sizeof(x->v[at]));
+	memcpy(x->v[at].addr, a->addr, addr_len(a->family));
+	x->v[at].slot = slot;
+	x->n++;
+	return 0;
+}
+
+static void addr_remove(struct policy_net *n, const struct policy_prefix *a, size_t slot)
+{
+	struct addr_index *x = addr_family(n, a->family);
+
+	for (size_t i = addr_lower(x, a->addr, addr_len(a->family)); i < x->n; i++) {
+		if (memcmp(x->v[i].addr, a->addr, addr_len(a->family)))
+			return;
+		if (x->v[i].slot == slot) {
+			memmove(&x->v[i], &x->v[i + 1], (x->n - i - 1) * sizeof(*x->v));
+			x->n--;
+			return;
+		}
+	}
+}
 
 /* ---- buckets --------------------------------------------------------- */
 
@@ -294,6 +372,9 @@ void policy_net_free(struct policy_net *n)
 	free(n->member.v);
 	free(n->tagged.v);
 	free(n->exits.v);
+	free(n->routers.v);
+	free(n->addrs[0].v);
+	free(n->addrs[1].v);
 	free(n->internet);
 	free(n);
 }
@@ -385,6 +466,14 @@ static int dev_fill(const struct policy *p, struct dev *d, const struct policy_d
 	return routes_approve(p, d, in);
 }
 
+static bool has_subnet_route(const struct dev *d)
+{
+	for (size_t i = 0; i < d->n_routes; i++)
+		if (d->routes[i].bits)
+			return true;
+	return false;
+}
+
 static void unindex(struct policy_net *n, size_t slot)
 {
 	struct dev *d = &n->devs[slot];
@@ -402,6 +491,10 @@ static void unindex(struct policy_net *n, size_t slot)
 		bucket_del(&n->tagged, slot);
 	if (d->exit_node)
 		bucket_del(&n->exits, slot);
+	if (has_subnet_route(d))
+		bucket_del(&n->routers, slot);
+	for (size_t i = 0; i < d->n_addrs; i++)
+		addr_remove(n, &d->addrs[i], slot);
 }
 
 /* Every index entry, or none (-ENOMEM after undoing). Tags repeat at most
@@ -430,6 +523,11 @@ static int index_dev(struct policy_net *n, size_t slot)
 		goto nomem;
 	if (d->exit_node && bucket_add(&n->exits, slot))
 		goto nomem;
+	if (has_subnet_route(d) && bucket_add(&n->routers, slot))
+		goto nomem;
+	for (size_t i = 0; i < d->n_addrs; i++)
+		if (addr_insert(n, &d->addrs[i], slot))
+			goto nomem;
 	return 0;
 nomem:
 	unindex(n, slot);
@@ -622,14 +720,31 @@ static void expand(const struct policy_net *n, const struct sel *s, bool as_dst,
 			mark_bucket(m, &n->exits);
 		return;
 	case SEL_ALL:
-	case SEL_PREFIX:
-		for (size_t i = 0; i < n->n_devs; i++) {
-			const struct dev *d = &n->devs[i];
-
-			if (d->live && (as_dst ? dst_match(p, s, d) : src_match(p, s, d)))
+		for (size_t i = 0; i < n->n_devs; i++)
+			if (n->devs[i].live)
 				mark(m, i);
-		}
 		return;
+	case SEL_PREFIX: {
+		/* Devices with an address inside: a run of the sorted index
+		 * from the prefix's first address to its last. Then routers
+		 * whose subnets overlap it. */
+		const struct addr_index *x = &n->addrs[s->pfx.family == 4 ? 0 : 1];
+		size_t len = addr_len(s->pfx.family);
+
+		for (size_t i = addr_lower(x, s->pfx.addr, len); i < x->n; i++) {
+			struct policy_prefix a = { .family = s->pfx.family,
+						   .bits = (uint8_t)(len * 8) };
+
+			memcpy(a.addr, x->v[i].addr, len);
+			if (!policy_prefix_contains(&s->pfx, &a))
+				break;
+			mark(m, x->v[i].slot);
+		}
+		for (size_t i = 0; i < n->routers.n; i++)
+			if (dev_routes_overlap(&n->devs[n->routers.v[i]], &s->pfx))
+				mark(m, n->routers.v[i]);
+		return;
+	}
 	case SEL_NONE:
 		return;
 	}
