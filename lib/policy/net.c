@@ -624,15 +624,12 @@ int policy_net_remove(struct policy_net *n, const char *name, struct policy_name
 
 const char *policy_net_lookup(const struct policy_net *n, const struct policy_prefix *addr)
 {
-	for (size_t i = 0; i < n->n_devs; i++) {
-		const struct dev *d = &n->devs[i];
+	const struct addr_index *x = &n->addrs[addr->family == 4 ? 0 : 1];
+	size_t len = addr_len(addr->family);
+	size_t i = addr_lower(x, addr->addr, len);
 
-		if (!d->live)
-			continue;
-		for (size_t k = 0; k < d->n_addrs; k++)
-			if (policy_prefix_contains(&d->addrs[k], addr))
-				return d->name;
-	}
+	if (i < x->n && !memcmp(x->v[i].addr, addr->addr, len))
+		return n->devs[x->v[i].slot].name;
 	return NULL;
 }
 
@@ -1013,9 +1010,7 @@ int policy_net_peers(const struct policy_net *n, const char *name, struct policy
 				for (size_t j = 0; b && j < b->n; j++)
 					if (any_src(p, r, &n->devs[b->v[j]]))
 						mark(&m, b->v[j]);
-			} else if (s->kind == SEL_ALL || s->kind == SEL_PREFIX ||
-				   s->kind == SEL_INTERNET ? dst_match(p, s, d)
-							   : sel_match(p, s, d)) {
+			} else if (dst_match(p, s, d)) {
 				for (size_t j = 0; j < r->n_src; j++)
 					expand(n, &r->src[j], false, NULL, &m);
 			}

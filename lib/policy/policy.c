@@ -17,6 +17,7 @@ struct parser {
 	const char *text;
 	struct json_error *err;
 	const struct json *hosts;
+	size_t destinations; /* rule destinations so far */
 };
 
 /* Where a selector stands decides what it may be. */
@@ -650,6 +651,10 @@ static bool acl_parse(struct parser *P, const struct json *acl, size_t idx)
 	if (!json_is_array(dst) || json_array_len(dst) == 0)
 		return fail(P, json_offset(dst), "%s.dst: must be a non-empty array of strings",
 			    path);
+	P->destinations += json_array_len(dst);
+	if (P->destinations > POLICY_MAX_DESTINATIONS)
+		return fail(P, json_offset(dst), "%s.dst: more than %zu destinations in the policy",
+			    path, POLICY_MAX_DESTINATIONS);
 	r->dst = calloc(json_array_len(dst), sizeof(*r->dst));
 	if (!r->dst)
 		return oom(P);
@@ -734,6 +739,12 @@ static bool grant_parse(struct parser *P, const struct json *g, size_t idx)
 		return fail(P, json_offset(g), "%s: \"ip\" is required", path);
 	if (!json_is_array(ip) || json_array_len(ip) == 0)
 		return fail(P, json_offset(ip), "%s.ip: must be a non-empty array of strings", path);
+	/* Each ip entry repeats every dst: refuse before multiplying. */
+	if (json_array_len(dst) > POLICY_MAX_DESTINATIONS / json_array_len(ip) ||
+	    (P->destinations += json_array_len(dst) * json_array_len(ip)) >
+		    POLICY_MAX_DESTINATIONS)
+		return fail(P, json_offset(ip), "%s.ip: more than %zu destinations in the policy",
+			    path, POLICY_MAX_DESTINATIONS);
 	snprintf(sub, sizeof(sub), "%s.src", path);
 	if (!sels_parse(P, src, json_offset(src), sub, C_SRC, true, &srcs, &n_src))
 		goto out;

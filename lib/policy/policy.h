@@ -37,6 +37,12 @@ struct policy_net;
 
 /* The largest policy text accepted. */
 #define POLICY_MAX_BYTES ((size_t)4 << 20)
+/* Grants multiply: each (ip entry, dst) pair becomes a rule destination.
+ * The policy may hold at most this many in all. */
+#define POLICY_MAX_DESTINATIONS ((size_t)1 << 20)
+/* A test with group sources or destinations asks every (member, member)
+ * pair; at most this many per assertion. */
+#define POLICY_MAX_TEST_PAIRS ((size_t)1 << 16)
 #define POLICY_MAX_ADDRS 4
 
 struct policy_prefix {

@@ -30,8 +30,11 @@ static size_t principals(const struct policy *p, const struct policy_net *net,
 
 			memset(w, 0, sizeof(*w));
 			if (g->members[i].kind == SEL_NS) {
+				/* A pod of some ServiceAccount there: an untagged
+				 * device whose user no selector names (users have an
+				 * '@' or the system:serviceaccount: prefix). */
 				w->d.ns = g->members[i].name;
-				w->d.user = w->d.ns; /* a pod of some ServiceAccount there */
+				w->d.user = w->d.ns;
 				snprintf(w->label, sizeof(w->label),
 					 "%s member system:serviceaccounts:%s", s->name, w->d.ns);
 			} else {
@@ -143,6 +146,12 @@ static bool check(const struct policy *p, const struct policy_net *net, const st
 		return false;
 	}
 	n_dst = principals(p, net, &d->sel, dsts, count(p, &d->sel));
+	if (n_dst && n_src > POLICY_MAX_TEST_PAIRS / n_dst) {
+		report(d, err, "tests[%zu].%s[%zu]: more than %zu source and destination pairs", ti,
+		       want ? "accept" : "deny", di, POLICY_MAX_TEST_PAIRS);
+		free(dsts);
+		return false;
+	}
 	for (size_t s = 0; s < n_src && ok; s++) {
 		for (size_t k = 0; k < n_dst && ok; k++) {
 			bool got = rules_allow(p, &srcs[s].d, &dsts[k].d, t->proto, d->port);

@@ -961,6 +961,37 @@ static void test_internet(void **state)
 	policy_free(p);
 }
 
+/* Inputs that would multiply are refused, not expanded: grants (dst x
+ * ip) and group-by-group test assertions. */
+static void test_limits(void **state)
+{
+	struct buf b = BUF_INIT(POLICY_MAX_BYTES);
+	struct json_error err = { 0 };
+	struct policy *p;
+
+	(void)state;
+	buf_add_str(&b, "{\"grants\": [{\"src\": [\"*\"], \"dst\": [");
+	for (int i = 0; i < 1100; i++)
+		buf_addf(&b, "%s\"100.64.%d.%d\"", i ? "," : "", i / 256, i % 256);
+	buf_add_str(&b, "], \"ip\": [");
+	for (int i = 0; i < 1000; i++)
+		buf_addf(&b, "%s\"%d\"", i ? "," : "", i);
+	buf_add_str(&b, "]}]}");
+	assert_null(policy_parse((const char *)b.data, b.len, &err));
+	assert_non_null(strstr(err.msg, "grants[0].ip: more than 1048576 destinations"));
+	buf_reset(&b);
+
+	buf_add_str(&b, "{\"groups\": {\"group:a\": [");
+	for (int i = 0; i < 300; i++)
+		buf_addf(&b, "%s\"u%d@example.com\"", i ? "," : "", i);
+	buf_add_str(&b, "]}, \"acls\": [], \"tests\": [{\"src\": \"group:a\", \"deny\": [\"group:a:22\"]}]}");
+	p = parse_ok((const char *)b.data);
+	assert_false(policy_tests_run(p, NULL, &err));
+	assert_non_null(strstr(err.msg, "tests[0].deny[0]: more than 65536 source and destination pairs"));
+	policy_free(p);
+	buf_free(&b);
+}
+
 /* ---- autoApprovers and tagOwners ------------------------------------- */
 
 static void test_routes(void **state)
@@ -1087,6 +1118,7 @@ int main(void)
 		cmocka_unit_test(test_incremental), cmocka_unit_test(test_filter_json),
 		cmocka_unit_test(test_routes),	   cmocka_unit_test(test_tag_owners),
 		cmocka_unit_test(test_misc),	   cmocka_unit_test(test_internet),
+		cmocka_unit_test(test_limits),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
