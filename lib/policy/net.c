@@ -1125,6 +1125,42 @@ out:
 	return ok;
 }
 
+bool policy_tag_owners(const struct policy *p, const char *tag, char *out, size_t n)
+{
+	struct buf b = BUF_INIT(n ? n - 1 : 0);
+
+	if (n)
+		out[0] = '\0';
+	for (size_t i = 0; i < p->n_tag_owners; i++) {
+		const struct owners *o = &p->tag_owners[i];
+
+		if (strcmp(o->key, tag))
+			continue;
+		for (size_t k = 0; k < o->n; k++) {
+			const struct sel *s = &o->sels[k];
+			const char *sep = k ? ", " : "";
+
+			/* A failed add (past the cap) leaves b empty: stop there
+			 * with what fitted. */
+			if (s->kind == SEL_NS)
+				buf_addf(&b, "%ssystem:serviceaccounts:%s", sep, s->name);
+			else if (s->kind == SEL_MEMBER)
+				buf_addf(&b, "%sautogroup:member", sep);
+			else if (s->kind == SEL_NONE)
+				buf_addf(&b, "%sautogroup:admin", sep);
+			else
+				buf_addf(&b, "%s%s", sep, s->name);
+			if (!b.len)
+				break;
+			snprintf(out, n, "%s", buf_str(&b));
+		}
+		buf_free(&b);
+		return true;
+	}
+	buf_free(&b);
+	return false;
+}
+
 /* ---- the wire form --------------------------------------------------- */
 
 static struct json *prefix_json(const struct policy_prefix *p)

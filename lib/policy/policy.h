@@ -95,6 +95,10 @@ struct policy_device {
 /* May `who` claim `tag`? Per tagOwners: an owner that is a user, group,
  * tag, pod principal or autogroup:member which `who` matches. */
 bool policy_tag_allowed(const struct policy *p, const char *tag, const struct policy_device *who);
+/* For the refusal's message: the tag's owners as written, comma-separated
+ * ("group:eng, tag:ops"; "" when it has none), truncated to n bytes.
+ * Returns false when the tag is not in tagOwners at all. */
+bool policy_tag_owners(const struct policy *p, const char *tag, char *out, size_t n);
 
 /* ---- compiled output ------------------------------------------------- */
 
@@ -151,6 +155,10 @@ struct policy_routes {
 void policy_routes_free(struct policy_routes *r);
 
 /* ---- the device index ------------------------------------------------ */
+
+/* A net is not thread-safe (its owner locks); a policy is immutable once
+ * parsed and may be shared. A device that changes (tags, routes,
+ * addresses) is removed and added again: recompile both touched sets. */
 
 /* Borrows p, which must outlive the net. NULL on ENOMEM. */
 struct policy_net *policy_net_new(const struct policy *p);

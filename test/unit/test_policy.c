@@ -1044,7 +1044,7 @@ static void test_tag_owners(void **state)
 	struct policy *p = parse_ok("{\"groups\": {\"group:eng\": [\"alice@example.com\"]},"
 		" \"tagOwners\": {\"tag:web\": [\"group:eng\"], \"tag:router\": [\"tag:web\"],"
 		" \"tag:api\": [\"system:serviceaccounts:prod\"],"
-		" \"tag:one\": [\"system:serviceaccount:prod:api\"], \"tag:admin\": [\"autogroup:admin\"],"
+		" \"tag:one\": [\"system:serviceaccount:prod:api\", \"bob@\"], \"tag:admin\": [\"autogroup:admin\"],"
 		" \"tag:any\": [\"autogroup:member\"]}}");
 	const char *web[] = { "tag:web" };
 	struct policy_device alice = { .name = "a", .user = "alice@example.com" };
@@ -1072,6 +1072,22 @@ static void test_tag_owners(void **state)
 	assert_true(policy_tag_allowed(p, "tag:any", &carol));
 	assert_false(policy_tag_allowed(p, "tag:any", &tagged));
 	assert_false(policy_tag_allowed(p, "tag:undefined", &alice));
+	{
+		char owners[64];
+
+		assert_true(policy_tag_owners(p, "tag:api", owners, sizeof(owners)));
+		assert_string_equal(owners, "system:serviceaccounts:prod");
+		assert_true(policy_tag_owners(p, "tag:router", owners, sizeof(owners)));
+		assert_string_equal(owners, "tag:web");
+		assert_true(policy_tag_owners(p, "tag:any", owners, sizeof(owners)));
+		assert_string_equal(owners, "autogroup:member");
+		assert_true(policy_tag_owners(p, "tag:one", owners, sizeof(owners)));
+		assert_string_equal(owners, "system:serviceaccount:prod:api, bob");
+		assert_true(policy_tag_owners(p, "tag:one", owners, 34));
+		assert_string_equal(owners, "system:serviceaccount:prod:api");
+		assert_false(policy_tag_owners(p, "tag:undefined", owners, sizeof(owners)));
+		assert_string_equal(owners, "");
+	}
 	policy_free(p);
 }
 
