@@ -585,21 +585,20 @@ int policy_net_add(struct policy_net *n, const struct policy_device *in,
 	}
 	n->devs[slot].live = true;
 	n->live++;
-	if (touched) {
-		ret = policy_net_peers(n, in->name, touched);
-		if (ret)
-			return ret;
-		{
-			const char **v = reallocarray(touched->v, touched->len + 1, sizeof(*v));
-
-			if (!v) {
-				policy_names_free(touched);
-				return -ENOMEM;
-			}
-			touched->v = v;
-			v[touched->len++] = n->devs[slot].name;
-		}
+	if (!touched)
+		return 0;
+	/* policy_net_peers leaves room for one more name. */
+	ret = policy_net_peers(n, in->name, touched);
+	if (ret) {
+		/* Not added after all: the caller would not know what to
+		 * recompile. */
+		unindex(n, slot);
+		dev_fini(&n->devs[slot]);
+		n->free_slots[n->n_free++] = slot;
+		n->live--;
+		return ret;
 	}
+	touched->v[touched->len++] = n->devs[slot].name;
 	return 0;
 }
 
@@ -1016,7 +1015,7 @@ int policy_net_peers(const struct policy_net *n, const char *name, struct policy
 			}
 		}
 	}
-	out->v = malloc(m.n * sizeof(*out->v) + 1);
+	out->v = malloc((m.n + 1) * sizeof(*out->v));
 	if (!out->v) {
 		ret = -ENOMEM;
 		goto out;
