@@ -213,11 +213,31 @@ static int internet_add(struct policy_net *n, const struct policy_prefix *pfx,
 	return internet_add(n, &half, ex, n_ex);
 }
 
+static const char *const not_internet[] = { "0.0.0.0/8",	    "10.0.0.0/8",     "100.64.0.0/10",
+					    "127.0.0.0/8",    "169.254.0.0/16", "172.16.0.0/12",
+					    "192.168.0.0/16", "224.0.0.0/3" };
+
+/* Is a in autogroup:internet? (For the tests' view; the filter uses the
+ * prefixes internet_build() makes from the same list.) */
+static bool addr_is_internet(const struct policy_prefix *a)
+{
+	struct policy_prefix p;
+
+	if (a->family == 6) {
+		policy_prefix_parse("2000::/3", &p);
+		return policy_prefix_contains(&p, a);
+	}
+	for (size_t i = 0; i < sizeof(not_internet) / sizeof(not_internet[0]); i++) {
+		policy_prefix_parse(not_internet[i], &p);
+		if (policy_prefix_contains(&p, a))
+			return false;
+	}
+	return true;
+}
+
 static int internet_build(struct policy_net *n)
 {
-	static const char *const excluded[] = { "0.0.0.0/8",	  "10.0.0.0/8",	    "100.64.0.0/10",
-						"127.0.0.0/8",	  "169.254.0.0/16", "172.16.0.0/12",
-						"192.168.0.0/16", "224.0.0.0/3" };
+	const char *const *excluded = not_internet;
 	struct policy_prefix ex[8], all, v6;
 
 	for (size_t i = 0; i < 8; i++)
@@ -1042,9 +1062,20 @@ bool rules_allow(const struct policy *p, const struct dev *src, const struct dev
 		for (size_t k = 0; k < r->n_dst; k++) {
 			const struct dst *x = &r->dst[k];
 
+			bool hit = false;
+
 			if (proto_has_ports(proto) && !ports_contain(x->ports, x->n_ports, port))
 				continue;
-			if (x->sel.kind == SEL_SELF ? self_match(dst, src) : dst_match(p, &x->sel, dst))
+			if (x->sel.kind == SEL_SELF) {
+				hit = self_match(dst, src);
+			} else if (x->sel.kind == SEL_INTERNET) {
+				/* An address on the internet, not the exit node. */
+				for (size_t a = 0; a < dst->n_addrs && !hit; a++)
+					hit = addr_is_internet(&dst->addrs[a]);
+			} else {
+				hit = dst_match(p, &x->sel, dst);
+			}
+			if (hit)
 				return true;
 		}
 	}
