@@ -359,7 +359,7 @@ static bool sel_parse(struct parser *P, const char *s, size_t off, const char *p
 		return out->name ? true : oom(P);
 	}
 	if (strchr(s, '@')) {
-		if (s[0] == '@' || strchr(s, ' ') || strchr(s, ':'))
+		if (s[0] == '@' || strchr(s, ' '))
 			return fail(P, off, "%s: invalid user \"%s\"", path, s);
 		out->kind = SEL_USER;
 		/* "alice@" names the login "alice" (a Kubernetes user without a

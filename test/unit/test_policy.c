@@ -38,6 +38,7 @@ static const struct devspec devs[] = {
 	{ "pod-worker", "100.64.0.21", NULL, NULL, NULL, NULL, "prod/worker" },
 	{ "pod-dev", "100.64.0.22", NULL, NULL, NULL, NULL, "dev/api" },
 	{ "ci", "100.64.0.30", NULL, "ci-bot", NULL, NULL, NULL },
+	{ "oidc", "100.64.0.32", NULL, "oidc:dana@example.com", NULL, NULL, NULL },
 	{ "web2", "100.64.0.31", NULL, "alice@example.com", "tag:web", NULL, NULL },
 };
 #define N_DEVS (sizeof(devs) / sizeof(devs[0]))
@@ -372,6 +373,9 @@ static const struct verdict verdicts[] = {
 	  PDEV, TCP, 8080, true },
 	{ "pod ServiceAccount dst", ACLS(ACL("\"group:eng\"", "\"system:serviceaccount:prod:api:8080\"")),
 	  BOB, PWORK, TCP, 8080, false },
+	{ "login with a Kubernetes authenticator prefix",
+	  ACLS(ACL("\"oidc:dana@example.com\"", "\"oidc:dana@example.com:22\"")), "100.64.0.32",
+	  "100.64.0.32", TCP, 22, true },
 	{ "login without a domain", ACLS(ACL("\"ci-bot@\"", "\"tag:web:22\"")), CI, WEB, TCP, 22, true },
 	{ "legacy users/ports", HEAD "\"acls\": [{\"action\": \"accept\", \"users\": [\"group:eng\"],"
 		" \"ports\": [\"tag:web:80\"]}]}", BOB, WEB, TCP, 80, true },
@@ -855,7 +859,7 @@ static const struct vis viss[] = {
 	{ ACLS(ACL("\"100.64.0.0/30\"", "\"tag:db:*\"")), "db", "alice-laptop,alice-phone,bob-laptop" },
 	{ ACLS(ACL("\"system:serviceaccounts:prod\"", "\"tag:db:5432\"")), "db", "pod-api,pod-worker" },
 	{ HEAD "\"acls\": []}", "alice-laptop", "" },
-	{ "{}", "pod-dev", "alice-laptop,alice-phone,bob-laptop,carol,ci,db,pod-api,pod-worker,router,web,web2" },
+	{ "{}", "pod-dev", "alice-laptop,alice-phone,bob-laptop,carol,ci,db,oidc,pod-api,pod-worker,router,web,web2" },
 };
 
 static void test_visibility(void **state)
