@@ -20,10 +20,12 @@ struct member {
 	char *key;
 	size_t key_len;
 	struct json *val; /* NULL only transiently inside json_merge_patch() */
+	size_t key_offset; /* of the key's opening quote, see json_key_offset() */
 };
 
 struct json {
 	enum json_type type;
+	size_t offset; /* of the first byte, see json_offset() */
 	union {
 		bool b;
 		struct {
@@ -437,7 +439,7 @@ static int obj_append(struct json *o, char *key, size_t key_len, struct json *va
 		if (index_rebuild(o, cap))
 			goto nomem;
 	}
-	o->u.obj.m[o->u.obj.len] = (struct member){ key, key_len, val };
+	o->u.obj.m[o->u.obj.len] = (struct member){ key, key_len, val, 0 };
 	o->u.obj.len++;
 	if (o->u.obj.index)
 		index_put(o, o->u.obj.len - 1);
@@ -545,6 +547,18 @@ struct json *json_getn(const struct json *obj, const char *key, size_t key_len)
 		return NULL;
 	i = obj_find(obj, key, key_len);
 	return i == NOT_FOUND ? NULL : obj->u.obj.m[i].val;
+}
+
+size_t json_offset(const struct json *j)
+{
+	return j ? j->offset : 0;
+}
+
+size_t json_key_offset(const struct json *obj, size_t i)
+{
+	if (!json_is_object(obj) || i >= obj->u.obj.len)
+		return 0;
+	return obj->u.obj.m[i].key_offset;
 }
 
 struct json *json_get(const struct json *obj, const char *key)
@@ -727,6 +741,7 @@ struct frame {
 	struct json *node;
 	char *key; /* pending key inside an object */
 	size_t key_len;
+	size_t key_offset;
 };
 
 struct builder {
@@ -736,6 +751,11 @@ struct builder {
 	struct json *root; /* value under construction, owns every frame's node */
 	char msg[160]; /* why a callback cancelled the parse */
 	bool (*deliver)(struct builder *b, struct json *doc);
+	/* The whole text, when it is parsed in one piece: then every node gets
+	 * its offset (yajl's byte count inside a callback is the offset just
+	 * past the token being reported). NULL for streams. */
+	const char *text;
+	size_t cancel_at; /* where a cancelling callback's error is, or SIZE_MAX */
 	/* \u escape scanner state, see scan_escapes() */
 	int esc; /* 0 outside an escape, 1 after '\\', 2..5 in the hex digits */
 	unsigned cp;
@@ -816,14 +836,41 @@ static void builder_reset(struct builder *b)
 	b->root = NULL;
 }
 
-/* Attaches v (owned) where the parser is; a complete top-level value is
- * delivered. */
-static int attach(struct builder *b, struct json *v, bool container)
+/* Offset just past the token yajl is reporting. */
+static size_t tok_end(struct builder *b)
+{
+	return b->text ? yajl_get_bytes_consumed(b->h) : 0;
+}
+
+/* Offset of the opening quote of the string token ending at end: inside a
+ * JSON string a quote only appears escaped, so it is the last quote before
+ * the closing one that an even run of backslashes precedes. */
+static size_t str_start(struct builder *b, size_t end)
+{
+	if (!b->text || end < 2)
+		return 0;
+	for (size_t i = end - 1; i-- > 0;) {
+		size_t bs = 0;
+
+		if (b->text[i] != '"')
+			continue;
+		while (bs < i && b->text[i - 1 - bs] == '\\')
+			bs++;
+		if (bs % 2 == 0)
+			return i;
+	}
+	return 0;
+}
+
+/* Attaches v (owned), which starts at offset start, where the parser is; a
+ * complete top-level value is delivered. */
+static int attach(struct builder *b, struct json *v, bool container, size_t start)
 {
 	struct frame *f;
 
 	if (!v)
 		return cancel(b, "out of memory");
+	v->offset = start;
 	if (b->depth == 0) {
 		if (container) {
 			b->root = v;
@@ -838,18 +885,23 @@ static int attach(struct builder *b, struct json *v, bool container)
 		f->key = NULL;
 		return cancel(b, "out of memory");
 	}
+	f->node->u.obj.m[f->node->u.obj.len - 1].key_offset = f->key_offset;
 	f->key = NULL;
 	return 1;
 }
 
 static int cb_null(void *ctx)
 {
-	return attach(ctx, json_new_null(), false);
+	size_t end = tok_end(ctx);
+
+	return attach(ctx, json_new_null(), false, end >= 4 ? end - 4 : 0);
 }
 
 static int cb_boolean(void *ctx, int v)
 {
-	return attach(ctx, json_new_bool(v), false);
+	size_t end = tok_end(ctx), n = v ? 4 : 5;
+
+	return attach(ctx, json_new_bool(v), false, end >= n ? end - n : 0);
 }
 
 static int cb_number(void *ctx, const char *s, size_t len)
@@ -891,7 +943,7 @@ static int cb_number(void *ctx, const char *s, size_t len)
 			j->u.num.is_int = false;
 	}
 done:
-	ret = attach(b, j, false);
+	ret = attach(b, j, false, tok_end(b) >= len ? tok_end(b) - len : 0);
 out:
 	if (tok != small)
 		free(tok);
@@ -946,7 +998,8 @@ static int cb_string(void *ctx, const unsigned char *s, size_t len)
 {
 	if (!utf8_valid(s, len))
 		return cancel(ctx, "invalid UTF-8 in string");
-	return attach(ctx, json_new_stringn((const char *)s, len), false);
+	return attach(ctx, json_new_stringn((const char *)s, len), false,
+		      str_start(ctx, tok_end(ctx)));
 }
 
 static int open_container(struct builder *b, enum json_type t)
@@ -956,7 +1009,7 @@ static int open_container(struct builder *b, enum json_type t)
 	if (b->depth >= JSON_MAX_DEPTH)
 		return cancel(b, "nesting deeper than %d levels", JSON_MAX_DEPTH);
 	j = node_new(t);
-	if (!attach(b, j, true))
+	if (!attach(b, j, true, tok_end(b) ? tok_end(b) - 1 : 0))
 		return 0;
 	b->stack[b->depth++] = (struct frame){ .node = j };
 	return 1;
@@ -986,6 +1039,8 @@ static int cb_map_key(void *ctx, const unsigned char *s, size_t len)
 
 	if (!utf8_valid(s, len))
 		return cancel(b, "invalid UTF-8 in key");
+	if (obj_find(f->node, (const char *)s, len) != NOT_FOUND && b->text)
+		b->cancel_at = str_start(b, tok_end(b));
 	if (obj_find(f->node, (const char *)s, len) != NOT_FOUND)
 		return cancel(b, "duplicate key \"%.*s\"%s", (int)(len > 64 ? 64 : len), s,
 			      len > 64 ? "..." : "");
@@ -993,6 +1048,7 @@ static int cb_map_key(void *ctx, const unsigned char *s, size_t len)
 	if (!f->key)
 		return cancel(b, "out of memory");
 	f->key_len = len;
+	f->key_offset = str_start(b, tok_end(b));
 	return 1;
 }
 
@@ -1089,6 +1145,8 @@ struct json *json_parse_max(const char *data, size_t len, size_t max_bytes,
 		return NULL;
 	}
 	p.b.deliver = deliver_one;
+	p.b.text = data;
+	p.b.cancel_at = SIZE_MAX;
 	p.result = NULL;
 	/* An earlier error from yajl wins over a bad escape. */
 	bad = scan_escapes(&p.b, data, len);
@@ -1106,6 +1164,8 @@ struct json *json_parse_max(const char *data, size_t len, size_t max_bytes,
 	}
 	if (st != yajl_status_ok) {
 		status_msg(&p.b, st, msg, sizeof(msg));
+		if (st == yajl_status_client_canceled && p.b.cancel_at != SIZE_MAX)
+			off = p.b.cancel_at;
 		if (off > len)
 			off = len;
 		json_error_set(err, data, off, "%s", msg);

@@ -82,6 +82,13 @@ size_t json_object_len(const struct json *j);
  * (key_len may be NULL). NULL when out of range or not an object. */
 struct json *json_object_at(const struct json *j, size_t i, const char **key,
 			    size_t *key_len);
+/* Where a parsed node began in the text given to json_parse() (or
+ * hujson_parse(), whose offsets are the original text's): the byte offset
+ * of its first byte, or of the opening quote of an object member's key.
+ * 0 for nodes built, cloned or streamed, and for NULL. json_error_set()
+ * turns an offset into line:column. */
+size_t json_offset(const struct json *j);
+size_t json_key_offset(const struct json *obj, size_t i);
 #define json_object_foreach(obj, i, key, val) \
 	for ((i) = 0; ((val) = json_object_at((obj), (i), &(key), NULL)); (i)++)
 

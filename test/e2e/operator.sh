@@ -127,7 +127,7 @@ claims_match() {
 }
 e2e_check "claims equal the addresses in use (none leaked or lost)" e2e_wait_for 30 claims_match
 cols=$($K get devices | head -1)
-e2e_check "Device printer columns" grep -qE 'NAME +HOSTNAME +IPV4 +TAGS +ONLINE +EPHEMERAL +AGE' <<<"$cols"
+e2e_check "Device printer columns" grep -qE 'NAME +HOSTNAME +IPV4 +USER +TAGS +ONLINE +EPHEMERAL +AGE' <<<"$cols"
 
 # Deleting a device frees its addresses (garbage collector on the claims).
 $K delete device dev-0000 >/dev/null

@@ -155,7 +155,7 @@ static void test_errors(void **state)
 		{ "[1 / 2]", 1, 4, "comment" },
 		{ "/*/", 1, 1, "unterminated block comment" },
 		{ "// only a comment", 1, 18, "premature EOF" },
-		{ "{\"a\":1, // one\n \"a\":2}", 2, 5, "duplicate key \"a\"" },
+		{ "{\"a\":1, // one\n \"a\":2}", 2, 2, "duplicate key \"a\"" },
 		{ "{\"k\": \"v\" // comment\n \"x\": 1}", 2, 4, "expect ',' or '}'" },
 	};
 

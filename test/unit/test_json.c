@@ -239,7 +239,7 @@ static void test_invalid(void **state)
 		{ "+1", 1, 2, "invalid char" },
 		{ "NaN", 1, 2, "invalid" },
 		{ "[1] // c", 1, 5, "" },
-		{ "{\n  \"a\": 1,\n  \"a\": 2\n}", 3, 6, "duplicate key \"a\"" },
+		{ "{\n  \"a\": 1,\n  \"a\": 2\n}", 3, 3, "duplicate key \"a\"" },
 		{ "\"\\ud800\"", 1, 8, "surrogate" },
 		{ "\"\\udc00\"", 1, 7, "surrogate" },
 		{ "\"\\ud800\\u0041\"", 1, 13, "surrogate" },
@@ -837,6 +837,37 @@ static void test_stream_misc(void **state)
 	json_free(c.docs);
 }
 
+/* json_offset()/json_key_offset(): the first byte of every parsed node
+ * and key, through escapes, numbers, literals and nesting. */
+static void test_offsets(void **state)
+{
+	static const char text[] = "{\"a\": [1, -2.5e3, true, false, null],\n"
+				   " \"b\\\"\": \"x\\\\\\\"y\\\\\", \"c\": {\"d\": {}}}";
+	struct json *j = json_parse(text, strlen(text), NULL), *a, *c;
+	static const char *firsts[] = { "1,", "-2.5e3", "true", "false", "null" };
+
+	(void)state;
+	assert_non_null(j);
+	assert_int_equal(json_offset(j), 0);
+	assert_int_equal(json_key_offset(j, 0), 1);
+	a = json_get(j, "a");
+	assert_int_equal(json_offset(a), 6);
+	for (size_t i = 0; i < 5; i++) {
+		size_t o = json_offset(json_array_at(a, i));
+
+		assert_memory_equal(text + o, firsts[i], strlen(firsts[i]));
+	}
+	assert_memory_equal(text + json_key_offset(j, 1), "\"b\\\"\"", 5);
+	assert_memory_equal(text + json_offset(json_get(j, "b\"")), "\"x\\\\", 4);
+	c = json_get(j, "c");
+	assert_memory_equal(text + json_offset(c), "{\"d", 3);
+	assert_memory_equal(text + json_key_offset(c, 0), "\"d\"", 3);
+	assert_memory_equal(text + json_offset(json_get(c, "d")), "{}", 2);
+	assert_int_equal(json_offset(NULL), 0);
+	assert_int_equal(json_key_offset(a, 0), 0);
+	json_free(j);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -859,6 +890,7 @@ int main(void)
 		cmocka_unit_test(test_stream_errors),
 		cmocka_unit_test(test_stream_doc_cap),
 		cmocka_unit_test(test_stream_misc),
+		cmocka_unit_test(test_offsets),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

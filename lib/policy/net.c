@@ -1,0 +1,1306 @@
+/* The device index and per-device compilation: packet filter, visible
+ * peers, approved routes.
+ *
+ * Devices live in slots; selectors that name principals (users, tags,
+ * namespaces, autogroups) expand through buckets of slots, so a filter
+ * costs the rules times the sources it names, never a scan of every
+ * device. Only address selectors scan, for visibility.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "model.h"
+#include "strmap.h"
+
+struct bucket {
+	size_t *v;
+	size_t n, cap;
+};
+
+struct policy_net {
+	const struct policy *p;
+	struct dev *devs;
+	size_t n_devs, cap, live;
+	size_t *free_slots;
+	size_t n_free;
+	struct strmap *by_name; /* slot + 1 */
+	struct strmap *by_user, *by_tag, *by_ns; /* struct bucket * */
+	struct bucket member, tagged, exits;
+	struct bucket routers; /* devices with an approved subnet route */
+	/* Every device address, sorted per family, so an address selector
+	 * finds its devices by binary search instead of a scan. */
+	struct addr_index {
+		struct addr_entry *v;
+		size_t n, cap;
+	} addrs[2];
+	struct policy_prefix *internet; /* autogroup:internet, see internet_build() */
+	size_t n_internet;
+};
+
+#define SLOT(v) ((size_t)(uintptr_t)(v) - 1)
+
+struct addr_entry {
+	uint8_t addr[16];
+	size_t slot;
+};
+
+/* ---- the address index ----------------------------------------------- */
+
+static struct addr_index *addr_family(struct policy_net *n, uint8_t family)
+{
+	return &n->addrs[family == 4 ? 0 : 1];
+}
+
+/* First entry not below key (its first len bytes). */
+static size_t addr_lower(const struct addr_index *x, const uint8_t *key, size_t len)
+{
+	size_t lo = 0, hi = x->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (memcmp(x->v[mid].addr, key, len) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static size_t addr_len(uint8_t family)
+{
+	return family == 4 ? 4 : 16;
+}
+
+static int addr_insert(struct policy_net *n, const struct policy_prefix *a, size_t slot)
+{
+	struct addr_index *x = addr_family(n, a->family);
+	size_t at;
+
+	if (x->n == x->cap) {
+		size_t cap = x->cap ? x->cap * 2 : 64;
+		struct addr_entry *v = reallocarray(x->v, cap, sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		x->v = v;
+		x->cap = cap;
+	}
+	at = addr_lower(x, a->addr, addr_len(a->family));
+	memmove(&x->v[at + 1], &x->v[at], (x->n - at) * sizeof(*x->v));
+	memset(&x->v[at], 0, sizeof(x->v[at]));
+	memcpy(x->v[at].addr, a->addr, addr_len(a->family));
+	x->v[at].slot = slot;
+	x->n++;
+	return 0;
+}
+
+static void addr_remove(struct policy_net *n, const struct policy_prefix *a, size_t slot)
+{
+	struct addr_index *x = addr_family(n, a->family);
+
+	for (size_t i = addr_lower(x, a->addr, addr_len(a->family)); i < x->n; i++) {
+		if (memcmp(x->v[i].addr, a->addr, addr_len(a->family)))
+			return;
+		if (x->v[i].slot == slot) {
+			memmove(&x->v[i], &x->v[i + 1], (x->n - i - 1) * sizeof(*x->v));
+			x->n--;
+			return;
+		}
+	}
+}
+
+/* ---- buckets --------------------------------------------------------- */
+
+static int bucket_add(struct bucket *b, size_t slot)
+{
+	if (b->n == b->cap) {
+		size_t cap = b->cap ? b->cap * 2 : 4;
+		size_t *v = reallocarray(b->v, cap, sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		b->v = v;
+		b->cap = cap;
+	}
+	b->v[b->n++] = slot;
+	return 0;
+}
+
+static void bucket_del(struct bucket *b, size_t slot)
+{
+	for (size_t i = 0; i < b->n; i++) {
+		if (b->v[i] == slot) {
+			b->v[i] = b->v[--b->n];
+			return;
+		}
+	}
+}
+
+static int map_add(struct strmap *m, const char *key, size_t slot)
+{
+	struct bucket *b = strmap_get(m, key);
+
+	if (!b) {
+		b = calloc(1, sizeof(*b));
+		if (!b || strmap_set(m, key, b, NULL)) {
+			free(b);
+			return -ENOMEM;
+		}
+	}
+	return bucket_add(b, slot);
+}
+
+static void map_del(struct strmap *m, const char *key, size_t slot)
+{
+	struct bucket *b = strmap_get(m, key);
+
+	if (!b)
+		return;
+	bucket_del(b, slot);
+	if (b->n == 0) {
+		strmap_del(m, key);
+		free(b->v);
+		free(b);
+	}
+}
+
+static void map_free(struct strmap *m)
+{
+	for (struct strmap_entry *e = strmap_first(m); e; e = strmap_next(m, e)) {
+		struct bucket *b = strmap_value(e);
+
+		free(b->v);
+		free(b);
+	}
+	strmap_free(m);
+}
+
+/* ---- autogroup:internet ---------------------------------------------- */
+
+/* The public address space: IPv4 less private, shared (CGNAT, so the
+ * tailnet), loopback, link-local and multicast/reserved ranges; IPv6
+ * global unicast. Built by splitting 0.0.0.0/0 around the exclusions. */
+static int internet_add(struct policy_net *n, const struct policy_prefix *pfx,
+			const struct policy_prefix *ex, size_t n_ex)
+{
+	struct policy_prefix half;
+	bool overlap = false;
+
+	for (size_t i = 0; i < n_ex; i++) {
+		if (policy_prefix_contains(&ex[i], pfx))
+			return 0;
+		overlap = overlap || policy_prefix_overlaps(&ex[i], pfx);
+	}
+	if (!overlap) {
+		struct policy_prefix *v =
+			reallocarray(n->internet, n->n_internet + 1, sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		n->internet = v;
+		v[n->n_internet++] = *pfx;
+		return 0;
+	}
+	half = *pfx;
+	half.bits++;
+	if (internet_add(n, &half, ex, n_ex))
+		return -ENOMEM;
+	half.addr[pfx->bits / 8] |= (uint8_t)(0x80u >> (pfx->bits % 8));
+	return internet_add(n, &half, ex, n_ex);
+}
+
+static const char *const not_internet[] = { "0.0.0.0/8",	    "10.0.0.0/8",     "100.64.0.0/10",
+					    "127.0.0.0/8",    "169.254.0.0/16", "172.16.0.0/12",
+					    "192.168.0.0/16", "224.0.0.0/3" };
+
+/* Is a in autogroup:internet? (For the tests' view; the filter uses the
+ * prefixes internet_build() makes from the same list.) */
+static bool addr_is_internet(const struct policy_prefix *a)
+{
+	struct policy_prefix p;
+
+	if (a->family == 6) {
+		policy_prefix_parse("2000::/3", &p);
+		return policy_prefix_contains(&p, a);
+	}
+	for (size_t i = 0; i < sizeof(not_internet) / sizeof(not_internet[0]); i++) {
+		policy_prefix_parse(not_internet[i], &p);
+		if (policy_prefix_contains(&p, a))
+			return false;
+	}
+	return true;
+}
+
+static int internet_build(struct policy_net *n)
+{
+	const char *const *excluded = not_internet;
+	struct policy_prefix ex[8], all, v6;
+
+	for (size_t i = 0; i < 8; i++)
+		policy_prefix_parse(excluded[i], &ex[i]);
+	policy_prefix_parse("0.0.0.0/0", &all);
+	policy_prefix_parse("2000::/3", &v6);
+	if (internet_add(n, &all, ex, 8))
+		return -ENOMEM;
+	return internet_add(n, &v6, NULL, 0);
+}
+
+/* ---- matching -------------------------------------------------------- */
+
+static bool dev_has_tag(const struct dev *d, const char *tag)
+{
+	for (size_t i = 0; i < d->n_tags; i++)
+		if (!strcmp(d->tags[i], tag))
+			return true;
+	return false;
+}
+
+static bool dev_in_prefix(const struct dev *d, const struct policy_prefix *p)
+{
+	for (size_t i = 0; i < d->n_addrs; i++)
+		if (policy_prefix_contains(p, &d->addrs[i]))
+			return true;
+	return false;
+}
+
+/* Subnet routes only: an exit node is reached through autogroup:internet
+ * (or "*"), not by every prefix its /0 overlaps. */
+static bool dev_routes_overlap(const struct dev *d, const struct policy_prefix *p)
+{
+	for (size_t i = 0; i < d->n_routes; i++)
+		if (d->routes[i].bits && policy_prefix_overlaps(p, &d->routes[i]))
+			return true;
+	return false;
+}
+
+static bool user_in_group(const struct policy *p, size_t g, const struct dev *d)
+{
+	const struct group *gr = &p->groups[g];
+
+	for (size_t i = 0; i < gr->n; i++) {
+		const struct sel *m = &gr->members[i];
+
+		if (m->kind == SEL_USER && d->user && !strcmp(m->name, d->user))
+			return true;
+		if (m->kind == SEL_NS && d->ns && !strcmp(m->name, d->ns))
+			return true;
+	}
+	return false;
+}
+
+/* Is d (one of) what s names as a principal? Addresses match by the
+ * device's own addresses; autogroup:self and :internet need a context and
+ * never match here. */
+bool sel_match(const struct policy *p, const struct sel *s, const struct dev *d)
+{
+	switch (s->kind) {
+	case SEL_ALL:
+		return true;
+	case SEL_USER:
+		return d->user && !strcmp(d->user, s->name);
+	case SEL_GROUP:
+		return d->user && user_in_group(p, s->group, d);
+	case SEL_TAG:
+		return dev_has_tag(d, s->name);
+	case SEL_NS:
+		return d->ns && !strcmp(d->ns, s->name);
+	case SEL_MEMBER:
+		return d->user != NULL;
+	case SEL_TAGGED:
+		return d->n_tags > 0;
+	case SEL_PREFIX:
+		return dev_in_prefix(d, &s->pfx);
+	case SEL_NONE:
+	case SEL_SELF:
+	case SEL_INTERNET:
+		return false;
+	}
+	return false;
+}
+
+/* As a destination, an address selector also matches a router of a route
+ * overlapping it, and autogroup:internet matches exit nodes. */
+static bool dst_match(const struct policy *p, const struct sel *s, const struct dev *d)
+{
+	if (s->kind == SEL_PREFIX && dev_routes_overlap(d, &s->pfx))
+		return true;
+	if (s->kind == SEL_INTERNET)
+		return d->exit_node;
+	return sel_match(p, s, d);
+}
+
+static bool src_match(const struct policy *p, const struct sel *s, const struct dev *d)
+{
+	if (s->kind == SEL_PREFIX && dev_routes_overlap(d, &s->pfx))
+		return true;
+	return sel_match(p, s, d);
+}
+
+static bool self_match(const struct dev *dst, const struct dev *src)
+{
+	return dst->user && src->user && !strcmp(dst->user, src->user);
+}
+
+/* ---- the index ------------------------------------------------------- */
+
+struct policy_net *policy_net_new(const struct policy *p)
+{
+	struct policy_net *n = calloc(1, sizeof(*n));
+
+	if (!n)
+		return NULL;
+	n->p = p;
+	n->by_name = strmap_new();
+	n->by_user = strmap_new();
+	n->by_tag = strmap_new();
+	n->by_ns = strmap_new();
+	if (!n->by_name || !n->by_user || !n->by_tag || !n->by_ns || internet_build(n)) {
+		policy_net_free(n);
+		return NULL;
+	}
+	return n;
+}
+
+static void dev_fini(struct dev *d)
+{
+	free(d->name);
+	free(d->user);
+	for (size_t i = 0; i < d->n_tags; i++)
+		free(d->tags[i]);
+	free(d->tags);
+	free(d->routes);
+	free(d->ns);
+	memset(d, 0, sizeof(*d));
+}
+
+void policy_net_free(struct policy_net *n)
+{
+	if (!n)
+		return;
+	for (size_t i = 0; i < n->n_devs; i++)
+		dev_fini(&n->devs[i]);
+	free(n->devs);
+	free(n->free_slots);
+	strmap_free(n->by_name);
+	map_free(n->by_user);
+	map_free(n->by_tag);
+	map_free(n->by_ns);
+	free(n->member.v);
+	free(n->tagged.v);
+	free(n->exits.v);
+	free(n->routers.v);
+	free(n->addrs[0].v);
+	free(n->addrs[1].v);
+	free(n->internet);
+	free(n);
+}
+
+size_t policy_net_len(const struct policy_net *n)
+{
+	return n->live;
+}
+
+static bool approver_match(const struct policy *p, const struct sel *s, size_t n,
+			   const struct dev *d)
+{
+	for (size_t i = 0; i < n; i++)
+		if (sel_match(p, &s[i], d))
+			return true;
+	return false;
+}
+
+static bool is_exit_route(const struct policy_prefix *r)
+{
+	return r->bits == 0;
+}
+
+/* autoApprovers: a route is approved when a listed route contains it and
+ * the device matches one of that route's approvers; an exit route (/0)
+ * when the device matches exitNode. */
+static int routes_approve(const struct policy *p, struct dev *d, const struct policy_device *in)
+{
+	d->routes = calloc(in->n_routes + 1, sizeof(*d->routes));
+	if (!d->routes)
+		return -ENOMEM;
+	for (size_t i = 0; i < in->n_routes; i++) {
+		const struct policy_prefix *r = &in->routes[i];
+		bool ok = false;
+
+		if (is_exit_route(r)) {
+			ok = approver_match(p, p->exit_approvers, p->n_exit_approvers, d);
+			d->exit_node = d->exit_node || ok;
+		} else {
+			for (size_t k = 0; k < p->n_route_approvers && !ok; k++)
+				ok = policy_prefix_contains(&p->route_approvers[k].pfx, r) &&
+				     approver_match(p, p->route_approvers[k].sels,
+						    p->route_approvers[k].n, d);
+		}
+		if (ok)
+			d->routes[d->n_routes++] = *r;
+	}
+	return 0;
+}
+
+static int dev_fill(const struct policy *p, struct dev *d, const struct policy_device *in)
+{
+	bool tagged = in->n_tags > 0;
+
+	memset(d, 0, sizeof(*d));
+	d->name = strdup(in->name);
+	if (!d->name)
+		return -ENOMEM;
+	memcpy(d->addrs, in->addrs, in->n_addrs * sizeof(in->addrs[0]));
+	d->n_addrs = in->n_addrs;
+	if (!tagged && in->user && *in->user) {
+		d->user = strdup(in->user);
+		if (!d->user)
+			return -ENOMEM;
+	} else if (!tagged && in->pod && in->pod_namespace && in->pod_serviceaccount) {
+		size_t len = strlen("system:serviceaccount::") + strlen(in->pod_namespace) +
+			     strlen(in->pod_serviceaccount) + 1;
+
+		d->user = malloc(len);
+		if (!d->user)
+			return -ENOMEM;
+		snprintf(d->user, len, "system:serviceaccount:%s:%s", in->pod_namespace,
+			 in->pod_serviceaccount);
+	}
+	if (!tagged && in->pod && in->pod_namespace) {
+		d->ns = strdup(in->pod_namespace);
+		if (!d->ns)
+			return -ENOMEM;
+	}
+	d->tags = calloc(in->n_tags + 1, sizeof(*d->tags));
+	if (!d->tags)
+		return -ENOMEM;
+	for (size_t i = 0; i < in->n_tags; i++) {
+		d->tags[i] = strdup(in->tags[i]);
+		if (!d->tags[i])
+			return -ENOMEM;
+		d->n_tags++;
+	}
+	return routes_approve(p, d, in);
+}
+
+static bool has_subnet_route(const struct dev *d)
+{
+	for (size_t i = 0; i < d->n_routes; i++)
+		if (d->routes[i].bits)
+			return true;
+	return false;
+}
+
+static void unindex(struct policy_net *n, size_t slot)
+{
+	struct dev *d = &n->devs[slot];
+
+	strmap_del(n->by_name, d->name);
+	if (d->user)
+		map_del(n->by_user, d->user, slot);
+	if (d->ns)
+		map_del(n->by_ns, d->ns, slot);
+	for (size_t i = 0; i < d->n_tags; i++)
+		map_del(n->by_tag, d->tags[i], slot);
+	if (d->user)
+		bucket_del(&n->member, slot);
+	if (d->n_tags)
+		bucket_del(&n->tagged, slot);
+	if (d->exit_node)
+		bucket_del(&n->exits, slot);
+	if (has_subnet_route(d))
+		bucket_del(&n->routers, slot);
+	for (size_t i = 0; i < d->n_addrs; i++)
+		addr_remove(n, &d->addrs[i], slot);
+}
+
+/* Every index entry, or none (-ENOMEM after undoing). Tags repeat at most
+ * once in a bucket: a device tagged twice with one tag counts once. */
+static int index_dev(struct policy_net *n, size_t slot)
+{
+	struct dev *d = &n->devs[slot];
+
+	if (strmap_set(n->by_name, d->name, (void *)(uintptr_t)(slot + 1), NULL))
+		return -ENOMEM;
+	if (d->user && map_add(n->by_user, d->user, slot))
+		goto nomem;
+	if (d->ns && map_add(n->by_ns, d->ns, slot))
+		goto nomem;
+	for (size_t i = 0; i < d->n_tags; i++) {
+		bool dup = false;
+
+		for (size_t k = 0; k < i; k++)
+			dup = dup || !strcmp(d->tags[k], d->tags[i]);
+		if (!dup && map_add(n->by_tag, d->tags[i], slot))
+			goto nomem;
+	}
+	if (d->user && bucket_add(&n->member, slot))
+		goto nomem;
+	if (d->n_tags && bucket_add(&n->tagged, slot))
+		goto nomem;
+	if (d->exit_node && bucket_add(&n->exits, slot))
+		goto nomem;
+	if (has_subnet_route(d) && bucket_add(&n->routers, slot))
+		goto nomem;
+	for (size_t i = 0; i < d->n_addrs; i++)
+		if (addr_insert(n, &d->addrs[i], slot))
+			goto nomem;
+	return 0;
+nomem:
+	unindex(n, slot);
+	return -ENOMEM;
+}
+
+static int slot_find(const struct policy_net *n, const char *name, size_t *slot)
+{
+	void *v = name ? strmap_get(n->by_name, name) : NULL;
+
+	if (!v)
+		return -ENOENT;
+	*slot = SLOT(v);
+	return 0;
+}
+
+int policy_net_add(struct policy_net *n, const struct policy_device *in,
+		   struct policy_names *touched)
+{
+	size_t slot;
+	int ret;
+
+	if (touched)
+		*touched = (struct policy_names){ 0 };
+	if (!in->name || !*in->name || in->n_addrs > POLICY_MAX_ADDRS)
+		return -EINVAL;
+	if (strmap_has(n->by_name, in->name))
+		return -EEXIST;
+	if (n->n_free) {
+		slot = n->free_slots[--n->n_free];
+	} else {
+		if (n->n_devs == n->cap) {
+			size_t cap = n->cap ? n->cap * 2 : 16;
+			struct dev *v = reallocarray(n->devs, cap, sizeof(*v));
+			size_t *f = reallocarray(n->free_slots, cap, sizeof(*f));
+
+			if (v)
+				n->devs = v;
+			if (f)
+				n->free_slots = f;
+			if (!v || !f)
+				return -ENOMEM;
+			n->cap = cap;
+		}
+		slot = n->n_devs++;
+		memset(&n->devs[slot], 0, sizeof(n->devs[slot]));
+	}
+	ret = dev_fill(n->p, &n->devs[slot], in);
+	if (!ret)
+		ret = index_dev(n, slot);
+	if (ret) {
+		dev_fini(&n->devs[slot]);
+		n->free_slots[n->n_free++] = slot;
+		return ret;
+	}
+	n->devs[slot].live = true;
+	n->live++;
+	if (!touched)
+		return 0;
+	/* policy_net_peers leaves room for one more name. */
+	ret = policy_net_peers(n, in->name, touched);
+	if (ret) {
+		/* Not added after all: the caller would not know what to
+		 * recompile. */
+		unindex(n, slot);
+		dev_fini(&n->devs[slot]);
+		n->free_slots[n->n_free++] = slot;
+		n->live--;
+		return ret;
+	}
+	touched->v[touched->len++] = n->devs[slot].name;
+	return 0;
+}
+
+int policy_net_remove(struct policy_net *n, const char *name, struct policy_names *touched)
+{
+	size_t slot;
+	int ret;
+
+	if (touched)
+		*touched = (struct policy_names){ 0 };
+	ret = slot_find(n, name, &slot);
+	if (ret)
+		return ret;
+	if (touched && (ret = policy_net_peers(n, name, touched)))
+		return ret;
+	unindex(n, slot);
+	dev_fini(&n->devs[slot]);
+	n->free_slots[n->n_free++] = slot;
+	n->live--;
+	return 0;
+}
+
+const char *policy_net_lookup(const struct policy_net *n, const struct policy_prefix *addr)
+{
+	const struct addr_index *x = &n->addrs[addr->family == 4 ? 0 : 1];
+	size_t len = addr_len(addr->family);
+	size_t i = addr_lower(x, addr->addr, len);
+
+	if (i < x->n && !memcmp(x->v[i].addr, addr->addr, len))
+		return n->devs[x->v[i].slot].name;
+	return NULL;
+}
+
+/* ---- expanding selectors into devices -------------------------------- */
+
+/* Slots marked in a bitmap, so each device is taken once per output. */
+struct marks {
+	uint8_t *bits;
+	size_t *v;
+	size_t n;
+};
+
+static int marks_init(struct marks *m, size_t n_devs)
+{
+	m->bits = calloc(n_devs / 8 + 1, 1);
+	m->v = malloc((n_devs + 1) * sizeof(*m->v));
+	m->n = 0;
+	if (!m->bits || !m->v) {
+		free(m->bits);
+		free(m->v);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static void marks_fini(struct marks *m)
+{
+	free(m->bits);
+	free(m->v);
+}
+
+static void mark(struct marks *m, size_t slot)
+{
+	if (m->bits[slot / 8] & (1u << (slot % 8)))
+		return;
+	m->bits[slot / 8] |= (uint8_t)(1u << (slot % 8));
+	m->v[m->n++] = slot;
+}
+
+static void mark_bucket(struct marks *m, const struct bucket *b)
+{
+	if (!b)
+		return;
+	for (size_t i = 0; i < b->n; i++)
+		mark(m, b->v[i]);
+}
+
+/* Every device s names as a principal (as a source when !as_dst). The
+ * context device ctx gives autogroup:self its user. */
+static void expand(const struct policy_net *n, const struct sel *s, bool as_dst,
+		   const struct dev *ctx, struct marks *m)
+{
+	const struct policy *p = n->p;
+
+	switch (s->kind) {
+	case SEL_USER:
+		mark_bucket(m, strmap_get(n->by_user, s->name));
+		return;
+	case SEL_GROUP:
+		for (size_t i = 0; i < p->groups[s->group].n; i++) {
+			const struct sel *mb = &p->groups[s->group].members[i];
+
+			mark_bucket(m, strmap_get(mb->kind == SEL_NS ? n->by_ns : n->by_user,
+						  mb->name));
+		}
+		return;
+	case SEL_TAG:
+		mark_bucket(m, strmap_get(n->by_tag, s->name));
+		return;
+	case SEL_NS:
+		mark_bucket(m, strmap_get(n->by_ns, s->name));
+		return;
+	case SEL_MEMBER:
+		mark_bucket(m, &n->member);
+		return;
+	case SEL_TAGGED:
+		mark_bucket(m, &n->tagged);
+		return;
+	case SEL_SELF:
+		if (as_dst && ctx && ctx->user)
+			mark_bucket(m, strmap_get(n->by_user, ctx->user));
+		return;
+	case SEL_INTERNET:
+		if (as_dst)
+			mark_bucket(m, &n->exits);
+		return;
+	case SEL_ALL:
+		for (size_t i = 0; i < n->n_devs; i++)
+			if (n->devs[i].live)
+				mark(m, i);
+		return;
+	case SEL_PREFIX: {
+		/* Devices with an address inside: a run of the sorted index
+		 * from the prefix's first address to its last. Then routers
+		 * whose subnets overlap it. */
+		const struct addr_index *x = &n->addrs[s->pfx.family == 4 ? 0 : 1];
+		size_t len = addr_len(s->pfx.family);
+
+		for (size_t i = addr_lower(x, s->pfx.addr, len); i < x->n; i++) {
+			struct policy_prefix a = { .family = s->pfx.family,
+						   .bits = (uint8_t)(len * 8) };
+
+			memcpy(a.addr, x->v[i].addr, len);
+			if (!policy_prefix_contains(&s->pfx, &a))
+				break;
+			mark(m, x->v[i].slot);
+		}
+		for (size_t i = 0; i < n->routers.n; i++)
+			if (dev_routes_overlap(&n->devs[n->routers.v[i]], &s->pfx))
+				mark(m, n->routers.v[i]);
+		return;
+	}
+	case SEL_NONE:
+		return;
+	}
+}
+
+/* ---- filters --------------------------------------------------------- */
+
+void policy_filter_free(struct policy_filter *f)
+{
+	if (!f)
+		return;
+	for (size_t i = 0; i < f->n_rules; i++) {
+		free(f->rules[i].src_ips);
+		free(f->rules[i].dst_ports);
+	}
+	free(f->rules);
+	*f = (struct policy_filter){ 0 };
+}
+
+struct vec {
+	void *v;
+	size_t n, cap, size;
+};
+
+static void *vec_push(struct vec *v)
+{
+	if (v->n == v->cap) {
+		size_t cap = v->cap ? v->cap * 2 : 8;
+		void *nv = reallocarray(v->v, cap, v->size);
+
+		if (!nv)
+			return NULL;
+		v->v = nv;
+		v->cap = cap;
+	}
+	return (char *)v->v + v->size * v->n++;
+}
+
+static int push_prefix(struct vec *v, const struct policy_prefix *p)
+{
+	struct policy_prefix *e = vec_push(v);
+
+	if (!e)
+		return -ENOMEM;
+	*e = *p;
+	return 0;
+}
+
+static int push_dst(struct vec *v, const struct policy_prefix *ip, const struct dst *d)
+{
+	for (size_t i = 0; i < d->n_ports; i++) {
+		struct policy_dst_port *e = vec_push(v);
+
+		if (!e)
+			return -ENOMEM;
+		e->ip = *ip;
+		e->ports = d->ports[i];
+	}
+	return 0;
+}
+
+static const struct policy_prefix any4 = { .family = 4, .bits = 0 };
+static const struct policy_prefix any6 = { .family = 6, .bits = 0 };
+
+/* The destinations of r on d: its own addresses for a principal, the
+ * selector's prefix where d has or routes it, the public internet on an
+ * exit node. Self destinations go to their own list: their sources
+ * differ. */
+static int rule_dsts(const struct policy_net *n, const struct rule *r, const struct dev *d,
+		     struct vec *dst, struct vec *self)
+{
+	for (size_t i = 0; i < r->n_dst; i++) {
+		const struct dst *x = &r->dst[i];
+		int ret = 0;
+
+		switch (x->sel.kind) {
+		case SEL_ALL:
+			ret = push_dst(dst, &any4, x);
+			if (!ret)
+				ret = push_dst(dst, &any6, x);
+			break;
+		case SEL_PREFIX:
+			if (dst_match(n->p, &x->sel, d))
+				ret = push_dst(dst, &x->sel.pfx, x);
+			break;
+		case SEL_INTERNET:
+			for (size_t k = 0; d->exit_node && k < n->n_internet && !ret; k++)
+				ret = push_dst(dst, &n->internet[k], x);
+			break;
+		case SEL_SELF:
+			for (size_t k = 0; d->user && k < d->n_addrs && !ret; k++)
+				ret = push_dst(self, &d->addrs[k], x);
+			break;
+		default:
+			for (size_t k = 0; sel_match(n->p, &x->sel, d) && k < d->n_addrs && !ret;
+			     k++)
+				ret = push_dst(dst, &d->addrs[k], x);
+			break;
+		}
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+/* The sources of r: literal prefixes as written, principals as their
+ * devices' addresses; for self rules only d's user's devices. */
+static int rule_srcs(const struct policy_net *n, const struct rule *r, const struct dev *d,
+		     bool self, struct marks *m, struct vec *src)
+{
+	m->n = 0;
+	for (size_t i = 0; i < r->n_src; i++) {
+		const struct sel *s = &r->src[i];
+
+		if (!self && s->kind == SEL_ALL) {
+			if (push_prefix(src, &any4) || push_prefix(src, &any6))
+				return -ENOMEM;
+		} else if (!self && s->kind == SEL_PREFIX) {
+			if (push_prefix(src, &s->pfx))
+				return -ENOMEM;
+		} else if (!self) {
+			expand(n, s, false, NULL, m);
+		} else {
+			const struct bucket *b = d->user ? strmap_get(n->by_user, d->user) : NULL;
+
+			for (size_t k = 0; b && k < b->n; k++)
+				if (src_match(n->p, s, &n->devs[b->v[k]]))
+					mark(m, b->v[k]);
+		}
+	}
+	for (size_t i = 0; i < m->n; i++) {
+		const struct dev *x = &n->devs[m->v[i]];
+
+		for (size_t k = 0; k < x->n_addrs; k++)
+			if (push_prefix(src, &x->addrs[k]))
+				return -ENOMEM;
+	}
+	/* Clear the marks for the next rule. */
+	for (size_t i = 0; i < m->n; i++)
+		m->bits[m->v[i] / 8] = 0;
+	m->n = 0;
+	return 0;
+}
+
+static int emit(struct vec *rules, const struct rule *r, struct vec *src, struct vec *dst)
+{
+	struct policy_rule *o;
+
+	if (src->n == 0 || dst->n == 0) {
+		free(src->v);
+		free(dst->v);
+		return 0;
+	}
+	o = vec_push(rules);
+	if (!o) {
+		free(src->v);
+		free(dst->v);
+		return -ENOMEM;
+	}
+	*o = (struct policy_rule){ .src_ips = src->v, .n_src = src->n, .dst_ports = dst->v,
+				   .n_dst = dst->n, .n_protos = r->n_protos };
+	memcpy(o->protos, r->protos, sizeof(o->protos));
+	return 0;
+}
+
+int policy_net_filter(const struct policy_net *n, const char *name, struct policy_filter *out)
+{
+	struct vec rules = { .size = sizeof(struct policy_rule) };
+	struct marks m;
+	size_t slot;
+	int ret;
+
+	*out = (struct policy_filter){ 0 };
+	ret = slot_find(n, name, &slot);
+	if (ret)
+		return ret;
+	ret = marks_init(&m, n->n_devs);
+	if (ret)
+		return ret;
+	for (size_t i = 0; i < n->p->n_rules && !ret; i++) {
+		const struct rule *r = &n->p->rules[i];
+		const struct dev *d = &n->devs[slot];
+		struct vec dst = { .size = sizeof(struct policy_dst_port) };
+		struct vec self = { .size = sizeof(struct policy_dst_port) };
+		struct vec src = { .size = sizeof(struct policy_prefix) };
+		struct vec ssrc = { .size = sizeof(struct policy_prefix) };
+
+		ret = rule_dsts(n, r, d, &dst, &self);
+		if (!ret && dst.n)
+			ret = rule_srcs(n, r, d, false, &m, &src);
+		if (!ret && self.n)
+			ret = rule_srcs(n, r, d, true, &m, &ssrc);
+		if (ret) {
+			free(dst.v);
+			free(self.v);
+			free(src.v);
+			free(ssrc.v);
+			break;
+		}
+		ret = emit(&rules, r, &src, &dst);
+		if (!ret)
+			ret = emit(&rules, r, &ssrc, &self);
+		else {
+			free(ssrc.v);
+			free(self.v);
+		}
+	}
+	marks_fini(&m);
+	out->rules = rules.v;
+	out->n_rules = rules.n;
+	if (ret)
+		policy_filter_free(out);
+	return ret;
+}
+
+/* ---- peers ----------------------------------------------------------- */
+
+void policy_names_free(struct policy_names *names)
+{
+	if (!names)
+		return;
+	free(names->v);
+	*names = (struct policy_names){ 0 };
+}
+
+static bool any_src(const struct policy *p, const struct rule *r, const struct dev *d)
+{
+	for (size_t i = 0; i < r->n_src; i++)
+		if (src_match(p, &r->src[i], d))
+			return true;
+	return false;
+}
+
+int policy_net_peers(const struct policy_net *n, const char *name, struct policy_names *out)
+{
+	const struct policy *p = n->p;
+	const struct dev *d;
+	struct marks m;
+	size_t slot;
+	int ret;
+
+	*out = (struct policy_names){ 0 };
+	ret = slot_find(n, name, &slot);
+	if (ret)
+		return ret;
+	ret = marks_init(&m, n->n_devs);
+	if (ret)
+		return ret;
+	d = &n->devs[slot];
+	mark(&m, slot); /* never its own peer */
+	for (size_t i = 0; i < p->n_rules; i++) {
+		const struct rule *r = &p->rules[i];
+		bool d_is_src = any_src(p, r, d);
+
+		for (size_t k = 0; k < r->n_dst; k++) {
+			const struct sel *s = &r->dst[k].sel;
+
+			/* d may reach these... */
+			if (d_is_src)
+				expand(n, s, true, d, &m);
+			/* ...and these may reach d. */
+			if (s->kind == SEL_SELF) {
+				const struct bucket *b =
+					d->user ? strmap_get(n->by_user, d->user) : NULL;
+
+				for (size_t j = 0; b && j < b->n; j++)
+					if (any_src(p, r, &n->devs[b->v[j]]))
+						mark(&m, b->v[j]);
+			} else if (dst_match(p, s, d)) {
+				for (size_t j = 0; j < r->n_src; j++)
+					expand(n, &r->src[j], false, NULL, &m);
+			}
+		}
+	}
+	out->v = malloc((m.n + 1) * sizeof(*out->v));
+	if (!out->v) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < m.n; i++)
+		if (m.v[i] != slot)
+			out->v[out->len++] = n->devs[m.v[i]].name;
+out:
+	marks_fini(&m);
+	return ret;
+}
+
+bool rules_allow(const struct policy *p, const struct dev *src, const struct dev *dst,
+		 uint8_t proto, uint16_t port)
+{
+	for (size_t i = 0; i < p->n_rules; i++) {
+		const struct rule *r = &p->rules[i];
+		bool ok = false;
+
+		for (size_t k = 0; k < r->n_protos && !ok; k++)
+			ok = r->protos[k] == proto;
+		if (!ok || !any_src(p, r, src))
+			continue;
+		for (size_t k = 0; k < r->n_dst; k++) {
+			const struct dst *x = &r->dst[k];
+
+			bool hit = false;
+
+			if (proto_has_ports(proto) && !ports_contain(x->ports, x->n_ports, port))
+				continue;
+			if (x->sel.kind == SEL_SELF) {
+				hit = self_match(dst, src);
+			} else if (x->sel.kind == SEL_INTERNET) {
+				/* An address on the internet, not the exit node. */
+				for (size_t a = 0; a < dst->n_addrs && !hit; a++)
+					hit = addr_is_internet(&dst->addrs[a]);
+			} else {
+				hit = dst_match(p, &x->sel, dst);
+			}
+			if (hit)
+				return true;
+		}
+	}
+	return false;
+}
+
+const struct dev *net_dev(const struct policy_net *n, const char *name)
+{
+	size_t slot;
+
+	return n && !slot_find(n, name, &slot) ? &n->devs[slot] : NULL;
+}
+
+/* ---- routes and tags ------------------------------------------------- */
+
+void policy_routes_free(struct policy_routes *r)
+{
+	if (!r)
+		return;
+	free(r->approved);
+	*r = (struct policy_routes){ 0 };
+}
+
+int policy_net_routes(const struct policy_net *n, const char *name, struct policy_routes *out)
+{
+	const struct dev *d;
+	size_t slot;
+	int ret;
+
+	*out = (struct policy_routes){ 0 };
+	ret = slot_find(n, name, &slot);
+	if (ret)
+		return ret;
+	d = &n->devs[slot];
+	out->approved = malloc((d->n_routes + 1) * sizeof(*out->approved));
+	if (!out->approved)
+		return -ENOMEM;
+	memcpy(out->approved, d->routes, d->n_routes * sizeof(*d->routes));
+	out->n_approved = d->n_routes;
+	out->exit_node = d->exit_node;
+	return 0;
+}
+
+bool policy_tag_allowed(const struct policy *p, const char *tag, const struct policy_device *who)
+{
+	struct policy_device untagged = *who;
+	struct dev d;
+	bool ok = false;
+
+	untagged.n_tags = 0;
+	untagged.n_routes = 0;
+	if (dev_fill(p, &d, &untagged))
+		goto out;
+	/* A tagged requester is its tags. */
+	for (size_t i = 0; i < who->n_tags; i++) {
+		if (!strcmp(who->tags[i], tag))
+			ok = true;
+	}
+	for (size_t i = 0; i < p->n_tag_owners && !ok; i++) {
+		const struct owners *o = &p->tag_owners[i];
+
+		if (strcmp(o->key, tag))
+			continue;
+		for (size_t k = 0; k < o->n && !ok; k++) {
+			const struct sel *s = &o->sels[k];
+
+			if (s->kind == SEL_TAG) {
+				for (size_t t = 0; t < who->n_tags && !ok; t++)
+					ok = !strcmp(who->tags[t], s->name);
+			} else if (who->n_tags == 0) {
+				ok = sel_match(p, s, &d);
+			}
+		}
+	}
+out:
+	dev_fini(&d);
+	return ok;
+}
+
+bool policy_tag_owners(const struct policy *p, const char *tag, char *out, size_t n)
+{
+	struct buf b = BUF_INIT(n ? n - 1 : 0);
+
+	if (n)
+		out[0] = '\0';
+	for (size_t i = 0; i < p->n_tag_owners; i++) {
+		const struct owners *o = &p->tag_owners[i];
+
+		if (strcmp(o->key, tag))
+			continue;
+		for (size_t k = 0; k < o->n; k++) {
+			const struct sel *s = &o->sels[k];
+			const char *sep = k ? ", " : "";
+
+			/* A failed add (past the cap) leaves b empty: stop there
+			 * with what fitted. */
+			if (s->kind == SEL_NS)
+				buf_addf(&b, "%ssystem:serviceaccounts:%s", sep, s->name);
+			else if (s->kind == SEL_MEMBER)
+				buf_addf(&b, "%sautogroup:member", sep);
+			else if (s->kind == SEL_NONE)
+				buf_addf(&b, "%sautogroup:admin", sep);
+			else
+				buf_addf(&b, "%s%s", sep, s->name);
+			if (!b.len)
+				break;
+			snprintf(out, n, "%s", buf_str(&b));
+		}
+		buf_free(&b);
+		return true;
+	}
+	buf_free(&b);
+	return false;
+}
+
+/* ---- the wire form --------------------------------------------------- */
+
+static struct json *prefix_json(const struct policy_prefix *p)
+{
+	char s[64];
+
+	if (!policy_prefix_format(p, s, sizeof(s)))
+		return NULL;
+	return json_new_string(s);
+}
+
+static int set_int(struct json *o, const char *k, int64_t v)
+{
+	return json_object_set(o, k, json_new_int(v));
+}
+
+static struct json *rule_json(const struct policy_rule *r)
+{
+	struct json *o = json_new_object(), *src = json_new_array(), *dst = json_new_array();
+	struct json *proto = json_new_array();
+	int ret = o && src && dst && proto ? 0 : -ENOMEM;
+
+	for (size_t k = 0; !ret && k < r->n_src; k++)
+		ret = json_array_append(src, prefix_json(&r->src_ips[k]));
+	for (size_t k = 0; !ret && k < r->n_dst; k++) {
+		struct json *e = json_new_object(), *ports = json_new_object();
+
+		ret = set_int(ports, "first", r->dst_ports[k].ports.first);
+		if (!ret)
+			ret = set_int(ports, "last", r->dst_ports[k].ports.last);
+		if (!ret)
+			ret = json_object_set(e, "ip", prefix_json(&r->dst_ports[k].ip));
+		if (!ret) {
+			ret = json_object_set(e, "ports", ports); /* takes ports */
+			ports = NULL;
+		}
+		if (!ret) {
+			ret = json_array_append(dst, e); /* takes e */
+			e = NULL;
+		}
+		json_free(ports);
+		json_free(e);
+	}
+	for (size_t k = 0; !ret && k < r->n_protos; k++)
+		ret = json_array_append(proto, json_new_int(r->protos[k]));
+	if (ret) {
+		json_free(src);
+		json_free(dst);
+		json_free(proto);
+		json_free(o);
+		return NULL;
+	}
+	/* json_object_set takes its value even when it fails. */
+	if (json_object_set(o, "srcIPs", src) | json_object_set(o, "dstPorts", dst) |
+	    json_object_set(o, "ipProto", proto)) {
+		json_free(o);
+		return NULL;
+	}
+	return o;
+}
+
+struct json *policy_filter_to_json(const struct policy_filter *f)
+{
+	struct json *arr = json_new_array();
+
+	for (size_t i = 0; arr && i < f->n_rules; i++) {
+		if (json_array_append(arr, rule_json(&f->rules[i]))) {
+			json_free(arr);
+			arr = NULL;
+		}
+	}
+	return arr;
+}
+
+int policy_filter_dump(const struct policy_filter *f, struct buf *out)
+{
+	struct json *j = policy_filter_to_json(f);
+	int ret;
+
+	if (!j)
+		return -ENOMEM;
+	ret = json_dump(j, out, 0);
+	json_free(j);
+	return ret;
+}
+
+bool policy_filter_allows(const struct policy_filter *f, const struct policy_prefix *src,
+			  const struct policy_prefix *dst, uint8_t proto, uint16_t port)
+{
+	for (size_t i = 0; i < f->n_rules; i++) {
+		const struct policy_rule *r = &f->rules[i];
+		bool ok = false;
+
+		for (size_t k = 0; k < r->n_protos && !ok; k++)
+			ok = r->protos[k] == proto;
+		if (!ok)
+			continue;
+		ok = false;
+		for (size_t k = 0; k < r->n_src && !ok; k++)
+			ok = policy_prefix_contains(&r->src_ips[k], src);
+		if (!ok)
+			continue;
+		for (size_t k = 0; k < r->n_dst; k++) {
+			const struct policy_dst_port *d = &r->dst_ports[k];
+
+			if (policy_prefix_contains(&d->ip, dst) &&
+			    (!proto_has_ports(proto) ||
+			     (port >= d->ports.first && port <= d->ports.last)))
+				return true;
+		}
+	}
+	return false;
+}
