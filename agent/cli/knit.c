@@ -21,6 +21,7 @@
 #include "buf.h"
 #include "defaults.h"
 #include "json.h"
+#include "policy_check.h"
 
 #define SOCKET_DEFAULT KNIT_SOCKET_DEFAULT
 #define MAX_RESPONSE ((size_t)64 << 20)
@@ -49,6 +50,8 @@ static const char usage_main[] =
 	"  whois     show which device has a tailnet IP\n"
 	"  logout    delete this device from the tailnet; its node key stops working\n"
 	"  version   show the versions of knit and knitd\n"
+	"  policy check FILE [--devices DEVICES.json]\n"
+	"            check a tailnet policy file offline (for CI): parse, compile, run its tests\n"
 	"\n"
 	"Global flags:\n"
 	"  --socket PATH   knitd's local API socket (default " SOCKET_DEFAULT ")\n"
@@ -1061,6 +1064,16 @@ int main(int argc, char **argv)
 	if (strcmp(cmd, "help") == 0) {
 		fputs(usage_main, stdout);
 		return EXIT_OK;
+	}
+	/* Offline: no knitd, no socket. */
+	if (strcmp(cmd, "policy") == 0) {
+		if (optind + 1 < argc && strcmp(argv[optind + 1], "check") == 0)
+			return policy_check_main(argc - optind - 1, argv + optind + 1);
+		if (optind + 1 < argc && (!strcmp(argv[optind + 1], "--help") || !strcmp(argv[optind + 1], "-h"))) {
+			fputs(policy_check_usage, stdout);
+			return EXIT_OK;
+		}
+		return usage_error(policy_check_usage, "knit policy: which subcommand? (check)");
 	}
 	for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]); k++) {
 		if (strcmp(cmd, commands[k].name) == 0) {

@@ -101,4 +101,22 @@ expect "up --authkey -: the key from stdin reaches knitd" 1 "cannot talk to the 
 keyed_stdin_file() { knit_ns up --authkey-file - --login-server "$LOGIN" <"$E2E_DIR/key"; }
 expect "up --authkey-file -: the same" 1 "cannot talk to the coordination server" keyed_stdin_file
 
+# knit policy check: offline, for CI pipelines gating policy changes.
+cat >"$E2E_DIR/good.hujson" <<'POL'
+{
+  // comments and trailing commas, as in the Tailscale policy file
+  "groups": {"group:dev": ["alice@example.com"]},
+  "tagOwners": {"tag:db": ["group:dev"]},
+  "acls": [{"action": "accept", "src": ["group:dev"], "dst": ["tag:db:5432"]},],
+  "tests": [{"src": "alice@example.com", "accept": ["tag:db:5432"], "deny": ["tag:db:22"]}],
+}
+POL
+sed 's/"deny": \["tag:db:22"\]/"deny": ["tag:db:5432"]/' "$E2E_DIR/good.hujson" >"$E2E_DIR/failing.hujson"
+sed 's/"group:dev": \["alice@example.com"\]/"group:dev": ["alice@example.com"],,/' "$E2E_DIR/good.hujson" >"$E2E_DIR/broken.hujson"
+expect "policy check: a valid policy whose tests hold" 0 "valid" "$KNIT" policy check "$E2E_DIR/good.hujson"
+expect "policy check: a failing test is named" 1 "5432" "$KNIT" policy check "$E2E_DIR/failing.hujson"
+expect "policy check: a syntax error has its line:column" 1 "broken.hujson:3:[0-9]+" "$KNIT" policy check "$E2E_DIR/broken.hujson"
+expect "policy check without a file is a usage error" 2 "usage: knit policy check" "$KNIT" policy check
+expect "knit policy alone asks which subcommand" 2 "which subcommand" "$KNIT" policy
+
 e2e_end
