@@ -3,10 +3,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -19,9 +22,19 @@
 #define SCRATCH_LEN (2 * (OFFLOAD_MAX_PACKET + 1))
 #define IOV_MAX_ 1024
 
+#ifndef TUNGETDEVNETNS
+#define TUNGETDEVNETNS _IO('T', 227)
+#endif
+
 struct tun {
 	int fd;
 	char name[IFNAMSIZ];
+
+	/* Interface ioctls go through a socket in the namespace the device
+	 * is in now: ctl_lock guards ctl and ctl_ns (the namespace's inode). */
+	pthread_mutex_t ctl_lock;
+	int ctl;
+	ino_t ctl_ns;
 	bool vnet;
 	unsigned offloads;
 
@@ -38,23 +51,91 @@ struct tun {
 	struct tun_stats st;
 };
 
-static int ctl_socket(void)
-{
-	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+struct ns_socket {
+	int nsfd, fd;
+};
 
-	return s < 0 ? -errno : s;
+/* A thread of its own enters the namespace, so the caller's never moves. */
+static void *ns_socket_main(void *arg)
+{
+	struct ns_socket *ns = arg;
+
+	if (setns(ns->nsfd, CLONE_NEWNET) < 0) {
+		ns->fd = -errno;
+		return NULL;
+	}
+	ns->fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (ns->fd < 0)
+		ns->fd = -errno;
+	return NULL;
 }
 
-static int ifreq_ioctl(const struct tun *t, unsigned long req, struct ifreq *ifr)
+/* The device's current name (TUNGETIFF: it may have been renamed) and a
+ * socket in the namespace it is in now (TUNGETDEVNETNS, Linux 5.2; the
+ * creator's namespace on older kernels). A device moved with `ip link set
+ * dev netns` stays reachable; one deleted gives -EBADFD. Caller holds
+ * ctl_lock. */
+static int ctl_socket(struct tun *t, char name[IFNAMSIZ])
 {
-	int s = ctl_socket(), ret = 0;
+	struct ifreq ifr = { 0 };
+	struct ns_socket ns = { .nsfd = -1, .fd = -1 };
+	struct stat st;
+	pthread_t th;
+	int ret;
 
-	if (s < 0)
-		return s;
-	memcpy(ifr->ifr_name, t->name, IFNAMSIZ);
+	if (ioctl(t->fd, TUNGETIFF, &ifr) < 0)
+		return -errno;
+	memcpy(name, ifr.ifr_name, IFNAMSIZ);
+	name[IFNAMSIZ - 1] = '\0';
+	ns.nsfd = ioctl(t->fd, TUNGETDEVNETNS);
+	if (ns.nsfd < 0) {
+		if (errno != ENOTTY && errno != EINVAL)
+			return -errno;
+		if (t->ctl < 0)
+			t->ctl = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+		return t->ctl < 0 ? -errno : t->ctl;
+	}
+	if (fstat(ns.nsfd, &st) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if (t->ctl >= 0 && st.st_ino == t->ctl_ns) {
+		ret = t->ctl;
+		goto out;
+	}
+	ret = -pthread_create(&th, NULL, ns_socket_main, &ns);
+	if (ret)
+		goto out;
+	pthread_join(th, NULL);
+	ret = ns.fd;
+	if (ret < 0)
+		goto out;
+	if (t->ctl >= 0)
+		close(t->ctl);
+	t->ctl = ns.fd;
+	t->ctl_ns = st.st_ino;
+	log_debug("tun namespace", "dev=%s ns=%lu", name, (unsigned long)st.st_ino);
+out:
+	close(ns.nsfd);
+	return ret;
+}
+
+static int ifreq_ioctl(struct tun *t, unsigned long req, struct ifreq *ifr)
+{
+	char name[IFNAMSIZ];
+	int s, ret = 0;
+
+	pthread_mutex_lock(&t->ctl_lock);
+	s = ctl_socket(t, name);
+	if (s < 0) {
+		ret = s;
+		goto out;
+	}
+	memcpy(ifr->ifr_name, name, IFNAMSIZ);
 	if (ioctl(s, req, ifr) < 0)
 		ret = -errno;
-	close(s);
+out:
+	pthread_mutex_unlock(&t->ctl_lock);
 	return ret;
 }
 
@@ -84,7 +165,8 @@ int tun_open(struct tun **out, const char *name, unsigned flags)
 	*out = NULL;
 	if (!t)
 		return -ENOMEM;
-	t->fd = -1;
+	t->fd = t->ctl = -1;
+	pthread_mutex_init(&t->ctl_lock, NULL);
 	if (name && strlen(name) >= IFNAMSIZ) {
 		ret = -ENAMETOOLONG;
 		goto out;
@@ -138,6 +220,9 @@ void tun_close(struct tun *t)
 		return;
 	if (t->fd >= 0)
 		close(t->fd);
+	if (t->ctl >= 0)
+		close(t->ctl);
+	pthread_mutex_destroy(&t->ctl_lock);
 	free(t->iov);
 	free(t->order);
 	free(t->groups);
@@ -185,6 +270,16 @@ int tun_set_mtu(struct tun *t, int mtu)
 	struct ifreq ifr = { .ifr_mtu = mtu };
 
 	return ifreq_ioctl(t, SIOCSIFMTU, &ifr);
+}
+
+int tun_get_up(struct tun *t, bool *up)
+{
+	struct ifreq ifr = { 0 };
+	int ret = ifreq_ioctl(t, SIOCGIFFLAGS, &ifr);
+
+	if (!ret)
+		*up = ifr.ifr_flags & IFF_UP;
+	return ret;
 }
 
 int tun_set_up(struct tun *t, bool up)

@@ -34,14 +34,21 @@ int tun_open(struct tun **out, const char *name, unsigned flags);
 void tun_close(struct tun *t);
 
 int tun_fd(const struct tun *t);
+/* The name the device was created with (it may since have been renamed or
+ * moved to another namespace: the calls below follow it through the fd). */
 const char *tun_name(const struct tun *t);
 bool tun_vnet(const struct tun *t);
 /* The TUN_F_* offloads in effect (TUN_F_CSUM|TUN_F_TSO4|... ), 0 without. */
 unsigned tun_offloads(const struct tun *t);
 
+/* Interface ioctls on the device wherever it is now: in the namespace it
+ * was moved to (TUNGETDEVNETNS), under its current name (TUNGETIFF).
+ * -EBADFD once the device is deleted. Thread-safe. */
 int tun_get_mtu(struct tun *t, int *mtu);
 int tun_set_mtu(struct tun *t, int mtu);
 int tun_set_up(struct tun *t, bool up);
+/* Whether the device is administratively up (IFF_UP). */
+int tun_get_up(struct tun *t, bool *up);
 
 /* Fills pkts[0..n) with packets (each slot's cap must hold an MTU-sized
  * packet; a packet too big for its slot is dropped). Reads until the

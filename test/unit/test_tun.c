@@ -310,6 +310,42 @@ static void test_plain_tun(void **state)
 	close(s);
 }
 
+/* A device moved to another namespace (as the CNI plugin moves a pod's
+ * knit0) stays in reach through the fd; one deleted there reports EBADFD. */
+static void test_moved_to_netns(void **state)
+{
+	char cmd[256], ns[64];
+	struct tun *t;
+	int mtu = 0;
+
+	snprintf(ns, sizeof(ns), "knit-tunmv-%d", (int)getpid());
+	snprintf(cmd, sizeof(cmd), "ip netns add %s", ns);
+	sh(cmd);
+	assert_int_equal(tun_open(&t, "knitt2", 0), 0);
+	assert_int_equal(tun_set_mtu(t, 1400), 0);
+	snprintf(cmd, sizeof(cmd), "ip link set knitt2 netns %s", ns);
+	sh(cmd);
+	/* gone from here, yet its MTU reads and writes where it went */
+	assert_int_not_equal(system("ip link show knitt2 >/dev/null 2>&1"), 0);
+	assert_int_equal(tun_get_mtu(t, &mtu), 0);
+	assert_int_equal(mtu, 1400);
+	assert_int_equal(tun_set_mtu(t, 1300), 0);
+	assert_int_equal(tun_set_up(t, true), 0);
+	snprintf(cmd, sizeof(cmd), "ip -n %s link show knitt2 | grep -q 'UP.*mtu 1300'", ns);
+	sh(cmd);
+	/* renamed there: followed by the fd, not the name */
+	snprintf(cmd, sizeof(cmd), "ip -n %s link set knitt2 down name knitt2b mtu 1280", ns);
+	sh(cmd);
+	assert_int_equal(tun_get_mtu(t, &mtu), 0);
+	assert_int_equal(mtu, 1280);
+	snprintf(cmd, sizeof(cmd), "ip -n %s link del knitt2b", ns);
+	sh(cmd);
+	assert_int_equal(tun_get_mtu(t, &mtu), -EBADFD);
+	tun_close(t);
+	snprintf(cmd, sizeof(cmd), "ip netns del %s", ns);
+	sh(cmd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -317,6 +353,7 @@ int main(void)
 		cmocka_unit_test_setup(test_udp_through_tun, setup),
 		cmocka_unit_test_setup(test_tcp_tso_and_gro, setup),
 		cmocka_unit_test_setup(test_plain_tun, setup),
+		cmocka_unit_test_setup(test_moved_to_netns, setup),
 	};
 	int ret;
 
