@@ -11,6 +11,7 @@
 #include "wg/noise.h"
 #include "wg/pool.h"
 #include "wg/queueing.h"
+#include "wg/receive.h"
 #include "wg/send.h"
 
 static void on_timer(struct loop *loop, struct loop_timer *t, void *arg);
@@ -210,6 +211,49 @@ void peer_set_persistent_keepalive(struct peer *p, uint16_t interval)
 	if (timers_set_persistent_keepalive(&p->timers, interval, loop_mono_ms()))
 		send_keepalive(p);
 	peer_timers_arm(p);
+}
+
+void peer_flush(struct peer *p, enum job_dir dir)
+{
+	pthread_mutex_t *lock = dir == JOB_TX ? &p->tx_lock : &p->rx_lock;
+	struct peer_queue *q = dir == JOB_TX ? &p->txq : &p->rxq;
+
+	for (;;) {
+		struct job *list = NULL, **tail = &list;
+		bool more;
+
+		if (atomic_exchange(&q->flushing, true))
+			return;
+		pthread_mutex_lock(lock);
+		while (q->head && atomic_load_explicit(&q->head->done, memory_order_acquire)) {
+			struct job *j = q->head;
+			q->head = j->next;
+			if (!q->head)
+				q->tail = NULL;
+			q->jobs--;
+			j->next = NULL;
+			*tail = j;
+			tail = &j->next;
+		}
+		pthread_mutex_unlock(lock);
+		if (list) {
+			if (dir == JOB_TX)
+				send_transmit(p, list);
+			else
+				receive_deliver(p, list);
+			while (list) {
+				struct job *j = list;
+				list = j->next;
+				peer_release_job(j);
+			}
+		}
+		atomic_store(&q->flushing, false);
+		pthread_mutex_lock(lock);
+		more = q->head && atomic_load_explicit(&q->head->done, memory_order_acquire);
+		pthread_mutex_unlock(lock);
+		if (!more)
+			return;
+	}
 }
 
 void peer_release_job(struct job *j)

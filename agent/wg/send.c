@@ -174,7 +174,7 @@ void send_staged(struct peer *p)
 	while (p->staged_count) {
 		struct job *j = NULL;
 
-		if (p->tx_jobs < PEER_QUEUE_JOBS_MAX)
+		if (p->txq.jobs < PEER_QUEUE_JOBS_MAX)
 			j = queueing_job_new(&h->queue);
 		if (!j) {
 			while (p->staged_count)
@@ -188,12 +188,12 @@ void send_staged(struct peer *p)
 			j->buf[j->n] = staged_pop(p, &j->plen[j->n]);
 			j->n++;
 		}
-		if (p->tx_tail)
-			p->tx_tail->next = j;
+		if (p->txq.tail)
+			p->txq.tail->next = j;
 		else
-			p->tx_head = j;
-		p->tx_tail = j;
-		p->tx_jobs++;
+			p->txq.head = j;
+		p->txq.tail = j;
+		p->txq.jobs++;
 		jobs[njobs++] = j;
 	}
 unlock:
@@ -233,8 +233,7 @@ void send_keepalive(struct peer *p)
 	send_staged(p);
 }
 
-/* Sends the done jobs at the head of the tx queue, in order. */
-static void transmit(struct peer *p, struct job *list)
+void send_transmit(struct peer *p, struct job *list)
 {
 	struct engine *e = p->engine;
 	struct udp_msg msgs[TX_SEND_BATCH];
@@ -291,51 +290,6 @@ static void transmit(struct peer *p, struct job *list)
 			peer_schedule(p, PEER_WORK_HANDSHAKE);
 		peer_timers_changed(p);
 	}
-}
-
-/* Whoever finds done jobs at the head sends them; a flag makes that one
- * thread at a time, and the re-check after clearing it catches a job
- * finished meanwhile by a thread that saw the flag set. */
-static void tx_flush(struct peer *p)
-{
-	for (;;) {
-		struct job *list = NULL, **tail = &list;
-		bool more;
-
-		if (atomic_exchange(&p->tx_flushing, true))
-			return;
-		pthread_mutex_lock(&p->tx_lock);
-		while (p->tx_head && atomic_load_explicit(&p->tx_head->done, memory_order_acquire)) {
-			struct job *j = p->tx_head;
-			p->tx_head = j->next;
-			if (!p->tx_head)
-				p->tx_tail = NULL;
-			p->tx_jobs--;
-			j->next = NULL;
-			*tail = j;
-			tail = &j->next;
-		}
-		pthread_mutex_unlock(&p->tx_lock);
-		if (list) {
-			transmit(p, list);
-			while (list) {
-				struct job *j = list;
-				list = j->next;
-				peer_release_job(j);
-			}
-		}
-		atomic_store(&p->tx_flushing, false);
-		pthread_mutex_lock(&p->tx_lock);
-		more = p->tx_head && atomic_load_explicit(&p->tx_head->done, memory_order_acquire);
-		pthread_mutex_unlock(&p->tx_lock);
-		if (!more)
-			return;
-	}
-}
-
-void send_flush(struct peer *p)
-{
-	tx_flush(p);
 }
 
 void send_job_seal(struct job *j)
