@@ -176,7 +176,7 @@ static void tun_flush(struct engine *e, struct pktbuf *out, size_t *n)
 	*n = 0;
 }
 
-/* In order: counters, roaming, cryptokey routing's source check, then
+/* In order: counters, cryptokey routing's source check, roaming, then
  * the TUN. */
 void receive_deliver(struct peer *p, struct job *list)
 {
@@ -226,8 +226,10 @@ void receive_deliver(struct peer *p, struct job *list)
 			}
 			data = true;
 			out[nout++] = (struct pktbuf){ .data = j->buf[i] + POOL_HEADROOM, .len = len, .cap = len };
-			if (nout == TUN_WRITE_BATCH)
+			if (nout == TUN_WRITE_BATCH) {
+				peer_set_endpoint(p, &from);
 				tun_flush(e, out, &nout);
+			}
 		}
 		if (job_authed) {
 			authed = true;
@@ -238,6 +240,11 @@ void receive_deliver(struct peer *p, struct job *list)
 				confirmed = true;
 		}
 	}
+	/* Roaming (section 6.5): the latest authenticated source wins, and
+	 * before the packets reach the TUN, so the reply they cause goes
+	 * there rather than to the old endpoint. */
+	if (authed)
+		peer_set_endpoint(p, &from);
 	tun_flush(e, out, &nout);
 
 	if (auth_failed)
@@ -251,8 +258,6 @@ void receive_deliver(struct peer *p, struct job *list)
 	if (!authed)
 		return;
 	now = loop_mono_ms();
-	/* Roaming (section 6.5): the latest authenticated source wins. */
-	peer_set_endpoint(p, &from);
 	atomic_fetch_add(&p->rx_bytes, bytes);
 	timers_on_authenticated_packet_received(&p->timers, now);
 	timers_on_authenticated_packet_traversed(&p->timers, now);
@@ -363,7 +368,7 @@ static void handle_initiation(struct hub *h, const struct hub_handshake *hs, boo
 	struct noise_remote *r;
 	struct peer *p;
 
-	if (!e || atomic_load(&e->dead) || !admit(h, e, hs, under_load, now))
+	if (!e || atomic_load(&e->dead) || !admit(h, e, hs, under_load, now) || !engine_link_ready(e))
 		return;
 	r = noise_handshake_consume_initiation(e->noise, (const void *)hs->msg, now);
 	if (!r)
@@ -391,7 +396,7 @@ static void handle_response(struct hub *h, const struct hub_handshake *hs, bool 
 		return;
 	p = noise_remote_arg(r);
 	e = p->engine;
-	if (atomic_load(&p->dead) || !admit(h, e, hs, under_load, now))
+	if (atomic_load(&p->dead) || !admit(h, e, hs, under_load, now) || !engine_link_ready(e))
 		return;
 	r = noise_handshake_consume_response(e->noise, msg);
 	if (!r)

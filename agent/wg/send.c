@@ -239,16 +239,22 @@ void send_transmit(struct peer *p, struct job *list)
 	struct udp_msg msgs[TX_SEND_BATCH];
 	size_t m = 0;
 	uint64_t bytes = 0;
-	bool sent = false, data = false, have_ep;
+	bool sent = false, data = false, have_ep, link_down;
 	struct endpoint ep;
 	struct job *j, *last = NULL;
 	unsigned long long no_ep = 0, bad = 0;
 
 	have_ep = peer_endpoint(p, &ep);
+	/* The link went down while these were sealed: they stay here. */
+	link_down = !atomic_load(&e->link_up);
 	for (j = list; j; j = j->next) {
 		last = j;
 		for (unsigned i = 0; i < j->n; i++) {
 			if (!j->ok[i]) {
+				bad++;
+				continue;
+			}
+			if (link_down) {
 				bad++;
 				continue;
 			}
@@ -274,7 +280,8 @@ void send_transmit(struct peer *p, struct job *list)
 	if (no_ep)
 		atomic_fetch_add(&e->st_tx_no_endpoint, no_ep);
 	if (bad) {
-		/* Sealing failed: the keypair expired under us. */
+		/* Sealing failed (the keypair expired under us), or the link
+		 * is down and the handshake waits for it. */
 		atomic_fetch_add(&e->st_tx_dropped, bad);
 		peer_schedule(p, PEER_WORK_HANDSHAKE);
 	}
@@ -321,7 +328,7 @@ void send_initiation(struct peer *p, bool is_retry)
 	struct endpoint ep;
 	uint64_t now = loop_mono_ms();
 
-	if (atomic_load(&p->dead) || !timers_may_send_initiation(&p->timers, now, is_retry))
+	if (atomic_load(&p->dead) || !engine_link_ready(e) || !timers_may_send_initiation(&p->timers, now, is_retry))
 		return;
 	clock_gettime(CLOCK_REALTIME, &rt);
 	noise_tai64n(ts, &rt);
