@@ -296,6 +296,102 @@ int tun_set_up(struct tun *t, bool up)
 	return ifreq_ioctl(t, SIOCSIFFLAGS, &ifr);
 }
 
+/* ---- ICMP errors ---------------------------------------------------------- */
+
+static void put16(uint8_t *p, unsigned v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+/* Whether an error may answer this packet: not an ICMP error itself, not
+ * a later fragment (RFC 1122 3.2.2, RFC 4443 2.4 e). */
+static bool may_answer(const uint8_t *pkt, size_t len, bool v6)
+{
+	if (!v6) {
+		size_t ihl = (size_t)(pkt[0] & 15) * 4;
+		if (ihl < 20 || len < ihl || ((pkt[6] & 0x1f) | pkt[7]))
+			return false;
+		return pkt[9] != 1 || len <= ihl || pkt[ihl] == 0 || pkt[ihl] == 8 || pkt[ihl] >= 13;
+	}
+	return pkt[6] != 58 || len <= 40 || pkt[40] >= 128;
+}
+
+int tun_send_icmp(struct tun *t, const uint8_t *pkt, size_t len, enum tun_icmp kind, unsigned mtu)
+{
+	static const struct virtio_net_hdr none;
+	uint8_t b[1280];
+	size_t n, quote;
+	struct iovec iov[2] = { { (void *)&none, VNET_LEN }, { b, 0 } };
+	bool v6;
+	ssize_t r;
+
+	if (len >= 20 && pkt[0] >> 4 == 4)
+		v6 = false;
+	else if (len >= 40 && pkt[0] >> 4 == 6)
+		v6 = true;
+	else
+		return -EINVAL;
+	if (!may_answer(pkt, len, v6))
+		return -EINVAL;
+	memset(b, 0, 48);
+	if (!v6) {
+		/* RFC 792, 1191: at most 576 bytes, next-hop MTU in the last word. */
+		quote = len < 576 - 28 ? len : 576 - 28;
+		n = 28 + quote;
+		b[0] = 0x45;
+		put16(b + 2, (unsigned)n);
+		b[8] = 64;
+		b[9] = 1;
+		memcpy(b + 12, pkt + 16, 4);
+		memcpy(b + 16, pkt + 12, 4);
+		put16(b + 10, (uint16_t)~offload_checksum(b, 20, 0));
+		b[20] = 3;
+		b[21] = kind == TUN_ICMP_TOO_BIG ? 4 : 1;
+		if (kind == TUN_ICMP_TOO_BIG)
+			put16(b + 26, mtu > 0xffff ? 0xffff : mtu);
+		memcpy(b + 28, pkt, quote);
+		put16(b + 22, (uint16_t)~offload_checksum(b + 20, 8 + quote, 0));
+	} else {
+		/* RFC 4443: as much as fits in the minimum MTU. */
+		uint32_t sum;
+
+		quote = len < sizeof(b) - 48 ? len : sizeof(b) - 48;
+		n = 48 + quote;
+		b[0] = 0x60;
+		put16(b + 4, (unsigned)(8 + quote));
+		b[6] = 58;
+		b[7] = 64;
+		memcpy(b + 8, pkt + 24, 16);
+		memcpy(b + 24, pkt + 8, 16);
+		b[40] = kind == TUN_ICMP_TOO_BIG ? 2 : 1;
+		b[41] = kind == TUN_ICMP_TOO_BIG ? 0 : 3;
+		if (kind == TUN_ICMP_TOO_BIG) {
+			put16(b + 44, mtu >> 16);
+			put16(b + 46, mtu & 0xffff);
+		}
+		memcpy(b + 48, pkt, quote);
+		sum = 58 + (uint32_t)(8 + quote);
+		for (size_t i = 8; i < 40; i += 2)
+			sum += (uint32_t)b[i] << 8 | b[i + 1];
+		put16(b + 42, (uint16_t)~offload_checksum(b + 40, 8 + quote, sum));
+	}
+	iov[1].iov_len = n;
+	do
+		r = t->vnet ? writev(t->fd, iov, 2) : writev(t->fd, iov + 1, 1);
+	while (r < 0 && errno == EINTR);
+	return r < 0 ? -errno : 0;
+}
+
+/* A packet (or a super-packet's segment) does not fit the caller's slots:
+ * dropped, and path MTU discovery told what does fit. */
+static void too_big(struct tun *t, const uint8_t *pkt, size_t len, size_t cap)
+{
+	t->st.too_big++;
+	t->st.dropped_rx++;
+	tun_send_icmp(t, pkt, len, TUN_ICMP_TOO_BIG, (unsigned)cap);
+}
+
 /* ---- reading ------------------------------------------------------------ */
 
 /* Hands out what is left of the pending super-packet. */
@@ -341,7 +437,7 @@ static int read_one(struct tun *t, struct pktbuf *pkts, size_t n)
 		return -errno;
 	if (!t->vnet) {
 		if ((size_t)r > first) {
-			t->st.dropped_rx++;
+			too_big(t, pkts[0].data, first, first);
 			return 0;
 		}
 		pkts[0].len = (size_t)r;
@@ -366,6 +462,10 @@ static int read_one(struct tun *t, struct pktbuf *pkts, size_t n)
 	if (vh.gso_type != VIRTIO_NET_HDR_GSO_NONE)
 		t->st.gso_reads++;
 	got = offload_segment(&vh, t->scratch, len, 0, pkts, n);
+	if (got == -ENOSPC) {
+		too_big(t, t->scratch, len, pkts[0].cap);
+		return 0;
+	}
 	if (got < 0) {
 		t->st.dropped_rx++;
 		return 0;

@@ -51,7 +51,9 @@ int tun_set_up(struct tun *t, bool up);
 int tun_get_up(struct tun *t, bool *up);
 
 /* Fills pkts[0..n) with packets (each slot's cap must hold an MTU-sized
- * packet; a packet too big for its slot is dropped). Reads until the
+ * packet; a packet, or a super-packet's segment, too big for its slot is
+ * dropped, counted in too_big and answered with TUN_ICMP_TOO_BIG
+ * advertising the slot's cap). Reads until the
  * batch is full or the device is drained; a super-packet that does not fit
  * is kept and delivered first next time. Returns the number of packets,
  * -EAGAIN if none, or another negative errno. */
@@ -69,10 +71,24 @@ enum {
  * negative errno if the device fails. */
 int tun_write(struct tun *t, const struct pktbuf *pkts, size_t n, unsigned flags);
 
+enum tun_icmp {
+	TUN_ICMP_UNREACHABLE, /* no route: host (v4) / address (v6) unreachable */
+	TUN_ICMP_TOO_BIG, /* fragmentation needed (v4) / packet too big (v6) */
+};
+
+/* Answers the IP packet pkt[0..len) (read from the device) with an ICMP
+ * error written back into the device, from the packet's destination to
+ * its source, quoting its start (RFC 792 / RFC 4443; mtu for TOO_BIG, so
+ * path MTU discovery works). ICMP errors and non-first fragments get no
+ * answer. Any thread. 0, or a negative errno. */
+int tun_send_icmp(struct tun *t, const uint8_t *pkt, size_t len, enum tun_icmp kind, unsigned mtu);
+
 struct tun_stats {
 	unsigned long long read_syscalls, write_syscalls;
 	unsigned long long gso_reads, gro_writes; /* super-packets */
 	unsigned long long dropped_rx, dropped_tx;
+	/* read packets too big for the slots (answered with TUN_ICMP_TOO_BIG) */
+	unsigned long long too_big;
 };
 void tun_stats(const struct tun *t, struct tun_stats *out);
 
