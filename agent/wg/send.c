@@ -92,12 +92,14 @@ void send_tun_packets(struct engine *e, uint8_t **bufs, const struct pktbuf *pkt
 	for (size_t i = 0; i < n; i++) {
 		const uint8_t *dst;
 		struct peer *p = NULL;
+		bool hit = false;
 		int family;
 
 		dst = ip_dst(pkts[i].data, pkts[i].len, &family);
 		if (dst && family == cached_family && !memcmp(dst, cached_dst, family == AF_INET ? 4 : 16)) {
 			/* A batch is mostly one flow: one lookup per run. */
 			p = cached;
+			hit = true;
 		} else if (dst) {
 			struct allowedips_peer *ap = allowedips_lookup(&e->aips, family, dst);
 
@@ -108,6 +110,10 @@ void send_tun_packets(struct engine *e, uint8_t **bufs, const struct pktbuf *pkt
 		}
 		if (!p || atomic_load(&p->dead)) {
 			atomic_fetch_add(&e->st_tx_no_route, 1);
+			/* As the Linux module: the sender learns that no peer owns
+			 * the address (once per run of one destination). */
+			if (dst && !hit)
+				tun_send_icmp(e->tun, pkts[i].data, pkts[i].len, TUN_ICMP_UNREACHABLE, 0);
 			dropped[ndropped++] = bufs[i];
 			if (ndropped == sizeof(dropped) / sizeof(dropped[0])) {
 				pool_put(e->hub->pool, dropped, ndropped);
