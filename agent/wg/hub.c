@@ -6,6 +6,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -375,6 +378,54 @@ static void on_wake(struct loop *loop, int fd, unsigned events, void *arg)
 		engine_check_down(e);
 }
 
+/* Routes or addresses changed in the sockets' namespace: every peer's
+ * cached source address (IP_PKTINFO) may no longer be the one the kernel
+ * would pick, so each is dropped and learnt again from the next reply, as
+ * the Linux module's dst_cache is invalidated by a route change. */
+static void on_route(struct loop *loop, int fd, unsigned events, void *arg)
+{
+	struct hub *h = arg;
+	char buf[8192] __attribute__((aligned(NLMSG_ALIGNTO)));
+	bool changed = false;
+	ssize_t n;
+
+	while ((n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) != 0) {
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			changed |= errno == ENOBUFS; /* lost some: assume the worst */
+			break;
+		}
+		for (struct nlmsghdr *nh = (void *)buf; NLMSG_OK(nh, (size_t)n); nh = NLMSG_NEXT(nh, n))
+			changed |= nh->nlmsg_type == RTM_NEWROUTE || nh->nlmsg_type == RTM_DELROUTE ||
+				   nh->nlmsg_type == RTM_NEWADDR || nh->nlmsg_type == RTM_DELADDR;
+	}
+	if (!changed)
+		return;
+	atomic_fetch_add(&h->st_route_changes, 1);
+	for (struct engine *e = h->engines; e; e = e->hub_next)
+		for (struct peer *p = e->peers; p; p = p->list_next)
+			peer_clear_endpoint_src(p);
+}
+
+static int route_watch(struct hub *h)
+{
+	struct sockaddr_nl sa = {
+		.nl_family = AF_NETLINK,
+		.nl_groups = RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR,
+	};
+	int ret;
+
+	h->route_fd = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_ROUTE);
+	if (h->route_fd < 0)
+		return -errno;
+	if (bind(h->route_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return -errno;
+	ret = loop_fd_add(h->loop, h->route_fd, LOOP_READ, on_route, h);
+	h->route_watched = !ret;
+	return ret;
+}
+
 void hub_attach(struct hub *h, struct engine *e)
 {
 	e->hub_next = h->engines;
@@ -413,7 +464,7 @@ int hub_new(struct hub **out, struct loop *loop, const struct hub_config *cfg)
 		h->cfg.handshake_queue_max = HUB_HANDSHAKE_QUEUE_MAX;
 	if (!h->cfg.pool_buffers)
 		h->cfg.pool_buffers = HUB_POOL_BUFFERS;
-	h->wake_efd = h->stop_efd = h->rx_epfd = -1;
+	h->wake_efd = h->stop_efd = h->rx_epfd = h->route_fd = -1;
 	atomic_init(&h->epoch, 1);
 	pthread_mutex_init(&h->hs_lock, NULL);
 	pthread_mutex_init(&h->work_lock, NULL);
@@ -449,6 +500,9 @@ int hub_new(struct hub **out, struct loop *loop, const struct hub_config *cfg)
 	ret = loop_fd_add(loop, h->wake_efd, LOOP_READ, on_wake, h);
 	if (ret)
 		goto out;
+	ret = route_watch(h);
+	if (ret)
+		log_warn("route watch failed: source addresses are kept until a send fails", "errno=%d", -ret);
 	ret = queueing_init(&h->queue, cfg->workers);
 	if (ret)
 		goto out;
@@ -482,6 +536,10 @@ void hub_free(struct hub *h)
 		loop_fd_del(h->loop, h->wake_efd);
 		close(h->wake_efd);
 	}
+	if (h->route_watched)
+		loop_fd_del(h->loop, h->route_fd);
+	if (h->route_fd >= 0)
+		close(h->route_fd);
 	for (int i = 0; i < 2; i++) {
 		udp_close(h->sock[i].udp);
 		pthread_mutex_destroy(&h->sock[i].send_lock);

@@ -125,6 +125,8 @@ struct hub {
 	int wake_efd; /* on the loop: handshakes, peer work, an engine's TUN gone */
 	int stop_efd; /* readable once the hub stops */
 	int rx_epfd;
+	int route_fd; /* rtnetlink: routes and addresses changed (loop thread) */
+	bool route_watched;
 	pthread_t rx_thread;
 	bool rx_started;
 	atomic_bool stopping;
@@ -135,6 +137,7 @@ struct hub {
 	struct hub_qs rx_qs;
 
 	_Atomic unsigned long long st_hs_queued, st_hs_dropped, st_hs_limited, st_cookies, st_invalid, st_other, st_unknown;
+	_Atomic unsigned long long st_route_changes;
 };
 
 /* Opens the sockets, starts the receive thread and the workers. Call on
