@@ -202,6 +202,7 @@ static void link_changed(struct engine *e, bool up)
 		if (!up) {
 			noise_handshake_clear(p->remote);
 			noise_keypairs_clear(p->remote);
+			timers_reset_handshake_limit(&p->timers);
 			send_drop_staged(p);
 			continue;
 		}
@@ -219,8 +220,8 @@ static void refresh(struct engine *e)
 	bool up;
 	int mtu, ret = tun_get_mtu(e->tun, &mtu);
 
-	if (!ret)
-		atomic_store(&e->mtu, mtu);
+	if (!ret && atomic_exchange(&e->mtu, mtu) != mtu)
+		log_info("tun mtu changed", "dev=%s mtu=%d", e->ifname, mtu);
 	else if (ret == -EBADFD)
 		tun_gone(e, EBADFD);
 	if (!ret && !tun_get_up(e->tun, &up))
@@ -460,7 +461,9 @@ int engine_set_private_key(struct engine *e, const uint8_t key[NOISE_PUBLIC_KEY_
 	 * a persistent keepalive hears from the new one at once, as from the
 	 * Linux module (and so learns our endpoint). */
 	for (struct peer *p = e->peers; p; p = p->list_next) {
+		noise_handshake_clear(p->remote);
 		noise_keypairs_expire(p->remote);
+		timers_reset_handshake_limit(&p->timers);
 		if (p->persistent_keepalive && engine_link_ready(e))
 			send_keepalive(p);
 	}
