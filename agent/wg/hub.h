@@ -127,6 +127,8 @@ struct hub {
 	int rx_epfd;
 	int route_fd; /* rtnetlink: routes and addresses changed (loop thread) */
 	bool route_watched;
+	int route_query_fd; /* rtnetlink route lookups (loop thread) */
+	uint32_t route_seq;
 	pthread_t rx_thread;
 	bool rx_started;
 	atomic_bool stopping;
@@ -198,6 +200,9 @@ void hub_synchronize(struct hub *h);
 
 /* Engines register themselves (engine.c). Loop thread. */
 void hub_attach(struct hub *h, struct engine *e);
+/* Loop thread: the interface the kernel would send to ep's address on
+ * now (RTM_GETROUTE with the sockets' fwmark), or a negative errno. */
+int hub_route_oif(struct hub *h, const struct endpoint *ep);
 void hub_detach(struct hub *h, struct engine *e);
 
 #endif

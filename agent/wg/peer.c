@@ -86,12 +86,45 @@ void peer_kill(struct peer *p)
 
 void peer_set_endpoint(struct peer *p, const struct endpoint *ep)
 {
+	struct endpoint e = *ep;
+	bool check = false;
+
 	pthread_mutex_lock(&p->endpoint_lock);
-	if (!p->has_endpoint || !endpoint_equal_src(&p->endpoint, ep)) {
-		p->endpoint = *ep;
+	if (e.has_src && p->has_rejected && endpoint_equal_src(&p->rejected, &e))
+		endpoint_clear_src(&e); /* the kernel chooses, as it would */
+	if (!p->has_endpoint || !endpoint_equal_src(&p->endpoint, &e)) {
+		p->endpoint = e;
 		p->has_endpoint = true;
+		check = e.has_src;
 	}
 	pthread_mutex_unlock(&p->endpoint_lock);
+	if (check)
+		peer_schedule(p, PEER_WORK_CHECK_SRC);
+}
+
+void peer_check_src(struct peer *p, bool routes_changed)
+{
+	struct endpoint ep;
+	int oif;
+
+	if (routes_changed) {
+		pthread_mutex_lock(&p->endpoint_lock);
+		p->has_rejected = false;
+		pthread_mutex_unlock(&p->endpoint_lock);
+	}
+	if (!peer_endpoint(p, &ep) || !ep.has_src || !ep.src_ifindex)
+		return;
+	oif = hub_route_oif(p->engine->hub, &ep);
+	if (oif <= 0 || oif == ep.src_ifindex)
+		return;
+	pthread_mutex_lock(&p->endpoint_lock);
+	if (p->has_endpoint && endpoint_equal_src(&p->endpoint, &ep)) {
+		p->rejected = ep;
+		p->has_rejected = true;
+		endpoint_clear_src(&p->endpoint);
+	}
+	pthread_mutex_unlock(&p->endpoint_lock);
+	log_debug("source address dropped", "dev=%s ifindex=%d route=%d", p->engine->ifname, ep.src_ifindex, oif);
 }
 
 bool peer_endpoint(struct peer *p, struct endpoint *out)
@@ -151,6 +184,8 @@ void peer_run_scheduled(struct hub *h)
 				send_initiation(p, false);
 			if (work & PEER_WORK_REARM)
 				peer_timers_arm(p);
+			if (work & PEER_WORK_CHECK_SRC)
+				peer_check_src(p, false);
 		}
 		peer_put(p);
 	}

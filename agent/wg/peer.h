@@ -11,7 +11,7 @@
  * frees it, on whichever thread that happens.
  *
  * Locking (order: tx_lock, then endpoint_lock; rx_lock alone):
- *  - endpoint_lock: endpoint, has_endpoint.
+ *  - endpoint_lock: endpoint, has_endpoint, rejected, has_rejected.
  *  - tx_lock: staged ring, tx queue (txq but its flushing flag).
  *  - rx_lock: rx queue (rxq but its flushing flag).
  *  - hub.work_lock: work_next.
@@ -55,6 +55,7 @@ struct peer_queue {
 enum peer_work {
 	PEER_WORK_HANDSHAKE = 1u << 0, /* send an initiation (not a retry) */
 	PEER_WORK_REARM = 1u << 1, /* a timer deadline moved earlier */
+	PEER_WORK_CHECK_SRC = 1u << 2, /* a new source address to check */
 };
 
 struct peer {
@@ -75,6 +76,10 @@ struct peer {
 	pthread_mutex_t endpoint_lock;
 	struct endpoint endpoint;
 	bool has_endpoint;
+	/* A source the route to the peer does not leave from (until routes
+	 * change): learnt again from the peer's packets, it is not used. */
+	struct endpoint rejected;
+	bool has_rejected;
 
 	pthread_mutex_t tx_lock;
 	uint8_t *staged_buf[PEER_STAGED_RING];
@@ -104,6 +109,10 @@ void peer_set_endpoint(struct peer *p, const struct endpoint *ep);
 /* Copies the endpoint; false if there is none. */
 bool peer_endpoint(struct peer *p, struct endpoint *out);
 void peer_clear_endpoint_src(struct peer *p);
+/* Loop thread: drops the cached source address if the route to the peer
+ * no longer leaves through the interface it was learnt on (after
+ * routes_changed, the sources rejected so far are tried again). */
+void peer_check_src(struct peer *p, bool routes_changed);
 
 /* Any thread: asks the loop to do work (enum peer_work) for p soon. */
 void peer_schedule(struct peer *p, unsigned work);
