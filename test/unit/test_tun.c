@@ -310,6 +310,41 @@ static void test_plain_tun(void **state)
 	close(s);
 }
 
+/* A packet too big for the caller's slots is dropped, counted, and answered
+ * with ICMP fragmentation needed: the kernel's path MTU drops to the slot
+ * size (RFC 1191), as IP_MTU on a connected socket shows. */
+static void test_too_big(void **state)
+{
+	int s = socket(AF_INET, SOCK_DGRAM, 0), pmtu = IP_PMTUDISC_DO, mtu = 0;
+	struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(9998) };
+	static char big[3000];
+	struct tun_stats before, after;
+	socklen_t len = sizeof(mtu);
+
+	inet_pton(AF_INET, "10.9.0.2", &to.sin_addr);
+	assert_true(s >= 0);
+	assert_int_equal(tun_set_mtu(tun, 9000), 0);
+	assert_int_equal(setsockopt(s, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof(pmtu)), 0);
+	assert_int_equal(connect(s, (struct sockaddr *)&to, sizeof(to)), 0);
+	tun_stats(tun, &before);
+	assert_int_equal(send(s, big, sizeof(big), 0), sizeof(big));
+	/* read until the big one has been seen (other traffic passes) */
+	for (int tries = 0; tries < 20; tries++) {
+		read_some(tun);
+		tun_stats(tun, &after);
+		if (after.too_big > before.too_big)
+			break;
+	}
+	assert_int_equal(after.too_big, before.too_big + 1);
+	for (int tries = 0; tries < 50 && mtu != SLOT; tries++) {
+		wait_readable(tun_fd(tun), 20);
+		assert_int_equal(getsockopt(s, IPPROTO_IP, IP_MTU, &mtu, &len), 0);
+	}
+	assert_int_equal(mtu, SLOT);
+	assert_int_equal(tun_set_mtu(tun, 1420), 0);
+	close(s);
+}
+
 /* A device moved to another namespace (as the CNI plugin moves a pod's
  * knit0) stays in reach through the fd; one deleted there reports EBADFD. */
 static void test_moved_to_netns(void **state)
@@ -353,6 +388,7 @@ int main(void)
 		cmocka_unit_test_setup(test_udp_through_tun, setup),
 		cmocka_unit_test_setup(test_tcp_tso_and_gro, setup),
 		cmocka_unit_test_setup(test_plain_tun, setup),
+		cmocka_unit_test_setup(test_too_big, setup),
 		cmocka_unit_test_setup(test_moved_to_netns, setup),
 	};
 	int ret;
