@@ -218,14 +218,15 @@ static void link_changed(struct engine *e, bool up)
 static void refresh(struct engine *e)
 {
 	bool up;
-	int mtu, ret = tun_get_mtu(e->tun, &mtu);
+	int mtu, ret = tun_get_link(e->tun, &mtu, &up);
 
-	if (!ret && atomic_exchange(&e->mtu, mtu) != mtu)
-		log_info("tun mtu changed", "dev=%s mtu=%d", e->ifname, mtu);
-	else if (ret == -EBADFD)
+	if (ret == -EBADFD)
 		tun_gone(e, EBADFD);
-	if (!ret && !tun_get_up(e->tun, &up))
-		link_changed(e, up);
+	if (ret)
+		return;
+	if (atomic_exchange(&e->mtu, mtu) != mtu)
+		log_info("tun mtu changed", "dev=%s mtu=%d", e->ifname, mtu);
+	link_changed(e, up);
 }
 
 bool engine_link_ready(struct engine *e)

@@ -30,9 +30,9 @@ struct tun {
 	int fd;
 	char name[IFNAMSIZ];
 
-	/* Interface ioctls go through a socket in the namespace the device
-	 * is in now: ctl_lock guards ctl and ctl_ns (the namespace's inode). */
-	pthread_mutex_t ctl_lock;
+	/* A socket for interface ioctls in the namespace the device was
+	 * created in, and that namespace's inode (0: TUNGETDEVNETNS is not
+	 * there, the device is taken to stay put). Set once at open. */
 	int ctl;
 	ino_t ctl_ns;
 	bool vnet;
@@ -51,92 +51,88 @@ struct tun {
 	struct tun_stats st;
 };
 
-struct ns_socket {
-	int nsfd, fd;
+/* Interface ioctls, run in order on one socket; each gets the device's
+ * current name and keeps its own result. */
+struct ctl_ops {
+	int nsfd; /* the device's namespace, for the thread below */
+	unsigned long req[2];
+	struct ifreq *ifr[2];
+	int ret[2];
+	size_t n;
 };
 
-/* A thread of its own enters the namespace, so the caller's never moves. */
-static void *ns_socket_main(void *arg)
+static void run_ops(int s, struct ctl_ops *ops)
 {
-	struct ns_socket *ns = arg;
+	for (size_t i = 0; i < ops->n; i++)
+		ops->ret[i] = ioctl(s, ops->req[i], ops->ifr[i]) < 0 ? -errno : 0;
+}
 
-	if (setns(ns->nsfd, CLONE_NEWNET) < 0) {
-		ns->fd = -errno;
-		return NULL;
+/* A thread of its own enters the device's namespace, so the caller's
+ * thread never moves; its socket goes with it, so nothing of ours keeps
+ * that namespace alive (a pod's, deleted with its TUN inside). */
+static void *ns_ops_main(void *arg)
+{
+	struct ctl_ops *ops = arg;
+	int s, err = 0;
+
+	if (setns(ops->nsfd, CLONE_NEWNET) < 0)
+		err = -errno;
+	else if ((s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0)
+		err = -errno;
+	else {
+		run_ops(s, ops);
+		close(s);
 	}
-	ns->fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (ns->fd < 0)
-		ns->fd = -errno;
+	for (size_t i = 0; err && i < ops->n; i++)
+		ops->ret[i] = err;
 	return NULL;
 }
 
-/* The device's current name (TUNGETIFF: it may have been renamed) and a
- * socket in the namespace it is in now (TUNGETDEVNETNS, Linux 5.2; the
- * creator's namespace on older kernels). A device moved with `ip link set
- * dev netns` stays reachable; one deleted gives -EBADFD. Caller holds
- * ctl_lock. */
-static int ctl_socket(struct tun *t, char name[IFNAMSIZ])
+/* Runs ops on the device wherever it is now: under its current name
+ * (TUNGETIFF: it may have been renamed) and in the namespace it is in
+ * (TUNGETDEVNETNS, Linux 5.2): the creator's through the socket kept since
+ * tun_open(), another through a short-lived thread. A device moved with
+ * `ip link set dev netns` stays reachable; one deleted gives -EBADFD. */
+static int ctl_run(struct tun *t, struct ctl_ops *ops)
 {
-	struct ifreq ifr = { 0 };
-	struct ns_socket ns = { .nsfd = -1, .fd = -1 };
+	struct ifreq cur = { 0 };
 	struct stat st;
 	pthread_t th;
-	int ret;
+	int ret = 0;
 
-	if (ioctl(t->fd, TUNGETIFF, &ifr) < 0)
+	ops->nsfd = -1;
+	if (ioctl(t->fd, TUNGETIFF, &cur) < 0)
 		return -errno;
-	memcpy(name, ifr.ifr_name, IFNAMSIZ);
-	name[IFNAMSIZ - 1] = '\0';
-	ns.nsfd = ioctl(t->fd, TUNGETDEVNETNS);
-	if (ns.nsfd < 0) {
-		if (errno != ENOTTY && errno != EINVAL)
+	for (size_t i = 0; i < ops->n; i++)
+		memcpy(ops->ifr[i]->ifr_name, cur.ifr_name, IFNAMSIZ);
+	if (t->ctl_ns) {
+		ops->nsfd = ioctl(t->fd, TUNGETDEVNETNS);
+		if (ops->nsfd < 0)
 			return -errno;
-		if (t->ctl < 0)
-			t->ctl = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-		return t->ctl < 0 ? -errno : t->ctl;
+		if (fstat(ops->nsfd, &st) < 0) {
+			ret = -errno;
+			goto out;
+		}
 	}
-	if (fstat(ns.nsfd, &st) < 0) {
-		ret = -errno;
-		goto out;
-	}
-	if (t->ctl >= 0 && st.st_ino == t->ctl_ns) {
-		ret = t->ctl;
+	if (!t->ctl_ns || st.st_ino == t->ctl_ns) {
+		run_ops(t->ctl, ops);
 		goto out;
 	}
-	ret = -pthread_create(&th, NULL, ns_socket_main, &ns);
-	if (ret)
-		goto out;
-	pthread_join(th, NULL);
-	ret = ns.fd;
-	if (ret < 0)
-		goto out;
-	if (t->ctl >= 0)
-		close(t->ctl);
-	t->ctl = ns.fd;
-	t->ctl_ns = st.st_ino;
-	log_debug("tun namespace", "dev=%s ns=%lu", name, (unsigned long)st.st_ino);
+	ret = -pthread_create(&th, NULL, ns_ops_main, ops);
+	if (!ret)
+		pthread_join(th, NULL);
 out:
-	close(ns.nsfd);
+	if (ops->nsfd >= 0)
+		close(ops->nsfd);
 	return ret;
 }
 
 static int ifreq_ioctl(struct tun *t, unsigned long req, struct ifreq *ifr)
 {
-	char name[IFNAMSIZ];
-	int s, ret = 0;
+	struct ctl_ops ops = { .req = { req }, .ifr = { ifr }, .n = 1 };
+	int ret = ctl_run(t, &ops);
 
-	pthread_mutex_lock(&t->ctl_lock);
-	s = ctl_socket(t, name);
-	if (s < 0) {
-		ret = s;
-		goto out;
-	}
-	memcpy(ifr->ifr_name, name, IFNAMSIZ);
-	if (ioctl(s, req, ifr) < 0)
-		ret = -errno;
-out:
-	pthread_mutex_unlock(&t->ctl_lock);
-	return ret;
+	return ret ? ret : ops.ret[0];
 }
 
 /* Offloads in order of preference: USO needs Linux 6.2; older kernels
@@ -160,13 +156,12 @@ int tun_open(struct tun **out, const char *name, unsigned flags)
 	struct tun *t = calloc(1, sizeof(*t));
 	struct ifreq ifr = { 0 };
 	unsigned features = 0;
-	int hdrsz = (int)VNET_LEN, ret;
+	int hdrsz = (int)VNET_LEN, nsfd, ret;
 
 	*out = NULL;
 	if (!t)
 		return -ENOMEM;
 	t->fd = t->ctl = -1;
-	pthread_mutex_init(&t->ctl_lock, NULL);
 	if (name && strlen(name) >= IFNAMSIZ) {
 		ret = -ENAMETOOLONG;
 		goto out;
@@ -189,6 +184,18 @@ int tun_open(struct tun **out, const char *name, unsigned flags)
 	}
 	memcpy(t->name, ifr.ifr_name, IFNAMSIZ);
 	t->name[IFNAMSIZ - 1] = '\0';
+	t->ctl = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (t->ctl < 0) {
+		ret = -errno;
+		goto out;
+	}
+	nsfd = ioctl(t->fd, TUNGETDEVNETNS);
+	if (nsfd >= 0) {
+		struct stat st;
+		if (fstat(nsfd, &st) == 0)
+			t->ctl_ns = st.st_ino;
+		close(nsfd);
+	}
 
 	if (t->vnet) {
 		if (ioctl(t->fd, TUNSETVNETHDRSZ, &hdrsz) < 0) {
@@ -222,7 +229,6 @@ void tun_close(struct tun *t)
 		close(t->fd);
 	if (t->ctl >= 0)
 		close(t->ctl);
-	pthread_mutex_destroy(&t->ctl_lock);
 	free(t->iov);
 	free(t->order);
 	free(t->groups);
@@ -279,6 +285,21 @@ int tun_get_up(struct tun *t, bool *up)
 
 	if (!ret)
 		*up = ifr.ifr_flags & IFF_UP;
+	return ret;
+}
+
+int tun_get_link(struct tun *t, int *mtu, bool *up)
+{
+	struct ifreq m = { 0 }, f = { 0 };
+	struct ctl_ops ops = { .req = { SIOCGIFMTU, SIOCGIFFLAGS }, .ifr = { &m, &f }, .n = 2 };
+	int ret = ctl_run(t, &ops);
+
+	if (!ret)
+		ret = ops.ret[0] ? ops.ret[0] : ops.ret[1];
+	if (!ret) {
+		*mtu = m.ifr_mtu;
+		*up = f.ifr_flags & IFF_UP;
+	}
 	return ret;
 }
 

@@ -43,12 +43,15 @@ unsigned tun_offloads(const struct tun *t);
 
 /* Interface ioctls on the device wherever it is now: in the namespace it
  * was moved to (TUNGETDEVNETNS), under its current name (TUNGETIFF).
- * -EBADFD once the device is deleted. Thread-safe. */
+ * -EBADFD once the device is deleted. Thread-safe; nothing is kept in
+ * the namespace the device moved to, so deleting it deletes the device. */
 int tun_get_mtu(struct tun *t, int *mtu);
 int tun_set_mtu(struct tun *t, int mtu);
 int tun_set_up(struct tun *t, bool up);
 /* Whether the device is administratively up (IFF_UP). */
 int tun_get_up(struct tun *t, bool *up);
+/* Both at once (one trip into the device's namespace). */
+int tun_get_link(struct tun *t, int *mtu, bool *up);
 
 /* Fills pkts[0..n) with packets (each slot's cap must hold an MTU-sized
  * packet; a packet, or a super-packet's segment, too big for its slot is

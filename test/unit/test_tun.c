@@ -377,8 +377,20 @@ static void test_moved_to_netns(void **state)
 	sh(cmd);
 	assert_int_equal(tun_get_mtu(t, &mtu), -EBADFD);
 	tun_close(t);
+
+	/* Nothing of ours keeps the namespace alive: when it goes (a pod
+	 * deleted), the device inside goes with it and the fd says so. */
+	assert_int_equal(tun_open(&t, "knitt3", 0), 0);
+	snprintf(cmd, sizeof(cmd), "ip link set knitt3 netns %s", ns);
+	sh(cmd);
+	assert_int_equal(tun_get_mtu(t, &mtu), 0);
+	assert_int_equal(tun_set_up(t, true), 0);
 	snprintf(cmd, sizeof(cmd), "ip netns del %s", ns);
 	sh(cmd);
+	for (int tries = 0; tries < 100 && tun_get_mtu(t, &mtu) != -EBADFD; tries++)
+		usleep(50 * 1000);
+	assert_int_equal(tun_get_mtu(t, &mtu), -EBADFD);
+	tun_close(t);
 }
 
 int main(void)
