@@ -9,7 +9,8 @@
 # source address following a route change, the endpoint updated before the
 # packet that roamed is delivered, and the TUN moved into another namespace
 # (as the CNI plugin moves a pod's knit0): still served and carrying
-# traffic there, and knitd gone only once the device is deleted.
+# traffic there, and knitd gone only once the device is deleted, by hand
+# or with the pod's namespace.
 #
 #   ns1: knitd wg1 ---- veth a 10.40.0.1 <-> 10.40.0.2 ---- ns2: knitd wg2
 #                  ---- veth b 10.41.0.1 <-> 10.41.0.2 ----  10.42.0.2 on lo
@@ -201,5 +202,16 @@ np ip link del "$IF1"
 e2e_check "knitd exits once the moved device is deleted" e2e_wait_for 5 gone "$PID1"
 e2e_check "and removes its UAPI socket" bash -c "! test -e $SOCK/$IF1.sock"
 e2e_check "knitd 2 unharmed" alive "$PID2"
+
+# A pod deleted with the TUN inside: nothing of knitd's keeps its
+# namespace alive, so the device goes with it, and so does knitd.
+NSP2=knit-wgc-$$-pod2
+e2e_defer "ip netns del $NSP2"
+ip netns add "$NSP2" || e2e_die "cannot create namespace $NSP2"
+n2 ip link set "$IF2" netns "$NSP2"
+ip netns exec "$NSP2" ip link set "$IF2" mtu 1300 up
+e2e_check "knitd 2 reads its TUN in the second pod" e2e_wait_for 3 logged knitd2 "mtu=1300"
+ip netns del "$NSP2"
+e2e_check "knitd exits when the pod namespace holding its TUN is deleted" e2e_wait_for 10 gone "$PID2"
 
 e2e_end
