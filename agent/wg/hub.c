@@ -393,13 +393,8 @@ int hub_route_oif(struct hub *h, const struct endpoint *ep)
 	uint32_t seq = ++h->route_seq, mark = h->fwmark;
 	ssize_t n;
 
-	if (h->route_query_fd < 0) {
-		struct timeval tv = { .tv_sec = 1 };
-		h->route_query_fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-		if (h->route_query_fd < 0)
-			return -errno;
-		setsockopt(h->route_query_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	}
+	if (h->route_query_fd < 0)
+		return -ENOTCONN;
 	req.nh.nlmsg_type = RTM_GETROUTE;
 	req.nh.nlmsg_flags = NLM_F_REQUEST;
 	req.nh.nlmsg_seq = seq;
@@ -474,6 +469,7 @@ static void on_route(struct loop *loop, int fd, unsigned events, void *arg)
 	if (!changed)
 		return;
 	atomic_fetch_add(&h->st_route_changes, 1);
+	log_debug("routes changed", "sources checked");
 	for (struct engine *e = h->engines; e; e = e->hub_next)
 		for (struct peer *p = e->peers; p; p = p->list_next)
 			peer_check_src(p, true);
@@ -485,7 +481,16 @@ static int route_watch(struct hub *h)
 		.nl_family = AF_NETLINK,
 		.nl_groups = RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR,
 	};
+	struct timeval tv = { .tv_sec = 1 };
 	int ret;
+
+	/* Both in the sockets' namespace, made now: the loop thread may be
+	 * elsewhere later. */
+	h->route_query_fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+	if (h->route_query_fd < 0)
+		return -errno;
+	if (setsockopt(h->route_query_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
+		return -errno;
 
 	h->route_fd = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_ROUTE);
 	if (h->route_fd < 0)

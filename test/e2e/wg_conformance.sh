@@ -86,7 +86,12 @@ endpoint_is() { # NS IF EXPECTED
 	[ "$got" = "$3" ] || { echo "$2: endpoint $got, not $3" >"$E2E_DIR/last-endpoint"; return 1; }
 }
 endpoint_check() { # DESC NS IF EXPECTED [SECONDS]
-	if e2e_wait_for "${5:-0}" endpoint_is "$2" "$3" "$4"; then e2e_pass "$1"; else e2e_fail "$1: $(cat "$E2E_DIR/last-endpoint")"; fi
+	if e2e_wait_for "${5:-0}" endpoint_is "$2" "$3" "$4"; then
+		e2e_pass "$1"
+	else
+		e2e_fail "$1: $(cat "$E2E_DIR/last-endpoint")"
+		return 1
+	fi
 }
 
 e2e_bg knitd1 n1 env KNIT_LOG_LEVEL=debug "$KNITD" wg -f --http-listen 127.0.0.1:9113 "$IF1"
@@ -138,7 +143,8 @@ e2e_check "ping to an unowned v6 address: address unreachable" \
 # --- source address follows a route change ---------------------------------
 endpoint_check "2 sees 1 at its first source" "$NS2" "$IF2" 10.40.0.1:$P1 5
 n1 ip route replace 10.42.0.0/24 via 10.41.0.2
-endpoint_check "route via the other link: 2 sees 1's new source" "$NS2" "$IF2" 10.41.0.1:$P1 5
+endpoint_check "route via the other link: 2 sees 1's new source" "$NS2" "$IF2" 10.41.0.1:$P1 10 ||
+	grep -h "source address\|route" "$E2E_DIR/knitd1.log" | tail -5 >&2
 
 # --- roaming: the reply to a roamed packet goes to the new endpoint --------
 n2 wg set "$IF2" peer "$PUB1" persistent-keepalive 0
