@@ -189,28 +189,59 @@ static void *tun_main(void *arg)
 	return NULL;
 }
 
-/* SIOCGIFMTU through the engine's control socket, made in the namespace
- * where the TUN device was created (the loop thread may be elsewhere). */
-static int get_mtu(struct engine *e, int *mtu)
+/* The link went up or down (loop thread). Down is the Linux module's
+ * wg_stop(): sessions, handshakes and staged packets go, and nothing is
+ * sent until it is up again; up is wg_open(): staged packets leave and
+ * persistent keepalives start at once. */
+static void link_changed(struct engine *e, bool up)
 {
-	struct ifreq ifr = { 0 };
+	if (atomic_exchange(&e->link_up, up) == up)
+		return;
+	log_debug("link", "dev=%s up=%d", e->ifname, up);
+	for (struct peer *p = e->peers; p; p = p->list_next) {
+		if (!up) {
+			noise_handshake_clear(p->remote);
+			noise_keypairs_clear(p->remote);
+			timers_reset_handshake_limit(&p->timers);
+			send_drop_staged(p);
+			continue;
+		}
+		send_staged(p);
+		if (p->persistent_keepalive)
+			send_keepalive(p);
+	}
+}
 
-	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", e->ifname);
-	if (ioctl(e->ctl_fd, SIOCGIFMTU, &ifr) < 0)
-		return -errno;
-	*mtu = ifr.ifr_mtu;
-	return 0;
+/* Reads the device's MTU and link state through the TUN fd, wherever the
+ * device is now (tun.h: moved to another namespace, renamed). Only a
+ * device really deleted (EBADFD on the fd) takes the engine down. */
+static void refresh(struct engine *e)
+{
+	bool up;
+	int mtu, ret = tun_get_link(e->tun, &mtu, &up);
+
+	if (ret == -EBADFD)
+		tun_gone(e, EBADFD);
+	if (ret)
+		return;
+	if (atomic_exchange(&e->mtu, mtu) != mtu)
+		log_info("tun mtu changed", "dev=%s mtu=%d", e->ifname, mtu);
+	link_changed(e, up);
+}
+
+bool engine_link_ready(struct engine *e)
+{
+	/* Believed down: look again, the watch may not have seen it come up. */
+	if (!atomic_load(&e->link_up) && !atomic_load(&e->tun_down))
+		refresh(e);
+	return atomic_load(&e->link_up);
 }
 
 static void on_watch(struct loop *loop, struct loop_timer *t, void *arg)
 {
 	struct engine *e = arg;
-	int mtu, ret = get_mtu(e, &mtu);
 
-	if (!ret)
-		atomic_store(&e->mtu, mtu);
-	else if (ret == -ENODEV)
-		tun_gone(e, ENODEV);
+	refresh(e);
 	engine_check_down(e);
 	loop_timer_arm(t, WATCH_MS);
 }
@@ -232,13 +263,14 @@ int engine_new(struct engine **out, struct hub *hub, const struct engine_config 
 	struct engine *e = calloc(1, sizeof(*e));
 	struct noise_upcalls up = { .remote_get = remote_get };
 	int ret, mtu = DEFAULT_MTU;
+	bool link_up = false;
 
 	*out = NULL;
 	if (!e)
 		return -ENOMEM;
 	e->hub = hub;
 	e->cfg = *cfg;
-	e->stop_efd = e->ctl_fd = -1;
+	e->stop_efd = -1;
 	pthread_mutex_init(&e->tun_write_lock, NULL);
 	allowedips_init(&e->aips);
 	cookie_checker_init(&e->cookie);
@@ -247,12 +279,11 @@ int engine_new(struct engine **out, struct hub *hub, const struct engine_config 
 	e->table_size = 64;
 	e->table = calloc(e->table_size, sizeof(*e->table));
 	e->stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	e->ctl_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (!e->noise || !e->table) {
 		ret = -ENOMEM;
 		goto out;
 	}
-	if (e->stop_efd < 0 || e->ctl_fd < 0) {
+	if (e->stop_efd < 0) {
 		ret = -errno;
 		goto out;
 	}
@@ -263,6 +294,8 @@ int engine_new(struct engine **out, struct hub *hub, const struct engine_config 
 	if (tun_set_mtu(e->tun, DEFAULT_MTU) < 0 || tun_get_mtu(e->tun, &mtu) < 0)
 		log_warn("tun mtu unknown", "dev=%s", e->ifname);
 	atomic_store(&e->mtu, mtu);
+	if (tun_get_up(e->tun, &link_up) == 0)
+		atomic_store(&e->link_up, link_up);
 	e->watch = loop_timer_new(hub->loop, on_watch, e);
 	if (!e->watch) {
 		ret = -ENOMEM;
@@ -287,8 +320,6 @@ out:
 		tun_close(e->tun);
 		if (e->stop_efd >= 0)
 			close(e->stop_efd);
-		if (e->ctl_fd >= 0)
-			close(e->ctl_fd);
 		free(e->table);
 		if (e->noise)
 			noise_local_free(e->noise);
@@ -333,7 +364,6 @@ void engine_free(struct engine *e)
 	allowedips_free(&e->aips);
 	free(e->table);
 	close(e->stop_efd);
-	close(e->ctl_fd);
 	pthread_mutex_destroy(&e->tun_write_lock);
 	log_info("engine down", "dev=%s", e->ifname);
 	sodium_memzero(e, sizeof(*e));
@@ -396,7 +426,7 @@ bool engine_public_key(const struct engine *e, uint8_t pub[NOISE_PUBLIC_KEY_LEN]
 
 int engine_set_private_key(struct engine *e, const uint8_t key[NOISE_PUBLIC_KEY_LEN])
 {
-	uint8_t pub[NOISE_PUBLIC_KEY_LEN];
+	uint8_t pub[NOISE_PUBLIC_KEY_LEN], clamped[NOISE_PUBLIC_KEY_LEN];
 	int ret = 0;
 
 	if (!key || sodium_is_zero(key, NOISE_PUBLIC_KEY_LEN)) {
@@ -407,24 +437,40 @@ int engine_set_private_key(struct engine *e, const uint8_t key[NOISE_PUBLIC_KEY_
 		memset(e->public_key, 0, sizeof(e->public_key));
 		goto out;
 	}
-	if (e->has_private_key && !sodium_memcmp(key, e->private_key, NOISE_PUBLIC_KEY_LEN))
+	/* RFC 7748 section 5: the key as X25519 uses it, which is what the
+	 * kernel and wireguard-go store and report. */
+	memcpy(clamped, key, NOISE_PUBLIC_KEY_LEN);
+	clamped[0] &= 248;
+	clamped[31] = (clamped[31] & 127) | 64;
+	if (e->has_private_key && !sodium_memcmp(clamped, e->private_key, NOISE_PUBLIC_KEY_LEN))
 		goto out;
-	if (!noise_public_from_private(pub, key)) {
+	if (!noise_public_from_private(pub, clamped)) {
 		ret = -EINVAL;
 		goto out;
 	}
 	/* As the Linux module: a peer with our own key cannot exist. */
 	engine_peer_remove(e, pub);
-	if (!noise_local_set_private(e->noise, key)) {
+	if (!noise_local_set_private(e->noise, clamped)) {
 		ret = -EINVAL;
 		goto out;
 	}
 	cookie_checker_set_public(&e->cookie, pub);
-	memcpy(e->private_key, key, NOISE_PUBLIC_KEY_LEN);
+	memcpy(e->private_key, clamped, NOISE_PUBLIC_KEY_LEN);
 	memcpy(e->public_key, pub, NOISE_PUBLIC_KEY_LEN);
 	e->has_private_key = true;
+	/* Sessions under the old identity may not send any more; a peer with
+	 * a persistent keepalive hears from the new one at once, as from the
+	 * Linux module (and so learns our endpoint). */
+	for (struct peer *p = e->peers; p; p = p->list_next) {
+		noise_handshake_clear(p->remote);
+		noise_keypairs_expire(p->remote);
+		timers_reset_handshake_limit(&p->timers);
+		if (p->persistent_keepalive && engine_link_ready(e))
+			send_keepalive(p);
+	}
 out:
 	sodium_memzero(pub, sizeof(pub));
+	sodium_memzero(clamped, sizeof(clamped));
 	return ret;
 }
 

@@ -101,8 +101,8 @@ struct engine {
 	bool tun_thread_started;
 	struct hub_qs tun_qs;
 	int stop_efd;
-	int ctl_fd; /* a socket in the TUN's namespace, for interface ioctls */
 	atomic_bool dead, tun_down;
+	atomic_bool link_up; /* IFF_UP as last seen (engine_link_ready()) */
 	bool down_reported;
 	struct loop_timer *watch;
 
@@ -141,6 +141,11 @@ void engine_stats(struct engine *e, struct engine_stats *out);
 struct peer *engine_peer_lookup(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_LEN]);
 /* Loop thread (hub.c): reports a TUN that went away once. */
 void engine_check_down(struct engine *e);
+
+/* Loop thread: whether the link is up, looked up again if it was seen
+ * down. Nothing is sent while it is down (the Linux module closes its
+ * socket then); going down drops sessions and staged packets. */
+bool engine_link_ready(struct engine *e);
 
 /* uapi_server ops for one engine (arg: the struct engine). */
 extern const struct uapi_ops engine_uapi_ops;

@@ -36,6 +36,7 @@ enum {
 	DROP_IN_OVERFLOW,
 	DROP_INVALID,
 	DROP_UNKNOWN_INDEX,
+	DROP_TOO_BIG,
 	NMIRRORS
 };
 
@@ -53,6 +54,7 @@ static const struct {
 	[DROP_IN_OVERFLOW - DROP_NO_ROUTE] = { "inbound", "overflow" },
 	[DROP_INVALID - DROP_NO_ROUTE] = { "inbound", "invalid" },
 	[DROP_UNKNOWN_INDEX - DROP_NO_ROUTE] = { "inbound", "unknown_index" },
+	[DROP_TOO_BIG - DROP_NO_ROUTE] = { "outbound", "too_big" },
 };
 _Static_assert(sizeof(drops) / sizeof(drops[0]) == NMIRRORS - DROP_NO_ROUTE, "a label pair per drop reason");
 
@@ -151,6 +153,7 @@ void exporter_collect(void *arg)
 	v[DROP_IN_OVERFLOW] = es.rx_dropped;
 	v[DROP_INVALID] = hs.rx_invalid;
 	v[DROP_UNKNOWN_INDEX] = hs.rx_unknown_index;
+	v[DROP_TOO_BIG] = es.tun.too_big;
 	for (int i = 0; i < NMIRRORS; i++)
 		mirror(&mi[i], v[i]);
 	metrics_set(x->peers, (double)es.peers);

@@ -6,6 +6,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -375,6 +378,130 @@ static void on_wake(struct loop *loop, int fd, unsigned events, void *arg)
 		engine_check_down(e);
 }
 
+/* The route lookup for a cached source address. */
+int hub_route_oif(struct hub *h, const struct endpoint *ep)
+{
+	struct {
+		struct nlmsghdr nh;
+		struct rtmsg rt;
+		char attrs[64];
+	} req = { 0 };
+	char buf[4096] __attribute__((aligned(NLMSG_ALIGNTO)));
+	bool v6 = ep->addr.sa.sa_family == AF_INET6;
+	size_t alen = v6 ? 16 : 4;
+	struct rtattr *a;
+	uint32_t seq = ++h->route_seq, mark = h->fwmark;
+	ssize_t n;
+
+	if (h->route_query_fd < 0)
+		return -ENOTCONN;
+	req.nh.nlmsg_type = RTM_GETROUTE;
+	req.nh.nlmsg_flags = NLM_F_REQUEST;
+	req.nh.nlmsg_seq = seq;
+	req.rt.rtm_family = (unsigned char)ep->addr.sa.sa_family;
+	req.rt.rtm_dst_len = (unsigned char)(alen * 8);
+	a = (struct rtattr *)((char *)&req + NLMSG_LENGTH(sizeof(req.rt)));
+	a->rta_type = RTA_DST;
+	a->rta_len = (unsigned short)RTA_LENGTH(alen);
+	memcpy(RTA_DATA(a), v6 ? (const void *)&ep->addr.in6.sin6_addr : (const void *)&ep->addr.in4.sin_addr, alen);
+	req.nh.nlmsg_len = NLMSG_LENGTH(sizeof(req.rt)) + RTA_ALIGN(a->rta_len);
+	if (mark) {
+		a = (struct rtattr *)((char *)&req + req.nh.nlmsg_len);
+		a->rta_type = RTA_MARK;
+		a->rta_len = (unsigned short)RTA_LENGTH(sizeof(mark));
+		memcpy(RTA_DATA(a), &mark, sizeof(mark));
+		req.nh.nlmsg_len += RTA_ALIGN(a->rta_len);
+	}
+	if (send(h->route_query_fd, &req, req.nh.nlmsg_len, 0) < 0)
+		return -errno;
+	for (;;) {
+		n = recv(h->route_query_fd, buf, sizeof(buf), 0);
+		if (n < 0)
+			return errno == EINTR ? -EINTR : -errno;
+		for (struct nlmsghdr *nh = (void *)buf; NLMSG_OK(nh, (size_t)n); nh = NLMSG_NEXT(nh, n)) {
+			struct rtmsg *rt = NLMSG_DATA(nh);
+			size_t len;
+
+			if (nh->nlmsg_seq != seq)
+				continue; /* an answer to an earlier, timed-out query */
+			if (nh->nlmsg_type == NLMSG_ERROR) {
+				struct nlmsgerr *e = NLMSG_DATA(nh);
+				return e->error ? e->error : -ENOENT;
+			}
+			if (nh->nlmsg_type != RTM_NEWROUTE)
+				continue;
+			len = RTM_PAYLOAD(nh);
+			for (a = RTM_RTA(rt); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+				if (a->rta_type == RTA_OIF && RTA_PAYLOAD(a) >= sizeof(int)) {
+					int oif;
+					memcpy(&oif, RTA_DATA(a), sizeof(oif));
+					return oif;
+				}
+			}
+			return -ENOENT;
+		}
+	}
+}
+
+/* Routes or addresses changed in the sockets' namespace: every peer's
+ * cached source address (IP_PKTINFO) is checked against the route the
+ * kernel would take now, as the Linux module's dst_cache is invalidated
+ * by a route change and its send4()/send6() drop a source whose interface
+ * is not the route's. */
+static void on_route(struct loop *loop, int fd, unsigned events, void *arg)
+{
+	struct hub *h = arg;
+	char buf[8192] __attribute__((aligned(NLMSG_ALIGNTO)));
+	bool changed = false;
+	ssize_t n;
+
+	while ((n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) != 0) {
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			changed |= errno == ENOBUFS; /* lost some: assume the worst */
+			break;
+		}
+		for (struct nlmsghdr *nh = (void *)buf; NLMSG_OK(nh, (size_t)n); nh = NLMSG_NEXT(nh, n))
+			changed |= nh->nlmsg_type == RTM_NEWROUTE || nh->nlmsg_type == RTM_DELROUTE ||
+				   nh->nlmsg_type == RTM_NEWADDR || nh->nlmsg_type == RTM_DELADDR;
+	}
+	if (!changed)
+		return;
+	atomic_fetch_add(&h->st_route_changes, 1);
+	log_debug("routes changed", "sources checked");
+	for (struct engine *e = h->engines; e; e = e->hub_next)
+		for (struct peer *p = e->peers; p; p = p->list_next)
+			peer_check_src(p, true);
+}
+
+static int route_watch(struct hub *h)
+{
+	struct sockaddr_nl sa = {
+		.nl_family = AF_NETLINK,
+		.nl_groups = RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR,
+	};
+	struct timeval tv = { .tv_sec = 1 };
+	int ret;
+
+	/* Both in the sockets' namespace, made now: the loop thread may be
+	 * elsewhere later. */
+	h->route_query_fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+	if (h->route_query_fd < 0)
+		return -errno;
+	if (setsockopt(h->route_query_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
+		return -errno;
+
+	h->route_fd = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_ROUTE);
+	if (h->route_fd < 0)
+		return -errno;
+	if (bind(h->route_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return -errno;
+	ret = loop_fd_add(h->loop, h->route_fd, LOOP_READ, on_route, h);
+	h->route_watched = !ret;
+	return ret;
+}
+
 void hub_attach(struct hub *h, struct engine *e)
 {
 	e->hub_next = h->engines;
@@ -413,7 +540,7 @@ int hub_new(struct hub **out, struct loop *loop, const struct hub_config *cfg)
 		h->cfg.handshake_queue_max = HUB_HANDSHAKE_QUEUE_MAX;
 	if (!h->cfg.pool_buffers)
 		h->cfg.pool_buffers = HUB_POOL_BUFFERS;
-	h->wake_efd = h->stop_efd = h->rx_epfd = -1;
+	h->wake_efd = h->stop_efd = h->rx_epfd = h->route_fd = h->route_query_fd = -1;
 	atomic_init(&h->epoch, 1);
 	pthread_mutex_init(&h->hs_lock, NULL);
 	pthread_mutex_init(&h->work_lock, NULL);
@@ -449,6 +576,9 @@ int hub_new(struct hub **out, struct loop *loop, const struct hub_config *cfg)
 	ret = loop_fd_add(loop, h->wake_efd, LOOP_READ, on_wake, h);
 	if (ret)
 		goto out;
+	ret = route_watch(h);
+	if (ret)
+		log_warn("route watch failed: source addresses are kept until a send fails", "errno=%d", -ret);
 	ret = queueing_init(&h->queue, cfg->workers);
 	if (ret)
 		goto out;
@@ -482,6 +612,12 @@ void hub_free(struct hub *h)
 		loop_fd_del(h->loop, h->wake_efd);
 		close(h->wake_efd);
 	}
+	if (h->route_watched)
+		loop_fd_del(h->loop, h->route_fd);
+	if (h->route_fd >= 0)
+		close(h->route_fd);
+	if (h->route_query_fd >= 0)
+		close(h->route_query_fd);
 	for (int i = 0; i < 2; i++) {
 		udp_close(h->sock[i].udp);
 		pthread_mutex_destroy(&h->sock[i].send_lock);

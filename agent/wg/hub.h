@@ -125,6 +125,10 @@ struct hub {
 	int wake_efd; /* on the loop: handshakes, peer work, an engine's TUN gone */
 	int stop_efd; /* readable once the hub stops */
 	int rx_epfd;
+	int route_fd; /* rtnetlink: routes and addresses changed (loop thread) */
+	bool route_watched;
+	int route_query_fd; /* rtnetlink route lookups (loop thread) */
+	uint32_t route_seq;
 	pthread_t rx_thread;
 	bool rx_started;
 	atomic_bool stopping;
@@ -135,6 +139,7 @@ struct hub {
 	struct hub_qs rx_qs;
 
 	_Atomic unsigned long long st_hs_queued, st_hs_dropped, st_hs_limited, st_cookies, st_invalid, st_other, st_unknown;
+	_Atomic unsigned long long st_route_changes;
 };
 
 /* Opens the sockets, starts the receive thread and the workers. Call on
@@ -195,6 +200,9 @@ void hub_synchronize(struct hub *h);
 
 /* Engines register themselves (engine.c). Loop thread. */
 void hub_attach(struct hub *h, struct engine *e);
+/* Loop thread: the interface the kernel would send to ep's address on
+ * now (RTM_GETROUTE with the sockets' fwmark), or a negative errno. */
+int hub_route_oif(struct hub *h, const struct endpoint *ep);
 void hub_detach(struct hub *h, struct engine *e);
 
 #endif

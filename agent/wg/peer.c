@@ -11,6 +11,7 @@
 #include "wg/noise.h"
 #include "wg/pool.h"
 #include "wg/queueing.h"
+#include "wg/receive.h"
 #include "wg/send.h"
 
 static void on_timer(struct loop *loop, struct loop_timer *t, void *arg);
@@ -85,12 +86,45 @@ void peer_kill(struct peer *p)
 
 void peer_set_endpoint(struct peer *p, const struct endpoint *ep)
 {
+	struct endpoint e = *ep;
+	bool check = false;
+
 	pthread_mutex_lock(&p->endpoint_lock);
-	if (!p->has_endpoint || !endpoint_equal_src(&p->endpoint, ep)) {
-		p->endpoint = *ep;
+	if (e.has_src && p->has_rejected && endpoint_equal_src(&p->rejected, &e))
+		endpoint_clear_src(&e); /* the kernel chooses, as it would */
+	if (!p->has_endpoint || !endpoint_equal_src(&p->endpoint, &e)) {
+		p->endpoint = e;
 		p->has_endpoint = true;
+		check = e.has_src;
 	}
 	pthread_mutex_unlock(&p->endpoint_lock);
+	if (check)
+		peer_schedule(p, PEER_WORK_CHECK_SRC);
+}
+
+void peer_check_src(struct peer *p, bool routes_changed)
+{
+	struct endpoint ep;
+	int oif;
+
+	if (routes_changed) {
+		pthread_mutex_lock(&p->endpoint_lock);
+		p->has_rejected = false;
+		pthread_mutex_unlock(&p->endpoint_lock);
+	}
+	if (!peer_endpoint(p, &ep) || !ep.has_src || !ep.src_ifindex)
+		return;
+	oif = hub_route_oif(p->engine->hub, &ep);
+	if (oif <= 0 || oif == ep.src_ifindex)
+		return;
+	pthread_mutex_lock(&p->endpoint_lock);
+	if (p->has_endpoint && endpoint_equal_src(&p->endpoint, &ep)) {
+		p->rejected = ep;
+		p->has_rejected = true;
+		endpoint_clear_src(&p->endpoint);
+	}
+	pthread_mutex_unlock(&p->endpoint_lock);
+	log_debug("source address dropped", "dev=%s ifindex=%d route=%d", p->engine->ifname, ep.src_ifindex, oif);
 }
 
 bool peer_endpoint(struct peer *p, struct endpoint *out)
@@ -150,6 +184,8 @@ void peer_run_scheduled(struct hub *h)
 				send_initiation(p, false);
 			if (work & PEER_WORK_REARM)
 				peer_timers_arm(p);
+			if (work & PEER_WORK_CHECK_SRC)
+				peer_check_src(p, false);
 		}
 		peer_put(p);
 	}
@@ -210,6 +246,49 @@ void peer_set_persistent_keepalive(struct peer *p, uint16_t interval)
 	if (timers_set_persistent_keepalive(&p->timers, interval, loop_mono_ms()))
 		send_keepalive(p);
 	peer_timers_arm(p);
+}
+
+void peer_flush(struct peer *p, enum job_dir dir)
+{
+	pthread_mutex_t *lock = dir == JOB_TX ? &p->tx_lock : &p->rx_lock;
+	struct peer_queue *q = dir == JOB_TX ? &p->txq : &p->rxq;
+
+	for (;;) {
+		struct job *list = NULL, **tail = &list;
+		bool more;
+
+		if (atomic_exchange(&q->flushing, true))
+			return;
+		pthread_mutex_lock(lock);
+		while (q->head && atomic_load_explicit(&q->head->done, memory_order_acquire)) {
+			struct job *j = q->head;
+			q->head = j->next;
+			if (!q->head)
+				q->tail = NULL;
+			q->jobs--;
+			j->next = NULL;
+			*tail = j;
+			tail = &j->next;
+		}
+		pthread_mutex_unlock(lock);
+		if (list) {
+			if (dir == JOB_TX)
+				send_transmit(p, list);
+			else
+				receive_deliver(p, list);
+			while (list) {
+				struct job *j = list;
+				list = j->next;
+				peer_release_job(j);
+			}
+		}
+		atomic_store(&q->flushing, false);
+		pthread_mutex_lock(lock);
+		more = q->head && atomic_load_explicit(&q->head->done, memory_order_acquire);
+		pthread_mutex_unlock(lock);
+		if (!more)
+			return;
+	}
 }
 
 void peer_release_job(struct job *j)

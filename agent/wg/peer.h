@@ -11,9 +11,9 @@
  * frees it, on whichever thread that happens.
  *
  * Locking (order: tx_lock, then endpoint_lock; rx_lock alone):
- *  - endpoint_lock: endpoint, has_endpoint.
- *  - tx_lock: staged ring, tx queue (tx_head, tx_tail, tx_jobs).
- *  - rx_lock: rx queue (rx_head, rx_tail, rx_jobs).
+ *  - endpoint_lock: endpoint, has_endpoint, rejected, has_rejected.
+ *  - tx_lock: staged ring, tx queue (txq but its flushing flag).
+ *  - rx_lock: rx queue (rxq but its flushing flag).
  *  - hub.work_lock: work_next.
  *  - loop thread only: hash_next, list links, timer, persistent_keepalive.
  *  - atomics: refcount, dead, work, the flushing flags, counters,
@@ -32,12 +32,21 @@
 #include "wg/allowedips.h"
 #include "wg/cookie.h"
 #include "wg/messages.h"
+#include "wg/queueing.h"
 #include "wg/timers.h"
 
 struct engine;
 struct hub;
-struct job;
 struct noise_remote;
+
+/* A serial queue of crypt jobs, one direction of one peer, in arrival
+ * order; guarded by the peer's lock for that direction (tx_lock, rx_lock),
+ * but flushing, which is atomic. */
+struct peer_queue {
+	struct job *head, *tail;
+	unsigned jobs;
+	atomic_bool flushing;
+};
 
 #define PEER_STAGED_MAX 128 /* Linux's MAX_STAGED_PACKETS */
 #define PEER_STAGED_RING 512 /* staged plus one TUN batch */
@@ -46,6 +55,7 @@ struct noise_remote;
 enum peer_work {
 	PEER_WORK_HANDSHAKE = 1u << 0, /* send an initiation (not a retry) */
 	PEER_WORK_REARM = 1u << 1, /* a timer deadline moved earlier */
+	PEER_WORK_CHECK_SRC = 1u << 2, /* a new source address to check */
 };
 
 struct peer {
@@ -66,19 +76,19 @@ struct peer {
 	pthread_mutex_t endpoint_lock;
 	struct endpoint endpoint;
 	bool has_endpoint;
+	/* A source the route to the peer does not leave from (until routes
+	 * change): learnt again from the peer's packets, it is not used. */
+	struct endpoint rejected;
+	bool has_rejected;
 
 	pthread_mutex_t tx_lock;
 	uint8_t *staged_buf[PEER_STAGED_RING];
 	uint16_t staged_len[PEER_STAGED_RING];
 	size_t staged_head, staged_count;
-	struct job *tx_head, *tx_tail;
-	unsigned tx_jobs;
-	atomic_bool tx_flushing;
+	struct peer_queue txq;
 
 	pthread_mutex_t rx_lock;
-	struct job *rx_head, *rx_tail;
-	unsigned rx_jobs;
-	atomic_bool rx_flushing;
+	struct peer_queue rxq;
 
 	_Atomic uint64_t rx_bytes, tx_bytes;
 	_Atomic int64_t last_handshake_ns; /* CLOCK_REALTIME, 0: never */
@@ -99,6 +109,10 @@ void peer_set_endpoint(struct peer *p, const struct endpoint *ep);
 /* Copies the endpoint; false if there is none. */
 bool peer_endpoint(struct peer *p, struct endpoint *out);
 void peer_clear_endpoint_src(struct peer *p);
+/* Loop thread: drops the cached source address if the route to the peer
+ * no longer leaves through the interface it was learnt on (after
+ * routes_changed, the sources rejected so far are tried again). */
+void peer_check_src(struct peer *p, bool routes_changed);
 
 /* Any thread: asks the loop to do work (enum peer_work) for p soon. */
 void peer_schedule(struct peer *p, unsigned work);
@@ -111,6 +125,13 @@ void peer_timers_changed(struct peer *p);
 void peer_timers_arm(struct peer *p);
 /* Loop thread: seconds, 0 off; sends a keepalive when it was just enabled. */
 void peer_set_persistent_keepalive(struct peer *p, uint16_t interval);
+
+/* Any thread, after a job of p finished: takes the done jobs at the head
+ * of the queue for dir (JOB_TX, JOB_RX) in order, hands them on
+ * (send_transmit(), receive_deliver()) and releases them. A flag makes
+ * that one thread at a time, and the re-check after clearing it catches a
+ * job finished meanwhile by a thread that saw the flag set. */
+void peer_flush(struct peer *p, enum job_dir dir);
 
 /* Drops a job: its buffers back to the pool, its keypair and peer
  * references, the job itself. */

@@ -61,10 +61,7 @@ static void run(struct queueing *q, struct job *j, size_t *budget)
 		if (!j)
 			break;
 	}
-	if (dir == JOB_TX)
-		send_flush(p);
-	else
-		receive_flush(p);
+	peer_flush(p, dir);
 	peer_put(p);
 }
 

@@ -40,14 +40,14 @@ static bool close_job(struct job *j)
 	bool ok;
 
 	pthread_mutex_lock(&p->rx_lock);
-	ok = p->rx_jobs < PEER_QUEUE_JOBS_MAX;
+	ok = p->rxq.jobs < PEER_QUEUE_JOBS_MAX;
 	if (ok) {
-		if (p->rx_tail)
-			p->rx_tail->next = j;
+		if (p->rxq.tail)
+			p->rxq.tail->next = j;
 		else
-			p->rx_head = j;
-		p->rx_tail = j;
-		p->rx_jobs++;
+			p->rxq.head = j;
+		p->rxq.tail = j;
+		p->rxq.jobs++;
 	}
 	pthread_mutex_unlock(&p->rx_lock);
 	if (!ok) {
@@ -176,9 +176,9 @@ static void tun_flush(struct engine *e, struct pktbuf *out, size_t *n)
 	*n = 0;
 }
 
-/* Delivers the done jobs at the head of the rx queue, in order: counters,
- * roaming, cryptokey routing's source check, then the TUN. */
-static void deliver(struct peer *p, struct job *list)
+/* In order: counters, cryptokey routing's source check, roaming, then
+ * the TUN. */
+void receive_deliver(struct peer *p, struct job *list)
 {
 	struct engine *e = p->engine;
 	struct pktbuf out[TUN_WRITE_BATCH];
@@ -226,8 +226,10 @@ static void deliver(struct peer *p, struct job *list)
 			}
 			data = true;
 			out[nout++] = (struct pktbuf){ .data = j->buf[i] + POOL_HEADROOM, .len = len, .cap = len };
-			if (nout == TUN_WRITE_BATCH)
+			if (nout == TUN_WRITE_BATCH) {
+				peer_set_endpoint(p, &from);
 				tun_flush(e, out, &nout);
+			}
 		}
 		if (job_authed) {
 			authed = true;
@@ -238,6 +240,11 @@ static void deliver(struct peer *p, struct job *list)
 				confirmed = true;
 		}
 	}
+	/* Roaming (section 6.5): the latest authenticated source wins, and
+	 * before the packets reach the TUN, so the reply they cause goes
+	 * there rather than to the old endpoint. */
+	if (authed)
+		peer_set_endpoint(p, &from);
 	tun_flush(e, out, &nout);
 
 	if (auth_failed)
@@ -251,8 +258,6 @@ static void deliver(struct peer *p, struct job *list)
 	if (!authed)
 		return;
 	now = loop_mono_ms();
-	/* Roaming (section 6.5): the latest authenticated source wins. */
-	peer_set_endpoint(p, &from);
 	atomic_fetch_add(&p->rx_bytes, bytes);
 	timers_on_authenticated_packet_received(&p->timers, now);
 	timers_on_authenticated_packet_traversed(&p->timers, now);
@@ -267,48 +272,6 @@ static void deliver(struct peer *p, struct job *list)
 	    timers_take_lastminute_handshake(&p->timers))
 		peer_schedule(p, PEER_WORK_HANDSHAKE);
 	peer_timers_changed(p);
-}
-
-static void rx_flush(struct peer *p)
-{
-	for (;;) {
-		struct job *list = NULL, **tail = &list;
-		bool more;
-
-		if (atomic_exchange(&p->rx_flushing, true))
-			return;
-		pthread_mutex_lock(&p->rx_lock);
-		while (p->rx_head && atomic_load_explicit(&p->rx_head->done, memory_order_acquire)) {
-			struct job *j = p->rx_head;
-			p->rx_head = j->next;
-			if (!p->rx_head)
-				p->rx_tail = NULL;
-			p->rx_jobs--;
-			j->next = NULL;
-			*tail = j;
-			tail = &j->next;
-		}
-		pthread_mutex_unlock(&p->rx_lock);
-		if (list) {
-			deliver(p, list);
-			while (list) {
-				struct job *j = list;
-				list = j->next;
-				peer_release_job(j);
-			}
-		}
-		atomic_store(&p->rx_flushing, false);
-		pthread_mutex_lock(&p->rx_lock);
-		more = p->rx_head && atomic_load_explicit(&p->rx_head->done, memory_order_acquire);
-		pthread_mutex_unlock(&p->rx_lock);
-		if (!more)
-			return;
-	}
-}
-
-void receive_flush(struct peer *p)
-{
-	rx_flush(p);
 }
 
 void receive_job_open(struct job *j)
@@ -405,7 +368,7 @@ static void handle_initiation(struct hub *h, const struct hub_handshake *hs, boo
 	struct noise_remote *r;
 	struct peer *p;
 
-	if (!e || atomic_load(&e->dead) || !admit(h, e, hs, under_load, now))
+	if (!e || atomic_load(&e->dead) || !admit(h, e, hs, under_load, now) || !engine_link_ready(e))
 		return;
 	r = noise_handshake_consume_initiation(e->noise, (const void *)hs->msg, now);
 	if (!r)
@@ -433,7 +396,7 @@ static void handle_response(struct hub *h, const struct hub_handshake *hs, bool 
 		return;
 	p = noise_remote_arg(r);
 	e = p->engine;
-	if (atomic_load(&p->dead) || !admit(h, e, hs, under_load, now))
+	if (atomic_load(&p->dead) || !admit(h, e, hs, under_load, now) || !engine_link_ready(e))
 		return;
 	r = noise_handshake_consume_response(e->noise, msg);
 	if (!r)

@@ -17,9 +17,10 @@ struct peer;
 /* Receive thread: takes ownership of every msgs[i].data (a pool slot). */
 void receive_datagrams(struct hub *h, struct udp_msg *msgs, size_t n);
 /* Crypt worker: opens an rx job and marks it done (the job may be gone
- * once this returns); receive_flush() then delivers the peer's done jobs. */
+ * once this returns); peer_flush() then delivers the peer's done jobs. */
 void receive_job_open(struct job *j);
-void receive_flush(struct peer *p);
+/* The flusher (peer_flush()): delivers a list of opened jobs, in order. */
+void receive_deliver(struct peer *p, struct job *list);
 /* Loop thread: works through queued handshake messages (a bounded
  * number per call; wakes the loop again if more are left). */
 void receive_handshakes(struct hub *h);

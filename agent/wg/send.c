@@ -92,12 +92,14 @@ void send_tun_packets(struct engine *e, uint8_t **bufs, const struct pktbuf *pkt
 	for (size_t i = 0; i < n; i++) {
 		const uint8_t *dst;
 		struct peer *p = NULL;
+		bool hit = false;
 		int family;
 
 		dst = ip_dst(pkts[i].data, pkts[i].len, &family);
 		if (dst && family == cached_family && !memcmp(dst, cached_dst, family == AF_INET ? 4 : 16)) {
 			/* A batch is mostly one flow: one lookup per run. */
 			p = cached;
+			hit = true;
 		} else if (dst) {
 			struct allowedips_peer *ap = allowedips_lookup(&e->aips, family, dst);
 
@@ -108,6 +110,10 @@ void send_tun_packets(struct engine *e, uint8_t **bufs, const struct pktbuf *pkt
 		}
 		if (!p || atomic_load(&p->dead)) {
 			atomic_fetch_add(&e->st_tx_no_route, 1);
+			/* As the Linux module: the sender learns that no peer owns
+			 * the address (once per run of one destination). */
+			if (dst && !hit)
+				tun_send_icmp(e->tun, pkts[i].data, pkts[i].len, TUN_ICMP_UNREACHABLE, 0);
 			dropped[ndropped++] = bufs[i];
 			if (ndropped == sizeof(dropped) / sizeof(dropped[0])) {
 				pool_put(e->hub->pool, dropped, ndropped);
@@ -174,7 +180,7 @@ void send_staged(struct peer *p)
 	while (p->staged_count) {
 		struct job *j = NULL;
 
-		if (p->tx_jobs < PEER_QUEUE_JOBS_MAX)
+		if (p->txq.jobs < PEER_QUEUE_JOBS_MAX)
 			j = queueing_job_new(&h->queue);
 		if (!j) {
 			while (p->staged_count)
@@ -188,12 +194,12 @@ void send_staged(struct peer *p)
 			j->buf[j->n] = staged_pop(p, &j->plen[j->n]);
 			j->n++;
 		}
-		if (p->tx_tail)
-			p->tx_tail->next = j;
+		if (p->txq.tail)
+			p->txq.tail->next = j;
 		else
-			p->tx_head = j;
-		p->tx_tail = j;
-		p->tx_jobs++;
+			p->txq.head = j;
+		p->txq.tail = j;
+		p->txq.jobs++;
 		jobs[njobs++] = j;
 	}
 unlock:
@@ -233,23 +239,28 @@ void send_keepalive(struct peer *p)
 	send_staged(p);
 }
 
-/* Sends the done jobs at the head of the tx queue, in order. */
-static void transmit(struct peer *p, struct job *list)
+void send_transmit(struct peer *p, struct job *list)
 {
 	struct engine *e = p->engine;
 	struct udp_msg msgs[TX_SEND_BATCH];
 	size_t m = 0;
 	uint64_t bytes = 0;
-	bool sent = false, data = false, have_ep;
+	bool sent = false, data = false, have_ep, link_down;
 	struct endpoint ep;
 	struct job *j, *last = NULL;
 	unsigned long long no_ep = 0, bad = 0;
 
 	have_ep = peer_endpoint(p, &ep);
+	/* The link went down while these were sealed: they stay here. */
+	link_down = !atomic_load(&e->link_up);
 	for (j = list; j; j = j->next) {
 		last = j;
 		for (unsigned i = 0; i < j->n; i++) {
 			if (!j->ok[i]) {
+				bad++;
+				continue;
+			}
+			if (link_down) {
 				bad++;
 				continue;
 			}
@@ -275,7 +286,8 @@ static void transmit(struct peer *p, struct job *list)
 	if (no_ep)
 		atomic_fetch_add(&e->st_tx_no_endpoint, no_ep);
 	if (bad) {
-		/* Sealing failed: the keypair expired under us. */
+		/* Sealing failed (the keypair expired under us), or the link
+		 * is down and the handshake waits for it. */
 		atomic_fetch_add(&e->st_tx_dropped, bad);
 		peer_schedule(p, PEER_WORK_HANDSHAKE);
 	}
@@ -291,51 +303,6 @@ static void transmit(struct peer *p, struct job *list)
 			peer_schedule(p, PEER_WORK_HANDSHAKE);
 		peer_timers_changed(p);
 	}
-}
-
-/* Whoever finds done jobs at the head sends them; a flag makes that one
- * thread at a time, and the re-check after clearing it catches a job
- * finished meanwhile by a thread that saw the flag set. */
-static void tx_flush(struct peer *p)
-{
-	for (;;) {
-		struct job *list = NULL, **tail = &list;
-		bool more;
-
-		if (atomic_exchange(&p->tx_flushing, true))
-			return;
-		pthread_mutex_lock(&p->tx_lock);
-		while (p->tx_head && atomic_load_explicit(&p->tx_head->done, memory_order_acquire)) {
-			struct job *j = p->tx_head;
-			p->tx_head = j->next;
-			if (!p->tx_head)
-				p->tx_tail = NULL;
-			p->tx_jobs--;
-			j->next = NULL;
-			*tail = j;
-			tail = &j->next;
-		}
-		pthread_mutex_unlock(&p->tx_lock);
-		if (list) {
-			transmit(p, list);
-			while (list) {
-				struct job *j = list;
-				list = j->next;
-				peer_release_job(j);
-			}
-		}
-		atomic_store(&p->tx_flushing, false);
-		pthread_mutex_lock(&p->tx_lock);
-		more = p->tx_head && atomic_load_explicit(&p->tx_head->done, memory_order_acquire);
-		pthread_mutex_unlock(&p->tx_lock);
-		if (!more)
-			return;
-	}
-}
-
-void send_flush(struct peer *p)
-{
-	tx_flush(p);
 }
 
 void send_job_seal(struct job *j)
@@ -367,7 +334,7 @@ void send_initiation(struct peer *p, bool is_retry)
 	struct endpoint ep;
 	uint64_t now = loop_mono_ms();
 
-	if (atomic_load(&p->dead) || !timers_may_send_initiation(&p->timers, now, is_retry))
+	if (atomic_load(&p->dead) || !engine_link_ready(e) || !timers_may_send_initiation(&p->timers, now, is_retry))
 		return;
 	clock_gettime(CLOCK_REALTIME, &rt);
 	noise_tai64n(ts, &rt);

@@ -26,9 +26,10 @@ void send_keepalive(struct peer *p);
 /* Drops the staged packets (the handshake was given up). */
 void send_drop_staged(struct peer *p);
 /* Crypt worker: seals a tx job and marks it done (the job may be gone
- * once this returns); send_flush() then sends the peer's done jobs. */
+ * once this returns); peer_flush() then sends the peer's done jobs. */
 void send_job_seal(struct job *j);
-void send_flush(struct peer *p);
+/* The flusher (peer_flush()): sends a list of sealed jobs, in order. */
+void send_transmit(struct peer *p, struct job *list);
 
 /* Loop thread: a handshake initiation, rate-limited by the timers. */
 void send_initiation(struct peer *p, bool is_retry);

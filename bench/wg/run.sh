@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Single-stream TCP throughput through WireGuard, measured in one run on
 # this machine: two network namespaces on a veth, iperf3 single stream
-# through (a) the bare veth, (b) Debian's wireguard-go, (c) knitd wg, each
-# REPS times for DURATION seconds; prints every run, the medians in
-# Gbit/s, and the ratios knitd/wireguard-go and knitd/veth.
+# through (a) the bare veth, (b) Debian's wireguard-go, (c) a modern
+# upstream wireguard-go (GSO/GRO) if one is on PATH as wireguard-go-modern
+# (skipped with a note if not), (d) knitd wg, each REPS times for DURATION
+# seconds; prints every run, the medians in Gbit/s, and knitd's ratio to
+# each of the others.
 #
 #   sudo bench/wg/run.sh [-d SECONDS] [-r REPS] [-b BUILD_DIR] [-k "KNITD ARGS"] [-p PATHS]
 #
-# -p runs only some paths (comma-separated: veth,wireguard-go,knitd; all
-# by default): for quick iterations; ratios need all three.
+# -p runs only some paths (comma-separated: veth,wireguard-go,
+# wireguard-go-modern,knitd; all by default): for quick iterations.
 #
 # Needs root (namespaces, TUN), iperf3, wireguard-go, wg. knitd comes from
 # BUILD_DIR (default build/default; use a release build).
@@ -17,7 +19,7 @@ set -uo pipefail
 DURATION=10 REPS=3
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${KNIT_BUILD_DIR:-$SRC/build/default}
-KNITD_ARGS="" PATHS=veth,wireguard-go,knitd
+KNITD_ARGS="" PATHS=veth,wireguard-go,wireguard-go-modern,knitd
 while getopts "d:r:b:k:p:h" o; do
 	case $o in
 	d) DURATION=$OPTARG ;;
@@ -25,7 +27,7 @@ while getopts "d:r:b:k:p:h" o; do
 	b) BUILD=$OPTARG ;;
 	k) KNITD_ARGS=$OPTARG ;;
 	p) PATHS=$OPTARG ;;
-	*) sed -n '2,15p' "$0"; exit 2 ;;
+	*) sed -n '2,18p' "$0"; exit 2 ;;
 	esac
 done
 KNITD=$BUILD/agent/knitd
@@ -96,7 +98,7 @@ tunnel_up() { # wireguard-go | knitd
 			ip netns exec "$ns" "$KNITD" wg -f $KNITD_ARGS "$ifn" >"$WORK/$impl.$side.log" 2>&1 &
 		else
 			ip netns exec "$ns" env WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 \
-				wireguard-go -f "$ifn" >"$WORK/$impl.$side.log" 2>&1 &
+				"$impl" -f "$ifn" >"$WORK/$impl.$side.log" 2>&1 &
 		fi
 		PIDS+=($!)
 	done
@@ -142,8 +144,12 @@ run_case() { # name server-address
 echo "knit WireGuard benchmark: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), kernel $(uname -r)" >&2
 echo "iperf3 single TCP stream, ${DURATION}s x $REPS, veth MTU 1500, tunnel MTU 1420" >&2
 wanted() { case ",$PATHS," in *",$1,"*) return 0 ;; esac; return 1; }
+if wanted wireguard-go-modern && ! command -v wireguard-go-modern >/dev/null 2>&1; then
+	echo "note: no wireguard-go-modern on PATH (an upstream wireguard-go build with GSO/GRO): skipped" >&2
+	PATHS=${PATHS//wireguard-go-modern/}
+fi
 if wanted veth; then run_case veth 192.168.210.2; fi
-for impl in wireguard-go knitd; do
+for impl in wireguard-go wireguard-go-modern knitd; do
 	wanted $impl || continue
 	tunnel_up $impl && run_case $impl 10.210.0.2
 	tunnel_down
@@ -151,12 +157,18 @@ done
 # Which ChaCha20-Poly1305 code knitd measured fastest here (or KNIT_AEAD chose).
 AEAD=$(grep -ho 'msg="AEAD backend" packets=[a-z0-9]*' "$WORK/knitd.a.log" 2>/dev/null | head -n1 | cut -d= -f3)
 
-printf '\n%-14s %-26s %12s\n' "path" "runs (Gbit/s)" "median"
-for n in veth wireguard-go knitd; do
-	printf '%-14s %-26s %12s\n' "$n" "${RUNS[$n]:-}" "${MED[$n]:-n/a}"
+printf '\n%-20s %-26s %12s\n' "path" "runs (Gbit/s)" "median"
+for n in veth wireguard-go wireguard-go-modern knitd; do
+	printf '%-20s %-26s %12s\n' "$n" "${RUNS[$n]:-}" "${MED[$n]:-n/a}"
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-printf '\nknitd / wireguard-go: %sx   (target >= 12x)\n' "$(ratio "${MED[knitd]:-0}" "${MED[wireguard-go]:-0}")"
-printf 'knitd / veth:         %s\n' "$(ratio "${MED[knitd]:-0}" "${MED[veth]:-0}")"
-printf 'knitd:                %s Gbit/s (target >= 4)\n' "${MED[knitd]:-0}"
-if wanted knitd; then printf 'knitd AEAD backend:   %s\n' "${AEAD:-unknown}"; fi
+printf '\nknitd / wireguard-go:        %sx   (target >= 12x)\n' "$(ratio "${MED[knitd]:-0}" "${MED[wireguard-go]:-0}")"
+if [ -n "${MED[wireguard-go-modern]:-}" ]; then
+	printf 'knitd / wireguard-go-modern: %sx   (target >= 2x)\n' \
+		"$(ratio "${MED[knitd]:-0}" "${MED[wireguard-go-modern]:-0}")"
+else
+	printf 'knitd / wireguard-go-modern: n/a (not run)\n'
+fi
+printf 'knitd / veth:                %s\n' "$(ratio "${MED[knitd]:-0}" "${MED[veth]:-0}")"
+printf 'knitd:                       %s Gbit/s (target >= 4)\n' "${MED[knitd]:-0}"
+if wanted knitd; then printf 'knitd AEAD backend:          %s\n' "${AEAD:-unknown}"; fi

@@ -3,10 +3,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -19,9 +22,19 @@
 #define SCRATCH_LEN (2 * (OFFLOAD_MAX_PACKET + 1))
 #define IOV_MAX_ 1024
 
+#ifndef TUNGETDEVNETNS
+#define TUNGETDEVNETNS _IO('T', 227)
+#endif
+
 struct tun {
 	int fd;
 	char name[IFNAMSIZ];
+
+	/* A socket for interface ioctls in the namespace the device was
+	 * created in, and that namespace's inode (0: TUNGETDEVNETNS is not
+	 * there, the device is taken to stay put). Set once at open. */
+	int ctl;
+	ino_t ctl_ns;
 	bool vnet;
 	unsigned offloads;
 
@@ -38,24 +51,88 @@ struct tun {
 	struct tun_stats st;
 };
 
-static int ctl_socket(void)
-{
-	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+/* Interface ioctls, run in order on one socket; each gets the device's
+ * current name and keeps its own result. */
+struct ctl_ops {
+	int nsfd; /* the device's namespace, for the thread below */
+	unsigned long req[2];
+	struct ifreq *ifr[2];
+	int ret[2];
+	size_t n;
+};
 
-	return s < 0 ? -errno : s;
+static void run_ops(int s, struct ctl_ops *ops)
+{
+	for (size_t i = 0; i < ops->n; i++)
+		ops->ret[i] = ioctl(s, ops->req[i], ops->ifr[i]) < 0 ? -errno : 0;
 }
 
-static int ifreq_ioctl(const struct tun *t, unsigned long req, struct ifreq *ifr)
+/* A thread of its own enters the device's namespace, so the caller's
+ * thread never moves; its socket goes with it, so nothing of ours keeps
+ * that namespace alive (a pod's, deleted with its TUN inside). */
+static void *ns_ops_main(void *arg)
 {
-	int s = ctl_socket(), ret = 0;
+	struct ctl_ops *ops = arg;
+	int s, err = 0;
 
-	if (s < 0)
-		return s;
-	memcpy(ifr->ifr_name, t->name, IFNAMSIZ);
-	if (ioctl(s, req, ifr) < 0)
-		ret = -errno;
-	close(s);
+	if (setns(ops->nsfd, CLONE_NEWNET) < 0)
+		err = -errno;
+	else if ((s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0)
+		err = -errno;
+	else {
+		run_ops(s, ops);
+		close(s);
+	}
+	for (size_t i = 0; err && i < ops->n; i++)
+		ops->ret[i] = err;
+	return NULL;
+}
+
+/* Runs ops on the device wherever it is now: under its current name
+ * (TUNGETIFF: it may have been renamed) and in the namespace it is in
+ * (TUNGETDEVNETNS, Linux 5.2): the creator's through the socket kept since
+ * tun_open(), another through a short-lived thread. A device moved with
+ * `ip link set dev netns` stays reachable; one deleted gives -EBADFD. */
+static int ctl_run(struct tun *t, struct ctl_ops *ops)
+{
+	struct ifreq cur = { 0 };
+	struct stat st;
+	pthread_t th;
+	int ret = 0;
+
+	ops->nsfd = -1;
+	if (ioctl(t->fd, TUNGETIFF, &cur) < 0)
+		return -errno;
+	for (size_t i = 0; i < ops->n; i++)
+		memcpy(ops->ifr[i]->ifr_name, cur.ifr_name, IFNAMSIZ);
+	if (t->ctl_ns) {
+		ops->nsfd = ioctl(t->fd, TUNGETDEVNETNS);
+		if (ops->nsfd < 0)
+			return -errno;
+		if (fstat(ops->nsfd, &st) < 0) {
+			ret = -errno;
+			goto out;
+		}
+	}
+	if (!t->ctl_ns || st.st_ino == t->ctl_ns) {
+		run_ops(t->ctl, ops);
+		goto out;
+	}
+	ret = -pthread_create(&th, NULL, ns_ops_main, ops);
+	if (!ret)
+		pthread_join(th, NULL);
+out:
+	if (ops->nsfd >= 0)
+		close(ops->nsfd);
 	return ret;
+}
+
+static int ifreq_ioctl(struct tun *t, unsigned long req, struct ifreq *ifr)
+{
+	struct ctl_ops ops = { .req = { req }, .ifr = { ifr }, .n = 1 };
+	int ret = ctl_run(t, &ops);
+
+	return ret ? ret : ops.ret[0];
 }
 
 /* Offloads in order of preference: USO needs Linux 6.2; older kernels
@@ -79,12 +156,12 @@ int tun_open(struct tun **out, const char *name, unsigned flags)
 	struct tun *t = calloc(1, sizeof(*t));
 	struct ifreq ifr = { 0 };
 	unsigned features = 0;
-	int hdrsz = (int)VNET_LEN, ret;
+	int hdrsz = (int)VNET_LEN, nsfd, ret;
 
 	*out = NULL;
 	if (!t)
 		return -ENOMEM;
-	t->fd = -1;
+	t->fd = t->ctl = -1;
 	if (name && strlen(name) >= IFNAMSIZ) {
 		ret = -ENAMETOOLONG;
 		goto out;
@@ -107,6 +184,18 @@ int tun_open(struct tun **out, const char *name, unsigned flags)
 	}
 	memcpy(t->name, ifr.ifr_name, IFNAMSIZ);
 	t->name[IFNAMSIZ - 1] = '\0';
+	t->ctl = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (t->ctl < 0) {
+		ret = -errno;
+		goto out;
+	}
+	nsfd = ioctl(t->fd, TUNGETDEVNETNS);
+	if (nsfd >= 0) {
+		struct stat st;
+		if (fstat(nsfd, &st) == 0)
+			t->ctl_ns = st.st_ino;
+		close(nsfd);
+	}
 
 	if (t->vnet) {
 		if (ioctl(t->fd, TUNSETVNETHDRSZ, &hdrsz) < 0) {
@@ -138,6 +227,8 @@ void tun_close(struct tun *t)
 		return;
 	if (t->fd >= 0)
 		close(t->fd);
+	if (t->ctl >= 0)
+		close(t->ctl);
 	free(t->iov);
 	free(t->order);
 	free(t->groups);
@@ -187,6 +278,31 @@ int tun_set_mtu(struct tun *t, int mtu)
 	return ifreq_ioctl(t, SIOCSIFMTU, &ifr);
 }
 
+int tun_get_up(struct tun *t, bool *up)
+{
+	struct ifreq ifr = { 0 };
+	int ret = ifreq_ioctl(t, SIOCGIFFLAGS, &ifr);
+
+	if (!ret)
+		*up = ifr.ifr_flags & IFF_UP;
+	return ret;
+}
+
+int tun_get_link(struct tun *t, int *mtu, bool *up)
+{
+	struct ifreq m = { 0 }, f = { 0 };
+	struct ctl_ops ops = { .req = { SIOCGIFMTU, SIOCGIFFLAGS }, .ifr = { &m, &f }, .n = 2 };
+	int ret = ctl_run(t, &ops);
+
+	if (!ret)
+		ret = ops.ret[0] ? ops.ret[0] : ops.ret[1];
+	if (!ret) {
+		*mtu = m.ifr_mtu;
+		*up = f.ifr_flags & IFF_UP;
+	}
+	return ret;
+}
+
 int tun_set_up(struct tun *t, bool up)
 {
 	struct ifreq ifr = { 0 };
@@ -199,6 +315,102 @@ int tun_set_up(struct tun *t, bool up)
 	else
 		ifr.ifr_flags &= ~IFF_UP;
 	return ifreq_ioctl(t, SIOCSIFFLAGS, &ifr);
+}
+
+/* ---- ICMP errors ---------------------------------------------------------- */
+
+static void put16(uint8_t *p, unsigned v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+/* Whether an error may answer this packet: not an ICMP error itself, not
+ * a later fragment (RFC 1122 3.2.2, RFC 4443 2.4 e). */
+static bool may_answer(const uint8_t *pkt, size_t len, bool v6)
+{
+	if (!v6) {
+		size_t ihl = (size_t)(pkt[0] & 15) * 4;
+		if (ihl < 20 || len < ihl || ((pkt[6] & 0x1f) | pkt[7]))
+			return false;
+		return pkt[9] != 1 || len <= ihl || pkt[ihl] == 0 || pkt[ihl] == 8 || pkt[ihl] >= 13;
+	}
+	return pkt[6] != 58 || len <= 40 || pkt[40] >= 128;
+}
+
+int tun_send_icmp(struct tun *t, const uint8_t *pkt, size_t len, enum tun_icmp kind, unsigned mtu)
+{
+	static const struct virtio_net_hdr none;
+	uint8_t b[1280];
+	size_t n, quote;
+	struct iovec iov[2] = { { (void *)&none, VNET_LEN }, { b, 0 } };
+	bool v6;
+	ssize_t r;
+
+	if (len >= 20 && pkt[0] >> 4 == 4)
+		v6 = false;
+	else if (len >= 40 && pkt[0] >> 4 == 6)
+		v6 = true;
+	else
+		return -EINVAL;
+	if (!may_answer(pkt, len, v6))
+		return -EINVAL;
+	memset(b, 0, 48);
+	if (!v6) {
+		/* RFC 792, 1191: at most 576 bytes, next-hop MTU in the last word. */
+		quote = len < 576 - 28 ? len : 576 - 28;
+		n = 28 + quote;
+		b[0] = 0x45;
+		put16(b + 2, (unsigned)n);
+		b[8] = 64;
+		b[9] = 1;
+		memcpy(b + 12, pkt + 16, 4);
+		memcpy(b + 16, pkt + 12, 4);
+		put16(b + 10, (uint16_t)~offload_checksum(b, 20, 0));
+		b[20] = 3;
+		b[21] = kind == TUN_ICMP_TOO_BIG ? 4 : 1;
+		if (kind == TUN_ICMP_TOO_BIG)
+			put16(b + 26, mtu > 0xffff ? 0xffff : mtu);
+		memcpy(b + 28, pkt, quote);
+		put16(b + 22, (uint16_t)~offload_checksum(b + 20, 8 + quote, 0));
+	} else {
+		/* RFC 4443: as much as fits in the minimum MTU. */
+		uint32_t sum;
+
+		quote = len < sizeof(b) - 48 ? len : sizeof(b) - 48;
+		n = 48 + quote;
+		b[0] = 0x60;
+		put16(b + 4, (unsigned)(8 + quote));
+		b[6] = 58;
+		b[7] = 64;
+		memcpy(b + 8, pkt + 24, 16);
+		memcpy(b + 24, pkt + 8, 16);
+		b[40] = kind == TUN_ICMP_TOO_BIG ? 2 : 1;
+		b[41] = kind == TUN_ICMP_TOO_BIG ? 0 : 3;
+		if (kind == TUN_ICMP_TOO_BIG) {
+			put16(b + 44, mtu >> 16);
+			put16(b + 46, mtu & 0xffff);
+		}
+		memcpy(b + 48, pkt, quote);
+		sum = 58 + (uint32_t)(8 + quote);
+		for (size_t i = 8; i < 40; i += 2)
+			sum += (uint32_t)b[i] << 8 | b[i + 1];
+		put16(b + 42, (uint16_t)~offload_checksum(b + 40, 8 + quote, sum));
+	}
+	iov[1].iov_len = n;
+	do
+		r = t->vnet ? writev(t->fd, iov, 2) : writev(t->fd, iov + 1, 1);
+	while (r < 0 && errno == EINTR);
+	return r < 0 ? -errno : 0;
+}
+
+/* A packet (or a super-packet's segment) does not fit the caller's slots:
+ * dropped, and path MTU discovery told what does fit. */
+static void too_big(struct tun *t, const uint8_t *pkt, size_t len, size_t cap)
+{
+	t->st.too_big++;
+	t->st.dropped_rx++;
+	tun_send_icmp(t, pkt, len, TUN_ICMP_TOO_BIG, (unsigned)cap);
 }
 
 /* ---- reading ------------------------------------------------------------ */
@@ -246,7 +458,7 @@ static int read_one(struct tun *t, struct pktbuf *pkts, size_t n)
 		return -errno;
 	if (!t->vnet) {
 		if ((size_t)r > first) {
-			t->st.dropped_rx++;
+			too_big(t, pkts[0].data, first, first);
 			return 0;
 		}
 		pkts[0].len = (size_t)r;
@@ -271,6 +483,10 @@ static int read_one(struct tun *t, struct pktbuf *pkts, size_t n)
 	if (vh.gso_type != VIRTIO_NET_HDR_GSO_NONE)
 		t->st.gso_reads++;
 	got = offload_segment(&vh, t->scratch, len, 0, pkts, n);
+	if (got == -ENOSPC) {
+		too_big(t, t->scratch, len, pkts[0].cap);
+		return 0;
+	}
 	if (got < 0) {
 		t->st.dropped_rx++;
 		return 0;

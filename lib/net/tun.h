@@ -34,17 +34,29 @@ int tun_open(struct tun **out, const char *name, unsigned flags);
 void tun_close(struct tun *t);
 
 int tun_fd(const struct tun *t);
+/* The name the device was created with (it may since have been renamed or
+ * moved to another namespace: the calls below follow it through the fd). */
 const char *tun_name(const struct tun *t);
 bool tun_vnet(const struct tun *t);
 /* The TUN_F_* offloads in effect (TUN_F_CSUM|TUN_F_TSO4|... ), 0 without. */
 unsigned tun_offloads(const struct tun *t);
 
+/* Interface ioctls on the device wherever it is now: in the namespace it
+ * was moved to (TUNGETDEVNETNS), under its current name (TUNGETIFF).
+ * -EBADFD once the device is deleted. Thread-safe; nothing is kept in
+ * the namespace the device moved to, so deleting it deletes the device. */
 int tun_get_mtu(struct tun *t, int *mtu);
 int tun_set_mtu(struct tun *t, int mtu);
 int tun_set_up(struct tun *t, bool up);
+/* Whether the device is administratively up (IFF_UP). */
+int tun_get_up(struct tun *t, bool *up);
+/* Both at once (one trip into the device's namespace). */
+int tun_get_link(struct tun *t, int *mtu, bool *up);
 
 /* Fills pkts[0..n) with packets (each slot's cap must hold an MTU-sized
- * packet; a packet too big for its slot is dropped). Reads until the
+ * packet; a packet, or a super-packet's segment, too big for its slot is
+ * dropped, counted in too_big and answered with TUN_ICMP_TOO_BIG
+ * advertising the slot's cap). Reads until the
  * batch is full or the device is drained; a super-packet that does not fit
  * is kept and delivered first next time. Returns the number of packets,
  * -EAGAIN if none, or another negative errno. */
@@ -62,10 +74,24 @@ enum {
  * negative errno if the device fails. */
 int tun_write(struct tun *t, const struct pktbuf *pkts, size_t n, unsigned flags);
 
+enum tun_icmp {
+	TUN_ICMP_UNREACHABLE, /* no route: host (v4) / address (v6) unreachable */
+	TUN_ICMP_TOO_BIG, /* fragmentation needed (v4) / packet too big (v6) */
+};
+
+/* Answers the IP packet pkt[0..len) (read from the device) with an ICMP
+ * error written back into the device, from the packet's destination to
+ * its source, quoting its start (RFC 792 / RFC 4443; mtu for TOO_BIG, so
+ * path MTU discovery works). ICMP errors and non-first fragments get no
+ * answer. Any thread. 0, or a negative errno. */
+int tun_send_icmp(struct tun *t, const uint8_t *pkt, size_t len, enum tun_icmp kind, unsigned mtu);
+
 struct tun_stats {
 	unsigned long long read_syscalls, write_syscalls;
 	unsigned long long gso_reads, gro_writes; /* super-packets */
 	unsigned long long dropped_rx, dropped_tx;
+	/* read packets too big for the slots (answered with TUN_ICMP_TOO_BIG) */
+	unsigned long long too_big;
 };
 void tun_stats(const struct tun *t, struct tun_stats *out);
 

@@ -394,9 +394,10 @@ static size_t put_cmsgs(struct udp *u, union cmsgbuf *cb, const struct endpoint 
 	return used;
 }
 
-/* Lays msgs[0..n) out as mmsghdrs, grouping GSO runs; returns how many
- * mmsghdrs, with tx_first[j] the first message of mmsghdr j. */
-static size_t build_tx(struct udp *u, struct udp_msg *msgs, size_t n)
+/* Lays msgs[0..n) out as mmsghdrs, grouping GSO runs (unless gso is
+ * false); returns how many mmsghdrs, with tx_first[j] the first message of
+ * mmsghdr j. */
+static size_t build_tx(struct udp *u, struct udp_msg *msgs, size_t n, bool gso)
 {
 	size_t nm = 0, i = 0;
 	size_t max_bytes = u->family == AF_INET ? GSO_MAX_BYTES4 : GSO_MAX_BYTES6;
@@ -407,7 +408,7 @@ static size_t build_tx(struct udp *u, struct udp_msg *msgs, size_t n)
 	while (i < n && nm < TX_MSGS) {
 		size_t j = i + 1, bytes = msgs[i].len, seg = msgs[i].len;
 
-		if (u->gso && seg > 0) {
+		if (gso && seg > 0) {
 			while (j < n && j - i < GSO_MAX_SEGS && msgs[j].len <= seg && msgs[j].len > 0 &&
 			       bytes + msgs[j].len <= max_bytes && endpoint_equal_src(&msgs[i].ep, &msgs[j].ep)) {
 				bytes += msgs[j].len;
@@ -457,9 +458,10 @@ static bool per_message_error(int err)
 int udp_send(struct udp *u, struct udp_msg *msgs, size_t n)
 {
 	size_t done = 0;
+	bool gso = u->gso;
 
 	while (done < n) {
-		size_t nm = build_tx(u, msgs + done, n - done);
+		size_t nm = build_tx(u, msgs + done, n - done, gso);
 		int r;
 
 		do
@@ -486,12 +488,19 @@ int udp_send(struct udp *u, struct udp_msg *msgs, size_t n)
 			endpoint_clear_src(&m->ep);
 			continue;
 		}
+		if (group > 1 && err == EMSGSIZE) {
+			/* Datagrams bigger than the path MTU (a large tunnel MTU):
+			 * GSO cannot cut them, but one at a time the kernel
+			 * fragments them. For the rest of this call only. */
+			gso = false;
+			continue;
+		}
 		if (group > 1 && (err == EIO || err == EINVAL)) {
 			/* A device or path without checksum offload cannot do GSO;
 			 * a stale source was ruled out above (worst case it is
 			 * learnt again from the next packet). */
 			log_warn("udp gso off", "errno=%d", err);
-			u->gso = false;
+			u->gso = gso = false;
 			continue;
 		}
 		if (!per_message_error(err))

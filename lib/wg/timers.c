@@ -164,6 +164,13 @@ out:
 	return ok;
 }
 
+void timers_reset_handshake_limit(struct timers *t)
+{
+	pthread_mutex_lock(&t->lock);
+	t->has_sent_handshake = false;
+	pthread_mutex_unlock(&t->lock);
+}
+
 bool timers_take_lastminute_handshake(struct timers *t)
 {
 	bool first;

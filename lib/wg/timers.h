@@ -83,6 +83,10 @@ bool timers_set_persistent_keepalive(struct timers *t, unsigned interval, uint64
  * REKEY_TIMEOUT; a non-retry restarts the attempt count. Records the send
  * when it returns true (then also call timers_on_handshake_initiated). */
 bool timers_may_send_initiation(struct timers *t, uint64_t now, bool is_retry);
+/* The handshake state was reset (a new static key, the link down): the
+ * next initiation may go at once (the Linux module's
+ * wg_noise_reset_last_sent_handshake()). */
+void timers_reset_handshake_limit(struct timers *t);
 /* Section 6.2's "last minute" rekey on receive: true once per session. */
 bool timers_take_lastminute_handshake(struct timers *t);
 

@@ -400,6 +400,24 @@ static void test_uapi_set_get(void **state)
 	assert_int_equal(engine_get(p->b, &d), 0);
 	assert_int_equal(d.n_peers, 0);
 	uapi_device_release(&d);
+	/* The key is kept and reported clamped (RFC 7748), as the kernel and
+	 * wireguard-go report it; the same key unclamped is no change. */
+	{
+		uint8_t raw[32], clamped[32], pub1[32], pub2[32];
+
+		memset(raw, 0xff, sizeof(raw));
+		memcpy(clamped, raw, sizeof(raw));
+		clamped[0] &= 248;
+		clamped[31] = (clamped[31] & 127) | 64;
+		assert_int_equal(engine_set_private_key(p->b, raw), 0);
+		assert_true(engine_public_key(p->b, pub1));
+		assert_int_equal(engine_get(p->b, &d), 0);
+		assert_memory_equal(d.private_key, clamped, 32);
+		uapi_device_release(&d);
+		assert_int_equal(engine_set_private_key(p->b, clamped), 0);
+		assert_true(engine_public_key(p->b, pub2));
+		assert_memory_equal(pub1, pub2, 32);
+	}
 	/* Listen port belongs to the hub: a non-owning engine refuses a change. */
 	cfg = calloc(1, sizeof(*cfg));
 	assert_non_null(cfg);

@@ -310,6 +310,89 @@ static void test_plain_tun(void **state)
 	close(s);
 }
 
+/* A packet too big for the caller's slots is dropped, counted, and answered
+ * with ICMP fragmentation needed: the kernel's path MTU drops to the slot
+ * size (RFC 1191), as IP_MTU on a connected socket shows. */
+static void test_too_big(void **state)
+{
+	int s = socket(AF_INET, SOCK_DGRAM, 0), pmtu = IP_PMTUDISC_DO, mtu = 0;
+	struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(9998) };
+	static char big[3000];
+	struct tun_stats before, after;
+	socklen_t len = sizeof(mtu);
+
+	inet_pton(AF_INET, "10.9.0.2", &to.sin_addr);
+	assert_true(s >= 0);
+	assert_int_equal(tun_set_mtu(tun, 9000), 0);
+	assert_int_equal(setsockopt(s, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof(pmtu)), 0);
+	assert_int_equal(connect(s, (struct sockaddr *)&to, sizeof(to)), 0);
+	tun_stats(tun, &before);
+	assert_int_equal(send(s, big, sizeof(big), 0), sizeof(big));
+	/* read until the big one has been seen (other traffic passes) */
+	for (int tries = 0; tries < 20; tries++) {
+		read_some(tun);
+		tun_stats(tun, &after);
+		if (after.too_big > before.too_big)
+			break;
+	}
+	assert_int_equal(after.too_big, before.too_big + 1);
+	for (int tries = 0; tries < 50 && mtu != SLOT; tries++) {
+		wait_readable(tun_fd(tun), 20);
+		assert_int_equal(getsockopt(s, IPPROTO_IP, IP_MTU, &mtu, &len), 0);
+	}
+	assert_int_equal(mtu, SLOT);
+	assert_int_equal(tun_set_mtu(tun, 1420), 0);
+	close(s);
+}
+
+/* A device moved to another namespace (as the CNI plugin moves a pod's
+ * knit0) stays in reach through the fd; one deleted there reports EBADFD. */
+static void test_moved_to_netns(void **state)
+{
+	char cmd[256], ns[64];
+	struct tun *t;
+	int mtu = 0;
+
+	snprintf(ns, sizeof(ns), "knit-tunmv-%d", (int)getpid());
+	snprintf(cmd, sizeof(cmd), "ip netns add %s", ns);
+	sh(cmd);
+	assert_int_equal(tun_open(&t, "knitt2", 0), 0);
+	assert_int_equal(tun_set_mtu(t, 1400), 0);
+	snprintf(cmd, sizeof(cmd), "ip link set knitt2 netns %s", ns);
+	sh(cmd);
+	/* gone from here, yet its MTU reads and writes where it went */
+	assert_int_not_equal(system("ip link show knitt2 >/dev/null 2>&1"), 0);
+	assert_int_equal(tun_get_mtu(t, &mtu), 0);
+	assert_int_equal(mtu, 1400);
+	assert_int_equal(tun_set_mtu(t, 1300), 0);
+	assert_int_equal(tun_set_up(t, true), 0);
+	snprintf(cmd, sizeof(cmd), "ip -n %s link show knitt2 | grep -q 'UP.*mtu 1300'", ns);
+	sh(cmd);
+	/* renamed there: followed by the fd, not the name */
+	snprintf(cmd, sizeof(cmd), "ip -n %s link set knitt2 down name knitt2b mtu 1280", ns);
+	sh(cmd);
+	assert_int_equal(tun_get_mtu(t, &mtu), 0);
+	assert_int_equal(mtu, 1280);
+	snprintf(cmd, sizeof(cmd), "ip -n %s link del knitt2b", ns);
+	sh(cmd);
+	assert_int_equal(tun_get_mtu(t, &mtu), -EBADFD);
+	tun_close(t);
+
+	/* Nothing of ours keeps the namespace alive: when it goes (a pod
+	 * deleted), the device inside goes with it and the fd says so. */
+	assert_int_equal(tun_open(&t, "knitt3", 0), 0);
+	snprintf(cmd, sizeof(cmd), "ip link set knitt3 netns %s", ns);
+	sh(cmd);
+	assert_int_equal(tun_get_mtu(t, &mtu), 0);
+	assert_int_equal(tun_set_up(t, true), 0);
+	snprintf(cmd, sizeof(cmd), "ip netns del %s", ns);
+	sh(cmd);
+	for (int tries = 0; tries < 100 && tun_get_mtu(t, &mtu) != -EBADFD; tries++)
+		usleep(50 * 1000);
+	assert_int_equal(tun_get_mtu(t, &mtu), -EBADFD);
+	tun_close(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -317,6 +400,8 @@ int main(void)
 		cmocka_unit_test_setup(test_udp_through_tun, setup),
 		cmocka_unit_test_setup(test_tcp_tso_and_gro, setup),
 		cmocka_unit_test_setup(test_plain_tun, setup),
+		cmocka_unit_test_setup(test_too_big, setup),
+		cmocka_unit_test_setup(test_moved_to_netns, setup),
 	};
 	int ret;
 

@@ -151,6 +151,11 @@ static void test_initiation_rate_limit(void **state)
 	timers_on_handshake_response_sent(t, 20000);
 	assert_false(timers_may_send_initiation(t, 21000, false));
 	assert_true(timers_may_send_initiation(t, 25000, true));
+	/* a new static key or the link going down lifts the limit */
+	assert_false(timers_may_send_initiation(t, 26000, false));
+	timers_reset_handshake_limit(t);
+	assert_true(timers_may_send_initiation(t, 26000, false));
+	assert_false(timers_may_send_initiation(t, 26001, false));
 }
 
 static void test_persistent_keepalive(void **state)
