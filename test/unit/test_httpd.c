@@ -802,6 +802,12 @@ static void test_limits(void **state)
 	c = request(fx, NULL, "/healthz", NULL, 0, false, NULL);
 	assert_int_not_equal(c->rc, CURLE_OK);
 	client_done(c);
+	{
+		struct httpd_stats st;
+		httpd_get_stats(fx->s, &st);
+		assert_true(st.refused_per_ip >= 1);
+		assert_int_equal(st.conns, 2);
+	}
 
 	/* ... until the idle timeout closes them. */
 	t0 = loop_mono_ms();
@@ -811,6 +817,95 @@ static void test_limits(void **state)
 	close(a);
 	close(b);
 	c = request(fx, NULL, "/healthz", NULL, 0, false, NULL);
+	assert_int_equal(c->status, 200);
+	client_done(c);
+	fx_free(fx);
+}
+
+/* A slowloris client trickles a request a byte at a time: each byte keeps
+ * the idle timer alive, the request deadline closes it all the same. A
+ * stream (a request being served) is not subject to the deadline. */
+static void test_request_deadline(void **state)
+{
+	struct httpd_opts o = { .listen = "127.0.0.1:0", .listen_fd = -1,
+				.conn_timeout_s = 60, .request_timeout_ms = 400 };
+	struct fx *fx = fx_new(&o);
+	const char *req = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+	struct httpd_stats st;
+	struct client *c;
+	int slow, stream;
+	uint64_t t0 = loop_mono_ms(), next = t0;
+	size_t i = 0;
+	char ch;
+	ssize_t n = -1;
+
+	slow = raw_connect(fx->port, NULL);
+	stream = raw_connect(fx->port, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n");
+	RUN_UNTIL(fx, fx->nstreams == 1);
+	/* One byte every 50 ms until the server hangs up. */
+	while (loop_mono_ms() - t0 < 3000) {
+		if (loop_mono_ms() >= next) {
+			send(slow, i < strlen(req) ? req + i : "a", 1, MSG_NOSIGNAL);
+			i++;
+			next += 50;
+		}
+		loop_run_once(fx->loop, 10);
+		n = recv(slow, &ch, 1, MSG_DONTWAIT);
+		if (n == 0 || (n < 0 && errno != EAGAIN))
+			break;
+	}
+	assert_true(n == 0 || (n < 0 && errno != EAGAIN));
+	assert_true(loop_mono_ms() - t0 < 1500);
+	httpd_get_stats(fx->s, &st);
+	assert_int_equal(st.request_timeouts, 1);
+	assert_int_equal(fx->handled, 1); /* the stream's; never the slow one's */
+	close(slow);
+	/* Well past the deadline the stream is still open and delivering. */
+	t0 = loop_mono_ms();
+	while (loop_mono_ms() - t0 < 1000)
+		loop_run_once(fx->loop, 20);
+	assert_int_equal(open_streams(fx), 1);
+	assert_int_equal(httpd_stream_write(fx->streams[0], "more\n", 5), 0);
+	/* A prompt client is served as ever. */
+	c = request(fx, NULL, "/healthz", NULL, 0, false, NULL);
+	assert_int_equal(c->status, 200);
+	client_done(c);
+	close(stream);
+	RUN_UNTIL(fx, open_streams(fx) == 0);
+	fx_free(fx);
+}
+
+/* Bodies held before their handlers run share one budget: a request that
+ * would pass it is refused, and the budget comes back when bodies go. */
+static void test_body_budget(void **state)
+{
+	struct httpd_opts o = { .listen = "127.0.0.1:0", .listen_fd = -1, .body_budget = 1500 };
+	struct fx *fx = fx_new(&o);
+	char body[800], head[256];
+	struct httpd_stats st;
+	struct client *c;
+	int a, b;
+	char ch;
+
+	memset(body, 'b', sizeof(body));
+	snprintf(head, sizeof(head), "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n");
+	/* a holds 800 of its 1,000 bytes; b's 800 would make 1,600. */
+	a = raw_connect(fx->port, head);
+	assert_int_equal(send(a, body, sizeof(body), MSG_NOSIGNAL), (ssize_t)sizeof(body));
+	RUN_UNTIL(fx, (httpd_get_stats(fx->s, &st), st.body_bytes == sizeof(body)));
+	b = raw_connect(fx->port, head);
+	assert_int_equal(send(b, body, sizeof(body), MSG_NOSIGNAL), (ssize_t)sizeof(body));
+	RUN_UNTIL(fx, recv(b, &ch, 1, MSG_DONTWAIT) == 0);
+	httpd_get_stats(fx->s, &st);
+	assert_int_equal(st.body_budget_refused, 1);
+	assert_int_equal(st.body_bytes, sizeof(body));
+	close(b);
+	/* a finishes its body and is answered; the budget is free again. */
+	assert_int_equal(send(a, body, 200, MSG_NOSIGNAL), 200);
+	RUN_UNTIL(fx, fx->handled == 1);
+	close(a);
+	RUN_UNTIL(fx, (httpd_get_stats(fx->s, &st), st.body_bytes == 0 && st.conns == 0));
+	c = request(fx, "POST", "/echo", body, sizeof(body), false, NULL);
 	assert_int_equal(c->status, 200);
 	client_done(c);
 	fx_free(fx);
@@ -852,6 +947,8 @@ int main(void)
 		cmocka_unit_test(test_free_with_open_streams),
 		cmocka_unit_test(test_listen),
 		cmocka_unit_test(test_limits),
+		cmocka_unit_test(test_request_deadline),
+		cmocka_unit_test(test_body_budget),
 		cmocka_unit_test(test_metrics_route),
 	};
 	int ret;
