@@ -73,6 +73,7 @@ struct httpd {
 	struct strmap *per_ip; /* ip -> open connections (as a pointer-sized count) */
 	struct conn *conns;
 	struct loop_timer *sweep; /* request deadlines */
+	char *tls_cert, *tls_key; /* PEM, for MHD's life */
 	struct httpd_stats stats;
 };
 
@@ -975,6 +976,9 @@ int httpd_new(struct loop *loop, const struct httpd_opts *o, struct httpd **out)
 	struct sockaddr_storage ss;
 	socklen_t sslen = sizeof(ss);
 	const union MHD_DaemonInfo *di;
+	/* HTTPS options only where TLS is on (MHD complains of them otherwise). */
+	struct MHD_OptionItem tls[3] = { { MHD_OPTION_END, 0, NULL }, { MHD_OPTION_END, 0, NULL },
+					 { MHD_OPTION_END, 0, NULL } };
 	int fd = o->listen_fd, err;
 	bool own_fd = false;
 
@@ -1024,7 +1028,22 @@ int httpd_new(struct loop *loop, const struct httpd_opts *o, struct httpd **out)
 		}
 		loop_timer_arm(s->sweep, s->request_timeout_ms < 4000 ? s->request_timeout_ms / 4 + 1 : 1000);
 	}
-	s->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
+	if (!o->tls_cert_pem != !o->tls_key_pem) {
+		err = -EINVAL;
+		goto fail;
+	}
+	if (o->tls_cert_pem) {
+		s->tls_cert = strdup(o->tls_cert_pem);
+		s->tls_key = strdup(o->tls_key_pem);
+		if (!s->tls_cert || !s->tls_key) {
+			err = -ENOMEM;
+			goto fail;
+		}
+		tls[0] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls_cert };
+		tls[1] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls_key };
+	}
+	s->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
+					  (o->tls_cert_pem ? MHD_USE_TLS : 0),
 				  0, on_accept, s, on_access, s,
 				  MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
 				  MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
@@ -1035,6 +1054,7 @@ int httpd_new(struct loop *loop, const struct httpd_opts *o, struct httpd **out)
 				  (unsigned)(o->conn_timeout_s ? o->conn_timeout_s
 							       : HTTPD_CONN_TIMEOUT_DEFAULT_S),
 				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+				  MHD_OPTION_ARRAY, tls,
 				  o->conn_memory ? MHD_OPTION_CONNECTION_MEMORY_LIMIT : MHD_OPTION_END,
 				  (size_t)o->conn_memory,
 				  MHD_OPTION_END);
@@ -1085,6 +1105,11 @@ void httpd_free(struct httpd *s)
 	loop_timer_free(s->timer);
 	loop_timer_free(s->sweep);
 	strmap_free(s->per_ip);
+	free(s->tls_cert);
+	if (s->tls_key) {
+		explicit_bzero(s->tls_key, strlen(s->tls_key));
+		free(s->tls_key);
+	}
 	for (size_t i = 0; i < s->nroutes; i++) {
 		free(s->routes[i]->method);
 		free(s->routes[i]->path);

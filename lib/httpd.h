@@ -71,6 +71,9 @@ struct httpd_opts {
 	 * connection closed. Bounds what a flood of large bodies can pin. 0:
 	 * unlimited (each route's max_body still applies). */
 	size_t body_budget;
+	/* HTTPS with this certificate chain and private key (PEM, copied); both NULL: plain HTTP. */
+	const char *tls_cert_pem;
+	const char *tls_key_pem;
 };
 
 /* What the server refused and why, for a server's /metrics. */

@@ -27,6 +27,7 @@
 #include "httpd.h"
 #include "loop.h"
 #include "metrics.h"
+#include "tlscert.h"
 
 #define TEST_DEADLINE_S 60
 #define WAIT_MS 10000
@@ -911,6 +912,94 @@ static void test_body_budget(void **state)
 	fx_free(fx);
 }
 
+struct tls_client {
+	uint16_t port;
+	const char *ca_pem;
+	CURLcode rc;
+	long status;
+	atomic_bool done;
+};
+
+static size_t discard(char *p, size_t sz, size_t n, void *arg)
+{
+	return n;
+}
+
+static void *tls_client_run(void *arg)
+{
+	struct tls_client *c = arg;
+	CURL *h = curl_easy_init();
+	struct curl_slist *resolve = NULL;
+	struct curl_blob ca = { .data = (void *)c->ca_pem, .len = strlen(c->ca_pem), .flags = CURL_BLOB_COPY };
+	char url[256], r[128];
+
+	snprintf(url, sizeof(url), "https://knit-webhook.test.svc:%u/healthz", c->port);
+	snprintf(r, sizeof(r), "knit-webhook.test.svc:%u:127.0.0.1", c->port);
+	resolve = curl_slist_append(resolve, r);
+	curl_easy_setopt(h, CURLOPT_URL, url);
+	curl_easy_setopt(h, CURLOPT_RESOLVE, resolve);
+	curl_easy_setopt(h, CURLOPT_CAINFO_BLOB, &ca);
+	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)WAIT_MS);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
+	c->rc = curl_easy_perform(h);
+	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &c->status);
+	curl_slist_free_all(resolve);
+	curl_easy_cleanup(h);
+	c->done = true;
+	return NULL;
+}
+
+static void tls_request(struct fx *fx, struct tls_client *c)
+{
+	pthread_t t;
+
+	c->port = fx->port;
+	c->done = false;
+	assert_int_equal(pthread_create(&t, NULL, tls_client_run, c), 0);
+	RUN_UNTIL(fx, c->done);
+	pthread_join(t, NULL);
+}
+
+/* HTTPS with a certificate of our own CA: a client trusting that CA gets
+ * its answer; one trusting another CA refuses the server. */
+static void test_tls(void **state)
+{
+	struct tlscert_pem ca, other, srv;
+	const char *names[] = { "knit-webhook.test.svc" };
+	struct httpd_opts o = { .listen = "127.0.0.1:0", .listen_fd = -1 };
+	struct tls_client c = { 0 };
+	struct fx *fx;
+	struct httpd *bad;
+	struct loop *l;
+
+	assert_int_equal(tlscert_make_ca("test CA", 1, &ca), 0);
+	assert_int_equal(tlscert_make_ca("other CA", 1, &other), 0);
+	assert_int_equal(tlscert_make_serving(&ca, names, 1, 1, &srv), 0);
+	o.tls_cert_pem = srv.cert;
+	o.tls_key_pem = srv.key;
+	fx = fx_new(&o);
+	tlscert_pem_free(&srv); /* the server keeps its own copies */
+	c.ca_pem = ca.cert;
+	tls_request(fx, &c);
+	assert_int_equal(c.rc, CURLE_OK);
+	assert_int_equal(c.status, 200);
+	assert_int_equal(fx->handled, 1);
+	c.ca_pem = other.cert;
+	tls_request(fx, &c);
+	assert_int_not_equal(c.rc, CURLE_OK);
+	assert_int_equal(fx->handled, 1);
+	fx_free(fx);
+	/* A certificate without its key is a configuration error. */
+	l = loop_new();
+	o.tls_key_pem = NULL;
+	o.tls_cert_pem = ca.cert;
+	assert_int_equal(httpd_new(l, &o, &bad), -EINVAL);
+	loop_free(l);
+	tlscert_pem_free(&ca);
+	tlscert_pem_free(&other);
+}
+
 static double forty_two(void *arg)
 {
 	return 42;
@@ -949,6 +1038,7 @@ int main(void)
 		cmocka_unit_test(test_limits),
 		cmocka_unit_test(test_request_deadline),
 		cmocka_unit_test(test_body_budget),
+		cmocka_unit_test(test_tls),
 		cmocka_unit_test(test_metrics_route),
 	};
 	int ret;
