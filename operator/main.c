@@ -24,7 +24,10 @@
 #include "loop.h"
 #include "metrics.h"
 #include "operator.h"
+#include "webhook.h"
 #include "wg/aead.h"
+
+#define WEBHOOK_NAMES_MAX 8
 
 struct options {
 	const char *kubeconfig;
@@ -33,6 +36,11 @@ struct options {
 	const char *identity;
 	const char *listen_health;
 	const char *listen_coord;
+	const char *listen_webhook;
+	const char *webhook_service;
+	const char *webhook_config;
+	const char *webhook_names[WEBHOOK_NAMES_MAX];
+	size_t nwebhook_names;
 	const char *log_level;
 	int workers;
 	uint32_t map_record_bytes;
@@ -44,6 +52,7 @@ struct options {
 static struct operator op;
 static struct lease *lease;
 static struct httpd *health;
+static struct webhook *webhook;
 static int exit_code;
 static bool shutting_down;
 static int synced_informers;
@@ -75,6 +84,16 @@ static void usage(FILE *f)
 		"  --map-record-bytes N      peer bytes per map-stream record: a large netmap\n"
 		"                            goes out in pieces of about this size (default 16384)\n"
 		"  --no-default-tailnet      do not create the Tailnet \"default\" when missing\n"
+		"  --webhook-listen ADDR     serve the admission webhooks over HTTPS on ADDR\n"
+		"                            (e.g. 0.0.0.0:9444; default \"\": off), with a CA and\n"
+		"                            certificate of its own kept in the Secret\n"
+		"                            knit-webhook-tls and written into the caBundle of\n"
+		"                            the webhook configurations\n"
+		"  --webhook-service NAME    the Service in front of the webhooks: the certificate\n"
+		"                            names NAME.NAMESPACE.svc (default knit-webhook)\n"
+		"  --webhook-config NAME     the Mutating- and ValidatingWebhookConfiguration whose\n"
+		"                            caBundle to keep (default knit)\n"
+		"  --webhook-dns-name NAME   one more name for the certificate (repeatable, up to 8)\n"
 		"  --log-level LEVEL         debug, info, warn, error (default info)\n"
 		"  -h, --help                show this help\n"
 		"\n"
@@ -97,7 +116,7 @@ static bool parse_ms(const char *flag, const char *v, uint32_t *out)
 static int parse_args(int argc, char **argv, struct options *o)
 {
 	enum { KUBECONFIG = 256, NAMESPACE, LEASE_NAME, IDENTITY, NO_LE, LEASE_D, RENEW_D, RETRY_D, HEALTH, WORKERS,
-	       NO_DEFAULT, LOG_LEVEL, COORD, RECORD_BYTES };
+	       NO_DEFAULT, LOG_LEVEL, COORD, RECORD_BYTES, WH_LISTEN, WH_SERVICE, WH_CONFIG, WH_NAME };
 	static const struct option longopts[] = {
 		{ "kubeconfig", required_argument, NULL, KUBECONFIG },
 		{ "namespace", required_argument, NULL, NAMESPACE },
@@ -113,13 +132,18 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "map-record-bytes", required_argument, NULL, RECORD_BYTES },
 		{ "no-default-tailnet", no_argument, NULL, NO_DEFAULT },
 		{ "log-level", required_argument, NULL, LOG_LEVEL },
+		{ "webhook-listen", required_argument, NULL, WH_LISTEN },
+		{ "webhook-service", required_argument, NULL, WH_SERVICE },
+		{ "webhook-config", required_argument, NULL, WH_CONFIG },
+		{ "webhook-dns-name", required_argument, NULL, WH_NAME },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
 
 	*o = (struct options){ .lease_name = "knit-operator", .listen_health = "0.0.0.0:8081", .listen_coord = "0.0.0.0:9443", .workers = 4,
-			       .leader_election = true, .default_tailnet = true, .log_level = getenv("KNIT_LOG_LEVEL") };
+			       .leader_election = true, .default_tailnet = true, .log_level = getenv("KNIT_LOG_LEVEL"),
+			       .listen_webhook = "", .webhook_service = "knit-webhook", .webhook_config = "knit" };
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (c) {
 		case KUBECONFIG: o->kubeconfig = optarg; break;
@@ -151,6 +175,16 @@ static int parse_args(int argc, char **argv, struct options *o)
 		}
 		case NO_DEFAULT: o->default_tailnet = false; break;
 		case LOG_LEVEL: o->log_level = optarg; break;
+		case WH_LISTEN: o->listen_webhook = optarg; break;
+		case WH_SERVICE: o->webhook_service = optarg; break;
+		case WH_CONFIG: o->webhook_config = optarg; break;
+		case WH_NAME:
+			if (o->nwebhook_names == WEBHOOK_NAMES_MAX) {
+				fprintf(stderr, "knit-operator: at most %d --webhook-dns-name\n", WEBHOOK_NAMES_MAX);
+				return 2;
+			}
+			o->webhook_names[o->nwebhook_names++] = optarg;
+			break;
 		case 'h': usage(stdout); return 1;
 		default: usage(stderr); return 2;
 		}
@@ -605,6 +639,18 @@ int main(int argc, char **argv)
 		log_info("serving coordination", "listen=%s port=%u", o.listen_coord, coord_port(op.coord));
 	}
 
+	if (o.listen_webhook && *o.listen_webhook) {
+		struct webhook_opts wo = { .listen = o.listen_webhook, .service = o.webhook_service,
+					   .config = o.webhook_config, .extra_names = o.webhook_names,
+					   .nextra = o.nwebhook_names };
+		r = webhook_new(&op, &wo, &webhook);
+		if (r) {
+			log_error("cannot serve the admission webhooks", "listen=%s err=%d", o.listen_webhook, r);
+			exit_code = 1;
+			goto out;
+		}
+	}
+
 	if (o.listen_health && *o.listen_health) {
 		struct httpd_opts ho = { .listen = o.listen_health, .listen_fd = -1 };
 		r = httpd_new(op.loop, &ho, &health);
@@ -647,6 +693,7 @@ int main(int argc, char **argv)
 		exit_code = 1;
 out:
 	httpd_free(health);
+	webhook_free(webhook);
 	coord_free(op.coord);
 	lease_free(lease);
 	controller_free(op.tailnet_ctl);
