@@ -19,6 +19,7 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "strmap.h"
 
 #define LISTEN_BACKLOG 1024
 /* libmicrohttpd allocates (and zeroes) this much per streaming response,
@@ -43,6 +44,17 @@ struct route {
 	void *arg;
 };
 
+/* One accepted connection (MHD's socket context), for the per-address
+ * limit and the request deadline. */
+struct conn {
+	struct httpd *s;
+	int fd;
+	bool busy; /* a request is with its handler or streaming */
+	uint64_t since_ms; /* accepted, or its last response completed */
+	char ip[INET6_ADDRSTRLEN];
+	struct conn *prev, *next;
+};
+
 /* All fields are loop-thread only; no locks. */
 struct httpd {
 	struct loop *loop;
@@ -55,6 +67,14 @@ struct httpd {
 	size_t nroutes;
 	struct httpd_stream *streams; /* not yet on_close'd */
 	struct metrics *metrics; /* for httpd_serve_metrics() */
+	unsigned per_ip_limit;
+	unsigned request_timeout_ms;
+	size_t body_budget;
+	struct strmap *per_ip; /* ip -> open connections (as a pointer-sized count) */
+	struct conn *conns;
+	struct loop_timer *sweep; /* request deadlines */
+	char *tls_cert, *tls_key; /* PEM, for MHD's life */
+	struct httpd_stats stats;
 };
 
 enum stream_state {
@@ -93,6 +113,7 @@ struct httpd_stream {
 struct httpd_req {
 	struct httpd *s;
 	struct MHD_Connection *conn;
+	struct conn *c; /* NULL for a connection MHD set up without us */
 	const char *method; /* MHD's, valid for the request */
 	const char *path;
 	const char *rest;
@@ -403,16 +424,9 @@ const char *httpd_stream_remote_ip(const struct httpd_stream *st)
 
 /* ---- requests ------------------------------------------------------------- */
 
-static void remote_ip(struct MHD_Connection *conn, char *out, size_t outlen)
+static void sockaddr_ip(const struct sockaddr *sa, char *out, size_t outlen)
 {
-	const union MHD_ConnectionInfo *ci;
-	const struct sockaddr *sa;
-
 	snprintf(out, outlen, "?");
-	ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-	if (!ci || !ci->client_addr)
-		return;
-	sa = ci->client_addr;
 	if (sa->sa_family == AF_INET)
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, outlen);
 	else if (sa->sa_family == AF_INET6)
@@ -421,10 +435,21 @@ static void remote_ip(struct MHD_Connection *conn, char *out, size_t outlen)
 		snprintf(out, outlen, "local");
 }
 
+static void remote_ip(struct MHD_Connection *conn, char *out, size_t outlen)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+
+	if (ci && ci->client_addr)
+		sockaddr_ip(ci->client_addr, out, outlen);
+	else
+		snprintf(out, outlen, "?");
+}
+
 static void req_free(struct httpd_req *req)
 {
 	if (req->resp)
 		MHD_destroy_response(req->resp);
+	req->s->stats.body_bytes -= req->body.len;
 	buf_free(&req->body);
 	buf_free(&req->hdrs);
 	free(req);
@@ -690,6 +715,8 @@ out:
 	return ret;
 }
 
+static struct conn *conn_of(struct MHD_Connection *mc);
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
 				 const char *method, const char *version,
 				 const char *upload_data, size_t *upload_data_size, void **con_cls)
@@ -707,6 +734,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 		req->path = url;
 		buf_init(&req->hdrs, RESP_HEADERS_MAX);
 		remote_ip(conn, req->ip, sizeof(req->ip));
+		req->c = conn_of(conn);
 		*con_cls = req;
 		return req_begin(req);
 	}
@@ -714,11 +742,20 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 		size_t n = *upload_data_size;
 		*upload_data_size = 0;
 		if (!req->too_large) {
-			int err = buf_add(&req->body, upload_data, n);
+			int err;
+			if (s->body_budget && s->stats.body_bytes + n > s->body_budget) {
+				s->stats.body_budget_refused++;
+				log_warn("httpd: body budget exhausted, closing", "remote=%s held=%zu",
+					 req->ip, (size_t)s->stats.body_bytes);
+				return MHD_NO;
+			}
+			err = buf_add(&req->body, upload_data, n);
 			if (err == -ENOSPC)
 				req->too_large = true;
 			else if (err < 0)
 				return MHD_NO;
+			else
+				s->stats.body_bytes += n;
 		}
 		if (req->too_large) {
 			req->discarded += n;
@@ -730,6 +767,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 	if (req->too_large)
 		return queue_error(req, 413, "request body too large");
 
+	if (req->c)
+		req->c->busy = true;
 	req->route->fn(req, req->route->arg);
 	if (!req->resp && !req->stream) {
 		log_error("httpd: handler sent no response", "method=%s path=%s", req->method, req->path);
@@ -746,9 +785,122 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	if (!req)
 		return;
 	*con_cls = NULL;
+	if (req->c) {
+		/* The next request on this connection has its own deadline. */
+		req->c->busy = false;
+		req->c->since_ms = loop_mono_ms();
+	}
 	if (req->stream)
 		stream_finish(req->stream);
 	req_free(req);
+}
+
+/* ---- connections: per-address limit, request deadline ------------------- */
+
+static struct conn *conn_of(struct MHD_Connection *mc)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+	return ci ? ci->socket_context : NULL;
+}
+
+static uintptr_t ip_count(struct httpd *s, const char *ip)
+{
+	return (uintptr_t)strmap_get(s->per_ip, ip);
+}
+
+/* MHD asks before it sets a connection up. */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+	struct httpd *s = cls;
+	char ip[INET6_ADDRSTRLEN];
+
+	if (!s->per_ip_limit)
+		return MHD_YES;
+	sockaddr_ip(addr, ip, sizeof(ip));
+	if (ip_count(s, ip) < s->per_ip_limit)
+		return MHD_YES;
+	s->stats.refused_per_ip++;
+	return MHD_NO;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_context,
+			  enum MHD_ConnectionNotificationCode toe)
+{
+	struct httpd *s = cls;
+	struct conn *c = *socket_context;
+	const union MHD_ConnectionInfo *ci;
+	uintptr_t n;
+
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+		c = calloc(1, sizeof(*c));
+		if (!c)
+			return; /* served, just not limited or timed */
+		c->s = s;
+		c->fd = -1;
+		c->since_ms = loop_mono_ms();
+		ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+		if (ci)
+			c->fd = ci->connect_fd;
+		remote_ip(mc, c->ip, sizeof(c->ip));
+		n = ip_count(s, c->ip) + 1;
+		if (strmap_set(s->per_ip, c->ip, (void *)n, NULL) < 0) {
+			free(c);
+			return;
+		}
+		c->next = s->conns;
+		if (s->conns)
+			s->conns->prev = c;
+		s->conns = c;
+		s->stats.conns++;
+		*socket_context = c;
+		return;
+	}
+	if (!c)
+		return;
+	*socket_context = NULL;
+	n = ip_count(s, c->ip);
+	if (n <= 1)
+		strmap_del(s->per_ip, c->ip);
+	else
+		strmap_set(s->per_ip, c->ip, (void *)(n - 1), NULL);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		s->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	s->stats.conns--;
+	free(c);
+}
+
+/* Closes connections that have not delivered a request in time. Shutting
+ * the socket down is enough: MHD sees the hang-up and closes it, calling
+ * on_completed and on_connection as for any other close. */
+static void on_sweep(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	struct httpd *s = arg;
+	uint64_t now = loop_mono_ms();
+	unsigned closed = 0;
+
+	for (struct conn *c = s->conns; c; c = c->next) {
+		if (c->busy || c->fd < 0 || now - c->since_ms < s->request_timeout_ms)
+			continue;
+		shutdown(c->fd, SHUT_RDWR);
+		c->fd = -1; /* once */
+		closed++;
+	}
+	if (closed) {
+		s->stats.request_timeouts += closed;
+		log_info("httpd: closed connections past the request deadline", "count=%u deadline_ms=%u",
+			 closed, s->request_timeout_ms);
+	}
+	loop_timer_arm(t, s->request_timeout_ms < 4000 ? s->request_timeout_ms / 4 + 1 : 1000);
+}
+
+void httpd_get_stats(const struct httpd *s, struct httpd_stats *out)
+{
+	*out = s->stats;
 }
 
 /* ---- server --------------------------------------------------------------- */
@@ -824,6 +976,9 @@ int httpd_new(struct loop *loop, const struct httpd_opts *o, struct httpd **out)
 	struct sockaddr_storage ss;
 	socklen_t sslen = sizeof(ss);
 	const union MHD_DaemonInfo *di;
+	/* HTTPS options only where TLS is on (MHD complains of them otherwise). */
+	struct MHD_OptionItem tls[3] = { { MHD_OPTION_END, 0, NULL }, { MHD_OPTION_END, 0, NULL },
+					 { MHD_OPTION_END, 0, NULL } };
 	int fd = o->listen_fd, err;
 	bool own_fd = false;
 
@@ -856,22 +1011,50 @@ int httpd_new(struct loop *loop, const struct httpd_opts *o, struct httpd **out)
 		err = -EAFNOSUPPORT;
 		goto fail;
 	}
+	s->per_ip_limit = o->per_ip_limit;
+	s->request_timeout_ms = o->request_timeout_ms;
+	s->body_budget = o->body_budget;
 	s->timer = loop_timer_new(loop, on_timer, s);
-	if (!s->timer) {
+	s->per_ip = strmap_new();
+	if (!s->timer || !s->per_ip) {
 		err = -ENOMEM;
 		goto fail;
 	}
-	s->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
-				  0, NULL, NULL, on_access, s,
+	if (s->request_timeout_ms) {
+		s->sweep = loop_timer_new(loop, on_sweep, s);
+		if (!s->sweep) {
+			err = -ENOMEM;
+			goto fail;
+		}
+		loop_timer_arm(s->sweep, s->request_timeout_ms < 4000 ? s->request_timeout_ms / 4 + 1 : 1000);
+	}
+	if (!o->tls_cert_pem != !o->tls_key_pem) {
+		err = -EINVAL;
+		goto fail;
+	}
+	if (o->tls_cert_pem) {
+		s->tls_cert = strdup(o->tls_cert_pem);
+		s->tls_key = strdup(o->tls_key_pem);
+		if (!s->tls_cert || !s->tls_key) {
+			err = -ENOMEM;
+			goto fail;
+		}
+		tls[0] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls_cert };
+		tls[1] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls_key };
+	}
+	s->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
+					  (o->tls_cert_pem ? MHD_USE_TLS : 0),
+				  0, on_accept, s, on_access, s,
 				  MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
 				  MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
 				  MHD_OPTION_CONNECTION_LIMIT,
 				  (unsigned)(o->conn_limit ? o->conn_limit : HTTPD_CONN_LIMIT_DEFAULT),
-				  MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)o->per_ip_limit,
+				  MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
 				  MHD_OPTION_CONNECTION_TIMEOUT,
 				  (unsigned)(o->conn_timeout_s ? o->conn_timeout_s
 							       : HTTPD_CONN_TIMEOUT_DEFAULT_S),
 				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+				  MHD_OPTION_ARRAY, tls,
 				  o->conn_memory ? MHD_OPTION_CONNECTION_MEMORY_LIMIT : MHD_OPTION_END,
 				  (size_t)o->conn_memory,
 				  MHD_OPTION_END);
@@ -920,6 +1103,13 @@ void httpd_free(struct httpd *s)
 	while (s->streams)
 		stream_finish(s->streams);
 	loop_timer_free(s->timer);
+	loop_timer_free(s->sweep);
+	strmap_free(s->per_ip);
+	free(s->tls_cert);
+	if (s->tls_key) {
+		explicit_bzero(s->tls_key, strlen(s->tls_key));
+		free(s->tls_key);
+	}
 	for (size_t i = 0; i < s->nroutes; i++) {
 		free(s->routes[i]->method);
 		free(s->routes[i]->path);

@@ -60,6 +60,29 @@ struct httpd_opts {
 	 * (32 KiB). A server holding many thousands of idle streams sets it
 	 * lower: the pool is resident for every connection. */
 	size_t conn_memory;
+	/* A connection must deliver a whole request (headers and body) within
+	 * this many milliseconds of being accepted or of its previous
+	 * response, or it is closed: a client trickling bytes (slowloris)
+	 * keeps an idle timer alive forever but not this one. A request being
+	 * handled or streamed is exempt. 0: no deadline. */
+	unsigned request_timeout_ms;
+	/* Request body bytes held by all connections together, before their
+	 * handlers run; a request that would push past it is refused and its
+	 * connection closed. Bounds what a flood of large bodies can pin. 0:
+	 * unlimited (each route's max_body still applies). */
+	size_t body_budget;
+	/* HTTPS with this certificate chain and private key (PEM, copied); both NULL: plain HTTP. */
+	const char *tls_cert_pem;
+	const char *tls_key_pem;
+};
+
+/* What the server refused and why, for a server's /metrics. */
+struct httpd_stats {
+	unsigned long long conns; /* open now */
+	unsigned long long refused_per_ip; /* over per_ip_limit */
+	unsigned long long request_timeouts; /* closed by request_timeout_ms */
+	unsigned long long body_budget_refused; /* over body_budget */
+	unsigned long long body_bytes; /* held now */
 };
 
 typedef void (*httpd_handler_fn)(struct httpd_req *req, void *arg);
@@ -75,6 +98,7 @@ int httpd_new(struct loop *loop, const struct httpd_opts *o, struct httpd **out)
 void httpd_free(struct httpd *s);
 /* The bound port (host order). */
 uint16_t httpd_port(const struct httpd *s);
+void httpd_get_stats(const struct httpd *s, struct httpd_stats *out);
 
 /* Adds a route. method is "GET", "POST", ... (HEAD requests are served by
  * GET routes, body suppressed). path is exact ("/healthz") or a prefix

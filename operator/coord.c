@@ -544,8 +544,13 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 	struct coord *c = calloc(1, sizeof(*c));
 	/* Thousands of mostly idle streams: a small per-connection pool (the
 	 * requests are small; bodies are collected outside it). */
+	/* A request must arrive whole within 10 s (a slowloris client is cut
+	 * off however slowly it trickles), and bodies waiting for their
+	 * handler may hold 64 MiB in all (a call body is at most
+	 * MAX_CALL_BODY). */
 	struct httpd_opts ho = { .listen = o->listen, .listen_fd = -1, .conn_limit = 20000, .conn_timeout_s = 120,
-				 .conn_memory = 16u << 10 };
+				 .conn_memory = 16u << 10, .per_ip_limit = o->per_ip_limit,
+				 .request_timeout_ms = 10000, .body_budget = 64u << 20 };
 	int err = -ENOMEM;
 
 	if (!c)
@@ -682,6 +687,11 @@ void coord_free(struct coord *c)
 	pthread_mutex_destroy(&c->lock);
 	sodium_memzero(c->priv, sizeof(c->priv));
 	free(c);
+}
+
+void coord_http_stats(const struct coord *c, struct httpd_stats *out)
+{
+	httpd_get_stats(c->http, out);
 }
 
 uint16_t coord_port(const struct coord *c)

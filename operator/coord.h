@@ -23,7 +23,12 @@ struct coord_opts {
 	uint32_t session_idle_ms; /* 0: 10 min */
 	uint32_t register_wait_ms; /* how long register waits for addresses; 0: 15 s */
 	uint32_t record_bytes; /* peer text per map record, about; 0: 16 KiB */
+	unsigned per_ip_limit; /* open connections per client address; 0: unlimited */
 };
+
+/* The listener's own counts (refusals by reason, bodies held). */
+struct httpd_stats;
+void coord_http_stats(const struct coord *c, struct httpd_stats *out);
 
 int coord_new(struct operator *op, const struct coord_opts *o, struct coord **out);
 /* Two-phase stop, because registration workers wait on the loop for API

@@ -24,7 +24,11 @@
 #include "loop.h"
 #include "metrics.h"
 #include "operator.h"
+#include "probe.h"
+#include "webhook.h"
 #include "wg/aead.h"
+
+#define WEBHOOK_NAMES_MAX 8
 
 struct options {
 	const char *kubeconfig;
@@ -33,6 +37,12 @@ struct options {
 	const char *identity;
 	const char *listen_health;
 	const char *listen_coord;
+	const char *listen_webhook;
+	unsigned coord_per_ip;
+	const char *webhook_service;
+	const char *webhook_config;
+	const char *webhook_names[WEBHOOK_NAMES_MAX];
+	size_t nwebhook_names;
 	const char *log_level;
 	int workers;
 	uint32_t map_record_bytes;
@@ -44,6 +54,12 @@ struct options {
 static struct operator op;
 static struct lease *lease;
 static struct httpd *health;
+static struct webhook *webhook;
+static struct probe *coord_probe;
+/* The coordination listener must answer its own probe this often. */
+#define COORD_PROBE_EVERY_MS 5000
+#define COORD_NOT_READY_MS 20000 /* out of the Service */
+#define COORD_UNHEALTHY_MS 60000 /* restarted */
 static int exit_code;
 static bool shutting_down;
 static int synced_informers;
@@ -71,10 +87,22 @@ static void usage(FILE *f)
 		"                            on ADDR (default 0.0.0.0:8081; \"\" disables)\n"
 		"  --coord-listen ADDR       serve the coordination API (knitd connects here) on\n"
 		"                            ADDR (default 0.0.0.0:9443; \"\" disables)\n"
+		"  --coord-per-ip-limit N    open coordination connections per client address\n"
+		"                            (default 1024; 0: unlimited)\n"
 		"  --workers N               reconcile workers per kind (default 4)\n"
 		"  --map-record-bytes N      peer bytes per map-stream record: a large netmap\n"
 		"                            goes out in pieces of about this size (default 16384)\n"
 		"  --no-default-tailnet      do not create the Tailnet \"default\" when missing\n"
+		"  --webhook-listen ADDR     serve the admission webhooks over HTTPS on ADDR\n"
+		"                            (e.g. 0.0.0.0:9444; default \"\": off), with a CA and\n"
+		"                            certificate of its own kept in the Secret\n"
+		"                            knit-webhook-tls and written into the caBundle of\n"
+		"                            the webhook configurations\n"
+		"  --webhook-service NAME    the Service in front of the webhooks: the certificate\n"
+		"                            names NAME.NAMESPACE.svc (default knit-webhook)\n"
+		"  --webhook-config NAME     the Mutating- and ValidatingWebhookConfiguration whose\n"
+		"                            caBundle to keep (default knit)\n"
+		"  --webhook-dns-name NAME   one more name for the certificate (repeatable, up to 8)\n"
 		"  --log-level LEVEL         debug, info, warn, error (default info)\n"
 		"  -h, --help                show this help\n"
 		"\n"
@@ -97,7 +125,7 @@ static bool parse_ms(const char *flag, const char *v, uint32_t *out)
 static int parse_args(int argc, char **argv, struct options *o)
 {
 	enum { KUBECONFIG = 256, NAMESPACE, LEASE_NAME, IDENTITY, NO_LE, LEASE_D, RENEW_D, RETRY_D, HEALTH, WORKERS,
-	       NO_DEFAULT, LOG_LEVEL, COORD, RECORD_BYTES };
+	       NO_DEFAULT, LOG_LEVEL, COORD, RECORD_BYTES, WH_LISTEN, WH_SERVICE, WH_CONFIG, WH_NAME, COORD_PER_IP };
 	static const struct option longopts[] = {
 		{ "kubeconfig", required_argument, NULL, KUBECONFIG },
 		{ "namespace", required_argument, NULL, NAMESPACE },
@@ -113,13 +141,19 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "map-record-bytes", required_argument, NULL, RECORD_BYTES },
 		{ "no-default-tailnet", no_argument, NULL, NO_DEFAULT },
 		{ "log-level", required_argument, NULL, LOG_LEVEL },
+		{ "coord-per-ip-limit", required_argument, NULL, COORD_PER_IP },
+		{ "webhook-listen", required_argument, NULL, WH_LISTEN },
+		{ "webhook-service", required_argument, NULL, WH_SERVICE },
+		{ "webhook-config", required_argument, NULL, WH_CONFIG },
+		{ "webhook-dns-name", required_argument, NULL, WH_NAME },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
 
 	*o = (struct options){ .lease_name = "knit-operator", .listen_health = "0.0.0.0:8081", .listen_coord = "0.0.0.0:9443", .workers = 4,
-			       .leader_election = true, .default_tailnet = true, .log_level = getenv("KNIT_LOG_LEVEL") };
+			       .leader_election = true, .default_tailnet = true, .log_level = getenv("KNIT_LOG_LEVEL"),
+			       .coord_per_ip = 1024, .listen_webhook = "", .webhook_service = "knit-webhook", .webhook_config = "knit" };
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (c) {
 		case KUBECONFIG: o->kubeconfig = optarg; break;
@@ -151,6 +185,26 @@ static int parse_args(int argc, char **argv, struct options *o)
 		}
 		case NO_DEFAULT: o->default_tailnet = false; break;
 		case LOG_LEVEL: o->log_level = optarg; break;
+		case COORD_PER_IP: {
+			char *end;
+			unsigned long v = strtoul(optarg, &end, 10);
+			if (*optarg < '0' || *optarg > '9' || *end || v > 1000000) {
+				fprintf(stderr, "knit-operator: --coord-per-ip-limit must be 0..1000000\n");
+				return 2;
+			}
+			o->coord_per_ip = (unsigned)v;
+			break;
+		}
+		case WH_LISTEN: o->listen_webhook = optarg; break;
+		case WH_SERVICE: o->webhook_service = optarg; break;
+		case WH_CONFIG: o->webhook_config = optarg; break;
+		case WH_NAME:
+			if (o->nwebhook_names == WEBHOOK_NAMES_MAX) {
+				fprintf(stderr, "knit-operator: at most %d --webhook-dns-name\n", WEBHOOK_NAMES_MAX);
+				return 2;
+			}
+			o->webhook_names[o->nwebhook_names++] = optarg;
+			break;
 		case 'h': usage(stdout); return 1;
 		default: usage(stderr); return 2;
 		}
@@ -487,6 +541,70 @@ static double transitions_value(void *arg)
 	return (double)st.transitions;
 }
 
+/* Coordination statistics and the listener's refusals, read at scrape
+ * time (loop thread). */
+enum coord_metric { CM_SESSIONS, CM_STREAMS, CM_HANDSHAKES, CM_HANDSHAKE_FAILURES, CM_REGISTRATIONS,
+		    CM_FRAMES_REJECTED, CM_CONNS, CM_REFUSED_PER_IP, CM_REQUEST_TIMEOUTS, CM_BODY_REFUSED,
+		    CM_BODY_BYTES, CM_PROBE_FAILURES };
+
+static double coord_value(void *arg)
+{
+	struct coord_stats cs = { 0 };
+	struct httpd_stats hs = { 0 };
+
+	if (!op.coord)
+		return 0;
+	coord_stats(op.coord, &cs);
+	coord_http_stats(op.coord, &hs);
+	switch ((enum coord_metric)(uintptr_t)arg) {
+	case CM_SESSIONS: return (double)cs.sessions;
+	case CM_STREAMS: return (double)cs.streams;
+	case CM_HANDSHAKES: return (double)cs.handshakes;
+	case CM_HANDSHAKE_FAILURES: return (double)cs.handshake_failures;
+	case CM_REGISTRATIONS: return (double)cs.registrations;
+	case CM_FRAMES_REJECTED: return (double)cs.frames_rejected;
+	case CM_CONNS: return (double)hs.conns;
+	case CM_REFUSED_PER_IP: return (double)hs.refused_per_ip;
+	case CM_REQUEST_TIMEOUTS: return (double)hs.request_timeouts;
+	case CM_BODY_REFUSED: return (double)hs.body_budget_refused;
+	case CM_BODY_BYTES: return (double)hs.body_bytes;
+	case CM_PROBE_FAILURES: return coord_probe ? (double)probe_failures(coord_probe) : 0;
+	}
+	return 0;
+}
+
+static void register_coord_metrics(struct metrics *m)
+{
+	static const struct {
+		const char *name, *help;
+		bool counter;
+	} t[] = {
+		[CM_SESSIONS] = { "knit_coord_sessions", "Authenticated control sessions open.", false },
+		[CM_STREAMS] = { "knit_coord_map_streams", "Map streams open.", false },
+		[CM_HANDSHAKES] = { "knit_coord_handshakes_total", "Control handshakes completed.", true },
+		[CM_HANDSHAKE_FAILURES] = { "knit_coord_handshake_failures_total", "Control handshakes refused.", true },
+		[CM_REGISTRATIONS] = { "knit_coord_registrations_total", "Devices registered.", true },
+		[CM_FRAMES_REJECTED] = { "knit_coord_frames_rejected_total", "Sealed frames refused (bad, replayed).", true },
+		[CM_CONNS] = { "knit_coord_connections", "Coordination connections open.", false },
+		[CM_REFUSED_PER_IP] = { "knit_coord_refused_per_ip_total",
+					"Connections refused: over --coord-per-ip-limit for their address.", true },
+		[CM_REQUEST_TIMEOUTS] = { "knit_coord_request_timeouts_total",
+					  "Connections closed for not delivering a request in 10 s (slowloris).", true },
+		[CM_BODY_REFUSED] = { "knit_coord_body_budget_refused_total",
+				      "Requests refused: request bodies held would pass 64 MiB.", true },
+		[CM_BODY_BYTES] = { "knit_coord_body_bytes", "Request body bytes held before their handlers.", false },
+		[CM_PROBE_FAILURES] = { "knit_coord_probe_failures_total",
+					"Self-probes the coordination listener did not answer.", true },
+	};
+
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		if (t[i].counter)
+			metrics_counter_func_new(m, t[i].name, t[i].help, coord_value, (void *)(uintptr_t)i);
+		else
+			metrics_gauge_func_new(m, t[i].name, t[i].help, coord_value, (void *)(uintptr_t)i);
+	}
+}
+
 static int register_metrics(void)
 {
 	static const double seconds[] = { .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30 };
@@ -514,14 +632,25 @@ static int register_metrics(void)
 						    (const char *[]){ "verb", "code", NULL }));
 	metrics_gauge_func_new(m, "knit_leader", "1 if this replica leads (or runs without leader election).", leader_value, NULL);
 	metrics_counter_func_new(m, "knit_lease_transitions_total", "Leader changes observed.", transitions_value, NULL);
+	register_coord_metrics(m);
 	if (!op.m_reconciles || !op.m_reconcile_seconds || !op.m_queue_depth || !m_restarts || !m_relists || !m_events)
 		return -ENOMEM;
 	return 0;
 }
 
+/* The coordination listener answered its own probe lately (or is off). */
+static bool coord_answers(uint64_t within_ms)
+{
+	return !coord_probe || probe_silent_ms(coord_probe) < within_ms;
+}
+
 static void healthz(struct httpd_req *req, void *arg)
 {
-	httpd_respond_text(req, 200, "ok\n");
+	if (!coord_answers(COORD_UNHEALTHY_MS))
+		httpd_respond_text(req, 500, "coordination listener has not answered for %llu ms\n",
+				   (unsigned long long)probe_silent_ms(coord_probe));
+	else
+		httpd_respond_text(req, 200, "ok\n");
 }
 
 static void readyz(struct httpd_req *req, void *arg)
@@ -533,6 +662,9 @@ static void readyz(struct httpd_req *req, void *arg)
 		httpd_respond_text(req, 503, "shutting down\n");
 	else if (lease && !lease_is_leader(lease))
 		httpd_respond_text(req, 503, "standby (leader: %s)\n", *lease_leader(lease) ? lease_leader(lease) : "none");
+	else if (!coord_answers(COORD_NOT_READY_MS))
+		httpd_respond_text(req, 503, "coordination listener has not answered for %llu ms\n",
+				   (unsigned long long)probe_silent_ms(coord_probe));
 	else if (op.running)
 		httpd_respond_text(req, 200, "ok\n");
 	else
@@ -595,7 +727,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (o.listen_coord && *o.listen_coord) {
-		struct coord_opts co = { .listen = o.listen_coord, .record_bytes = o.map_record_bytes };
+		struct coord_opts co = { .listen = o.listen_coord, .record_bytes = o.map_record_bytes,
+					 .per_ip_limit = o.coord_per_ip };
 		r = coord_new(&op, &co, &op.coord);
 		if (r) {
 			log_error("cannot serve coordination", "listen=%s err=%d", o.listen_coord, r);
@@ -603,6 +736,23 @@ int main(int argc, char **argv)
 			goto out;
 		}
 		log_info("serving coordination", "listen=%s port=%u", o.listen_coord, coord_port(op.coord));
+		coord_probe = probe_new(op.loop, coord_port(op.coord), "/knit/v1/key", COORD_PROBE_EVERY_MS, 3000);
+		if (!coord_probe) {
+			exit_code = 1;
+			goto out;
+		}
+	}
+
+	if (o.listen_webhook && *o.listen_webhook) {
+		struct webhook_opts wo = { .listen = o.listen_webhook, .service = o.webhook_service,
+					   .config = o.webhook_config, .extra_names = o.webhook_names,
+					   .nextra = o.nwebhook_names };
+		r = webhook_new(&op, &wo, &webhook);
+		if (r) {
+			log_error("cannot serve the admission webhooks", "listen=%s err=%d", o.listen_webhook, r);
+			exit_code = 1;
+			goto out;
+		}
 	}
 
 	if (o.listen_health && *o.listen_health) {
@@ -647,6 +797,8 @@ int main(int argc, char **argv)
 		exit_code = 1;
 out:
 	httpd_free(health);
+	probe_free(coord_probe);
+	webhook_free(webhook);
 	coord_free(op.coord);
 	lease_free(lease);
 	controller_free(op.tailnet_ctl);

@@ -27,6 +27,7 @@
 #include "httpd.h"
 #include "loop.h"
 #include "metrics.h"
+#include "tlscert.h"
 
 #define TEST_DEADLINE_S 60
 #define WAIT_MS 10000
@@ -802,6 +803,12 @@ static void test_limits(void **state)
 	c = request(fx, NULL, "/healthz", NULL, 0, false, NULL);
 	assert_int_not_equal(c->rc, CURLE_OK);
 	client_done(c);
+	{
+		struct httpd_stats st;
+		httpd_get_stats(fx->s, &st);
+		assert_true(st.refused_per_ip >= 1);
+		assert_int_equal(st.conns, 2);
+	}
 
 	/* ... until the idle timeout closes them. */
 	t0 = loop_mono_ms();
@@ -814,6 +821,183 @@ static void test_limits(void **state)
 	assert_int_equal(c->status, 200);
 	client_done(c);
 	fx_free(fx);
+}
+
+/* A slowloris client trickles a request a byte at a time: each byte keeps
+ * the idle timer alive, the request deadline closes it all the same. A
+ * stream (a request being served) is not subject to the deadline. */
+static void test_request_deadline(void **state)
+{
+	struct httpd_opts o = { .listen = "127.0.0.1:0", .listen_fd = -1,
+				.conn_timeout_s = 60, .request_timeout_ms = 400 };
+	struct fx *fx = fx_new(&o);
+	const char *req = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+	struct httpd_stats st;
+	struct client *c;
+	int slow, stream;
+	uint64_t t0 = loop_mono_ms(), next = t0;
+	size_t i = 0;
+	char ch;
+	ssize_t n = -1;
+
+	slow = raw_connect(fx->port, NULL);
+	stream = raw_connect(fx->port, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n");
+	RUN_UNTIL(fx, fx->nstreams == 1);
+	/* One byte every 50 ms until the server hangs up. */
+	while (loop_mono_ms() - t0 < 3000) {
+		if (loop_mono_ms() >= next) {
+			send(slow, i < strlen(req) ? req + i : "a", 1, MSG_NOSIGNAL);
+			i++;
+			next += 50;
+		}
+		loop_run_once(fx->loop, 10);
+		n = recv(slow, &ch, 1, MSG_DONTWAIT);
+		if (n == 0 || (n < 0 && errno != EAGAIN))
+			break;
+	}
+	assert_true(n == 0 || (n < 0 && errno != EAGAIN));
+	assert_true(loop_mono_ms() - t0 < 1500);
+	httpd_get_stats(fx->s, &st);
+	assert_int_equal(st.request_timeouts, 1);
+	assert_int_equal(fx->handled, 1); /* the stream's; never the slow one's */
+	close(slow);
+	/* Well past the deadline the stream is still open and delivering. */
+	t0 = loop_mono_ms();
+	while (loop_mono_ms() - t0 < 1000)
+		loop_run_once(fx->loop, 20);
+	assert_int_equal(open_streams(fx), 1);
+	assert_int_equal(httpd_stream_write(fx->streams[0], "more\n", 5), 0);
+	/* A prompt client is served as ever. */
+	c = request(fx, NULL, "/healthz", NULL, 0, false, NULL);
+	assert_int_equal(c->status, 200);
+	client_done(c);
+	close(stream);
+	RUN_UNTIL(fx, open_streams(fx) == 0);
+	fx_free(fx);
+}
+
+/* Bodies held before their handlers run share one budget: a request that
+ * would pass it is refused, and the budget comes back when bodies go. */
+static void test_body_budget(void **state)
+{
+	struct httpd_opts o = { .listen = "127.0.0.1:0", .listen_fd = -1, .body_budget = 1500 };
+	struct fx *fx = fx_new(&o);
+	char body[800], head[256];
+	struct httpd_stats st;
+	struct client *c;
+	int a, b;
+	char ch;
+
+	memset(body, 'b', sizeof(body));
+	snprintf(head, sizeof(head), "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n");
+	/* a holds 800 of its 1,000 bytes; b's 800 would make 1,600. */
+	a = raw_connect(fx->port, head);
+	assert_int_equal(send(a, body, sizeof(body), MSG_NOSIGNAL), (ssize_t)sizeof(body));
+	RUN_UNTIL(fx, (httpd_get_stats(fx->s, &st), st.body_bytes == sizeof(body)));
+	b = raw_connect(fx->port, head);
+	assert_int_equal(send(b, body, sizeof(body), MSG_NOSIGNAL), (ssize_t)sizeof(body));
+	RUN_UNTIL(fx, recv(b, &ch, 1, MSG_DONTWAIT) == 0);
+	httpd_get_stats(fx->s, &st);
+	assert_int_equal(st.body_budget_refused, 1);
+	assert_int_equal(st.body_bytes, sizeof(body));
+	close(b);
+	/* a finishes its body and is answered; the budget is free again. */
+	assert_int_equal(send(a, body, 200, MSG_NOSIGNAL), 200);
+	RUN_UNTIL(fx, fx->handled == 1);
+	close(a);
+	RUN_UNTIL(fx, (httpd_get_stats(fx->s, &st), st.body_bytes == 0 && st.conns == 0));
+	c = request(fx, "POST", "/echo", body, sizeof(body), false, NULL);
+	assert_int_equal(c->status, 200);
+	client_done(c);
+	fx_free(fx);
+}
+
+struct tls_client {
+	uint16_t port;
+	const char *ca_pem;
+	CURLcode rc;
+	long status;
+	atomic_bool done;
+};
+
+static size_t discard(char *p, size_t sz, size_t n, void *arg)
+{
+	return n;
+}
+
+static void *tls_client_run(void *arg)
+{
+	struct tls_client *c = arg;
+	CURL *h = curl_easy_init();
+	struct curl_slist *resolve = NULL;
+	struct curl_blob ca = { .data = (void *)c->ca_pem, .len = strlen(c->ca_pem), .flags = CURL_BLOB_COPY };
+	char url[256], r[128];
+
+	snprintf(url, sizeof(url), "https://knit-webhook.test.svc:%u/healthz", c->port);
+	snprintf(r, sizeof(r), "knit-webhook.test.svc:%u:127.0.0.1", c->port);
+	resolve = curl_slist_append(resolve, r);
+	curl_easy_setopt(h, CURLOPT_URL, url);
+	curl_easy_setopt(h, CURLOPT_RESOLVE, resolve);
+	curl_easy_setopt(h, CURLOPT_CAINFO_BLOB, &ca);
+	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)WAIT_MS);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
+	c->rc = curl_easy_perform(h);
+	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &c->status);
+	curl_slist_free_all(resolve);
+	curl_easy_cleanup(h);
+	c->done = true;
+	return NULL;
+}
+
+static void tls_request(struct fx *fx, struct tls_client *c)
+{
+	pthread_t t;
+
+	c->port = fx->port;
+	c->done = false;
+	assert_int_equal(pthread_create(&t, NULL, tls_client_run, c), 0);
+	RUN_UNTIL(fx, c->done);
+	pthread_join(t, NULL);
+}
+
+/* HTTPS with a certificate of our own CA: a client trusting that CA gets
+ * its answer; one trusting another CA refuses the server. */
+static void test_tls(void **state)
+{
+	struct tlscert_pem ca, other, srv;
+	const char *names[] = { "knit-webhook.test.svc" };
+	struct httpd_opts o = { .listen = "127.0.0.1:0", .listen_fd = -1 };
+	struct tls_client c = { 0 };
+	struct fx *fx;
+	struct httpd *bad;
+	struct loop *l;
+
+	assert_int_equal(tlscert_make_ca("test CA", 1, &ca), 0);
+	assert_int_equal(tlscert_make_ca("other CA", 1, &other), 0);
+	assert_int_equal(tlscert_make_serving(&ca, names, 1, 1, &srv), 0);
+	o.tls_cert_pem = srv.cert;
+	o.tls_key_pem = srv.key;
+	fx = fx_new(&o);
+	tlscert_pem_free(&srv); /* the server keeps its own copies */
+	c.ca_pem = ca.cert;
+	tls_request(fx, &c);
+	assert_int_equal(c.rc, CURLE_OK);
+	assert_int_equal(c.status, 200);
+	assert_int_equal(fx->handled, 1);
+	c.ca_pem = other.cert;
+	tls_request(fx, &c);
+	assert_int_not_equal(c.rc, CURLE_OK);
+	assert_int_equal(fx->handled, 1);
+	fx_free(fx);
+	/* A certificate without its key is a configuration error. */
+	l = loop_new();
+	o.tls_key_pem = NULL;
+	o.tls_cert_pem = ca.cert;
+	assert_int_equal(httpd_new(l, &o, &bad), -EINVAL);
+	loop_free(l);
+	tlscert_pem_free(&ca);
+	tlscert_pem_free(&other);
 }
 
 static double forty_two(void *arg)
@@ -852,6 +1036,9 @@ int main(void)
 		cmocka_unit_test(test_free_with_open_streams),
 		cmocka_unit_test(test_listen),
 		cmocka_unit_test(test_limits),
+		cmocka_unit_test(test_request_deadline),
+		cmocka_unit_test(test_body_budget),
+		cmocka_unit_test(test_tls),
 		cmocka_unit_test(test_metrics_route),
 	};
 	int ret;

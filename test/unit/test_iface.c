@@ -16,6 +16,9 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include <linux/rtnetlink.h>
+#include <sys/socket.h>
+
 #include "net/iface.h"
 
 static int tunfd = -1;
@@ -108,12 +111,102 @@ static void test_routes(void **state)
 	assert_null(strstr(out, "100.64.0.0/10"));
 }
 
+/* A host route for the same prefix is never replaced or removed by ours. */
+static void test_main_table_keeps_host_routes(void **state)
+{
+	char out[4096];
+
+	assert_int_equal(iface_link_up("knitrt0"), 0);
+	assert_int_equal(system("ip link add knitrt1 type veth peer name knitrt1p && ip link set knitrt1p up && ip link set knitrt1 up && "
+				"ip addr add 192.0.2.1/24 dev knitrt1 && ip route add default via 192.0.2.254"), 0);
+	assert_int_equal(iface_route_add("knitrt0", "0.0.0.0/0"), 0); /* no-op, not a replace */
+	assert_int_equal(iface_route_add("knitrt0", "192.0.2.0/24"), 0);
+	run("ip route show", out, sizeof(out));
+	assert_non_null(strstr(out, "default via 192.0.2.254 dev knitrt1"));
+	assert_non_null(strstr(out, "192.0.2.0/24 dev knitrt1"));
+	assert_null(strstr(out, "dev knitrt0"));
+	assert_int_equal(iface_route_del("knitrt0", "0.0.0.0/0"), 0);
+	assert_int_equal(iface_route_del("knitrt0", "192.0.2.0/24"), 0);
+	run("ip route show", out, sizeof(out));
+	assert_non_null(strstr(out, "default via 192.0.2.254 dev knitrt1"));
+	assert_non_null(strstr(out, "192.0.2.0/24 dev knitrt1"));
+	assert_int_equal(system("ip link del knitrt1"), 0);
+}
+
+struct seen {
+	char text[1024];
+};
+
+static void collect(void *arg, const char *cidr, enum iface_route_kind kind)
+{
+	struct seen *s = arg;
+	size_t n = strlen(s->text);
+
+	snprintf(s->text + n, sizeof(s->text) - n, "%s=%d ", cidr, (int)kind);
+}
+
+/* Routes in a table of our own behind a rule; throws send lookups back to
+ * the host's routes; the host's routes are listed without ours. */
+static void test_table_rules_throws(void **state)
+{
+	char out[4096];
+	struct seen s = { "" };
+
+	assert_int_equal(iface_link_up("knitrt0"), 0);
+	assert_int_equal(system("ip link add knitrt2 type veth peer name knitrt2p && ip link set knitrt2p up && ip link set knitrt2 up && "
+				"ip addr add 198.51.100.1/24 dev knitrt2 && ip route add default via 198.51.100.254"), 0);
+	assert_int_equal(iface_rule_add(AF_INET, 5270, 52, 0, 0), 0);
+	assert_int_equal(iface_rule_add(AF_INET, 5270, 52, 0, 0), 0); /* idempotent */
+	assert_int_equal(iface_rule_add(AF_INET, 5210, RT_TABLE_MAIN, 0x80000, 0xff0000), 0);
+	assert_int_equal(iface_rule_add(AF_INET6, 5270, 52, 0, 0), 0);
+	run("ip rule show; ip -6 rule show", out, sizeof(out));
+	assert_non_null(strstr(out, "5270:\tfrom all lookup 52"));
+	assert_non_null(strstr(out, "5210:\tfrom all fwmark 0x80000/0xff0000 lookup main"));
+	/* An exit node's default route and a subnet covering the LAN... */
+	assert_int_equal(iface_table_route_add("knitrt0", "0.0.0.0/0", 52), 0);
+	assert_int_equal(iface_table_route_add("knitrt0", "198.51.0.0/16", 52), 0);
+	assert_int_equal(iface_table_route_add("knitrt0", "198.51.0.0/16", 52), 0);
+	run("ip route get 203.0.113.9; ip route get 198.51.7.7", out, sizeof(out));
+	assert_int_equal(strstr(strstr(out, "dev knitrt0") + 1, "dev knitrt0") != NULL, 1);
+	/* ... with the LAN thrown back to the main table. */
+	assert_int_equal(iface_table_throw_add("198.51.100.0/24", 52), 0);
+	run("ip route get 198.51.100.7", out, sizeof(out));
+	assert_non_null(strstr(out, "dev knitrt2"));
+	run("ip route show table 52", out, sizeof(out));
+	assert_non_null(strstr(out, "throw 198.51.100.0/24"));
+	/* The host's routes, ours excluded. */
+	assert_int_equal(iface_host_routes(AF_INET, "knitrt0", collect, &s), 0);
+	assert_non_null(strstr(s.text, "0.0.0.0/0=2 "));
+	assert_non_null(strstr(s.text, "198.51.100.0/24=0 "));
+	assert_null(strstr(s.text, "198.51.0.0/16"));
+	/* Withdrawn: the table is empty, the rules gone, the host unchanged. */
+	assert_int_equal(iface_table_route_del("knitrt0", "0.0.0.0/0", 52), 0);
+	assert_int_equal(iface_table_route_del("knitrt0", "198.51.0.0/16", 52), 0);
+	assert_int_equal(iface_table_throw_del("198.51.100.0/24", 52), 0);
+	assert_int_equal(iface_table_throw_del("198.51.100.0/24", 52), 0);
+	assert_int_equal(iface_rule_del(AF_INET, 5270, 52, 0, 0), 0);
+	assert_int_equal(iface_rule_del(AF_INET, 5270, 52, 0, 0), 0);
+	assert_int_equal(iface_rule_del(AF_INET, 5210, RT_TABLE_MAIN, 0x80000, 0xff0000), 0);
+	assert_int_equal(iface_rule_del(AF_INET6, 5270, 52, 0, 0), 0);
+	run("ip route show table 52; ip rule show", out, sizeof(out));
+	assert_null(strstr(out, "lookup 52"));
+	assert_null(strstr(out, "knitrt0"));
+	assert_null(strstr(out, "5210"));
+	run("ip route get 203.0.113.9", out, sizeof(out));
+	assert_non_null(strstr(out, "via 198.51.100.254 dev knitrt2"));
+	assert_int_equal(iface_rule_add(AF_UNIX, 1, 52, 0, 0), -EAFNOSUPPORT);
+	assert_int_equal(iface_table_throw_add("198.51.100.0/abc", 52), -EINVAL);
+	assert_int_equal(system("ip link del knitrt2"), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_link_mtu_up),
 		cmocka_unit_test(test_addresses),
 		cmocka_unit_test(test_routes),
+		cmocka_unit_test(test_main_table_keeps_host_routes),
+		cmocka_unit_test(test_table_rules_throws),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
