@@ -47,23 +47,6 @@ struct localapi_reply {
 
 /* ---- JSON helpers ----------------------------------------------------------- */
 
-static void put(struct json *o, const char *key, struct json *v, int *err)
-{
-	if (*err) {
-		json_free(v);
-		return;
-	}
-	*err = json_object_set(o, key, v);
-	if (*err == -EINVAL && !v)
-		*err = -ENOMEM;
-}
-
-static void put_str(struct json *o, const char *key, const char *s, int *err)
-{
-	if (s)
-		put(o, key, json_new_string(s), err);
-}
-
 static struct json *strv(const char *const *v, size_t n)
 {
 	struct json *a = json_new_array();
@@ -114,17 +97,17 @@ static struct json *peer_json(const struct localapi_peer *p)
 	struct json *o = json_new_object();
 	int err = o ? 0 : -ENOMEM;
 
-	put_str(o, "name", p->name, &err);
-	put_str(o, "dnsName", p->dns_name, &err);
-	put_str(o, "nodeKey", p->node_key, &err);
-	put(o, "addresses", strv(p->addresses, p->naddresses), &err);
-	put(o, "tags", strv(p->tags, p->ntags), &err);
-	put_str(o, "endpoint", p->endpoint, &err);
-	put(o, "relay", json_new_int(p->relay), &err);
-	put(o, "lastHandshake", json_new_int(p->last_handshake), &err);
-	put(o, "rxBytes", json_new_int((int64_t)(p->rx_bytes > INT64_MAX ? INT64_MAX : p->rx_bytes)), &err);
-	put(o, "txBytes", json_new_int((int64_t)(p->tx_bytes > INT64_MAX ? INT64_MAX : p->tx_bytes)), &err);
-	put(o, "online", json_new_bool(p->online), &err);
+	json_put_str(o, "name", p->name, &err);
+	json_put_str(o, "dnsName", p->dns_name, &err);
+	json_put_str(o, "nodeKey", p->node_key, &err);
+	json_put(o, "addresses", strv(p->addresses, p->naddresses), &err);
+	json_put(o, "tags", strv(p->tags, p->ntags), &err);
+	json_put_str(o, "endpoint", p->endpoint, &err);
+	json_put(o, "relay", json_new_int(p->relay), &err);
+	json_put(o, "lastHandshake", json_new_int(p->last_handshake), &err);
+	json_put(o, "rxBytes", json_new_int((int64_t)(p->rx_bytes > INT64_MAX ? INT64_MAX : p->rx_bytes)), &err);
+	json_put(o, "txBytes", json_new_int((int64_t)(p->tx_bytes > INT64_MAX ? INT64_MAX : p->tx_bytes)), &err);
+	json_put(o, "online", json_new_bool(p->online), &err);
 	if (err) {
 		json_free(o);
 		return NULL;
@@ -134,17 +117,17 @@ static struct json *peer_json(const struct localapi_peer *p)
 
 int localapi_write_status(struct localapi_writer *w, const struct localapi_status *st)
 {
-	put_str(w->root, "backendState", st->backend_state, &w->err);
-	put_str(w->root, "loginServer", st->login_server, &w->err);
-	put_str(w->root, "dnsSuffix", st->dns_suffix, &w->err);
-	put_str(w->root, "controlKey", st->control_key, &w->err);
-	put_str(w->root, "health", st->health, &w->err);
+	json_put_str(w->root, "backendState", st->backend_state, &w->err);
+	json_put_str(w->root, "loginServer", st->login_server, &w->err);
+	json_put_str(w->root, "dnsSuffix", st->dns_suffix, &w->err);
+	json_put_str(w->root, "controlKey", st->control_key, &w->err);
+	json_put_str(w->root, "health", st->health, &w->err);
 	return w->err;
 }
 
 int localapi_write_self(struct localapi_writer *w, const struct localapi_peer *p)
 {
-	put(w->root, "self", peer_json(p), &w->err);
+	json_put(w->root, "self", peer_json(p), &w->err);
 	return w->err;
 }
 
@@ -154,7 +137,7 @@ int localapi_write_peer(struct localapi_writer *w, const struct localapi_peer *p
 		/* whois: the one node is the answer. */
 		if (!w->err && json_object_len(w->root) > 0)
 			w->err = -EEXIST;
-		put(w->root, "node", peer_json(p), &w->err);
+		json_put(w->root, "node", peer_json(p), &w->err);
 		return w->err;
 	}
 	if (!w->err)
@@ -227,11 +210,11 @@ void localapi_reply_pong(struct localapi_reply *r, const struct localapi_pong *p
 	struct json *o = json_new_object();
 	int err = o ? 0 : -ENOMEM;
 
-	put_str(o, "peer", p->peer, &err);
-	put_str(o, "ip", p->ip, &err);
-	put(o, "latencyMs", json_new_double(p->latency_ms), &err);
-	put_str(o, "endpoint", p->endpoint, &err);
-	put(o, "relay", json_new_int(p->relay), &err);
+	json_put_str(o, "peer", p->peer, &err);
+	json_put_str(o, "ip", p->ip, &err);
+	json_put(o, "latencyMs", json_new_double(p->latency_ms), &err);
+	json_put_str(o, "endpoint", p->endpoint, &err);
+	json_put(o, "relay", json_new_int(p->relay), &err);
 	if (err) {
 		json_free(o);
 		o = NULL;
@@ -244,12 +227,12 @@ void localapi_reply_up(struct localapi_reply *r, const struct localapi_up_result
 	struct json *o = json_new_object();
 	int err = o ? 0 : -ENOMEM;
 
-	put_str(o, "backendState", u->backend_state, &err);
-	put_str(o, "device", u->device, &err);
-	put_str(o, "name", u->name, &err);
-	put(o, "addresses", strv(u->addresses, u->naddresses), &err);
-	put_str(o, "controlKey", u->control_key, &err);
-	put(o, "controlKeyNew", json_new_bool(u->control_key_new), &err);
+	json_put_str(o, "backendState", u->backend_state, &err);
+	json_put_str(o, "device", u->device, &err);
+	json_put_str(o, "name", u->name, &err);
+	json_put(o, "addresses", strv(u->addresses, u->naddresses), &err);
+	json_put_str(o, "controlKey", u->control_key, &err);
+	json_put(o, "controlKeyNew", json_new_bool(u->control_key_new), &err);
 	if (err) {
 		json_free(o);
 		o = NULL;
@@ -302,7 +285,7 @@ static void h_status(struct httpd_req *req, void *arg)
 		return;
 	}
 	if (api->version)
-		put(w.root, "version", json_new_string(api->version), &w.err);
+		json_put(w.root, "version", json_new_string(api->version), &w.err);
 	err = api->ops.status(api->ops.arg, &w);
 	if (err || w.err) {
 		json_free(w.root);
@@ -310,7 +293,7 @@ static void h_status(struct httpd_req *req, void *arg)
 		respond_error(req, 500, "Internal", "cannot get the status: %s", strerror(-(err ? err : w.err)));
 		return;
 	}
-	put(w.root, "peers", w.peers, &w.err);
+	json_put(w.root, "peers", w.peers, &w.err);
 	if (w.err) {
 		json_free(w.root);
 		respond_error(req, 500, "Internal", "out of memory");

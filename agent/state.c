@@ -143,17 +143,6 @@ nomem:
 
 /* ---- to JSON ------------------------------------------------------------- */
 
-static void put(struct json *o, const char *key, struct json *v, int *err)
-{
-	if (*err) {
-		json_free(v);
-		return;
-	}
-	*err = json_object_set(o, key, v);
-	if (*err == -EINVAL && !v)
-		*err = -ENOMEM;
-}
-
 static struct json *key_json(const uint8_t key[32], const char *prefix)
 {
 	char text[MESSAGES_KEY_TEXT_LEN];
@@ -180,9 +169,9 @@ static struct json *prefs_json(const struct state *st)
 			err = json_array_append(routes, json_new_string(text));
 	}
 	if (st->hostname)
-		put(o, "hostname", json_new_string(st->hostname), &err);
-	put(o, "advertiseTags", tags, &err);
-	put(o, "advertiseRoutes", routes, &err);
+		json_put(o, "hostname", json_new_string(st->hostname), &err);
+	json_put(o, "advertiseTags", tags, &err);
+	json_put(o, "advertiseRoutes", routes, &err);
 	if (err) {
 		json_free(o);
 		return NULL;
@@ -195,16 +184,16 @@ static struct json *state_json(const struct state *st)
 	struct json *o = json_new_object();
 	int err = o ? 0 : -ENOMEM;
 
-	put(o, "version", json_new_int(STATE_VERSION), &err);
+	json_put(o, "version", json_new_int(STATE_VERSION), &err);
 	if (st->has_control_key)
-		put(o, "controlKey", key_json(st->control_key, "ctrlkey:"), &err);
+		json_put(o, "controlKey", key_json(st->control_key, "ctrlkey:"), &err);
 	if (st->login_server)
-		put(o, "loginServer", json_new_string(st->login_server), &err);
-	put(o, "prefs", prefs_json(st), &err);
+		json_put(o, "loginServer", json_new_string(st->login_server), &err);
+	json_put(o, "prefs", prefs_json(st), &err);
 	if (st->device.device)
-		put(o, "device", register_response_to_json(&st->device), &err);
+		json_put(o, "device", register_response_to_json(&st->device), &err);
 	if (st->netmap)
-		put(o, "netmap", json_clone(st->netmap), &err);
+		json_put(o, "netmap", json_clone(st->netmap), &err);
 	if (err) {
 		json_free(o);
 		return NULL;
