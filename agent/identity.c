@@ -12,6 +12,7 @@
 #include <sodium.h>
 
 #include "applied.h"
+#include "routes.h"
 #include "control/channel.h"
 #include "control/messages.h"
 #include "json.h"
@@ -48,6 +49,7 @@ struct identity {
 	struct netmap pending;
 	bool has_pending;
 	struct applied *applied; /* what of nm the engine and the TUN hold */
+	struct routes *routes; /* host routing (knit's table); NULL: main table, by op */
 	bool running; /* wants the map stream (up, not down) */
 	bool map_up;
 	char health[256];
@@ -122,6 +124,8 @@ static void run_op(struct identity *id, struct applied_op *op)
 		break;
 	case APPLIED_ROUTE_ADD:
 	case APPLIED_ROUTE_DEL:
+		if (id->routes)
+			break; /* the whole table follows the netmap in sync_routes() */
 		op->err = op->kind == APPLIED_ROUTE_ADD ? iface_route_add(dev, op->cidr) : iface_route_del(dev, op->cidr);
 		if (op->err && op->kind == APPLIED_ROUTE_ADD)
 			log_warn("cannot add route", "dev=%s cidr=%s err=%d", dev, op->cidr, op->err);
@@ -142,6 +146,18 @@ static void reset_applied(struct identity *id)
 	}
 	engine_peers_clear(id->engine);
 	applied_reset(id->applied);
+}
+
+/* knit's routing table from the netmap in force (or nothing without one). */
+static void sync_routes(struct identity *id)
+{
+	int err;
+
+	if (!id->routes)
+		return;
+	err = routes_sync(id->routes, id->has_nm ? &id->nm : NULL, id->st->login_server);
+	if (err)
+		log_warn("routes not all in place", "dev=%s err=%d", engine_ifname(id->engine), err);
 }
 
 static int run_plan(struct identity *id, struct applied_plan *plan)
@@ -180,6 +196,7 @@ static int apply_full(struct identity *id)
 		err = run_plan(id, &plan);
 	if (!err)
 		remove_strangers(id);
+	sync_routes(id);
 	return err;
 }
 
@@ -201,6 +218,7 @@ static void clear_netmap(struct identity *id)
 		netmap_free(&id->nm);
 	id->has_nm = false;
 	drop_pending(id);
+	sync_routes(id);
 }
 
 int identity_apply_netmap(struct identity *id, struct netmap *nm)
@@ -229,7 +247,9 @@ int identity_apply_delta(struct identity *id, struct netmap_delta *d)
 		applied_plan_free(&plan);
 		return r;
 	}
-	return run_plan(id, &plan);
+	r = run_plan(id, &plan);
+	sync_routes(id);
+	return r;
 }
 
 /* ---- endpoints: where peers can reach us ---- */
@@ -835,6 +855,10 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 		log_error("cannot bring the TUN device up", "dev=%s err=%d", engine_ifname(id->engine), r);
 		goto out;
 	}
+	if (cfg->host_routes && !(id->routes = routes_new(engine_ifname(id->engine), cfg->host_routes))) {
+		r = -ENOMEM;
+		goto out;
+	}
 	if (cfg->uapi_dir &&
 	    (r = uapi_server_open(&id->uapi, loop, cfg->uapi_dir, engine_ifname(id->engine), &engine_uapi_ops, id->engine)))
 		log_warn("cannot serve the WireGuard UAPI socket", "dir=%s err=%d", cfg->uapi_dir, r);
@@ -872,6 +896,8 @@ void identity_free(struct identity *id)
 	if (id->has_nm)
 		netmap_free(&id->nm);
 	drop_pending(id);
+	/* The host's routing as it was before us: knit's table and rules go. */
+	routes_free(id->routes);
 	engine_free(id->engine);
 	applied_free(id->applied);
 	loop_timer_free(id->save_timer);

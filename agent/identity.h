@@ -22,6 +22,7 @@ struct loop;
 struct netmap;
 struct netmap_delta;
 struct netmap_node;
+struct routes_opts;
 struct state;
 struct identity;
 
@@ -35,6 +36,10 @@ struct identity_config {
 	 * addresses are no endpoint of ours. NULL: only this identity's own. */
 	bool (*is_identity_device)(void *arg, const char *ifname);
 	void *arg;
+	/* Routes in knit's own table behind policy rules (routes.h): the
+	 * node's identity, on the host. NULL: routes go into the main table
+	 * of the TUN's namespace (an identity alone in a pod's namespace). */
+	const struct routes_opts *host_routes;
 };
 
 /* Takes st (freed with the identity, also on failure). Creates the TUN

@@ -20,6 +20,8 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "routeplan.h"
+#include "routes.h"
 #include "state.h"
 #include "wg/aead.h"
 #include "wg/engine.h"
@@ -36,6 +38,7 @@ struct options {
 	const char *uapi_dir;
 	const char *log_level;
 	const char *http_listen; /* /healthz, /readyz, /metrics */
+	struct routes_opts routes; /* the node identity's host routing */
 	int port;
 	int workers;
 };
@@ -145,8 +148,18 @@ static void usage(FILE *f)
 		"                      127.0.0.1:9102 or [::]:9102 (default: not served)\n"
 		"  --workers N         crypto worker threads (default: one per CPU, none on\n"
 		"                      one or two CPUs: the readers seal and open)\n"
+		"  --accept-routes     route peers' approved subnet routes through the tailnet\n"
+		"                      (default: only peers' own tailnet addresses)\n"
+		"  --exit-node PEER    send default-route traffic through PEER (a name or\n"
+		"                      tailnet IP) when the tailnet approves it as an exit node\n"
 		"  --log-level LEVEL   debug, info, warn, error (default info)\n"
 		"  -h, --help          show this help\n"
+		"\n"
+		"Routes go into routing table 52 behind rule 5270 (knitd's own WireGuard\n"
+		"packets, fwmark 0x80000, skip it at 5210), never over the host's own: a\n"
+		"peer route that equals or falls inside a connected network, or covers the\n"
+		"coordination server, is left out or thrown back to the main table. All of\n"
+		"it is removed when knitd stops or the routes are withdrawn.\n"
 		"\n"
 		"SIGTERM/SIGINT stop it cleanly: the TUN device and the socket are removed,\n"
 		"the state is saved.\n");
@@ -155,7 +168,7 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv, struct options *o, char *state_buf, size_t state_len)
 {
 	enum { STATE = 256, STATE_DIR, SOCKET, TUN, PORT, UAPI_DIR, WORKERS, LOG_LEVEL, LOGIN, AUTHKEY_FILE, HOSTNAME,
-	       HTTP_LISTEN };
+	       HTTP_LISTEN, ACCEPT_ROUTES, EXIT_NODE };
 	static const struct option longopts[] = {
 		{ "state", required_argument, NULL, STATE },
 		{ "state-dir", required_argument, NULL, STATE_DIR },
@@ -163,6 +176,8 @@ static int parse_args(int argc, char **argv, struct options *o, char *state_buf,
 		{ "tun", required_argument, NULL, TUN },
 		{ "port", required_argument, NULL, PORT },
 		{ "uapi-dir", required_argument, NULL, UAPI_DIR },
+		{ "accept-routes", no_argument, NULL, ACCEPT_ROUTES },
+		{ "exit-node", required_argument, NULL, EXIT_NODE },
 		{ "workers", required_argument, NULL, WORKERS },
 		{ "log-level", required_argument, NULL, LOG_LEVEL },
 		{ "login-server", required_argument, NULL, LOGIN },
@@ -202,6 +217,8 @@ static int parse_args(int argc, char **argv, struct options *o, char *state_buf,
 			}
 			break;
 		case UAPI_DIR: o->uapi_dir = optarg; break;
+		case ACCEPT_ROUTES: o->routes.accept_routes = true; break;
+		case EXIT_NODE: o->routes.exit_node = optarg; break;
 		case WORKERS:
 			o->workers = (int)strtol(optarg, &end, 10);
 			if (*end || o->workers < 0 || o->workers > 64) {
@@ -281,7 +298,8 @@ static int load_state(struct mesh *m, struct state **st)
 static int add_node_identity(struct mesh *m, struct state *st)
 {
 	struct identity_config ic = { .ifname = m->o.tun, .state_path = m->o.state_path, .uapi_dir = m->o.uapi_dir,
-				      .on_down = on_tun_down, .is_identity_device = is_identity_device, .arg = m };
+				      .on_down = on_tun_down, .is_identity_device = is_identity_device, .arg = m,
+				      .host_routes = &m->o.routes };
 	struct member *mb = calloc(1, sizeof(*mb));
 	int r;
 
@@ -351,6 +369,11 @@ int mesh_main(int argc, char **argv)
 		log_error("cannot open the WireGuard UDP port", "port=%d err=%d", m->o.port, r);
 		goto out;
 	}
+	/* Our own WireGuard packets skip knit's routing table (routes.h), so a
+	 * route through the tunnel never carries the tunnel itself. */
+	if ((r = hub_set_fwmark(m->hub, ROUTEPLAN_FWMARK)))
+		log_warn("cannot mark the WireGuard socket: a peer route covering a peer's endpoint could loop",
+			 "err=%d", r);
 	r = add_node_identity(m, st);
 	st = NULL;
 	if (r)
