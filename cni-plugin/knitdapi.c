@@ -232,14 +232,16 @@ static int put_str(struct json *o, const char *key, const char *v)
 }
 
 int knitdapi_attach(const struct knitdapi *api, const struct knitdapi_attach_req *r, long timeout_ms,
-		    struct knitdapi_identity *out, struct cnierror *e)
+		    struct knitdapi_identity *out, bool *unsure, struct cnierror *e)
 {
 	struct json *body = json_new_object(), *tags = json_new_array(), *resp = NULL;
 	char why[256];
+	enum reach reach;
 	long status;
 	int ret;
 
 	memset(out, 0, sizeof(*out));
+	*unsure = false;
 	if (!body || !tags || json_object_set(body, "tags", tags))
 		goto nomem;
 	for (size_t i = 0; i < r->ntags; i++)
@@ -251,7 +253,9 @@ int knitdapi_attach(const struct knitdapi *api, const struct knitdapi_attach_req
 	    put_str(body, "podUID", r->pod_uid) || put_str(body, "hostname", r->hostname))
 		goto nomem;
 	tags = NULL;
-	if (request(api, "POST", "/localapi/v1/identities", body, timeout_ms, &status, &resp, e) != REACH_OK) {
+	if ((reach = request(api, "POST", "/localapi/v1/identities", body, timeout_ms, &status, &resp, e)) !=
+	    REACH_OK) {
+		*unsure = reach == REACH_FAILED;
 		ret = e->code;
 		goto out;
 	}
@@ -259,6 +263,9 @@ int knitdapi_attach(const struct knitdapi *api, const struct knitdapi_attach_req
 		ret = knitdapi_error(status, resp, "attaching the pod's identity", e);
 		goto out;
 	}
+	/* From here knitd made the identity: a caller that cannot use it
+	 * rolls it back. */
+	*unsure = true;
 	if (!knitdapi_identity_parse(resp, out, why, sizeof(why))) {
 		cnierror_set(e, KNIT_ERR_PROTOCOL, "knitd's answer makes no sense",
 			     "POST /localapi/v1/identities: %s; install matching knitd and knit-cni versions", why);
@@ -272,6 +279,7 @@ int knitdapi_attach(const struct knitdapi *api, const struct knitdapi_attach_req
 		ret = e->code;
 		goto out;
 	}
+	*unsure = false;
 	ret = 0;
 	goto out;
 nomem:

@@ -52,8 +52,10 @@ void knitdapi_identity_free(struct knitdapi_identity *id);
 /* Reads one identity object; false with why on a malformed one. */
 bool knitdapi_identity_parse(const struct json *o, struct knitdapi_identity *id, char *why, size_t whylen);
 
+/* *unsure: knitd may have made the identity although the call failed (no
+ * answer came, or a 200 that cannot be used): the caller rolls back. */
 int knitdapi_attach(const struct knitdapi *api, const struct knitdapi_attach_req *req, long timeout_ms,
-		    struct knitdapi_identity *out, struct cnierror *e);
+		    struct knitdapi_identity *out, bool *unsure, struct cnierror *e);
 /* 200 and 404 are success. *absent: knitd's socket is missing or refuses
  * connections (also success). */
 int knitdapi_detach(const struct knitdapi *api, const char *containerid, const char *ifname, long timeout_ms,

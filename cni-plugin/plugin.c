@@ -122,11 +122,8 @@ static int cmd_add(const struct netconf *nc, struct buf *out, struct cnierror *e
 		.ntags = nc->ntags,
 		.hostname = nc->hostname,
 	};
-	if ((ret = knitdapi_attach(&api, &req, nc->add_timeout_ms, &id, e))) {
-		/* A timeout may have left an identity half made: undo it. */
-		attached = ret == CNI_ERR_TRY_AGAIN;
-		goto out;
-	}
+	if ((ret = knitdapi_attach(&api, &req, nc->add_timeout_ms, &id, &attached, e)))
+		goto out; /* attached: no answer, so perhaps half made: undo it */
 	attached = true;
 	struct cniresult_attach a = {
 		.ifname = id.interface,
