@@ -1,6 +1,6 @@
 /* The plugin's side of knitd's local API for pod identities (docs/cni.md
- * has the contract): JSON over HTTP on knitd's unix socket, blocking
- * libcurl, one request per call.
+ * has the contract): JSON over HTTP/1.0 on knitd's unix socket, one
+ * blocking request per call.
  *
  *   POST   /localapi/v1/identities                      attach (idempotent)
  *   DELETE /localapi/v1/identities/{containerID}/{ifName} detach (404: gone)

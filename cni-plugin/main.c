@@ -6,8 +6,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
-
 #include "buf.h"
 #include "installer.h"
 #include "netconf.h"
@@ -141,7 +139,6 @@ int main(int argc, char **argv)
 		fputs(usage, strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 ? stdout : stderr);
 		return strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 ? 0 : 2;
 	}
-	curl_global_init(CURL_GLOBAL_NOTHING);
 	/* Without CNI_COMMAND nobody is feeding stdin: do not wait on it. */
 	if (env.command && (err = read_stdin(&in)) && err != -ENOSPC) {
 		printf("{\"cniVersion\":\"1.1.0\",\"code\":5,\"msg\":\"I/O failure\","
@@ -160,6 +157,5 @@ int main(int argc, char **argv)
 out:
 	buf_free(&out);
 	buf_free(&in);
-	curl_global_cleanup();
 	return ret;
 }

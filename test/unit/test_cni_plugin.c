@@ -76,9 +76,18 @@ static void serve_one(struct knitd *k, int c)
 			body = k->answers[i].body;
 			break;
 		}
-	snprintf(resp, sizeof(resp),
-		 "HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
-		 status, strlen(body), body);
+	if (strcmp(body, "HANG") == 0) {
+		/* Answers nothing until the client gives up. */
+		while (read(c, chunk, sizeof(chunk)) > 0)
+			;
+		goto out;
+	}
+	if (strncmp(body, "RAW:", 4) == 0)
+		snprintf(resp, sizeof(resp), "%s", body + 4);
+	else
+		snprintf(resp, sizeof(resp),
+			 "HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+			 status, strlen(body), body);
 	if (write(c, resp, strlen(resp)) < 0)
 		goto out;
 out:
@@ -277,6 +286,54 @@ static void test_add_errors(void **state)
 	}
 }
 
+static void test_http_framing(void **state)
+{
+	static const struct {
+		const char *raw;
+		int rc, code;
+	} cases[] = {
+		/* No Content-Length: the body ends with the connection. */
+		{ "RAW:HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" IDENTITY, 0, 0 },
+		/* Content-Length shorter than what follows: cut there. */
+		{ "RAW:HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}garbage", 1, 105 },
+		{ "RAW:HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 1, 105 },
+		{ "RAW:HTTP/1.1 200 OK\r\nContent-Length: 900\r\n\r\n{}", 1, 105 },
+		{ "RAW:SSH-2.0-OpenSSH\r\n", 1, 105 },
+		{ "RAW:", 1, 105 },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct answer as[2] = { { "POST", "/localapi/v1/identities", 200, cases[i].raw },
+					{ "DELETE", "/localapi/v1/identities/", 200, "{}" } };
+		struct knitd *k = knitd_start(as, 2);
+		struct json *out;
+		int rc = run(k, "ADD", "1.0.0", PREV "," ANN_ID, &out);
+
+		if (rc != cases[i].rc || (rc && code_of(out) != cases[i].code))
+			fail_msg("case %zu: rc %d code %d", i, rc, rc ? (int)code_of(out) : 0);
+		json_free(out);
+		knitd_stop(k);
+	}
+}
+
+static void test_add_timeout_rolls_back(void **state)
+{
+	static const struct answer a[] = {
+		{ "POST", "/localapi/v1/identities", 200, "HANG" },
+		{ "DELETE", "/localapi/v1/identities/", 200, "{}" },
+	};
+	struct knitd *k = knitd_start(a, 2);
+	struct json *out;
+
+	assert_int_equal(run(k, "ADD", "1.0.0", PREV "," ANN_ID ",\"addTimeoutMs\":300", &out), 1);
+	assert_int_equal(code_of(out), 11);
+	assert_non_null(strstr(json_str(json_get(out, "details")), "300 ms"));
+	json_free(out);
+	assert_int_equal(k->nreqs, 2);
+	assert_string_equal(k->reqs[1], "DELETE /localapi/v1/identities/ctr1/knit0 ");
+	knitd_stop(k);
+}
+
 static void test_knitd_absent(void **state)
 {
 	struct json *out;
@@ -415,6 +472,8 @@ int main(void)
 		cmocka_unit_test(test_unannotated_passes_through),
 		cmocka_unit_test(test_add_identity),
 		cmocka_unit_test(test_add_errors),
+		cmocka_unit_test(test_http_framing),
+		cmocka_unit_test(test_add_timeout_rolls_back),
 		cmocka_unit_test(test_knitd_absent),
 		cmocka_unit_test(test_add_requires_prev_result),
 		cmocka_unit_test(test_del),
