@@ -1,6 +1,7 @@
 /* knit-cni: the CNI plugin (run by the container runtime, CNI_COMMAND set)
  * and its installer (knit-cni install). */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +33,7 @@ static const char usage[] =
 	"originals and removes knit-cni from the configuration; the binary stays, so that DEL of\n"
 	"pods attached earlier still works.\n"
 	"\n"
-	"install flags:\n"
+	"install flags (--flag VALUE or --flag=VALUE):\n"
 	"  --conf-dir DIR   CNI configuration directory (default /etc/cni/net.d)\n"
 	"  --bin-dir DIR    CNI plugin directory (default /opt/cni/bin)\n"
 	"  --mode MODE      identity (default) or gateway, written into the entry\n"
@@ -44,6 +45,12 @@ static const char usage[] =
 	"Exit status: 0 on success, 1 on failure (as a plugin: with the CNI error on stdout),\n"
 	"2 for a usage error.\n";
 
+/* "--name" alone or as the part of "--name=value" before the '='. */
+static bool flag_is(const char *arg, size_t n, const char *name)
+{
+	return strlen(name) == n && strncmp(arg, name, n) == 0;
+}
+
 static int install_main(int argc, char **argv)
 {
 	struct installer_opts o = { .conf_dir = "/etc/cni/net.d", .bin_dir = "/opt/cni/bin" };
@@ -52,7 +59,8 @@ static int install_main(int argc, char **argv)
 	int err;
 
 	for (int i = 2; i < argc; i++) {
-		const char **dst = NULL;
+		const char **dst = NULL, *eq = strchr(argv[i], '=');
+		size_t n = eq ? (size_t)(eq - argv[i]) : strlen(argv[i]);
 
 		if (strcmp(argv[i], "--uninstall") == 0) {
 			uninstall = true;
@@ -62,16 +70,20 @@ static int install_main(int argc, char **argv)
 			fputs(usage, stdout);
 			return 0;
 		}
-		if (strcmp(argv[i], "--conf-dir") == 0)
+		if (flag_is(argv[i], n, "--conf-dir"))
 			dst = &o.conf_dir;
-		else if (strcmp(argv[i], "--bin-dir") == 0)
+		else if (flag_is(argv[i], n, "--bin-dir"))
 			dst = &o.bin_dir;
-		else if (strcmp(argv[i], "--mode") == 0)
+		else if (flag_is(argv[i], n, "--mode"))
 			dst = &o.mode;
-		else if (strcmp(argv[i], "--socket") == 0)
+		else if (flag_is(argv[i], n, "--socket"))
 			dst = &o.socket;
-		else if (strcmp(argv[i], "--source") == 0)
+		else if (flag_is(argv[i], n, "--source"))
 			dst = &o.source;
+		if (dst && eq) {
+			*dst = eq + 1;
+			continue;
+		}
 		if (!dst || i + 1 >= argc) {
 			fprintf(stderr, "knit-cni: %s %s\n\n%s", dst ? "missing value for" : "unknown flag", argv[i], usage);
 			return 2;

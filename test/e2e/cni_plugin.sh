@@ -80,7 +80,7 @@ ANNOTATED='{"knit.dev/identity":"true","knit.dev/tags":"tag:ci"}'
 
 for ver in 0.4.0 1.0.0; do
 	primary "$ver" "$E2E_DIR/net-$ver"
-	"$CNI" install --conf-dir "$E2E_DIR/net-$ver" --bin-dir "$BIN" --socket "$SOCK" 2>/dev/null ||
+	"$CNI" install --conf-dir="$E2E_DIR/net-$ver" --bin-dir="$BIN" --socket="$SOCK" 2>/dev/null ||
 		e2e_die "install for $ver"
 	export CNI_CONTAINERID=pod-$ver
 	rt ADD "$ver" "$UNANNOTATED"
