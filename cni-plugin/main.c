@@ -1,6 +1,7 @@
 /* knit-cni: the CNI plugin (run by the container runtime, CNI_COMMAND set)
  * and its installer (knit-cni install). */
 #include <errno.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,6 +107,22 @@ static int install_main(int argc, char **argv)
 	return 0;
 }
 
+static int write_stdout(const struct buf *b)
+{
+	size_t off = 0;
+
+	while (off < b->len) {
+		ssize_t n = write(STDOUT_FILENO, b->data + off, b->len - off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		off += (size_t)n;
+	}
+	return 0;
+}
+
 static int read_stdin(struct buf *in)
 {
 	int err = 0;
@@ -141,6 +158,9 @@ int main(int argc, char **argv)
 	struct buf in = BUF_INIT(NETCONF_MAX_BYTES + 65536), out = BUF_INIT((size_t)8 << 20);
 	int ret, err = 0;
 
+	/* A runtime gone mid-ADD must cost a rollback, not a SIGPIPE death
+	 * that leaves the identity behind. */
+	signal(SIGPIPE, SIG_IGN);
 	if (argc > 1 && strcmp(argv[1], "install") == 0)
 		return install_main(argc, argv);
 	if (argc > 1 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0)) {
@@ -160,11 +180,11 @@ int main(int argc, char **argv)
 	}
 	if (err == -ENOSPC) {
 		/* buf reset itself; report the size the way netconf does. */
-		ret = plugin_run(&env, NULL, NETCONF_MAX_BYTES + 1, &out);
+		ret = plugin_run(&env, NULL, NETCONF_MAX_BYTES + 1, &out, write_stdout);
 	} else {
-		ret = plugin_run(&env, buf_str(&in), in.len, &out);
+		ret = plugin_run(&env, buf_str(&in), in.len, &out, write_stdout);
 	}
-	if (out.len && (fwrite(out.data, 1, out.len, stdout) != out.len || fflush(stdout) != 0))
+	if (out.len && write_stdout(&out))
 		ret = 1;
 out:
 	buf_free(&out);

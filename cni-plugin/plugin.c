@@ -85,7 +85,22 @@ static int require_prev(const struct netconf *nc, struct cnierror *e)
 	return e->code;
 }
 
-static int cmd_add(const struct netconf *nc, struct buf *out, struct cnierror *e)
+static int deliver_result(struct buf *out, plugin_deliver_fn deliver, struct cnierror *e)
+{
+	int err;
+
+	if (!deliver)
+		return 0;
+	if ((err = deliver(out))) {
+		cnierror_set(e, CNI_ERR_IO, "cannot write the result", "writing the result to stdout: %s",
+			     strerror(-err));
+		return e->code;
+	}
+	buf_reset(out);
+	return 0;
+}
+
+static int cmd_add(const struct netconf *nc, struct buf *out, plugin_deliver_fn deliver, struct cnierror *e)
 {
 	struct knitdapi api = api_of(nc);
 	struct knitdapi_identity id = { 0 };
@@ -99,7 +114,8 @@ static int cmd_add(const struct netconf *nc, struct buf *out, struct cnierror *e
 	if (!(res = cniresult_convert(nc->prev_result, nc->cni_version, nc->cni_version, e)))
 		return e->code;
 	if (!needs_identity(nc)) {
-		ret = emit_json(res, out, e);
+		if (!(ret = emit_json(res, out, e)))
+			ret = deliver_result(out, deliver, e);
 		goto out;
 	}
 	if (cniresult_find_interface(res, nc->pod_ifname, NULL) >= 0) {
@@ -138,7 +154,7 @@ static int cmd_add(const struct netconf *nc, struct buf *out, struct cnierror *e
 		ret = e->code;
 		goto out;
 	}
-	if ((ret = emit_json(res, out, e)))
+	if ((ret = emit_json(res, out, e)) || (ret = deliver_result(out, deliver, e)))
 		goto out;
 	fprintf(stderr, "knit-cni: %s/%s (%s): identity %s on %s\n", nc->pod_namespace ? nc->pod_namespace : "-",
 		nc->pod_name ? nc->pod_name : "-", nc->containerid, id.device_name ? id.device_name : "-",
@@ -363,7 +379,8 @@ out:
 	return ret;
 }
 
-int plugin_run(const struct netconf_env *env, const char *in, size_t len, struct buf *out)
+int plugin_run(const struct netconf_env *env, const char *in, size_t len, struct buf *out,
+	       plugin_deliver_fn deliver)
 {
 	struct netconf nc;
 	struct cnierror e = { 0 };
@@ -382,7 +399,7 @@ int plugin_run(const struct netconf_env *env, const char *in, size_t len, struct
 	}
 	switch (nc.cmd) {
 	case CMD_ADD:
-		ret = cmd_add(&nc, out, &e);
+		ret = cmd_add(&nc, out, deliver, &e);
 		break;
 	case CMD_DEL:
 		ret = cmd_del(&nc, &e);

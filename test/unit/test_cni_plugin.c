@@ -161,6 +161,14 @@ static void knitd_stop(struct knitd *k)
 		 "\"addresses\":[\"100.64.0.9/32\",\"fd7a:115c:a1e0::9/128\"]," \
 		 "\"routes\":[\"100.64.0.0/10\",\"fd7a:115c:a1e0::/48\"],\"deviceName\":\"ci-runner-1\"}"
 
+/* NULL: results stay in the buffer. deliver_fails: the runtime is gone. */
+static plugin_deliver_fn deliver;
+
+static int deliver_fails(const struct buf *b)
+{
+	return -EPIPE;
+}
+
 static int run(const struct knitd *k, const char *cmd, const char *version, const char *extra, struct json **out)
 {
 	char conf[4096];
@@ -177,7 +185,7 @@ static int run(const struct knitd *k, const char *cmd, const char *version, cons
 
 	snprintf(conf, sizeof(conf), "{\"cniVersion\":\"%s\",\"name\":\"k8s\",\"type\":\"knit-cni\",\"socket\":\"%s\"%s%s}",
 		 version, k ? k->path : "/tmp/knit-cni-unit-none.sock", extra[0] ? "," : "", extra);
-	rc = plugin_run(&env, conf, strlen(conf), &b);
+	rc = plugin_run(&env, conf, strlen(conf), &b, deliver);
 	*out = b.len ? json_parse(buf_str(&b), b.len, NULL) : NULL;
 	if (b.len)
 		assert_non_null(*out);
@@ -284,6 +292,25 @@ static void test_add_errors(void **state)
 		json_free(out);
 		knitd_stop(k);
 	}
+}
+
+static void test_add_rolls_back_when_result_not_delivered(void **state)
+{
+	static const struct answer a[] = {
+		{ "POST", "/localapi/v1/identities", 200, IDENTITY },
+		{ "DELETE", "/localapi/v1/identities/", 200, "{}" },
+	};
+	struct knitd *k = knitd_start(a, 2);
+	struct json *out;
+
+	deliver = deliver_fails;
+	assert_int_equal(run(k, "ADD", "1.0.0", PREV "," ANN_ID, &out), 1);
+	deliver = NULL;
+	assert_int_equal(code_of(out), 5);
+	json_free(out);
+	assert_int_equal(k->nreqs, 2);
+	assert_string_equal(k->reqs[1], "DELETE /localapi/v1/identities/ctr1/knit0 ");
+	knitd_stop(k);
 }
 
 static void test_http_framing(void **state)
@@ -453,13 +480,13 @@ static void test_version(void **state)
 	struct netconf_env env = { .command = "VERSION" };
 	struct json *j;
 
-	assert_int_equal(plugin_run(&env, "{\"cniVersion\":\"0.4.0\"}", 22, &b), 0);
+	assert_int_equal(plugin_run(&env, "{\"cniVersion\":\"0.4.0\"}", 22, &b, NULL), 0);
 	j = json_parse(buf_str(&b), b.len, NULL);
 	assert_string_equal(json_str(json_get(j, "cniVersion")), "0.4.0");
 	assert_int_equal(json_array_len(json_get(j, "supportedVersions")), 5);
 	assert_string_equal(json_str(json_array_at(json_get(j, "supportedVersions"), 4)), "1.1.0");
 	json_free(j);
-	assert_int_equal(plugin_run(&env, "{", 1, &b), 1);
+	assert_int_equal(plugin_run(&env, "{", 1, &b, NULL), 1);
 	j = json_parse(buf_str(&b), b.len, NULL);
 	assert_int_equal(code_of(j), 6);
 	json_free(j);
@@ -472,6 +499,7 @@ int main(void)
 		cmocka_unit_test(test_unannotated_passes_through),
 		cmocka_unit_test(test_add_identity),
 		cmocka_unit_test(test_add_errors),
+		cmocka_unit_test(test_add_rolls_back_when_result_not_delivered),
 		cmocka_unit_test(test_http_framing),
 		cmocka_unit_test(test_add_timeout_rolls_back),
 		cmocka_unit_test(test_knitd_absent),
