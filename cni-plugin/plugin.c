@@ -139,7 +139,7 @@ static int cmd_add(const struct netconf *nc, struct buf *out, plugin_deliver_fn 
 		.hostname = nc->hostname,
 	};
 	if ((ret = knitdapi_attach(&api, &req, nc->add_timeout_ms, &id, &attached, e)))
-		goto out; /* attached: no answer, so perhaps half made: undo it */
+		goto out; /* attached: knitd may have made it (no answer, or an unusable one) */
 	attached = true;
 	struct cniresult_attach a = {
 		.ifname = id.interface,
@@ -159,7 +159,6 @@ static int cmd_add(const struct netconf *nc, struct buf *out, plugin_deliver_fn 
 	fprintf(stderr, "knit-cni: %s/%s (%s): identity %s on %s\n", nc->pod_namespace ? nc->pod_namespace : "-",
 		nc->pod_name ? nc->pod_name : "-", nc->containerid, id.device_name ? id.device_name : "-",
 		id.interface);
-	attached = false;
 out:
 	if (ret && attached && knitdapi_detach(&api, nc->containerid, nc->pod_ifname, nc->del_timeout_ms, &absent,
 					       &ignored))
