@@ -1,5 +1,5 @@
-# knit's one image: knit-operator, knitd (+ knit-wg), knit, and later
-# knit-relay and knit-cni. Built here without a registry by scripts/image
+# knit's one image: knit-operator, knitd (+ knit-wg), knit, knit-cni, and later
+# knit-relay. Built here without a registry by scripts/image
 # (buildah bud --pull=never on a local debian:bookworm made with debootstrap),
 # or anywhere else with `docker build .`.
 
@@ -44,6 +44,9 @@ RUN set -eux; \
     rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /tmp/runtime-packages; \
     groupadd --system --gid 65532 knit; \
     useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --shell /usr/sbin/nologin knit
+# /out/bin holds every installed binary: knitd, knit, knit-operator and
+# knit-cni (which the DaemonSet's init container, as root, copies to the
+# node with "knit-cni install").
 COPY --from=build /out/bin/ /usr/local/bin/
 # The operator needs no privilege; knitd (NET_ADMIN, /dev/net/tun) is run as
 # root by its DaemonSet.
