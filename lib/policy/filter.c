@@ -520,10 +520,10 @@ static int parse_ipset(const char *s, struct range out[2], int fam[2])
 		long n;
 
 		*slash = 0;
-		if (!slash[1] || slash[1] == '+' || slash[1] == '-')
+		if (!slash[1] || strspn(slash + 1, "0123456789") != strlen(slash + 1) || strlen(slash + 1) > 3)
 			return 0;
 		n = strtol(slash + 1, &end, 10);
-		if (*end || n < 0 || n > 128)
+		if (*end || n > 128)
 			return 0;
 		bits = (int)n;
 	}
@@ -810,6 +810,19 @@ size_t filter_rules_count(const struct filter_rules *r)
 size_t filter_rules_bytes(const struct filter_rules *r)
 {
 	return r->bytes;
+}
+
+bool filter_rules_allow(const struct filter_rules *r, int family, uint8_t proto, const uint8_t *src,
+			const uint8_t *dst, uint16_t dport)
+{
+	struct ct_key k = { .family = (uint8_t)family, .proto = proto, .lport = htons(dport) };
+	size_t alen = family == AF_INET ? 4 : 16;
+
+	if (family != AF_INET && family != AF_INET6)
+		return false;
+	memcpy(k.raddr, src, alen);
+	memcpy(k.laddr, dst, alen);
+	return rules_allow(r, &k);
 }
 
 /* ---- packets ---- */

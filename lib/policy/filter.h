@@ -85,6 +85,12 @@ void filter_rules_free(struct filter_rules *r);
 bool filter_rules_allow_all(const struct filter_rules *r);
 size_t filter_rules_count(const struct filter_rules *r); /* rules kept (allow-all: 0) */
 size_t filter_rules_bytes(const struct filter_rules *r); /* compiled table size */
+/* Would r let a new flow of proto from src to dst:dport in (family
+ * AF_INET/AF_INET6, addresses network order; dport ignored for protocols
+ * without ports)? The rules alone, no connection state: what `knit policy
+ * check` and the tests ask. */
+bool filter_rules_allow(const struct filter_rules *r, int family, uint8_t proto, const uint8_t *src,
+			const uint8_t *dst, uint16_t dport);
 
 /* Puts r in force (takes ownership) and frees the rules it replaces once
  * no check uses them. The connection table is kept: flows the local

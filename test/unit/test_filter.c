@@ -20,6 +20,8 @@
 #include "net/offload.h"
 #include "policy/filter.h"
 
+#include "filter_ref.h"
+
 #define L4 "100.64.0.7"
 #define L6 "fd7a:115c:a1e0::7"
 #define A4 "100.64.0.3"
@@ -785,6 +787,133 @@ static void test_large(void **state)
 	filter_free(f);
 }
 
+/* Random filters over a small address pool, so prefixes, ranges and
+ * ports overlap, against the naive reading in filter_ref.h. */
+static uint32_t rnd_state = 12345;
+
+static uint32_t rnd(void)
+{
+	rnd_state ^= rnd_state << 13;
+	rnd_state ^= rnd_state >> 17;
+	rnd_state ^= rnd_state << 5;
+	return rnd_state;
+}
+
+static void rnd_addr(int fam, uint8_t *a)
+{
+	memset(a, 0, 16);
+	if (fam == AF_INET) {
+		a[0] = 100, a[1] = 64, a[2] = (uint8_t)(rnd() % 3), a[3] = (uint8_t)(rnd() % 8 * 32 + rnd() % 4);
+	} else {
+		a[0] = 0xfd, a[1] = 0x7a, a[14] = (uint8_t)(rnd() % 3), a[15] = (uint8_t)(rnd() % 8 * 32 + rnd() % 4);
+	}
+}
+
+static char *rnd_ipset(char *p)
+{
+	int fam = rnd() % 2 ? AF_INET : AF_INET6;
+	uint8_t a[16], b[16];
+	char s1[64], s2[64];
+
+	if (rnd() % 10 == 0)
+		return p + sprintf(p, "\"*\"");
+	rnd_addr(fam, a);
+	inet_ntop(fam, a, s1, sizeof(s1));
+	switch (rnd() % 3) {
+	case 0:
+		return p + sprintf(p, "\"%s\"", s1);
+	case 1:
+		return p + sprintf(p, "\"%s/%u\"", s1, fam == AF_INET ? 20 + rnd() % 13 : 100 + rnd() % 29);
+	default:
+		memcpy(b, a, 16);
+		b[fam == AF_INET ? 3 : 15] = (uint8_t)(a[fam == AF_INET ? 3 : 15] + rnd() % 80);
+		if (b[fam == AF_INET ? 3 : 15] < a[fam == AF_INET ? 3 : 15])
+			b[fam == AF_INET ? 3 : 15] = 255;
+		inet_ntop(fam, b, s2, sizeof(s2));
+		return p + sprintf(p, "\"%s-%s\"", s1, s2);
+	}
+}
+
+static char *rnd_filter(char *p)
+{
+	static const int protos[] = { 6, 17, 1, 58, 132, 47 };
+	int nrules = (int)(rnd() % 12);
+
+	p += sprintf(p, "[");
+	for (int i = 0; i < nrules; i++) {
+		int ns = (int)(rnd() % 4), nd = (int)(rnd() % 4), np = (int)(rnd() % 4);
+
+		p += sprintf(p, "%s{\"srcIPs\":[", i ? "," : "");
+		for (int k = 0; k < ns; k++) {
+			p += sprintf(p, "%s", k ? "," : "");
+			p = rnd_ipset(p);
+		}
+		p += sprintf(p, "],\"dstPorts\":[");
+		for (int k = 0; k < nd; k++) {
+			unsigned first = rnd() % 4 == 0 ? 0 : rnd() % 100, last = rnd() % 4 == 0 ? 65535 : first + rnd() % 20;
+
+			p += sprintf(p, "%s{\"ip\":", k ? "," : "");
+			p = rnd_ipset(p);
+			p += sprintf(p, ",\"ports\":{\"first\":%u,\"last\":%u}}", first, last);
+		}
+		p += sprintf(p, "]");
+		if (np) {
+			p += sprintf(p, ",\"ipProto\":[");
+			for (int k = 0; k < np; k++)
+				p += sprintf(p, "%s%d", k ? "," : "", protos[rnd() % 6]);
+			p += sprintf(p, "]");
+		}
+		p += sprintf(p, "}");
+	}
+	return p + sprintf(p, "]");
+}
+
+static void test_against_reference(void **state)
+{
+	static const uint8_t protos[] = { 6, 17, 1, 58, 132, 47, 50 };
+	char *text = malloc(1 << 16);
+	unsigned long allowed = 0, total = 0;
+
+	(void)state;
+	for (int f = 0; f < 300; f++) {
+		struct json *j;
+		struct filter_rules *r;
+		char err[256];
+
+		rnd_filter(text);
+		j = json_parse(text, strlen(text), NULL);
+		assert_non_null(j);
+		r = filter_rules_compile(j, err, sizeof(err));
+		if (!r)
+			fail_msg("%s: %s", text, err);
+		for (int q = 0; q < 500; q++) {
+			int fam = rnd() % 2 ? AF_INET : AF_INET6;
+			uint8_t src[16], dst[16], proto = protos[rnd() % sizeof(protos)];
+			uint16_t port = (uint16_t)(rnd() % 8 == 0 ? 65535 - rnd() % 3 : rnd() % 130);
+			bool got, want;
+
+			rnd_addr(fam, src);
+			rnd_addr(fam, dst);
+			got = filter_rules_allow(r, fam, proto, src, dst, port);
+			want = ref_allow(j, fam, proto, src, dst, port);
+			if (got != want) {
+				char s[64], d[64];
+
+				inet_ntop(fam, src, s, sizeof(s));
+				inet_ntop(fam, dst, d, sizeof(d));
+				fail_msg("%s\n%s -> %s:%u proto %u: got %d want %d", text, s, d, port, proto, got, want);
+			}
+			allowed += got;
+			total++;
+		}
+		filter_rules_free(r);
+		json_free(j);
+	}
+	/* Both verdicts are common (about 6% allowed). */
+	assert_true(allowed > total / 50 && allowed < total - total / 50);
+	free(text);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -796,6 +925,7 @@ int main(void)
 		cmocka_unit_test(test_swap_race),
 		cmocka_unit_test(test_swap_cuts),
 		cmocka_unit_test(test_large),
+		cmocka_unit_test(test_against_reference),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
