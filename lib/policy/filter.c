@@ -197,6 +197,7 @@ struct builder {
 	size_t hashcap;
 	char *err;
 	size_t errlen;
+	int error; /* -EINVAL, or -ENOMEM once an allocation failed */
 };
 
 static void fail(struct builder *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -209,6 +210,12 @@ static void fail(struct builder *b, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(b->err, b->errlen, fmt, ap);
 	va_end(ap);
+}
+
+static void oom(struct builder *b)
+{
+	b->error = -ENOMEM;
+	fail(b, "out of memory");
 }
 
 static bool account(struct builder *b, size_t more)
@@ -233,7 +240,7 @@ static bool grow(struct builder *b, void **arr, size_t *cap, size_t need, size_t
 		ncap *= 2;
 	p = reallocarray(*arr, ncap, elem);
 	if (!p) {
-		fail(b, "out of memory");
+		oom(b);
 		return false;
 	}
 	*arr = p;
@@ -258,7 +265,7 @@ static bool rehash(struct builder *b, size_t cap)
 	uint32_t *h = calloc(cap, sizeof(*h));
 
 	if (!h) {
-		fail(b, "out of memory");
+		oom(b);
 		return false;
 	}
 	for (uint32_t id = 1; id < r->nsets; id++) {
@@ -334,7 +341,7 @@ static bool imap_push(struct builder *b, struct imap *m, size_t *cap, struct key
 		if (ids)
 			m->ids = ids;
 		if (!k || !ids) {
-			fail(b, "out of memory");
+			oom(b);
 			return false;
 		}
 		*cap = ncap;
@@ -358,7 +365,7 @@ static bool sweep(struct builder *b, const struct range *rs, size_t n, size_t ni
 	bool ok = false;
 
 	if (!ev || !count || !active) {
-		fail(b, "out of memory");
+		oom(b);
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++) {
@@ -720,7 +727,7 @@ static bool build_family(struct builder *b, int f)
 	db.set = calloc(r->words, 8);
 	dr = calloc(b->ndst[f] + 1, sizeof(*dr));
 	if (!db.set || !dr) {
-		fail(b, "out of memory");
+		oom(b);
 		goto out;
 	}
 	for (size_t i = 0; i < b->ndst[f]; i++) {
@@ -735,17 +742,18 @@ out:
 	return ok;
 }
 
-struct filter_rules *filter_rules_compile(const struct json *pf, char *err, size_t errlen)
+static struct filter_rules *compile(const struct json *pf, char *err, size_t errlen, int *error)
 {
 	struct filter_rules *r = calloc(1, sizeof(*r));
-	struct builder b = { .r = r, .err = err, .errlen = errlen };
+	struct builder b = { .r = r, .err = err, .errlen = errlen, .error = -EINVAL };
 	uint8_t used[32] = { 0 };
 	bool ok = false;
 
 	if (errlen)
 		err[0] = 0;
 	if (!r) {
-		fail(&b, "out of memory");
+		oom(&b);
+		*error = b.error;
 		return NULL;
 	}
 	memset(r->slot_of, NO_SLOT, sizeof(r->slot_of));
@@ -768,7 +776,7 @@ struct filter_rules *filter_rules_compile(const struct json *pf, char *err, size
 	b.protos = calloc(r->nrules ? r->nrules : 1, sizeof(*b.protos));
 	r->sets = calloc(r->words, 8); /* set 0: empty */
 	if (!b.protos || !r->sets) {
-		fail(&b, "out of memory");
+		oom(&b);
 		goto out;
 	}
 	b.setcap = r->words;
@@ -791,10 +799,18 @@ out:
 	}
 	free(b.hash);
 	if (!ok) {
+		*error = b.error;
 		filter_rules_free(r);
 		return NULL;
 	}
 	return r;
+}
+
+struct filter_rules *filter_rules_compile(const struct json *pf, char *err, size_t errlen)
+{
+	int error;
+
+	return compile(pf, err, errlen, &error);
 }
 
 bool filter_rules_allow_all(const struct filter_rules *r)
@@ -1214,10 +1230,11 @@ void filter_swap(struct filter *f, struct filter_rules *r)
 
 int filter_set(struct filter *f, const struct json *pf, char *err, size_t errlen)
 {
-	struct filter_rules *r = filter_rules_compile(pf, err, errlen);
+	int error = 0;
+	struct filter_rules *r = compile(pf, err, errlen, &error);
 
 	if (!r)
-		return errlen && !strcmp(err, "out of memory") ? -ENOMEM : -EINVAL;
+		return error;
 	filter_swap(f, r);
 	return 0;
 }
