@@ -914,6 +914,62 @@ static void test_against_reference(void **state)
 	free(text);
 }
 
+/* Two threads open and answer flows of their own while the main thread
+ * sweeps the table: every reply passes and every flow is counted. */
+struct opener {
+	struct filter *f;
+	uint16_t base;
+	unsigned long bad;
+};
+
+#define OPEN_FLOWS 2000
+
+static void *open_main(void *arg)
+{
+	struct opener *o = arg;
+
+	for (unsigned i = 0; i < OPEN_FLOWS; i++) {
+		uint8_t out[128], in[128], v;
+		struct pktbuf po, pi;
+		uint16_t port = (uint16_t)(o->base + i);
+
+		po = (struct pktbuf){ .data = out, .len = build(out, &(struct spec){ L4, B4, UDP, port, 53, 0 }), .cap = 128 };
+		pi = (struct pktbuf){ .data = in, .len = build(in, &(struct spec){ B4, L4, UDP, 53, port, 0 }), .cap = 128 };
+		filter_check_out(o->f, &po, 1, 1000, &v);
+		o->bad += v != ACC;
+		filter_check_in(o->f, &pi, 1, 1000, &v);
+		o->bad += v != ACC;
+	}
+	return NULL;
+}
+
+static void test_table_threads(void **state)
+{
+	struct opener o[2];
+	pthread_t t[2];
+	struct filter *f;
+	struct filter_counts c;
+
+	(void)state;
+	assert_int_equal(filter_new(&f, 65536), 0);
+	swap_to(f, "[]");
+	for (int i = 0; i < 2; i++) {
+		o[i] = (struct opener){ .f = f, .base = (uint16_t)(10000 + i * OPEN_FLOWS) };
+		assert_int_equal(pthread_create(&t[i], NULL, open_main, &o[i]), 0);
+	}
+	for (int i = 0; i < 50; i++)
+		assert_int_equal(filter_expire(f, 1000), 0);
+	for (int i = 0; i < 2; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(o[i].bad, 0);
+	}
+	filter_counters(f, &c);
+	assert_int_equal(c.ct.entries, 2 * OPEN_FLOWS);
+	assert_int_equal(c.accepted_in, 2 * OPEN_FLOWS);
+	assert_int_equal(filter_expire(f, 1000 + CT_TIMEOUT_REPLIED + 1), 2 * OPEN_FLOWS);
+	filter_free(f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -926,6 +982,7 @@ int main(void)
 		cmocka_unit_test(test_swap_cuts),
 		cmocka_unit_test(test_large),
 		cmocka_unit_test(test_against_reference),
+		cmocka_unit_test(test_table_threads),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
