@@ -1,10 +1,12 @@
 /* What the packet filter costs per packet, with 1,000 rules in force and
  * with allow-all (null packetFilter), in the same run:
  *
- *   bench_filter [seconds-per-case]   (default 0.3)
+ *   bench_filter [seconds-per-case]   (default 0.5)
  *
  * Packets go through filter_check_in/out in batches of 64, as the data
- * path calls them. Cases:
+ * path calls them; each case runs five times alternating between the two
+ * filters, and the fastest of each is printed (the fill-in of new packets
+ * subtracted). Cases:
  *   in, established, one flow    a batch of one tracked TCP flow (the
  *                                common case: a batch is mostly one flow)
  *   in, established, 64 flows    every packet another tracked flow
@@ -23,11 +25,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "buf.h"
 #include "json.h"
 #include "net/offload.h"
 #include "policy/filter.h"
 
 #define BATCH 64
+#define REPS 5
 #define NRULES 1000
 #define LOCAL4 "100.64.0.7"
 #define LOCAL6 "fd7a:115c:a1e0::7"
@@ -65,30 +69,32 @@ static uint32_t peer(int i)
 
 static struct filter_rules *rules_1000(void)
 {
-	char *text = malloc(1 << 20), *p = text, err[256];
+	struct buf b = BUF_INIT(1 << 20);
 	struct filter_rules *r;
 	struct json *j;
+	char err[256];
+	int ret = buf_addf(&b, "[");
 
-	p += sprintf(p, "[");
-	for (int i = 0; i < NRULES; i++) {
+	for (int i = 0; i < NRULES && !ret; i++) {
 		uint32_t a = peer(i);
 
-		p += sprintf(p,
-			     "%s{\"srcIPs\":[\"%u.%u.%u.%u/32\",\"fd7a:115c:a1e0::%x:%x/128\"],"
-			     "\"dstPorts\":[{\"ip\":\"" LOCAL4 "/32\",\"ports\":{\"first\":%d,\"last\":%d}},"
-			     "{\"ip\":\"" LOCAL6 "/128\",\"ports\":{\"first\":%d,\"last\":%d}}]}",
-			     i ? "," : "", a >> 24, a >> 16 & 255, a >> 8 & 255, a & 255, i / 250, i % 250 + 1,
-			     10000 + i, 10000 + i, 10000 + i, 10000 + i);
+		ret = buf_addf(&b,
+			       "%s{\"srcIPs\":[\"%u.%u.%u.%u/32\",\"fd7a:115c:a1e0::%x:%x/128\"],"
+			       "\"dstPorts\":[{\"ip\":\"" LOCAL4 "/32\",\"ports\":{\"first\":%d,\"last\":%d}},"
+			       "{\"ip\":\"" LOCAL6 "/128\",\"ports\":{\"first\":%d,\"last\":%d}}]}",
+			       i ? "," : "", a >> 24, a >> 16 & 255, a >> 8 & 255, a & 255, i / 250, i % 250 + 1,
+			       10000 + i, 10000 + i, 10000 + i, 10000 + i);
 	}
-	sprintf(p, "]");
-	j = json_parse(text, strlen(text), NULL);
+	if (!ret)
+		ret = buf_addf(&b, "]");
+	j = ret ? NULL : json_parse((const char *)b.data, b.len, NULL);
 	r = j ? filter_rules_compile(j, err, sizeof(err)) : NULL;
 	if (!r) {
-		fprintf(stderr, "bench_filter: %s\n", j ? err : "bad JSON");
+		fprintf(stderr, "bench_filter: %s\n", j ? err : "cannot build the rules");
 		exit(1);
 	}
 	json_free(j);
-	free(text);
+	buf_free(&b);
 	return r;
 }
 
@@ -222,7 +228,7 @@ static void setup(struct bench *b, struct filter_rules *r)
 
 int main(int argc, char **argv)
 {
-	double secs = argc > 1 ? atof(argv[1]) : 0.3;
+	double secs = argc > 1 ? atof(argv[1]) : 0.5;
 	static struct bench all, many;
 	struct filter_rules *r = rules_1000(), *allow = filter_rules_compile(NULL, NULL, 0);
 	double res[NCASES][2];
@@ -231,15 +237,23 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: bench_filter [seconds-per-case]\n");
 		return 2;
 	}
-	printf("1,000 rules: %zu KiB of compiled tables; batches of %d packets; %.1f s per case\n",
-	       filter_rules_bytes(r) / 1024, BATCH, secs);
+	printf("1,000 rules: %zu KiB of compiled tables; batches of %d packets; %.1f s per case, best of %d\n",
+	       filter_rules_bytes(r) / 1024, BATCH, secs, REPS);
 	setup(&all, allow);
 	setup(&many, r);
+	/* Alternating short runs, keeping each side's fastest: on a shared
+	 * host the minimum is the figure least disturbed by other work. */
 	for (int k = 0; k < NCASES; k++) {
-		double fc = k == NEW_ALLOWED || k == NEW_DENIED ? fill_cost((enum kase)k, secs / 3) : 0;
+		double fc = k == NEW_ALLOWED || k == NEW_DENIED ? fill_cost((enum kase)k, secs / REPS) : 0;
 
-		res[k][0] = run(&all, allow, (enum kase)k, secs) - fc;
-		res[k][1] = run(&many, r, (enum kase)k, secs) - fc;
+		res[k][0] = res[k][1] = 1e30;
+		for (int rep = 0; rep < REPS; rep++) {
+			double a = run(&all, allow, (enum kase)k, secs / REPS) - fc;
+			double m = run(&many, r, (enum kase)k, secs / REPS) - fc;
+
+			res[k][0] = a < res[k][0] ? a : res[k][0];
+			res[k][1] = m < res[k][1] ? m : res[k][1];
+		}
 	}
 	printf("%-30s %12s %12s %8s\n", "ns per packet", "allow-all", "1000 rules", "ratio");
 	for (int k = 0; k < NCASES; k++)

@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 
+#include "buf.h"
 #include "json.h"
 #include "net/offload.h"
 #include "policy/filter.h"
@@ -746,7 +747,7 @@ static void test_swap_cuts(void **state)
 /* A large compiled filter: 1,000 rules, each a /32 source and two ports. */
 static void test_large(void **state)
 {
-	char *text = malloc(1 << 20), *p = text;
+	struct buf b = BUF_INIT(1 << 20);
 	struct json *j;
 	struct filter_rules *r;
 	struct filter *f;
@@ -756,13 +757,15 @@ static void test_large(void **state)
 	struct pktbuf pb;
 
 	(void)state;
-	p += sprintf(p, "[");
+	assert_int_equal(buf_addf(&b, "["), 0);
 	for (int i = 0; i < 1000; i++)
-		p += sprintf(p, "%s{\"srcIPs\":[\"100.65.%d.%d\"],\"dstPorts\":[{\"ip\":\"" L4 "\",\"ports\":{\"first\":%d,\"last\":%d}},"
-			     "{\"ip\":\"" L6 "\",\"ports\":{\"first\":%d,\"last\":%d}}]}",
-			     i ? "," : "", i / 250, i % 250, 1000 + i, 1000 + i, 1000 + i, 1000 + i);
-	sprintf(p, "]");
-	j = json_parse(text, strlen(text), NULL);
+		assert_int_equal(buf_addf(&b, "%s{\"srcIPs\":[\"100.65.%d.%d\"],\"dstPorts\":[{\"ip\":\"" L4
+					 "\",\"ports\":{\"first\":%d,\"last\":%d}},"
+					 "{\"ip\":\"" L6 "\",\"ports\":{\"first\":%d,\"last\":%d}}]}",
+					 i ? "," : "", i / 250, i % 250, 1000 + i, 1000 + i, 1000 + i, 1000 + i),
+				 0);
+	assert_int_equal(buf_addf(&b, "]"), 0);
+	j = json_parse((const char *)b.data, b.len, NULL);
 	assert_non_null(j);
 	r = filter_rules_compile(j, err, sizeof(err));
 	assert_non_null(r);
@@ -783,7 +786,7 @@ static void test_large(void **state)
 		assert_int_equal(v, NORULE);
 	}
 	json_free(j);
-	free(text);
+	buf_free(&b);
 	filter_free(f);
 }
 
@@ -809,69 +812,74 @@ static void rnd_addr(int fam, uint8_t *a)
 	}
 }
 
-static char *rnd_ipset(char *p)
+static void rnd_ipset(struct buf *b)
 {
 	int fam = rnd() % 2 ? AF_INET : AF_INET6;
-	uint8_t a[16], b[16];
+	uint8_t a[16], z[16];
 	char s1[64], s2[64];
 
-	if (rnd() % 10 == 0)
-		return p + sprintf(p, "\"*\"");
+	if (rnd() % 10 == 0) {
+		assert_int_equal(buf_addf(b, "\"*\""), 0);
+		return;
+	}
 	rnd_addr(fam, a);
 	inet_ntop(fam, a, s1, sizeof(s1));
 	switch (rnd() % 3) {
 	case 0:
-		return p + sprintf(p, "\"%s\"", s1);
+		assert_int_equal(buf_addf(b, "\"%s\"", s1), 0);
+		return;
 	case 1:
-		return p + sprintf(p, "\"%s/%u\"", s1, fam == AF_INET ? 20 + rnd() % 13 : 100 + rnd() % 29);
+		assert_int_equal(buf_addf(b, "\"%s/%u\"", s1, fam == AF_INET ? 20 + rnd() % 13 : 100 + rnd() % 29), 0);
+		return;
 	default:
-		memcpy(b, a, 16);
-		b[fam == AF_INET ? 3 : 15] = (uint8_t)(a[fam == AF_INET ? 3 : 15] + rnd() % 80);
-		if (b[fam == AF_INET ? 3 : 15] < a[fam == AF_INET ? 3 : 15])
-			b[fam == AF_INET ? 3 : 15] = 255;
-		inet_ntop(fam, b, s2, sizeof(s2));
-		return p + sprintf(p, "\"%s-%s\"", s1, s2);
+		memcpy(z, a, 16);
+		z[fam == AF_INET ? 3 : 15] = (uint8_t)(a[fam == AF_INET ? 3 : 15] + rnd() % 80);
+		if (z[fam == AF_INET ? 3 : 15] < a[fam == AF_INET ? 3 : 15])
+			z[fam == AF_INET ? 3 : 15] = 255;
+		inet_ntop(fam, z, s2, sizeof(s2));
+		assert_int_equal(buf_addf(b, "\"%s-%s\"", s1, s2), 0);
+		return;
 	}
 }
 
-static char *rnd_filter(char *p)
+static void rnd_filter(struct buf *b)
 {
 	static const int protos[] = { 6, 17, 1, 58, 132, 47 };
 	int nrules = (int)(rnd() % 12);
 
-	p += sprintf(p, "[");
+	assert_int_equal(buf_addf(b, "["), 0);
 	for (int i = 0; i < nrules; i++) {
 		int ns = (int)(rnd() % 4), nd = (int)(rnd() % 4), np = (int)(rnd() % 4);
 
-		p += sprintf(p, "%s{\"srcIPs\":[", i ? "," : "");
+		assert_int_equal(buf_addf(b, "%s{\"srcIPs\":[", i ? "," : ""), 0);
 		for (int k = 0; k < ns; k++) {
-			p += sprintf(p, "%s", k ? "," : "");
-			p = rnd_ipset(p);
+			assert_int_equal(buf_addf(b, "%s", k ? "," : ""), 0);
+			rnd_ipset(b);
 		}
-		p += sprintf(p, "],\"dstPorts\":[");
+		assert_int_equal(buf_addf(b, "],\"dstPorts\":["), 0);
 		for (int k = 0; k < nd; k++) {
 			unsigned first = rnd() % 4 == 0 ? 0 : rnd() % 100, last = rnd() % 4 == 0 ? 65535 : first + rnd() % 20;
 
-			p += sprintf(p, "%s{\"ip\":", k ? "," : "");
-			p = rnd_ipset(p);
-			p += sprintf(p, ",\"ports\":{\"first\":%u,\"last\":%u}}", first, last);
+			assert_int_equal(buf_addf(b, "%s{\"ip\":", k ? "," : ""), 0);
+			rnd_ipset(b);
+			assert_int_equal(buf_addf(b, ",\"ports\":{\"first\":%u,\"last\":%u}}", first, last), 0);
 		}
-		p += sprintf(p, "]");
+		assert_int_equal(buf_addf(b, "]"), 0);
 		if (np) {
-			p += sprintf(p, ",\"ipProto\":[");
+			assert_int_equal(buf_addf(b, ",\"ipProto\":["), 0);
 			for (int k = 0; k < np; k++)
-				p += sprintf(p, "%s%d", k ? "," : "", protos[rnd() % 6]);
-			p += sprintf(p, "]");
+				assert_int_equal(buf_addf(b, "%s%d", k ? "," : "", protos[rnd() % 6]), 0);
+			assert_int_equal(buf_addf(b, "]"), 0);
 		}
-		p += sprintf(p, "}");
+		assert_int_equal(buf_addf(b, "}"), 0);
 	}
-	return p + sprintf(p, "]");
+	assert_int_equal(buf_addf(b, "]"), 0);
 }
 
 static void test_against_reference(void **state)
 {
 	static const uint8_t protos[] = { 6, 17, 1, 58, 132, 47, 50 };
-	char *text = malloc(1 << 16);
+	struct buf b = BUF_INIT(1 << 20);
 	unsigned long allowed = 0, total = 0;
 
 	(void)state;
@@ -880,12 +888,13 @@ static void test_against_reference(void **state)
 		struct filter_rules *r;
 		char err[256];
 
-		rnd_filter(text);
-		j = json_parse(text, strlen(text), NULL);
+		buf_reset(&b);
+		rnd_filter(&b);
+		j = json_parse((const char *)b.data, b.len, NULL);
 		assert_non_null(j);
 		r = filter_rules_compile(j, err, sizeof(err));
 		if (!r)
-			fail_msg("%s: %s", text, err);
+			fail_msg("%s: %s", (const char *)b.data, err);
 		for (int q = 0; q < 500; q++) {
 			int fam = rnd() % 2 ? AF_INET : AF_INET6;
 			uint8_t src[16], dst[16], proto = protos[rnd() % sizeof(protos)];
@@ -901,7 +910,8 @@ static void test_against_reference(void **state)
 
 				inet_ntop(fam, src, s, sizeof(s));
 				inet_ntop(fam, dst, d, sizeof(d));
-				fail_msg("%s\n%s -> %s:%u proto %u: got %d want %d", text, s, d, port, proto, got, want);
+				fail_msg("%s\n%s -> %s:%u proto %u: got %d want %d", (const char *)b.data, s, d, port, proto,
+					 got, want);
 			}
 			allowed += got;
 			total++;
@@ -911,7 +921,7 @@ static void test_against_reference(void **state)
 	}
 	/* Both verdicts are common (about 6% allowed). */
 	assert_true(allowed > total / 50 && allowed < total - total / 50);
-	free(text);
+	buf_free(&b);
 }
 
 /* Two threads open and answer flows of their own while the main thread
