@@ -18,7 +18,8 @@
  *   rules only                   filter_rules_allow, no table
  * The 1,000 rules are a per-device filter as the operator compiles it:
  * each names one peer (a /32 and a /128) and one port on both of the
- * device's addresses. */
+ * device's addresses; both filters also check that destinations are the
+ * device's own (filter_set_local). */
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -224,6 +225,15 @@ static void setup(struct bench *b, struct filter_rules *r)
 		filter_check_in(b->f, &pb, 1, b->now, &v);
 	}
 	filter_swap(b->f, r);
+	/* Both filters check destinations, as knitd's would. */
+	{
+		struct filter_prefix self[2] = { { .family = AF_INET, .bits = 32 }, { .family = AF_INET6, .bits = 128 } };
+
+		inet_pton(AF_INET, LOCAL4, self[0].addr);
+		inet_pton(AF_INET6, LOCAL6, self[1].addr);
+		if (filter_set_local(b->f, self, 2))
+			exit(1);
+	}
 }
 
 int main(int argc, char **argv)

@@ -161,6 +161,18 @@ static bool rules_allow(const struct filter_rules *r, const struct ct_key *k)
 	return sets_meet(r, s, p);
 }
 
+/* The destination check: per family, boundaries mapped to 1 (local) or 0. */
+struct filter_local {
+	struct imap map[2];
+};
+
+static bool is_local(const struct filter_local *l, const struct ct_key *k)
+{
+	int fam = k->family == AF_INET ? 4 : 6;
+
+	return imap_lookup(&l->map[fam == 6], addr_key(fam, k->laddr)) != 0;
+}
+
 /* ---- compiling ---- */
 
 struct range {
@@ -690,6 +702,15 @@ static void imap_free(struct imap *m)
 	free(m->ids);
 }
 
+static void local_free(struct filter_local *l)
+{
+	if (!l)
+		return;
+	for (int i = 0; i < 2; i++)
+		imap_free(&l->map[i]);
+	free(l);
+}
+
 void filter_rules_free(struct filter_rules *r)
 {
 	if (!r)
@@ -1066,11 +1087,14 @@ static uint8_t flow_verdict(struct filter *f, const struct filter_rules *r, cons
 	return ok ? FILTER_ACCEPT : FILTER_DROP_NO_RULE;
 }
 
-static uint8_t check_in(struct filter *f, const struct filter_rules *r, struct pkt *p, uint64_t now)
+static uint8_t check_in(struct filter *f, const struct filter_rules *r, const struct filter_local *l, struct pkt *p,
+		       uint64_t now)
 {
 	struct ct_flow fl;
 	bool reply_type, ok;
 
+	if (l && !is_local(l, &p->key))
+		return FILTER_DROP_NOT_LOCAL;
 	switch (p->kind) {
 	case PK_FRAG:
 		/* The first fragment carried the verdict: without it nothing
@@ -1136,6 +1160,7 @@ static void check_batch(struct filter *f, const struct pktbuf *pkts, size_t n, u
 	bool have_prev = false;
 	unsigned slot, cur = 0;
 	struct filter_rules *r = read_lock(f, &slot);
+	struct filter_local *l = atomic_load(&f->local);
 
 	for (size_t i = 0; i < n; i++) {
 		struct pkt *pk = &p[cur];
@@ -1147,7 +1172,7 @@ static void check_batch(struct filter *f, const struct pktbuf *pkts, size_t n, u
 		} else if (have_prev && same_run(&p[cur ^ 1], pk)) {
 			v = verdicts[i - 1];
 		} else {
-			v = in ? check_in(f, r, pk, now) : check_out(f, pk, now);
+			v = in ? check_in(f, r, l, pk, now) : check_out(f, pk, now);
 			have_prev = true;
 			cur ^= 1;
 		}
@@ -1203,26 +1228,122 @@ void filter_free(struct filter *f)
 	if (!f)
 		return;
 	filter_rules_free(atomic_load(&f->rules));
+	local_free(atomic_load(&f->local));
 	conntrack_free(f->ct);
 	pthread_mutex_destroy(&f->swap_lock);
 	free(f);
 }
 
+/* Caller holds f->swap_lock and has just published new pointers. Checks
+ * that loaded old ones announced themselves under the old epoch before
+ * loading; new ones see the new epoch and the new pointers. Returns once
+ * the old epoch's checks are done. */
+static void synchronize(struct filter *f)
+{
+	unsigned e = atomic_fetch_add(&f->epoch, 1);
+
+	while (atomic_load(&f->readers[e & 1].n))
+		sched_yield();
+}
+
+static int range_cmp(const void *a, const void *b)
+{
+	return key_cmp(((const struct range *)a)->lo, ((const struct range *)b)->lo);
+}
+
+/* Merges the ranges of one family into boundaries 0 → 0, lo → 1, hi+1 → 0. */
+static int local_build(struct imap *m, struct range *rs, size_t n, struct key128 max)
+{
+	size_t cap = 2 * n + 1;
+
+	m->keys = calloc(cap, sizeof(*m->keys));
+	m->ids = calloc(cap, sizeof(*m->ids));
+	if (!m->keys || !m->ids)
+		return -ENOMEM;
+	qsort(rs, n, sizeof(*rs), range_cmp);
+	m->keys[0] = (struct key128){ 0, 0 };
+	m->ids[0] = 0;
+	m->n = 1;
+	for (size_t i = 0; i < n;) {
+		struct key128 lo = rs[i].lo, hi = rs[i].hi;
+
+		/* Overlapping or adjacent ranges make one. */
+		for (i++; i < n && (key_is_max(hi, max) || key_cmp(rs[i].lo, key_next(hi)) <= 0); i++)
+			if (key_cmp(rs[i].hi, hi) > 0)
+				hi = rs[i].hi;
+		if (!key_cmp(m->keys[m->n - 1], lo))
+			m->ids[m->n - 1] = 1;
+		else
+			m->keys[m->n] = lo, m->ids[m->n++] = 1;
+		if (!key_is_max(hi, max))
+			m->keys[m->n] = key_next(hi), m->ids[m->n++] = 0;
+	}
+	return 0;
+}
+
+int filter_set_local(struct filter *f, const struct filter_prefix *p, size_t n)
+{
+	static const struct key128 max[2] = { { 0, 0xffffffffULL }, { UINT64_MAX, UINT64_MAX } };
+	struct filter_local *l = NULL, *old;
+	struct range *rs[2] = { NULL, NULL };
+	size_t nr[2] = { 0, 0 };
+	int ret = 0;
+
+	if (p) {
+		l = calloc(1, sizeof(*l));
+		rs[0] = calloc(n + 1, sizeof(*rs[0]));
+		rs[1] = calloc(n + 1, sizeof(*rs[1]));
+		if (!l || !rs[0] || !rs[1]) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		for (size_t i = 0; i < n; i++) {
+			int fam = p[i].family == AF_INET6;
+			unsigned host;
+			struct range *r = &rs[fam][nr[fam]++];
+
+			if ((p[i].family != AF_INET && p[i].family != AF_INET6) || p[i].bits > (fam ? 128 : 32)) {
+				ret = -EINVAL;
+				goto out;
+			}
+			host = (unsigned)((fam ? 128 : 32) - p[i].bits);
+			r->lo = addr_key(fam ? 6 : 4, p[i].addr);
+			{
+				uint64_t mlo = host >= 64 ? UINT64_MAX : (host ? (1ULL << host) - 1 : 0);
+				uint64_t mhi = host > 64 ? (host >= 128 ? UINT64_MAX : (1ULL << (host - 64)) - 1) : 0;
+
+				r->lo.lo &= ~mlo;
+				r->lo.hi &= ~mhi;
+				r->hi = (struct key128){ r->lo.hi | mhi, r->lo.lo | mlo };
+			}
+		}
+		for (int fam = 0; fam < 2 && !ret; fam++)
+			ret = local_build(&l->map[fam], rs[fam], nr[fam], max[fam]);
+		if (ret)
+			goto out;
+	}
+	pthread_mutex_lock(&f->swap_lock);
+	old = atomic_exchange(&f->local, l);
+	synchronize(f);
+	pthread_mutex_unlock(&f->swap_lock);
+	l = old;
+out:
+	local_free(l);
+	free(rs[0]);
+	free(rs[1]);
+	return ret;
+}
+
 void filter_swap(struct filter *f, struct filter_rules *r)
 {
 	struct filter_rules *old;
-	unsigned e;
 
 	pthread_mutex_lock(&f->swap_lock);
 	if (++f->gen == 0)
 		f->gen = 1;
 	r->gen = f->gen;
 	old = atomic_exchange(&f->rules, r);
-	/* Readers that loaded old announced themselves under the old epoch
-	 * before loading; new ones see the new epoch and the new rules. */
-	e = atomic_fetch_add(&f->epoch, 1);
-	while (atomic_load(&f->readers[e & 1].n))
-		sched_yield();
+	synchronize(f);
 	pthread_mutex_unlock(&f->swap_lock);
 	filter_rules_free(old);
 	atomic_fetch_add(&f->counters.swaps, 1);
@@ -1264,6 +1385,7 @@ const char *filter_verdict_name(enum filter_verdict v)
 		[FILTER_DROP_NOT_TRACKED] = "not_tracked",
 		[FILTER_DROP_MALFORMED] = "malformed",
 		[FILTER_DROP_TABLE_FULL] = "table_full",
+		[FILTER_DROP_NOT_LOCAL] = "not_local",
 	};
 
 	return (unsigned)v < FILTER_VERDICTS ? names[v] : "unknown";

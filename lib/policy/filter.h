@@ -33,6 +33,7 @@
 struct json;
 struct pktbuf;
 struct filter_rules;
+struct filter_local;
 
 enum filter_verdict {
 	FILTER_ACCEPT = 0,
@@ -40,6 +41,7 @@ enum filter_verdict {
 	FILTER_DROP_NOT_TRACKED, /* a reply-type packet (TCP non-SYN, echo reply, ICMP error) of no known flow */
 	FILTER_DROP_MALFORMED,   /* not a well-formed IPv4/IPv6 packet with a complete transport header */
 	FILTER_DROP_TABLE_FULL,  /* outbound: a new flow found no room in the connection table */
+	FILTER_DROP_NOT_LOCAL,   /* inbound to an address the device neither holds nor routes */
 	FILTER_VERDICTS,
 };
 
@@ -63,6 +65,7 @@ struct filter {
 	 * before loading it; filter_swap flips the epoch and waits for the old
 	 * parity to drain before freeing the old rules. */
 	_Atomic(struct filter_rules *) rules;
+	_Atomic(struct filter_local *) local; /* NULL: no destination check */
 	atomic_uint epoch;
 	struct {
 		atomic_long n;
@@ -100,6 +103,24 @@ void filter_swap(struct filter *f, struct filter_rules *r);
 /* filter_rules_compile + filter_swap. Returns 0, or -EINVAL (err says
  * why; the rules in force stay) or -ENOMEM. */
 int filter_set(struct filter *f, const struct json *packet_filter, char *err, size_t errlen);
+
+/* One address prefix: family AF_INET or AF_INET6, address network order
+ * (bits past `bits` ignored). */
+struct filter_prefix {
+	int family;
+	uint8_t addr[16];
+	uint8_t bits;
+};
+
+/* The destinations inbound packets may have: the device's own addresses
+ * and the routes it serves (approved subnet routes, exit node). Others
+ * are dropped (FILTER_DROP_NOT_LOCAL) whatever the rules say, so a rule
+ * with destination "*" cannot make knitd forward a peer's packets to
+ * networks it does not serve (Tailscale's "destination not allowed").
+ * p == NULL removes the check (knitd wg: plain WireGuard); n == 0 with p
+ * set allows no destination. Swapped in like the rules. Returns 0,
+ * -EINVAL (a bad family or length) or -ENOMEM; on error nothing changes. */
+int filter_set_local(struct filter *f, const struct filter_prefix *p, size_t n);
 
 /* Judges n inbound packets (plain IP packets as decrypted, before the
  * TUN); verdicts[i] gets an enum filter_verdict. now is monotonic ms. */

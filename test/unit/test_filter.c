@@ -126,6 +126,14 @@ static size_t build_error(uint8_t *buf, const char *src, const char *dst, uint8_
 	return h + 8 + qn;
 }
 
+static struct filter_prefix pfx(const char *text, uint8_t bits)
+{
+	struct filter_prefix p = { .family = strchr(text, ':') ? AF_INET6 : AF_INET, .bits = bits };
+
+	assert_int_equal(inet_pton(p.family, text, p.addr), 1);
+	return p;
+}
+
 enum op { IN, OUT, ERR_IN, SWAP, RAW_IN, END };
 
 struct step {
@@ -654,8 +662,9 @@ static void test_expire_sweep(void **state)
 	filter_free(f);
 }
 
-/* Checks on two threads while the main thread swaps rules 300 times: the
- * established flow never drops (ASan watches the freed rules). */
+/* Checks on two threads while the main thread swaps rules and local
+ * addresses 300 times: the established flows never drop (ASan watches the
+ * freed rules). */
 struct racer {
 	struct filter *f;
 	atomic_bool *stop;
@@ -709,8 +718,12 @@ static void test_swap_race(void **state)
 		r[i] = (struct racer){ .f = f, .stop = &stop, .outbound_flow = i == 0 };
 		assert_int_equal(pthread_create(&t[i], NULL, race_main, &r[i]), 0);
 	}
-	for (int i = 0; i < 300; i++)
+	for (int i = 0; i < 300; i++) {
+		struct filter_prefix self[2] = { pfx(L4, 32), pfx(L6, 128) };
+
 		swap_to(f, i % 2 ? F_SSH : F_STAR);
+		assert_int_equal(filter_set_local(f, i % 3 ? self : NULL, 2), 0);
+	}
 	atomic_store(&stop, true);
 	for (int i = 0; i < 2; i++) {
 		pthread_join(t[i], NULL);
@@ -980,6 +993,69 @@ static void test_table_threads(void **state)
 	filter_free(f);
 }
 
+static uint8_t in1(struct filter *f, struct spec s)
+{
+	uint8_t pkt[128], v = 0xee;
+	struct pktbuf pb = { .data = pkt, .len = build(pkt, &s), .cap = sizeof(pkt) };
+
+	filter_check_in(f, &pb, 1, 1000, &v);
+	return v;
+}
+
+/* Inbound packets must be for the device's addresses or the routes it
+ * serves, whatever the rules say. */
+static void test_local(void **state)
+{
+	struct filter_prefix p[] = {
+		pfx(L4, 32), pfx(L6, 128), pfx("10.1.0.0", 16),
+		/* overlapping and adjacent: one range 10.3.0.0-10.3.0.255 */
+		pfx("10.3.0.0", 25), pfx("10.3.0.128", 25), pfx("10.3.0.7", 24),
+	};
+	struct filter_prefix bad = pfx(L4, 33), all4 = pfx("0.0.0.0", 0);
+	struct filter_counts c;
+	struct filter *f;
+	uint8_t pkt[128], v;
+	struct pktbuf pb;
+
+	(void)state;
+	assert_int_equal(filter_new(&f, 0), 0);
+	swap_to(f, F_STAR);
+	assert_int_equal(filter_set_local(f, p, sizeof(p) / sizeof(p[0])), 0);
+	assert_int_equal(in1(f, (struct spec){ A4, L4, TCP, 1, 22, SYN }), ACC);
+	assert_int_equal(in1(f, (struct spec){ A4, B4, TCP, 1, 22, SYN }), FILTER_DROP_NOT_LOCAL);
+	assert_int_equal(in1(f, (struct spec){ A4, "10.1.2.3", TCP, 1, 22, SYN }), ACC);
+	assert_int_equal(in1(f, (struct spec){ A4, "10.2.0.1", TCP, 1, 22, SYN }), FILTER_DROP_NOT_LOCAL);
+	assert_int_equal(in1(f, (struct spec){ A4, "10.3.0.0", UDP, 1, 22, 0 }), ACC);
+	assert_int_equal(in1(f, (struct spec){ A4, "10.3.0.255", UDP, 1, 22, 0 }), ACC);
+	assert_int_equal(in1(f, (struct spec){ A4, "10.3.1.0", UDP, 1, 22, 0 }), FILTER_DROP_NOT_LOCAL);
+	assert_int_equal(in1(f, (struct spec){ A4, "10.2.255.255", UDP, 1, 22, 0 }), FILTER_DROP_NOT_LOCAL);
+	assert_int_equal(in1(f, (struct spec){ A6, L6, TCP, 1, 22, SYN }), ACC);
+	assert_int_equal(in1(f, (struct spec){ A6, B6, TCP, 1, 22, SYN }), FILTER_DROP_NOT_LOCAL);
+	/* replies to the device's own flows are to its own address */
+	pb = (struct pktbuf){ .data = pkt, .len = build(pkt, &(struct spec){ L4, B4, UDP, 5000, 53, 0 }), .cap = 128 };
+	filter_check_out(f, &pb, 1, 1000, &v);
+	assert_int_equal(v, ACC);
+	assert_int_equal(in1(f, (struct spec){ B4, L4, UDP, 53, 5000, 0 }), ACC);
+	/* a bad prefix changes nothing */
+	assert_int_equal(filter_set_local(f, &bad, 1), -EINVAL);
+	assert_int_equal(in1(f, (struct spec){ A4, B4, TCP, 1, 22, SYN }), FILTER_DROP_NOT_LOCAL);
+	/* an exit node: every IPv4 address, no IPv6 */
+	assert_int_equal(filter_set_local(f, &all4, 1), 0);
+	assert_int_equal(in1(f, (struct spec){ A4, "255.255.255.255", TCP, 1, 22, SYN }), ACC);
+	assert_int_equal(in1(f, (struct spec){ A4, "0.0.0.0", TCP, 1, 22, SYN }), ACC);
+	assert_int_equal(in1(f, (struct spec){ A6, L6, TCP, 1, 22, SYN }), FILTER_DROP_NOT_LOCAL);
+	/* nothing local */
+	assert_int_equal(filter_set_local(f, p, 0), 0);
+	assert_int_equal(in1(f, (struct spec){ A4, L4, TCP, 1, 22, SYN }), FILTER_DROP_NOT_LOCAL);
+	/* no check */
+	assert_int_equal(filter_set_local(f, NULL, 0), 0);
+	assert_int_equal(in1(f, (struct spec){ A4, B4, TCP, 1, 22, SYN }), ACC);
+	filter_counters(f, &c);
+	assert_int_equal(c.dropped[FILTER_DROP_NOT_LOCAL], 8);
+	assert_string_equal(filter_verdict_name(FILTER_DROP_NOT_LOCAL), "not_local");
+	filter_free(f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -993,6 +1069,7 @@ int main(void)
 		cmocka_unit_test(test_large),
 		cmocka_unit_test(test_against_reference),
 		cmocka_unit_test(test_table_threads),
+		cmocka_unit_test(test_local),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
