@@ -3,7 +3,8 @@
  * Input: a 2-byte little-endian length L, L bytes of packetFilter JSON,
  * then records [ctl][len][len bytes of packet]: ctl bit 0 says in (1) or
  * out, bit 1 swaps to the same filter before the packet, bits 2-7 advance
- * the clock by that many seconds. Invariants: verdicts are in range,
+ * the clock by that many seconds. Inputs of odd length also set the
+ * device's own addresses (filter_set_local). Invariants: verdicts are in range,
  * outbound packets are only ever dropped for a full table, allow-all
  * never says "no rule", and the compiled rules agree with the naive
  * reading of test/unit/filter_ref.h on every packet's addresses. */
@@ -66,6 +67,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 	}
 	allow_all = !pf || json_is_null(pf);
+	if (size & 1) {
+		/* Odd inputs also check destinations: the seeds' local addresses. */
+		struct filter_prefix self[2] = { { .family = AF_INET, .bits = 32, .addr = { 100, 64, 0, 7 } },
+						 { .family = AF_INET6, .bits = 128 } };
+
+		memcpy(self[1].addr, (const uint8_t[]){ 0xfd, 0x7a, 0x11, 0x5c, 0xa1, 0xe0 }, 6);
+		self[1].addr[15] = 7;
+		if (filter_set_local(f, self, 2))
+			abort();
+	}
 	for (off = 2 + jl; off + 2 <= size;) {
 		uint8_t ctl = data[off], len = data[off + 1], pkt[256], v = 0xee;
 		struct pktbuf pb;
