@@ -1201,12 +1201,14 @@ void filter_check_out(struct filter *f, const struct pktbuf *pkts, size_t n, uin
 
 int filter_new(struct filter **out, size_t ct_max)
 {
-	struct filter *f = calloc(1, sizeof(*f));
+	/* The reader counters sit on their own cache lines. */
+	struct filter *f = aligned_alloc(_Alignof(struct filter), sizeof(*f));
 	struct filter_rules *r = NULL;
 
 	*out = NULL;
 	if (!f)
 		return -ENOMEM;
+	memset(f, 0, sizeof(*f));
 	f->ct = conntrack_new(ct_max);
 	r = filter_rules_compile(NULL, NULL, 0);
 	if (!f->ct || !r) {
