@@ -21,6 +21,7 @@
 #include "loop.h"
 #include "net/endpoint.h"
 #include "net/iface.h"
+#include "net/netns.h"
 #include "ping.h"
 #include "state.h"
 #include "wg/engine.h"
@@ -61,6 +62,9 @@ struct identity {
 	identity_register_fn register_done; /* who else waits for a registration */
 	void *register_arg;
 	struct ping *pings;
+	struct control_call *pod_call; /* register_pod, on the sponsor's client */
+	int nsfd; /* the namespace the device lives in; -1: ours */
+	char dev[IFNAMSIZ]; /* its name there */
 };
 
 /* ---- state ---- */
@@ -88,11 +92,41 @@ static void save_soon(struct identity *id)
 		loop_timer_arm(id->save_timer, SAVE_DELAY_MS);
 }
 
+/* ---- the device's addresses and routes, in its namespace ---- */
+
+enum link_op_kind { LINK_ADDR_ADD, LINK_ADDR_DEL, LINK_ROUTE_ADD, LINK_ROUTE_DEL, LINK_UP };
+
+struct link_op {
+	enum link_op_kind kind;
+	const char *dev, *cidr;
+};
+
+static int do_link_op(void *arg)
+{
+	const struct link_op *o = arg;
+
+	switch (o->kind) {
+	case LINK_ADDR_ADD: return iface_addr_add(o->dev, o->cidr);
+	case LINK_ADDR_DEL: return iface_addr_del(o->dev, o->cidr);
+	case LINK_ROUTE_ADD: return iface_route_add(o->dev, o->cidr);
+	case LINK_ROUTE_DEL: return iface_route_del(o->dev, o->cidr);
+	case LINK_UP: return iface_link_up(o->dev);
+	}
+	return -EINVAL;
+}
+
+static int link_op(struct identity *id, enum link_op_kind kind, const char *cidr)
+{
+	struct link_op o = { .kind = kind, .dev = id->dev, .cidr = cidr };
+
+	return id->nsfd >= 0 ? netns_run(id->nsfd, do_link_op, &o) : do_link_op(&o);
+}
+
 /* ---- applying a netmap: run a plan against the engine and the TUN ---- */
 
 static void run_op(struct identity *id, struct applied_op *op)
 {
-	const char *dev = engine_ifname(id->engine);
+	const char *dev = id->dev;
 	struct engine_peer_stats ps;
 	char hex[17];
 
@@ -118,7 +152,7 @@ static void run_op(struct identity *id, struct applied_op *op)
 		break;
 	case APPLIED_ADDR_ADD:
 	case APPLIED_ADDR_DEL:
-		op->err = op->kind == APPLIED_ADDR_ADD ? iface_addr_add(dev, op->cidr) : iface_addr_del(dev, op->cidr);
+		op->err = link_op(id, op->kind == APPLIED_ADDR_ADD ? LINK_ADDR_ADD : LINK_ADDR_DEL, op->cidr);
 		if (op->err && op->kind == APPLIED_ADDR_ADD)
 			log_warn("cannot add address", "dev=%s cidr=%s err=%d", dev, op->cidr, op->err);
 		break;
@@ -126,7 +160,7 @@ static void run_op(struct identity *id, struct applied_op *op)
 	case APPLIED_ROUTE_DEL:
 		if (id->routes)
 			break; /* the whole table follows the netmap in sync_routes() */
-		op->err = op->kind == APPLIED_ROUTE_ADD ? iface_route_add(dev, op->cidr) : iface_route_del(dev, op->cidr);
+		op->err = link_op(id, op->kind == APPLIED_ROUTE_ADD ? LINK_ROUTE_ADD : LINK_ROUTE_DEL, op->cidr);
 		if (op->err && op->kind == APPLIED_ROUTE_ADD)
 			log_warn("cannot add route", "dev=%s cidr=%s err=%d", dev, op->cidr, op->err);
 		break;
@@ -547,6 +581,7 @@ static void register_done(struct control_client *c, int err, const struct json *
 	struct identity *id = arg;
 	identity_register_fn done = id->register_done;
 
+	id->pod_call = NULL;
 	handle_register(id, err, resp, why);
 	id->register_done = NULL;
 	if (done)
@@ -596,6 +631,91 @@ int identity_set_login(struct identity *id, const char *login_server, const char
 	    state_set_prefs(id->st, hostname, id->st->tags, id->st->ntags, id->st->routes, id->st->nroutes))
 		return -ENOMEM;
 	return 0;
+}
+
+int identity_register_pod(struct identity *id, struct identity *sponsor, const struct identity_pod *pod,
+			  identity_register_fn done, void *arg)
+{
+	struct register_request rq = { 0 };
+	uint8_t mpub[32];
+	char mkey[80];
+	struct json *req = NULL;
+	int err;
+
+	if (!sponsor->ctl || !state_logged_in(sponsor->st))
+		return -ENOTCONN;
+	if ((err = ensure_client(id)))
+		return err;
+	crypto_scalarmult_base(rq.node_key, id->st->node_key);
+	crypto_scalarmult_base(rq.disco_key, id->st->disco_key);
+	crypto_scalarmult_base(mpub, id->st->machine_key);
+	channel_key_format(mpub, "mkey:", mkey, sizeof(mkey));
+	rq.hostname = (char *)(pod->hostname ? pod->hostname : pod->pod_name);
+	rq.tags = (char **)pod->tags;
+	rq.ntags = pod->ntags;
+	req = register_request_to_json(&rq);
+	if (!req)
+		return -ENOMEM;
+	/* The same request as register's, as its own call: the sponsor's
+	 * session authenticates the node, the keys name the pod identity. */
+	json_object_set(req, "type", json_new_string("register_pod"));
+	if (json_object_set(req, "machineKey", json_new_string(mkey)) ||
+	    json_object_set(req, "podNamespace", json_new_string(pod->pod_namespace ? pod->pod_namespace : "")) ||
+	    json_object_set(req, "podName", json_new_string(pod->pod_name ? pod->pod_name : "")) ||
+	    json_object_set(req, "podUID", json_new_string(pod->pod_uid ? pod->pod_uid : ""))) {
+		json_free(req);
+		return -ENOMEM;
+	}
+	if (!pod->hostname)
+		json_object_del(req, "hostname");
+	err = control_client_call(sponsor->ctl, req, register_done, id, &id->pod_call);
+	json_free(req);
+	if (!err) {
+		id->register_done = done;
+		id->register_arg = arg;
+	}
+	return err;
+}
+
+struct leave_ctx {
+	identity_register_fn done;
+	void *arg;
+};
+
+static void leave_done(struct control_client *c, int err, const struct json *resp, const char *why, void *arg)
+{
+	struct leave_ctx *l = arg;
+
+	if (l->done)
+		l->done(l->arg, err, resp, why);
+	free(l);
+}
+
+int identity_leave(struct identity *id, identity_register_fn done, void *arg)
+{
+	struct json *req = NULL;
+	struct leave_ctx *l = NULL;
+	int err = -ENOMEM;
+
+	if (!state_logged_in(id->st))
+		return -ENOTCONN;
+	if ((err = ensure_client(id)))
+		return err;
+	req = json_new_object();
+	l = calloc(1, sizeof(*l));
+	err = -ENOMEM;
+	if (!req || !l || json_object_set(req, "type", json_new_string("logout")))
+		goto out;
+	l->done = done;
+	l->arg = arg;
+	if ((err = control_client_call(id->ctl, req, leave_done, l, NULL)))
+		goto out;
+	l = NULL;
+	logged_out(id, "removed");
+out:
+	free(l);
+	json_free(req);
+	return err;
 }
 
 /* ---- the local API's operations ---- */
@@ -763,6 +883,16 @@ struct engine *identity_engine(const struct identity *id)
 	return id->engine;
 }
 
+const char *identity_ifname(const struct identity *id)
+{
+	return id->dev;
+}
+
+int identity_route_add(struct identity *id, const char *cidr)
+{
+	return link_op(id, LINK_ROUTE_ADD, cidr);
+}
+
 const struct netmap_node *identity_find_node(const struct identity *id, const char *what, bool *is_self)
 {
 	struct netmap_prefix want;
@@ -838,6 +968,7 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 	id->on_down = cfg->on_down;
 	id->is_identity_device = cfg->is_identity_device;
 	id->arg = cfg->arg;
+	id->nsfd = -1;
 	id->applied = applied_new();
 	id->save_timer = loop_timer_new(loop, on_save, id);
 	id->endpoint_timer = loop_timer_new(loop, on_endpoint_timer, id);
@@ -850,9 +981,23 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 		goto out;
 	}
 	engine_set_private_key(id->engine, st->node_key);
+	snprintf(id->dev, sizeof(id->dev), "%s", engine_ifname(id->engine));
+	if (cfg->netns) {
+		if ((r = netns_open(cfg->netns)) < 0) {
+			log_error("cannot open the network namespace", "netns=%s err=%d", cfg->netns, r);
+			goto out;
+		}
+		id->nsfd = r;
+		if ((r = netns_link_move(id->dev, id->nsfd, cfg->netns_ifname))) {
+			log_error("cannot move the TUN device into the namespace", "dev=%s netns=%s ifname=%s err=%d",
+				  id->dev, cfg->netns, cfg->netns_ifname, r);
+			goto out;
+		}
+		snprintf(id->dev, sizeof(id->dev), "%s", cfg->netns_ifname);
+	}
 	/* An identity owns its device: up, so addresses and routes can go on it. */
-	if ((r = iface_link_up(engine_ifname(id->engine)))) {
-		log_error("cannot bring the TUN device up", "dev=%s err=%d", engine_ifname(id->engine), r);
+	if ((r = link_op(id, LINK_UP, NULL))) {
+		log_error("cannot bring the TUN device up", "dev=%s err=%d", id->dev, r);
 		goto out;
 	}
 	if (cfg->host_routes && !(id->routes = routes_new(engine_ifname(id->engine), cfg->host_routes))) {
@@ -891,6 +1036,8 @@ void identity_free(struct identity *id)
 	if (!id)
 		return;
 	ping_free_all(&id->pings);
+	if (id->pod_call)
+		control_call_cancel(id->pod_call);
 	control_client_free(id->ctl);
 	uapi_server_close(id->uapi);
 	if (id->has_nm)
@@ -904,5 +1051,7 @@ void identity_free(struct identity *id)
 	loop_timer_free(id->endpoint_timer);
 	free(id->state_path);
 	state_free(id->st);
+	if (id->nsfd >= 0)
+		close(id->nsfd);
 	free(id);
 }

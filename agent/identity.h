@@ -40,6 +40,12 @@ struct identity_config {
 	 * node's identity, on the host. NULL: routes go into the main table
 	 * of the TUN's namespace (an identity alone in a pod's namespace). */
 	const struct routes_opts *host_routes;
+	/* A network namespace (a path, "/var/run/netns/cni-..."): the TUN is
+	 * created in ours under ifname, moved there and renamed netns_ifname,
+	 * and its addresses and routes are made there (lib/net/netns.h).
+	 * -EEXIST when netns_ifname is taken there. NULL: ours. */
+	const char *netns;
+	const char *netns_ifname;
 };
 
 /* Takes st (freed with the identity, also on failure). Creates the TUN
@@ -78,6 +84,26 @@ int identity_set_login(struct identity *id, const char *login_server, const char
  * (may be NULL) runs once the answer is handled. 0 or a negative errno. */
 int identity_register(struct identity *id, const char *auth_key, identity_register_fn done, void *arg);
 
+/* A pod's identity registers through the node identity's authenticated
+ * session (sponsor): the node vouches for it, the operator checks that the
+ * pod is bound to that node (docs/cni.md). The answer is handled as a
+ * registration's (the map stream starts), then done runs. */
+struct identity_pod {
+	const char *pod_namespace, *pod_name, *pod_uid;
+	const char *hostname; /* NULL: the operator's choice */
+	const char *const *tags;
+	size_t ntags;
+};
+int identity_register_pod(struct identity *id, struct identity *sponsor, const struct identity_pod *pod,
+			  identity_register_fn done, void *arg);
+/* Deletes the Device at the server (logout) and forgets the login; done
+ * (may be NULL) gets the server's answer. 0 or a negative errno (then done
+ * never runs). */
+int identity_leave(struct identity *id, identity_register_fn done, void *arg);
+/* A route for cidr through the identity's device, in the main table of the
+ * device's namespace. 0 or a negative errno. */
+int identity_route_add(struct identity *id, const char *cidr);
+
 /* ---- the local API's operations, each completing reply ---- */
 
 void identity_up(struct identity *id, const struct localapi_up *req, struct localapi_reply *reply);
@@ -98,6 +124,8 @@ const struct state *identity_state(const struct identity *id);
 /* The netmap in force, NULL before the first. */
 const struct netmap *identity_netmap(const struct identity *id);
 struct engine *identity_engine(const struct identity *id);
+/* The device's name where it is (the pod's ifname in a pod's namespace). */
+const char *identity_ifname(const struct identity *id);
 /* A node of the netmap by name, DNS name, Device name or tailnet IP;
  * *is_self says whether it is this identity. NULL if none. */
 const struct netmap_node *identity_find_node(const struct identity *id, const char *what, bool *is_self);

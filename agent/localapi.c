@@ -24,6 +24,7 @@ struct localapi {
 	struct loop *loop;
 	struct httpd *http;
 	struct localapi_ops ops;
+	struct localapi_pod_ops pods;
 	struct unixsock sock; /* its fd belongs to http once that exists */
 	char *path;
 	char *version;
@@ -549,6 +550,161 @@ static void h_ping(struct httpd_req *req, void *arg)
 	json_free(j);
 }
 
+/* ---- pod identities (docs/cni.md) ---------------------------------------------------- */
+
+static bool valid_container_id(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 128)
+		return false;
+	for (; *s; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '_' ||
+		      *s == '.' || *s == '-'))
+			return false;
+	return true;
+}
+
+static bool valid_ifname(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n >= 16 || !strcmp(s, ".") || !strcmp(s, ".."))
+		return false;
+	for (; *s; s++)
+		if (*s == '/' || *s == ':' || *s <= ' ' || *s == 0x7f)
+			return false;
+	return true;
+}
+
+static bool valid_text(const char *s)
+{
+	if (strlen(s) > 253)
+		return false;
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return false;
+	return true;
+}
+
+static void op_attach(struct localapi *api, struct localapi_reply *r, void *ctx)
+{
+	api->pods.attach(api->pods.arg, ctx, r);
+}
+
+static void h_attach(struct httpd_req *req, void *arg)
+{
+	struct localapi *api = arg;
+	struct localapi_attach a = { 0 };
+	bool has_tags;
+	struct json *j = body_json(req, false);
+
+	if (!j)
+		return;
+	if (!opt_str(req, j, "containerID", &a.container_id) || !opt_str(req, j, "ifName", &a.ifname) ||
+	    !opt_str(req, j, "netns", &a.netns) || !opt_str(req, j, "network", &a.network) ||
+	    !opt_str(req, j, "podNamespace", &a.pod_namespace) || !opt_str(req, j, "podName", &a.pod_name) ||
+	    !opt_str(req, j, "podUID", &a.pod_uid) || !opt_str(req, j, "hostname", &a.hostname) ||
+	    !opt_strv(req, j, "tags", is_tag, "a tag (tag:<name>)", (const char ***)&a.tags, &a.ntags, &has_tags))
+		goto out;
+	if (!a.container_id || !valid_container_id(a.container_id)) {
+		respond_error(req, 400, "BadRequest", "containerID: want letters, digits, '_', '.', '-' (at most 128)");
+		goto out;
+	}
+	if (!a.ifname || !valid_ifname(a.ifname)) {
+		respond_error(req, 400, "BadRequest", "ifName: want an interface name (at most 15 characters)");
+		goto out;
+	}
+	if (!a.netns || a.netns[0] != '/' || strlen(a.netns) > 1024 || strstr(a.netns, "/../")) {
+		respond_error(req, 400, "BadRequest", "netns: want the absolute path of the pod's network namespace");
+		goto out;
+	}
+	if ((a.network && !valid_text(a.network)) || (a.pod_namespace && !valid_text(a.pod_namespace)) ||
+	    (a.pod_name && !valid_text(a.pod_name)) || (a.pod_uid && !valid_text(a.pod_uid))) {
+		respond_error(req, 400, "BadRequest", "network, podNamespace, podName, podUID: at most 253 printable characters");
+		goto out;
+	}
+	if (a.hostname && !valid_hostname(a.hostname)) {
+		respond_error(req, 400, "BadRequest",
+			      "hostname: \"%.64s\" is not a DNS label (letters, digits, '-', at most 63)", a.hostname);
+		goto out;
+	}
+	run_op(api, req, op_attach, &a);
+out:
+	free((void *)a.tags);
+	json_free(j);
+}
+
+/* "%41" and the like decoded in place; false on a bad escape or a NUL. */
+static bool percent_decode(char *s)
+{
+	char *w = s;
+
+	for (; *s; s++) {
+		if (*s != '%') {
+			*w++ = *s;
+			continue;
+		}
+		unsigned v = 0;
+		for (int i = 1; i <= 2; i++) {
+			char c = s[i];
+			v <<= 4;
+			if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+			else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+			else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+			else return false;
+		}
+		if (!v)
+			return false;
+		*w++ = (char)v;
+		s += 2;
+	}
+	*w = '\0';
+	return true;
+}
+
+struct detach_ctx {
+	const char *cid, *ifname;
+};
+
+static void op_detach(struct localapi *api, struct localapi_reply *r, void *ctx)
+{
+	struct detach_ctx *d = ctx;
+
+	api->pods.detach(api->pods.arg, d->cid, d->ifname, r);
+}
+
+static void h_detach(struct httpd_req *req, void *arg)
+{
+	char rest[512], *slash;
+	struct detach_ctx d;
+
+	if (snprintf(rest, sizeof(rest), "%s", httpd_req_path_rest(req)) >= (int)sizeof(rest) ||
+	    !(slash = strchr(rest, '/'))) {
+		respond_error(req, 400, "BadRequest", "want /localapi/v1/identities/{containerID}/{ifName}");
+		return;
+	}
+	*slash = '\0';
+	d.cid = rest;
+	d.ifname = slash + 1;
+	if (!percent_decode(rest) || !percent_decode(slash + 1) || !valid_container_id(d.cid) ||
+	    !valid_ifname(d.ifname)) {
+		respond_error(req, 400, "BadRequest", "want /localapi/v1/identities/{containerID}/{ifName}, both valid");
+		return;
+	}
+	run_op(arg, req, op_detach, &d);
+}
+
+static void op_list(struct localapi *api, struct localapi_reply *r, void *ctx)
+{
+	api->pods.list(api->pods.arg, r);
+}
+
+static void h_list(struct httpd_req *req, void *arg)
+{
+	run_op(arg, req, op_list, NULL);
+}
+
 /* ---- lifecycle ------------------------------------------------------------------------ */
 
 int localapi_new(struct loop *loop, const struct localapi_opts *o, struct localapi **out)
@@ -565,6 +721,8 @@ int localapi_new(struct loop *loop, const struct localapi_opts *o, struct locala
 		return -ENOMEM;
 	api->loop = loop;
 	api->ops = *ops;
+	if (o->pods)
+		api->pods = *o->pods;
 	api->sock.fd = -1;
 	api->path = strdup(o->socket_path ? o->socket_path : LOCALAPI_SOCKET_DEFAULT);
 	api->version = o->version ? strdup(o->version) : NULL;
@@ -588,6 +746,11 @@ int localapi_new(struct loop *loop, const struct localapi_opts *o, struct locala
 	    (err = httpd_route(api->http, "POST", "/localapi/v1/down", LOCALAPI_MAX_BODY, h_down, api)) ||
 	    (err = httpd_route(api->http, "POST", "/localapi/v1/logout", LOCALAPI_MAX_BODY, h_logout, api)) ||
 	    (err = httpd_route(api->http, "POST", "/localapi/v1/ping", LOCALAPI_MAX_BODY, h_ping, api)))
+		goto fail;
+	if (o->pods &&
+	    ((err = httpd_route(api->http, "POST", "/localapi/v1/identities", LOCALAPI_MAX_BODY, h_attach, api)) ||
+	     (err = httpd_route(api->http, "GET", "/localapi/v1/identities", 0, h_list, api)) ||
+	     (err = httpd_route(api->http, "DELETE", "/localapi/v1/identities/*", 0, h_detach, api))))
 		goto fail;
 	*out = api;
 	return 0;

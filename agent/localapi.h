@@ -9,6 +9,9 @@
  *   POST /localapi/v1/down            stop (keep the keys and the login)
  *   POST /localapi/v1/logout          delete the device at the server
  *   POST /localapi/v1/ping            {"peer": name or IP}
+ *   POST   /localapi/v1/identities    attach a pod identity (docs/cni.md)
+ *   DELETE /localapi/v1/identities/{containerID}/{ifName}
+ *   GET    /localapi/v1/identities    the pod identities
  *
  * Errors are {"error": "...", "code": "..."}. Operations that wait on the
  * network (up, down, logout, ping) may answer late: the daemon completes
@@ -95,10 +98,32 @@ struct localapi_ops {
 	void *arg;
 };
 
+/* A pod identity asked for by the CNI plugin (docs/cni.md), validated:
+ * containerID of letters, digits, _ . -; ifName a device name; netns an
+ * absolute path; tags tag:<name>; hostname a DNS label. NULL/0 for what
+ * was not given. Valid until ops->attach returns. */
+struct localapi_attach {
+	const char *container_id, *ifname, *netns, *network;
+	const char *pod_namespace, *pod_name, *pod_uid, *hostname;
+	const char *const *tags;
+	size_t ntags;
+};
+
+/* The pod identities' operations; each completes reply exactly once. */
+struct localapi_pod_ops {
+	void (*attach)(void *arg, const struct localapi_attach *req, struct localapi_reply *reply);
+	/* 404 when unknown. Both strings decoded and checked as in attach. */
+	void (*detach)(void *arg, const char *container_id, const char *ifname, struct localapi_reply *reply);
+	/* {"identities": [...]} */
+	void (*list)(void *arg, struct localapi_reply *reply);
+	void *arg;
+};
+
 struct localapi_opts {
 	const char *socket_path; /* NULL: LOCALAPI_SOCKET_DEFAULT */
 	const char *version; /* the daemon's, shown in status */
 	const struct localapi_ops *ops; /* copied */
+	const struct localapi_pod_ops *pods; /* copied; NULL: no /identities */
 };
 
 /* Binds the socket (net/unixsock.h: mode 0600; its directory made 0755 if

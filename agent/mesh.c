@@ -20,6 +20,7 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "pods.h"
 #include "routeplan.h"
 #include "routes.h"
 #include "state.h"
@@ -56,6 +57,7 @@ struct mesh {
 	struct member *identities; /* the node's own first */
 	struct join *join; /* the node identity's, with --login-server */
 	struct localapi *api;
+	struct pods *pods; /* the CNI plugin's pod identities */
 	struct health *http; /* --http-listen */
 	int exit_code;
 };
@@ -136,6 +138,8 @@ static void usage(FILE *f)
 		"  --hostname NAME     the name to join with (default: this machine's)\n"
 		"  --state PATH        state file (default " STATE_PATH_DEFAULT ", mode 0600)\n"
 		"  --state-dir DIR     the same as --state DIR/knitd.state\n"
+		"                      (pod identities of the CNI plugin: in pods/ beside the\n"
+		"                      state file, one .state and one .pod file each, 0600)\n"
 		"  --socket PATH       local API socket (default " LOCALAPI_SOCKET_DEFAULT "); a\n"
 		"                      stale socket there is replaced, a file that is not a\n"
 		"                      socket makes knitd refuse to start\n"
@@ -275,7 +279,7 @@ static bool is_identity_device(void *arg, const char *ifname)
 	for (const struct member *mb = m->identities; mb; mb = mb->next)
 		if (!strcmp(engine_ifname(identity_engine(mb->id)), ifname))
 			return true;
-	return false;
+	return pods_has_device(m->pods, ifname);
 }
 
 /* The node identity's state file (fresh keys on a new machine). */
@@ -335,6 +339,9 @@ int mesh_main(int argc, char **argv)
 	struct hub_config hc = { 0 };
 	struct localapi_opts lo = { 0 };
 	struct localapi_ops ops;
+	struct localapi_pod_ops pod_ops;
+	struct pods_config pc = { 0 };
+	char pods_dir[4096];
 	enum log_level level = LOG_INFO;
 	struct state *st = NULL;
 	bool ran = false;
@@ -382,6 +389,24 @@ int mesh_main(int argc, char **argv)
 		log_error("cannot serve health and metrics", "listen=%s err=%d", m->o.http_listen, r);
 		goto out;
 	}
+	/* Pod identities keep their files in pods/ beside the node's state. */
+	{
+		const char *slash = strrchr(m->o.state_path, '/');
+		int dlen = slash ? (int)(slash - m->o.state_path) : 1;
+		if (snprintf(pods_dir, sizeof(pods_dir), "%.*s/pods", dlen, slash ? m->o.state_path : ".") >=
+		    (int)sizeof(pods_dir))
+			goto out;
+	}
+	pc.loop = m->loop;
+	pc.hub = m->hub;
+	pc.node = node_identity(m);
+	pc.dir = pods_dir;
+	pc.is_identity_device = is_identity_device;
+	pc.arg = m;
+	if ((r = pods_new(&m->pods, &pc)))
+		goto out;
+	pod_ops = pods_ops(m->pods);
+	lo.pods = &pod_ops;
 	ops = api_ops(node_identity(m));
 	lo.socket_path = m->o.socket_path;
 	lo.version = KNIT_VERSION;
@@ -393,6 +418,8 @@ int mesh_main(int argc, char **argv)
 		goto out;
 	}
 	identity_start(node_identity(m));
+	if (pods_restore(m->pods))
+		log_info("pod identities back from the state directory", "dir=%s", pods_dir);
 	if (!identity_logged_in(node_identity(m)) && m->o.login_server) {
 		struct join_config jc = { .login_server = m->o.login_server, .authkey_file = m->o.authkey_file,
 					  .hostname = m->o.hostname };
@@ -412,6 +439,7 @@ out:
 	join_free(m->join);
 	health_free(m->http);
 	localapi_free(m->api);
+	pods_free(m->pods); /* before the node identity, which vouches for them */
 	free_identities(m, ran);
 	hub_free(m->hub);
 	loop_free(m->loop);
