@@ -105,7 +105,7 @@ struct logent {
 	struct removal *rm;
 };
 
-enum job_type { JOB_REGISTER, JOB_LOGOUT, JOB_ONLINE, JOB_COUNT_USE };
+enum job_type { JOB_REGISTER, JOB_LOGOUT, JOB_ONLINE, JOB_COUNT_USE, JOB_REGISTER_POD, JOB_SWEEP_PODS };
 
 struct job {
 	enum job_type type;
@@ -157,6 +157,8 @@ struct coord {
 		struct buf text;
 	} delta;
 	struct loop_timer *trim;
+	struct loop_timer *pod_sweep; /* podident.c */
+	int pod_sweep_queued; /* atomic: a JOB_SWEEP_PODS waits or runs */
 	struct coord_stats stats;
 
 	/* jobs: lock guards head, tail, njobs, ohead, otail, online_pending, stop */
@@ -209,6 +211,14 @@ void coord_netmap_free(struct coord *c);
 
 /* register.c */
 int coord_job_submit(struct coord *c, struct job *j);
+/* register.c: waits for the Device controller to give name its addresses. */
+struct json *coord_wait_addresses(struct coord *c, const char *name);
+
+/* podident.c: register_pod (worker thread); the sweep of Devices whose
+ * Pod is gone (worker thread), queued by coord_pods_timer every second. */
+struct json *coord_register_pod(struct coord *c, const char *mkey, const struct json *req);
+void coord_sweep_pods(struct coord *c);
+void coord_pods_timer(struct loop *loop, struct loop_timer *t, void *arg);
 void *coord_job_worker(void *arg);
 void coord_job_free(struct job *j);
 void coord_reply_stream_closed(struct httpd_stream *st, void *arg);

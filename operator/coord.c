@@ -342,7 +342,7 @@ static void h_call(struct httpd_req *req, void *arg)
 		json_free(j);
 		return;
 	}
-	if (strcmp(type, "register") != 0 && strcmp(type, "logout") != 0) {
+	if (strcmp(type, "register") != 0 && strcmp(type, "logout") != 0 && strcmp(type, "register_pod") != 0) {
 		struct json *e = coord_error_reply("BadRequest", "unknown call \"%s\"", type);
 		coord_respond_sealed(req, s, e);
 		json_free(e);
@@ -358,7 +358,7 @@ static void h_call(struct httpd_req *req, void *arg)
 		json_free(j);
 		return;
 	}
-	job->type = strcmp(type, "register") == 0 ? JOB_REGISTER : JOB_LOGOUT;
+	job->type = !strcmp(type, "register") ? JOB_REGISTER : !strcmp(type, "register_pod") ? JOB_REGISTER_POD : JOB_LOGOUT;
 	job->c = c;
 	job->req = j;
 	snprintf(job->sess_id, sizeof(job->sess_id), "%s", s->idhex);
@@ -580,7 +580,8 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 	c->sweep = loop_timer_new(op->loop, on_sweep, c);
 	c->flush = loop_timer_new(op->loop, coord_flush, c);
 	c->trim = loop_timer_new(op->loop, on_trim, c);
-	if (!c->trim || !c->sessions || !c->handshake_ts || !c->nodes || !c->online_pending || !c->keepalive || !c->sweep || !c->flush)
+	c->pod_sweep = loop_timer_new(op->loop, coord_pods_timer, c);
+	if (!c->trim || !c->pod_sweep || !c->sessions || !c->handshake_ts || !c->nodes || !c->online_pending || !c->keepalive || !c->sweep || !c->flush)
 		goto fail;
 	err = httpd_new(op->loop, &ho, &c->http);
 	if (err)
@@ -600,6 +601,7 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 	loop_timer_arm(c->keepalive, c->o.keepalive_ms);
 	loop_timer_arm(c->sweep, 60000);
 	loop_timer_arm(c->trim, TRIM_EVERY_MS);
+	loop_timer_arm(c->pod_sweep, 1000);
 	*out = c;
 	return 0;
 fail:
@@ -682,6 +684,7 @@ void coord_free(struct coord *c)
 	loop_timer_free(c->sweep);
 	loop_timer_free(c->flush);
 	loop_timer_free(c->trim);
+	loop_timer_free(c->pod_sweep);
 	pthread_cond_destroy(&c->cond);
 	pthread_cond_destroy(&c->dev_cond);
 	pthread_mutex_destroy(&c->lock);

@@ -113,8 +113,13 @@ void *coord_job_worker(void *arg)
 		case JOB_LOGOUT: j->reply = do_logout(c, j->mkey); break;
 		case JOB_ONLINE: do_online(c, j->device, j->online, j->at); break;
 		case JOB_COUNT_USE: do_count_use(c, j->mkey, j->device); break;
+		case JOB_REGISTER_POD: j->reply = coord_register_pod(c, j->mkey, j->req); break;
+		case JOB_SWEEP_PODS:
+			coord_sweep_pods(c);
+			__atomic_store_n(&c->pod_sweep_queued, 0, __ATOMIC_RELEASE);
+			break;
 		}
-		if (j->type == JOB_ONLINE || j->type == JOB_COUNT_USE || loop_post(c->op->loop, job_done, j))
+		if (j->type == JOB_ONLINE || j->type == JOB_COUNT_USE || j->type == JOB_SWEEP_PODS || loop_post(c->op->loop, job_done, j))
 			coord_job_free(j);
 	}
 	return NULL;
@@ -283,7 +288,7 @@ static bool valid_cidr(const char *s)
 /* Waits for the Device reconciler to give the device its addresses. */
 /* Waits for the Device controller to give name its addresses: woken by
  * every Device event the loop sees (coord_device_changed), not polling. */
-static struct json *wait_addresses(struct coord *c, const char *name)
+struct json *coord_wait_addresses(struct coord *c, const char *name)
 {
 	uint64_t deadline = loop_mono_ms() + (c->o.register_wait_ms ? c->o.register_wait_ms : 15000);
 	struct json *dev = NULL;
@@ -491,7 +496,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 	}
 	kube_result_clear(&r);
 	json_free(dev);
-	dev = wait_addresses(c, name);
+	dev = coord_wait_addresses(c, name);
 	if (!dev) {
 		reply = coord_error_reply("Unavailable", "the device has no addresses yet; try again");
 		goto out;

@@ -1,0 +1,296 @@
+/* Pod identities (docs/cni.md): a node's knitd asks, on its own
+ * authenticated session, for a Device for a pod it carries. The node's
+ * session is the credential: the pod must exist with that UID and be bound
+ * (spec.nodeName) to the node the calling Device is, so a node cannot mint
+ * identities for pods elsewhere. The principal comes from the pod's
+ * namespace and ServiceAccount; requested tags must be allowed by the
+ * tailnet's policy (tagOwners) when there is one. The Device is ephemeral
+ * and names its pod (spec.ownerPod); logout deletes it, and the sweep
+ * below deletes those whose Pod is gone (the backstop for a missed DEL). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "control/channel.h"
+#include "coord-internal.h"
+#include "json.h"
+#include "kube/client.h"
+#include "kube/informer.h"
+#include "kube/meta.h"
+#include "log.h"
+#include "loop.h"
+#include "operator.h"
+#include "policy/policy.h"
+
+/* Kubernetes node names are DNS subdomains; device hostnames are labels
+ * made by coord's sanitizing: compare the node name the same way. */
+static void host_label(const char *in, char *out, size_t outlen)
+{
+	size_t n = 0;
+
+	for (; in && *in && n + 1 < outlen && n < 40; in++) {
+		char ch = *in;
+		if (ch >= 'A' && ch <= 'Z')
+			ch = (char)(ch - 'A' + 'a');
+		if ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9'))
+			out[n++] = ch;
+		else if (n > 0 && out[n - 1] != '-')
+			out[n++] = '-';
+	}
+	while (n > 0 && out[n - 1] == '-')
+		n--;
+	out[n] = '\0';
+}
+
+/* NULL when every tag is allowed, else the refusal. No Policy for the
+ * tailnet: tags are not restricted (as with no tagOwners to consult). */
+static struct json *check_tags(struct coord *c, const char *tailnet, const struct json *tags, const char *ns,
+			       const char *sa)
+{
+	struct kube_result r = { 0 };
+	struct json *refusal = NULL;
+	char user[512];
+
+	if (!json_array_len(tags))
+		return NULL;
+	if (kube_list_all(c->op->kube, &res_policies, NULL, NULL, &r) || !kube_ok(&r)) {
+		refusal = coord_error_reply("Unavailable", "cannot read the tailnet policy (HTTP %ld); try again", r.status);
+		goto out;
+	}
+	snprintf(user, sizeof(user), "system:serviceaccount:%s:%s", ns, sa);
+	for (size_t i = 0; i < json_array_len(json_get(r.obj, "items")) && !refusal; i++) {
+		const struct json *pol = json_array_at(json_get(r.obj, "items"), i);
+		const char *text = json_str(json_path(pol, "spec", "policy", NULL));
+		const char *tn = json_str(json_path(pol, "spec", "tailnet", NULL)) ?: "default";
+		struct policy *p;
+
+		if (strcmp(tn, tailnet) || !text)
+			continue;
+		p = policy_parse(text, strlen(text), NULL);
+		if (!p) {
+			refusal = coord_error_reply("TagNotPermitted", "the tailnet's policy %s does not parse: no tags",
+						    kube_name(pol));
+			break;
+		}
+		struct policy_device who = { .user = user, .pod = true, .pod_namespace = ns, .pod_serviceaccount = sa };
+		for (size_t k = 0; k < json_array_len(tags) && !refusal; k++) {
+			const char *t = json_str(json_array_at(tags, k));
+			if (!policy_tag_allowed(p, t, &who))
+				refusal = coord_error_reply("TagNotPermitted",
+							    "tagOwners of policy %s do not let %s claim %s", kube_name(pol),
+							    user, t);
+		}
+		policy_free(p);
+	}
+out:
+	kube_result_clear(&r);
+	return refusal;
+}
+
+struct json *coord_register_pod(struct coord *c, const char *mkey, const struct json *req)
+{
+	struct operator *op = c->op;
+	const char *ns = json_str(json_get(req, "podNamespace")), *pname = json_str(json_get(req, "podName"));
+	const char *puid = json_str(json_get(req, "podUID")), *pod_mkey = json_str(json_get(req, "machineKey"));
+	const char *node_key = json_str(json_get(req, "nodeKey")), *disco_key = json_str(json_get(req, "discoKey"));
+	const struct json *tags = json_get(req, "tags");
+	struct json *node = coord_device_by_machine(c, mkey), *existing = NULL, *pod = NULL, *dev = NULL, *reply = NULL;
+	struct kube_result r = { 0 };
+	char host[64], want[64], name[128], mhex[65], user[512];
+	unsigned char kb[32], mh[crypto_hash_sha256_BYTES];
+	const char *tailnet, *sa;
+
+	if (!ns || !*ns || !pname || !*pname || !puid || !*puid || !channel_key_parse(pod_mkey, "mkey:", kb) ||
+	    !channel_key_parse(node_key, "nodekey:", kb) || (disco_key && !channel_key_parse(disco_key, "discokey:", kb))) {
+		reply = coord_error_reply("BadRequest",
+					  "register_pod needs podNamespace, podName, podUID, machineKey, nodeKey");
+		goto out;
+	}
+	for (size_t i = 0; i < json_array_len(tags); i++) {
+		const char *t = json_str(json_array_at(tags, i));
+		if (!t || strncmp(t, "tag:", 4) || strlen(t) < 5 || strlen(t) > 67) {
+			reply = coord_error_reply("BadRequest", "tags must look like tag:name");
+			goto out;
+		}
+	}
+	/* The caller: a node's own Device, not a pod's vouching for more. */
+	if (!node || json_path(node, "spec", "ownerPod", NULL) || !coord_dev_usable(node)) {
+		reply = coord_error_reply("PodNotAuthorized", "only a registered node may vouch for its pods");
+		goto out;
+	}
+	tailnet = operator_tailnet_of(node);
+	if (kube_get(op->kube, &kube_res_pods, ns, pname, &r) || !kube_ok(&r)) {
+		reply = r.status == 404 ? coord_error_reply("PodNotFound", "pod %s/%s does not exist", ns, pname)
+					: coord_error_reply("Unavailable", "cannot read pod %s/%s (HTTP %ld); try again", ns,
+							    pname, r.status);
+		goto out;
+	}
+	pod = r.obj;
+	r.obj = NULL;
+	if (strcmp(kube_uid(pod) ?: "", puid)) {
+		reply = coord_error_reply("PodNotFound", "pod %s/%s has another UID (recreated?)", ns, pname);
+		goto out;
+	}
+	host_label(json_str(json_path(pod, "spec", "nodeName", NULL)), want, sizeof(want));
+	if (!want[0] || strcmp(want, json_str(json_path(node, "spec", "hostname", NULL)) ?: "")) {
+		reply = coord_error_reply("PodNotAuthorized", "pod %s/%s is not bound to node %s", ns, pname,
+					  json_str(json_path(node, "spec", "hostname", NULL)) ?: "?");
+		goto out;
+	}
+	sa = json_str(json_path(pod, "spec", "serviceAccountName", NULL)) ?: "default";
+	if ((reply = check_tags(c, tailnet, tags, ns, sa)))
+		goto out;
+
+	host_label(json_str(json_get(req, "hostname")) ?: pname, host, sizeof(host));
+	if (!host[0])
+		snprintf(host, sizeof(host), "pod");
+	existing = coord_device_by_machine(c, pod_mkey);
+	if (existing && strcmp(json_str(json_path(existing, "spec", "ownerPod", "uid", NULL)) ?: "", puid)) {
+		reply = coord_error_reply("PodNotAuthorized", "that machine key belongs to another device");
+		goto out;
+	}
+	crypto_hash_sha256(mh, (const unsigned char *)pod_mkey, strlen(pod_mkey));
+	sodium_bin2hex(mhex, sizeof(mhex), mh, sizeof(mh));
+	if (existing)
+		snprintf(name, sizeof(name), "%s", kube_name(existing));
+	else
+		snprintf(name, sizeof(name), "%s-%.6s", host, mhex);
+	snprintf(user, sizeof(user), "system:serviceaccount:%s:%s", ns, sa);
+
+	dev = existing ? json_clone(existing) : json_new_object();
+	if (!dev)
+		goto nomem;
+	if (!existing) {
+		struct json *meta = json_new_object();
+		json_object_set(dev, "apiVersion", json_new_string(KNIT_API_VERSION));
+		json_object_set(dev, "kind", json_new_string("Device"));
+		json_object_set(meta, "name", json_new_string(name));
+		json_object_set(dev, "metadata", meta);
+	}
+	struct json *spec = json_get(dev, "spec"), *owner = json_new_object();
+	if (!spec) {
+		spec = json_new_object();
+		json_object_set(dev, "spec", spec);
+	}
+	json_object_set(owner, "namespace", json_new_string(ns));
+	json_object_set(owner, "name", json_new_string(pname));
+	json_object_set(owner, "uid", json_new_string(puid));
+	json_object_set(owner, "serviceAccount", json_new_string(sa));
+	json_object_set(spec, "tailnet", json_new_string(tailnet));
+	json_object_set(spec, "hostname", json_new_string(host));
+	json_object_set(spec, "machineKey", json_new_string(pod_mkey));
+	json_object_set(spec, "nodeKey", json_new_string(node_key));
+	if (disco_key)
+		json_object_set(spec, "discoKey", json_new_string(disco_key));
+	json_object_set(spec, "ephemeral", json_new_bool(true));
+	json_object_set(spec, "ownerPod", owner);
+	json_object_set(spec, "tags", json_clone(tags) ?: json_new_array());
+	if (json_array_len(tags))
+		json_object_del(spec, "user");
+	else
+		json_object_set(spec, "user", json_new_string(user));
+	json_object_del(spec, "keyExpiry"); /* bound to the pod's life instead */
+
+	int err = existing ? kube_update(op->kube, &res_devices, NULL, dev, false, &r)
+			   : kube_create(op->kube, &res_devices, NULL, dev, &r);
+	if (err || !kube_ok(&r)) {
+		reply = coord_error_reply(r.status == 409 ? "Conflict" : "Unavailable",
+					  "cannot record the pod's device (HTTP %ld %s: %s); try again", r.status, r.reason,
+					  r.message);
+		goto out;
+	}
+	json_free(dev);
+	dev = coord_wait_addresses(c, name);
+	if (!dev) {
+		reply = coord_error_reply("Unavailable", "the pod's device has no addresses yet; try again");
+		goto out;
+	}
+	reply = json_new_object();
+	if (!reply)
+		goto nomem;
+	json_object_set(reply, "device", json_new_string(name));
+	json_object_set(reply, "name", json_new_string(host));
+	json_object_set(reply, "addresses", json_clone(json_path(dev, "status", "addresses", NULL)));
+	json_object_set(reply, "ephemeral", json_new_bool(true));
+	json_object_set(reply, "dnsSuffix", coord_dns_suffix_json(c, tailnet));
+	log_info("pod device registered", "device=%s pod=%s/%s node=%s", name, ns, pname, kube_name(node));
+	goto out;
+nomem:
+	reply = coord_error_reply("Unavailable", "out of memory");
+out:
+	kube_result_clear(&r);
+	json_free(node);
+	json_free(existing);
+	json_free(pod);
+	json_free(dev);
+	return reply;
+}
+
+/* ---- the backstop: Devices of Pods that are gone ---- */
+
+struct owned {
+	char name[254], ns[254], pod[254], uid[128];
+	struct owned *next;
+};
+
+static void collect_owned(const struct json *dev, void *arg)
+{
+	struct owned **list = arg, *o;
+	const struct json *op = json_path(dev, "spec", "ownerPod", NULL);
+
+	if (!op || !json_str(json_get(op, "uid")) || !(o = calloc(1, sizeof(*o))))
+		return;
+	snprintf(o->name, sizeof(o->name), "%s", kube_name(dev));
+	snprintf(o->ns, sizeof(o->ns), "%s", json_str(json_get(op, "namespace")) ?: "");
+	snprintf(o->pod, sizeof(o->pod), "%s", json_str(json_get(op, "name")) ?: "");
+	snprintf(o->uid, sizeof(o->uid), "%s", json_str(json_get(op, "uid")));
+	o->next = *list;
+	*list = o;
+}
+
+void coord_sweep_pods(struct coord *c)
+{
+	struct owned *list = NULL;
+
+	informer_foreach(c->op->devices, collect_owned, &list);
+	while (list) {
+		struct owned *o = list;
+		struct kube_result r = { 0 };
+		bool gone;
+
+		list = o->next;
+		gone = kube_get(c->op->kube, &kube_res_pods, o->ns, o->pod, &r) == 0 &&
+		       (r.status == 404 || (kube_ok(&r) && strcmp(kube_uid(r.obj) ?: "", o->uid)));
+		kube_result_clear(&r);
+		if (gone) {
+			if (kube_delete(c->op->kube, &res_devices, NULL, o->name, NULL, NULL, &r) == 0 &&
+			    (kube_ok(&r) || r.status == 404))
+				log_info("pod gone: its device deleted", "device=%s pod=%s/%s", o->name, o->ns, o->pod);
+			kube_result_clear(&r);
+		}
+		free(o);
+	}
+}
+
+/* Loop thread: once a second, a sweep on a worker (one at a time). */
+void coord_pods_timer(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	struct coord *c = arg;
+	struct job *j;
+
+	loop_timer_arm(t, 1000);
+	if (!c->ready || __atomic_exchange_n(&c->pod_sweep_queued, 1, __ATOMIC_ACQ_REL))
+		return;
+	j = calloc(1, sizeof(*j));
+	if (j) {
+		j->c = c;
+		j->type = JOB_SWEEP_PODS;
+	}
+	if (!j || coord_job_submit(c, j)) {
+		free(j);
+		__atomic_store_n(&c->pod_sweep_queued, 0, __ATOMIC_RELEASE);
+	}
+}
