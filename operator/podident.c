@@ -251,6 +251,13 @@ static void collect_owned(const struct json *dev, void *arg)
 	*list = o;
 }
 
+static bool finished(const struct json *pod)
+{
+	const char *phase = json_str(json_path(pod, "status", "phase", NULL)) ?: "";
+
+	return !strcmp(phase, "Succeeded") || !strcmp(phase, "Failed");
+}
+
 void coord_sweep_pods(struct coord *c)
 {
 	struct owned *list = NULL;
@@ -262,8 +269,10 @@ void coord_sweep_pods(struct coord *c)
 		bool gone;
 
 		list = o->next;
+		/* Gone: deleted, recreated under the same name, or finished (a
+		 * Job's pod: its containers will not run again). */
 		gone = kube_get(c->op->kube, &kube_res_pods, o->ns, o->pod, &r) == 0 &&
-		       (r.status == 404 || (kube_ok(&r) && strcmp(kube_uid(r.obj) ?: "", o->uid)));
+		       (r.status == 404 || (kube_ok(&r) && (strcmp(kube_uid(r.obj) ?: "", o->uid) || finished(r.obj))));
 		kube_result_clear(&r);
 		if (gone) {
 			if (kube_delete(c->op->kube, &res_devices, NULL, o->name, NULL, NULL, &r) == 0 &&
