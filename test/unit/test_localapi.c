@@ -39,6 +39,9 @@ struct fx {
 	char up_auth[64], up_login[128], up_host[64], up_tags[256], up_routes[256];
 	int ups, downs, logouts, pings;
 	char ping_peer[64];
+	int attaches, detaches, lists;
+	char at_cid[130], at_if[20], at_netns[128], at_uid[64], at_tags[128], at_host[64];
+	char de_cid[130], de_if[20];
 	struct localapi_reply *pending; /* an answer to give late */
 	int late_kind; /* 1: up, 2: pong, 3: error */
 };
@@ -145,6 +148,50 @@ static const struct localapi_ops fake_ops = {
 	.logout = f_logout, .ping = f_ping,
 };
 
+static void f_attach(void *arg, const struct localapi_attach *a, struct localapi_reply *reply)
+{
+	struct fx *fx = arg;
+	struct json *o = json_new_object();
+
+	fx->attaches++;
+	snprintf(fx->at_cid, sizeof(fx->at_cid), "%s", a->container_id);
+	snprintf(fx->at_if, sizeof(fx->at_if), "%s", a->ifname);
+	snprintf(fx->at_netns, sizeof(fx->at_netns), "%s", a->netns);
+	snprintf(fx->at_uid, sizeof(fx->at_uid), "%s", a->pod_uid ? a->pod_uid : "(none)");
+	snprintf(fx->at_host, sizeof(fx->at_host), "%s", a->hostname ? a->hostname : "(none)");
+	join(fx->at_tags, sizeof(fx->at_tags), a->tags, a->ntags);
+	if (!strcmp(a->container_id, "taken")) {
+		json_free(o);
+		localapi_reply_error(reply, 409, "IdentityConflict", "the attachment belongs to another pod");
+		return;
+	}
+	json_object_set(o, "interface", json_new_string(a->ifname));
+	localapi_reply_ok(reply, o);
+}
+
+static void f_detach(void *arg, const char *cid, const char *ifname, struct localapi_reply *reply)
+{
+	struct fx *fx = arg;
+
+	fx->detaches++;
+	snprintf(fx->de_cid, sizeof(fx->de_cid), "%s", cid);
+	snprintf(fx->de_if, sizeof(fx->de_if), "%s", ifname);
+	if (!strcmp(cid, "unknown"))
+		localapi_reply_error(reply, 404, "NotFound", "no pod identity for %s/%s", cid, ifname);
+	else
+		localapi_reply_ok(reply, NULL);
+}
+
+static void f_list(void *arg, struct localapi_reply *reply)
+{
+	struct fx *fx = arg;
+	struct json *o = json_new_object();
+
+	fx->lists++;
+	json_object_set(o, "identities", json_new_array());
+	localapi_reply_ok(reply, o);
+}
+
 /* Completes the pending answer, as the daemon would when the network answers. */
 static void complete_pending(struct fx *fx)
 {
@@ -198,6 +245,8 @@ static void *client_main(void *arg)
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
 	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->timeout_ms ? r->timeout_ms : 10000L);
+	if (r->method && strcmp(r->method, "POST") && strcmp(r->method, "GET"))
+		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method);
 	if (r->body) {
 		curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
 	} else if (r->method && strcmp(r->method, "POST") == 0) {
@@ -260,6 +309,7 @@ static int setup(void **state)
 	struct fx *fx = calloc(1, sizeof(*fx));
 	struct localapi_opts o = { .version = "0.1.0-test", .ops = &fake_ops };
 	struct localapi_ops ops = fake_ops;
+	struct localapi_pod_ops pods = { .attach = f_attach, .detach = f_detach, .list = f_list };
 	int err;
 
 	alarm(TEST_DEADLINE_S);
@@ -270,7 +320,9 @@ static int setup(void **state)
 	assert_non_null(mkdtemp(fx->dir));
 	snprintf(fx->sock, sizeof(fx->sock), "%s/run/knitd.sock", fx->dir);
 	ops.arg = fx;
+	pods.arg = fx;
 	o.ops = &ops;
+	o.pods = &pods;
 	o.socket_path = fx->sock;
 	err = localapi_new(fx->loop, &o, &fx->api);
 	*state = fx;
@@ -457,6 +509,80 @@ static void test_up(void **state)
 	assert_int_equal(fx->ups, 4);
 }
 
+static void test_identities(void **state)
+{
+	struct fx *fx = *state;
+	struct json *j;
+	long status;
+
+	NEED_API(fx);
+	j = request(fx, "POST", "/localapi/v1/identities",
+		    "{\"containerID\":\"9f3c.a_b-1\",\"ifName\":\"knit0\",\"netns\":\"/var/run/netns/cni-1\","
+		    "\"network\":\"k8s\",\"podNamespace\":\"ci\",\"podName\":\"runner-7\",\"podUID\":\"0b9a\","
+		    "\"tags\":[\"tag:ci\"],\"hostname\":\"runner-7\"}",
+		    false, &status);
+	assert_int_equal(status, 200);
+	assert_string_equal(json_str(json_get(j, "interface")), "knit0");
+	json_free(j);
+	assert_string_equal(fx->at_cid, "9f3c.a_b-1");
+	assert_string_equal(fx->at_if, "knit0");
+	assert_string_equal(fx->at_netns, "/var/run/netns/cni-1");
+	assert_string_equal(fx->at_uid, "0b9a");
+	assert_string_equal(fx->at_tags, "tag:ci");
+	assert_string_equal(fx->at_host, "runner-7");
+	/* Optional fields absent; the daemon's refusal keeps its status. */
+	expect_error(fx, "POST", "/localapi/v1/identities",
+		     "{\"containerID\":\"taken\",\"ifName\":\"knit0\",\"netns\":\"/proc/1/ns/net\",\"tags\":[]}", 409,
+		     "IdentityConflict", "another pod");
+	assert_string_equal(fx->at_uid, "(none)");
+	assert_int_equal(fx->attaches, 2);
+
+	/* Validation: the daemon never sees these. */
+	expect_error(fx, "POST", "/localapi/v1/identities", "{\"ifName\":\"knit0\",\"netns\":\"/n\"}", 400,
+		     "BadRequest", "containerID");
+	expect_error(fx, "POST", "/localapi/v1/identities",
+		     "{\"containerID\":\"a/b\",\"ifName\":\"knit0\",\"netns\":\"/n\"}", 400, "BadRequest",
+		     "containerID");
+	expect_error(fx, "POST", "/localapi/v1/identities",
+		     "{\"containerID\":\"c\",\"ifName\":\"a-name-far-too-long\",\"netns\":\"/n\"}", 400,
+		     "BadRequest", "ifName");
+	expect_error(fx, "POST", "/localapi/v1/identities",
+		     "{\"containerID\":\"c\",\"ifName\":\"knit0\",\"netns\":\"cni-1\"}", 400, "BadRequest",
+		     "netns");
+	expect_error(fx, "POST", "/localapi/v1/identities",
+		     "{\"containerID\":\"c\",\"ifName\":\"knit0\",\"netns\":\"/a/../b\"}", 400, "BadRequest",
+		     "netns");
+	expect_error(fx, "POST", "/localapi/v1/identities",
+		     "{\"containerID\":\"c\",\"ifName\":\"knit0\",\"netns\":\"/n\",\"tags\":[\"ci\"]}", 400,
+		     "BadRequest", "tags[0]");
+	expect_error(fx, "POST", "/localapi/v1/identities",
+		     "{\"containerID\":\"c\",\"ifName\":\"knit0\",\"netns\":\"/n\",\"hostname\":\"a b\"}", 400,
+		     "BadRequest", "hostname");
+	expect_error(fx, "POST", "/localapi/v1/identities",
+		     "{\"containerID\":\"c\",\"ifName\":\"knit0\",\"netns\":\"/n\",\"podName\":\"a\\nb\"}",
+		     400, "BadRequest", "podName");
+	assert_int_equal(fx->attaches, 2);
+
+	/* DELETE: both segments percent-decoded; 404 passed through. */
+	j = request(fx, "DELETE", "/localapi/v1/identities/9f3c%2Ea_b-1/knit%30", NULL, false, &status);
+	assert_int_equal(status, 200);
+	json_free(j);
+	assert_string_equal(fx->de_cid, "9f3c.a_b-1");
+	assert_string_equal(fx->de_if, "knit0");
+	expect_error(fx, "DELETE", "/localapi/v1/identities/unknown/knit0", NULL, 404, "NotFound", "unknown/knit0");
+	expect_error(fx, "DELETE", "/localapi/v1/identities/only-one", NULL, 400, "BadRequest", "{containerID}");
+	expect_error(fx, "DELETE", "/localapi/v1/identities/a%2Fb/knit0", NULL, 400, "BadRequest", "{containerID}/{ifName}");
+	expect_error(fx, "DELETE", "/localapi/v1/identities/a%00/knit0", NULL, 400, "BadRequest", "{containerID}/{ifName}");
+	expect_error(fx, "DELETE", "/localapi/v1/identities/a%zz/knit0", NULL, 400, "BadRequest", "{containerID}/{ifName}");
+	assert_int_equal(fx->detaches, 2);
+
+	j = request(fx, "GET", "/localapi/v1/identities", NULL, false, &status);
+	assert_int_equal(status, 200);
+	assert_true(json_is_array(json_get(j, "identities")));
+	json_free(j);
+	assert_int_equal(fx->lists, 1);
+}
+
 static void test_down_logout_ping(void **state)
 {
 	struct fx *fx = *state;
@@ -527,6 +653,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_whois, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_up, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_down_logout_ping, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_identities, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_leaves, setup, teardown),
 	};
 
