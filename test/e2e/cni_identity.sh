@@ -137,6 +137,22 @@ e2e_expect "with the same address" "$WEB_IP" "$(pod_ip)"
 check "$POD" cweb web "$WEB_UID"
 e2e_check "CHECK passes after the restart" test "$RC" -eq 0 || e2e_log "$OUT"
 
+# A pod whose sandbox went while knitd was down (no DEL): the restarted
+# knitd drops its identity and files, and carries the others on.
+POD3=$(ns_name pod3)
+ip netns add "$POD3" || e2e_die "pod3 namespace"
+e2e_defer "ip netns del $POD3 2>/dev/null"
+rt ADD "$POD3" cweb3 web "$WEB_UID"
+e2e_check "ADD of a second attachment of the pod" test "$RC" -eq 0 || e2e_log "$OUT"
+kill -TERM "$KNITD_PID_node1"
+e2e_wait_for 15 bash -c "! kill -0 $KNITD_PID_node1 2>/dev/null"
+ip netns del "$POD3"
+tailnet_knitd_start node1
+listed() { curl -s --unix-socket "$SOCK" http://x/localapi/v1/identities | jq -r '[.identities[].containerID] | sort | join(" ")'; }
+e2e_expect "knitd restarted without pod3's netns carries only the first attachment" cweb "$(listed)"
+e2e_check "and removed the second's files" bash -c "! ls $E2E_DIR/node1/state/pods/cweb3-* >/dev/null 2>&1"
+e2e_check "the first pod is reachable again" e2e_wait_for 20 pings
+
 ip -n "$POD" addr flush dev knit0
 check "$POD" cweb web "$WEB_UID"
 e2e_check "CHECK fails once knit0's address is gone (code $(code))" test "$RC" -ne 0 -a "$(code)" = 106
@@ -169,5 +185,4 @@ e2e_check "the Device goes within 3 s of the Pod's deletion (no DEL)" e2e_wait_f
 e2e_log "Device gone $(( ($(date +%s%N) - start) / 1000000 )) ms after the Pod"
 rt DEL "$POD" cweb2 web "$WEB_UID"
 e2e_check "DEL afterwards still succeeds" test "$RC" -eq 0 || e2e_log "$OUT"
-[ "${E2E_KEEP:-}" ] && cp -r "$E2E_DIR" /tmp/cni_identity.kept
 e2e_end
