@@ -650,7 +650,7 @@ int identity_register_pod(struct identity *id, struct identity *sponsor, const s
 	crypto_scalarmult_base(rq.disco_key, id->st->disco_key);
 	crypto_scalarmult_base(mpub, id->st->machine_key);
 	channel_key_format(mpub, "mkey:", mkey, sizeof(mkey));
-	rq.hostname = (char *)(pod->hostname ? pod->hostname : pod->pod_name);
+	rq.hostname = (char *)(pod->hostname ? pod->hostname : pod->pod_name ? pod->pod_name : "pod");
 	rq.tags = (char **)pod->tags;
 	rq.ntags = pod->ntags;
 	req = register_request_to_json(&rq);
