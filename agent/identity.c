@@ -13,6 +13,7 @@
 
 #include "applied.h"
 #include "routes.h"
+#include "policy/filter.h"
 #include "control/channel.h"
 #include "control/messages.h"
 #include "json.h"
@@ -50,6 +51,9 @@ struct identity {
 	bool has_pending;
 	struct applied *applied; /* what of nm the engine and the TUN hold */
 	struct routes *routes; /* host routing (knit's table); NULL: main table, by op */
+	struct json *filter_applied; /* the packetFilter in force (a copy; NULL: allow-all) */
+	bool filter_set; /* filter_applied says what the engine has */
+	struct loop_timer *expire_timer; /* connection-tracking expiry */
 	bool running; /* wants the map stream (up, not down) */
 	bool map_up;
 	char health[256];
@@ -148,11 +152,71 @@ static void reset_applied(struct identity *id)
 	applied_reset(id->applied);
 }
 
+/* The tailnet policy from the netmap: the packet filter when it changed
+ * (a refusal keeps the rules in force), and the destinations inbound
+ * packets may have: this identity's addresses and the routes it serves. */
+static void sync_filter(struct identity *id)
+{
+	const struct json *want = id->has_nm ? id->nm.packet_filter : NULL;
+	struct filter *f = engine_filter(id->engine);
+	struct filter_prefix *local;
+	size_t n = 0, cap;
+	char err[256];
+	int r;
+
+	if (!f)
+		return;
+	if (!id->filter_set || !json_equal(want, id->filter_applied)) {
+		r = filter_set(f, want, err, sizeof(err));
+		if (r) {
+			log_warn("packet filter refused: the rules in force stay", "error=\"%s\"",
+				 r == -ENOMEM ? "out of memory" : err);
+		} else {
+			json_free(id->filter_applied);
+			id->filter_applied = want ? json_clone(want) : NULL;
+			id->filter_set = !want || id->filter_applied;
+			log_info("packet filter in force", "rules=%s",
+				 want ? "policy" : "allow-all (no policy)");
+		}
+	}
+	if (!id->has_nm) {
+		filter_set_local(f, NULL, 0);
+		return;
+	}
+	cap = id->nm.self.naddresses + id->nm.self.nallowed_ips;
+	local = calloc(cap ? cap : 1, sizeof(*local));
+	if (!local)
+		return;
+	for (size_t i = 0; i < id->nm.self.naddresses; i++, n++) {
+		local[n].family = id->nm.self.addresses[i].family;
+		local[n].bits = id->nm.self.addresses[i].bits;
+		memcpy(local[n].addr, id->nm.self.addresses[i].addr, 16);
+	}
+	for (size_t i = 0; i < id->nm.self.nallowed_ips; i++, n++) {
+		local[n].family = id->nm.self.allowed_ips[i].family;
+		local[n].bits = id->nm.self.allowed_ips[i].bits;
+		memcpy(local[n].addr, id->nm.self.allowed_ips[i].addr, 16);
+	}
+	if (filter_set_local(f, local, n))
+		log_warn("cannot set the filter's local destinations");
+	free(local);
+}
+
+static void on_expire(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	struct identity *id = arg;
+
+	if (engine_filter(id->engine))
+		filter_expire(engine_filter(id->engine), loop_mono_ms());
+	loop_timer_arm(t, 1000);
+}
+
 /* knit's routing table from the netmap in force (or nothing without one). */
 static void sync_routes(struct identity *id)
 {
 	int err;
 
+	sync_filter(id);
 	if (!id->routes)
 		return;
 	err = routes_sync(id->routes, id->has_nm ? &id->nm : NULL, id->st->login_server);
@@ -824,7 +888,7 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 		 const struct identity_config *cfg)
 {
 	struct identity *id = calloc(1, sizeof(*id));
-	struct engine_config ec = { .ifname = cfg->ifname, .on_down = on_tun_down };
+	struct engine_config ec = { .ifname = cfg->ifname, .on_down = on_tun_down, .filtered = true };
 	int r = -ENOMEM;
 
 	*out = NULL;
@@ -841,7 +905,8 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 	id->applied = applied_new();
 	id->save_timer = loop_timer_new(loop, on_save, id);
 	id->endpoint_timer = loop_timer_new(loop, on_endpoint_timer, id);
-	if (!id->applied || !id->save_timer || !id->endpoint_timer ||
+	id->expire_timer = loop_timer_new(loop, on_expire, id);
+	if (!id->applied || !id->save_timer || !id->endpoint_timer || !id->expire_timer ||
 	    (cfg->state_path && !(id->state_path = strdup(cfg->state_path))))
 		goto out;
 	ec.arg = id;
@@ -850,6 +915,7 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 		goto out;
 	}
 	engine_set_private_key(id->engine, st->node_key);
+	loop_timer_arm(id->expire_timer, 1000);
 	/* An identity owns its device: up, so addresses and routes can go on it. */
 	if ((r = iface_link_up(engine_ifname(id->engine)))) {
 		log_error("cannot bring the TUN device up", "dev=%s err=%d", engine_ifname(id->engine), r);
@@ -902,6 +968,8 @@ void identity_free(struct identity *id)
 	applied_free(id->applied);
 	loop_timer_free(id->save_timer);
 	loop_timer_free(id->endpoint_timer);
+	loop_timer_free(id->expire_timer);
+	json_free(id->filter_applied);
 	free(id->state_path);
 	state_free(id->st);
 	free(id);
