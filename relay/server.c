@@ -811,8 +811,12 @@ static bool frames(struct conn *c, const uint8_t *p, size_t n)
 		if (r == 0)
 			return true;
 		if (r < 0) {
-			if (!c->outbound)
+			if (!c->outbound && c->state == ST_ACTIVE) {
 				bad_frame(c, c->parser.error);
+			} else if (!c->outbound) {
+				c->s->st.handshake_failures++;
+				metrics_inc(c->s->m.hs_proof);
+			}
 			conn_close(c, c->parser.error);
 			return false;
 		}
