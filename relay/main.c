@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -390,6 +391,15 @@ int main(int argc, char **argv)
 		    (ret = httpd_serve_metrics(http, metrics)) != 0) {
 			log_error("cannot serve HTTP", "listen=%s errno=%d", o.http_listen, -ret);
 			goto out;
+		}
+	}
+	{
+		/* One descriptor per client: take what the hard limit allows. */
+		struct rlimit rl;
+
+		if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+			rl.rlim_cur = rl.rlim_max;
+			setrlimit(RLIMIT_NOFILE, &rl);
 		}
 	}
 	loop_signal_add(loop, SIGTERM, on_signal, srv);

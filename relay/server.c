@@ -125,7 +125,7 @@ struct relay_server {
 	struct keymap *remote;	/* key -> struct remote */
 	struct mesh_peer **peers;
 	size_t npeers;
-	struct loop_timer *sweep;
+	struct loop_timer *sweep, *accept_retry;
 	uint8_t *rbuf;
 	struct relay_server_stats st;
 	struct {
@@ -156,7 +156,7 @@ static void metrics_setup(struct relay_server *s, struct metrics *m)
 		s->m.remote = metrics_with(f, NULL);
 	if ((f = metrics_gauge_new(m, "knit_relay_mesh_peers_up", "Outbound mesh links established.", NULL)))
 		s->m.mesh_up = metrics_with(f, NULL);
-	if ((f = metrics_gauge_new(m, "knit_relay_queued_bytes", "Bytes in all send queues.", NULL)))
+	if ((f = metrics_gauge_new(m, "knit_relay_queued_bytes", "Bytes in all send queues (sampled every second).", NULL)))
 		s->m.queued = metrics_with(f, NULL);
 	if ((f = metrics_counter_new(m, "knit_relay_accepts_total", "TCP connections accepted.", NULL)))
 		s->m.accepts = metrics_with(f, NULL);
@@ -378,7 +378,9 @@ static void remote_drop(struct relay_server *s, const uint8_t key[32])
 
 	if (!r)
 		return;
-	tell_senders(s, &r->senders, key);
+	/* A client that moved here from the other relay is not gone. */
+	if (!keymap_get(s->clients, key))
+		tell_senders(s, &r->senders, key);
 	senders_free(&r->senders);
 	free(r);
 }
@@ -1020,8 +1022,16 @@ static void accept_event(struct loop *loop, int fd, unsigned events, void *arg)
 		struct endpoint ep;
 		int one = 1;
 
-		if (cfd < 0)
+		if (cfd < 0) {
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				/* Out of descriptors: level-triggered epoll would
+				 * spin on the pending connection. Pause accepting. */
+				log_warn("accept paused: out of file descriptors", "errno=%d", errno);
+				loop_fd_del(s->loop, s->lfd);
+				loop_timer_arm(s->accept_retry, 250);
+			}
 			break;
+		}
 		metrics_inc(s->m.accepts);
 		if (!s->accepting || s->nconns >= s->max_clients) {
 			s->st.handshake_failures++;
@@ -1057,6 +1067,14 @@ static void accept_event(struct loop *loop, int fd, unsigned events, void *arg)
 			conn_close(c, "loop_fd_add failed");
 	}
 	flush_all(s);
+}
+
+static void accept_resume(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	struct relay_server *s = arg;
+
+	if (s->lfd >= 0 && s->accepting)
+		loop_fd_add(loop, s->lfd, LOOP_READ, accept_event, s);
 }
 
 /* ---- mesh links ----------------------------------------------------------- */
@@ -1329,7 +1347,8 @@ int relay_server_new(struct loop *loop, const struct relay_server_opts *o, struc
 	s->remote = keymap_new();
 	s->rbuf = malloc(READ_CHUNK);
 	s->sweep = loop_timer_new(loop, sweep, s);
-	if (!s->clients || !s->remote || !s->rbuf || !s->sweep)
+	s->accept_retry = loop_timer_new(loop, accept_resume, s);
+	if (!s->clients || !s->remote || !s->rbuf || !s->sweep || !s->accept_retry)
 		goto out;
 	metrics_setup(s, o->metrics);
 	if (o->listen_fd >= 0) {
@@ -1410,6 +1429,7 @@ void relay_server_free(struct relay_server *s)
 	keymap_free(s->remote);
 	keymap_free(s->clients);
 	loop_timer_free(s->sweep);
+	loop_timer_free(s->accept_retry);
 	free(s->rbuf);
 	sodium_memzero(s->priv, sizeof(s->priv));
 	sodium_memzero(s->mesh_key, sizeof(s->mesh_key));
@@ -1431,6 +1451,7 @@ void relay_server_shutdown(struct relay_server *s)
 	static const char why[] = "relay shutting down";
 
 	s->accepting = false;
+	loop_timer_disarm(s->accept_retry);
 	if (s->lfd >= 0) {
 		loop_fd_del(s->loop, s->lfd);
 		close(s->lfd);
