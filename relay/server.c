@@ -919,6 +919,10 @@ static void conn_readable(struct conn *c)
 			ok = head_bytes(c, s->rbuf, (size_t)n);
 		else
 			ok = frames(c, s->rbuf, (size_t)n);
+		/* Hand each chunk's packets to their sockets before reading
+		 * the next: a fast sender must not fill a destination's queue
+		 * (and see drops) while that socket could take the bytes. */
+		flush_all(s);
 		if (!ok || c->state == ST_DEAD)
 			return;
 		if ((size_t)n < READ_CHUNK && !(c->ssl && SSL_pending(c->ssl) > 0))
