@@ -1,4 +1,5 @@
-/* The relay's byte stream as a server reads it from an untrusted client:
+/* The relay's byte stream as a server reads it from an untrusted client
+ * (and, with the first byte's top bit set, the HTTP upgrade head before it):
  * frames split at a size the first byte picks, each decoded, CLIENT_INFO
  * checked against a fixed server key and challenge (the box must not
  * open for the fuzzer, and nothing may crash trying), and packets framed
@@ -10,6 +11,7 @@
 #include "buf.h"
 #include "relay/frame.h"
 #include "relay/hello.h"
+#include "relay/upgrade.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -29,6 +31,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	if (size < 1)
 		return 0;
+	/* A first byte with the top bit set: the rest is an upgrade head. */
+	if (data[0] & 0x80) {
+		size_t head;
+
+		relay_upgrade_request_parse((const char *)data + 1, size - 1, &head, NULL, 0);
+		relay_upgrade_response_parse((const char *)data + 1, size - 1, &head, NULL, 0);
+		return 0;
+	}
 	chunk = (size_t)data[0] * 17 + 1;
 	relay_parser_init(&p, 0);
 	while (off < size) {
