@@ -493,6 +493,36 @@ int json_object_set(struct json *obj, const char *key, struct json *val)
 	return json_object_setn(obj, key, key ? strlen(key) : 0, val);
 }
 
+int json_put(struct json *obj, const char *key, struct json *val, int *err)
+{
+	if (*err) {
+		json_free(val);
+		return *err;
+	}
+	if (!obj || !val) {
+		json_free(val);
+		*err = -ENOMEM;
+		return *err;
+	}
+	*err = json_object_set(obj, key, val);
+	return *err;
+}
+
+int json_put_str(struct json *obj, const char *key, const char *s, int *err)
+{
+	return s ? json_put(obj, key, json_new_string(s), err) : *err;
+}
+
+int json_put_int(struct json *obj, const char *key, int64_t v, int *err)
+{
+	return json_put(obj, key, json_new_int(v), err);
+}
+
+int json_put_bool(struct json *obj, const char *key, bool v, int *err)
+{
+	return json_put(obj, key, json_new_bool(v), err);
+}
+
 static void obj_remove(struct json *o, size_t i)
 {
 	free(o->u.obj.m[i].key);

@@ -105,6 +105,15 @@ struct json *json_new_object(void);
 int json_object_set(struct json *obj, const char *key, struct json *val);
 int json_object_setn(struct json *obj, const char *key, size_t key_len, struct json *val);
 int json_array_append(struct json *arr, struct json *val);
+
+/* Building with one check at the end: an error sticks in *err (0 to
+ * start with), and later puts free their value and do nothing. Each takes
+ * ownership of val; a NULL val (a failed builder) or obj is -ENOMEM.
+ * Return *err. json_put_str puts nothing for a NULL s. */
+int json_put(struct json *obj, const char *key, struct json *val, int *err);
+int json_put_str(struct json *obj, const char *key, const char *s, int *err);
+int json_put_int(struct json *obj, const char *key, int64_t v, int *err);
+int json_put_bool(struct json *obj, const char *key, bool v, int *err);
 /* Returns true if the key was there. */
 bool json_object_del(struct json *obj, const char *key);
 

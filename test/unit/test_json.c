@@ -837,6 +837,33 @@ static void test_stream_misc(void **state)
 	json_free(c.docs);
 }
 
+static void test_put(void **state)
+{
+	struct json *o = json_new_object();
+	struct buf out = BUF_INIT(4096);
+	int err = 0;
+
+	(void)state;
+	assert_int_equal(json_put_str(o, "a", "x", &err), 0);
+	assert_int_equal(json_put_str(o, "skip", NULL, &err), 0);
+	assert_int_equal(json_put_int(o, "n", -7, &err), 0);
+	assert_int_equal(json_put_bool(o, "b", true, &err), 0);
+	assert_int_equal(json_put(o, "arr", json_new_array(), &err), 0);
+	assert_int_equal(json_dump(o, &out, 0), 0);
+	assert_int_equal(out.len, strlen("{\"a\":\"x\",\"n\":-7,\"b\":true,\"arr\":[]}"));
+	assert_memory_equal(out.data, "{\"a\":\"x\",\"n\":-7,\"b\":true,\"arr\":[]}", out.len);
+	/* A failed builder sticks as -ENOMEM; later puts free their value. */
+	assert_int_equal(json_put(o, "bad", NULL, &err), -ENOMEM);
+	assert_int_equal(json_put_str(o, "c", "y", &err), -ENOMEM);
+	assert_int_equal(json_put(o, "d", json_new_array(), &err), -ENOMEM);
+	assert_null(json_get(o, "c"));
+	assert_null(json_get(o, "d"));
+	err = 0;
+	assert_int_equal(json_put_int(NULL, "n", 1, &err), -ENOMEM);
+	buf_free(&out);
+	json_free(o);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -859,6 +886,7 @@ int main(void)
 		cmocka_unit_test(test_stream_errors),
 		cmocka_unit_test(test_stream_doc_cap),
 		cmocka_unit_test(test_stream_misc),
+		cmocka_unit_test(test_put),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
