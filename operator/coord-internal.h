@@ -12,6 +12,7 @@
 
 #include "buf.h"
 #include "control/channel.h"
+#include "net/endpoint.h"
 #include "coord.h"
 
 struct httpd;
@@ -72,7 +73,8 @@ struct mapconn {
 struct node {
 	char *name;
 	char *tailnet;
-	struct json *endpoints; /* array of "ip:port" */
+	struct endpoint *endpoints; /* validated by the codec (control/fields.h) */
+	size_t nendpoints;
 	int relay;
 	int streams;
 	char *peer; /* the record peers see (JSON text); NULL: not a usable peer */

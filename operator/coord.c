@@ -300,20 +300,24 @@ static struct json *open_request(struct coord *c, struct httpd_req *req, struct 
 	return j;
 }
 
-/* Soft state from an update or map request: endpoints and relay. */
-static void set_endpoints(struct coord *c, const struct json *dev, const struct json *req, bool publish)
+/* Soft state from an update or map request, parsed by the codec: what is
+ * stored is what every agent accepts. Takes u's endpoints. */
+static void set_soft_state(struct coord *c, const struct json *dev, struct update_request *u, bool has_endpoints,
+			   bool publish)
 {
-	struct json *eps = json_get(req, "endpoints");
 	struct node *n = coord_node_get(c, kube_name(dev), operator_tailnet_of(dev));
 
 	if (!n)
 		return;
-	if (json_is_array(eps) && json_array_len(eps) <= 64) {
-		json_free(n->endpoints);
-		n->endpoints = json_clone(eps);
+	if (has_endpoints) {
+		free(n->endpoints);
+		n->endpoints = u->endpoints;
+		n->nendpoints = u->nendpoints;
+		u->endpoints = NULL;
+		u->nendpoints = 0;
 	}
-	if (json_get(req, "relay"))
-		n->relay = (int)json_int(json_get(req, "relay"), 0);
+	if (u->has_relay)
+		n->relay = u->relay;
 	if (publish)
 		coord_publish_device(c, dev);
 }
@@ -331,14 +335,30 @@ static void h_call(struct httpd_req *req, void *arg)
 		return;
 	type = json_str(json_get(j, "type")) ?: "";
 	if (strcmp(type, "update") == 0) {
-		struct json *ok = json_new_object();
-		dev = coord_device_by_machine(c, s->mkey);
-		if (dev)
-			set_endpoints(c, dev, j, true);
-		json_object_set(ok, "ok", json_new_bool(dev != NULL));
-		coord_respond_sealed(req, s, dev ? ok : coord_error_reply("NotRegistered", "this machine is not registered"));
-		json_free(ok);
-		json_free(dev);
+		struct update_request u;
+		struct json *reply;
+		char why[200];
+		bool is_map = false;
+
+		if (!update_request_from_json(j, &u, &is_map, why, sizeof(why)) || is_map) {
+			reply = coord_error_reply("BadRequest", "%s", is_map ? "a map request is not a call" : why);
+		} else if (!(dev = coord_device_by_machine(c, s->mkey))) {
+			reply = coord_error_reply("NotRegistered", "this machine is not registered");
+		} else {
+			set_soft_state(c, dev, &u, json_get(j, "endpoints") != NULL, true);
+			reply = json_new_object();
+			if (reply && json_object_set(reply, "ok", json_new_bool(true))) {
+				json_free(reply);
+				reply = NULL;
+			}
+			json_free(dev);
+		}
+		update_request_free(&u);
+		if (reply)
+			coord_respond_sealed(req, s, reply);
+		else
+			httpd_respond_text(req, 500, "out of memory\n");
+		json_free(reply);
 		json_free(j);
 		return;
 	}
@@ -473,7 +493,20 @@ static void h_map(struct httpd_req *req, void *arg)
 	/* The endpoints that came with the request (re-announced after every
 	 * reconnect) and the online flag go to the peers; this stream pulls
 	 * its full netmap, its own new record included, as it reads. */
-	set_endpoints(c, dev, j, false);
+	{
+		struct update_request u;
+		char why[200];
+		bool is_map = false;
+
+		/* Soft state that does not parse is not stored: the stream opens
+		 * all the same (the agent's next update may be better). */
+		if (update_request_from_json(j, &u, &is_map, why, sizeof(why)))
+			set_soft_state(c, dev, &u, json_get(j, "endpoints") != NULL, false);
+		else
+			log_warn("coordination: map request's soft state ignored", "device=%s reason=\"%s\"",
+				 m->device, why);
+		update_request_free(&u);
+	}
 	coord_node_stream(c, m->node, true, dev);
 	coord_stream_sync(m);
 	json_free(dev);

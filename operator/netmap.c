@@ -33,6 +33,7 @@
 #include "log.h"
 #include "loop.h"
 #include "operator.h"
+#include "record.h"
 #include "strmap.h"
 #include "wg/noise.h"
 
@@ -49,11 +50,9 @@ struct node *coord_node_get(struct coord *c, const char *device, const char *tai
 		return NULL;
 	n->name = strdup(device);
 	n->tailnet = strdup(tailnet);
-	n->endpoints = json_new_array();
-	if (!n->name || !n->tailnet || !n->endpoints || strmap_set(c->nodes, device, n, NULL)) {
+	if (!n->name || !n->tailnet || strmap_set(c->nodes, device, n, NULL)) {
 		free(n->name);
 		free(n->tailnet);
-		json_free(n->endpoints);
 		free(n);
 		return NULL;
 	}
@@ -64,7 +63,7 @@ static void node_free(struct node *n)
 {
 	free(n->name);
 	free(n->tailnet);
-	json_free(n->endpoints);
+	free(n->endpoints);
 	free(n->peer);
 	free(n);
 }
@@ -78,16 +77,18 @@ static void node_release(struct node *n)
 
 bool coord_dev_usable(const struct json *dev)
 {
+	uint8_t key[32];
+
 	return json_array_len(json_path(dev, "status", "addresses", NULL)) == 2 &&
 	       !json_bool(json_path(dev, "status", "keyExpired", NULL), false) && !kube_deleting(dev) &&
-	       json_str(json_path(dev, "spec", "nodeKey", NULL));
+	       channel_key_parse(json_str(json_path(dev, "spec", "nodeKey", NULL)), "nodekey:", key);
 }
 
 /* The tailnet's MagicDNS suffix: the CRD defaults it, but a Tailnet the
  * informer has not seen yet (or an older object) has none. */
 static const char *dns_suffix(const struct json *tn)
 {
-	return json_str(json_path(tn, "spec", "dnsSuffix", NULL)) ?: "tailnet.knit";
+	return json_str(json_path(tn, "spec", "dnsSuffix", NULL)) ?: RECORD_DEFAULT_SUFFIX;
 }
 
 struct json *coord_dns_suffix_json(struct coord *c, const char *tailnet)
@@ -97,63 +98,6 @@ struct json *coord_dns_suffix_json(struct coord *c, const char *tailnet)
 	s = json_new_string(dns_suffix(tn));
 	json_free(tn);
 	return s;
-}
-
-/* FNV-1a: tells a change of what peers need now from soft state alone. */
-static uint64_t fnv1a(const void *p, size_t len)
-{
-	const uint8_t *b = p;
-	uint64_t h = 14695981039346656037ull;
-
-	for (size_t i = 0; i < len; i++)
-		h = (h ^ b[i]) * 1099511628211ull;
-	return h;
-}
-
-/* The record peers see for dev (and the device sees as "self"); *hard is a
- * hash of it without the soft state (endpoints, relay, online). */
-static struct json *peer_json(struct node *n, const struct json *dev, const char *suffix, uint64_t *hard)
-{
-	struct json *p = json_new_object(), *addrs = json_new_array(), *allowed = json_new_array();
-	struct json *st_addrs = json_path(dev, "status", "addresses", NULL);
-	struct json *routes = json_path(dev, "spec", "approvedRoutes", NULL);
-	const char *host = json_str(json_path(dev, "spec", "hostname", NULL)) ?: kube_name(dev);
-	char fqdn[600];
-
-	if (!p || !addrs || !allowed) {
-		json_free(p);
-		json_free(addrs);
-		json_free(allowed);
-		return NULL;
-	}
-	for (size_t i = 0; i < json_array_len(st_addrs); i++) {
-		const char *a = json_str(json_array_at(st_addrs, i));
-		char cidr[80];
-		if (!a)
-			continue;
-		snprintf(cidr, sizeof(cidr), "%s/%d", a, strchr(a, ':') ? 128 : 32);
-		json_array_append(addrs, json_new_string(cidr));
-		json_array_append(allowed, json_new_string(cidr));
-	}
-	for (size_t i = 0; i < json_array_len(routes); i++)
-		json_array_append(allowed, json_clone(json_array_at(routes, i)));
-	snprintf(fqdn, sizeof(fqdn), "%s.%s", host, suffix);
-	json_object_set(p, "name", coord_jstr(host));
-	json_object_set(p, "fqdn", coord_jstr(fqdn));
-	json_object_set(p, "device", coord_jstr(kube_name(dev)));
-	json_object_set(p, "nodeKey", coord_jstr(json_str(json_path(dev, "spec", "nodeKey", NULL))));
-	json_object_set(p, "discoKey", coord_jstr(json_str(json_path(dev, "spec", "discoKey", NULL))));
-	json_object_set(p, "addresses", addrs);
-	json_object_set(p, "allowedIPs", allowed);
-	json_object_set(p, "tags", json_clone(json_path(dev, "spec", "tags", NULL)) ?: json_new_array());
-	json_object_set(p, "ephemeral", json_new_bool(json_bool(json_path(dev, "spec", "ephemeral", NULL), false)));
-	struct buf text = BUF_INIT(1u << 20);
-	*hard = json_dump(p, &text, 0) ? 0 : fnv1a(text.data, text.len);
-	buf_free(&text);
-	json_object_set(p, "endpoints", json_clone(n->endpoints));
-	json_object_set(p, "relay", json_new_int(n->relay));
-	json_object_set(p, "online", json_new_bool(n->streams > 0));
-	return p;
 }
 
 /* ---- the change log ---- */
@@ -544,10 +488,15 @@ void coord_publish_device(struct coord *c, const struct json *dev)
 	const char *name = kube_name(dev), *tailnet = operator_tailnet_of(dev);
 	const char *key = json_str(json_path(dev, "spec", "nodeKey", NULL));
 	struct node *n = coord_node_get(c, name, tailnet);
-	struct json *suffix, *p;
 	struct buf text = BUF_INIT(1u << 20);
-	uint64_t hard;
+	struct record_soft soft;
+	struct netmap_node rec;
+	struct json *suffix;
+	unsigned dropped = 0;
+	uint64_t hard = 0;
+	char why[160];
 	bool urgent;
+	int err;
 
 	bool usable = coord_dev_usable(dev), moved;
 
@@ -570,15 +519,24 @@ void coord_publish_device(struct coord *c, const struct json *dev)
 	if (n->peer && key && strcmp(n->node_key, key) != 0)
 		node_unpublish(c, n); /* a rotated key: the old one is gone */
 	suffix = coord_dns_suffix_json(c, tailnet);
-	p = suffix ? peer_json(n, dev, json_str(suffix), &hard) : NULL;
+	soft = (struct record_soft){ .endpoints = n->endpoints, .nendpoints = n->nendpoints, .relay = n->relay,
+				     .online = n->streams > 0 };
+	err = suffix ? record_from_device(dev, json_str(suffix), &soft, &rec, &dropped, why, sizeof(why)) : -ENOMEM;
 	json_free(suffix);
-	if (!p || json_dump(p, &text, 0) ||
-	    (n->peer && n->peer_len == text.len && memcmp(n->peer, text.data, text.len) == 0)) {
-		json_free(p);
+	if (err) {
+		log_warn("coordination: device is no peer", "device=%s reason=\"%s\"", name, why);
+		node_unpublish(c, n);
+		return;
+	}
+	if (dropped && !n->peer)
+		log_warn("coordination: fields of the device left out of its record (not valid)", "device=%s count=%u",
+			 name, dropped);
+	err = record_text(&rec, &text, &hard);
+	netmap_node_free(&rec);
+	if (err || (n->peer && n->peer_len == text.len && memcmp(n->peer, text.data, text.len) == 0)) {
 		buf_free(&text);
 		return;
 	}
-	json_free(p);
 	urgent = !n->peer || hard != n->hard_hash;
 	free(n->peer);
 	n->peer_len = text.len;
