@@ -30,7 +30,7 @@
 
 /* ---- worker pool: registration's API writes ---- */
 
-void coord_job_free(struct job *j)
+void register_job_free(struct job *j)
 {
 	json_free(j->req);
 	json_free(j->reply);
@@ -62,7 +62,7 @@ static struct job *job_pop(struct job **head, struct job **tail)
 	return j;
 }
 
-int coord_job_submit(struct coord *c, struct job *j)
+int register_job_submit(struct coord *c, struct job *j)
 {
 	pthread_mutex_lock(&c->lock);
 	if (c->njobs >= MAX_JOBS || c->stop) {
@@ -96,7 +96,7 @@ static struct json *do_logout(struct coord *c, const char *mkey);
 static void do_count_use(struct coord *c, const char *ns, const char *name);
 static void do_online(struct coord *c, const char *device, bool online, time_t at);
 
-void *coord_job_worker(void *arg)
+void *register_job_worker(void *arg)
 {
 	struct coord *c = arg;
 
@@ -118,7 +118,7 @@ void *coord_job_worker(void *arg)
 		case JOB_COUNT_USE: do_count_use(c, j->mkey, j->device); break;
 		}
 		if (j->type == JOB_ONLINE || j->type == JOB_COUNT_USE || loop_post(c->op->loop, job_done, j))
-			coord_job_free(j);
+			register_job_free(j);
 	}
 	return NULL;
 }
@@ -138,10 +138,10 @@ static void job_done(struct loop *loop, void *arg)
 	if (j->slot)
 		*j->slot = NULL; /* on_close comes later and must not find us */
 	buf_free(&out);
-	coord_job_free(j);
+	register_job_free(j);
 }
 
-void coord_reply_stream_closed(struct httpd_stream *st, void *arg)
+void register_reply_stream_closed(struct httpd_stream *st, void *arg)
 {
 	/* The client left before the reply: the job still completes, silently. */
 	struct job **slot = arg;
@@ -167,7 +167,7 @@ static void count_use_later(struct coord *c, const char *ns, const char *name)
 	j->c = c;
 	snprintf(j->mkey, sizeof(j->mkey), "%s", ns); /* the key's namespace */
 	snprintf(j->device, sizeof(j->device), "%s", name); /* and name */
-	if (coord_job_submit(c, j)) {
+	if (register_job_submit(c, j)) {
 		log_warn("auth key use not counted (busy)", "authkey=%s/%s", ns, name);
 		free(j);
 	}
@@ -230,7 +230,7 @@ static void find_by(const struct json *obj, void *arg)
 		f->found = json_clone(obj);
 }
 
-struct json *coord_device_by_machine(struct coord *c, const char *mkey)
+struct json *register_device_by_machine(struct coord *c, const char *mkey)
 {
 	struct find_ctx f = { .value = mkey };
 
@@ -339,7 +339,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		reply = coord_error_reply("NodeKeyInUse", "another device holds this node key; make a new one");
 		goto out;
 	}
-	existing = coord_device_by_machine(c, mkey);
+	existing = register_device_by_machine(c, mkey);
 	tags = fields_strv_json(rq.tags, rq.ntags);
 	if (!tags)
 		goto nomem;
@@ -493,7 +493,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		reply = coord_error_reply("Unavailable", "the device's addresses are not valid; try again");
 		goto out;
 	}
-	struct json *sfx = coord_dns_suffix_json(c, tailnet);
+	struct json *sfx = mapstream_dns_suffix_json(c, tailnet);
 	resp.dns_suffix = (char *)json_str(sfx);
 	reply = register_response_to_json(&resp);
 	json_free(sfx);
@@ -516,7 +516,7 @@ out:
 
 static struct json *do_logout(struct coord *c, const char *mkey)
 {
-	struct json *dev = coord_device_by_machine(c, mkey), *reply;
+	struct json *dev = register_device_by_machine(c, mkey), *reply;
 	struct kube_result r;
 
 	if (!dev)
@@ -564,7 +564,7 @@ static void do_online(struct coord *c, const char *device, bool online, time_t a
 /* Online transitions are written in the background, one per device: a
  * device that flaps while its write waits is written once, with its
  * latest state. Registrations never queue behind them. */
-void coord_online_changed(struct coord *c, const char *device, bool online)
+void register_online_changed(struct coord *c, const char *device, bool online)
 {
 	struct job *j;
 
