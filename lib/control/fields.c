@@ -194,26 +194,45 @@ void fields_strv_free(char **v, size_t n)
 	free(v);
 }
 
+/* An array member: false on error; true with *len 0 when absent, null or
+ * empty, else with *a a zeroed array of *len elements of size. max caps
+ * the length (0: none). */
+static bool get_array(const struct json *j, const char *where, const char *key, bool required, size_t max,
+		      size_t size, const struct json **v, void **a, size_t *len, char *err, size_t errlen)
+{
+	*v = json_get(j, key);
+	*a = NULL;
+	*len = 0;
+	if (!*v || json_is_null(*v)) {
+		if (required)
+			return fields_fail(err, errlen, "%s%s: missing", where, key);
+		return true;
+	}
+	if (!json_is_array(*v))
+		return fields_fail(err, errlen, "%s%s: want an array, got %s", where, key,
+				   json_type_name(json_type(*v)));
+	if (max && json_array_len(*v) > max)
+		return fields_fail(err, errlen, "%s%s: more than %zu", where, key, max);
+	if (json_array_len(*v) == 0)
+		return true;
+	*a = calloc(json_array_len(*v), size);
+	if (!*a)
+		return fields_fail(err, errlen, "%s%s: out of memory", where, key);
+	*len = json_array_len(*v);
+	return true;
+}
+
 bool fields_get_tags(const struct json *j, const char *where, const char *key, char ***out, size_t *n,
 		     char *err, size_t errlen)
 {
-	const struct json *v = json_get(j, key);
+	const struct json *v;
 	size_t len;
 	char **a;
 
 	*out = NULL;
 	*n = 0;
-	if (!v || json_is_null(v))
-		return true;
-	if (!json_is_array(v))
-		return fields_fail(err, errlen, "%s%s: want an array, got %s", where, key,
-				   json_type_name(json_type(v)));
-	len = json_array_len(v);
-	if (len == 0)
-		return true;
-	a = calloc(len, sizeof(*a));
-	if (!a)
-		return fields_fail(err, errlen, "%s%s: out of memory", where, key);
+	if (!get_array(j, where, key, false, 0, sizeof(*a), &v, (void **)&a, &len, err, errlen))
+		return false;
 	for (size_t i = 0; i < len; i++) {
 		const char *s = json_str(json_array_at(v, i));
 
@@ -241,26 +260,14 @@ bool fields_get_tags(const struct json *j, const char *where, const char *key, c
 bool fields_get_prefixes(const struct json *j, const char *where, const char *key, bool required, bool cidr,
 			 struct netmap_prefix **out, size_t *n, char *err, size_t errlen)
 {
-	const struct json *v = json_get(j, key);
+	const struct json *v;
 	struct netmap_prefix *a;
 	size_t len;
 
 	*out = NULL;
 	*n = 0;
-	if (!v || json_is_null(v)) {
-		if (required)
-			return fields_fail(err, errlen, "%s%s: missing", where, key);
-		return true;
-	}
-	if (!json_is_array(v))
-		return fields_fail(err, errlen, "%s%s: want an array, got %s", where, key,
-				   json_type_name(json_type(v)));
-	len = json_array_len(v);
-	if (len == 0)
-		return true;
-	a = calloc(len, sizeof(*a));
-	if (!a)
-		return fields_fail(err, errlen, "%s%s: out of memory", where, key);
+	if (!get_array(j, where, key, required, 0, sizeof(*a), &v, (void **)&a, &len, err, errlen))
+		return false;
 	for (size_t i = 0; i < len; i++) {
 		const char *s = json_str(json_array_at(v, i));
 		bool ok = cidr ? fields_cidr_parse(&a[i], s) : netmap_prefix_parse(&a[i], s);
@@ -281,26 +288,16 @@ bool fields_get_prefixes(const struct json *j, const char *where, const char *ke
 bool fields_get_endpoints(const struct json *j, const char *where, struct endpoint **out, size_t *n, char *err,
 			  size_t errlen)
 {
-	const struct json *v = json_get(j, "endpoints");
+	const struct json *v;
 	struct endpoint *a;
 	const char *why;
 	size_t len;
 
 	*out = NULL;
 	*n = 0;
-	if (!v || json_is_null(v))
-		return true;
-	if (!json_is_array(v))
-		return fields_fail(err, errlen, "%sendpoints: want an array, got %s", where,
-				   json_type_name(json_type(v)));
-	len = json_array_len(v);
-	if (len == 0)
-		return true;
-	if (len > FIELDS_MAX_ENDPOINTS)
-		return fields_fail(err, errlen, "%sendpoints: more than %d", where, FIELDS_MAX_ENDPOINTS);
-	a = calloc(len, sizeof(*a));
-	if (!a)
-		return fields_fail(err, errlen, "%sendpoints: out of memory", where);
+	if (!get_array(j, where, "endpoints", false, FIELDS_MAX_ENDPOINTS, sizeof(*a), &v, (void **)&a, &len, err,
+		       errlen))
+		return false;
 	for (size_t i = 0; i < len; i++) {
 		const char *s = json_str(json_array_at(v, i));
 

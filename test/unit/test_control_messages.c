@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "control/fields.h"
 #include "control/messages.h"
 #include "json.h"
 
@@ -646,10 +647,97 @@ static void test_update(void **state)
 	json_free(j);
 }
 
+/* control/fields.c: the one set of rules both ends apply. */
+static void test_fields(void **state)
+{
+	static const struct {
+		const char *s;
+		bool tag, host;
+	} names[] = {
+		{ "tag:db", true, false },
+		{ "tag:DB-1", true, false },
+		{ "tag:a", true, false },
+		{ "tag:" "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijk", true, false },
+		{ "tag:" "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijkl", false, false },
+		{ "tag:", false, false },
+		{ "tag:-db", false, false },
+		{ "tag:db-", false, false },
+		{ "tag:a b", false, false },
+		{ "tag:a_b", false, false },
+		{ "db", false, true },
+		{ "db-1", false, true },
+		{ "0", false, true },
+		{ "Db", false, false },
+		{ "-db", false, false },
+		{ "db.x", false, false },
+		{ "", false, false },
+		{ "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijk", false, true },
+		{ "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijkl", false, false },
+	};
+	static const struct {
+		const char *in, *out;
+	} sanitized[] = {
+		{ "My Laptop.local", "my-laptop-local" },
+		{ "--x--", "x" },
+		{ "", "device" },
+		{ "!!!", "device" },
+		{ "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz", "abcdefghijklmnopqrstuvwxyzabcdefghijklmn" },
+	};
+	static const struct {
+		const char *s;
+		bool ok;
+	} cidrs[] = {
+		{ "10.0.0.0/24", true }, { "fd00::/64", true }, { "10.0.0.1", false }, { "10.0.0.0/24x", false },
+		{ "10.0.0.0/abc", false }, { "10.0.0.0/", false }, { "/24", false }, { NULL, false },
+	};
+	struct netmap_prefix p;
+	char out[64], text[8192];
+	struct json *j;
+	struct endpoint *eps;
+	size_t n, len;
+	char err[200];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		if (fields_tag_valid(names[i].s) != names[i].tag || fields_hostname_valid(names[i].s) != names[i].host)
+			fail_msg("\"%s\": tag %d host %d", names[i].s, fields_tag_valid(names[i].s),
+				 fields_hostname_valid(names[i].s));
+	}
+	assert_false(fields_tag_valid(NULL));
+	assert_false(fields_hostname_valid(NULL));
+	for (size_t i = 0; i < sizeof(sanitized) / sizeof(sanitized[0]); i++) {
+		fields_hostname_sanitize(sanitized[i].in, out, sizeof(out));
+		assert_string_equal(out, sanitized[i].out);
+		assert_true(fields_hostname_valid(out));
+	}
+	for (size_t i = 0; i < sizeof(cidrs) / sizeof(cidrs[0]); i++)
+		if (fields_cidr_parse(&p, cidrs[i].s) != cidrs[i].ok)
+			fail_msg("cidr \"%s\": want %d", cidrs[i].s, cidrs[i].ok);
+	/* At most FIELDS_MAX_ENDPOINTS endpoints. */
+	for (int k = FIELDS_MAX_ENDPOINTS; k <= FIELDS_MAX_ENDPOINTS + 1; k++) {
+		len = (size_t)snprintf(text, sizeof(text), "{\"endpoints\":[");
+		for (int i = 0; i < k; i++)
+			len += (size_t)snprintf(text + len, sizeof(text) - len, "%s\"192.0.2.1:%d\"", i ? "," : "", i + 1);
+		snprintf(text + len, sizeof(text) - len, "]}");
+		j = parse(text);
+		if (k == FIELDS_MAX_ENDPOINTS) {
+			assert_true(fields_get_endpoints(j, "", &eps, &n, err, sizeof(err)));
+			assert_int_equal(n, FIELDS_MAX_ENDPOINTS);
+			free(eps);
+		} else {
+			assert_false(fields_get_endpoints(j, "", &eps, &n, err, sizeof(err)));
+			assert_string_equal(err, "endpoints: more than 64");
+			assert_null(eps);
+		}
+		json_free(j);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_prefix),
+		cmocka_unit_test(test_fields),
 		cmocka_unit_test(test_full_roundtrip),
 		cmocka_unit_test(test_full_malformed),
 		cmocka_unit_test(test_full_skips),
