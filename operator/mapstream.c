@@ -260,6 +260,79 @@ void mapstream_flush(struct loop *loop, struct loop_timer *t, void *arg)
 
 /* ---- publishing ---- */
 
+struct key_owner {
+	const struct json *dev;
+	bool earlier; /* another Device with the key came first */
+};
+
+/* Is a before b? Older first, then by name: every replica and every
+ * event order picks the same holder. */
+static bool first(const struct json *a, const struct json *b)
+{
+	const char *ta = json_str(json_path(a, "metadata", "creationTimestamp", NULL)) ?: "";
+	const char *tb = json_str(json_path(b, "metadata", "creationTimestamp", NULL)) ?: "";
+	int c = strcmp(ta, tb); /* RFC 3339 UTC: text order is time order */
+
+	return c < 0 || (c == 0 && strcmp(kube_name(a) ?: "", kube_name(b) ?: "") < 0);
+}
+
+static void earlier_holder(const struct json *other, void *arg)
+{
+	struct key_owner *o = arg;
+
+	if (strcmp(kube_name(other) ?: "", kube_name(o->dev) ?: "") != 0 && mapstream_device_usable(other) &&
+	    first(other, o->dev))
+		o->earlier = true;
+}
+
+/* Two Devices with one node key (one made by hand: registration refuses
+ * it) would show every agent the key twice: only the first is a peer. */
+static bool key_held_before(struct coord *c, const struct json *dev, const char *key)
+{
+	struct key_owner o = { .dev = dev };
+
+	if (key)
+		informer_foreach_indexed(c->op->devices, "nodeKey", key, earlier_holder, &o);
+	return o.earlier;
+}
+
+/* Devices collected under the informer's lock, published after it: a
+ * publish reads the informer again. */
+struct devlist {
+	const char *tailnet; /* NULL: any */
+	struct json **v;
+	size_t n, cap;
+};
+
+static void collect(const struct json *dev, void *arg)
+{
+	struct devlist *l = arg;
+	struct json *c;
+
+	if (l->tailnet && strcmp(operator_tailnet_of(dev), l->tailnet) != 0)
+		return;
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? 2 * l->cap : 16;
+		struct json **v = realloc(l->v, cap * sizeof(*v));
+		if (!v)
+			return;
+		l->v = v;
+		l->cap = cap;
+	}
+	c = json_clone(dev);
+	if (c)
+		l->v[l->n++] = c;
+}
+
+static void publish_all(struct coord *c, struct devlist *l)
+{
+	for (size_t i = 0; i < l->n; i++) {
+		mapstream_publish_device(c, l->v[i]);
+		json_free(l->v[i]);
+	}
+	free(l->v);
+}
+
 /* Logs dev's record if it changed (or its removal if it is no longer a peer). */
 void mapstream_publish_device(struct coord *c, const struct json *dev)
 {
@@ -278,6 +351,11 @@ void mapstream_publish_device(struct coord *c, const struct json *dev)
 
 	if (!n)
 		return;
+	if (usable && key_held_before(c, dev, key)) {
+		if (n->pub.peer)
+			log_warn("coordination: another device holds this node key; not a peer", "device=%s", name);
+		usable = false;
+	}
 	moved = strcmp(n->pub.tailnet, tailnet) != 0;
 	if (!usable || moved) {
 		/* Not (or no longer) a usable peer here: peers that knew it drop it. */
@@ -367,23 +445,24 @@ void mapstream_device_deleted(struct coord *c, const struct json *dev)
 	json_free(d);
 	if (n)
 		node_release(n);
-}
+	/* A device that shares the deleted one's node key may be a peer now. */
+	if (json_str(json_path(dev, "spec", "nodeKey", NULL))) {
+		struct devlist l = { 0 };
 
-static void republish_of_tailnet(const struct json *dev, void *arg)
-{
-	void **a = arg;
-
-	if (strcmp(operator_tailnet_of(dev), a[1]) == 0)
-		mapstream_publish_device(a[0], dev);
+		informer_foreach_indexed(c->op->devices, "nodeKey", json_str(json_path(dev, "spec", "nodeKey", NULL)),
+					 collect, &l);
+		publish_all(c, &l);
+	}
 }
 
 void mapstream_tailnet_changed(struct coord *c, const struct json *tn)
 {
-	void *a[2] = { c, (void *)kube_name(tn) };
+	struct devlist l = { .tailnet = kube_name(tn) };
 
 	/* DNS suffix, relay map: rare. The records carry the suffix (fqdn);
 	 * every stream of the tailnet starts over with a full netmap. */
-	informer_foreach(c->op->devices, republish_of_tailnet, a);
+	informer_foreach(c->op->devices, collect, &l);
+	publish_all(c, &l);
 	for (struct mapconn *m = c->conns; m; m = m->next)
 		if (strcmp(m->tailnet, kube_name(tn)) == 0)
 			mapstream_sync(m);
