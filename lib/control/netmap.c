@@ -2,6 +2,7 @@
  * to and from JSON, a delta applied to a netmap, the delta between two
  * netmaps. A single malformed peer (or removal) in a netmap or delta is
  * skipped and counted, not a reason to refuse the rest: see messages.h. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,68 @@
 #include "json.h"
 
 #define WHERE_LEN 96
+
+/* ---- prefixes ------------------------------------------------------------ */
+
+bool netmap_prefix_parse(struct netmap_prefix *p, const char *s)
+{
+	char host[INET6_ADDRSTRLEN];
+	const char *slash;
+	size_t hlen;
+	unsigned long bits;
+	char *end;
+
+	memset(p, 0, sizeof(*p));
+	if (!s)
+		return false;
+	slash = strchr(s, '/');
+	hlen = slash ? (size_t)(slash - s) : strlen(s);
+	if (hlen == 0 || hlen >= sizeof(host))
+		return false;
+	memcpy(host, s, hlen);
+	host[hlen] = '\0';
+	if (inet_pton(AF_INET, host, p->addr) == 1) {
+		p->family = AF_INET;
+		p->bits = 32;
+	} else if (inet_pton(AF_INET6, host, p->addr) == 1) {
+		p->family = AF_INET6;
+		p->bits = 128;
+	} else {
+		return false;
+	}
+	if (slash) {
+		/* Decimal digits only: no sign, no space, no leading zeros. */
+		if (slash[1] < '0' || slash[1] > '9' || (slash[1] == '0' && slash[2]))
+			return false;
+		bits = strtoul(slash + 1, &end, 10);
+		if (*end || bits > p->bits)
+			return false;
+		p->bits = (uint8_t)bits;
+	}
+	return true;
+}
+
+int netmap_prefix_format(const struct netmap_prefix *p, bool bare, char *out, size_t len)
+{
+	char host[INET6_ADDRSTRLEN];
+	int n;
+
+	if (!inet_ntop(p->family, p->addr, host, sizeof(host)))
+		return -EAFNOSUPPORT;
+	if (bare && p->bits == (p->family == AF_INET ? 32 : 128))
+		n = snprintf(out, len, "%s", host);
+	else
+		n = snprintf(out, len, "%s/%u", host, p->bits);
+	if (n < 0 || (size_t)n >= len)
+		return -ENOSPC;
+	return n;
+}
+
+bool netmap_prefix_equal(const struct netmap_prefix *a, const struct netmap_prefix *b)
+{
+	return a->family == b->family && a->bits == b->bits &&
+	       memcmp(a->addr, b->addr, a->family == AF_INET ? 4 : 16) == 0;
+}
 
 /* ---- nodes ----------------------------------------------------------------- */
 
