@@ -300,22 +300,26 @@ static struct json *open_request(struct coord *c, struct httpd_req *req, struct 
 	return j;
 }
 
-/* Soft state from an update or map request: endpoints and relay. */
-static void set_endpoints(struct coord *c, const struct json *dev, const struct json *req, bool publish)
+/* Soft state from an update or map request, parsed by the codec: what is
+ * stored is what every agent accepts. Takes u's endpoints. */
+static void set_soft_state(struct coord *c, const struct json *dev, struct update_request *u, bool has_endpoints,
+			   bool publish)
 {
-	struct json *eps = json_get(req, "endpoints");
-	struct node *n = coord_node_get(c, kube_name(dev), operator_tailnet_of(dev));
+	struct node *n = mapstream_node_get(c, kube_name(dev), operator_tailnet_of(dev));
 
 	if (!n)
 		return;
-	if (json_is_array(eps) && json_array_len(eps) <= 64) {
-		json_free(n->endpoints);
-		n->endpoints = json_clone(eps);
+	if (has_endpoints) {
+		free(n->endpoints);
+		n->endpoints = u->endpoints;
+		n->nendpoints = u->nendpoints;
+		u->endpoints = NULL;
+		u->nendpoints = 0;
 	}
-	if (json_get(req, "relay"))
-		n->relay = (int)json_int(json_get(req, "relay"), 0);
+	if (u->has_relay)
+		n->relay = u->relay;
 	if (publish)
-		coord_publish_device(c, dev);
+		mapstream_publish_device(c, dev);
 }
 
 static void h_call(struct httpd_req *req, void *arg)
@@ -331,14 +335,30 @@ static void h_call(struct httpd_req *req, void *arg)
 		return;
 	type = json_str(json_get(j, "type")) ?: "";
 	if (strcmp(type, "update") == 0) {
-		struct json *ok = json_new_object();
-		dev = coord_device_by_machine(c, s->mkey);
-		if (dev)
-			set_endpoints(c, dev, j, true);
-		json_object_set(ok, "ok", json_new_bool(dev != NULL));
-		coord_respond_sealed(req, s, dev ? ok : coord_error_reply("NotRegistered", "this machine is not registered"));
-		json_free(ok);
-		json_free(dev);
+		struct update_request u;
+		struct json *reply;
+		char why[200];
+		bool is_map = false;
+
+		if (!update_request_from_json(j, &u, &is_map, why, sizeof(why)) || is_map) {
+			reply = coord_error_reply("BadRequest", "%s", is_map ? "a map request is not a call" : why);
+		} else if (!(dev = register_device_by_machine(c, s->mkey))) {
+			reply = coord_error_reply("NotRegistered", "this machine is not registered");
+		} else {
+			set_soft_state(c, dev, &u, json_get(j, "endpoints") != NULL, true);
+			reply = json_new_object();
+			if (reply && json_object_set(reply, "ok", json_new_bool(true))) {
+				json_free(reply);
+				reply = NULL;
+			}
+			json_free(dev);
+		}
+		update_request_free(&u);
+		if (reply)
+			coord_respond_sealed(req, s, reply);
+		else
+			httpd_respond_text(req, 500, "out of memory\n");
+		json_free(reply);
 		json_free(j);
 		return;
 	}
@@ -366,14 +386,14 @@ static void h_call(struct httpd_req *req, void *arg)
 	/* The answer needs API writes: reply later through a stream. */
 	*slot = job;
 	job->slot = slot;
-	job->st = httpd_stream_start(req, 200, "application/octet-stream", 1u << 20, coord_reply_stream_closed, slot);
+	job->st = httpd_stream_start(req, 200, "application/octet-stream", 1u << 20, register_reply_stream_closed, slot);
 	if (!job->st) {
 		free(slot);
-		coord_job_free(job);
+		register_job_free(job);
 		httpd_respond_text(req, 500, "cannot defer the reply\n");
 		return;
 	}
-	if (coord_job_submit(c, job)) {
+	if (register_job_submit(c, job)) {
 		struct json *e = coord_error_reply("Busy", "the server is busy; try again");
 		struct buf out = BUF_INIT(4096);
 		if (coord_seal_json(&s->ch, e, &out) == 0)
@@ -382,7 +402,7 @@ static void h_call(struct httpd_req *req, void *arg)
 		*slot = NULL;
 		buf_free(&out);
 		json_free(e);
-		coord_job_free(job);
+		register_job_free(job);
 		return;
 	}
 	if (job->type == JOB_REGISTER)
@@ -402,7 +422,7 @@ static void conn_closed(struct httpd_stream *st, void *arg)
 		m->next->prev = m->prev;
 	c->stats.streams--;
 	if (m->node)
-		coord_node_stream(c, m->node, false, NULL);
+		mapstream_node_stream(c, m->node, false, NULL);
 	channel_session_wipe(&m->ch);
 	free(m);
 }
@@ -429,8 +449,8 @@ static void h_map(struct httpd_req *req, void *arg)
 
 	if (!serving(c, req) || !(j = open_request(c, req, &s)))
 		return;
-	dev = coord_device_by_machine(c, s->mkey);
-	if (!dev || !coord_dev_usable(dev)) {
+	dev = register_device_by_machine(c, s->mkey);
+	if (!dev || !mapstream_device_usable(dev)) {
 		struct json *e = dev ? coord_error_reply(json_bool(json_path(dev, "status", "keyExpired", NULL), false) ? "KeyExpired" : "NotReady",
 						   "the device cannot join yet (key expired or no addresses)")
 				     : coord_error_reply("NotRegistered", "this machine is not registered: run knit up --authkey KEY");
@@ -447,7 +467,9 @@ static void h_map(struct httpd_req *req, void *arg)
 	m->c = c;
 	snprintf(m->device, sizeof(m->device), "%s", kube_name(dev));
 	snprintf(m->tailnet, sizeof(m->tailnet), "%s", operator_tailnet_of(dev));
-	m->node = coord_node_get(c, m->device, m->tailnet);
+	m->cur.device = m->device;
+	m->cur.tailnet = m->tailnet;
+	m->node = mapstream_node_get(c, m->device, m->tailnet);
 	if (!m->node) {
 		free(m);
 		goto nomem;
@@ -464,7 +486,7 @@ static void h_map(struct httpd_req *req, void *arg)
 	strmap_del(c->sessions, s->idhex);
 	channel_session_wipe(&s->ch);
 	free(s);
-	httpd_stream_set_fill(m->st, STREAM_LOW_WATER, coord_stream_fill);
+	httpd_stream_set_fill(m->st, STREAM_LOW_WATER, mapstream_fill);
 	m->next = c->conns;
 	if (c->conns)
 		c->conns->prev = m;
@@ -473,9 +495,22 @@ static void h_map(struct httpd_req *req, void *arg)
 	/* The endpoints that came with the request (re-announced after every
 	 * reconnect) and the online flag go to the peers; this stream pulls
 	 * its full netmap, its own new record included, as it reads. */
-	set_endpoints(c, dev, j, false);
-	coord_node_stream(c, m->node, true, dev);
-	coord_stream_sync(m);
+	{
+		struct update_request u;
+		char why[200];
+		bool is_map = false;
+
+		/* Soft state that does not parse is not stored: the stream opens
+		 * all the same (the agent's next update may be better). */
+		if (update_request_from_json(j, &u, &is_map, why, sizeof(why)))
+			set_soft_state(c, dev, &u, json_get(j, "endpoints") != NULL, false);
+		else
+			log_warn("coordination: map request's soft state ignored", "device=%s reason=\"%s\"",
+				 m->device, why);
+		update_request_free(&u);
+	}
+	mapstream_node_stream(c, m->node, true, dev);
+	mapstream_sync(m);
 	json_free(dev);
 	json_free(j);
 	return;
@@ -494,7 +529,7 @@ static void on_keepalive(struct loop *loop, struct loop_timer *t, void *arg)
 
 	for (struct mapconn *m = c->conns, *next; m; m = next) {
 		next = m->next;
-		coord_stream_send(m, ka, sizeof(ka) - 1);
+		mapstream_send(m, ka, sizeof(ka) - 1);
 	}
 	loop_timer_arm(t, c->o.keepalive_ms);
 }
@@ -557,7 +592,8 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 		return -ENOMEM;
 	c->op = op;
 	c->o = *o;
-	buf_init(&c->delta.text, 16u << 20);
+	c->nodes = strmap_new();
+	mapstream_init(c);
 	if (!c->o.keepalive_ms)
 		c->o.keepalive_ms = 30000;
 	if (!c->o.session_idle_ms)
@@ -574,11 +610,10 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 	pthread_condattr_destroy(&ca);
 	c->sessions = strmap_new();
 	c->handshake_ts = strmap_new();
-	c->nodes = strmap_new();
 	c->online_pending = strmap_new();
 	c->keepalive = loop_timer_new(op->loop, on_keepalive, c);
 	c->sweep = loop_timer_new(op->loop, on_sweep, c);
-	c->flush = loop_timer_new(op->loop, coord_flush, c);
+	c->flush = loop_timer_new(op->loop, mapstream_flush, c);
 	c->trim = loop_timer_new(op->loop, on_trim, c);
 	if (!c->trim || !c->sessions || !c->handshake_ts || !c->nodes || !c->online_pending || !c->keepalive || !c->sweep || !c->flush)
 		goto fail;
@@ -591,7 +626,7 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 	    (err = httpd_route(c->http, "POST", "/knit/v1/map", MAX_CALL_BODY, h_map, c)))
 		goto fail;
 	for (; c->nworkers < JOB_WORKERS; c->nworkers++) {
-		if ((err = -pthread_create(&c->workers[c->nworkers], NULL, coord_job_worker, c)))
+		if ((err = -pthread_create(&c->workers[c->nworkers], NULL, register_job_worker, c)))
 			goto fail;
 	}
 	if ((err = -pthread_create(&c->key_loader, NULL, load_key, c)))
@@ -655,11 +690,11 @@ void coord_free(struct coord *c)
 	/* Jobs never started. */
 	for (struct job *j = c->head, *n; j; j = n) {
 		n = j->next;
-		coord_job_free(j);
+		register_job_free(j);
 	}
 	for (struct job *j = c->ohead, *n; j; j = n) {
 		n = j->next;
-		coord_job_free(j);
+		register_job_free(j);
 	}
 	strmap_free(c->online_pending);
 	httpd_free(c->http); /* closes streams: conn_closed frees the mapconns */
@@ -676,8 +711,7 @@ void coord_free(struct coord *c)
 			free(strmap_value(e));
 		strmap_free(c->handshake_ts);
 	}
-	coord_netmap_free(c);
-	buf_free(&c->delta.text);
+	mapstream_free(c);
 	loop_timer_free(c->keepalive);
 	loop_timer_free(c->sweep);
 	loop_timer_free(c->flush);
@@ -707,6 +741,33 @@ const char *coord_control_key(const struct coord *c)
 bool coord_ready(const struct coord *c)
 {
 	return c && c->ready;
+}
+
+/* ---- informer hooks ---- */
+
+void coord_device_changed(struct coord *c, const struct json *old, const struct json *dev)
+{
+	if (!c)
+		return;
+	mapstream_publish_device(c, dev);
+	pthread_mutex_lock(&c->lock);
+	if (c->addr_waiters) {
+		c->dev_gen++;
+		pthread_cond_broadcast(&c->dev_cond);
+	}
+	pthread_mutex_unlock(&c->lock);
+}
+
+void coord_device_deleted(struct coord *c, const struct json *dev)
+{
+	if (c)
+		mapstream_device_deleted(c, dev);
+}
+
+void coord_tailnet_changed(struct coord *c, const struct json *tn)
+{
+	if (c)
+		mapstream_tailnet_changed(c, tn);
 }
 
 void coord_stats(const struct coord *c, struct coord_stats *out)

@@ -335,6 +335,11 @@ static int device_machine_index(const struct json *obj, const char **values, int
 	return index_one(json_str(json_path(obj, "spec", "machineKey", NULL)), values, max);
 }
 
+static int device_node_key_index(const struct json *obj, const char **values, int max)
+{
+	return index_one(json_str(json_path(obj, "spec", "nodeKey", NULL)), values, max);
+}
+
 static int authkey_prefix_index(const struct json *obj, const char **values, int max)
 {
 	return index_one(json_str(json_path(obj, "status", "keyPrefix", NULL)), values, max);
@@ -375,6 +380,7 @@ static struct informer *start_informer(const struct kube_resource *res, const ch
 					    informer_add_index(inf, OPERATOR_INDEX_TAILNET4, claim_tailnet4_index) ||
 					    informer_add_index(inf, OPERATOR_INDEX_TAILNET6, claim_tailnet6_index))) ||
 	    (res == &res_devices && (informer_add_index(inf, "machineKey", device_machine_index) ||
+				     informer_add_index(inf, "nodeKey", device_node_key_index) ||
 				     informer_add_index(inf, OPERATOR_INDEX_TAILNET, device_tailnet_index))) ||
 	    (res == &res_authkeys && informer_add_index(inf, "keyPrefix", authkey_prefix_index))) {
 		informer_free(inf);
