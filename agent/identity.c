@@ -16,6 +16,7 @@
 #include "policy/filter.h"
 #include "control/channel.h"
 #include "control/messages.h"
+#include "control/fields.h"
 #include "json.h"
 #include "localapi.h"
 #include "log.h"
@@ -54,6 +55,7 @@ struct identity {
 	struct json *filter_applied; /* the packetFilter in force (a copy; NULL: allow-all) */
 	bool filter_set; /* filter_applied says what the engine has */
 	struct loop_timer *expire_timer; /* connection-tracking expiry */
+	unsigned long peers_skipped; /* malformed peers and removals the codec left out */
 	bool running; /* wants the map stream (up, not down) */
 	bool map_up;
 	char health[256];
@@ -353,6 +355,8 @@ static struct update_request collect_endpoints(struct identity *id, char *sig, s
 		} else {
 			continue;
 		}
+		if (n == FIELDS_MAX_ENDPOINTS)
+			break; /* what the server takes: the first ones */
 		if (n == cap) {
 			size_t nc = cap ? cap * 2 : 8;
 			struct endpoint *e = realloc(u.endpoints, nc * sizeof(*e));
@@ -449,6 +453,11 @@ static bool on_netmap_record(struct identity *id, const struct json *rec, bool f
 			log_warn("unusable netmap", "error=\"%s\"", err);
 			return false;
 		}
+		if (nm.skipped) {
+			id->peers_skipped += nm.skipped;
+			log_warn("netmap: bad peers skipped, the rest applied", "count=%zu first=\"%s\"",
+				 (size_t)nm.skipped, nm.skipped_why);
+		}
 		drop_pending(id);
 		id->pending = nm;
 		id->has_pending = true;
@@ -458,6 +467,11 @@ static bool on_netmap_record(struct identity *id, const struct json *rec, bool f
 			log_warn("unusable netmap delta", "error=\"%s\"", id->has_nm || id->has_pending ? err : "no netmap yet");
 			drop_pending(id);
 			return false;
+		}
+		if (d.skipped) {
+			id->peers_skipped += d.skipped;
+			log_warn("netmap delta: bad peers skipped, the rest applied", "count=%zu first=\"%s\"",
+				 (size_t)d.skipped, d.skipped_why);
 		}
 		if (id->has_pending) {
 			/* Still assembling: nothing is applied yet. */
@@ -800,6 +814,11 @@ const char *identity_backend_state(const struct identity *id)
 const char *identity_health(const struct identity *id)
 {
 	return id->health[0] ? id->health : NULL;
+}
+
+unsigned long identity_peers_skipped(const struct identity *id)
+{
+	return id->peers_skipped;
 }
 
 bool identity_logged_in(const struct identity *id)
