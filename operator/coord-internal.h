@@ -28,6 +28,15 @@ struct strmap;
 #define CONTROL_SECRET "knit-control-key"
 #define MAX_CALL_BODY (64u << 10)
 #define MAX_SESSIONS 65536u
+/* Sessions of machines the tailnet does not know yet (a first
+ * registration): few, short-lived, and a few per address, so a flood of
+ * fresh machine keys can never crowd out a registered device, whose
+ * sessions are only bounded by MAX_SESSIONS. */
+#define MAX_UNKNOWN_SESSIONS 4096u
+#define UNKNOWN_SESSIONS_PER_IP 32u
+#define UNKNOWN_SESSION_IDLE_MS 30000u
+/* A handshake timestamp (TAI64N) may run this far ahead of our clock. */
+#define HANDSHAKE_FUTURE_S 600
 #define MAX_JOBS 1024u
 #define JOB_WORKERS 4
 #define STREAM_QUEUE (8u << 20)
@@ -49,6 +58,8 @@ struct session {
 	char mkey[80]; /* "mkey:<hex>" */
 	char idhex[17];
 	uint64_t last_used;
+	bool known; /* a Device had this machine key (else: counted in unknown_*) */
+	char ip[46]; /* the client's address */
 };
 
 /* One open map stream. It pulls its records from the change log (see
@@ -110,7 +121,9 @@ struct coord {
 
 	/* Loop thread only: */
 	struct strmap *sessions; /* idhex -> session */
-	struct strmap *handshake_ts; /* mkey -> 12-byte TAI64N */
+	struct strmap *handshake_ts; /* mkey -> 12-byte TAI64N, known machines only */
+	struct strmap *unknown_per_ip; /* ip -> unknown sessions (a pointer-sized count) */
+	unsigned unknown_sessions;
 	struct strmap *nodes; /* device -> node (live devices only) */
 	struct mapconn *conns;
 	struct loop_timer *keepalive, *sweep, *flush;

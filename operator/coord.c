@@ -193,14 +193,57 @@ static void h_key(struct httpd_req *req, void *arg)
 	httpd_respond(req, 200, "application/json", body, strlen(body));
 }
 
+/* An unknown machine's session stops counting as one (it went, or its
+ * machine registered). */
+static void unknown_release(struct coord *c, struct session *s)
+{
+	uintptr_t n = (uintptr_t)strmap_get(c->unknown_per_ip, s->ip);
+
+	if (n <= 1)
+		strmap_del(c->unknown_per_ip, s->ip);
+	else
+		strmap_set(c->unknown_per_ip, s->ip, (void *)(n - 1), NULL);
+	c->unknown_sessions--;
+}
+
+/* Forgets a session (its keys wiped) and its unknown-machine count. */
+static void session_free(struct coord *c, struct session *s)
+{
+	if (!s->known)
+		unknown_release(c, s);
+	channel_session_wipe(&s->ch);
+	free(s);
+}
+
+/* TAI64N (big-endian 2^62 + seconds, then nanoseconds) as Unix seconds. */
+static int64_t tai64n_seconds(const uint8_t ts[CHANNEL_TAI64N_LEN])
+{
+	uint64_t v = 0;
+
+	for (int i = 0; i < 8; i++)
+		v = v << 8 | ts[i];
+	return (int64_t)(v - (1ull << 62));
+}
+
+/* Message 1 of the Noise IK handshake (docs/control-protocol.md). The
+ * responder's work (two DHs) is done before we know who is asking; what
+ * we keep afterwards depends on it. A machine the tailnet knows (a Device
+ * holds its key) always gets a session, and its timestamps are kept to
+ * refuse replays. A machine it does not know gets one only while there is
+ * room among MAX_UNKNOWN_SESSIONS, at most UNKNOWN_SESSIONS_PER_IP from one
+ * address, and loses it after UNKNOWN_SESSION_IDLE_MS unused; nothing of it
+ * outlives that (its replays give an attacker nothing: the session keys
+ * need the initiator's ephemeral private key). */
 static void h_handshake(struct httpd_req *req, void *arg)
 {
 	struct coord *c = arg;
 	uint8_t msg2[CHANNEL_MSG2_LEN], ts[CHANNEL_TAI64N_LEN];
 	struct session *s = NULL;
+	struct json *dev;
 	uint8_t *last;
 	size_t len;
 	const void *body = httpd_req_body(req, &len);
+	uintptr_t per_ip;
 	uint64_t id;
 
 	if (!serving(c, req))
@@ -224,33 +267,63 @@ static void h_handshake(struct httpd_req *req, void *arg)
 		goto fail;
 	}
 	channel_key_format(s->ch.peer_static, "mkey:", s->mkey, sizeof(s->mkey));
-	/* A replayed message 1 carries a timestamp we have seen: refuse it. */
-	last = strmap_get(c->handshake_ts, s->mkey);
-	if (last && memcmp(ts, last, CHANNEL_TAI64N_LEN) <= 0) {
-		c->stats.handshake_failures++;
-		httpd_respond_text(req, 400, "handshake refused (replayed)\n");
+	snprintf(s->ip, sizeof(s->ip), "%s", httpd_req_remote_ip(req));
+	if (tai64n_seconds(ts) > (int64_t)time(NULL) + HANDSHAKE_FUTURE_S) {
+		/* Kept, such a timestamp would refuse this machine until then. */
+		c->stats.refused_future++;
+		httpd_respond_text(req, 400, "handshake refused: its clock is more than %d s ahead of the server's\n",
+				   HANDSHAKE_FUTURE_S);
 		goto fail;
 	}
-	if (!last) {
-		last = malloc(CHANNEL_TAI64N_LEN);
-		if (!last || strmap_set(c->handshake_ts, s->mkey, last, NULL)) {
-			free(last);
+	dev = register_device_by_machine(c, s->mkey);
+	s->known = dev != NULL;
+	json_free(dev);
+	if (s->known) {
+		/* A replayed message 1 carries a timestamp we have seen: refuse it. */
+		last = strmap_get(c->handshake_ts, s->mkey);
+		if (last && memcmp(ts, last, CHANNEL_TAI64N_LEN) <= 0) {
+			c->stats.handshake_failures++;
+			httpd_respond_text(req, 400, "handshake refused (replayed)\n");
+			goto fail;
+		}
+		if (!last) {
+			last = malloc(CHANNEL_TAI64N_LEN);
+			if (!last || strmap_set(c->handshake_ts, s->mkey, last, NULL)) {
+				free(last);
+				httpd_respond_text(req, 500, "out of memory\n");
+				goto fail;
+			}
+		}
+		memcpy(last, ts, CHANNEL_TAI64N_LEN);
+	} else {
+		per_ip = (uintptr_t)strmap_get(c->unknown_per_ip, s->ip);
+		if (c->unknown_sessions >= MAX_UNKNOWN_SESSIONS) {
+			c->stats.refused_unknown_full++;
+			httpd_respond_text(req, 429, "too many new machines joining: try again shortly\n");
+			goto fail;
+		}
+		if (per_ip >= UNKNOWN_SESSIONS_PER_IP) {
+			c->stats.refused_unknown_per_ip++;
+			httpd_respond_text(req, 429, "too many new machines joining from %s: try again shortly\n", s->ip);
+			goto fail;
+		}
+		if (strmap_set(c->unknown_per_ip, s->ip, (void *)(per_ip + 1), NULL)) {
 			httpd_respond_text(req, 500, "out of memory\n");
 			goto fail;
 		}
+		c->unknown_sessions++;
 	}
-	memcpy(last, ts, CHANNEL_TAI64N_LEN);
 	snprintf(s->idhex, sizeof(s->idhex), "%016llx", (unsigned long long)id);
 	s->last_used = coord_now_ms(c);
 	if (strmap_set(c->sessions, s->idhex, s, NULL)) {
 		httpd_respond_text(req, 500, "out of memory\n");
-		goto fail;
+		session_free(c, s);
+		return;
 	}
 	httpd_respond(req, 200, "application/octet-stream", msg2, sizeof(msg2));
 	return;
 fail:
-	if (s)
-		channel_session_wipe(&s->ch);
+	channel_session_wipe(&s->ch);
 	free(s);
 }
 
@@ -549,27 +622,80 @@ static void on_trim(struct loop *loop, struct loop_timer *t, void *arg)
 	loop_timer_arm(t, TRIM_EVERY_MS);
 }
 
+/* Every few seconds: sessions idle too long go (an unknown machine's
+ * sooner, unless it has registered since), and replay timestamps of
+ * machines the tailnet no longer knows. Uncapped: a flood is cleared in
+ * one pass. */
 static void on_sweep(struct loop *loop, struct loop_timer *t, void *arg)
 {
 	struct coord *c = arg;
 	uint64_t now = coord_now_ms(c);
-	char *dead[256];
-	int n = 0;
+	char **dead = NULL;
+	size_t n = 0, cap = 0;
 
-	for (struct strmap_entry *e = strmap_first(c->sessions); e && n < 256; e = strmap_next(c->sessions, e)) {
+	for (struct strmap_entry *e = strmap_first(c->sessions); e; e = strmap_next(c->sessions, e)) {
 		struct session *s = strmap_value(e);
-		if (now - s->last_used > c->o.session_idle_ms)
-			dead[n++] = strdup(strmap_key(e));
-	}
-	for (int i = 0; i < n; i++) {
-		struct session *s = dead[i] ? strmap_del(c->sessions, dead[i]) : NULL;
-		if (s) {
-			channel_session_wipe(&s->ch);
-			free(s);
+		uint64_t idle = now - s->last_used;
+
+		if (!s->known && idle <= UNKNOWN_SESSION_IDLE_MS)
+			continue;
+		if (!s->known) {
+			/* Registered since? Then it is a known machine's session. */
+			struct json *dev = register_device_by_machine(c, s->mkey);
+			if (dev) {
+				json_free(dev);
+				unknown_release(c, s);
+				s->known = true;
+			}
 		}
+		if (s->known && idle <= c->o.session_idle_ms)
+			continue;
+		if (n == cap) {
+			size_t nc = cap ? cap * 2 : 256;
+			char **d = realloc(dead, nc * sizeof(*d));
+			if (!d)
+				break;
+			dead = d;
+			cap = nc;
+		}
+		dead[n] = strdup(strmap_key(e));
+		if (dead[n])
+			n++;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct session *s = strmap_del(c->sessions, dead[i]);
+		if (s)
+			session_free(c, s);
 		free(dead[i]);
 	}
-	loop_timer_arm(t, 60000);
+	free(dead);
+	/* Replay timestamps of machines without a Device any more. */
+	n = cap = 0;
+	dead = NULL;
+	for (struct strmap_entry *e = strmap_first(c->handshake_ts); e; e = strmap_next(c->handshake_ts, e)) {
+		struct json *dev = register_device_by_machine(c, strmap_key(e));
+		if (dev) {
+			json_free(dev);
+			continue;
+		}
+		if (n == cap) {
+			size_t nc = cap ? cap * 2 : 256;
+			char **d = realloc(dead, nc * sizeof(*d));
+			if (!d)
+				break;
+			dead = d;
+			cap = nc;
+		}
+		dead[n] = strdup(strmap_key(e));
+		if (dead[n])
+			n++;
+	}
+	for (size_t i = 0; i < n; i++) {
+		free(strmap_del(c->handshake_ts, dead[i]));
+		free(dead[i]);
+	}
+	free(dead);
+	loop_timer_arm(t, 5000);
 }
 
 /* ---- lifecycle ---- */
@@ -610,12 +736,13 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 	pthread_condattr_destroy(&ca);
 	c->sessions = strmap_new();
 	c->handshake_ts = strmap_new();
+	c->unknown_per_ip = strmap_new();
 	c->online_pending = strmap_new();
 	c->keepalive = loop_timer_new(op->loop, on_keepalive, c);
 	c->sweep = loop_timer_new(op->loop, on_sweep, c);
 	c->flush = loop_timer_new(op->loop, mapstream_flush, c);
 	c->trim = loop_timer_new(op->loop, on_trim, c);
-	if (!c->trim || !c->sessions || !c->handshake_ts || !c->nodes || !c->online_pending || !c->keepalive || !c->sweep || !c->flush)
+	if (!c->trim || !c->sessions || !c->handshake_ts || !c->unknown_per_ip || !c->nodes || !c->online_pending || !c->keepalive || !c->sweep || !c->flush)
 		goto fail;
 	err = httpd_new(op->loop, &ho, &c->http);
 	if (err)
@@ -633,7 +760,7 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 		goto fail;
 	c->key_loader_started = true;
 	loop_timer_arm(c->keepalive, c->o.keepalive_ms);
-	loop_timer_arm(c->sweep, 60000);
+	loop_timer_arm(c->sweep, 5000);
 	loop_timer_arm(c->trim, TRIM_EVERY_MS);
 	*out = c;
 	return 0;
@@ -655,6 +782,9 @@ void coord_drop_all(struct coord *c)
 	}
 	strmap_free(c->sessions);
 	c->sessions = strmap_new();
+	strmap_free(c->unknown_per_ip);
+	c->unknown_per_ip = strmap_new();
+	c->unknown_sessions = 0;
 }
 
 void coord_shutdown(struct coord *c)
@@ -711,6 +841,7 @@ void coord_free(struct coord *c)
 			free(strmap_value(e));
 		strmap_free(c->handshake_ts);
 	}
+	strmap_free(c->unknown_per_ip);
 	mapstream_free(c);
 	loop_timer_free(c->keepalive);
 	loop_timer_free(c->sweep);
@@ -774,4 +905,5 @@ void coord_stats(const struct coord *c, struct coord_stats *out)
 {
 	*out = c->stats;
 	out->sessions = strmap_len(c->sessions);
+	out->unknown_sessions = c->unknown_sessions;
 }
