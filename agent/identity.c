@@ -13,8 +13,10 @@
 
 #include "applied.h"
 #include "routes.h"
+#include "policy/filter.h"
 #include "control/channel.h"
 #include "control/messages.h"
+#include "control/fields.h"
 #include "json.h"
 #include "localapi.h"
 #include "log.h"
@@ -51,6 +53,10 @@ struct identity {
 	bool has_pending;
 	struct applied *applied; /* what of nm the engine and the TUN hold */
 	struct routes *routes; /* host routing (knit's table); NULL: main table, by op */
+	struct json *filter_applied; /* the packetFilter in force (a copy; NULL: allow-all) */
+	bool filter_set; /* filter_applied says what the engine has */
+	struct loop_timer *expire_timer; /* connection-tracking expiry */
+	unsigned long peers_skipped; /* malformed peers and removals the codec left out */
 	bool running; /* wants the map stream (up, not down) */
 	bool map_up;
 	char health[256];
@@ -182,11 +188,71 @@ static void reset_applied(struct identity *id)
 	applied_reset(id->applied);
 }
 
+/* The tailnet policy from the netmap: the packet filter when it changed
+ * (a refusal keeps the rules in force), and the destinations inbound
+ * packets may have: this identity's addresses and the routes it serves. */
+static void sync_filter(struct identity *id)
+{
+	const struct json *want = id->has_nm ? id->nm.packet_filter : NULL;
+	struct filter *f = engine_filter(id->engine);
+	struct filter_prefix *local;
+	size_t n = 0, cap;
+	char err[256];
+	int r;
+
+	if (!f)
+		return;
+	if (!id->filter_set || !json_equal(want, id->filter_applied)) {
+		r = filter_set(f, want, err, sizeof(err));
+		if (r) {
+			log_warn("packet filter refused: the rules in force stay", "error=\"%s\"",
+				 r == -ENOMEM ? "out of memory" : err);
+		} else {
+			json_free(id->filter_applied);
+			id->filter_applied = want ? json_clone(want) : NULL;
+			id->filter_set = !want || id->filter_applied;
+			log_info("packet filter in force", "rules=%s",
+				 want ? "policy" : "allow-all (no policy)");
+		}
+	}
+	if (!id->has_nm) {
+		filter_set_local(f, NULL, 0);
+		return;
+	}
+	cap = id->nm.self.naddresses + id->nm.self.nallowed_ips;
+	local = calloc(cap ? cap : 1, sizeof(*local));
+	if (!local)
+		return;
+	for (size_t i = 0; i < id->nm.self.naddresses; i++, n++) {
+		local[n].family = id->nm.self.addresses[i].family;
+		local[n].bits = id->nm.self.addresses[i].bits;
+		memcpy(local[n].addr, id->nm.self.addresses[i].addr, 16);
+	}
+	for (size_t i = 0; i < id->nm.self.nallowed_ips; i++, n++) {
+		local[n].family = id->nm.self.allowed_ips[i].family;
+		local[n].bits = id->nm.self.allowed_ips[i].bits;
+		memcpy(local[n].addr, id->nm.self.allowed_ips[i].addr, 16);
+	}
+	if (filter_set_local(f, local, n))
+		log_warn("cannot set the filter's local destinations");
+	free(local);
+}
+
+static void on_expire(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	struct identity *id = arg;
+
+	if (engine_filter(id->engine))
+		filter_expire(engine_filter(id->engine), loop_mono_ms());
+	loop_timer_arm(t, 1000);
+}
+
 /* knit's routing table from the netmap in force (or nothing without one). */
 static void sync_routes(struct identity *id)
 {
 	int err;
 
+	sync_filter(id);
 	if (!id->routes)
 		return;
 	err = routes_sync(id->routes, id->has_nm ? &id->nm : NULL, id->st->login_server);
@@ -323,6 +389,8 @@ static struct update_request collect_endpoints(struct identity *id, char *sig, s
 		} else {
 			continue;
 		}
+		if (n == FIELDS_MAX_ENDPOINTS)
+			break; /* what the server takes: the first ones */
 		if (n == cap) {
 			size_t nc = cap ? cap * 2 : 8;
 			struct endpoint *e = realloc(u.endpoints, nc * sizeof(*e));
@@ -419,6 +487,11 @@ static bool on_netmap_record(struct identity *id, const struct json *rec, bool f
 			log_warn("unusable netmap", "error=\"%s\"", err);
 			return false;
 		}
+		if (nm.skipped) {
+			id->peers_skipped += nm.skipped;
+			log_warn("netmap: bad peers skipped, the rest applied", "count=%zu first=\"%s\"",
+				 (size_t)nm.skipped, nm.skipped_why);
+		}
 		drop_pending(id);
 		id->pending = nm;
 		id->has_pending = true;
@@ -428,6 +501,11 @@ static bool on_netmap_record(struct identity *id, const struct json *rec, bool f
 			log_warn("unusable netmap delta", "error=\"%s\"", id->has_nm || id->has_pending ? err : "no netmap yet");
 			drop_pending(id);
 			return false;
+		}
+		if (d.skipped) {
+			id->peers_skipped += d.skipped;
+			log_warn("netmap delta: bad peers skipped, the rest applied", "count=%zu first=\"%s\"",
+				 (size_t)d.skipped, d.skipped_why);
 		}
 		if (id->has_pending) {
 			/* Still assembling: nothing is applied yet. */
@@ -858,6 +936,11 @@ const char *identity_health(const struct identity *id)
 	return id->health[0] ? id->health : NULL;
 }
 
+unsigned long identity_peers_skipped(const struct identity *id)
+{
+	return id->peers_skipped;
+}
+
 bool identity_logged_in(const struct identity *id)
 {
 	return state_logged_in(id->st);
@@ -954,7 +1037,7 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 		 const struct identity_config *cfg)
 {
 	struct identity *id = calloc(1, sizeof(*id));
-	struct engine_config ec = { .ifname = cfg->ifname, .on_down = on_tun_down };
+	struct engine_config ec = { .ifname = cfg->ifname, .on_down = on_tun_down, .filtered = true };
 	int r = -ENOMEM;
 
 	*out = NULL;
@@ -972,7 +1055,8 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 	id->applied = applied_new();
 	id->save_timer = loop_timer_new(loop, on_save, id);
 	id->endpoint_timer = loop_timer_new(loop, on_endpoint_timer, id);
-	if (!id->applied || !id->save_timer || !id->endpoint_timer ||
+	id->expire_timer = loop_timer_new(loop, on_expire, id);
+	if (!id->applied || !id->save_timer || !id->endpoint_timer || !id->expire_timer ||
 	    (cfg->state_path && !(id->state_path = strdup(cfg->state_path))))
 		goto out;
 	ec.arg = id;
@@ -995,6 +1079,7 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 		}
 		snprintf(id->dev, sizeof(id->dev), "%s", cfg->netns_ifname);
 	}
+	loop_timer_arm(id->expire_timer, 1000);
 	/* An identity owns its device: up, so addresses and routes can go on it. */
 	if ((r = link_op(id, LINK_UP, NULL))) {
 		log_error("cannot bring the TUN device up", "dev=%s err=%d", id->dev, r);
@@ -1049,6 +1134,8 @@ void identity_free(struct identity *id)
 	applied_free(id->applied);
 	loop_timer_free(id->save_timer);
 	loop_timer_free(id->endpoint_timer);
+	loop_timer_free(id->expire_timer);
+	json_free(id->filter_applied);
 	free(id->state_path);
 	state_free(id->st);
 	if (id->nsfd >= 0)

@@ -118,6 +118,8 @@ const char *identity_backend_state(const struct identity *id);
 /* One line on what is wrong, or NULL. */
 const char *identity_health(const struct identity *id);
 bool identity_logged_in(const struct identity *id);
+/* Malformed peers and removals left out of netmaps so far (the rest applied). */
+unsigned long identity_peers_skipped(const struct identity *id);
 /* The map stream is up. */
 bool identity_connected(const struct identity *id);
 const struct state *identity_state(const struct identity *id);

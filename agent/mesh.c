@@ -90,6 +90,11 @@ static double logged_in_value(void *arg)
 	return identity_logged_in(node_identity(arg)) ? 1 : 0;
 }
 
+static double skipped_value(void *arg)
+{
+	return (double)identity_peers_skipped(node_identity(arg));
+}
+
 static double connected_value(void *arg)
 {
 	return identity_connected(node_identity(arg)) ? 1 : 0;
@@ -108,7 +113,9 @@ static int serve_http(struct mesh *m)
 	if (r)
 		return r;
 	reg = health_metrics(m->http);
-	if (!metrics_gauge_func_new(reg, "knitd_logged_in", "1 once this node has joined a tailnet.", logged_in_value, m) ||
+	if (!metrics_counter_func_new(reg, "knitd_netmap_peers_skipped_total",
+				      "Malformed peers and removals left out of netmaps (the rest applied).", skipped_value, m) ||
+	    !metrics_gauge_func_new(reg, "knitd_logged_in", "1 once this node has joined a tailnet.", logged_in_value, m) ||
 	    !metrics_gauge_func_new(reg, "knitd_coordination_connected",
 				    "1 while the map stream from the coordination server is up.", connected_value, m) ||
 	    !metrics_gauge_func_new(reg, "knitd_health_problem", "1 while knit status reports a health problem.",

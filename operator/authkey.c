@@ -14,6 +14,7 @@
 #include "kube/meta.h"
 #include "log.h"
 #include "operator.h"
+#include "authkey.h"
 
 #define KEY_ID_BYTES 6 /* 12 hex: the public prefix */
 #define KEY_SECRET_BYTES 24 /* 192 bits */
@@ -148,51 +149,42 @@ static int ensure_secret(struct operator *op, const struct json *ak, const char 
 	return 0;
 }
 
-int authkey_reconcile(struct operator *op, const char *ns, const char *name, uint64_t *requeue_ms)
+bool authkey_secret_name(const char *name, char *out, size_t outlen)
 {
-	struct json *ak = informer_get(op->authkeys, ns, name), *secret = NULL, *status = NULL;
-	char secret_name[300], key[128] = "", prefix[64], hash[65], ts[32];
-	const char *expiry = NULL, *cts;
-	bool conflict = false, reusable, expired, exhausted;
-	uint64_t life_ms = 0;
-	time_t now = time(NULL), created = now, expires;
-	int64_t uses, max_uses, gen;
-	int err = 0;
+	int n = snprintf(out, outlen, "%s-authkey", name);
 
-	if (!ak || kube_deleting(ak))
-		goto out; /* the Secret goes with it (ownerReference) */
-	gen = kube_generation(ak);
-	status = json_clone(json_get(ak, "status"));
-	if (!status)
-		status = json_new_object();
-	if (!status) {
-		err = -ENOMEM;
-		goto out;
-	}
-	if (snprintf(secret_name, sizeof(secret_name), "%s-authkey", name) > 253) {
+	return n > 0 && n <= 253 && (size_t)n < outlen;
+}
+
+enum authkey_step authkey_desired_status(const struct json *ak, const struct authkey_secret *secret, time_t now,
+					 struct json *status, uint64_t *requeue_ms)
+{
+	const char *expiry = json_str(json_path(ak, "spec", "expiry", NULL)), *cts;
+	int64_t gen = kube_generation(ak), uses, max_uses;
+	bool reusable, expired, exhausted;
+	time_t created = now, expires;
+	uint64_t life_ms = 0;
+	char name[300], ts[32];
+
+	json_object_set(status, "observedGeneration", json_new_int(gen));
+	if (!authkey_secret_name(kube_name(ak) ?: "", name, sizeof(name))) {
 		kube_condition_set(status, "Ready", "False", "NameTooLong",
 				   "the AuthKey name is too long to derive a Secret name from", gen, now);
-		goto write;
+		return AUTHKEY_DONE;
 	}
-	expiry = json_str(json_path(ak, "spec", "expiry", NULL));
 	if (expiry && !kube_duration_parse(expiry, &life_ms)) {
 		kube_condition_set(status, "Ready", "False", "InvalidExpiry", "spec.expiry is not a duration", gen, now);
-		goto write;
+		return AUTHKEY_DONE;
 	}
-	err = ensure_secret(op, ak, secret_name, &secret, &conflict);
-	if (err)
-		goto out;
-	if (conflict || !secret_key(secret, key, sizeof(key))) {
+	if (!secret)
+		return AUTHKEY_NEED_SECRET;
+	if (secret->conflict || !secret->prefix || !secret->hash) {
 		kube_condition_set(status, "Ready", "False", "SecretConflict",
-				   conflict ? "a Secret of that name exists and is not owned by this AuthKey"
-					    : "the Secret holds no valid key",
+				   secret->conflict ? "a Secret of that name exists and is not owned by this AuthKey"
+						    : "the Secret holds no valid key",
 				   gen, now);
-		goto write;
+		return AUTHKEY_DONE;
 	}
-	key_prefix(key, prefix, sizeof(prefix));
-	key_hash(key, hash);
-	sodium_memzero(key, sizeof(key));
-
 	cts = json_str(json_path(ak, "metadata", "creationTimestamp", NULL));
 	if (cts)
 		kube_time_parse(cts, &created);
@@ -204,9 +196,9 @@ int authkey_reconcile(struct operator *op, const char *ns, const char *name, uin
 	expired = now >= expires;
 	exhausted = reusable ? (max_uses > 0 && uses >= max_uses) : uses >= 1;
 
-	json_object_set(status, "secretName", json_new_string(secret_name));
-	json_object_set(status, "keyPrefix", json_new_string(prefix));
-	json_object_set(status, "keyHash", json_new_string(hash));
+	json_object_set(status, "secretName", json_new_string(secret->name));
+	json_object_set(status, "keyPrefix", json_new_string(secret->prefix));
+	json_object_set(status, "keyHash", json_new_string(secret->hash));
 	json_object_set(status, "uses", json_new_int(uses));
 	json_object_set(status, "expiresAt", json_new_string(ts));
 	kube_condition_set(status, "Expired", expired ? "True" : "False", expired ? "Expired" : "NotExpired",
@@ -221,8 +213,40 @@ int authkey_reconcile(struct operator *op, const char *ns, const char *name, uin
 		kube_condition_set(status, "Ready", "True", "KeyValid", "the key can register devices", gen, now);
 	if (!expired)
 		*requeue_ms = (uint64_t)(expires - now) * 1000 + 1000;
-write:
-	json_object_set(status, "observedGeneration", json_new_int(gen));
+	return AUTHKEY_DONE;
+}
+
+int authkey_reconcile(struct operator *op, const char *ns, const char *name, uint64_t *requeue_ms)
+{
+	struct json *ak = informer_get(op->authkeys, ns, name), *secret = NULL, *status = NULL;
+	char secret_name[300], key[128] = "", prefix[64], hash[65];
+	struct authkey_secret facts = { .name = secret_name };
+	time_t now = time(NULL);
+	int err = 0;
+
+	if (!ak || kube_deleting(ak))
+		goto out; /* the Secret goes with it (ownerReference) */
+	status = json_clone(json_get(ak, "status"));
+	if (!status)
+		status = json_new_object();
+	if (!status) {
+		err = -ENOMEM;
+		goto out;
+	}
+	if (authkey_desired_status(ak, NULL, now, status, requeue_ms) == AUTHKEY_NEED_SECRET) {
+		authkey_secret_name(name, secret_name, sizeof(secret_name));
+		err = ensure_secret(op, ak, secret_name, &secret, &facts.conflict);
+		if (err)
+			goto out;
+		if (!facts.conflict && secret_key(secret, key, sizeof(key))) {
+			key_prefix(key, prefix, sizeof(prefix));
+			key_hash(key, hash);
+			facts.prefix = prefix;
+			facts.hash = hash;
+		}
+		sodium_memzero(key, sizeof(key));
+		authkey_desired_status(ak, &facts, now, status, requeue_ms);
+	}
 	err = operator_update_status(op, &res_authkeys, ak, status);
 	status = NULL;
 	if (err == -EAGAIN) {

@@ -1,6 +1,7 @@
-/* What the coordination server's three files share: coord.c (sessions,
- * HTTP handlers, lifecycle), netmap.c (peers, netmaps, deltas, soft state)
- * and register.c (the worker pool: registration, logout, online writes).
+/* What the coordination server's files share: coord.c (sessions, HTTP
+ * handlers, lifecycle), mapstream.c (publishing Devices, feeding map
+ * streams, soft state) over changelog.c (the change log, pure), and
+ * register.c (the worker pool: registration, logout, online writes).
  * Not for other modules: they use coord.h. */
 #ifndef KNIT_OPERATOR_COORD_INTERNAL_H
 #define KNIT_OPERATOR_COORD_INTERNAL_H
@@ -11,7 +12,9 @@
 #include <time.h>
 
 #include "buf.h"
+#include "changelog.h"
 #include "control/channel.h"
+#include "net/endpoint.h"
 #include "coord.h"
 
 struct httpd;
@@ -25,6 +28,15 @@ struct strmap;
 #define CONTROL_SECRET "knit-control-key"
 #define MAX_CALL_BODY (64u << 10)
 #define MAX_SESSIONS 65536u
+/* Sessions of machines the tailnet does not know yet (a first
+ * registration): few, short-lived, and a few per address, so a flood of
+ * fresh machine keys can never crowd out a registered device, whose
+ * sessions are only bounded by MAX_SESSIONS. */
+#define MAX_UNKNOWN_SESSIONS 4096u
+#define UNKNOWN_SESSIONS_PER_IP 32u
+#define UNKNOWN_SESSION_IDLE_MS 30000u
+/* A handshake timestamp (TAI64N) may run this far ahead of our clock. */
+#define HANDSHAKE_FUTURE_S 600
 #define MAX_JOBS 1024u
 #define JOB_WORKERS 4
 #define STREAM_QUEUE (8u << 20)
@@ -46,10 +58,12 @@ struct session {
 	char mkey[80]; /* "mkey:<hex>" */
 	char idhex[17];
 	uint64_t last_used;
+	bool known; /* a Device had this machine key (else: counted in unknown_*) */
+	char ip[46]; /* the client's address */
 };
 
 /* One open map stream. It pulls its records from the change log (see
- * netmap.c) whenever its socket can take more: a full netmap in pieces
+ * changelog.h) whenever its socket can take more: a full netmap in pieces
  * first, then deltas, each covering the log from its cursor on. A slow
  * client simply gets fewer, larger deltas. */
 struct mapconn {
@@ -59,50 +73,21 @@ struct mapconn {
 	struct channel_session ch; /* sealing state for this stream's frames */
 	char device[254];
 	char tailnet[254];
-	uint64_t cursor; /* log entries up to this seq are sent */
-	uint64_t sync_from; /* the log seq when the full netmap began */
-	bool syncing; /* a full netmap is under way (records carry "more") */
-	bool header_sent; /* its first record ("type":"full") is out */
+	struct changelog_cursor cur; /* .device, .tailnet point at the above */
 	struct mapconn *prev, *next;
 };
 
 /* Soft state and the published record per device: never written to the
  * API server at heartbeat rate. Freed once deleted, streamless and out of
- * the log (refs). */
+ * the log (pub.refs). */
 struct node {
-	char *name;
-	char *tailnet;
-	struct json *endpoints; /* array of "ip:port" */
+	struct changelog_node pub; /* first: the log's unref hands it back */
+	struct endpoint *endpoints; /* validated by the codec (control/fields.h) */
+	size_t nendpoints;
 	int relay;
 	int streams;
-	char *peer; /* the record peers see (JSON text); NULL: not a usable peer */
-	size_t peer_len;
-	char node_key[80]; /* the key in peer, for its removal */
-	uint64_t hard_hash; /* of peer without soft state: see flush_soon() */
-	uint64_t seq; /* seq of its live log entry; 0: none */
-	unsigned refs; /* log entries pointing here */
+	uint64_t hard_hash; /* of the record without soft state: see flush_soon() */
 	bool dead; /* the Device is gone */
-};
-
-/* The change log: one entry per change, in seq order. An upsert entry is
- * live while its node's seq is still the entry's (a later change makes a
- * new entry); a removal carries the key peers must drop. Compacted when
- * mostly dead. */
-struct removal {
-	char *tailnet, *device;
-	char node_key[80];
-};
-
-#define DELTA_CACHE_WHO 8
-struct delta_who {
-	const struct node *n;
-	const struct removal *rm;
-};
-
-struct logent {
-	uint64_t seq;
-	struct node *n; /* an upsert of n's current record, or NULL: */
-	struct removal *rm;
 };
 
 enum job_type { JOB_REGISTER, JOB_LOGOUT, JOB_ONLINE, JOB_COUNT_USE, JOB_REGISTER_POD, JOB_SWEEP_PODS };
@@ -136,26 +121,16 @@ struct coord {
 
 	/* Loop thread only: */
 	struct strmap *sessions; /* idhex -> session */
-	struct strmap *handshake_ts; /* mkey -> 12-byte TAI64N */
+	struct strmap *handshake_ts; /* mkey -> 12-byte TAI64N, known machines only */
+	struct strmap *unknown_per_ip; /* ip -> unknown sessions (a pointer-sized count) */
+	unsigned unknown_sessions;
 	struct strmap *nodes; /* device -> node (live devices only) */
 	struct mapconn *conns;
 	struct loop_timer *keepalive, *sweep, *flush;
-	uint64_t seq; /* the last log entry's */
-	struct logent *log;
-	size_t log_len, log_cap, log_live;
+	struct changelog log;
 	bool flush_armed;
 	uint64_t flush_due, last_flush;
 	uint64_t sent_since_trim, sent_at_tick; /* record bytes queued: see on_trim() */
-	/* The last delta built (netmap.c: delta_cached()): a change reaches
-	 * thousands of streams at the same cursor, built once. */
-	struct {
-		bool valid;
-		uint64_t from, upto, seq;
-		char tailnet[254];
-		struct delta_who who[DELTA_CACHE_WHO]; /* the log entries it covers */
-		size_t nwho;
-		struct buf text;
-	} delta;
 	struct loop_timer *trim;
 	struct loop_timer *pod_sweep; /* podident.c */
 	int pod_sweep_queued; /* atomic: a JOB_SWEEP_PODS waits or runs */
@@ -189,42 +164,45 @@ int coord_seal_json(struct channel_session *ch, const struct json *j, struct buf
 int coord_seal_record(struct channel_session *ch, const void *text, size_t len, struct buf *out);
 void coord_respond_sealed(struct httpd_req *req, struct session *s, const struct json *j);
 
-/* netmap.c (loop thread) */
-struct node *coord_node_get(struct coord *c, const char *device, const char *tailnet);
+/* mapstream.c (loop thread) */
+void mapstream_init(struct coord *c);
+struct node *mapstream_node_get(struct coord *c, const char *device, const char *tailnet);
 /* A stream of the node opened or closed. The first open and the last
  * close are online transitions (written to the API server); the record is
  * republished then, and whenever dev (the Device, its new soft state
  * already set) is given. */
-void coord_node_stream(struct coord *c, struct node *n, bool opened, const struct json *dev);
-bool coord_dev_usable(const struct json *dev);
-struct json *coord_dns_suffix_json(struct coord *c, const char *tailnet);
-int coord_stream_send(struct mapconn *m, const char *text, size_t len);
-int coord_stream_send_json(struct mapconn *m, const struct json *j);
-void coord_publish_device(struct coord *c, const struct json *dev);
+void mapstream_node_stream(struct coord *c, struct node *n, bool opened, const struct json *dev);
+bool mapstream_device_usable(const struct json *dev);
+struct json *mapstream_dns_suffix_json(struct coord *c, const char *tailnet);
+int mapstream_send(struct mapconn *m, const char *text, size_t len);
+int mapstream_send_json(struct mapconn *m, const struct json *j);
+void mapstream_publish_device(struct coord *c, const struct json *dev);
+void mapstream_device_deleted(struct coord *c, const struct json *dev);
+void mapstream_tailnet_changed(struct coord *c, const struct json *tn);
 /* Starts (or restarts) m's full netmap; records follow as the client reads. */
-void coord_stream_sync(struct mapconn *m);
+void mapstream_sync(struct mapconn *m);
 /* httpd fill callback of map streams. */
-void coord_stream_fill(struct httpd_stream *st, void *arg);
+void mapstream_fill(struct httpd_stream *st, void *arg);
 /* The flush timer: wakes streams with log entries to pull. */
-void coord_flush(struct loop *loop, struct loop_timer *t, void *arg);
-void coord_netmap_free(struct coord *c);
+void mapstream_flush(struct loop *loop, struct loop_timer *t, void *arg);
+void mapstream_free(struct coord *c);
 
 /* register.c */
-int coord_job_submit(struct coord *c, struct job *j);
-/* register.c: waits for the Device controller to give name its addresses. */
-struct json *coord_wait_addresses(struct coord *c, const char *name);
+int register_job_submit(struct coord *c, struct job *j);
+void *register_job_worker(void *arg);
+void register_job_free(struct job *j);
+void register_reply_stream_closed(struct httpd_stream *st, void *arg);
+/* Waits for the Device controller to give name its addresses. */
+struct json *register_wait_addresses(struct coord *c, const char *name);
 
 /* podident.c: register_pod (worker thread); the sweep of Devices whose
- * Pod is gone (worker thread), queued by coord_pods_timer every second. */
-struct json *coord_register_pod(struct coord *c, const char *mkey, const struct json *req);
-void coord_sweep_pods(struct coord *c);
-void coord_pods_timer(struct loop *loop, struct loop_timer *t, void *arg);
-void *coord_job_worker(void *arg);
-void coord_job_free(struct job *j);
-void coord_reply_stream_closed(struct httpd_stream *st, void *arg);
+ * Pod is gone (worker thread), queued by podident_timer every second. */
+struct json *podident_register(struct coord *c, const char *mkey, const struct json *req);
+void podident_sweep(struct coord *c);
+void podident_timer(struct loop *loop, struct loop_timer *t, void *arg);
 /* A copy of the Device this machine key registered, or NULL (any thread). */
-struct json *coord_device_by_machine(struct coord *c, const char *mkey);
+struct json *register_device_by_machine(struct coord *c, const char *mkey);
 /* Queues the online/offline transition for the API server. */
-void coord_online_changed(struct coord *c, const char *device, bool online);
+void register_online_changed(struct coord *c, const char *device, bool online);
 
 #endif

@@ -193,14 +193,57 @@ static void h_key(struct httpd_req *req, void *arg)
 	httpd_respond(req, 200, "application/json", body, strlen(body));
 }
 
+/* An unknown machine's session stops counting as one (it went, or its
+ * machine registered). */
+static void unknown_release(struct coord *c, struct session *s)
+{
+	uintptr_t n = (uintptr_t)strmap_get(c->unknown_per_ip, s->ip);
+
+	if (n <= 1)
+		strmap_del(c->unknown_per_ip, s->ip);
+	else
+		strmap_set(c->unknown_per_ip, s->ip, (void *)(n - 1), NULL);
+	c->unknown_sessions--;
+}
+
+/* Forgets a session (its keys wiped) and its unknown-machine count. */
+static void session_free(struct coord *c, struct session *s)
+{
+	if (!s->known)
+		unknown_release(c, s);
+	channel_session_wipe(&s->ch);
+	free(s);
+}
+
+/* TAI64N (big-endian 2^62 + seconds, then nanoseconds) as Unix seconds. */
+static int64_t tai64n_seconds(const uint8_t ts[CHANNEL_TAI64N_LEN])
+{
+	uint64_t v = 0;
+
+	for (int i = 0; i < 8; i++)
+		v = v << 8 | ts[i];
+	return (int64_t)(v - (1ull << 62));
+}
+
+/* Message 1 of the Noise IK handshake (docs/control-protocol.md). The
+ * responder's work (two DHs) is done before we know who is asking; what
+ * we keep afterwards depends on it. A machine the tailnet knows (a Device
+ * holds its key) always gets a session, and its timestamps are kept to
+ * refuse replays. A machine it does not know gets one only while there is
+ * room among MAX_UNKNOWN_SESSIONS, at most UNKNOWN_SESSIONS_PER_IP from one
+ * address, and loses it after UNKNOWN_SESSION_IDLE_MS unused; nothing of it
+ * outlives that (its replays give an attacker nothing: the session keys
+ * need the initiator's ephemeral private key). */
 static void h_handshake(struct httpd_req *req, void *arg)
 {
 	struct coord *c = arg;
 	uint8_t msg2[CHANNEL_MSG2_LEN], ts[CHANNEL_TAI64N_LEN];
 	struct session *s = NULL;
+	struct json *dev;
 	uint8_t *last;
 	size_t len;
 	const void *body = httpd_req_body(req, &len);
+	uintptr_t per_ip;
 	uint64_t id;
 
 	if (!serving(c, req))
@@ -224,33 +267,63 @@ static void h_handshake(struct httpd_req *req, void *arg)
 		goto fail;
 	}
 	channel_key_format(s->ch.peer_static, "mkey:", s->mkey, sizeof(s->mkey));
-	/* A replayed message 1 carries a timestamp we have seen: refuse it. */
-	last = strmap_get(c->handshake_ts, s->mkey);
-	if (last && memcmp(ts, last, CHANNEL_TAI64N_LEN) <= 0) {
-		c->stats.handshake_failures++;
-		httpd_respond_text(req, 400, "handshake refused (replayed)\n");
+	snprintf(s->ip, sizeof(s->ip), "%s", httpd_req_remote_ip(req));
+	if (tai64n_seconds(ts) > (int64_t)time(NULL) + HANDSHAKE_FUTURE_S) {
+		/* Kept, such a timestamp would refuse this machine until then. */
+		c->stats.refused_future++;
+		httpd_respond_text(req, 400, "handshake refused: its clock is more than %d s ahead of the server's\n",
+				   HANDSHAKE_FUTURE_S);
 		goto fail;
 	}
-	if (!last) {
-		last = malloc(CHANNEL_TAI64N_LEN);
-		if (!last || strmap_set(c->handshake_ts, s->mkey, last, NULL)) {
-			free(last);
+	dev = register_device_by_machine(c, s->mkey);
+	s->known = dev != NULL;
+	json_free(dev);
+	if (s->known) {
+		/* A replayed message 1 carries a timestamp we have seen: refuse it. */
+		last = strmap_get(c->handshake_ts, s->mkey);
+		if (last && memcmp(ts, last, CHANNEL_TAI64N_LEN) <= 0) {
+			c->stats.handshake_failures++;
+			httpd_respond_text(req, 400, "handshake refused (replayed)\n");
+			goto fail;
+		}
+		if (!last) {
+			last = malloc(CHANNEL_TAI64N_LEN);
+			if (!last || strmap_set(c->handshake_ts, s->mkey, last, NULL)) {
+				free(last);
+				httpd_respond_text(req, 500, "out of memory\n");
+				goto fail;
+			}
+		}
+		memcpy(last, ts, CHANNEL_TAI64N_LEN);
+	} else {
+		per_ip = (uintptr_t)strmap_get(c->unknown_per_ip, s->ip);
+		if (c->unknown_sessions >= MAX_UNKNOWN_SESSIONS) {
+			c->stats.refused_unknown_full++;
+			httpd_respond_text(req, 429, "too many new machines joining: try again shortly\n");
+			goto fail;
+		}
+		if (per_ip >= UNKNOWN_SESSIONS_PER_IP) {
+			c->stats.refused_unknown_per_ip++;
+			httpd_respond_text(req, 429, "too many new machines joining from %s: try again shortly\n", s->ip);
+			goto fail;
+		}
+		if (strmap_set(c->unknown_per_ip, s->ip, (void *)(per_ip + 1), NULL)) {
 			httpd_respond_text(req, 500, "out of memory\n");
 			goto fail;
 		}
+		c->unknown_sessions++;
 	}
-	memcpy(last, ts, CHANNEL_TAI64N_LEN);
 	snprintf(s->idhex, sizeof(s->idhex), "%016llx", (unsigned long long)id);
 	s->last_used = coord_now_ms(c);
 	if (strmap_set(c->sessions, s->idhex, s, NULL)) {
 		httpd_respond_text(req, 500, "out of memory\n");
-		goto fail;
+		session_free(c, s);
+		return;
 	}
 	httpd_respond(req, 200, "application/octet-stream", msg2, sizeof(msg2));
 	return;
 fail:
-	if (s)
-		channel_session_wipe(&s->ch);
+	channel_session_wipe(&s->ch);
 	free(s);
 }
 
@@ -300,22 +373,26 @@ static struct json *open_request(struct coord *c, struct httpd_req *req, struct 
 	return j;
 }
 
-/* Soft state from an update or map request: endpoints and relay. */
-static void set_endpoints(struct coord *c, const struct json *dev, const struct json *req, bool publish)
+/* Soft state from an update or map request, parsed by the codec: what is
+ * stored is what every agent accepts. Takes u's endpoints. */
+static void set_soft_state(struct coord *c, const struct json *dev, struct update_request *u, bool has_endpoints,
+			   bool publish)
 {
-	struct json *eps = json_get(req, "endpoints");
-	struct node *n = coord_node_get(c, kube_name(dev), operator_tailnet_of(dev));
+	struct node *n = mapstream_node_get(c, kube_name(dev), operator_tailnet_of(dev));
 
 	if (!n)
 		return;
-	if (json_is_array(eps) && json_array_len(eps) <= 64) {
-		json_free(n->endpoints);
-		n->endpoints = json_clone(eps);
+	if (has_endpoints) {
+		free(n->endpoints);
+		n->endpoints = u->endpoints;
+		n->nendpoints = u->nendpoints;
+		u->endpoints = NULL;
+		u->nendpoints = 0;
 	}
-	if (json_get(req, "relay"))
-		n->relay = (int)json_int(json_get(req, "relay"), 0);
+	if (u->has_relay)
+		n->relay = u->relay;
 	if (publish)
-		coord_publish_device(c, dev);
+		mapstream_publish_device(c, dev);
 }
 
 static void h_call(struct httpd_req *req, void *arg)
@@ -331,14 +408,30 @@ static void h_call(struct httpd_req *req, void *arg)
 		return;
 	type = json_str(json_get(j, "type")) ?: "";
 	if (strcmp(type, "update") == 0) {
-		struct json *ok = json_new_object();
-		dev = coord_device_by_machine(c, s->mkey);
-		if (dev)
-			set_endpoints(c, dev, j, true);
-		json_object_set(ok, "ok", json_new_bool(dev != NULL));
-		coord_respond_sealed(req, s, dev ? ok : coord_error_reply("NotRegistered", "this machine is not registered"));
-		json_free(ok);
-		json_free(dev);
+		struct update_request u;
+		struct json *reply;
+		char why[200];
+		bool is_map = false;
+
+		if (!update_request_from_json(j, &u, &is_map, why, sizeof(why)) || is_map) {
+			reply = coord_error_reply("BadRequest", "%s", is_map ? "a map request is not a call" : why);
+		} else if (!(dev = register_device_by_machine(c, s->mkey))) {
+			reply = coord_error_reply("NotRegistered", "this machine is not registered");
+		} else {
+			set_soft_state(c, dev, &u, json_get(j, "endpoints") != NULL, true);
+			reply = json_new_object();
+			if (reply && json_object_set(reply, "ok", json_new_bool(true))) {
+				json_free(reply);
+				reply = NULL;
+			}
+			json_free(dev);
+		}
+		update_request_free(&u);
+		if (reply)
+			coord_respond_sealed(req, s, reply);
+		else
+			httpd_respond_text(req, 500, "out of memory\n");
+		json_free(reply);
 		json_free(j);
 		return;
 	}
@@ -366,14 +459,14 @@ static void h_call(struct httpd_req *req, void *arg)
 	/* The answer needs API writes: reply later through a stream. */
 	*slot = job;
 	job->slot = slot;
-	job->st = httpd_stream_start(req, 200, "application/octet-stream", 1u << 20, coord_reply_stream_closed, slot);
+	job->st = httpd_stream_start(req, 200, "application/octet-stream", 1u << 20, register_reply_stream_closed, slot);
 	if (!job->st) {
 		free(slot);
-		coord_job_free(job);
+		register_job_free(job);
 		httpd_respond_text(req, 500, "cannot defer the reply\n");
 		return;
 	}
-	if (coord_job_submit(c, job)) {
+	if (register_job_submit(c, job)) {
 		struct json *e = coord_error_reply("Busy", "the server is busy; try again");
 		struct buf out = BUF_INIT(4096);
 		if (coord_seal_json(&s->ch, e, &out) == 0)
@@ -382,7 +475,7 @@ static void h_call(struct httpd_req *req, void *arg)
 		*slot = NULL;
 		buf_free(&out);
 		json_free(e);
-		coord_job_free(job);
+		register_job_free(job);
 		return;
 	}
 	if (job->type == JOB_REGISTER)
@@ -402,7 +495,7 @@ static void conn_closed(struct httpd_stream *st, void *arg)
 		m->next->prev = m->prev;
 	c->stats.streams--;
 	if (m->node)
-		coord_node_stream(c, m->node, false, NULL);
+		mapstream_node_stream(c, m->node, false, NULL);
 	channel_session_wipe(&m->ch);
 	free(m);
 }
@@ -429,8 +522,8 @@ static void h_map(struct httpd_req *req, void *arg)
 
 	if (!serving(c, req) || !(j = open_request(c, req, &s)))
 		return;
-	dev = coord_device_by_machine(c, s->mkey);
-	if (!dev || !coord_dev_usable(dev)) {
+	dev = register_device_by_machine(c, s->mkey);
+	if (!dev || !mapstream_device_usable(dev)) {
 		struct json *e = dev ? coord_error_reply(json_bool(json_path(dev, "status", "keyExpired", NULL), false) ? "KeyExpired" : "NotReady",
 						   "the device cannot join yet (key expired or no addresses)")
 				     : coord_error_reply("NotRegistered", "this machine is not registered: run knit up --authkey KEY");
@@ -447,7 +540,9 @@ static void h_map(struct httpd_req *req, void *arg)
 	m->c = c;
 	snprintf(m->device, sizeof(m->device), "%s", kube_name(dev));
 	snprintf(m->tailnet, sizeof(m->tailnet), "%s", operator_tailnet_of(dev));
-	m->node = coord_node_get(c, m->device, m->tailnet);
+	m->cur.device = m->device;
+	m->cur.tailnet = m->tailnet;
+	m->node = mapstream_node_get(c, m->device, m->tailnet);
 	if (!m->node) {
 		free(m);
 		goto nomem;
@@ -464,7 +559,7 @@ static void h_map(struct httpd_req *req, void *arg)
 	strmap_del(c->sessions, s->idhex);
 	channel_session_wipe(&s->ch);
 	free(s);
-	httpd_stream_set_fill(m->st, STREAM_LOW_WATER, coord_stream_fill);
+	httpd_stream_set_fill(m->st, STREAM_LOW_WATER, mapstream_fill);
 	m->next = c->conns;
 	if (c->conns)
 		c->conns->prev = m;
@@ -473,9 +568,22 @@ static void h_map(struct httpd_req *req, void *arg)
 	/* The endpoints that came with the request (re-announced after every
 	 * reconnect) and the online flag go to the peers; this stream pulls
 	 * its full netmap, its own new record included, as it reads. */
-	set_endpoints(c, dev, j, false);
-	coord_node_stream(c, m->node, true, dev);
-	coord_stream_sync(m);
+	{
+		struct update_request u;
+		char why[200];
+		bool is_map = false;
+
+		/* Soft state that does not parse is not stored: the stream opens
+		 * all the same (the agent's next update may be better). */
+		if (update_request_from_json(j, &u, &is_map, why, sizeof(why)))
+			set_soft_state(c, dev, &u, json_get(j, "endpoints") != NULL, false);
+		else
+			log_warn("coordination: map request's soft state ignored", "device=%s reason=\"%s\"",
+				 m->device, why);
+		update_request_free(&u);
+	}
+	mapstream_node_stream(c, m->node, true, dev);
+	mapstream_sync(m);
 	json_free(dev);
 	json_free(j);
 	return;
@@ -494,7 +602,7 @@ static void on_keepalive(struct loop *loop, struct loop_timer *t, void *arg)
 
 	for (struct mapconn *m = c->conns, *next; m; m = next) {
 		next = m->next;
-		coord_stream_send(m, ka, sizeof(ka) - 1);
+		mapstream_send(m, ka, sizeof(ka) - 1);
 	}
 	loop_timer_arm(t, c->o.keepalive_ms);
 }
@@ -514,27 +622,80 @@ static void on_trim(struct loop *loop, struct loop_timer *t, void *arg)
 	loop_timer_arm(t, TRIM_EVERY_MS);
 }
 
+/* Every few seconds: sessions idle too long go (an unknown machine's
+ * sooner, unless it has registered since), and replay timestamps of
+ * machines the tailnet no longer knows. Uncapped: a flood is cleared in
+ * one pass. */
 static void on_sweep(struct loop *loop, struct loop_timer *t, void *arg)
 {
 	struct coord *c = arg;
 	uint64_t now = coord_now_ms(c);
-	char *dead[256];
-	int n = 0;
+	char **dead = NULL;
+	size_t n = 0, cap = 0;
 
-	for (struct strmap_entry *e = strmap_first(c->sessions); e && n < 256; e = strmap_next(c->sessions, e)) {
+	for (struct strmap_entry *e = strmap_first(c->sessions); e; e = strmap_next(c->sessions, e)) {
 		struct session *s = strmap_value(e);
-		if (now - s->last_used > c->o.session_idle_ms)
-			dead[n++] = strdup(strmap_key(e));
-	}
-	for (int i = 0; i < n; i++) {
-		struct session *s = dead[i] ? strmap_del(c->sessions, dead[i]) : NULL;
-		if (s) {
-			channel_session_wipe(&s->ch);
-			free(s);
+		uint64_t idle = now - s->last_used;
+
+		if (!s->known && idle <= UNKNOWN_SESSION_IDLE_MS)
+			continue;
+		if (!s->known) {
+			/* Registered since? Then it is a known machine's session. */
+			struct json *dev = register_device_by_machine(c, s->mkey);
+			if (dev) {
+				json_free(dev);
+				unknown_release(c, s);
+				s->known = true;
+			}
 		}
+		if (s->known && idle <= c->o.session_idle_ms)
+			continue;
+		if (n == cap) {
+			size_t nc = cap ? cap * 2 : 256;
+			char **d = realloc(dead, nc * sizeof(*d));
+			if (!d)
+				break;
+			dead = d;
+			cap = nc;
+		}
+		dead[n] = strdup(strmap_key(e));
+		if (dead[n])
+			n++;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct session *s = strmap_del(c->sessions, dead[i]);
+		if (s)
+			session_free(c, s);
 		free(dead[i]);
 	}
-	loop_timer_arm(t, 60000);
+	free(dead);
+	/* Replay timestamps of machines without a Device any more. */
+	n = cap = 0;
+	dead = NULL;
+	for (struct strmap_entry *e = strmap_first(c->handshake_ts); e; e = strmap_next(c->handshake_ts, e)) {
+		struct json *dev = register_device_by_machine(c, strmap_key(e));
+		if (dev) {
+			json_free(dev);
+			continue;
+		}
+		if (n == cap) {
+			size_t nc = cap ? cap * 2 : 256;
+			char **d = realloc(dead, nc * sizeof(*d));
+			if (!d)
+				break;
+			dead = d;
+			cap = nc;
+		}
+		dead[n] = strdup(strmap_key(e));
+		if (dead[n])
+			n++;
+	}
+	for (size_t i = 0; i < n; i++) {
+		free(strmap_del(c->handshake_ts, dead[i]));
+		free(dead[i]);
+	}
+	free(dead);
+	loop_timer_arm(t, 5000);
 }
 
 /* ---- lifecycle ---- */
@@ -557,7 +718,8 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 		return -ENOMEM;
 	c->op = op;
 	c->o = *o;
-	buf_init(&c->delta.text, 16u << 20);
+	c->nodes = strmap_new();
+	mapstream_init(c);
 	if (!c->o.keepalive_ms)
 		c->o.keepalive_ms = 30000;
 	if (!c->o.session_idle_ms)
@@ -574,14 +736,14 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 	pthread_condattr_destroy(&ca);
 	c->sessions = strmap_new();
 	c->handshake_ts = strmap_new();
-	c->nodes = strmap_new();
+	c->unknown_per_ip = strmap_new();
 	c->online_pending = strmap_new();
 	c->keepalive = loop_timer_new(op->loop, on_keepalive, c);
 	c->sweep = loop_timer_new(op->loop, on_sweep, c);
-	c->flush = loop_timer_new(op->loop, coord_flush, c);
+	c->flush = loop_timer_new(op->loop, mapstream_flush, c);
 	c->trim = loop_timer_new(op->loop, on_trim, c);
-	c->pod_sweep = loop_timer_new(op->loop, coord_pods_timer, c);
-	if (!c->trim || !c->pod_sweep || !c->sessions || !c->handshake_ts || !c->nodes || !c->online_pending || !c->keepalive || !c->sweep || !c->flush)
+	c->pod_sweep = loop_timer_new(op->loop, podident_timer, c);
+	if (!c->trim || !c->pod_sweep || !c->sessions || !c->handshake_ts || !c->unknown_per_ip || !c->nodes || !c->online_pending || !c->keepalive || !c->sweep || !c->flush)
 		goto fail;
 	err = httpd_new(op->loop, &ho, &c->http);
 	if (err)
@@ -592,14 +754,14 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 	    (err = httpd_route(c->http, "POST", "/knit/v1/map", MAX_CALL_BODY, h_map, c)))
 		goto fail;
 	for (; c->nworkers < JOB_WORKERS; c->nworkers++) {
-		if ((err = -pthread_create(&c->workers[c->nworkers], NULL, coord_job_worker, c)))
+		if ((err = -pthread_create(&c->workers[c->nworkers], NULL, register_job_worker, c)))
 			goto fail;
 	}
 	if ((err = -pthread_create(&c->key_loader, NULL, load_key, c)))
 		goto fail;
 	c->key_loader_started = true;
 	loop_timer_arm(c->keepalive, c->o.keepalive_ms);
-	loop_timer_arm(c->sweep, 60000);
+	loop_timer_arm(c->sweep, 5000);
 	loop_timer_arm(c->trim, TRIM_EVERY_MS);
 	loop_timer_arm(c->pod_sweep, 1000);
 	*out = c;
@@ -622,6 +784,9 @@ void coord_drop_all(struct coord *c)
 	}
 	strmap_free(c->sessions);
 	c->sessions = strmap_new();
+	strmap_free(c->unknown_per_ip);
+	c->unknown_per_ip = strmap_new();
+	c->unknown_sessions = 0;
 }
 
 void coord_shutdown(struct coord *c)
@@ -657,11 +822,11 @@ void coord_free(struct coord *c)
 	/* Jobs never started. */
 	for (struct job *j = c->head, *n; j; j = n) {
 		n = j->next;
-		coord_job_free(j);
+		register_job_free(j);
 	}
 	for (struct job *j = c->ohead, *n; j; j = n) {
 		n = j->next;
-		coord_job_free(j);
+		register_job_free(j);
 	}
 	strmap_free(c->online_pending);
 	httpd_free(c->http); /* closes streams: conn_closed frees the mapconns */
@@ -678,8 +843,8 @@ void coord_free(struct coord *c)
 			free(strmap_value(e));
 		strmap_free(c->handshake_ts);
 	}
-	coord_netmap_free(c);
-	buf_free(&c->delta.text);
+	strmap_free(c->unknown_per_ip);
+	mapstream_free(c);
 	loop_timer_free(c->keepalive);
 	loop_timer_free(c->sweep);
 	loop_timer_free(c->flush);
@@ -712,8 +877,36 @@ bool coord_ready(const struct coord *c)
 	return c && c->ready;
 }
 
+/* ---- informer hooks ---- */
+
+void coord_device_changed(struct coord *c, const struct json *old, const struct json *dev)
+{
+	if (!c)
+		return;
+	mapstream_publish_device(c, dev);
+	pthread_mutex_lock(&c->lock);
+	if (c->addr_waiters) {
+		c->dev_gen++;
+		pthread_cond_broadcast(&c->dev_cond);
+	}
+	pthread_mutex_unlock(&c->lock);
+}
+
+void coord_device_deleted(struct coord *c, const struct json *dev)
+{
+	if (c)
+		mapstream_device_deleted(c, dev);
+}
+
+void coord_tailnet_changed(struct coord *c, const struct json *tn)
+{
+	if (c)
+		mapstream_tailnet_changed(c, tn);
+}
+
 void coord_stats(const struct coord *c, struct coord_stats *out)
 {
 	*out = c->stats;
 	out->sessions = strmap_len(c->sessions);
+	out->unknown_sessions = c->unknown_sessions;
 }

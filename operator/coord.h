@@ -51,6 +51,10 @@ void coord_drop_all(struct coord *c);
 
 struct coord_stats {
 	unsigned long sessions, streams, handshakes, handshake_failures, registrations, frames_rejected;
+	/* handshakes of unknown machines refused: the table of them full, too
+	 * many from one address; any machine's with a timestamp far ahead */
+	unsigned long refused_unknown_full, refused_unknown_per_ip, refused_future;
+	unsigned long unknown_sessions;
 };
 void coord_stats(const struct coord *c, struct coord_stats *out);
 

@@ -23,6 +23,7 @@
 #include "kube/meta.h"
 #include "log.h"
 #include "operator.h"
+#include "device.h"
 
 #define MAX_CLAIM_CONFLICTS 256 /* API refusals before giving up for this round */
 
@@ -242,61 +243,118 @@ static const char *status_address(const struct json *dev, int family)
 	return NULL;
 }
 
+static void lower(uint64_t *requeue_ms, uint64_t ms)
+{
+	if (!*requeue_ms || ms < *requeue_ms)
+		*requeue_ms = ms;
+}
+
 /* Ephemeral devices offline longer than the Tailnet's inactivity timeout
- * are deleted. Returns 1 if deleted; sets *requeue_ms otherwise. */
-static int expire_ephemeral(struct operator *op, const struct json *dev, const struct json *tn, time_t now,
-			    uint64_t *requeue_ms)
+ * are deleted: true if dev is one; else *requeue_ms when it would be. */
+static bool ephemeral_expired(const struct json *dev, const struct json *tn, time_t now, uint64_t *requeue_ms)
 {
 	const char *ref_s = json_str(json_path(dev, "status", "lastSeen", NULL));
 	const char *timeout_s = json_str(json_path(tn, "spec", "ephemeralInactivityTimeout", NULL));
 	uint64_t timeout_ms = 5 * 60 * 1000;
 	time_t ref;
-	struct kube_result r;
 	int64_t idle_ms;
 
 	if (!json_bool(json_path(dev, "spec", "ephemeral", NULL), false) ||
 	    json_bool(json_path(dev, "status", "online", NULL), false))
-		return 0;
+		return false;
 	if (timeout_s)
 		kube_duration_parse(timeout_s, &timeout_ms);
 	if (!ref_s)
 		ref_s = json_str(json_path(dev, "metadata", "creationTimestamp", NULL));
 	if (!ref_s || !kube_time_parse(ref_s, &ref))
-		return 0;
+		return false;
 	idle_ms = ((int64_t)now - (int64_t)ref) * 1000;
 	if (idle_ms < (int64_t)timeout_ms) {
-		uint64_t left = timeout_ms - (uint64_t)idle_ms + 500;
-		if (!*requeue_ms || left < *requeue_ms)
-			*requeue_ms = left;
-		return 0;
+		lower(requeue_ms, timeout_ms - (uint64_t)idle_ms + 500);
+		return false;
 	}
-	log_info("removing inactive ephemeral device", "device=%s idle_s=%lld", kube_name(dev),
-		 (long long)(idle_ms / 1000));
+	return true;
+}
+
+enum device_step device_plan(const struct json *dev, const struct json *tn, time_t now, struct json *status,
+			     struct device_plan *plan)
+{
+	int64_t gen = kube_generation(dev);
+	char err_msg[256] = "";
+
+	memset(plan, 0, sizeof(*plan));
+	if (!tn) {
+		kube_condition_set(status, "Ready", "False", "TailnetNotFound", "the Device's Tailnet does not exist", gen, now);
+		plan->requeue_ms = 10000;
+		return DEVICE_WRITE_STATUS;
+	}
+	if (!ipam_pool_parse(json_str(json_path(tn, "spec", "ipv4Pool", NULL)) ?: OPERATOR_DEFAULT_IPV4_POOL, &plan->pool4,
+			     err_msg, sizeof(err_msg)) ||
+	    !ipam_pool_parse(json_str(json_path(tn, "spec", "ipv6Pool", NULL)) ?: OPERATOR_DEFAULT_IPV6_POOL, &plan->pool6,
+			     err_msg, sizeof(err_msg)) ||
+	    plan->pool4.family != AF_INET || plan->pool6.family != AF_INET6) {
+		kube_condition_set(status, "Ready", "False", "InvalidPool",
+				   *err_msg ? err_msg : "ipv4Pool must be IPv4 and ipv6Pool IPv6", gen, now);
+		return DEVICE_WRITE_STATUS;
+	}
+	if (ephemeral_expired(dev, tn, now, &plan->requeue_ms))
+		return DEVICE_DELETE;
+	return DEVICE_ALLOCATE;
+}
+
+int device_desired_status(const struct json *dev, const char *v4, const char *v6, time_t now, struct json *status,
+			  uint64_t *requeue_ms)
+{
+	const char *expiry_s = json_str(json_path(dev, "spec", "keyExpiry", NULL));
+	struct json *addrs = json_new_array();
+	int64_t gen = kube_generation(dev);
+	bool key_expired = false;
+	time_t expiry;
+
+	if (!addrs || json_array_append(addrs, json_new_string(v4)) || json_array_append(addrs, json_new_string(v6)) ||
+	    json_object_set(status, "addresses", addrs))
+		return -ENOMEM;
+	if (expiry_s && kube_time_parse(expiry_s, &expiry)) {
+		key_expired = now >= expiry;
+		if (!key_expired)
+			lower(requeue_ms, (uint64_t)(expiry - now) * 1000 + 500);
+	}
+	json_object_set(status, "keyExpired", json_new_bool(key_expired));
+	if (key_expired)
+		kube_condition_set(status, "Ready", "False", "KeyExpired", "the node key has expired; re-authenticate the device", gen, now);
+	else
+		kube_condition_set(status, "Ready", "True", "AddressesAllocated", "the device has its tailnet addresses", gen, now);
+	return 0;
+}
+
+/* Deletes dev: 0 once gone (or already), -EIO. */
+static int delete_device(struct operator *op, const struct json *dev)
+{
+	struct kube_result r;
+	int err = -EIO;
+
+	log_info("removing inactive ephemeral device", "device=%s", kube_name(dev));
 	if (kube_delete(op->kube, &res_devices, NULL, kube_name(dev), kube_uid(dev), NULL, &r) == 0) {
-		bool ok = kube_ok(&r) || r.status == 404;
+		if (kube_ok(&r) || r.status == 404)
+			err = 0;
 		kube_result_clear(&r);
-		if (ok)
-			return 1;
 	}
-	return -EIO;
+	return err;
 }
 
 int device_reconcile(struct operator *op, const char *ns, const char *name, uint64_t *requeue_ms)
 {
-	struct json *dev = informer_get(op->devices, NULL, name), *tn = NULL, *status = NULL, *addrs;
-	const char *tailnet, *expiry_s;
-	char err_msg[256] = "", v4[64] = "", v6[64] = "";
-	struct ipam_pool pool4, pool6;
+	struct json *dev = informer_get(op->devices, NULL, name), *tn = NULL, *status = NULL;
+	const char *tailnet;
+	char v4[64] = "", v6[64] = "";
+	struct device_plan plan;
 	struct claims mine = { .n = 0 };
-	time_t now = time(NULL), expiry;
-	int64_t gen;
-	bool key_expired = false;
+	time_t now = time(NULL);
 	uint64_t off4;
 	int err = 0;
 
 	if (!dev || kube_deleting(dev))
 		goto out;
-	gen = kube_generation(dev);
 	tailnet = operator_tailnet_of(dev);
 	status = json_clone(json_get(dev, "status"));
 	if (!status && !(status = json_new_object())) {
@@ -304,42 +362,36 @@ int device_reconcile(struct operator *op, const char *ns, const char *name, uint
 		goto out;
 	}
 	tn = informer_get(op->tailnets, NULL, tailnet);
-	if (!tn) {
-		kube_condition_set(status, "Ready", "False", "TailnetNotFound", "the Device's Tailnet does not exist", gen, now);
-		*requeue_ms = 10000;
+	switch (device_plan(dev, tn, now, status, &plan)) {
+	case DEVICE_WRITE_STATUS:
+		if (plan.requeue_ms)
+			*requeue_ms = plan.requeue_ms;
 		goto write;
-	}
-	if (!ipam_pool_parse(json_str(json_path(tn, "spec", "ipv4Pool", NULL)) ?: "100.64.0.0/10", &pool4, err_msg,
-			     sizeof(err_msg)) ||
-	    !ipam_pool_parse(json_str(json_path(tn, "spec", "ipv6Pool", NULL)) ?: "fd7a:115c:a1e0::/48", &pool6, err_msg,
-			     sizeof(err_msg)) ||
-	    pool4.family != AF_INET || pool6.family != AF_INET6) {
-		kube_condition_set(status, "Ready", "False", "InvalidPool",
-				   *err_msg ? err_msg : "ipv4Pool must be IPv4 and ipv6Pool IPv6", gen, now);
-		goto write;
-	}
-
-	err = expire_ephemeral(op, dev, tn, now, requeue_ms);
-	if (err == 1) {
-		operator_event(op, dev, false, "EphemeralExpired", "Removed ephemeral device %s after inactivity", name);
-		err = 0;
+	case DEVICE_DELETE:
+		err = delete_device(op, dev);
+		if (!err)
+			operator_event(op, dev, false, "EphemeralExpired", "Removed ephemeral device %s after inactivity", name);
 		goto out;
+	case DEVICE_ALLOCATE:
+		if (plan.requeue_ms)
+			lower(requeue_ms, plan.requeue_ms);
+		break;
 	}
-	if (err)
-		goto out;
 
 	mine.tailnet = tailnet;
 	informer_foreach_indexed(op->claims, "device", name, collect_claim, &mine);
-	err = settle_family(op, dev, tailnet, &pool4, status_address(dev, AF_INET), &mine,
-			    ipam_start_offset(&pool4, name), v4, sizeof(v4));
+	err = settle_family(op, dev, tailnet, &plan.pool4, status_address(dev, AF_INET), &mine,
+			    ipam_start_offset(&plan.pool4, name), v4, sizeof(v4));
 	if (!err) {
 		/* Mirror the IPv4 offset in IPv6 when free: 100.64.0.5 <-> fd7a:115c:a1e0::5. */
-		if (!ipam_offset_of(&pool4, v4, &off4))
-			off4 = ipam_start_offset(&pool6, name);
-		err = settle_family(op, dev, tailnet, &pool6, status_address(dev, AF_INET6), &mine, off4, v6, sizeof(v6));
+		if (!ipam_offset_of(&plan.pool4, v4, &off4))
+			off4 = ipam_start_offset(&plan.pool6, name);
+		err = settle_family(op, dev, tailnet, &plan.pool6, status_address(dev, AF_INET6), &mine, off4, v6,
+				    sizeof(v6));
 	}
 	if (err == -ENOSPC) {
-		kube_condition_set(status, "Ready", "False", "PoolExhausted", "no free address left in the Tailnet's pool", gen, now);
+		kube_condition_set(status, "Ready", "False", "PoolExhausted", "no free address left in the Tailnet's pool",
+				   kube_generation(dev), now);
 		operator_event(op, dev, true, "PoolExhausted", "No free address in Tailnet %s", tailnet);
 		err = 0;
 		*requeue_ms = 30000;
@@ -348,29 +400,11 @@ int device_reconcile(struct operator *op, const char *ns, const char *name, uint
 	if (err)
 		goto out;
 	drop_surplus(op, &mine, v4, v6);
-
-	addrs = json_new_array();
-	if (!addrs || json_array_append(addrs, json_new_string(v4)) || json_array_append(addrs, json_new_string(v6)) ||
-	    json_object_set(status, "addresses", addrs)) {
-		err = -ENOMEM;
+	err = device_desired_status(dev, v4, v6, now, status, requeue_ms);
+	if (err)
 		goto out;
-	}
-	expiry_s = json_str(json_path(dev, "spec", "keyExpiry", NULL));
-	if (expiry_s && kube_time_parse(expiry_s, &expiry)) {
-		key_expired = now >= expiry;
-		if (!key_expired) {
-			uint64_t left = (uint64_t)(expiry - now) * 1000 + 500;
-			if (!*requeue_ms || left < *requeue_ms)
-				*requeue_ms = left;
-		}
-	}
-	json_object_set(status, "keyExpired", json_new_bool(key_expired));
-	if (key_expired)
-		kube_condition_set(status, "Ready", "False", "KeyExpired", "the node key has expired; re-authenticate the device", gen, now);
-	else
-		kube_condition_set(status, "Ready", "True", "AddressesAllocated", "the device has its tailnet addresses", gen, now);
 write:
-	json_object_set(status, "observedGeneration", json_new_int(gen));
+	json_object_set(status, "observedGeneration", json_new_int(kube_generation(dev)));
 	err = operator_update_status(op, &res_devices, dev, status);
 	status = NULL;
 	if (err == -EAGAIN) {

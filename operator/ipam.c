@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "control/fields.h"
 
 static size_t addr_len(int family)
 {
@@ -15,10 +16,9 @@ static size_t addr_len(int family)
 
 bool ipam_pool_parse(const char *cidr, struct ipam_pool *out, char *err, size_t errlen)
 {
-	char addr[64];
+	struct netmap_prefix pfx, host;
 	const char *slash = strchr(cidr ? cidr : "", '/');
-	char *end;
-	long bits;
+	char addr[64];
 	size_t n;
 
 	memset(out, 0, sizeof(*out));
@@ -28,22 +28,19 @@ bool ipam_pool_parse(const char *cidr, struct ipam_pool *out, char *err, size_t 
 	}
 	memcpy(addr, cidr, (size_t)(slash - cidr));
 	addr[slash - cidr] = '\0';
-	if (inet_pton(AF_INET, addr, out->base) == 1)
-		out->family = AF_INET;
-	else if (inet_pton(AF_INET6, addr, out->base) == 1)
-		out->family = AF_INET6;
-	else {
+	if (!netmap_prefix_parse(&host, addr)) {
 		errbuf_printf(err, errlen, "\"%s\": \"%s\" is not an IP address", cidr, addr);
 		return false;
 	}
-	errno = 0;
-	bits = strtol(slash + 1, &end, 10);
-	n = addr_len(out->family);
-	if (errno || end == slash + 1 || *end || bits < 0 || bits > (long)n * 8) {
+	/* The control protocol's one CIDR syntax (control/fields.h). */
+	if (!fields_cidr_parse(&pfx, cidr)) {
 		errbuf_printf(err, errlen, "\"%s\": bad prefix length", cidr);
 		return false;
 	}
-	out->bits = (unsigned)bits;
+	out->family = pfx.family;
+	memcpy(out->base, pfx.addr, sizeof(out->base));
+	out->bits = pfx.bits;
+	n = addr_len(out->family);
 	for (unsigned i = out->bits; i < n * 8; i++) {
 		if (out->base[i / 8] & (0x80 >> (i % 8))) {
 			errbuf_printf(err, errlen, "\"%s\": host bits set (did you mean the network address?)", cidr);

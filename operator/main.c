@@ -335,6 +335,11 @@ static int device_machine_index(const struct json *obj, const char **values, int
 	return index_one(json_str(json_path(obj, "spec", "machineKey", NULL)), values, max);
 }
 
+static int device_node_key_index(const struct json *obj, const char **values, int max)
+{
+	return index_one(json_str(json_path(obj, "spec", "nodeKey", NULL)), values, max);
+}
+
 static int authkey_prefix_index(const struct json *obj, const char **values, int max)
 {
 	return index_one(json_str(json_path(obj, "status", "keyPrefix", NULL)), values, max);
@@ -375,6 +380,7 @@ static struct informer *start_informer(const struct kube_resource *res, const ch
 					    informer_add_index(inf, OPERATOR_INDEX_TAILNET4, claim_tailnet4_index) ||
 					    informer_add_index(inf, OPERATOR_INDEX_TAILNET6, claim_tailnet6_index))) ||
 	    (res == &res_devices && (informer_add_index(inf, "machineKey", device_machine_index) ||
+				     informer_add_index(inf, "nodeKey", device_node_key_index) ||
 				     informer_add_index(inf, OPERATOR_INDEX_TAILNET, device_tailnet_index))) ||
 	    (res == &res_authkeys && informer_add_index(inf, "keyPrefix", authkey_prefix_index))) {
 		informer_free(inf);
@@ -545,7 +551,7 @@ static double transitions_value(void *arg)
  * time (loop thread). */
 enum coord_metric { CM_SESSIONS, CM_STREAMS, CM_HANDSHAKES, CM_HANDSHAKE_FAILURES, CM_REGISTRATIONS,
 		    CM_FRAMES_REJECTED, CM_CONNS, CM_REFUSED_PER_IP, CM_REQUEST_TIMEOUTS, CM_BODY_REFUSED,
-		    CM_BODY_BYTES, CM_PROBE_FAILURES };
+		    CM_BODY_BYTES, CM_PROBE_FAILURES, CM_UNKNOWN, CM_REFUSED_FULL, CM_REFUSED_IP, CM_REFUSED_FUTURE };
 
 static double coord_value(void *arg)
 {
@@ -569,6 +575,10 @@ static double coord_value(void *arg)
 	case CM_BODY_REFUSED: return (double)hs.body_budget_refused;
 	case CM_BODY_BYTES: return (double)hs.body_bytes;
 	case CM_PROBE_FAILURES: return coord_probe ? (double)probe_failures(coord_probe) : 0;
+	case CM_UNKNOWN: return (double)cs.unknown_sessions;
+	case CM_REFUSED_FULL: return (double)cs.refused_unknown_full;
+	case CM_REFUSED_IP: return (double)cs.refused_unknown_per_ip;
+	case CM_REFUSED_FUTURE: return (double)cs.refused_future;
 	}
 	return 0;
 }
@@ -595,6 +605,14 @@ static void register_coord_metrics(struct metrics *m)
 		[CM_BODY_BYTES] = { "knit_coord_body_bytes", "Request body bytes held before their handlers.", false },
 		[CM_PROBE_FAILURES] = { "knit_coord_probe_failures_total",
 					"Self-probes the coordination listener did not answer.", true },
+		[CM_UNKNOWN] = { "knit_coord_unknown_sessions",
+				 "Sessions of machines no Device knows yet (first registrations).", false },
+		[CM_REFUSED_FULL] = { "knit_coord_handshakes_refused_unknown_full_total",
+				      "Handshakes of unknown machines refused: their table was full.", true },
+		[CM_REFUSED_IP] = { "knit_coord_handshakes_refused_unknown_per_ip_total",
+				    "Handshakes of unknown machines refused: too many from one address.", true },
+		[CM_REFUSED_FUTURE] = { "knit_coord_handshakes_refused_future_total",
+					"Handshakes refused: a timestamp too far ahead of the server's clock.", true },
 	};
 
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {

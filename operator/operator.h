@@ -26,6 +26,10 @@ extern const struct kube_resource res_addressclaims;
 
 #define KNIT_API_VERSION "knit.dev/v1alpha1"
 #define OPERATOR_MANAGER "knit-operator"
+/* A Tailnet's address pools when its spec names none (the CRD defaults
+ * them too: manifests/crds/tailnets.yaml). */
+#define OPERATOR_DEFAULT_IPV4_POOL "100.64.0.0/10"
+#define OPERATOR_DEFAULT_IPV6_POOL "fd7a:115c:a1e0::/48"
 /* Informer indexes by tailnet: Devices, and IPv4 / IPv6 AddressClaims. */
 #define OPERATOR_INDEX_TAILNET "tailnet"
 #define OPERATOR_INDEX_TAILNET4 "tailnet4"

@@ -90,14 +90,14 @@ out:
 	return refusal;
 }
 
-struct json *coord_register_pod(struct coord *c, const char *mkey, const struct json *req)
+struct json *podident_register(struct coord *c, const char *mkey, const struct json *req)
 {
 	struct operator *op = c->op;
 	const char *ns = json_str(json_get(req, "podNamespace")), *pname = json_str(json_get(req, "podName"));
 	const char *puid = json_str(json_get(req, "podUID")), *pod_mkey = json_str(json_get(req, "machineKey"));
 	const char *node_key = json_str(json_get(req, "nodeKey")), *disco_key = json_str(json_get(req, "discoKey"));
 	const struct json *tags = json_get(req, "tags");
-	struct json *node = coord_device_by_machine(c, mkey), *existing = NULL, *pod = NULL, *dev = NULL, *reply = NULL;
+	struct json *node = register_device_by_machine(c, mkey), *existing = NULL, *pod = NULL, *dev = NULL, *reply = NULL;
 	struct kube_result r = { 0 };
 	char host[64], want[64], name[128], mhex[65], user[512];
 	unsigned char kb[32], mh[crypto_hash_sha256_BYTES];
@@ -117,7 +117,7 @@ struct json *coord_register_pod(struct coord *c, const char *mkey, const struct 
 		}
 	}
 	/* The caller: a node's own Device, not a pod's vouching for more. */
-	if (!node || json_path(node, "spec", "ownerPod", NULL) || !coord_dev_usable(node)) {
+	if (!node || json_path(node, "spec", "ownerPod", NULL) || !mapstream_device_usable(node)) {
 		reply = coord_error_reply("PodNotAuthorized", "only a registered node may vouch for its pods");
 		goto out;
 	}
@@ -147,7 +147,7 @@ struct json *coord_register_pod(struct coord *c, const char *mkey, const struct 
 	host_label(json_str(json_get(req, "hostname")) ?: pname, host, sizeof(host));
 	if (!host[0])
 		snprintf(host, sizeof(host), "pod");
-	existing = coord_device_by_machine(c, pod_mkey);
+	existing = register_device_by_machine(c, pod_mkey);
 	if (existing && strcmp(json_str(json_path(existing, "spec", "ownerPod", "uid", NULL)) ?: "", puid)) {
 		reply = coord_error_reply("PodNotAuthorized", "that machine key belongs to another device");
 		goto out;
@@ -203,7 +203,7 @@ struct json *coord_register_pod(struct coord *c, const char *mkey, const struct 
 		goto out;
 	}
 	json_free(dev);
-	dev = coord_wait_addresses(c, name);
+	dev = register_wait_addresses(c, name);
 	if (!dev) {
 		reply = coord_error_reply("Unavailable", "the pod's device has no addresses yet; try again");
 		goto out;
@@ -215,7 +215,7 @@ struct json *coord_register_pod(struct coord *c, const char *mkey, const struct 
 	json_object_set(reply, "name", json_new_string(host));
 	json_object_set(reply, "addresses", json_clone(json_path(dev, "status", "addresses", NULL)));
 	json_object_set(reply, "ephemeral", json_new_bool(true));
-	json_object_set(reply, "dnsSuffix", coord_dns_suffix_json(c, tailnet));
+	json_object_set(reply, "dnsSuffix", mapstream_dns_suffix_json(c, tailnet));
 	log_info("pod device registered", "device=%s pod=%s/%s node=%s", name, ns, pname, kube_name(node));
 	goto out;
 nomem:
@@ -258,7 +258,7 @@ static bool finished(const struct json *pod)
 	return !strcmp(phase, "Succeeded") || !strcmp(phase, "Failed");
 }
 
-void coord_sweep_pods(struct coord *c)
+void podident_sweep(struct coord *c)
 {
 	struct owned *list = NULL;
 
@@ -285,7 +285,7 @@ void coord_sweep_pods(struct coord *c)
 }
 
 /* Loop thread: once a second, a sweep on a worker (one at a time). */
-void coord_pods_timer(struct loop *loop, struct loop_timer *t, void *arg)
+void podident_timer(struct loop *loop, struct loop_timer *t, void *arg)
 {
 	struct coord *c = arg;
 	struct job *j;
@@ -298,7 +298,7 @@ void coord_pods_timer(struct loop *loop, struct loop_timer *t, void *arg)
 		j->c = c;
 		j->type = JOB_SWEEP_PODS;
 	}
-	if (!j || coord_job_submit(c, j)) {
+	if (!j || register_job_submit(c, j)) {
 		free(j);
 		__atomic_store_n(&c->pod_sweep_queued, 0, __ATOMIC_RELEASE);
 	}

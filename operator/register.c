@@ -14,6 +14,8 @@
 
 #include "buf.h"
 #include "control/channel.h"
+#include "control/fields.h"
+#include "control/messages.h"
 #include "coord-internal.h"
 #include "httpd.h"
 #include "json.h"
@@ -22,12 +24,13 @@
 #include "log.h"
 #include "loop.h"
 #include "operator.h"
+#include "record.h"
 #include "strmap.h"
 #include "wg/noise.h"
 
 /* ---- worker pool: registration's API writes ---- */
 
-void coord_job_free(struct job *j)
+void register_job_free(struct job *j)
 {
 	json_free(j->req);
 	json_free(j->reply);
@@ -59,7 +62,7 @@ static struct job *job_pop(struct job **head, struct job **tail)
 	return j;
 }
 
-int coord_job_submit(struct coord *c, struct job *j)
+int register_job_submit(struct coord *c, struct job *j)
 {
 	pthread_mutex_lock(&c->lock);
 	if (c->njobs >= MAX_JOBS || c->stop) {
@@ -93,7 +96,7 @@ static struct json *do_logout(struct coord *c, const char *mkey);
 static void do_count_use(struct coord *c, const char *ns, const char *name);
 static void do_online(struct coord *c, const char *device, bool online, time_t at);
 
-void *coord_job_worker(void *arg)
+void *register_job_worker(void *arg)
 {
 	struct coord *c = arg;
 
@@ -113,14 +116,14 @@ void *coord_job_worker(void *arg)
 		case JOB_LOGOUT: j->reply = do_logout(c, j->mkey); break;
 		case JOB_ONLINE: do_online(c, j->device, j->online, j->at); break;
 		case JOB_COUNT_USE: do_count_use(c, j->mkey, j->device); break;
-		case JOB_REGISTER_POD: j->reply = coord_register_pod(c, j->mkey, j->req); break;
+		case JOB_REGISTER_POD: j->reply = podident_register(c, j->mkey, j->req); break;
 		case JOB_SWEEP_PODS:
-			coord_sweep_pods(c);
+			podident_sweep(c);
 			__atomic_store_n(&c->pod_sweep_queued, 0, __ATOMIC_RELEASE);
 			break;
 		}
 		if (j->type == JOB_ONLINE || j->type == JOB_COUNT_USE || j->type == JOB_SWEEP_PODS || loop_post(c->op->loop, job_done, j))
-			coord_job_free(j);
+			register_job_free(j);
 	}
 	return NULL;
 }
@@ -140,10 +143,10 @@ static void job_done(struct loop *loop, void *arg)
 	if (j->slot)
 		*j->slot = NULL; /* on_close comes later and must not find us */
 	buf_free(&out);
-	coord_job_free(j);
+	register_job_free(j);
 }
 
-void coord_reply_stream_closed(struct httpd_stream *st, void *arg)
+void register_reply_stream_closed(struct httpd_stream *st, void *arg)
 {
 	/* The client left before the reply: the job still completes, silently. */
 	struct job **slot = arg;
@@ -169,7 +172,7 @@ static void count_use_later(struct coord *c, const char *ns, const char *name)
 	j->c = c;
 	snprintf(j->mkey, sizeof(j->mkey), "%s", ns); /* the key's namespace */
 	snprintf(j->device, sizeof(j->device), "%s", name); /* and name */
-	if (coord_job_submit(c, j)) {
+	if (register_job_submit(c, j)) {
 		log_warn("auth key use not counted (busy)", "authkey=%s/%s", ns, name);
 		free(j);
 	}
@@ -232,7 +235,7 @@ static void find_by(const struct json *obj, void *arg)
 		f->found = json_clone(obj);
 }
 
-struct json *coord_device_by_machine(struct coord *c, const char *mkey)
+struct json *register_device_by_machine(struct coord *c, const char *mkey)
 {
 	struct find_ctx f = { .value = mkey };
 
@@ -248,47 +251,33 @@ static struct json *authkey_by_prefix(struct coord *c, const char *prefix)
 	return f.found;
 }
 
-static void sanitize_host(const char *in, char *out, size_t outlen)
-{
-	size_t n = 0;
+struct key_holder {
+	const char *mkey;
+	bool other; /* a Device of another machine holds the key */
+};
 
-	for (; in && *in && n + 1 < outlen && n < 40; in++) {
-		char ch = *in;
-		if (ch >= 'A' && ch <= 'Z')
-			ch = (char)(ch - 'A' + 'a');
-		if ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9'))
-			out[n++] = ch;
-		else if (n > 0 && out[n - 1] != '-')
-			out[n++] = '-';
-	}
-	while (n > 0 && out[n - 1] == '-')
-		n--;
-	out[n] = '\0';
-	if (!n)
-		snprintf(out, outlen, "device");
+static void other_holder(const struct json *dev, void *arg)
+{
+	struct key_holder *h = arg;
+	const char *m = json_str(json_path(dev, "spec", "machineKey", NULL));
+
+	if (!m || strcmp(m, h->mkey) != 0)
+		h->other = true;
 }
 
-static bool valid_cidr(const char *s)
+/* Does a Device of another machine hold node_key? Two Devices with one
+ * node key would make every agent see the key twice. */
+static bool node_key_taken(struct coord *c, const char *node_key, const char *mkey)
 {
-	char a[64];
-	const char *slash = s ? strchr(s, '/') : NULL;
-	unsigned char buf[16];
-	int bits;
+	struct key_holder h = { .mkey = mkey };
 
-	if (!slash || (size_t)(slash - s) >= sizeof(a))
-		return false;
-	memcpy(a, s, (size_t)(slash - s));
-	a[slash - s] = '\0';
-	bits = atoi(slash + 1);
-	if (inet_pton(AF_INET, a, buf) == 1)
-		return bits >= 0 && bits <= 32;
-	return inet_pton(AF_INET6, a, buf) == 1 && bits >= 0 && bits <= 128;
+	informer_foreach_indexed(c->op->devices, "nodeKey", node_key, other_holder, &h);
+	return h.other;
 }
 
-/* Waits for the Device reconciler to give the device its addresses. */
 /* Waits for the Device controller to give name its addresses: woken by
  * every Device event the loop sees (coord_device_changed), not polling. */
-struct json *coord_wait_addresses(struct coord *c, const char *name)
+struct json *register_wait_addresses(struct coord *c, const char *name)
 {
 	uint64_t deadline = loop_mono_ms() + (c->o.register_wait_ms ? c->o.register_wait_ms : 15000);
 	struct json *dev = NULL;
@@ -332,35 +321,33 @@ struct json *coord_wait_addresses(struct coord *c, const char *name)
 static struct json *do_register(struct coord *c, const char *mkey, const struct json *req)
 {
 	struct operator *op = c->op;
-	const char *auth = json_str(json_get(req, "authKey"));
-	const char *node_key = json_str(json_get(req, "nodeKey"));
-	const char *disco_key = json_str(json_get(req, "discoKey"));
-	struct json *tags = json_get(req, "tags"), *routes = json_get(req, "advertiseRoutes");
-	struct json *existing = coord_device_by_machine(c, mkey), *ak = NULL, *reply = NULL, *dev = NULL, *spec;
-	char host[64], name[128], hash_hex[65], ts[32];
-	unsigned char h[crypto_hash_sha256_BYTES], kb[32];
+	struct register_request rq;
+	struct register_response resp = { 0 };
+	struct json *tags = NULL, *existing = NULL, *ak = NULL, *reply = NULL, *dev = NULL, *spec;
+	char host[64], name[128], hash_hex[65], ts[32], why[200];
+	char node_key[MESSAGES_KEY_TEXT_LEN], disco_key[MESSAGES_KEY_TEXT_LEN];
+	unsigned char h[crypto_hash_sha256_BYTES];
 	struct kube_result r = { 0 };
 	time_t now = time(NULL);
 	bool ephemeral = false;
-	const char *tailnet = "default";
+	const char *tailnet = "default", *auth;
 
-	if (!channel_key_parse(node_key, "nodekey:", kb) || (disco_key && !channel_key_parse(disco_key, "discokey:", kb))) {
-		reply = coord_error_reply("BadRequest", "nodeKey and discoKey must be nodekey:/discokey: followed by 64 hex digits");
+	/* The codec's rules, as the agents parse what we store and send. */
+	if (!register_request_from_json(req, &rq, why, sizeof(why))) {
+		reply = coord_error_reply("BadRequest", "%s", why);
+		return reply;
+	}
+	auth = rq.auth_key;
+	channel_key_format(rq.node_key, "nodekey:", node_key, sizeof(node_key));
+	channel_key_format(rq.disco_key, "discokey:", disco_key, sizeof(disco_key));
+	if (node_key_taken(c, node_key, mkey)) {
+		reply = coord_error_reply("NodeKeyInUse", "another device holds this node key; make a new one");
 		goto out;
 	}
-	for (size_t i = 0; i < json_array_len(tags); i++) {
-		const char *t = json_str(json_array_at(tags, i));
-		if (!t || strncmp(t, "tag:", 4) != 0 || strlen(t) < 5 || strlen(t) > 67) {
-			reply = coord_error_reply("BadRequest", "tags must look like tag:name");
-			goto out;
-		}
-	}
-	for (size_t i = 0; i < json_array_len(routes); i++) {
-		if (!valid_cidr(json_str(json_array_at(routes, i)))) {
-			reply = coord_error_reply("BadRequest", "advertiseRoutes must be CIDRs");
-			goto out;
-		}
-	}
+	existing = register_device_by_machine(c, mkey);
+	tags = fields_strv_json(rq.tags, rq.ntags);
+	if (!tags)
+		goto nomem;
 
 	if (auth) {
 		char prefix[64];
@@ -421,8 +408,12 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 				goto out;
 			}
 		}
-		if (!json_array_len(tags))
-			tags = key_tags;
+		if (!json_array_len(tags)) {
+			json_free(tags);
+			tags = json_clone(key_tags) ?: json_new_array();
+			if (!tags)
+				goto nomem;
+		}
 	} else if (!existing) {
 		reply = coord_error_reply("NotRegistered", "this machine is not registered: run knit up --authkey KEY");
 		goto out;
@@ -430,7 +421,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		tailnet = operator_tailnet_of(existing);
 	}
 
-	sanitize_host(json_str(json_get(req, "hostname")), host, sizeof(host));
+	fields_hostname_sanitize(rq.hostname, host, sizeof(host));
 	if (existing) {
 		snprintf(name, sizeof(name), "%s", kube_name(existing));
 	} else {
@@ -460,8 +451,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 	json_object_set(spec, "hostname", json_new_string(host));
 	json_object_set(spec, "machineKey", json_new_string(mkey));
 	json_object_set(spec, "nodeKey", json_new_string(node_key));
-	if (disco_key)
-		json_object_set(spec, "discoKey", json_new_string(disco_key));
+	json_object_set(spec, "discoKey", json_new_string(disco_key));
 	if (auth) {
 		struct json *ref = json_new_object();
 		json_object_set(ref, "namespace", coord_jstr(kube_namespace(ak)));
@@ -481,8 +471,8 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 			json_object_del(spec, "keyExpiry");
 		}
 	}
-	if (json_array_len(routes))
-		json_object_set(spec, "advertisedRoutes", json_clone(routes));
+	if (rq.nroutes)
+		json_object_set(spec, "advertisedRoutes", fields_prefixes_json(rq.routes, rq.nroutes, false));
 	else
 		json_object_del(spec, "advertisedRoutes");
 
@@ -496,26 +486,33 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 	}
 	kube_result_clear(&r);
 	json_free(dev);
-	dev = coord_wait_addresses(c, name);
+	dev = register_wait_addresses(c, name);
 	if (!dev) {
 		reply = coord_error_reply("Unavailable", "the device has no addresses yet; try again");
 		goto out;
 	}
-	reply = json_new_object();
+	resp.device = name;
+	resp.name = host;
+	resp.ephemeral = json_bool(json_path(dev, "spec", "ephemeral", NULL), false);
+	if (record_addresses(dev, &resp.addresses, &resp.naddresses)) {
+		reply = coord_error_reply("Unavailable", "the device's addresses are not valid; try again");
+		goto out;
+	}
+	struct json *sfx = mapstream_dns_suffix_json(c, tailnet);
+	resp.dns_suffix = (char *)json_str(sfx);
+	reply = register_response_to_json(&resp);
+	json_free(sfx);
+	free(resp.addresses);
 	if (!reply)
 		goto nomem;
-	json_object_set(reply, "device", json_new_string(name));
-	json_object_set(reply, "name", json_new_string(host));
-	json_object_set(reply, "addresses", json_clone(json_path(dev, "status", "addresses", NULL)));
-	json_object_set(reply, "ephemeral", json_new_bool(json_bool(json_path(dev, "spec", "ephemeral", NULL), false)));
-	struct json *sfx = coord_dns_suffix_json(c, tailnet);
-	json_object_set(reply, "dnsSuffix", sfx);
 	log_info("device registered", "device=%s machine=%.16s new=%s", name, mkey + 5, existing ? "no" : "yes");
 	goto out;
 nomem:
 	reply = coord_error_reply("Unavailable", "out of memory");
 out:
 	sodium_memzero(h, sizeof(h));
+	register_request_free(&rq);
+	json_free(tags);
 	json_free(existing);
 	json_free(ak);
 	json_free(dev);
@@ -524,7 +521,7 @@ out:
 
 static struct json *do_logout(struct coord *c, const char *mkey)
 {
-	struct json *dev = coord_device_by_machine(c, mkey), *reply;
+	struct json *dev = register_device_by_machine(c, mkey), *reply;
 	struct kube_result r;
 
 	if (!dev)
@@ -572,7 +569,7 @@ static void do_online(struct coord *c, const char *device, bool online, time_t a
 /* Online transitions are written in the background, one per device: a
  * device that flaps while its write waits is written once, with its
  * latest state. Registrations never queue behind them. */
-void coord_online_changed(struct coord *c, const char *device, bool online)
+void register_online_changed(struct coord *c, const char *device, bool online)
 {
 	struct job *j;
 

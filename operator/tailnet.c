@@ -12,30 +12,20 @@
 #include "kube/informer.h"
 #include "kube/meta.h"
 #include "operator.h"
+#include "tailnet.h"
 
 
-int tailnet_reconcile(struct operator *op, const char *ns, const char *name, uint64_t *requeue_ms)
+void tailnet_desired_status(const struct json *tn, const struct tailnet_facts *f, time_t now, struct json *status)
 {
-	struct json *tn = informer_get(op->tailnets, NULL, name), *status;
 	struct ipam_pool p4, p6;
 	char err4[256] = "", err6[256] = "", msg[600];
-	time_t now = time(NULL);
-	int64_t gen;
+	int64_t gen = kube_generation(tn);
 	bool ok4, ok6;
-	int err;
 
-	if (!tn || kube_deleting(tn)) {
-		json_free(tn);
-		return 0;
-	}
-	gen = kube_generation(tn);
-	status = json_clone(json_get(tn, "status"));
-	if (!status && !(status = json_new_object())) {
-		json_free(tn);
-		return -ENOMEM;
-	}
-	ok4 = ipam_pool_parse(json_str(json_path(tn, "spec", "ipv4Pool", NULL)) ?: "100.64.0.0/10", &p4, err4, sizeof(err4));
-	ok6 = ipam_pool_parse(json_str(json_path(tn, "spec", "ipv6Pool", NULL)) ?: "fd7a:115c:a1e0::/48", &p6, err6, sizeof(err6));
+	ok4 = ipam_pool_parse(json_str(json_path(tn, "spec", "ipv4Pool", NULL)) ?: OPERATOR_DEFAULT_IPV4_POOL, &p4, err4,
+			      sizeof(err4));
+	ok6 = ipam_pool_parse(json_str(json_path(tn, "spec", "ipv6Pool", NULL)) ?: OPERATOR_DEFAULT_IPV6_POOL, &p6, err6,
+			      sizeof(err6));
 	if (ok4 && p4.family != AF_INET) {
 		ok4 = false;
 		snprintf(err4, sizeof(err4), "ipv4Pool is not an IPv4 CIDR");
@@ -44,14 +34,11 @@ int tailnet_reconcile(struct operator *op, const char *ns, const char *name, uin
 		ok6 = false;
 		snprintf(err6, sizeof(err6), "ipv6Pool is not an IPv6 CIDR");
 	}
-	long devices = informer_index_count(op->devices, OPERATOR_INDEX_TAILNET, name);
-	long v4 = informer_index_count(op->claims, OPERATOR_INDEX_TAILNET4, name);
-	long v6 = informer_index_count(op->claims, OPERATOR_INDEX_TAILNET6, name);
-	json_object_set(status, "devices", json_new_int(devices > 0 ? devices : 0));
-	if (coord_ready(op->coord))
-		json_object_set(status, "controlKey", json_new_string(coord_control_key(op->coord)));
-	json_object_set(status, "ipv4Allocated", json_new_int(v4 > 0 ? v4 : 0));
-	json_object_set(status, "ipv6Allocated", json_new_int(v6 > 0 ? v6 : 0));
+	json_object_set(status, "devices", json_new_int(f->devices > 0 ? f->devices : 0));
+	if (f->control_key)
+		json_object_set(status, "controlKey", json_new_string(f->control_key));
+	json_object_set(status, "ipv4Allocated", json_new_int(f->ipv4_allocated > 0 ? f->ipv4_allocated : 0));
+	json_object_set(status, "ipv6Allocated", json_new_int(f->ipv6_allocated > 0 ? f->ipv6_allocated : 0));
 	if (ok4 && ok6) {
 		kube_condition_set(status, "Ready", "True", "PoolsValid", "address pools are valid", gen, now);
 	} else {
@@ -59,6 +46,28 @@ int tailnet_reconcile(struct operator *op, const char *ns, const char *name, uin
 		kube_condition_set(status, "Ready", "False", "InvalidPool", msg, gen, now);
 	}
 	json_object_set(status, "observedGeneration", json_new_int(gen));
+}
+
+int tailnet_reconcile(struct operator *op, const char *ns, const char *name, uint64_t *requeue_ms)
+{
+	struct json *tn = informer_get(op->tailnets, NULL, name), *status;
+	struct tailnet_facts f = { 0 };
+	int err;
+
+	if (!tn || kube_deleting(tn)) {
+		json_free(tn);
+		return 0;
+	}
+	status = json_clone(json_get(tn, "status"));
+	if (!status && !(status = json_new_object())) {
+		json_free(tn);
+		return -ENOMEM;
+	}
+	f.devices = informer_index_count(op->devices, OPERATOR_INDEX_TAILNET, name);
+	f.ipv4_allocated = informer_index_count(op->claims, OPERATOR_INDEX_TAILNET4, name);
+	f.ipv6_allocated = informer_index_count(op->claims, OPERATOR_INDEX_TAILNET6, name);
+	f.control_key = coord_ready(op->coord) ? coord_control_key(op->coord) : NULL;
+	tailnet_desired_status(tn, &f, time(NULL), status);
 	err = operator_update_status(op, &res_tailnets, tn, status);
 	if (err == -EAGAIN) {
 		*requeue_ms = 1;

@@ -13,6 +13,7 @@
 
 #include "log.h"
 #include "net/tun.h"
+#include "policy/filter.h"
 #include "wg/aead.h"
 #include "wg/noise.h"
 #include "wg/peer.h"
@@ -119,6 +120,26 @@ static void tun_gone(struct engine *e, int err)
 	}
 }
 
+/* Outbound packets open (or refresh) connection-tracking state, so the
+ * replies to what this device starts pass the inbound filter. A packet
+ * for which the table has no room goes back to the pool. */
+static size_t track_out(struct engine *e, uint8_t **bufs, struct pktbuf *pkts, size_t n)
+{
+	uint8_t v[TUN_BATCH];
+	size_t kept = 0;
+
+	filter_check_out(e->filter, pkts, n, loop_mono_ms(), v);
+	for (size_t i = 0; i < n; i++) {
+		if (v[i] == FILTER_ACCEPT) {
+			bufs[kept] = bufs[i];
+			pkts[kept++] = pkts[i];
+		} else {
+			pool_put(e->hub->pool, &bufs[i], 1);
+		}
+	}
+	return kept;
+}
+
 /* Reads until the device is drained: tun_read() may hold the rest of a
  * super-packet, which poll() cannot see. */
 static void tun_drain(struct engine *e)
@@ -146,6 +167,8 @@ static void tun_drain(struct engine *e)
 			return;
 		}
 		pool_put(h->pool, bufs + r, got - (size_t)r);
+		if (e->filter)
+			r = (int)track_out(e, bufs, pkts, (size_t)r);
 		send_tun_packets(e, bufs, pkts, (size_t)r);
 		if (h->cfg.readers_help)
 			queueing_help(&h->queue, SIZE_MAX);
@@ -287,6 +310,8 @@ int engine_new(struct engine **out, struct hub *hub, const struct engine_config 
 		ret = -errno;
 		goto out;
 	}
+	if (cfg->filtered && (ret = filter_new(&e->filter, 0)))
+		goto out;
 	ret = tun_open(&e->tun, cfg->ifname, 0);
 	if (ret)
 		goto out;
@@ -362,6 +387,7 @@ void engine_free(struct engine *e)
 	noise_local_free(e->noise);
 	cookie_checker_destroy(&e->cookie);
 	allowedips_free(&e->aips);
+	filter_free(e->filter);
 	free(e->table);
 	close(e->stop_efd);
 	pthread_mutex_destroy(&e->tun_write_lock);
@@ -682,4 +708,9 @@ int engine_peer_handshake(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_L
 		return -ENOENT;
 	send_initiation(p, false);
 	return 0;
+}
+
+struct filter *engine_filter(const struct engine *e)
+{
+	return e->filter;
 }

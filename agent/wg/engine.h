@@ -37,6 +37,7 @@
 #include "wg/uapi_server.h"
 
 struct noise_local;
+struct filter;
 
 struct engine_config {
 	const char *ifname; /* the TUN device to create (NULL: the kernel names it) */
@@ -44,6 +45,9 @@ struct engine_config {
 	 * (standalone: one engine per hub). Otherwise they are refused
 	 * unless they match the hub's. */
 	bool owns_port;
+	/* Enforce a packet filter on decrypted traffic (lib/policy/filter.h;
+	 * mesh mode: the tailnet policy). It starts allow-all. */
+	bool filtered;
 	/* Loop thread: the TUN device went away (deleted, or failing). */
 	void (*on_down)(void *arg, struct engine *e);
 	void *arg;
@@ -79,6 +83,9 @@ struct engine {
 	char ifname[IFNAMSIZ];
 
 	struct tun *tun;
+	/* cfg.filtered: the policy on decrypted traffic; NULL: none. Its
+	 * rules are swapped on the loop thread, checked by the data path. */
+	struct filter *filter;
 	pthread_mutex_t tun_write_lock;
 	_Atomic int mtu;
 
@@ -154,5 +161,8 @@ extern const struct uapi_ops engine_uapi_ops;
  * timers would (a restarted node whose peers still hold sessions with its
  * previous process). The usual rate limit applies. -ENOENT: no such peer. */
 int engine_peer_handshake(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_LEN]);
+
+/* The engine's packet filter (engine_config.filtered), NULL without one. */
+struct filter *engine_filter(const struct engine *e);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "metrics.h"
+#include "policy/filter.h"
 #include "wg/engine.h"
 #include "wg/hub.h"
 
@@ -37,6 +38,12 @@ enum {
 	DROP_INVALID,
 	DROP_UNKNOWN_INDEX,
 	DROP_TOO_BIG,
+	/* the tailnet policy's packet filter (mesh mode) */
+	DROP_F_NO_RULE,
+	DROP_F_NOT_TRACKED,
+	DROP_F_MALFORMED,
+	DROP_F_TABLE_FULL,
+	DROP_F_NOT_LOCAL,
 	NMIRRORS
 };
 
@@ -55,6 +62,11 @@ static const struct {
 	[DROP_INVALID - DROP_NO_ROUTE] = { "inbound", "invalid" },
 	[DROP_UNKNOWN_INDEX - DROP_NO_ROUTE] = { "inbound", "unknown_index" },
 	[DROP_TOO_BIG - DROP_NO_ROUTE] = { "outbound", "too_big" },
+	[DROP_F_NO_RULE - DROP_NO_ROUTE] = { "inbound", "policy_no_rule" },
+	[DROP_F_NOT_TRACKED - DROP_NO_ROUTE] = { "inbound", "policy_not_tracked" },
+	[DROP_F_MALFORMED - DROP_NO_ROUTE] = { "inbound", "policy_malformed" },
+	[DROP_F_TABLE_FULL - DROP_NO_ROUTE] = { "outbound", "policy_table_full" },
+	[DROP_F_NOT_LOCAL - DROP_NO_ROUTE] = { "inbound", "policy_not_local" },
 };
 _Static_assert(sizeof(drops) / sizeof(drops[0]) == NMIRRORS - DROP_NO_ROUTE, "a label pair per drop reason");
 
@@ -154,6 +166,16 @@ void exporter_collect(void *arg)
 	v[DROP_INVALID] = hs.rx_invalid;
 	v[DROP_UNKNOWN_INDEX] = hs.rx_unknown_index;
 	v[DROP_TOO_BIG] = es.tun.too_big;
+	{
+		struct filter_counts fc = { 0 };
+		if (x->e->filter)
+			filter_counters(x->e->filter, &fc);
+		v[DROP_F_NO_RULE] = fc.dropped[FILTER_DROP_NO_RULE];
+		v[DROP_F_NOT_TRACKED] = fc.dropped[FILTER_DROP_NOT_TRACKED];
+		v[DROP_F_MALFORMED] = fc.dropped[FILTER_DROP_MALFORMED];
+		v[DROP_F_TABLE_FULL] = fc.dropped[FILTER_DROP_TABLE_FULL];
+		v[DROP_F_NOT_LOCAL] = fc.dropped[FILTER_DROP_NOT_LOCAL];
+	}
 	for (int i = 0; i < NMIRRORS; i++)
 		mirror(&mi[i], v[i]);
 	metrics_set(x->peers, (double)es.peers);

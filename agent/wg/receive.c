@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "loop.h"
+#include "policy/filter.h"
 #include "wg/engine.h"
 #include "wg/hub.h"
 #include "wg/noise.h"
@@ -167,6 +168,21 @@ static void tun_flush(struct engine *e, struct pktbuf *out, size_t *n)
 {
 	if (!*n)
 		return;
+	/* The tailnet policy, after the source check (the peer may send from
+	 * these addresses) and before the TUN. A dropped packet's buffer goes
+	 * back to the pool with its job. */
+	if (e->filter) {
+		uint8_t v[TUN_WRITE_BATCH];
+		size_t kept = 0;
+
+		filter_check_in(e->filter, out, *n, loop_mono_ms(), v);
+		for (size_t i = 0; i < *n; i++)
+			if (v[i] == FILTER_ACCEPT)
+				out[kept++] = out[i];
+		*n = kept;
+		if (!kept)
+			return;
+	}
 	pthread_mutex_lock(&e->tun_write_lock);
 	/* Each packet passed its AEAD tag: coalescing need not re-verify
 	 * inner checksums. */

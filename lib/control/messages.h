@@ -5,7 +5,15 @@
  * Parsers return false and leave a message naming the field
  * ("peers[2].allowedIPs[0]: ...") in err; on failure the output is left
  * empty (safe to free). Unknown members are ignored, so either end may add
- * fields. Builders return a new tree, or NULL on ENOMEM. */
+ * fields. Builders return a new tree, or NULL on ENOMEM.
+ *
+ * One bad node does not cost the rest: a malformed peer in a full netmap
+ * or delta (or one repeating a node key, or self's), and a malformed
+ * removal, are left out and counted in `skipped` with the first reason in
+ * `skipped_why`, for the agent to log. What the syntax of every field is
+ * (tags, hostnames, prefixes, keys, endpoints) lives in control/fields.h;
+ * the codec is in control/netmap.c (netmaps, peers, deltas) and
+ * control/calls.c (calls). */
 #ifndef KNIT_CONTROL_MESSAGES_H
 #define KNIT_CONTROL_MESSAGES_H
 
@@ -51,6 +59,7 @@ struct netmap_node {
 	size_t nendpoints;
 	int relay; /* home relay region, 0: none */
 	bool online;
+	bool ephemeral;
 	char **tags;
 	size_t ntags;
 };
@@ -66,6 +75,8 @@ struct netmap {
 	struct json *dns; /* object or NULL */
 	struct json *relay_map; /* object or NULL */
 	struct json *packet_filter; /* array or NULL */
+	size_t skipped; /* peers left out as malformed (see the top) */
+	char skipped_why[160]; /* the first one's reason */
 };
 
 /* What a delta touches besides upserts and removes ("has" flags). */
@@ -88,6 +99,8 @@ struct netmap_delta {
 	struct json *dns;
 	struct json *relay_map;
 	struct json *packet_filter;
+	size_t skipped; /* upserts and removals left out as malformed */
+	char skipped_why[160];
 };
 
 bool netmap_node_from_json(const struct json *j, const char *where, struct netmap_node *out,
@@ -110,6 +123,8 @@ struct json *netmap_delta_to_json(const struct netmap_delta *d);
 void netmap_delta_free(struct netmap_delta *d);
 /* Applies d to nm all or nothing: removes first, then upserts by node key
  * (a removed key may come back in the same delta), then what d->has names.
+ * An upsert with self's node key is skipped (counted in nm->skipped, to
+ * which d->skipped is added).
  * Takes the contents of d on success (d is left empty); on failure nm and
  * d are unchanged. Returns 0, -ENOMEM, or -ESTALE when d->seq is not newer
  * than nm->seq (err says so). */

@@ -191,6 +191,25 @@ robot_seen() { tailnet_knit node1 status --json | jq -e '.peers[] | select(.name
 e2e_check "knitd run --login-server --authkey-file joins with no knit up" e2e_wait_for 30 robot_seen
 e2e_check "and the unattended node is reachable" e2e_wait_for 10 ping_ok node1 "$(tailnet_knit robot ip -4)"
 
+# ---- a Device made by hand with another's node key is no peer ----
+# (Registration refuses such a key; kubectl does not.) Before, every agent
+# took the second record for node1's key, and node1 became unreachable.
+NODE1_DEV=$($K get devices -o json | jq -r '.items[] | select(.spec.hostname == "node1") | .metadata.name')
+NODE3_DEV=$($K get devices -o json | jq -r '.items[] | select(.spec.hostname == "node3") | .metadata.name')
+printf '{"apiVersion":"knit.dev/v1alpha1","kind":"Device","metadata":{"name":"impostor"},"spec":{"tailnet":"default","hostname":"impostor","nodeKey":"%s"}}' \
+	"$($K get device "$NODE1_DEV" -o jsonpath='{.spec.nodeKey}')" | $K apply -f - >/dev/null
+impostor_ready() { [ -n "$($K get device impostor -o jsonpath='{.status.addresses[1]}')" ]; }
+e2e_check "a hand-made Device with node1's node key gets addresses" e2e_wait_for 30 impostor_ready
+# A later change peers see: once it arrives, the impostor's would have too.
+$K patch device "$NODE3_DEV" --type merge -p '{"spec":{"hostname":"node3b"}}' >/dev/null
+sees_node3b() { tailnet_knit node2 status --json | jq -e '.peers[] | select(.name == "node3b")' >/dev/null; }
+e2e_check "a later change reaches node2" e2e_wait_for 10 sees_node3b
+names_for_node1() { tailnet_knit node2 status --json | jq -r '.peers[] | select(.name == "node1" or .name == "impostor") | .name' | tr '\n' ' '; }
+e2e_expect "node2 still has node1 under that key, not the impostor" "node1 " "$(names_for_node1)"
+e2e_check "and reaches node1" ping_ok node2 "${TIP[node1]}"
+$K delete device impostor >/dev/null
+$K patch device "$NODE3_DEV" --type merge -p '{"spec":{"hostname":"node3"}}' >/dev/null
+
 # ---- bad input to the coordination API changes nothing ----
 ndev=$($K get devices -o name | wc -l)
 "$KNIT_BUILD_DIR/test/e2e/tools/coord_probe" "$LOGIN_SERVER" "$CTRL" >"$E2E_DIR/probe.log" 2>&1

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "control/fields.h"
 #include "control/messages.h"
 #include "json.h"
 
@@ -207,26 +208,6 @@ static void test_full_malformed(void **state)
 		  "self.nodeKey: want \"nodekey:\" and 64 hex digits" },
 		{ "{\"type\":\"full\",\"seq\":1,\"self\":{\"nodeKey\":" NK("1") "}}", "self.addresses: missing" },
 		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":{}}", "peers: want an array, got object" },
-		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[" PEER_A ",7]}", "peers[1]: want an object, got number" },
-		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[\"100.64.0.1/40\"]}]}",
-		  "peers[0].addresses[0]: \"100.64.0.1/40\" is not an IP address or prefix" },
-		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"allowedIPs\":[1]}]}",
-		  "peers[0].allowedIPs[0]: want a string" },
-		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"endpoints\":[\"192.0.2.1\"]}]}",
-		  "peers[0].endpoints[0]: \"192.0.2.1\": " },
-		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"relay\":-1}]}",
-		  "peers[0].relay: want an integer from 0 to 2147483647" },
-		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"online\":1}]}",
-		  "peers[0].online: want true or false, got number" },
-		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"tags\":[\"db\"]}]}",
-		  "peers[0].tags[0]: \"db\" is not a tag (tag:<name>)" },
-		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"name\":\"a\\u0000b\"}]}",
-		  "peers[0].name: want a string without NUL, got string" },
-		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"discoKey\":" NK("a") "}]}",
-		  "peers[0].discoKey: want \"discokey:\" and 64 hex digits" },
-		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[" PEER_A "," PEER_B "," PEER_A "]}",
-		  "peers: peers[2] has the node key of peers[0]" },
-		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[" SELF "]}", "peers: lists self's node key" },
 		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"dns\":[]}", "dns: want an object, got array" },
 		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"dns\":{\"suffix\":5}}", "dns.suffix: want a string without NUL, got number" },
 		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"packetFilter\":{}}", "packetFilter: want an array, got object" },
@@ -248,6 +229,80 @@ static void test_full_malformed(void **state)
 		assert_null(nm.self.name);
 		netmap_free(&nm);
 		json_free(j);
+	}
+}
+
+/* One bad peer costs only itself: the rest of the netmap parses, and the
+ * peer is counted with its reason. Each case has PEER_B after the bad one. */
+static void test_full_skips(void **state)
+{
+	static const struct {
+		const char *in;
+		const char *why;
+	} cases[] = {
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[" PEER_A ",7]}", "peers[1]: want an object, got number" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[\"100.64.0.1/40\"]}]}",
+		  "peers[0].addresses[0]: \"100.64.0.1/40\" is not an IP address or prefix" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"allowedIPs\":[1]}]}",
+		  "peers[0].allowedIPs[0]: want a string" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"endpoints\":[\"192.0.2.1\"]}]}",
+		  "peers[0].endpoints[0]: \"192.0.2.1\": " },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"relay\":-1}]}",
+		  "peers[0].relay: want an integer from 0 to 2147483647" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"online\":1}]}",
+		  "peers[0].online: want true or false, got number" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"tags\":[\"db\"]}]}",
+		  "peers[0].tags[0]: \"db\" is not a tag (tag:<name>" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"name\":\"a\\u0000b\"}]}",
+		  "peers[0].name: want a string without NUL, got string" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"discoKey\":" NK("a") "}]}",
+		  "peers[0].discoKey: want \"discokey:\" and 64 hex digits" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[" PEER_A "," PEER_A "]}",
+		  "peers[1]: repeats the node key of an earlier peer" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[" SELF "]}", "peers[0]: has self's node key" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"allowedIPs\":[\"10.0.0.0/24x\"]}]}",
+		  "peers[0].allowedIPs[0]: \"10.0.0.0/24x\" is not an IP prefix" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"allowedIPs\":[\"10.0.0.0/abc\"]}]}",
+		  "peers[0].allowedIPs[0]: \"10.0.0.0/abc\" is not an IP prefix" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"allowedIPs\":[\"10.0.0.1\"]}]}",
+		  "peers[0].allowedIPs[0]: \"10.0.0.1\" is not an IP prefix" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"discoKey\":\"\"}]}",
+		  "peers[0].discoKey: want \"discokey:\" and 64 hex digits" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"endpoints\":\"1.2.3.4:5\"}]}",
+		  "peers[0].endpoints: want an array, got string" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"relay\":4294967296}]}",
+		  "peers[0].relay: want an integer from 0 to 2147483647" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"name\":\"Db Server\"}]}",
+		  "peers[0].name: \"Db Server\" is not a DNS label" },
+		{ "{\"type\":\"full\",\"seq\":1,\"self\":" SELF ",\"peers\":[{\"nodeKey\":" NK("a") ",\"addresses\":[],\"tags\":[\"tag:-x\"]}]}",
+		  "peers[0].tags[0]: \"tag:-x\" is not a tag" },
+	};
+	struct netmap nm;
+	char err[200];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		/* ...]} -> ...,PEER_B]} */
+		size_t len = strlen(cases[i].in);
+		char *text = malloc(len + sizeof(PEER_B) + 2);
+		struct json *j;
+
+		assert_non_null(text);
+		snprintf(text, len + sizeof(PEER_B) + 2, "%.*s," PEER_B "]}", (int)(len - 2), cases[i].in);
+		j = parse(text);
+		err[0] = '\0';
+		if (!netmap_from_json(j, &nm, err, sizeof(err)))
+			fail_msg("case %zu refused (%s): %s", i, err, text);
+		if (nm.skipped != 1 || strncmp(nm.skipped_why, cases[i].why, strlen(cases[i].why)) != 0)
+			fail_msg("case %zu: skipped %zu \"%s\", want 1 \"%s\"", i, nm.skipped, nm.skipped_why,
+				 cases[i].why);
+		/* PEER_B and the good ones before the bad one are all there. */
+		assert_non_null(netmap_find_peer(&nm, (const uint8_t *)"\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb"
+								  "\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb\xbb"));
+		assert_string_equal(nm.self.name, "me");
+		netmap_free(&nm);
+		json_free(j);
+		free(text);
 	}
 }
 
@@ -334,12 +389,7 @@ static void test_delta_malformed(void **state)
 		{ "{\"type\":\"delta\"}", "seq: missing" },
 		{ "{\"type\":\"delta\",\"seq\":-3}", "seq: want an integer from 1" },
 		{ "{\"type\":\"delta\",\"seq\":2,\"upsert\":{}}", "upsert: want an array, got object" },
-		{ "{\"type\":\"delta\",\"seq\":2,\"upsert\":[{\"nodeKey\":\"nodekey:12\",\"addresses\":[]}]}",
-		  "upsert[0].nodeKey: want \"nodekey:\" and 64 hex digits" },
-		{ "{\"type\":\"delta\",\"seq\":2,\"upsert\":[" PEER_A "," PEER_A "]}", "upsert: upsert[1] has the node key of upsert[0]" },
 		{ "{\"type\":\"delta\",\"seq\":2,\"remove\":\"" H64("a") "\"}", "remove: want an array, got string" },
-		{ "{\"type\":\"delta\",\"seq\":2,\"remove\":[" NK("a") ",\"" H64("a") "\"]}",
-		  "remove[1]: want \"nodekey:\" and 64 hex digits" },
 		{ "{\"type\":\"delta\",\"seq\":2,\"self\":{\"nodeKey\":" NK("1") "}}", "self.addresses: missing" },
 		{ "{\"type\":\"delta\",\"seq\":2,\"dns\":7}", "dns: want an object, got number" },
 		{ "{\"type\":\"delta\",\"seq\":2,\"packetFilter\":\"all\"}", "packetFilter: want an array, got string" },
@@ -360,6 +410,60 @@ static void test_delta_malformed(void **state)
 		netmap_delta_free(&d);
 		json_free(j);
 	}
+}
+
+/* A bad upsert or removal in a delta is skipped and counted; the rest
+ * applies. */
+static void test_delta_skips(void **state)
+{
+	static const struct {
+		const char *in;
+		size_t nupsert, nremove;
+		const char *why;
+	} cases[] = {
+		{ "{\"type\":\"delta\",\"seq\":2,\"upsert\":[{\"nodeKey\":\"nodekey:12\",\"addresses\":[]}," PEER_B "]}", 1, 0,
+		  "upsert[0].nodeKey: want \"nodekey:\" and 64 hex digits" },
+		{ "{\"type\":\"delta\",\"seq\":2,\"upsert\":[" PEER_A "," PEER_A "]}", 1, 0,
+		  "upsert[1]: repeats the node key of an earlier peer" },
+		{ "{\"type\":\"delta\",\"seq\":2,\"remove\":[" NK("a") ",\"" H64("a") "\"]}", 0, 1,
+		  "remove[1]: want \"nodekey:\" and 64 hex digits" },
+	};
+	struct netmap nm;
+	struct netmap_delta d;
+	char err[200];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct json *j = parse(cases[i].in);
+
+		err[0] = '\0';
+		if (!netmap_delta_from_json(j, &d, err, sizeof(err)))
+			fail_msg("case %zu refused: %s", i, err);
+		assert_int_equal(d.nupsert, cases[i].nupsert);
+		assert_int_equal(d.nremove, cases[i].nremove);
+		assert_int_equal(d.skipped, 1);
+		assert_string_equal(d.skipped_why, cases[i].why);
+		load_full(&nm, FULL);
+		assert_int_equal(netmap_apply_delta(&nm, &d, err, sizeof(err)), 0);
+		assert_int_equal(nm.skipped, 1);
+		assert_string_equal(nm.skipped_why, cases[i].why);
+		netmap_free(&nm);
+		netmap_delta_free(&d);
+		json_free(j);
+	}
+	/* An upsert of self's key is no peer. */
+	load_full(&nm, FULL);
+	{
+		struct json *j = parse("{\"type\":\"delta\",\"seq\":3,\"upsert\":[" SELF "]}");
+
+		assert_true(netmap_delta_from_json(j, &d, err, sizeof(err)));
+		assert_int_equal(netmap_apply_delta(&nm, &d, err, sizeof(err)), 0);
+		assert_int_equal(nm.npeers, 2);
+		assert_int_equal(nm.skipped, 1);
+		assert_string_equal(nm.skipped_why, "upsert: has self's node key");
+		json_free(j);
+	}
+	netmap_free(&nm);
 }
 
 /* Equal up to the order of peers, which carries no meaning. */
@@ -462,7 +566,7 @@ static void test_register(void **state)
 	json_free(j);
 	j = parse("{\"type\":\"register\",\"nodeKey\":" NK("1") ",\"discoKey\":" DK("2") ",\"advertiseRoutes\":[\"10.0.0.0/99\"]}");
 	assert_false(register_request_from_json(j, &back, err, sizeof(err)));
-	assert_string_equal(err, "advertiseRoutes[0]: \"10.0.0.0/99\" is not an IP address or prefix");
+	assert_string_equal(err, "advertiseRoutes[0]: \"10.0.0.0/99\" is not an IP prefix (address/bits)");
 	json_free(j);
 	j = parse("{\"type\":\"register\",\"nodeKey\":" NK("1") "}");
 	assert_false(register_request_from_json(j, &back, err, sizeof(err)));
@@ -543,14 +647,103 @@ static void test_update(void **state)
 	json_free(j);
 }
 
+/* control/fields.c: the one set of rules both ends apply. */
+static void test_fields(void **state)
+{
+	static const struct {
+		const char *s;
+		bool tag, host;
+	} names[] = {
+		{ "tag:db", true, false },
+		{ "tag:DB-1", true, false },
+		{ "tag:a", true, false },
+		{ "tag:" "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijk", true, false },
+		{ "tag:" "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijkl", false, false },
+		{ "tag:", false, false },
+		{ "tag:-db", false, false },
+		{ "tag:db-", false, false },
+		{ "tag:a b", false, false },
+		{ "tag:a_b", false, false },
+		{ "db", false, true },
+		{ "db-1", false, true },
+		{ "0", false, true },
+		{ "Db", false, false },
+		{ "-db", false, false },
+		{ "db.x", false, false },
+		{ "", false, false },
+		{ "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijk", false, true },
+		{ "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijkl", false, false },
+	};
+	static const struct {
+		const char *in, *out;
+	} sanitized[] = {
+		{ "My Laptop.local", "my-laptop-local" },
+		{ "--x--", "x" },
+		{ "", "device" },
+		{ "!!!", "device" },
+		{ "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz", "abcdefghijklmnopqrstuvwxyzabcdefghijklmn" },
+	};
+	static const struct {
+		const char *s;
+		bool ok;
+	} cidrs[] = {
+		{ "10.0.0.0/24", true }, { "fd00::/64", true }, { "10.0.0.1", false }, { "10.0.0.0/24x", false },
+		{ "10.0.0.0/abc", false }, { "10.0.0.0/", false }, { "/24", false }, { NULL, false },
+	};
+	struct netmap_prefix p;
+	char out[64], text[8192];
+	struct json *j;
+	struct endpoint *eps;
+	size_t n, len;
+	char err[200];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		if (fields_tag_valid(names[i].s) != names[i].tag || fields_hostname_valid(names[i].s) != names[i].host)
+			fail_msg("\"%s\": tag %d host %d", names[i].s, fields_tag_valid(names[i].s),
+				 fields_hostname_valid(names[i].s));
+	}
+	assert_false(fields_tag_valid(NULL));
+	assert_false(fields_hostname_valid(NULL));
+	for (size_t i = 0; i < sizeof(sanitized) / sizeof(sanitized[0]); i++) {
+		fields_hostname_sanitize(sanitized[i].in, out, sizeof(out));
+		assert_string_equal(out, sanitized[i].out);
+		assert_true(fields_hostname_valid(out));
+	}
+	for (size_t i = 0; i < sizeof(cidrs) / sizeof(cidrs[0]); i++)
+		if (fields_cidr_parse(&p, cidrs[i].s) != cidrs[i].ok)
+			fail_msg("cidr \"%s\": want %d", cidrs[i].s, cidrs[i].ok);
+	/* At most FIELDS_MAX_ENDPOINTS endpoints. */
+	for (int k = FIELDS_MAX_ENDPOINTS; k <= FIELDS_MAX_ENDPOINTS + 1; k++) {
+		len = (size_t)snprintf(text, sizeof(text), "{\"endpoints\":[");
+		for (int i = 0; i < k; i++)
+			len += (size_t)snprintf(text + len, sizeof(text) - len, "%s\"192.0.2.1:%d\"", i ? "," : "", i + 1);
+		snprintf(text + len, sizeof(text) - len, "]}");
+		j = parse(text);
+		if (k == FIELDS_MAX_ENDPOINTS) {
+			assert_true(fields_get_endpoints(j, "", &eps, &n, err, sizeof(err)));
+			assert_int_equal(n, FIELDS_MAX_ENDPOINTS);
+			free(eps);
+		} else {
+			assert_false(fields_get_endpoints(j, "", &eps, &n, err, sizeof(err)));
+			assert_string_equal(err, "endpoints: more than 64");
+			assert_null(eps);
+		}
+		json_free(j);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_prefix),
+		cmocka_unit_test(test_fields),
 		cmocka_unit_test(test_full_roundtrip),
 		cmocka_unit_test(test_full_malformed),
+		cmocka_unit_test(test_full_skips),
 		cmocka_unit_test(test_delta),
 		cmocka_unit_test(test_delta_malformed),
+		cmocka_unit_test(test_delta_skips),
 		cmocka_unit_test(test_diff),
 		cmocka_unit_test(test_register),
 		cmocka_unit_test(test_update),

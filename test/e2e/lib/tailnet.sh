@@ -8,7 +8,8 @@
 #   tailnet_host_move NAME IDX  gives NAME a new underlay address (roaming)
 #   tailnet_operator_start ID   knit-operator, coordination on 10.NET.0.1 (a
 #                               restarted operator keeps the port, as a Service would;
-#                               TAILNET_OP_ARGS adds flags)
+#                               TAILNET_OP_ARGS adds flags, TAILNET_COORD_BIND
+#                               another address to listen on, e.g. 0.0.0.0)
 #   tailnet_knitd_start NAME    knitd (mesh mode) inside NAME's namespace
 #   tailnet_knit NAME ARGS...   the knit CLI against NAME's knitd
 #   in_ns NAME CMD...           runs CMD in NAME's network namespace only
@@ -66,7 +67,7 @@ tailnet_operator_start() {
 	OP_HTTP_PORT=$(e2e_free_port)
 	COORD_PORT=${COORD_PORT:-$(e2e_free_port)}
 	e2e_bg "operator-$id" "$OPERATOR" --namespace "${TAILNET_OP_NS:-knit-system}" --identity "$id" \
-		--http-listen "127.0.0.1:$OP_HTTP_PORT" --coord-listen "$TAILNET_GW:$COORD_PORT" \
+		--http-listen "127.0.0.1:$OP_HTTP_PORT" --coord-listen "${TAILNET_COORD_BIND:-$TAILNET_GW}:$COORD_PORT" \
 		--lease-duration 4s --renew-deadline 3s --retry-period 1s ${TAILNET_OP_ARGS:-}
 	OP_PID=$E2E_PID
 	LOGIN_SERVER=http://$TAILNET_GW:$COORD_PORT

@@ -43,6 +43,29 @@ static long post(const char *base, const char *path, const void *body, size_t le
 
 static int failures;
 
+/* Seals req as a call and expects a sealed error naming want_code and
+ * the field in want_text (the server validates with the agents' codec). */
+static void expect_refusal(const char *name, const char *base, struct channel_session *s, const char *req,
+			   const char *want_code, const char *want_text)
+{
+	struct buf frame = BUF_INIT(1 << 20), out = BUF_INIT(1 << 20), plain = BUF_INIT(1 << 20);
+	char code[80];
+	long status;
+	bool ok = false;
+
+	channel_seal(s, req, strlen(req), &frame);
+	status = post(base, "/knit/v1/call", frame.data, frame.len, &out);
+	snprintf(code, sizeof(code), "\"code\":\"%s\"", want_code);
+	if (status == 200 && channel_open(s, out.data, out.len, &plain) == 0)
+		ok = strstr(buf_str(&plain), code) && strstr(buf_str(&plain), want_text);
+	printf("PROBE %s %ld %s%s\n", name, status, plain.len ? buf_str(&plain) : "", ok ? "" : " (WRONG)");
+	if (!ok)
+		failures++;
+	buf_free(&frame);
+	buf_free(&out);
+	buf_free(&plain);
+}
+
 static void expect(const char *name, long got, long want)
 {
 	printf("PROBE %s %ld%s\n", name, got, got == want ? "" : " (WRONG)");
@@ -109,6 +132,27 @@ int main(int argc, char **argv)
 		printf("PROBE not-json-call-answer %s\n", buf_str(&plain));
 	else
 		failures++;
+
+	/* Fields an agent would refuse are refused before anything is stored
+	 * (docs/control-protocol.md, "Field rules"). */
+#define NK "\"nodeKey\":\"nodekey:0101010101010101010101010101010101010101010101010101010101010101\""
+#define DK "\"discoKey\":\"discokey:0202020202020202020202020202020202020202020202020202020202020202\""
+	expect_refusal("register-route-junk", argv[1], &s,
+		       "{\"type\":\"register\"," NK "," DK ",\"advertiseRoutes\":[\"10.0.0.0/24x\"]}", "BadRequest",
+		       "advertiseRoutes[0]");
+	expect_refusal("register-route-abc", argv[1], &s,
+		       "{\"type\":\"register\"," NK "," DK ",\"advertiseRoutes\":[\"10.0.0.0/abc\"]}", "BadRequest",
+		       "advertiseRoutes[0]");
+	expect_refusal("register-empty-disco", argv[1], &s, "{\"type\":\"register\"," NK ",\"discoKey\":\"\"}",
+		       "BadRequest", "discoKey");
+	expect_refusal("register-bad-tag", argv[1], &s, "{\"type\":\"register\"," NK "," DK ",\"tags\":[\"tag:a b\"]}",
+		       "BadRequest", "tags[0]");
+	expect_refusal("update-endpoints-object", argv[1], &s, "{\"type\":\"update\",\"endpoints\":{\"a\":1}}",
+		       "BadRequest", "endpoints");
+	expect_refusal("update-endpoint-junk", argv[1], &s, "{\"type\":\"update\",\"endpoints\":[\"192.0.2.1\"]}",
+		       "BadRequest", "endpoints[0]");
+	expect_refusal("update-relay-huge", argv[1], &s, "{\"type\":\"update\",\"relay\":4294967296}", "BadRequest",
+		       "relay");
 
 	buf_free(&out);
 	buf_free(&frame);

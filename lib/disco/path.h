@@ -1,0 +1,83 @@
+/* Path selection for one peer: which of its endpoints answer our disco
+ * pings, how fast, and so whether to send to it directly or through the
+ * relay. I/O-free with caller-supplied time (milliseconds on any monotonic
+ * clock): the caller sends the pings this asks for and reports the pongs,
+ * pings and call-me-maybes it receives.
+ *
+ *   - Start on the relay. A pong on a direct endpoint makes it the path at
+ *     once (relay -> direct upgrade).
+ *   - While direct, the best endpoint is pinged every DISCO_HEARTBEAT_MS;
+ *     if no pong has come from it for DISCO_TRUST_MS it is no longer
+ *     trusted and the peer falls back to the relay (or to another endpoint
+ *     that is still trusted) - within a few seconds of the path breaking.
+ *   - Every endpoint is probed every DISCO_PROBE_MS, so a better one (by
+ *     DISCO_SWITCH_MARGIN) is taken and a broken path comes back when it
+ *     can.
+ * A pong counts only for the endpoint its ping went to, with the same
+ * transaction id, within DISCO_PING_TIMEOUT_MS. */
+#ifndef KNIT_DISCO_PATH_H
+#define KNIT_DISCO_PATH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "disco/message.h"
+
+#define DISCO_MAX_CANDIDATES 16
+#define DISCO_HEARTBEAT_MS 2000u
+#define DISCO_PROBE_MS 5000u
+#define DISCO_TRUST_MS 5000u
+#define DISCO_PING_TIMEOUT_MS 5000u
+/* A new best endpoint must be this much faster (percent) than the current
+ * one, so that jitter does not flip the path back and forth. */
+#define DISCO_SWITCH_MARGIN 20u
+
+struct disco_candidate {
+	struct sockaddr_storage addr;
+	uint64_t last_ping, last_pong;
+	bool pinged, ponged;
+	bool ping_outstanding;
+	uint8_t txid[DISCO_TXID_LEN];
+	uint32_t latency_ms; /* of the last pong */
+};
+
+struct disco_peer {
+	struct disco_candidate cand[DISCO_MAX_CANDIDATES];
+	size_t ncand;
+	int best; /* index into cand, -1: relay */
+};
+
+enum disco_path_kind { DISCO_PATH_RELAY, DISCO_PATH_DIRECT };
+
+struct disco_ping_req {
+	struct sockaddr_storage addr;
+	uint8_t txid[DISCO_TXID_LEN];
+};
+
+void disco_peer_init(struct disco_peer *p);
+/* The peer's endpoints as the coordination server reports them: state is
+ * kept for addresses already known; others are dropped (unless they are the
+ * current best path and still trusted); at most DISCO_MAX_CANDIDATES. */
+void disco_peer_set_endpoints(struct disco_peer *p, const struct sockaddr_storage *eps, size_t n,
+			      uint64_t now);
+/* A call-me-maybe: adds these endpoints and makes them due for a ping now
+ * (the peer is pinging us at the same moment: both NATs open). */
+void disco_peer_on_call_me_maybe(struct disco_peer *p, const struct sockaddr_storage *eps, size_t n,
+				 uint64_t now);
+/* A ping arrived from addr: it is a candidate (and due, to ping back). */
+void disco_peer_on_ping(struct disco_peer *p, const struct sockaddr *from, uint64_t now);
+/* A pong arrived from addr. True if it answered an outstanding ping to that
+ * endpoint; the path may change (see disco_peer_path()). */
+bool disco_peer_on_pong(struct disco_peer *p, const uint8_t txid[DISCO_TXID_LEN],
+			const struct sockaddr *from, uint64_t now);
+/* The pings to send now (fresh transaction ids), at most max. */
+size_t disco_peer_pings_due(struct disco_peer *p, uint64_t now, struct disco_ping_req *out, size_t max);
+/* Where to send now. For DIRECT, *addr and *latency_ms (may be NULL). */
+enum disco_path_kind disco_peer_path(struct disco_peer *p, uint64_t now, struct sockaddr_storage *addr,
+				     uint32_t *latency_ms);
+/* Milliseconds until disco_peer_pings_due() has something (0: now). */
+uint64_t disco_peer_next_due(const struct disco_peer *p, uint64_t now);
+
+#endif

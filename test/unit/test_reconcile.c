@@ -1,0 +1,271 @@
+/* The reconcilers' pure halves (operator/tailnet.c, authkey.c, device.c):
+ * the status and the step each computes from what exists, as tables, with
+ * no API server. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "authkey.h"
+#include "device.h"
+#include "json.h"
+#include "kube/meta.h"
+#include "tailnet.h"
+
+/* 2026-01-01T00:00:00Z */
+#define T0 ((time_t)1767225600)
+
+static struct json *parse(const char *text)
+{
+	struct json_error e;
+	struct json *j = json_parse(text, strlen(text), &e);
+
+	if (!j)
+		fail_msg("test JSON does not parse: %s: %s", e.msg, text);
+	return j;
+}
+
+static const char *cond(const struct json *status, const char *type, const char *what)
+{
+	const struct json *c = json_get(status, "conditions");
+
+	for (size_t i = 0; i < json_array_len(c); i++)
+		if (strcmp(json_str(json_get(json_array_at(c, i), "type")) ?: "", type) == 0)
+			return json_str(json_get(json_array_at(c, i), what));
+	return NULL;
+}
+
+static void test_tailnet(void **state)
+{
+	static const struct {
+		const char *spec;
+		const char *ready, *reason, *msg;
+	} cases[] = {
+		{ "{}", "True", "PoolsValid", NULL },
+		{ "{\"ipv4Pool\":\"10.0.0.0/16\",\"ipv6Pool\":\"fd00::/64\"}", "True", "PoolsValid", NULL },
+		{ "{\"ipv4Pool\":\"10.0.0.0/16x\"}", "False", "InvalidPool", "bad prefix length" },
+		{ "{\"ipv4Pool\":\"10.0.0.0/abc\"}", "False", "InvalidPool", "bad prefix length" },
+		{ "{\"ipv4Pool\":\"10.0.0.1/16\"}", "False", "InvalidPool", "host bits set" },
+		{ "{\"ipv4Pool\":\"fd00::/64\"}", "False", "InvalidPool", "ipv4Pool is not an IPv4 CIDR" },
+		{ "{\"ipv6Pool\":\"10.0.0.0/8\"}", "False", "InvalidPool", "ipv6Pool is not an IPv6 CIDR" },
+		{ "{\"ipv4Pool\":\"fd00::/64\",\"ipv6Pool\":\"10.0.0.0/8\"}", "False", "InvalidPool",
+		  "ipv4Pool is not an IPv4 CIDR; ipv6Pool is not an IPv6 CIDR" },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char text[512];
+		struct json *tn, *status = json_new_object();
+		struct tailnet_facts f = { .devices = 3, .ipv4_allocated = 2, .ipv6_allocated = -1,
+					   .control_key = i ? "ctrlkey:ab" : NULL };
+
+		snprintf(text, sizeof(text), "{\"metadata\":{\"name\":\"t\",\"generation\":4},\"spec\":%s}", cases[i].spec);
+		tn = parse(text);
+		tailnet_desired_status(tn, &f, T0, status);
+		if (strcmp(cond(status, "Ready", "status") ?: "", cases[i].ready) ||
+		    strcmp(cond(status, "Ready", "reason") ?: "", cases[i].reason) ||
+		    (cases[i].msg && !strstr(cond(status, "Ready", "message") ?: "", cases[i].msg)))
+			fail_msg("case %zu: Ready %s %s \"%s\"", i, cond(status, "Ready", "status"),
+				 cond(status, "Ready", "reason"), cond(status, "Ready", "message"));
+		assert_int_equal(json_int(json_get(status, "devices"), -1), 3);
+		assert_int_equal(json_int(json_get(status, "ipv4Allocated"), -1), 2);
+		assert_int_equal(json_int(json_get(status, "ipv6Allocated"), -1), 0);
+		assert_int_equal(json_int(json_get(status, "observedGeneration"), -1), 4);
+		if (i)
+			assert_string_equal(json_str(json_get(status, "controlKey")), "ctrlkey:ab");
+		else
+			assert_null(json_get(status, "controlKey"));
+		json_free(status);
+		json_free(tn);
+	}
+}
+
+static void test_authkey(void **state)
+{
+	static const struct {
+		const char *ak; /* spec, then status */
+		bool with_secret, conflict, has_key;
+		enum authkey_step step;
+		const char *ready, *reason;
+		uint64_t requeue_ms;
+	} cases[] = {
+		{ "{\"expiry\":\"1h\"},\"status\":{}", false, false, false, AUTHKEY_NEED_SECRET, NULL, NULL, 0 },
+		{ "{\"expiry\":\"soon\"},\"status\":{}", false, false, false, AUTHKEY_DONE, "False", "InvalidExpiry", 0 },
+		{ "{\"expiry\":\"1h\"},\"status\":{}", true, true, true, AUTHKEY_DONE, "False", "SecretConflict", 0 },
+		{ "{\"expiry\":\"1h\"},\"status\":{}", true, false, false, AUTHKEY_DONE, "False", "SecretConflict", 0 },
+		/* created at T0 - 30 min: 30 min left */
+		{ "{\"expiry\":\"1h\"},\"status\":{}", true, false, true, AUTHKEY_DONE, "True", "KeyValid", 1801000 },
+		{ "{\"expiry\":\"10m\"},\"status\":{}", true, false, true, AUTHKEY_DONE, "False", "Expired", 0 },
+		{ "{\"expiry\":\"1h\"},\"status\":{\"uses\":1}", true, false, true, AUTHKEY_DONE, "False", "UsedUp", 1801000 },
+		{ "{\"expiry\":\"1h\",\"reusable\":true},\"status\":{\"uses\":5}", true, false, true, AUTHKEY_DONE, "True",
+		  "KeyValid", 1801000 },
+		{ "{\"expiry\":\"1h\",\"reusable\":true,\"maxUses\":5},\"status\":{\"uses\":5}", true, false, true,
+		  AUTHKEY_DONE, "False", "UsedUp", 1801000 },
+	};
+	char created[32];
+
+	(void)state;
+	kube_time_format(T0 - 1800, created, sizeof(created));
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char text[512];
+		struct json *ak, *status;
+		struct authkey_secret s = { .name = "k-authkey", .conflict = cases[i].conflict,
+					    .prefix = cases[i].has_key ? "knit-auth-0123456789ab" : NULL,
+					    .hash = cases[i].has_key ? "ff" : NULL };
+		uint64_t requeue = 0;
+		enum authkey_step step;
+
+		snprintf(text, sizeof(text),
+			 "{\"metadata\":{\"name\":\"k\",\"generation\":2,\"creationTimestamp\":\"%s\"},\"spec\":%s}", created,
+			 cases[i].ak);
+		ak = parse(text);
+		status = json_clone(json_get(ak, "status"));
+		step = authkey_desired_status(ak, cases[i].with_secret ? &s : NULL, T0, status, &requeue);
+		if (step != cases[i].step)
+			fail_msg("case %zu: step %d", i, step);
+		if (cases[i].ready) {
+			if (strcmp(cond(status, "Ready", "status") ?: "", cases[i].ready) ||
+			    strcmp(cond(status, "Ready", "reason") ?: "", cases[i].reason))
+				fail_msg("case %zu: Ready %s %s", i, cond(status, "Ready", "status"),
+					 cond(status, "Ready", "reason"));
+		} else {
+			assert_null(cond(status, "Ready", "status"));
+		}
+		assert_int_equal(requeue, cases[i].requeue_ms);
+		if (cases[i].has_key && !cases[i].conflict) {
+			assert_string_equal(json_str(json_get(status, "keyPrefix")), "knit-auth-0123456789ab");
+			assert_string_equal(json_str(json_get(status, "secretName")), "k-authkey");
+			assert_non_null(json_get(status, "expiresAt"));
+		} else {
+			assert_null(json_get(status, "keyHash"));
+		}
+		assert_int_equal(json_int(json_get(status, "observedGeneration"), -1), 2);
+		json_free(status);
+		json_free(ak);
+	}
+	{
+		char name[300], big[260];
+
+		memset(big, 'a', sizeof(big) - 1);
+		big[sizeof(big) - 1] = '\0';
+		assert_true(authkey_secret_name("k", name, sizeof(name)));
+		assert_string_equal(name, "k-authkey");
+		assert_false(authkey_secret_name(big, name, sizeof(name)));
+	}
+}
+
+static void test_device_plan(void **state)
+{
+	static const struct {
+		const char *dev_spec, *dev_status, *tn_spec; /* tn_spec NULL: no Tailnet */
+		enum device_step step;
+		const char *reason;
+		uint64_t requeue_ms;
+	} cases[] = {
+		{ "{}", "{}", NULL, DEVICE_WRITE_STATUS, "TailnetNotFound", 10000 },
+		{ "{}", "{}", "{}", DEVICE_ALLOCATE, NULL, 0 },
+		{ "{}", "{}", "{\"ipv4Pool\":\"10.0.0.0/24x\"}", DEVICE_WRITE_STATUS, "InvalidPool", 0 },
+		{ "{}", "{}", "{\"ipv6Pool\":\"10.0.0.0/8\"}", DEVICE_WRITE_STATUS, "InvalidPool", 0 },
+		/* ephemeral, last seen 10 min ago, default timeout 5 min */
+		{ "{\"ephemeral\":true}", "{\"lastSeen\":\"%s\"}", "{}", DEVICE_DELETE, NULL, 0 },
+		{ "{\"ephemeral\":true}", "{\"lastSeen\":\"%s\",\"online\":true}", "{}", DEVICE_ALLOCATE, NULL, 0 },
+		{ "{\"ephemeral\":true}", "{\"lastSeen\":\"%s\"}", "{\"ephemeralInactivityTimeout\":\"1h\"}",
+		  DEVICE_ALLOCATE, NULL, 3000500 },
+		{ "{}", "{\"lastSeen\":\"%s\"}", "{}", DEVICE_ALLOCATE, NULL, 0 },
+	};
+	char seen[32];
+
+	(void)state;
+	kube_time_format(T0 - 600, seen, sizeof(seen));
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char st[256], text[512];
+		struct json *dev, *tn = NULL, *status = json_new_object();
+		struct device_plan plan;
+		enum device_step step;
+
+		const char *at = strstr(cases[i].dev_status, "%s");
+
+		if (at)
+			snprintf(st, sizeof(st), "%.*s%s%s", (int)(at - cases[i].dev_status), cases[i].dev_status, seen,
+				 at + 2);
+		else
+			snprintf(st, sizeof(st), "%s", cases[i].dev_status);
+		snprintf(text, sizeof(text), "{\"metadata\":{\"name\":\"d\",\"generation\":1},\"spec\":%s,\"status\":%s}",
+			 cases[i].dev_spec, st);
+		dev = parse(text);
+		if (cases[i].tn_spec) {
+			snprintf(text, sizeof(text), "{\"metadata\":{\"name\":\"default\"},\"spec\":%s}", cases[i].tn_spec);
+			tn = parse(text);
+		}
+		step = device_plan(dev, tn, T0, status, &plan);
+		if (step != cases[i].step)
+			fail_msg("case %zu: step %d, want %d", i, step, cases[i].step);
+		if (cases[i].reason)
+			assert_string_equal(cond(status, "Ready", "reason") ?: "", cases[i].reason);
+		else
+			assert_null(cond(status, "Ready", "reason"));
+		assert_int_equal(plan.requeue_ms, cases[i].requeue_ms);
+		if (step == DEVICE_ALLOCATE)
+			assert_true(plan.pool4.family == AF_INET && plan.pool6.family == AF_INET6);
+		json_free(status);
+		json_free(tn);
+		json_free(dev);
+	}
+}
+
+static void test_device_status(void **state)
+{
+	char future[32], past[32], text[256];
+	struct json *dev, *status;
+	uint64_t requeue;
+
+	(void)state;
+	kube_time_format(T0 + 3600, future, sizeof(future));
+	kube_time_format(T0 - 1, past, sizeof(past));
+
+	snprintf(text, sizeof(text), "{\"metadata\":{\"name\":\"d\"},\"spec\":{\"keyExpiry\":\"%s\"}}", future);
+	dev = parse(text);
+	status = json_new_object();
+	requeue = 0;
+	assert_int_equal(device_desired_status(dev, "100.64.0.5", "fd7a:115c:a1e0::5", T0, status, &requeue), 0);
+	assert_string_equal(json_str(json_array_at(json_get(status, "addresses"), 0)), "100.64.0.5");
+	assert_string_equal(json_str(json_array_at(json_get(status, "addresses"), 1)), "fd7a:115c:a1e0::5");
+	assert_false(json_bool(json_get(status, "keyExpired"), true));
+	assert_string_equal(cond(status, "Ready", "reason"), "AddressesAllocated");
+	assert_int_equal(requeue, 3600500);
+	/* An earlier requeue stays. */
+	requeue = 1000;
+	assert_int_equal(device_desired_status(dev, "100.64.0.5", "fd7a:115c:a1e0::5", T0, status, &requeue), 0);
+	assert_int_equal(requeue, 1000);
+	json_free(status);
+	json_free(dev);
+
+	snprintf(text, sizeof(text), "{\"metadata\":{\"name\":\"d\"},\"spec\":{\"keyExpiry\":\"%s\"}}", past);
+	dev = parse(text);
+	status = json_new_object();
+	requeue = 0;
+	assert_int_equal(device_desired_status(dev, "100.64.0.5", "fd7a:115c:a1e0::5", T0, status, &requeue), 0);
+	assert_true(json_bool(json_get(status, "keyExpired"), false));
+	assert_string_equal(cond(status, "Ready", "reason"), "KeyExpired");
+	assert_int_equal(requeue, 0);
+	json_free(status);
+	json_free(dev);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_tailnet),
+		cmocka_unit_test(test_authkey),
+		cmocka_unit_test(test_device_plan),
+		cmocka_unit_test(test_device_status),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
