@@ -291,7 +291,10 @@ void podident_timer(struct loop *loop, struct loop_timer *t, void *arg)
 	struct job *j;
 
 	loop_timer_arm(t, 1000);
-	if (!c->ready || __atomic_exchange_n(&c->pod_sweep_queued, 1, __ATOMIC_ACQ_REL))
+	/* The Device cache exists only while this operator leads, and is
+	 * freed only after the workers are joined. */
+	if (!c->ready || !c->op->devices || !informer_synced(c->op->devices) ||
+	    __atomic_exchange_n(&c->pod_sweep_queued, 1, __ATOMIC_ACQ_REL))
 		return;
 	j = calloc(1, sizeof(*j));
 	if (j) {
