@@ -2,8 +2,8 @@
 # knit as real pods on a real three-node cluster (test/e2e/cluster): the image
 # built from the project's Dockerfile (scripts/image build) runs the operator
 # (Deployment, leader-elected) and knitd on every node (DaemonSet,
-# manifests/). The three knitd join the tailnet with an AuthKey
-# applied by kubectl; `knit status` in one knitd pod shows the other two and
+# manifests/). The three knitd join the tailnet with the AuthKey
+# the operator bootstraps; `knit status` in one knitd pod shows the other two and
 # `knit ping` reaches them over the mesh; a deleted knitd pod comes back as
 # the same device (same machine key, same addresses).
 #
@@ -67,8 +67,8 @@ e2e_expect "exactly one operator replica is Ready (the leader)" 1 \
 tailnet_ready() { [ "$(K get tailnet default -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
 e2e_check "the operator made the default Tailnet" e2e_wait_for 60 tailnet_ready
 
-# The agents wait for their key: the AuthKey arrives by kubectl.
-q K apply -f "$MAN/examples/authkey-nodes.yaml" || e2e_die "cannot apply the AuthKey"
+# The agents wait for their key: the operator makes the AuthKey "nodes"
+# itself (--bootstrap-authkey) and mints it.
 e2e_check "the operator minted the AuthKey into Secret nodes-authkey" \
 	e2e_wait_for 30 KS get secret nodes-authkey
 e2e_check "knitd runs on every node" q KS rollout status daemonset/knitd --timeout=180s

@@ -61,6 +61,14 @@ refused "a bad tag on an auth key" "/authKeys/ci/tags/0" --set 'authKeys.ci.tags
 refused "a bad pull policy" "/image/pullPolicy" --set image.pullPolicy=Sometimes
 printf 'knitd:\n  port: "41641"\n' >"$E2E_DIR/bad-values.yaml"
 refused "a values file with a wrong type" "/knitd/port" -f "$E2E_DIR/bad-values.yaml"
+refused "a setting the operator fixes for the nodes' key" "/authKeys/nodes" --set authKeys.nodes.reusable=false
+# The nodes' AuthKey and the default Tailnet come from the operator's flags.
+e2e_check "both install paths let the operator bootstrap the AuthKey nodes" \
+	sh -c "grep -q -- '- --bootstrap-authkey=nodes\$' '$MAN/10-operator.yaml' && grep -q -- '- --bootstrap-authkey=nodes\$' '$E2E_DIR/chart.yaml'"
+e2e_check "the chart passes authKeys.nodes and tailnet values to the operator's flags" \
+	sh -c "'$HELM' template knit '$CHART' --set 'authKeys.nodes.tags={tag:node,tag:k8s}' --set tailnet.dnsSuffix=corp.example 2>/dev/null |
+		grep -q -- '--bootstrap-authkey-tags=tag:node,tag:k8s' &&
+		'$HELM' template knit '$CHART' --set tailnet.dnsSuffix=corp.example 2>/dev/null | grep -q -- '--default-tailnet-dns-suffix=corp.example'"
 e2e_check "an extra auth key renders as an AuthKey" \
 	sh -c "'$HELM' template knit '$CHART' -n knit-system --set authKeys.ci.ephemeral=true --set 'authKeys.ci.tags={tag:ci}' |
 		grep -A12 '^kind: AuthKey' | grep -q 'tags: \[\"tag:ci\"\]'"
