@@ -230,15 +230,17 @@ static int create(const struct kube_resource *res, const char *ns, struct json *
 	err = kube_create(boot.op->kube, res, ns, obj, &r);
 	if (err) {
 		log_warn("cannot create", "kind=%s name=%s err=%d", res->kind, kube_name(obj), err);
-	} else if (kube_ok(&r)) {
+		goto out;
+	}
+	if (kube_ok(&r)) {
 		log_info("created", "kind=%s namespace=%s name=%s", res->kind, ns ? ns : "", kube_name(obj));
 	} else if (r.status != 409) {
 		log_warn("cannot create", "kind=%s name=%s status=%ld message=\"%s\"", res->kind, kube_name(obj), r.status,
 			 r.message);
 		err = -EIO;
 	}
-	if (!err)
-		kube_result_clear(&r);
+	kube_result_clear(&r);
+out:
 	json_free(obj);
 	return err;
 }
