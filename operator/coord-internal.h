@@ -121,7 +121,7 @@ struct coord {
 
 	/* Loop thread only: */
 	struct strmap *sessions; /* idhex -> session */
-	struct strmap *handshake_ts; /* mkey -> 12-byte TAI64N, known machines only */
+	struct strmap *handshake_ts; /* mkey -> last TAI64N + when seen (HS_TS_LEN) */
 	struct strmap *unknown_per_ip; /* ip -> unknown sessions (a pointer-sized count) */
 	unsigned unknown_sessions;
 	struct strmap *nodes; /* device -> node (live devices only) */

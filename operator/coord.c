@@ -215,6 +215,22 @@ static void session_free(struct coord *c, struct session *s)
 	free(s);
 }
 
+/* handshake_ts values: the last TAI64N seen, then when (our ms clock). */
+#define HS_TS_LEN (CHANNEL_TAI64N_LEN + sizeof(uint64_t))
+
+static void hs_ts_set_seen(uint8_t *v, uint64_t ms)
+{
+	memcpy(v + CHANNEL_TAI64N_LEN, &ms, sizeof(ms));
+}
+
+static uint64_t hs_ts_seen(const uint8_t *v)
+{
+	uint64_t ms;
+
+	memcpy(&ms, v + CHANNEL_TAI64N_LEN, sizeof(ms));
+	return ms;
+}
+
 /* TAI64N (big-endian 2^62 + seconds, then nanoseconds) as Unix seconds. */
 static int64_t tai64n_seconds(const uint8_t ts[CHANNEL_TAI64N_LEN])
 {
@@ -231,9 +247,8 @@ static int64_t tai64n_seconds(const uint8_t ts[CHANNEL_TAI64N_LEN])
  * holds its key) always gets a session, and its timestamps are kept to
  * refuse replays. A machine it does not know gets one only while there is
  * room among MAX_UNKNOWN_SESSIONS, at most UNKNOWN_SESSIONS_PER_IP from one
- * address, and loses it after UNKNOWN_SESSION_IDLE_MS unused; nothing of it
- * outlives that (its replays give an attacker nothing: the session keys
- * need the initiator's ephemeral private key). */
+ * address, and loses it after UNKNOWN_SESSION_IDLE_MS unused, with the
+ * timestamp that refuses its replays. */
 static void h_handshake(struct httpd_req *req, void *arg)
 {
 	struct coord *c = arg;
@@ -278,24 +293,14 @@ static void h_handshake(struct httpd_req *req, void *arg)
 	dev = register_device_by_machine(c, s->mkey);
 	s->known = dev != NULL;
 	json_free(dev);
-	if (s->known) {
-		/* A replayed message 1 carries a timestamp we have seen: refuse it. */
-		last = strmap_get(c->handshake_ts, s->mkey);
-		if (last && memcmp(ts, last, CHANNEL_TAI64N_LEN) <= 0) {
-			c->stats.handshake_failures++;
-			httpd_respond_text(req, 400, "handshake refused (replayed)\n");
-			goto fail;
-		}
-		if (!last) {
-			last = malloc(CHANNEL_TAI64N_LEN);
-			if (!last || strmap_set(c->handshake_ts, s->mkey, last, NULL)) {
-				free(last);
-				httpd_respond_text(req, 500, "out of memory\n");
-				goto fail;
-			}
-		}
-		memcpy(last, ts, CHANNEL_TAI64N_LEN);
-	} else {
+	/* A replayed message 1 carries a timestamp we have seen: refuse it. */
+	last = strmap_get(c->handshake_ts, s->mkey);
+	if (last && memcmp(ts, last, CHANNEL_TAI64N_LEN) <= 0) {
+		c->stats.handshake_failures++;
+		httpd_respond_text(req, 400, "handshake refused (replayed)\n");
+		goto fail;
+	}
+	if (!s->known) {
 		per_ip = (uintptr_t)strmap_get(c->unknown_per_ip, s->ip);
 		if (c->unknown_sessions >= MAX_UNKNOWN_SESSIONS) {
 			c->stats.refused_unknown_full++;
@@ -307,6 +312,21 @@ static void h_handshake(struct httpd_req *req, void *arg)
 			httpd_respond_text(req, 429, "too many new machines joining from %s: try again shortly\n", s->ip);
 			goto fail;
 		}
+	}
+	/* Timestamps: a known machine's for as long as it is known, an unknown
+	 * one's while it holds a session (the sweep prunes both), so there
+	 * are never more than sessions and Devices. */
+	if (!last) {
+		last = malloc(HS_TS_LEN);
+		if (!last || strmap_set(c->handshake_ts, s->mkey, last, NULL)) {
+			free(last);
+			httpd_respond_text(req, 500, "out of memory\n");
+			goto fail;
+		}
+	}
+	memcpy(last, ts, CHANNEL_TAI64N_LEN);
+	hs_ts_set_seen(last, coord_now_ms(c));
+	if (!s->known) {
 		if (strmap_set(c->unknown_per_ip, s->ip, (void *)(per_ip + 1), NULL)) {
 			httpd_respond_text(req, 500, "out of memory\n");
 			goto fail;
@@ -669,11 +689,15 @@ static void on_sweep(struct loop *loop, struct loop_timer *t, void *arg)
 		free(dead[i]);
 	}
 	free(dead);
-	/* Replay timestamps of machines without a Device any more. */
+	/* Replay timestamps of machines without a Device, once their
+	 * unknown-machine session could be gone. */
 	n = cap = 0;
 	dead = NULL;
 	for (struct strmap_entry *e = strmap_first(c->handshake_ts); e; e = strmap_next(c->handshake_ts, e)) {
-		struct json *dev = register_device_by_machine(c, strmap_key(e));
+		struct json *dev;
+		if (now - hs_ts_seen(strmap_value(e)) <= UNKNOWN_SESSION_IDLE_MS)
+			continue;
+		dev = register_device_by_machine(c, strmap_key(e));
 		if (dev) {
 			json_free(dev);
 			continue;

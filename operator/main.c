@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bootstrap.h"
 #include "buf.h"
 #include "controller.h"
 #include "coord.h"
@@ -49,6 +50,7 @@ struct options {
 	bool leader_election;
 	bool default_tailnet;
 	uint32_t lease_ms, renew_ms, retry_ms;
+	struct bootstrap_opts boot;
 };
 
 static struct operator op;
@@ -63,6 +65,7 @@ static struct probe *coord_probe;
 static int exit_code;
 static bool shutting_down;
 static int synced_informers;
+static struct bootstrap_opts boot_opts;
 
 static void usage(FILE *f)
 {
@@ -92,7 +95,17 @@ static void usage(FILE *f)
 		"  --workers N               reconcile workers per kind (default 4)\n"
 		"  --map-record-bytes N      peer bytes per map-stream record: a large netmap\n"
 		"                            goes out in pieces of about this size (default 16384)\n"
-		"  --no-default-tailnet      do not create the Tailnet \"default\" when missing\n"
+		"  --no-default-tailnet      do not create the Tailnet \"default\" when no Tailnet\n"
+		"                            exists (it is created once, as leader, never updated)\n"
+		"  --default-tailnet-ipv4-pool CIDR, --default-tailnet-ipv6-pool CIDR,\n"
+		"  --default-tailnet-dns-suffix NAME\n"
+		"                            that Tailnet's spec (default: the CRD's defaults,\n"
+		"                            100.64.0.0/10, fd7a:115c:a1e0::/48, tailnet.knit)\n"
+		"  --bootstrap-authkey NAME  create the AuthKey NAME in --namespace when absent\n"
+		"                            (reusable, preauthorized; the node agents' key):\n"
+		"                            its key appears in the Secret NAME-authkey\n"
+		"  --bootstrap-authkey-tags TAGS  its tags, comma-separated (tag:a,tag:b)\n"
+		"  --bootstrap-authkey-expiry D   its lifetime (default: the CRD's, 2160h)\n"
 		"  --webhook-listen ADDR     serve the admission webhooks over HTTPS on ADDR\n"
 		"                            (e.g. 0.0.0.0:9444; default \"\": off), with a CA and\n"
 		"                            certificate of its own kept in the Secret\n"
@@ -125,7 +138,8 @@ static bool parse_ms(const char *flag, const char *v, uint32_t *out)
 static int parse_args(int argc, char **argv, struct options *o)
 {
 	enum { KUBECONFIG = 256, NAMESPACE, LEASE_NAME, IDENTITY, NO_LE, LEASE_D, RENEW_D, RETRY_D, HEALTH, WORKERS,
-	       NO_DEFAULT, LOG_LEVEL, COORD, RECORD_BYTES, WH_LISTEN, WH_SERVICE, WH_CONFIG, WH_NAME, COORD_PER_IP };
+	       NO_DEFAULT, LOG_LEVEL, COORD, RECORD_BYTES, WH_LISTEN, WH_SERVICE, WH_CONFIG, WH_NAME, COORD_PER_IP,
+	       TN_V4, TN_V6, TN_DNS, BOOT_AK, BOOT_TAGS, BOOT_EXPIRY };
 	static const struct option longopts[] = {
 		{ "kubeconfig", required_argument, NULL, KUBECONFIG },
 		{ "namespace", required_argument, NULL, NAMESPACE },
@@ -140,6 +154,12 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "coord-listen", required_argument, NULL, COORD },
 		{ "map-record-bytes", required_argument, NULL, RECORD_BYTES },
 		{ "no-default-tailnet", no_argument, NULL, NO_DEFAULT },
+		{ "default-tailnet-ipv4-pool", required_argument, NULL, TN_V4 },
+		{ "default-tailnet-ipv6-pool", required_argument, NULL, TN_V6 },
+		{ "default-tailnet-dns-suffix", required_argument, NULL, TN_DNS },
+		{ "bootstrap-authkey", required_argument, NULL, BOOT_AK },
+		{ "bootstrap-authkey-tags", required_argument, NULL, BOOT_TAGS },
+		{ "bootstrap-authkey-expiry", required_argument, NULL, BOOT_EXPIRY },
 		{ "log-level", required_argument, NULL, LOG_LEVEL },
 		{ "coord-per-ip-limit", required_argument, NULL, COORD_PER_IP },
 		{ "webhook-listen", required_argument, NULL, WH_LISTEN },
@@ -149,6 +169,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
+	char err[320];
 	int c;
 
 	*o = (struct options){ .lease_name = "knit-operator", .listen_health = "0.0.0.0:8081", .listen_coord = "0.0.0.0:9443", .workers = 4,
@@ -184,6 +205,12 @@ static int parse_args(int argc, char **argv, struct options *o)
 			break;
 		}
 		case NO_DEFAULT: o->default_tailnet = false; break;
+		case TN_V4: o->boot.ipv4_pool = optarg; break;
+		case TN_V6: o->boot.ipv6_pool = optarg; break;
+		case TN_DNS: o->boot.dns_suffix = optarg; break;
+		case BOOT_AK: o->boot.authkey = optarg; break;
+		case BOOT_TAGS: o->boot.authkey_tags = optarg; break;
+		case BOOT_EXPIRY: o->boot.authkey_expiry = optarg; break;
 		case LOG_LEVEL: o->log_level = optarg; break;
 		case COORD_PER_IP: {
 			char *end;
@@ -211,6 +238,10 @@ static int parse_args(int argc, char **argv, struct options *o)
 	}
 	if (optind < argc) {
 		fprintf(stderr, "knit-operator: unexpected argument \"%s\"\n", argv[optind]);
+		return 2;
+	}
+	if (!bootstrap_opts_check(&o->boot, err, sizeof(err))) {
+		fprintf(stderr, "knit-operator: %s\n", err);
 		return 2;
 	}
 	return 0;
@@ -345,8 +376,6 @@ static int authkey_prefix_index(const struct json *obj, const char **values, int
 	return index_one(json_str(json_path(obj, "status", "keyPrefix", NULL)), values, max);
 }
 
-static void create_default_tailnet(void);
-
 static void informer_synced_cb(struct informer *inf, void *arg)
 {
 	/* Controllers start once every cache is complete, so no reconcile acts
@@ -354,8 +383,7 @@ static void informer_synced_cb(struct informer *inf, void *arg)
 	if (++synced_informers != 5)
 		return;
 	log_info("caches synced, starting reconcilers", "workers=%d", op.workers);
-	if (op.create_default_tailnet)
-		create_default_tailnet();
+	bootstrap_start(&op, &boot_opts);
 	controller_start(op.tailnet_ctl);
 	controller_start(op.authkey_ctl);
 	controller_start(op.device_ctl);
@@ -391,32 +419,6 @@ static struct informer *start_informer(const struct kube_resource *res, const ch
 		return NULL;
 	}
 	return inf;
-}
-
-static void default_tailnet_done(struct kube_result *r, void *arg)
-{
-	if (kube_ok(r))
-		log_info("created the default Tailnet");
-	else if (r->status != 409)
-		log_warn("cannot create the default Tailnet", "status=%ld message=\"%s\"", r->status, r->message);
-}
-
-static void create_default_tailnet(void)
-{
-	struct json_error jerr;
-	static const char doc[] = "{\"apiVersion\":\"" KNIT_API_VERSION "\",\"kind\":\"Tailnet\","
-				  "\"metadata\":{\"name\":\"default\"},\"spec\":{}}";
-	struct json *tn;
-	char path[256];
-
-	if (informer_len(op.tailnets) > 0)
-		return;
-	tn = json_parse(doc, sizeof(doc) - 1, &jerr);
-	kube_path(path, sizeof(path), &res_tailnets, NULL, NULL, NULL);
-	if (!tn || kube_request_async(op.kube, "POST", path, "fieldManager=" OPERATOR_MANAGER, NULL, tn,
-				      default_tailnet_done, NULL))
-		log_warn("cannot create the default Tailnet");
-	json_free(tn);
 }
 
 static void start_controllers(void)
@@ -472,6 +474,7 @@ static void workers_joined(struct loop *loop, void *arg)
 static void *join_workers(void *arg)
 {
 	coord_join(op.coord);
+	bootstrap_join();
 	if (!op.tailnet_ctl)
 		goto out;
 	controller_join(op.tailnet_ctl);
@@ -740,6 +743,7 @@ int main(int argc, char **argv)
 	kube_client_set_field_manager(op.kube, OPERATOR_MANAGER);
 	op.workers = o.workers;
 	op.create_default_tailnet = o.default_tailnet;
+	boot_opts = o.boot;
 	if (register_metrics()) {
 		exit_code = 1;
 		goto out;

@@ -50,7 +50,7 @@ cd "$E2E_DIR" || exit 1
 kube_up
 K=$KUBECTL
 $K create namespace knit-system >/dev/null
-$K apply -f "$src/manifests/crds/" >/dev/null
+$K apply $(printf -- "-f %s " "$src"/manifests/01-crd-*.yaml) >/dev/null
 $K wait --for condition=established --timeout=60s crd --all >/dev/null
 port=$(e2e_free_port)
 e2e_bg operator "$build/operator/knit-operator" --namespace knit-system --http-listen 127.0.0.1:0 \

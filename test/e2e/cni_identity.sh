@@ -23,7 +23,7 @@ NS=knit-system
 $K create namespace "$NS" >/dev/null || e2e_die "create namespace"
 $K create namespace app >/dev/null || e2e_die "create namespace app"
 $K -n app create serviceaccount web >/dev/null || e2e_die "create serviceaccount"
-$K apply -f "$KNIT_SOURCE_DIR/manifests/crds/" >/dev/null || e2e_die "apply CRDs"
+$K apply $(printf -- "-f %s " "$KNIT_SOURCE_DIR"/manifests/01-crd-*.yaml) >/dev/null || e2e_die "apply CRDs"
 $K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_die "CRDs not established"
 
 tailnet_net_up $((20 + $$ % 200))

@@ -12,7 +12,7 @@ kube_up
 K=$KUBECTL
 NS=knit-system
 $K create namespace "$NS" >/dev/null || e2e_die "create namespace"
-$K apply -f "$KNIT_SOURCE_DIR/manifests/crds/" >/dev/null || e2e_die "apply CRDs"
+$K apply $(printf -- "-f %s " "$KNIT_SOURCE_DIR"/manifests/01-crd-*.yaml) >/dev/null || e2e_die "apply CRDs"
 $K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_die "CRDs not established"
 
 tailnet_net_up $((20 + $$ % 200))

@@ -2,8 +2,8 @@
 # knit as real pods on a real three-node cluster (test/e2e/cluster): the image
 # built from the project's Dockerfile (scripts/image build) runs the operator
 # (Deployment, leader-elected) and knitd on every node (DaemonSet,
-# manifests/deploy/). The three knitd join the tailnet with an AuthKey
-# applied by kubectl; `knit status` in one knitd pod shows the other two and
+# manifests/). The three knitd join the tailnet with the AuthKey
+# the operator bootstraps; `knit status` in one knitd pod shows the other two and
 # `knit ping` reaches them over the mesh; a deleted knitd pod comes back as
 # the same device (same machine key, same addresses).
 #
@@ -14,8 +14,7 @@ source "$(dirname "$0")/lib/common.sh"
 e2e_begin k8s_knit
 CLUSTER=$KNIT_SOURCE_DIR/test/e2e/cluster
 IMAGE=$KNIT_SOURCE_DIR/scripts/image
-DEPLOY=$KNIT_SOURCE_DIR/manifests/deploy
-CRDS=$KNIT_SOURCE_DIR/manifests/crds
+MAN=$KNIT_SOURCE_DIR/manifests
 KNITD=$KNIT_BUILD_DIR/agent/knitd
 KNIT=$KNIT_BUILD_DIR/agent/cli/knit
 NAME=e2k$(($$ % 100000))
@@ -51,10 +50,10 @@ dump_pods() {
 e2e_check "image loaded into every node" q "$CLUSTER" load --name "$NAME" "$archive"
 
 # --- operator and agents ----------------------------------------------------
-q K apply -f "$CRDS" || e2e_die "cannot apply the CRDs"
+q K apply $(printf -- "-f %s " "$MAN"/01-crd-*.yaml) || e2e_die "cannot apply the CRDs"
 e2e_check "CRDs established" q K wait --for condition=established crd --all --timeout=60s
 e2e_check "operator, knitd DaemonSet, RBAC and Service applied" \
-	q K apply -f "$DEPLOY/00-namespace.yaml" -f "$DEPLOY/10-operator.yaml" -f "$DEPLOY/20-knitd.yaml"
+	q K apply -f "$MAN/00-namespace.yaml" -f "$MAN/10-operator.yaml" -f "$MAN/20-knitd.yaml"
 op_pods() { # STATUS-FIELD: one line per operator pod
 	KS get pods -l app.kubernetes.io/name=knit-operator -o jsonpath="{range .items[*]}$1{\"\\n\"}{end}"
 }
@@ -68,8 +67,8 @@ e2e_expect "exactly one operator replica is Ready (the leader)" 1 \
 tailnet_ready() { [ "$(K get tailnet default -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
 e2e_check "the operator made the default Tailnet" e2e_wait_for 60 tailnet_ready
 
-# The agents wait for their key: the AuthKey arrives by kubectl.
-q K apply -f "$DEPLOY/30-authkey-nodes.yaml" || e2e_die "cannot apply the AuthKey"
+# The agents wait for their key: the operator makes the AuthKey "nodes"
+# itself (--bootstrap-authkey) and mints it.
 e2e_check "the operator minted the AuthKey into Secret nodes-authkey" \
 	e2e_wait_for 30 KS get secret nodes-authkey
 e2e_check "knitd runs on every node" q KS rollout status daemonset/knitd --timeout=180s

@@ -17,7 +17,7 @@ NS=knit-system
 $K create namespace "$NS" >/dev/null || e2e_die "create namespace"
 
 # ---- CRDs ----
-$K apply -f "$KNIT_SOURCE_DIR/manifests/crds/" >/dev/null || e2e_die "kubectl apply of the CRDs failed"
+$K apply $(printf -- "-f %s " "$KNIT_SOURCE_DIR"/manifests/01-crd-*.yaml) >/dev/null || e2e_die "kubectl apply of the CRDs failed"
 e2e_check "CRDs established" $K wait --for condition=established --timeout=60s \
 	crd/tailnets.knit.dev crd/authkeys.knit.dev crd/devices.knit.dev crd/policies.knit.dev crd/addressclaims.knit.dev
 

@@ -1,0 +1,42 @@
+/* What a fresh install needs before anyone writes a custom resource, made
+ * by the operator itself so that `kubectl apply -f manifests/` (which cannot
+ * create a CRD and its objects in one go) forms a mesh: the Tailnet
+ * "default" when no Tailnet exists, with the pools and DNS suffix from the
+ * command line, and the AuthKey the node agents join with. Both are only
+ * ever created when absent, never updated: later edits by users stay. */
+#ifndef KNIT_OPERATOR_BOOTSTRAP_H
+#define KNIT_OPERATOR_BOOTSTRAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct json;
+struct operator;
+
+struct bootstrap_opts {
+	/* The default Tailnet's spec; NULL leaves the CRD's default. Created
+	 * only if op->create_default_tailnet. */
+	const char *ipv4_pool, *ipv6_pool, *dns_suffix;
+	/* AuthKey made in the operator's namespace (NULL: none): reusable,
+	 * preauthorized, with these comma-separated tags and this lifetime (a
+	 * Go duration; NULL: the CRD's default). */
+	const char *authkey, *authkey_tags, *authkey_expiry;
+};
+
+/* Checks the options as the CRDs would (pools are CIDRs of their family,
+ * tags tag:name, names DNS names); false with a message naming the flag. */
+bool bootstrap_opts_check(const struct bootstrap_opts *o, char *err, size_t errlen);
+
+/* The objects to create; the caller frees. NULL when out of memory. */
+struct json *bootstrap_tailnet(const struct bootstrap_opts *o);
+struct json *bootstrap_authkey(const struct bootstrap_opts *o, const char *ns);
+
+/* Loop thread, once the leader's caches are synced: starts a thread that
+ * creates what is missing through the blocking client, retrying until done
+ * or bootstrap_join(). o's strings must outlive it (argv does). */
+int bootstrap_start(struct operator *op, const struct bootstrap_opts *o);
+/* Stops and joins that thread; never on the loop thread (it may be waiting
+ * on the loop for an API call). Safe if never started. */
+void bootstrap_join(void);
+
+#endif
