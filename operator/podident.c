@@ -47,8 +47,8 @@ static void host_label(const char *in, char *out, size_t outlen)
 
 /* NULL when every tag is allowed, else the refusal. No Policy for the
  * tailnet: tags are not restricted (as with no tagOwners to consult). */
-static struct json *check_tags(struct coord *c, const char *tailnet, const struct json *tags, const char *ns,
-			       const char *sa)
+static struct json *check_tags(struct coord *c, const char *tailnet, const struct json *tags, const char *host,
+			       const char *ns, const char *sa)
 {
 	struct kube_result r = { 0 };
 	struct json *refusal = NULL;
@@ -75,7 +75,8 @@ static struct json *check_tags(struct coord *c, const char *tailnet, const struc
 						    kube_name(pol));
 			break;
 		}
-		struct policy_device who = { .user = user, .pod = true, .pod_namespace = ns, .pod_serviceaccount = sa };
+		struct policy_device who = { .name = host, .user = user, .pod = true, .pod_namespace = ns,
+					     .pod_serviceaccount = sa };
 		for (size_t k = 0; k < json_array_len(tags) && !refusal; k++) {
 			const char *t = json_str(json_array_at(tags, k));
 			if (!policy_tag_allowed(p, t, &who))
@@ -141,12 +142,11 @@ struct json *podident_register(struct coord *c, const char *mkey, const struct j
 		goto out;
 	}
 	sa = json_str(json_path(pod, "spec", "serviceAccountName", NULL)) ?: "default";
-	if ((reply = check_tags(c, tailnet, tags, ns, sa)))
-		goto out;
-
 	host_label(json_str(json_get(req, "hostname")) ?: pname, host, sizeof(host));
 	if (!host[0])
 		snprintf(host, sizeof(host), "pod");
+	if ((reply = check_tags(c, tailnet, tags, host, ns, sa)))
+		goto out;
 	existing = register_device_by_machine(c, pod_mkey);
 	if (existing && strcmp(json_str(json_path(existing, "spec", "ownerPod", "uid", NULL)) ?: "", puid)) {
 		reply = coord_error_reply("PodNotAuthorized", "that machine key belongs to another device");
