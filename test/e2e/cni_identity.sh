@@ -185,4 +185,33 @@ e2e_check "the Device goes within 3 s of the Pod's deletion (no DEL)" e2e_wait_f
 e2e_log "Device gone $(( ($(date +%s%N) - start) / 1000000 )) ms after the Pod"
 rt DEL "$POD" cweb2 web "$WEB_UID"
 e2e_check "DEL afterwards still succeeds" test "$RC" -eq 0 || e2e_log "$OUT"
+
+# Tags: the tailnet Policy's tagOwners decide what a pod's ServiceAccount may claim.
+cat <<'YAML' | $K apply -f - >/dev/null || e2e_die "policy"
+apiVersion: knit.dev/v1alpha1
+kind: Policy
+metadata: {name: tags}
+spec:
+  tailnet: default
+  policy: |
+    {"tagOwners": {"tag:ci": ["system:serviceaccount:app:web"], "tag:db": ["alice@example.com"]}}
+YAML
+pod_object runner node1 || e2e_die "create pod runner"
+RUN_UID=$($K -n app get pod runner -o jsonpath='{.metadata.uid}')
+ndev=$($K get devices -o name | wc -l)
+ANN='{"knit.dev/identity":"true","knit.dev/tags":"tag:db"}'
+rt ADD "$POD" crun runner "$RUN_UID"
+e2e_expect "a tag the ServiceAccount does not own is refused with 102" "1 102" "$RC $(code)"
+e2e_check "leaving no knit0" bash -c "! ip -n $POD link show knit0 >/dev/null 2>&1"
+e2e_expect "and no Device" "$ndev" "$($K get devices -o name | wc -l)"
+rt DEL "$POD" crun runner "$RUN_UID" # as the runtime does after a failed ADD
+e2e_check "DEL after the failed ADD" test "$RC" -eq 0
+ANN='{"knit.dev/identity":"true","knit.dev/tags":"tag:ci"}'
+rt ADD "$POD" crun runner "$RUN_UID"
+e2e_check "a tag it owns is granted" test "$RC" -eq 0 || e2e_log "$OUT"
+DEV=$(curl -s --unix-socket "$SOCK" http://x/localapi/v1/identities | jq -r '.identities[0].device')
+e2e_expect "the Device carries the tag and no user" "[\"tag:ci\"] " \
+	"$($K get device "$DEV" -o jsonpath='{.spec.tags} {.spec.user}')"
+rt DEL "$POD" crun runner "$RUN_UID"
+e2e_check "DEL of the tagged pod" test "$RC" -eq 0 || e2e_log "$OUT"
 e2e_end
