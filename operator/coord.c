@@ -642,6 +642,24 @@ static void on_trim(struct loop *loop, struct loop_timer *t, void *arg)
 	loop_timer_arm(t, TRIM_EVERY_MS);
 }
 
+/* Appends a copy of key to a growing list (map keys cannot be deleted
+ * while the map is walked). false when out of memory. */
+static bool keys_add(char ***keys, size_t *n, size_t *cap, const char *key)
+{
+	if (*n == *cap) {
+		size_t nc = *cap ? *cap * 2 : 256;
+		char **k = realloc(*keys, nc * sizeof(*k));
+		if (!k)
+			return false;
+		*keys = k;
+		*cap = nc;
+	}
+	if (!((*keys)[*n] = strdup(key)))
+		return false;
+	(*n)++;
+	return true;
+}
+
 /* Every few seconds: sessions idle too long go (an unknown machine's
  * sooner, unless it has registered since), and replay timestamps of
  * machines the tailnet no longer knows. Uncapped: a flood is cleared in
@@ -670,17 +688,8 @@ static void on_sweep(struct loop *loop, struct loop_timer *t, void *arg)
 		}
 		if (s->known && idle <= c->o.session_idle_ms)
 			continue;
-		if (n == cap) {
-			size_t nc = cap ? cap * 2 : 256;
-			char **d = realloc(dead, nc * sizeof(*d));
-			if (!d)
-				break;
-			dead = d;
-			cap = nc;
-		}
-		dead[n] = strdup(strmap_key(e));
-		if (dead[n])
-			n++;
+		if (!keys_add(&dead, &n, &cap, strmap_key(e)))
+			break;
 	}
 	for (size_t i = 0; i < n; i++) {
 		struct session *s = strmap_del(c->sessions, dead[i]);
@@ -702,17 +711,8 @@ static void on_sweep(struct loop *loop, struct loop_timer *t, void *arg)
 			json_free(dev);
 			continue;
 		}
-		if (n == cap) {
-			size_t nc = cap ? cap * 2 : 256;
-			char **d = realloc(dead, nc * sizeof(*d));
-			if (!d)
-				break;
-			dead = d;
-			cap = nc;
-		}
-		dead[n] = strdup(strmap_key(e));
-		if (dead[n])
-			n++;
+		if (!keys_add(&dead, &n, &cap, strmap_key(e)))
+			break;
 	}
 	for (size_t i = 0; i < n; i++) {
 		free(strmap_del(c->handshake_ts, dead[i]));

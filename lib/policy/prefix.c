@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "control/messages.h"
 #include "policy.h"
 
 static void mask(struct policy_prefix *p)
@@ -14,42 +15,19 @@ static void mask(struct policy_prefix *p)
 		p->addr[bit / 8] &= (uint8_t)~(0x80u >> (bit % 8));
 }
 
+/* The syntax is the control codec's (one home for prefixes: decimal bits,
+ * no sign, no leading zeros); policy prefixes are then masked. */
 bool policy_prefix_parse(const char *s, struct policy_prefix *out)
 {
-	char host[INET6_ADDRSTRLEN + 1];
-	const char *slash;
-	size_t hlen;
-	unsigned long bits;
+	struct netmap_prefix np;
 
-	if (!s)
-		return false;
-	slash = strchr(s, '/');
-	hlen = slash ? (size_t)(slash - s) : strlen(s);
-	if (hlen == 0 || hlen >= sizeof(host))
-		return false;
-	memcpy(host, s, hlen);
-	host[hlen] = '\0';
 	memset(out, 0, sizeof(*out));
-	if (inet_pton(AF_INET, host, out->addr) == 1) {
-		out->family = 4;
-		out->bits = 32;
-	} else if (inet_pton(AF_INET6, host, out->addr) == 1) {
-		out->family = 6;
-		out->bits = 128;
-	} else {
+	if (!netmap_prefix_parse(&np, s))
 		return false;
-	}
-	if (slash) {
-		char *end;
-
-		if (slash[1] < '0' || slash[1] > '9' || (slash[1] == '0' && slash[2]))
-			return false;
-		bits = strtoul(slash + 1, &end, 10);
-		if (*end || bits > out->bits)
-			return false;
-		out->bits = (uint8_t)bits;
-		mask(out);
-	}
+	out->family = np.family == AF_INET ? 4 : 6;
+	out->bits = np.bits;
+	memcpy(out->addr, np.addr, sizeof(out->addr));
+	mask(out);
 	return true;
 }
 

@@ -108,7 +108,9 @@ peak=$(rss_kb)
 # AddressSanitizer's redzones, shadow and quarantine (freed buffers kept)
 # about double what the same allocations cost in a release build.
 bound=160
-ldd "$OPERATOR" | grep -q libasan && bound=320
+# (ldd into a variable: grep -q closing the pipe early fails the pipeline under pipefail)
+libs=$(ldd "$OPERATOR")
+grep -q libasan <<<"$libs" && bound=320
 e2e_log "operator RSS: baseline $((base / 1024)) MiB, under attack $((peak / 1024)) MiB (bound +$bound MiB)"
 e2e_check "RSS stays within baseline + $bound MiB" test "$peak" -lt $((base + bound * 1024))
 e2e_check "bodies held never pass the 64 MiB budget" \
