@@ -20,9 +20,11 @@ int netns_open(const char *path)
 
 	if (fd < 0)
 		return -errno;
-	/* NS_GET_NSTYPE says what kind of namespace the file is. */
+	/* NS_GET_NSTYPE says what kind of namespace the file is; a plain file
+	 * (the mount point of a netns whose mount did not propagate to us)
+	 * fails it. */
 	int type = ioctl(fd, NS_GET_NSTYPE);
-	if (type >= 0 && type != CLONE_NEWNET) {
+	if (type != CLONE_NEWNET) {
 		close(fd);
 		return -EINVAL;
 	}

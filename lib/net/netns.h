@@ -12,7 +12,8 @@
 
 /* Opens the namespace file path ("/var/run/netns/cni-...",
  * "/proc/PID/ns/net"): an fd (O_CLOEXEC) or a negative errno; -EINVAL
- * when path is not a network namespace. */
+ * when path is not a network namespace (another kind, or a plain file:
+ * a netns mount that did not propagate into our mount namespace). */
 int netns_open(const char *path);
 /* Runs fn(arg) in a thread inside the namespace nsfd and returns what fn
  * returned, or a negative errno if the thread could not enter it. */

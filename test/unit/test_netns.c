@@ -73,6 +73,8 @@ static void test_open(void **state)
 	close(fd);
 	assert_int_equal(netns_open("/proc/self/ns/uts"), -EINVAL);
 	assert_int_equal(netns_open("/nonexistent/netns"), -ENOENT);
+	/* A plain file where a netns mount should be. */
+	assert_int_equal(netns_open("/proc/self/stat"), -EINVAL);
 }
 
 static void test_run_and_move(void **state)
