@@ -258,7 +258,7 @@ static void h_handshake(struct httpd_req *req, void *arg)
 	uint8_t *last;
 	size_t len;
 	const void *body = httpd_req_body(req, &len);
-	uintptr_t per_ip;
+	uintptr_t per_ip = 0;
 	uint64_t id;
 
 	if (!serving(c, req))
