@@ -144,6 +144,69 @@ bool policy_desired_status(const struct json *obj, const struct json *devs, time
 	return ok;
 }
 
+static bool json_strv_has(const struct json *a, const char *s)
+{
+	for (size_t k = 0; k < json_array_len(a); k++)
+		if (!strcmp(json_str(json_array_at(a, k)) ?: "", s))
+			return true;
+	return false;
+}
+
+int policy_tags_permitted(const struct policy *p, const char *key_user, const struct json *key_tags,
+			  const struct json *tags, char *why, size_t whylen)
+{
+	const char *ktags[POLICY_DEVICE_MAX_TAGS];
+	struct policy_device who = { .name = "registration" };
+	char owners[512];
+
+	for (size_t k = 0; k < json_array_len(key_tags) && k < POLICY_DEVICE_MAX_TAGS; k++)
+		ktags[who.n_tags++] = json_str(json_array_at(key_tags, k)) ?: "";
+	who.tags = ktags;
+	who.user = who.n_tags ? NULL : key_user;
+	for (size_t i = 0; i < json_array_len(tags); i++) {
+		const char *tag = json_str(json_array_at(tags, i)) ?: "";
+
+		if (json_strv_has(key_tags, tag) || policy_tag_allowed(p, tag, &who))
+			continue;
+		if (!policy_tag_owners(p, tag, owners, sizeof(owners)))
+			snprintf(why, whylen, "tag %s is not in the policy's tagOwners: nobody may claim it", tag);
+		else
+			snprintf(why, whylen, "tag %s needs one of its owners (%s) in tagOwners; the registering identity (%s) is none of them",
+				 tag, *owners ? owners : "none",
+				 who.n_tags ? "the auth key's tags" : key_user && *key_user ? key_user : "a key without user");
+		return -EPERM;
+	}
+	return 0;
+}
+
+struct json *policy_auto_approved(const struct policy *p, const struct json *dev)
+{
+	struct policy_prefix *routes = calloc(POLICY_DEVICE_MAX_ROUTES, sizeof(*routes));
+	const char *tags[POLICY_DEVICE_MAX_TAGS];
+	struct policy_routes r = { 0 };
+	struct policy_net *net = NULL;
+	struct policy_device d;
+	struct json *out = NULL;
+	char cidr[64];
+
+	if (!routes || policy_device_from_json(dev, &d, tags, routes) || !(net = policy_net_new(p)) ||
+	    policy_net_add(net, &d, NULL) || policy_net_routes(net, d.name, &r) || !(out = json_new_array()))
+		goto out;
+	for (size_t i = 0; i < r.n_approved; i++) {
+		if (!policy_prefix_format(&r.approved[i], cidr, sizeof(cidr)) ||
+		    json_array_append(out, json_new_string(cidr))) {
+			json_free(out);
+			out = NULL;
+			goto out;
+		}
+	}
+out:
+	policy_routes_free(&r);
+	policy_net_free(net);
+	free(routes);
+	return out;
+}
+
 /* ---- the store ---- */
 
 struct policy_slot {

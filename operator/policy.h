@@ -60,6 +60,18 @@ bool policy_check_text(const char *text, size_t len, const struct json *devs, st
 bool policy_desired_status(const struct json *obj, const struct json *devs, time_t now, struct json *status,
 			   struct policy **out);
 
+/* Registration under policy p: may a device registered with an AuthKey
+ * (its spec.user and spec.tags) carry tags? The key's own tags count as
+ * owned; any other tag must be owned, per tagOwners, by the requester
+ * (the key's user, or — for a tagged key — its tags). 0, or -EPERM with
+ * why naming the tag and its owners. */
+int policy_tags_permitted(const struct policy *p, const char *key_user, const struct json *key_tags,
+			  const struct json *tags, char *why, size_t whylen);
+/* The routes of Device dev (spec.advertisedRoutes, its tags and user)
+ * that autoApprovers approve, as a JSON array of CIDR strings; NULL on
+ * ENOMEM or a Device the compiler cannot take. */
+struct json *policy_auto_approved(const struct policy *p, const struct json *dev);
+
 /* ---- the store ---- */
 
 struct policy_store *policy_store_new(void);

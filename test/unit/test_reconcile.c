@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -353,6 +354,58 @@ static void test_policy_store(void **state)
 	policy_store_free(s);
 }
 
+/* Registration under a policy: the key's tags count as owned, others
+ * need tagOwners (the refusal names the owners); autoApprovers. */
+static void test_policy_registration(void **state)
+{
+	static const char *text = "{\"groups\":{\"group:dev\":[\"alice@\"]},"
+				  "\"tagOwners\":{\"tag:db\":[\"group:dev\"],\"tag:web\":[\"tag:db\"],\"tag:ops\":[\"bob@\"],"
+				  "\"tag:router\":[\"alice@\"]},"
+				  "\"autoApprovers\":{\"routes\":{\"10.0.0.0/8\":[\"tag:router\"]}}}";
+	static const struct {
+		const char *user, *key_tags, *tags;
+		int ret;
+		const char *why;
+	} cases[] = {
+		{ "alice", "[]", "[\"tag:db\"]", 0, NULL },
+		{ "bob", "[]", "[\"tag:db\"]", -EPERM, "tag tag:db needs one of its owners (group:dev) in tagOwners; the registering identity (bob) is none of them" },
+		{ "bob", "[\"tag:db\"]", "[\"tag:db\"]", 0, NULL }, /* the key's tags are owned */
+		{ "bob", "[\"tag:db\"]", "[\"tag:web\"]", 0, NULL }, /* owned by a tag of the key */
+		{ "bob", "[\"tag:db\"]", "[\"tag:ops\"]", -EPERM, "tag tag:ops needs one of its owners (bob) in tagOwners; the registering identity (the auth key's tags) is none of them" },
+		{ "alice", "[]", "[\"tag:nope\"]", -EPERM, "tag tag:nope is not in the policy's tagOwners: nobody may claim it" },
+		{ "alice", "[]", "[]", 0, NULL },
+	};
+	struct json_error e;
+	struct policy *p = policy_parse(text, strlen(text), &e);
+	struct json *dev, *ok;
+	char why[512];
+
+	assert_non_null(p);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct json *kt = parse(cases[i].key_tags), *t = parse(cases[i].tags);
+
+		why[0] = '\0';
+		assert_int_equal(policy_tags_permitted(p, cases[i].user, kt, t, why, sizeof(why)), cases[i].ret);
+		if (cases[i].why)
+			assert_string_equal(why, cases[i].why);
+		json_free(kt);
+		json_free(t);
+	}
+	dev = parse("{\"metadata\":{\"name\":\"r\"},\"spec\":{\"tags\":[\"tag:router\"],"
+		    "\"advertisedRoutes\":[\"10.1.0.0/16\",\"192.168.0.0/24\"]}}");
+	ok = policy_auto_approved(p, dev);
+	assert_int_equal(json_array_len(ok), 1);
+	assert_string_equal(json_str(json_array_at(ok, 0)), "10.1.0.0/16");
+	json_free(ok);
+	json_free(dev);
+	dev = parse("{\"metadata\":{\"name\":\"r\"},\"spec\":{\"user\":\"alice\",\"advertisedRoutes\":[\"10.1.0.0/16\"]}}");
+	ok = policy_auto_approved(p, dev);
+	assert_int_equal(json_array_len(ok), 0);
+	json_free(ok);
+	json_free(dev);
+	policy_free(p);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -362,6 +415,7 @@ int main(void)
 		cmocka_unit_test(test_device_status),
 		cmocka_unit_test(test_policy_status),
 		cmocka_unit_test(test_policy_store),
+		cmocka_unit_test(test_policy_registration),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
