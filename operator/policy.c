@@ -139,8 +139,12 @@ bool policy_desired_status(const struct json *obj, const struct json *devs, time
 			kube_condition_set(status, "TestsPassed", "False", "TestFailed", why, gen, now);
 	}
 	json_object_set(status, "observedGeneration", json_new_int(gen));
-	if (ok)
+	if (ok) {
+		/* Kept so a restarted operator puts the last good one back in
+		 * force when the current generation is refused. */
 		json_object_set(status, "appliedGeneration", json_new_int(gen));
+		json_object_set(status, "appliedPolicy", json_new_string(text));
+	}
 	return ok;
 }
 
@@ -416,6 +420,21 @@ int policy_reconcile(struct operator *op, const char *ns, const char *name, uint
 		}
 	} else {
 		const struct json *c = json_get(status, "conditions");
+		const char *last = json_str(json_get(status, "appliedPolicy"));
+		bool valid;
+
+		/* Refused, and nothing in force (a restarted operator): the last
+		 * good generation, kept in the status, goes back in force. */
+		cur = policy_store_get(op->policies, tailnet);
+		if (!cur && last && policy_check_text(last, strlen(last), devs, &p, &valid, NULL, 0)) {
+			err = policy_store_set(op->policies, tailnet, name,
+					       json_int(json_get(status, "appliedGeneration"), 0), p);
+			if (err)
+				goto out;
+			log_info("policy refused; its last good generation is back in force", "policy=%s tailnet=%s", name,
+				 tailnet);
+			coord_policy_changed(op->coord, tailnet);
+		}
 
 		for (size_t i = 0; i < json_array_len(c); i++) {
 			const struct json *ci = json_array_at(c, i);

@@ -316,6 +316,10 @@ static void test_policy_status(void **state)
 		assert_int_equal(json_int(json_get(status, "observedGeneration"), -1), cases[i].gen);
 		/* A refused generation leaves the last applied one (2) in force. */
 		assert_int_equal(json_int(json_get(status, "appliedGeneration"), -1), cases[i].applied ? cases[i].gen : 2);
+		assert_non_null(json_str(json_get(status, "appliedPolicy")));
+		if (cases[i].applied)
+			assert_string_equal(json_str(json_get(status, "appliedPolicy")),
+					    json_str(json_path(obj, "spec", "policy", NULL)));
 		policy_free(p);
 		json_free(obj);
 	}
