@@ -39,6 +39,7 @@ static void view_node(struct identity *id, const struct netmap_node *n, bool sel
 	v->p.naddresses = n->naddresses < 8 ? n->naddresses : 8;
 	v->p.tags = (const char *const *)n->tags;
 	v->p.ntags = n->ntags;
+	v->p.user = n->user;
 	v->p.online = self ? identity_connected(id) : n->online;
 	v->p.relay = n->relay;
 	if (!self && engine_peer_stats(identity_engine(id), n->node_key, &ps) == 0) {

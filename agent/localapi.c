@@ -103,6 +103,8 @@ static struct json *peer_json(const struct localapi_peer *p)
 	json_put_str(o, "nodeKey", p->node_key, &err);
 	json_put(o, "addresses", strv(p->addresses, p->naddresses), &err);
 	json_put(o, "tags", strv(p->tags, p->ntags), &err);
+	if (p->user)
+		json_put_str(o, "user", p->user, &err);
 	json_put_str(o, "endpoint", p->endpoint, &err);
 	json_put(o, "relay", json_new_int(p->relay), &err);
 	json_put(o, "lastHandshake", json_new_int(p->last_handshake), &err);

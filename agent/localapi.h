@@ -48,6 +48,7 @@ struct localapi_peer {
 	size_t naddresses;
 	const char *const *tags;
 	size_t ntags;
+	const char *user; /* the owner's login; NULL: tagged (or not known) */
 	const char *endpoint; /* the direct path in use, "192.0.2.7:41641"; NULL if none */
 	int relay; /* relay region in use when not direct; 0: none */
 	int64_t last_handshake; /* unix seconds; 0: never */

@@ -162,7 +162,7 @@ static size_t after(const struct changelog *l, uint64_t seq)
  * the same tailnet at the same cursor whose own device it does not name. */
 static bool delta_cached(const struct changelog *l, const struct changelog_cursor *cur)
 {
-	if (!l->delta.valid || l->delta.seq != l->seq || l->delta.from != cur->cursor ||
+	if (cur->visible || !l->delta.valid || l->delta.seq != l->seq || l->delta.from != cur->cursor ||
 	    strcmp(l->delta.tailnet, cur->tailnet) != 0)
 		return false;
 	for (size_t k = 0; k < l->delta.nwho; k++) {
@@ -219,6 +219,8 @@ int changelog_next(struct changelog *l, struct changelog_cursor *cur, const stru
 				self = n;
 				continue;
 			}
+			if (cur->visible && !cur->visible(cur->visible_arg, n->name))
+				continue;
 			if (peers.len)
 				err = buf_add_byte(&peers, ',');
 			if (!err)
@@ -274,7 +276,7 @@ int changelog_next(struct changelog *l, struct changelog_cursor *cur, const stru
 	/* A delta that covers the log to its end and is not about this
 	 * stream's own device is what every stream of the tailnet at the same
 	 * cursor gets next. */
-	step->cacheable = !cur->syncing && !self && i == l->len && step->nwho <= CHANGELOG_CACHE_WHO && i > first;
+	step->cacheable = !cur->visible && !cur->syncing && !self && i == l->len && step->nwho <= CHANGELOG_CACHE_WHO && i > first;
 	ret = err ? err : 1;
 out:
 	buf_free(&peers);

@@ -80,6 +80,13 @@ struct changelog_cursor {
 	uint64_t sync_from; /* the log's seq when the full netmap began */
 	bool syncing; /* a full netmap is under way (records carry "more") */
 	bool header_sent; /* its first record ("type":"full") is out */
+	/* NULL: every peer of the tailnet. Else only the peers it says are
+	 * visible go into this stream's records (an access policy: peers it
+	 * hides are not sent at all), and the shared delta cache is neither
+	 * used nor filled. Visibility changes restart the stream's full
+	 * netmap (changelog_sync), which replaces the agent's peer set. */
+	bool (*visible)(void *arg, const char *device);
+	void *visible_arg;
 };
 
 /* What changelog_next() built, for changelog_commit() once it is sent. */

@@ -45,6 +45,8 @@ struct strmap;
  * buffers (~32 KiB): when 10,000 agents connect at once and read slowly,
  * the backlog waits in the change log, not in 10,000 queues. */
 #define RECORD_CHUNK (16u << 10)
+/* A stream's packetFilter text, at most. */
+#define POLICY_FILTER_MAX_BYTES (4u << 20)
 #define FLUSH_MIN_MS 25 /* streams are woken at most this often... */
 #define SOFT_FLUSH_MS 1000 /* ...and this late for soft state alone */
 #define TRIM_EVERY_MS 1000
@@ -74,6 +76,7 @@ struct mapconn {
 	char device[254];
 	char tailnet[254];
 	struct changelog_cursor cur; /* .device, .tailnet point at the above */
+	struct strmap *peers; /* under a policy: the peers it sees (mappolicy.c) */
 	struct mapconn *prev, *next;
 };
 
@@ -125,6 +128,7 @@ struct coord {
 	struct strmap *unknown_per_ip; /* ip -> unknown sessions (a pointer-sized count) */
 	unsigned unknown_sessions;
 	struct strmap *nodes; /* device -> node (live devices only) */
+	struct strmap *policies; /* tailnet -> struct mappolicy (mappolicy.c) */
 	struct mapconn *conns;
 	struct loop_timer *keepalive, *sweep, *flush;
 	struct changelog log;
@@ -186,6 +190,16 @@ void mapstream_fill(struct httpd_stream *st, void *arg);
 /* The flush timer: wakes streams with log entries to pull. */
 void mapstream_flush(struct loop *loop, struct loop_timer *t, void *arg);
 void mapstream_free(struct coord *c);
+
+/* mappolicy.c (loop thread) */
+/* A Device changed or was deleted: recompile what it touches under its
+ * tailnet's policy, restarting the streams whose view changes. */
+void mappolicy_device_changed(struct coord *c, const struct json *dev, bool deleted);
+/* m's full netmap starts: takes its view (visible peers into m->cur) and
+ * appends its packetFilter ("null": no policy) to packet_filter. */
+int mappolicy_view(struct coord *c, struct mapconn *m, struct buf *packet_filter);
+void mappolicy_stream_closed(struct mapconn *m);
+void mappolicy_free_all(struct coord *c);
 
 /* register.c */
 int register_job_submit(struct coord *c, struct job *j);

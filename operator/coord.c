@@ -258,7 +258,7 @@ static void h_handshake(struct httpd_req *req, void *arg)
 	uint8_t *last;
 	size_t len;
 	const void *body = httpd_req_body(req, &len);
-	uintptr_t per_ip = 0; /* set when !s->known, read only then (gcc -O2 cannot tell) */
+	uintptr_t per_ip = 0;
 	uint64_t id;
 
 	if (!serving(c, req))
@@ -517,6 +517,7 @@ static void conn_closed(struct httpd_stream *st, void *arg)
 	if (m->node)
 		mapstream_node_stream(c, m->node, false, NULL);
 	channel_session_wipe(&m->ch);
+	mappolicy_stream_closed(m);
 	free(m);
 }
 
@@ -743,6 +744,7 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 	c->op = op;
 	c->o = *o;
 	c->nodes = strmap_new();
+	c->policies = strmap_new();
 	mapstream_init(c);
 	if (!c->o.keepalive_ms)
 		c->o.keepalive_ms = 30000;
@@ -767,7 +769,7 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 	c->flush = loop_timer_new(op->loop, mapstream_flush, c);
 	c->trim = loop_timer_new(op->loop, on_trim, c);
 	c->pod_sweep = loop_timer_new(op->loop, podident_timer, c);
-	if (!c->trim || !c->pod_sweep || !c->sessions || !c->handshake_ts || !c->unknown_per_ip || !c->nodes || !c->online_pending || !c->keepalive || !c->sweep || !c->flush)
+	if (!c->trim || !c->pod_sweep || !c->sessions || !c->handshake_ts || !c->unknown_per_ip || !c->nodes || !c->policies || !c->online_pending || !c->keepalive || !c->sweep || !c->flush)
 		goto fail;
 	err = httpd_new(op->loop, &ho, &c->http);
 	if (err)
@@ -868,6 +870,7 @@ void coord_free(struct coord *c)
 		strmap_free(c->handshake_ts);
 	}
 	strmap_free(c->unknown_per_ip);
+	mappolicy_free_all(c);
 	mapstream_free(c);
 	loop_timer_free(c->keepalive);
 	loop_timer_free(c->sweep);
@@ -908,6 +911,7 @@ void coord_device_changed(struct coord *c, const struct json *old, const struct 
 	if (!c)
 		return;
 	mapstream_publish_device(c, dev);
+	mappolicy_device_changed(c, dev, false);
 	pthread_mutex_lock(&c->lock);
 	if (c->addr_waiters) {
 		c->dev_gen++;
@@ -918,8 +922,10 @@ void coord_device_changed(struct coord *c, const struct json *old, const struct 
 
 void coord_device_deleted(struct coord *c, const struct json *dev)
 {
-	if (c)
-		mapstream_device_deleted(c, dev);
+	if (!c)
+		return;
+	mapstream_device_deleted(c, dev);
+	mappolicy_device_changed(c, dev, true);
 }
 
 void coord_tailnet_changed(struct coord *c, const struct json *tn)

@@ -55,7 +55,11 @@ struct coord_stats {
 	 * many from one address; any machine's with a timestamp far ahead */
 	unsigned long refused_unknown_full, refused_unknown_per_ip, refused_future;
 	unsigned long unknown_sessions;
+	unsigned long policy_changes; /* compiled policies put in force */
 };
 void coord_stats(const struct coord *c, struct coord_stats *out);
+/* The policy in force for tailnet changed (operator/policy.h's store):
+ * recompile and restart its streams. Any thread; c may be NULL. */
+void coord_policy_changed(struct coord *c, const char *tailnet);
 
 #endif

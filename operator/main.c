@@ -25,6 +25,7 @@
 #include "loop.h"
 #include "metrics.h"
 #include "operator.h"
+#include "policy.h"
 #include "probe.h"
 #include "webhook.h"
 #include "wg/aead.h"
@@ -380,13 +381,14 @@ static void informer_synced_cb(struct informer *inf, void *arg)
 {
 	/* Controllers start once every cache is complete, so no reconcile acts
 	 * on a partial picture. Later relists need no action. */
-	if (++synced_informers != 5)
+	if (++synced_informers != 6)
 		return;
 	log_info("caches synced, starting reconcilers", "workers=%d", op.workers);
 	bootstrap_start(&op, &boot_opts);
 	controller_start(op.tailnet_ctl);
 	controller_start(op.authkey_ctl);
 	controller_start(op.device_ctl);
+	controller_start(op.policy_ctl);
 	op.running = true;
 }
 
@@ -431,7 +433,8 @@ static void start_controllers(void)
 	op.tailnet_ctl = controller_new(&op, "Tailnet", tailnet_reconcile, 1);
 	op.authkey_ctl = controller_new(&op, "AuthKey", authkey_reconcile, op.workers);
 	op.device_ctl = controller_new(&op, "Device", device_reconcile, op.workers);
-	if (!op.tailnet_ctl || !op.authkey_ctl || !op.device_ctl)
+	op.policy_ctl = controller_new(&op, "Policy", policy_reconcile, 1);
+	if (!op.tailnet_ctl || !op.authkey_ctl || !op.device_ctl || !op.policy_ctl)
 		goto fail;
 	synced_informers = 0;
 	op.tailnets = start_informer(&res_tailnets, NULL, &tn_h, NULL);
@@ -439,7 +442,8 @@ static void start_controllers(void)
 	op.devices = start_informer(&res_devices, NULL, &dev_h, NULL);
 	op.claims = start_informer(&res_addressclaims, NULL, &claim_h, NULL);
 	op.secrets = start_informer(&kube_res_secrets, "app.kubernetes.io/managed-by=" OPERATOR_MANAGER, &sec_h, NULL);
-	if (op.tailnets && op.authkeys && op.devices && op.claims && op.secrets)
+	op.policies_inf = start_informer(&res_policies, NULL, &controller_handlers, op.policy_ctl);
+	if (op.tailnets && op.authkeys && op.devices && op.claims && op.secrets && op.policies_inf)
 		return;
 fail:
 	log_error("cannot start controllers (out of memory)");
@@ -464,7 +468,8 @@ static void workers_joined(struct loop *loop, void *arg)
 	informer_free(op.devices);
 	informer_free(op.claims);
 	informer_free(op.secrets);
-	op.tailnets = op.authkeys = op.devices = op.claims = op.secrets = NULL;
+	informer_free(op.policies_inf);
+	op.tailnets = op.authkeys = op.devices = op.claims = op.secrets = op.policies_inf = NULL;
 	if (lease)
 		lease_release(lease, released, NULL);
 	else
@@ -480,6 +485,7 @@ static void *join_workers(void *arg)
 	controller_join(op.tailnet_ctl);
 	controller_join(op.authkey_ctl);
 	controller_join(op.device_ctl);
+	controller_join(op.policy_ctl);
 out:
 	loop_post(op.loop, workers_joined, NULL);
 	return NULL;
@@ -498,6 +504,7 @@ static void shutdown_all(int code)
 		controller_shutdown(op.tailnet_ctl);
 		controller_shutdown(op.authkey_ctl);
 		controller_shutdown(op.device_ctl);
+		controller_shutdown(op.policy_ctl);
 	}
 	if (pthread_create(&joiner, NULL, join_workers, NULL)) {
 		/* Cannot join politely: exit without releasing; the Lease expires. */
@@ -744,7 +751,8 @@ int main(int argc, char **argv)
 	op.workers = o.workers;
 	op.create_default_tailnet = o.default_tailnet;
 	boot_opts = o.boot;
-	if (register_metrics()) {
+	op.policies = policy_store_new();
+	if (!op.policies || register_metrics()) {
 		exit_code = 1;
 		goto out;
 	}
@@ -768,7 +776,8 @@ int main(int argc, char **argv)
 	if (o.listen_webhook && *o.listen_webhook) {
 		struct webhook_opts wo = { .listen = o.listen_webhook, .service = o.webhook_service,
 					   .config = o.webhook_config, .extra_names = o.webhook_names,
-					   .nextra = o.nwebhook_names };
+					   .nextra = o.nwebhook_names, .policy_check = policy_admission_check,
+					   .policy_arg = &op };
 		r = webhook_new(&op, &wo, &webhook);
 		if (r) {
 			log_error("cannot serve the admission webhooks", "listen=%s err=%d", o.listen_webhook, r);
@@ -822,10 +831,12 @@ out:
 	probe_free(coord_probe);
 	webhook_free(webhook);
 	coord_free(op.coord);
+	policy_store_free(op.policies);
 	lease_free(lease);
 	controller_free(op.tailnet_ctl);
 	controller_free(op.authkey_ctl);
 	controller_free(op.device_ctl);
+	controller_free(op.policy_ctl);
 	kube_client_free(op.kube);
 	metrics_free(op.metrics);
 	loop_free(op.loop);

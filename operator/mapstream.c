@@ -182,8 +182,8 @@ void mapstream_sync(struct mapconn *m)
 }
 
 /* The fields of a full netmap besides its peers, as JSON text to follow
- * "self": ,"dns":{...},"relayMap":...,"packetFilter":null */
-static int full_fields(struct coord *c, const char *tailnet, struct buf *out)
+ * "self": ,"dns":{...},"relayMap":...,"packetFilter":... (pf: its text) */
+static int full_fields(struct coord *c, const char *tailnet, const struct buf *pf, struct buf *out)
 {
 	struct json *tn = informer_get(c->op->tailnets, NULL, tailnet);
 	struct json *f = json_new_object(), *dns = json_new_object(), *ns = json_new_array();
@@ -196,7 +196,6 @@ static int full_fields(struct coord *c, const char *tailnet, struct buf *out)
 	json_put(dns, "nameservers", ns, &err);
 	json_put(f, "dns", dns, &err);
 	json_put(f, "relayMap", json_clone(json_path(tn, "spec", "relayMap", NULL)) ?: json_new_null(), &err);
-	json_put(f, "packetFilter", json_new_null(), &err);
 	if (!err)
 		err = json_dump(f, &text, 0);
 	/* {"dns":...} -> ,"dns":... (without the braces) */
@@ -204,6 +203,10 @@ static int full_fields(struct coord *c, const char *tailnet, struct buf *out)
 		text.data[0] = ',';
 		err = buf_add(out, text.data, text.len - 1);
 	}
+	if (!err)
+		err = buf_add_str(out, ",\"packetFilter\":");
+	if (!err)
+		err = buf_add(out, pf->data, pf->len);
 	if (!err)
 		err = buf_add_byte(out, '\0');
 	buf_free(&text);
@@ -217,13 +220,16 @@ static int full_fields(struct coord *c, const char *tailnet, struct buf *out)
 static bool emit_record(struct mapconn *m)
 {
 	struct coord *c = m->c;
-	struct buf rec = BUF_INIT(16u << 20), fields = BUF_INIT(1u << 20);
+	struct buf rec = BUF_INIT(16u << 20), fields = BUF_INIT(1u << 20), pf = BUF_INIT(POLICY_FILTER_MAX_BYTES);
 	struct changelog_step step;
 	struct node *me = strmap_get(c->nodes, m->device);
 	int r = 0;
 
-	if (m->cur.syncing && !m->cur.header_sent)
-		r = full_fields(c, m->tailnet, &fields);
+	if (m->cur.syncing && !m->cur.header_sent) {
+		r = mappolicy_view(c, m, &pf);
+		if (!r)
+			r = full_fields(c, m->tailnet, &pf, &fields);
+	}
 	if (!r)
 		r = changelog_next(&c->log, &m->cur, me ? &me->pub : NULL, (const char *)fields.data,
 				   c->o.record_bytes, &rec, &step);
@@ -235,6 +241,7 @@ static bool emit_record(struct mapconn *m)
 		r = 0;
 	buf_free(&rec);
 	buf_free(&fields);
+	buf_free(&pf);
 	return r == 1;
 }
 

@@ -17,6 +17,7 @@ struct json;
 struct loop;
 struct metrics;
 struct metrics_family;
+struct policy_store;
 
 extern const struct kube_resource res_tailnets;
 extern const struct kube_resource res_authkeys;
@@ -43,7 +44,9 @@ struct operator {
 	int workers;
 
 	struct informer *tailnets, *authkeys, *devices, *claims, *secrets;
-	struct controller *tailnet_ctl, *authkey_ctl, *device_ctl;
+	struct informer *policies_inf;
+	struct controller *tailnet_ctl, *authkey_ctl, *device_ctl, *policy_ctl;
+	struct policy_store *policies; /* the policies in force (operator/policy.h) */
 	struct metrics *metrics;
 	/* {kind,result}, {kind}, {kind}: registered in main, updated by controllers. */
 	struct metrics_family *m_reconciles, *m_reconcile_seconds, *m_queue_depth;

@@ -23,6 +23,7 @@
 #include "log.h"
 #include "loop.h"
 #include "operator.h"
+#include "policy.h"
 #include "policy/policy.h"
 
 /* Kubernetes node names are DNS subdomains; device hostnames are labels
@@ -45,49 +46,29 @@ static void host_label(const char *in, char *out, size_t outlen)
 	out[n] = '\0';
 }
 
-/* NULL when every tag is allowed, else the refusal. No Policy for the
- * tailnet: tags are not restricted (as with no tagOwners to consult). */
+/* NULL when every tag is allowed, else the refusal: the tailnet's policy
+ * in force (validated, its tests passed: operator/policy.h) decides by
+ * tagOwners, which may name the pod's ServiceAccount or its namespace's.
+ * No policy in force: tags are not restricted. */
 static struct json *check_tags(struct coord *c, const char *tailnet, const struct json *tags, const char *host,
 			       const char *ns, const char *sa)
 {
-	struct kube_result r = { 0 };
+	struct policy_ref *pol;
 	struct json *refusal = NULL;
 	char user[512];
 
-	if (!json_array_len(tags))
+	if (!json_array_len(tags) || !(pol = policy_store_get(c->op->policies, tailnet)))
 		return NULL;
-	if (kube_list_all(c->op->kube, &res_policies, NULL, NULL, &r) || !kube_ok(&r)) {
-		refusal = coord_error_reply("Unavailable", "cannot read the tailnet policy (HTTP %ld); try again", r.status);
-		goto out;
-	}
 	snprintf(user, sizeof(user), "system:serviceaccount:%s:%s", ns, sa);
-	for (size_t i = 0; i < json_array_len(json_get(r.obj, "items")) && !refusal; i++) {
-		const struct json *pol = json_array_at(json_get(r.obj, "items"), i);
-		const char *text = json_str(json_path(pol, "spec", "policy", NULL));
-		const char *tn = json_str(json_path(pol, "spec", "tailnet", NULL)) ?: "default";
-		struct policy *p;
-
-		if (strcmp(tn, tailnet) || !text)
-			continue;
-		p = policy_parse(text, strlen(text), NULL);
-		if (!p) {
-			refusal = coord_error_reply("TagNotPermitted", "the tailnet's policy %s does not parse: no tags",
-						    kube_name(pol));
-			break;
-		}
-		struct policy_device who = { .name = host, .user = user, .pod = true, .pod_namespace = ns,
-					     .pod_serviceaccount = sa };
-		for (size_t k = 0; k < json_array_len(tags) && !refusal; k++) {
-			const char *t = json_str(json_array_at(tags, k));
-			if (!policy_tag_allowed(p, t, &who))
-				refusal = coord_error_reply("TagNotPermitted",
-							    "tagOwners of policy %s do not let %s claim %s", kube_name(pol),
-							    user, t);
-		}
-		policy_free(p);
+	struct policy_device who = { .name = host, .user = user, .pod = true, .pod_namespace = ns,
+				     .pod_serviceaccount = sa };
+	for (size_t k = 0; k < json_array_len(tags) && !refusal; k++) {
+		const char *t = json_str(json_array_at(tags, k));
+		if (!policy_tag_allowed(pol->p, t, &who))
+			refusal = coord_error_reply("TagNotPermitted", "tagOwners of policy %s do not let %s claim %s",
+						    pol->name, user, t);
 	}
-out:
-	kube_result_clear(&r);
+	policy_store_put(c->op->policies, pol);
 	return refusal;
 }
 

@@ -145,6 +145,18 @@ int record_from_device(const struct json *dev, const char *suffix, const struct 
 	}
 	if (allowed_ips(dev, out, dropped) || tags(dev, out, dropped))
 		goto out;
+	if (!out->ntags && json_str(path(dev, "spec", "user"))) {
+		/* The owner, for whois and status; tagged devices have none. */
+		const char *u = json_str(path(dev, "spec", "user"));
+		bool ok = *u && strlen(u) <= FIELDS_MAX_NAME;
+
+		for (const char *q = u; ok && *q; q++)
+			ok = (unsigned char)*q >= 0x20 && *q != 0x7f;
+		if (!ok)
+			(*dropped)++;
+		else if (!(out->user = strdup(u)))
+			goto out;
+	}
 	out->ephemeral = json_bool(path(dev, "spec", "ephemeral"), false);
 	if (soft) {
 		size_t n = soft->nendpoints < FIELDS_MAX_ENDPOINTS ? soft->nendpoints : FIELDS_MAX_ENDPOINTS;

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "loop.h"
 #include "operator.h"
+#include "policy.h"
 #include "record.h"
 #include "strmap.h"
 #include "wg/noise.h"
@@ -331,6 +332,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 	time_t now = time(NULL);
 	bool ephemeral = false;
 	const char *tailnet = "default", *auth;
+	struct policy_ref *pol = NULL;
 
 	/* The codec's rules, as the agents parse what we store and send. */
 	if (!register_request_from_json(req, &rq, why, sizeof(why))) {
@@ -369,6 +371,33 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 			reply = coord_error_reply("AuthKeyInvalid", "the auth key is not valid (deleted, mistyped or never issued)");
 			goto out;
 		}
+		/* Tags before the key's use is counted: a refused registration
+		 * does not burn a one-off key. The key's tags count as owned;
+		 * under a policy, other tags need their tagOwners, without one
+		 * they must be among the key's. */
+		tailnet = operator_tailnet_of(ak);
+		struct json *key_tags = json_path(ak, "spec", "tags", NULL);
+		pol = policy_store_get(op->policies, tailnet);
+		if (pol && policy_tags_permitted(pol->p, json_str(json_path(ak, "spec", "user", NULL)), key_tags, tags, why,
+						 sizeof(why))) {
+			reply = coord_error_reply("TagNotPermitted", "%s", why);
+			goto out;
+		}
+		for (size_t i = 0; !pol && i < json_array_len(tags); i++) {
+			bool found = false;
+			for (size_t k = 0; k < json_array_len(key_tags); k++)
+				found |= strcmp(json_str(json_array_at(tags, i)), json_str(json_array_at(key_tags, k)) ?: "") == 0;
+			if (!found) {
+				reply = coord_error_reply("TagNotPermitted", "tag %s is not granted by this auth key", json_str(json_array_at(tags, i)));
+				goto out;
+			}
+		}
+		if (!json_array_len(tags)) {
+			json_free(tags);
+			tags = json_clone(key_tags) ?: json_new_array();
+			if (!tags)
+				goto nomem;
+		}
 		bool unlimited = json_bool(json_path(ak, "spec", "reusable", NULL), false) &&
 				 !json_int(json_path(ak, "spec", "maxUses", NULL), 0);
 		if (unlimited) {
@@ -396,24 +425,6 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 			}
 		}
 		ephemeral = json_bool(json_path(ak, "spec", "ephemeral", NULL), false);
-		tailnet = operator_tailnet_of(ak);
-		/* Requested tags must be among the key's. */
-		struct json *key_tags = json_path(ak, "spec", "tags", NULL);
-		for (size_t i = 0; i < json_array_len(tags); i++) {
-			bool found = false;
-			for (size_t k = 0; k < json_array_len(key_tags); k++)
-				found |= strcmp(json_str(json_array_at(tags, i)), json_str(json_array_at(key_tags, k)) ?: "") == 0;
-			if (!found) {
-				reply = coord_error_reply("TagNotPermitted", "tag %s is not granted by this auth key", json_str(json_array_at(tags, i)));
-				goto out;
-			}
-		}
-		if (!json_array_len(tags)) {
-			json_free(tags);
-			tags = json_clone(key_tags) ?: json_new_array();
-			if (!tags)
-				goto nomem;
-		}
 	} else if (!existing) {
 		reply = coord_error_reply("NotRegistered", "this machine is not registered: run knit up --authkey KEY");
 		goto out;
@@ -459,6 +470,12 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		json_object_set(spec, "authKey", ref);
 		json_object_set(spec, "ephemeral", json_new_bool(ephemeral));
 		json_object_set(spec, "tags", json_clone(tags) ?: json_new_array());
+		/* An untagged device belongs to the key's user; a tagged one to
+		 * its tags alone. */
+		if (!json_array_len(tags) && json_str(json_path(ak, "spec", "user", NULL)))
+			json_object_set(spec, "user", json_new_string(json_str(json_path(ak, "spec", "user", NULL))));
+		else
+			json_object_del(spec, "user");
 		/* Re-authenticating renews the key; tagged devices do not expire. */
 		struct json *tn = informer_get(op->tailnets, NULL, tailnet);
 		uint64_t life = 0;
@@ -475,6 +492,29 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		json_object_set(spec, "advertisedRoutes", fields_prefixes_json(rq.routes, rq.nroutes, false));
 	else
 		json_object_del(spec, "advertisedRoutes");
+	if (!pol)
+		pol = policy_store_get(op->policies, tailnet);
+	if (pol && rq.nroutes) {
+		/* autoApprovers: what they approve joins what an admin approved. */
+		struct json *auto_ok = policy_auto_approved(pol->p, dev), *approved = json_get(spec, "approvedRoutes");
+
+		if (!auto_ok)
+			goto nomem;
+		if (!json_is_array(approved)) {
+			approved = json_new_array();
+			json_object_set(spec, "approvedRoutes", approved);
+		}
+		for (size_t i = 0; approved && i < json_array_len(auto_ok); i++) {
+			const char *r1 = json_str(json_array_at(auto_ok, i));
+			bool have = false;
+
+			for (size_t k = 0; k < json_array_len(approved); k++)
+				have |= !strcmp(json_str(json_array_at(approved, k)) ?: "", r1);
+			if (!have)
+				json_array_append(approved, json_new_string(r1));
+		}
+		json_free(auto_ok);
+	}
 
 	int err = existing ? kube_update(op->kube, &res_devices, NULL, dev, false, &r)
 			   : kube_create(op->kube, &res_devices, NULL, dev, &r);
@@ -511,6 +551,7 @@ nomem:
 	reply = coord_error_reply("Unavailable", "out of memory");
 out:
 	sodium_memzero(h, sizeof(h));
+	policy_store_put(op->policies, pol);
 	register_request_free(&rq);
 	json_free(tags);
 	json_free(existing);

@@ -657,21 +657,36 @@ static void path_text(const struct json *p, char *out, size_t len)
 		snprintf(out + strlen(out), len - strlen(out), "; offline");
 }
 
+/* Who a device belongs to: its user, or its tags (a tagged device has no
+ * user). */
+static void owner_text(const struct json *p, char *out, size_t len)
+{
+	const struct json *tags = json_get(p, "tags");
+	size_t used = 0;
+
+	snprintf(out, len, "%s", json_str(json_get(p, "user")) ?: "-");
+	for (size_t i = 0; i < json_array_len(tags) && used < len; i++)
+		used += (size_t)snprintf(out + used, len - used, "%s%s", i ? "," : "",
+					 json_str(json_array_at(tags, i)) ?: "");
+}
+
 static void print_row(const struct json *p, bool self)
 {
-	char path[128], ago[32], rx[32], tx[32];
+	char path[128], ago[32], rx[32], tx[32], owner[128];
 	const char *ip = json_str(json_array_at(json_get(p, "addresses"), 0)) ?: "-";
 
+	owner_text(p, owner, sizeof(owner));
 	if (self) {
-		printf("%-18s %-24s %-32s %-12s %-10s %s\n", ip, json_str(json_get(p, "name")) ?: "-", "(this device)",
-		       "-", "-", "-");
+		printf("%-18s %-24s %-24s %-32s %-12s %-10s %s\n", ip, json_str(json_get(p, "name")) ?: "-", owner,
+		       "(this device)", "-", "-", "-");
 		return;
 	}
 	path_text(p, path, sizeof(path));
 	human_ago(json_int(json_get(p, "lastHandshake"), 0), ago, sizeof(ago));
 	human_bytes((uint64_t)json_int(json_get(p, "rxBytes"), 0), rx, sizeof(rx));
 	human_bytes((uint64_t)json_int(json_get(p, "txBytes"), 0), tx, sizeof(tx));
-	printf("%-18s %-24s %-32s %-12s %-10s %s\n", ip, json_str(json_get(p, "name")) ?: "-", path, ago, rx, tx);
+	printf("%-18s %-24s %-24s %-32s %-12s %-10s %s\n", ip, json_str(json_get(p, "name")) ?: "-", owner, path, ago,
+	       rx, tx);
 }
 
 static int get_status(const struct cli *cli, struct json **out)
@@ -743,7 +758,8 @@ static int cmd_status(const struct cli *cli, int argc, char **argv)
 
 		if (strcmp(state, "Running") != 0)
 			printf("# %s\n", state);
-		printf("%-18s %-24s %-32s %-12s %-10s %s\n", "IP", "NAME", "PATH", "HANDSHAKE", "RX", "TX");
+		printf("%-18s %-24s %-24s %-32s %-12s %-10s %s\n", "IP", "NAME", "OWNER", "PATH", "HANDSHAKE", "RX",
+		       "TX");
 		if (json_get(st, "self"))
 			print_row(json_get(st, "self"), true);
 		for (size_t i = 0; i < json_array_len(peers); i++)
@@ -883,6 +899,7 @@ static int cmd_whois(const struct cli *cli, int argc, char **argv)
 		printf("  DNS name:  %s\n", json_str(json_get(n, "dnsName")));
 	if (json_str(json_get(n, "nodeKey")))
 		printf("  Node key:  %s\n", json_str(json_get(n, "nodeKey")));
+	printf("  User:      %s\n", json_str(json_get(n, "user")) ?: "-");
 	printf("  Addresses:");
 	for (size_t i = 0; i < json_array_len(json_get(n, "addresses")); i++)
 		printf(" %s", json_str(json_array_at(json_get(n, "addresses"), i)) ?: "");

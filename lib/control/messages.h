@@ -62,6 +62,7 @@ struct netmap_node {
 	bool ephemeral;
 	char **tags;
 	size_t ntags;
+	char *user; /* the owner's login ("alice@example.com"); NULL: tagged or not sent */
 };
 
 /* The node's whole view. The members the agent does not interpret yet are

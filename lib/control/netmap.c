@@ -86,6 +86,7 @@ void netmap_node_free(struct netmap_node *n)
 	free(n->name);
 	free(n->fqdn);
 	free(n->device);
+	free(n->user);
 	free(n->addresses);
 	free(n->allowed_ips);
 	free(n->endpoints);
@@ -109,6 +110,7 @@ bool netmap_node_from_json(const struct json *j, const char *where, struct netma
 	     fields_get_hostname(j, w, "name", &out->name, err, errlen) &&
 	     fields_get_str(j, w, "fqdn", false, FIELDS_MAX_NAME, &out->fqdn, err, errlen) &&
 	     fields_get_str(j, w, "device", false, FIELDS_MAX_NAME, &out->device, err, errlen) &&
+	     fields_get_str(j, w, "user", false, FIELDS_MAX_NAME, &out->user, err, errlen) &&
 	     fields_get_prefixes(j, w, "addresses", true, false, &out->addresses, &out->naddresses, err, errlen) &&
 	     fields_get_prefixes(j, w, "allowedIPs", false, true, &out->allowed_ips, &out->nallowed_ips, err,
 				 errlen) &&
@@ -133,6 +135,8 @@ struct json *netmap_node_to_json(const struct netmap_node *n)
 		json_put(o, "fqdn", json_new_string(n->fqdn), &err);
 	if (n->device)
 		json_put(o, "device", json_new_string(n->device), &err);
+	if (n->user)
+		json_put(o, "user", json_new_string(n->user), &err);
 	json_put(o, "nodeKey", fields_key_json(n->node_key, "nodekey:"), &err);
 	if (n->has_disco_key)
 		json_put(o, "discoKey", fields_key_json(n->disco_key, "discokey:"), &err);
@@ -169,7 +173,7 @@ bool netmap_node_equal(const struct netmap_node *a, const struct netmap_node *b)
 {
 	if (memcmp(a->node_key, b->node_key, MESSAGES_KEY_LEN) || a->has_disco_key != b->has_disco_key ||
 	    (a->has_disco_key && memcmp(a->disco_key, b->disco_key, MESSAGES_KEY_LEN)) ||
-	    !str_eq(a->name, b->name) || !str_eq(a->fqdn, b->fqdn) || !str_eq(a->device, b->device) ||
+	    !str_eq(a->name, b->name) || !str_eq(a->fqdn, b->fqdn) || !str_eq(a->device, b->device) || !str_eq(a->user, b->user) ||
 	    a->relay != b->relay || a->online != b->online || a->ephemeral != b->ephemeral || a->nendpoints != b->nendpoints ||
 	    a->ntags != b->ntags ||
 	    !prefixes_eq(a->addresses, a->naddresses, b->addresses, b->naddresses) ||
@@ -219,6 +223,7 @@ int netmap_node_clone(struct netmap_node *out, const struct netmap_node *n)
 	out->name = dup_str(n->name, &ok);
 	out->fqdn = dup_str(n->fqdn, &ok);
 	out->device = dup_str(n->device, &ok);
+	out->user = dup_str(n->user, &ok);
 	out->addresses = dup_mem(n->addresses, n->naddresses, sizeof(*n->addresses), &ok);
 	out->allowed_ips = dup_mem(n->allowed_ips, n->nallowed_ips, sizeof(*n->allowed_ips), &ok);
 	out->endpoints = dup_mem(n->endpoints, n->nendpoints, sizeof(*n->endpoints), &ok);

@@ -196,6 +196,8 @@ spec:
   policy: |
     {"tagOwners": {"tag:ci": ["system:serviceaccount:app:web"], "tag:db": ["alice@example.com"]}}
 YAML
+in_force() { [ "$($K get policy tags -o jsonpath='{.status.appliedGeneration}')" = "$($K get policy tags -o jsonpath='{.metadata.generation}')" ]; }
+e2e_check "the Policy is in force" e2e_wait_for 30 in_force
 pod_object runner node1 || e2e_die "create pod runner"
 RUN_UID=$($K -n app get pod runner -o jsonpath='{.metadata.uid}')
 ndev=$($K get devices -o name | wc -l)

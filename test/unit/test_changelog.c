@@ -330,6 +330,60 @@ static void test_delta_cache(void **state)
 	json_free(j);
 }
 
+/* Only odd-numbered peers are visible to this stream. */
+static bool odd_only(void *arg, const char *device)
+{
+	(*(int *)arg)++;
+	return atoi(device + 1) % 2 == 1;
+}
+
+/* A stream under a policy: hidden peers are in neither its full netmap
+ * nor its deltas, and it neither uses nor fills the shared delta cache
+ * (another stream at the same cursor sees everything). */
+static void test_visible(void **state)
+{
+	struct fx *f = *state;
+	int calls = 0;
+	struct changelog_cursor pol = { .device = "d0", .tailnet = "t", .visible = odd_only, .visible_arg = &calls };
+	struct changelog_cursor all = { .device = "d6", .tailnet = "t" };
+	struct json *j;
+	int v[MAXN];
+
+	for (int i = 0; i < 6; i++)
+		publish(f, i, 1);
+	changelog_sync(&f->l, &pol);
+	changelog_sync(&f->l, &all);
+	j = next(f, &pol, 1 << 20);
+	assert_int_equal(peers_of(j, "peers", v), 3);
+	assert_int_equal(v[1], 1);
+	assert_int_equal(v[3], 1);
+	assert_int_equal(v[5], 1);
+	assert_int_equal(v[2], -1);
+	assert_int_equal(json_int(json_path(j, "self", "v", NULL), 0), 1); /* self is never filtered */
+	assert_true(calls > 0);
+	json_free(j);
+	json_free(next(f, &all, 1 << 20));
+	/* A hidden peer's change: nothing for the policed stream. */
+	publish(f, 2, 2);
+	assert_null(next(f, &pol, 1 << 20));
+	assert_false(f->l.delta.valid);
+	j = next(f, &all, 1 << 20);
+	assert_int_equal(peers_of(j, "upsert", v), 1);
+	json_free(j);
+	/* The unpoliced stream filled the cache; the policed one ignores it. */
+	publish(f, 3, 2);
+	publish(f, 4, 2);
+	j = next(f, &all, 1 << 20);
+	assert_int_equal(peers_of(j, "upsert", v), 2);
+	assert_true(f->l.delta.valid);
+	json_free(j);
+	j = next(f, &pol, 1 << 20);
+	assert_int_equal(peers_of(j, "upsert", v), 1);
+	assert_int_equal(v[3], 2);
+	assert_int_equal(v[4], -1);
+	json_free(j);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -338,6 +392,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_pieces, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_compact, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_delta_cache, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_visible, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

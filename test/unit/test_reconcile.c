@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include "device.h"
 #include "json.h"
 #include "kube/meta.h"
+#include "policy.h"
 #include "tailnet.h"
 
 /* 2026-01-01T00:00:00Z */
@@ -258,6 +260,156 @@ static void test_device_status(void **state)
 	json_free(dev);
 }
 
+/* The Policy reconciler's pure half: Valid and TestsPassed with the
+ * parse error or the first failing assertion at line:column; only a good
+ * generation is applied, a bad one keeps the applied one. */
+static void test_policy_status(void **state)
+{
+	static const char *devs_text =
+		"[{\"metadata\":{\"name\":\"a\"},\"spec\":{\"user\":\"alice\"},"
+		"\"status\":{\"addresses\":[\"100.64.0.1\",\"fd7a:115c:a1e0::1\"]}},"
+		"{\"metadata\":{\"name\":\"db\"},\"spec\":{\"user\":\"alice\",\"tags\":[\"tag:db\"]},"
+		"\"status\":{\"addresses\":[\"100.64.0.2\",\"fd7a:115c:a1e0::2\"]}}]";
+	static const struct {
+		int gen;
+		const char *policy; /* JSON string contents */
+		const char *valid, *vreason, *tests, *treason, *msg;
+		bool applied;
+	} cases[] = {
+		{ 1, "{\\\"tagOwners\\\":{\\\"tag:db\\\":[\\\"alice@\\\"]},\\\"acls\\\":[{\\\"action\\\":\\\"accept\\\","
+		     "\\\"src\\\":[\\\"alice@\\\"],\\\"dst\\\":[\\\"tag:db:5432\\\"]}],"
+		     "\\\"tests\\\":[{\\\"src\\\":\\\"alice@\\\",\\\"accept\\\":[\\\"tag:db:5432\\\"],\\\"deny\\\":[\\\"tag:db:22\\\"]}]}",
+		  "True", "Parsed", "True", "AllTestsPassed", NULL, true },
+		/* the test's IP source is the device that has it */
+		{ 2, "{\\\"tagOwners\\\":{\\\"tag:db\\\":[\\\"alice@\\\"]},\\\"acls\\\":[{\\\"action\\\":\\\"accept\\\","
+		     "\\\"src\\\":[\\\"alice@\\\"],\\\"dst\\\":[\\\"tag:db:5432\\\"]}],"
+		     "\\\"tests\\\":[{\\\"src\\\":\\\"100.64.0.1\\\",\\\"accept\\\":[\\\"tag:db:5432\\\"]}]}",
+		  "True", "Parsed", "True", "AllTestsPassed", NULL, true },
+		{ 3, "{\\\"tagOwners\\\":{\\\"tag:db\\\":[\\\"alice@\\\"]},\\\"acls\\\":[],"
+		     "\\\"tests\\\":[{\\\"src\\\":\\\"alice@\\\",\\\"accept\\\":[\\\"tag:db:5432\\\"]}]}",
+		  "True", "Parsed", "False", "TestFailed", "1:81: tests[0].accept[0]: alice -> tag:db:5432 (tcp): expected accept, got deny", false },
+		{ 4, "{\\\"acls\\\":[{\\\"action\\\":\\\"accept\\\",\\\"src\\\":[\\\"group:nope\\\"],\\\"dst\\\":[\\\"*:*\\\"]}]}",
+		  "False", "ParseError", "Unknown", "NotValid", "1:36: acls[0].src[0]: group \"group:nope\" is not defined", false },
+	};
+	struct json *devs = parse(devs_text), *status = json_new_object();
+	char text[2048];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct policy *p = NULL;
+		struct json *obj;
+		bool ok;
+
+		snprintf(text, sizeof(text), "{\"metadata\":{\"name\":\"pol\",\"generation\":%d},\"spec\":{\"policy\":\"%s\"}}",
+			 cases[i].gen, cases[i].policy);
+		obj = parse(text);
+		ok = policy_desired_status(obj, devs, T0, status, &p);
+		assert_int_equal(ok, cases[i].applied);
+		assert_int_equal(p != NULL, cases[i].applied);
+		assert_string_equal(cond(status, "Valid", "status"), cases[i].valid);
+		assert_string_equal(cond(status, "Valid", "reason"), cases[i].vreason);
+		assert_string_equal(cond(status, "TestsPassed", "status"), cases[i].tests);
+		assert_string_equal(cond(status, "TestsPassed", "reason"), cases[i].treason);
+		if (cases[i].msg && !strcmp(cases[i].valid, "False"))
+			assert_string_equal(cond(status, "Valid", "message"), cases[i].msg);
+		else if (cases[i].msg)
+			assert_string_equal(cond(status, "TestsPassed", "message"), cases[i].msg);
+		assert_int_equal(json_int(json_get(status, "observedGeneration"), -1), cases[i].gen);
+		/* A refused generation leaves the last applied one (2) in force. */
+		assert_int_equal(json_int(json_get(status, "appliedGeneration"), -1), cases[i].applied ? cases[i].gen : 2);
+		assert_non_null(json_str(json_get(status, "appliedPolicy")));
+		if (cases[i].applied)
+			assert_string_equal(json_str(json_get(status, "appliedPolicy")),
+					    json_str(json_path(obj, "spec", "policy", NULL)));
+		policy_free(p);
+		json_free(obj);
+	}
+	json_free(status);
+	json_free(devs);
+}
+
+/* The policy store: a tailnet without a policy is allow-all (NULL); a
+ * reference outlives its replacement; dropping by name. */
+static void test_policy_store(void **state)
+{
+	struct policy_store *s = policy_store_new();
+	struct json_error e;
+	struct policy_ref *r1, *r2;
+	char tn[64];
+
+	assert_non_null(s);
+	assert_null(policy_store_get(s, "default"));
+	assert_int_equal(policy_store_set(s, "default", "p1", 1, policy_parse("{}", 2, &e)), 0);
+	r1 = policy_store_get(s, "default");
+	assert_non_null(r1);
+	assert_string_equal(r1->name, "p1");
+	assert_int_equal(policy_store_set(s, "default", "p1", 2, policy_parse("{\"acls\":[]}", 11, &e)), 0);
+	r2 = policy_store_get(s, "default");
+	assert_int_equal(r2->generation, 2);
+	assert_false(policy_has_rules(r1->p)); /* still readable */
+	assert_true(policy_has_rules(r2->p));
+	policy_store_put(s, r1);
+	policy_store_put(s, r2);
+	assert_null(policy_store_get(s, "other"));
+	assert_false(policy_store_drop(s, "p2", tn, sizeof(tn)));
+	assert_true(policy_store_drop(s, "p1", tn, sizeof(tn)));
+	assert_string_equal(tn, "default");
+	assert_null(policy_store_get(s, "default"));
+	assert_int_equal(policy_store_version(s), 3);
+	policy_store_free(s);
+}
+
+/* Registration under a policy: the key's tags count as owned, others
+ * need tagOwners (the refusal names the owners); autoApprovers. */
+static void test_policy_registration(void **state)
+{
+	static const char *text = "{\"groups\":{\"group:dev\":[\"alice@\"]},"
+				  "\"tagOwners\":{\"tag:db\":[\"group:dev\"],\"tag:web\":[\"tag:db\"],\"tag:ops\":[\"bob@\"],"
+				  "\"tag:router\":[\"alice@\"]},"
+				  "\"autoApprovers\":{\"routes\":{\"10.0.0.0/8\":[\"tag:router\"]}}}";
+	static const struct {
+		const char *user, *key_tags, *tags;
+		int ret;
+		const char *why;
+	} cases[] = {
+		{ "alice", "[]", "[\"tag:db\"]", 0, NULL },
+		{ "bob", "[]", "[\"tag:db\"]", -EPERM, "tag tag:db needs one of its owners (group:dev) in tagOwners; the registering identity (bob) is none of them" },
+		{ "bob", "[\"tag:db\"]", "[\"tag:db\"]", 0, NULL }, /* the key's tags are owned */
+		{ "bob", "[\"tag:db\"]", "[\"tag:web\"]", 0, NULL }, /* owned by a tag of the key */
+		{ "bob", "[\"tag:db\"]", "[\"tag:ops\"]", -EPERM, "tag tag:ops needs one of its owners (bob) in tagOwners; the registering identity (the auth key's tags) is none of them" },
+		{ "alice", "[]", "[\"tag:nope\"]", -EPERM, "tag tag:nope is not in the policy's tagOwners: nobody may claim it" },
+		{ "alice", "[]", "[]", 0, NULL },
+	};
+	struct json_error e;
+	struct policy *p = policy_parse(text, strlen(text), &e);
+	struct json *dev, *ok;
+	char why[512];
+
+	assert_non_null(p);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct json *kt = parse(cases[i].key_tags), *t = parse(cases[i].tags);
+
+		why[0] = '\0';
+		assert_int_equal(policy_tags_permitted(p, cases[i].user, kt, t, why, sizeof(why)), cases[i].ret);
+		if (cases[i].why)
+			assert_string_equal(why, cases[i].why);
+		json_free(kt);
+		json_free(t);
+	}
+	dev = parse("{\"metadata\":{\"name\":\"r\"},\"spec\":{\"tags\":[\"tag:router\"],"
+		    "\"advertisedRoutes\":[\"10.1.0.0/16\",\"192.168.0.0/24\"]}}");
+	ok = policy_auto_approved(p, dev);
+	assert_int_equal(json_array_len(ok), 1);
+	assert_string_equal(json_str(json_array_at(ok, 0)), "10.1.0.0/16");
+	json_free(ok);
+	json_free(dev);
+	dev = parse("{\"metadata\":{\"name\":\"r\"},\"spec\":{\"user\":\"alice\",\"advertisedRoutes\":[\"10.1.0.0/16\"]}}");
+	ok = policy_auto_approved(p, dev);
+	assert_int_equal(json_array_len(ok), 0);
+	json_free(ok);
+	json_free(dev);
+	policy_free(p);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -265,6 +417,9 @@ int main(void)
 		cmocka_unit_test(test_authkey),
 		cmocka_unit_test(test_device_plan),
 		cmocka_unit_test(test_device_status),
+		cmocka_unit_test(test_policy_status),
+		cmocka_unit_test(test_policy_store),
+		cmocka_unit_test(test_policy_registration),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

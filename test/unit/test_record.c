@@ -143,6 +143,43 @@ static void test_left_out(void **state)
 	}
 }
 
+/* The owner's login travels for whois and status; tagged devices have
+ * none, and a user with control characters is left out. */
+static void test_user(void **state)
+{
+	static const struct {
+		const char *spec;
+		const char *user;
+		unsigned dropped;
+	} cases[] = {
+		{ "\"user\":\"alice@example.com\"", "alice@example.com", 0 },
+		{ "\"user\":\"alice@example.com\",\"tags\":[\"tag:db\"]", NULL, 0 },
+		{ "\"user\":\"a\\u0001b\"", NULL, 1 },
+		{ "\"hostname\":\"x\"", NULL, 0 },
+	};
+	char text[512];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct netmap_node sent, got;
+		unsigned dropped = 0;
+
+		snprintf(text, sizeof(text),
+			 "{\"metadata\":{\"name\":\"d\"},\"spec\":{\"nodeKey\":\"nodekey:" H64("a") "\",%s},"
+			 "\"status\":{\"addresses\":[\"100.64.0.7\",\"fd7a::7\"]}}",
+			 cases[i].spec);
+		through_the_wire(text, NULL, &sent, &got, &dropped);
+		assert_int_equal(dropped, cases[i].dropped);
+		if (cases[i].user)
+			assert_string_equal(got.user, cases[i].user);
+		else
+			assert_null(got.user);
+		assert_true(netmap_node_equal(&sent, &got));
+		netmap_node_free(&sent);
+		netmap_node_free(&got);
+	}
+}
+
 /* A Device that cannot be a peer at all. */
 static void test_no_peer(void **state)
 {
@@ -211,6 +248,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_roundtrip),
 		cmocka_unit_test(test_left_out),
+		cmocka_unit_test(test_user),
 		cmocka_unit_test(test_no_peer),
 		cmocka_unit_test(test_hard_hash),
 	};

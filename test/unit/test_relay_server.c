@@ -98,7 +98,7 @@ static void tc_close(struct tc *t)
 static void tc_io(struct tc *t)
 {
 	uint8_t b[65536];
-	ssize_t n;
+	ssize_t n = -1; /* nothing read: not closed */
 
 	if (t->fd < 0)
 		return;
