@@ -216,6 +216,8 @@ void podident_sweep(struct coord *c);
 void podident_timer(struct loop *loop, struct loop_timer *t, void *arg);
 /* A copy of the Device this machine key registered, or NULL (any thread). */
 struct json *register_device_by_machine(struct coord *c, const char *mkey);
+struct json *register_device_doc(const struct json *existing, const char *host, const char *mkey, char *name,
+				 size_t namelen, struct json **spec);
 /* Queues the online/offline transition for the API server. */
 void register_online_changed(struct coord *c, const char *device, bool online);
 

@@ -81,8 +81,8 @@ struct json *podident_register(struct coord *c, const char *mkey, const struct j
 	const struct json *tags = json_get(req, "tags");
 	struct json *node = register_device_by_machine(c, mkey), *existing = NULL, *pod = NULL, *dev = NULL, *reply = NULL;
 	struct kube_result r = { 0 };
-	char host[64], want[64], name[128], mhex[65], user[512];
-	unsigned char kb[32], mh[crypto_hash_sha256_BYTES];
+	char host[64], want[64], name[128], user[512];
+	unsigned char kb[32];
 	const char *tailnet, *sa;
 
 	if (!ns || !*ns || !pname || !*pname || !puid || !*puid || !channel_key_parse(pod_mkey, "mkey:", kb) ||
@@ -133,28 +133,12 @@ struct json *podident_register(struct coord *c, const char *mkey, const struct j
 		reply = coord_error_reply("PodNotAuthorized", "that machine key belongs to another device");
 		goto out;
 	}
-	crypto_hash_sha256(mh, (const unsigned char *)pod_mkey, strlen(pod_mkey));
-	sodium_bin2hex(mhex, sizeof(mhex), mh, sizeof(mh));
-	if (existing)
-		snprintf(name, sizeof(name), "%s", kube_name(existing));
-	else
-		snprintf(name, sizeof(name), "%s-%.6s", host, mhex);
 	snprintf(user, sizeof(user), "system:serviceaccount:%s:%s", ns, sa);
-
-	dev = existing ? json_clone(existing) : json_new_object();
-	if (!dev)
+	struct json *spec, *owner = json_new_object();
+	dev = register_device_doc(existing, host, pod_mkey, name, sizeof(name), &spec);
+	if (!dev) {
+		json_free(owner);
 		goto nomem;
-	if (!existing) {
-		struct json *meta = json_new_object();
-		json_object_set(dev, "apiVersion", json_new_string(KNIT_API_VERSION));
-		json_object_set(dev, "kind", json_new_string("Device"));
-		json_object_set(meta, "name", json_new_string(name));
-		json_object_set(dev, "metadata", meta);
-	}
-	struct json *spec = json_get(dev, "spec"), *owner = json_new_object();
-	if (!spec) {
-		spec = json_new_object();
-		json_object_set(dev, "spec", spec);
 	}
 	json_object_set(owner, "namespace", json_new_string(ns));
 	json_object_set(owner, "name", json_new_string(pname));

@@ -236,6 +236,46 @@ static void find_by(const struct json *obj, void *arg)
 		f->found = json_clone(obj);
 }
 
+/* The Device to write for machine mkey: a copy of existing, or a new one
+ * named <host>-<6 hex of the machine key's hash> (stable across
+ * re-registrations, distinct across machines with one hostname). name
+ * gets its name, *spec its spec (made if missing). NULL: out of memory. */
+struct json *register_device_doc(const struct json *existing, const char *host, const char *mkey, char *name,
+				 size_t namelen, struct json **spec)
+{
+	struct json *dev;
+
+	if (existing) {
+		snprintf(name, namelen, "%s", kube_name(existing));
+	} else {
+		unsigned char mh[crypto_hash_sha256_BYTES];
+		char mhex[65];
+		crypto_hash_sha256(mh, (const unsigned char *)mkey, strlen(mkey));
+		sodium_bin2hex(mhex, sizeof(mhex), mh, sizeof(mh));
+		snprintf(name, namelen, "%s-%.6s", host, mhex);
+	}
+	dev = existing ? json_clone(existing) : json_new_object();
+	if (!dev)
+		return NULL;
+	if (!existing) {
+		struct json *meta = json_new_object();
+		json_object_set(dev, "apiVersion", json_new_string(KNIT_API_VERSION));
+		json_object_set(dev, "kind", json_new_string("Device"));
+		json_object_set(meta, "name", json_new_string(name));
+		json_object_set(dev, "metadata", meta);
+	}
+	*spec = json_get(dev, "spec");
+	if (!*spec) {
+		*spec = json_new_object();
+		json_object_set(dev, "spec", *spec);
+	}
+	if (!*spec) {
+		json_free(dev);
+		return NULL;
+	}
+	return dev;
+}
+
 struct json *register_device_by_machine(struct coord *c, const char *mkey)
 {
 	struct find_ctx f = { .value = mkey };
@@ -433,31 +473,9 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 	}
 
 	fields_hostname_sanitize(rq.hostname, host, sizeof(host));
-	if (existing) {
-		snprintf(name, sizeof(name), "%s", kube_name(existing));
-	} else {
-		unsigned char mh[crypto_hash_sha256_BYTES];
-		char mhex[65];
-		crypto_hash_sha256(mh, (const unsigned char *)mkey, strlen(mkey));
-		sodium_bin2hex(mhex, sizeof(mhex), mh, sizeof(mh));
-		snprintf(name, sizeof(name), "%s-%.6s", host, mhex);
-	}
-
-	dev = existing ? json_clone(existing) : json_new_object();
+	dev = register_device_doc(existing, host, mkey, name, sizeof(name), &spec);
 	if (!dev)
 		goto nomem;
-	if (!existing) {
-		struct json *meta = json_new_object();
-		json_object_set(dev, "apiVersion", json_new_string(KNIT_API_VERSION));
-		json_object_set(dev, "kind", json_new_string("Device"));
-		json_object_set(meta, "name", json_new_string(name));
-		json_object_set(dev, "metadata", meta);
-	}
-	spec = json_get(dev, "spec");
-	if (!spec) {
-		spec = json_new_object();
-		json_object_set(dev, "spec", spec);
-	}
 	json_object_set(spec, "tailnet", json_new_string(tailnet));
 	json_object_set(spec, "hostname", json_new_string(host));
 	json_object_set(spec, "machineKey", json_new_string(mkey));

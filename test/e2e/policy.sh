@@ -30,33 +30,7 @@ $K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_di
 # The operator's webhooks (as in policy_identity.sh): failurePolicy Ignore,
 # so with the webhook gone the operator's own check is what guards.
 WH_PORT=$(e2e_free_port)
-cat <<YAML | $K apply -f - >/dev/null || e2e_die "webhook configurations"
-apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata: {name: knit}
-webhooks:
-- name: authkeys.knit.dev
-  clientConfig: {url: "https://localhost:$WH_PORT/mutate/authkeys"}
-  rules:
-  - {apiGroups: [knit.dev], apiVersions: [v1alpha1], operations: [CREATE, UPDATE], resources: [authkeys]}
-  admissionReviewVersions: [v1]
-  sideEffects: None
-  failurePolicy: Ignore
-  timeoutSeconds: 5
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingWebhookConfiguration
-metadata: {name: knit}
-webhooks:
-- name: policies.knit.dev
-  clientConfig: {url: "https://localhost:$WH_PORT/validate/policies"}
-  rules:
-  - {apiGroups: [knit.dev], apiVersions: [v1alpha1], operations: [CREATE, UPDATE], resources: [policies]}
-  admissionReviewVersions: [v1]
-  sideEffects: None
-  failurePolicy: Ignore
-  timeoutSeconds: 5
-YAML
+kube_knit_webhooks "$WH_PORT" Ignore | $K apply -f - >/dev/null || e2e_die "webhook configurations"
 
 tailnet_net_up $((20 + ($$ + 11) % 200))
 TAILNET_OP_ARGS="--webhook-listen 127.0.0.1:$WH_PORT --webhook-dns-name localhost" tailnet_operator_start op-1

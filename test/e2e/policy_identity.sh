@@ -23,36 +23,7 @@ $K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_di
 WH_PORT=$(e2e_free_port)
 # The API server reaches the webhook at https://localhost:PORT; the CA the
 # operator makes must be the one in caBundle, so it starts empty.
-webhook_configs() {
-	cat <<YAML
-apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata: {name: knit}
-webhooks:
-- name: authkeys.knit.dev
-  clientConfig: {url: "https://localhost:$WH_PORT/mutate/authkeys"}
-  rules:
-  - {apiGroups: [knit.dev], apiVersions: [v1alpha1], operations: [CREATE, UPDATE], resources: [authkeys]}
-  admissionReviewVersions: [v1]
-  sideEffects: None
-  failurePolicy: Fail
-  timeoutSeconds: 5
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingWebhookConfiguration
-metadata: {name: knit}
-webhooks:
-- name: policies.knit.dev
-  clientConfig: {url: "https://localhost:$WH_PORT/validate/policies"}
-  rules:
-  - {apiGroups: [knit.dev], apiVersions: [v1alpha1], operations: [CREATE, UPDATE], resources: [policies]}
-  admissionReviewVersions: [v1]
-  sideEffects: None
-  failurePolicy: Ignore
-  timeoutSeconds: 5
-YAML
-}
-webhook_configs | $K apply -f - >/dev/null || e2e_die "cannot create the webhook configurations"
+kube_knit_webhooks "$WH_PORT" Fail | $K apply -f - >/dev/null || e2e_die "cannot create the webhook configurations"
 
 HTTP_PORT=$(e2e_free_port)
 op_start() {

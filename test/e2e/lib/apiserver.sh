@@ -156,3 +156,37 @@ kube_start_controller_manager() {
 		--v=1
 	KUBE_CM_PID=$E2E_PID
 }
+
+# kube_knit_webhooks PORT AUTHKEY-FAILURE-POLICY: knit-operator's webhook
+# configurations (named "knit", as --webhook-config defaults to), pointing at
+# https://localhost:PORT with an empty caBundle: the operator fills it. The
+# Policy webhook ignores failures (the operator checks policies itself).
+kube_knit_webhooks() {
+	cat <<YAML
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: knit}
+webhooks:
+- name: authkeys.knit.dev
+  clientConfig: {url: "https://localhost:$1/mutate/authkeys"}
+  rules:
+  - {apiGroups: [knit.dev], apiVersions: [v1alpha1], operations: [CREATE, UPDATE], resources: [authkeys]}
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: $2
+  timeoutSeconds: 5
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {name: knit}
+webhooks:
+- name: policies.knit.dev
+  clientConfig: {url: "https://localhost:$1/validate/policies"}
+  rules:
+  - {apiGroups: [knit.dev], apiVersions: [v1alpha1], operations: [CREATE, UPDATE], resources: [policies]}
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: Ignore
+  timeoutSeconds: 5
+YAML
+}
