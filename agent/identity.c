@@ -1,7 +1,6 @@
 #include "identity.h"
 
 #include <errno.h>
-#include <ifaddrs.h>
 #include <net/if.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,11 +11,10 @@
 #include <sodium.h>
 
 #include "applied.h"
-#include "routes.h"
-#include "policy/filter.h"
 #include "control/channel.h"
 #include "control/messages.h"
-#include "control/fields.h"
+#include "endpoints.h"
+#include "enforce.h"
 #include "json.h"
 #include "localapi.h"
 #include "log.h"
@@ -25,6 +23,8 @@
 #include "net/iface.h"
 #include "net/netns.h"
 #include "ping.h"
+#include "policy/filter.h"
+#include "routes.h"
 #include "state.h"
 #include "wg/engine.h"
 #include "wg/hub.h"
@@ -188,54 +188,9 @@ static void reset_applied(struct identity *id)
 	applied_reset(id->applied);
 }
 
-/* The tailnet policy from the netmap: the packet filter when it changed
- * (a refusal keeps the rules in force), and the destinations inbound
- * packets may have: this identity's addresses and the routes it serves. */
 static void sync_filter(struct identity *id)
 {
-	const struct json *want = id->has_nm ? id->nm.packet_filter : NULL;
-	struct filter *f = engine_filter(id->engine);
-	struct filter_prefix *local;
-	size_t n = 0, cap;
-	char err[256];
-	int r;
-
-	if (!f)
-		return;
-	if (!id->filter_set || !json_equal(want, id->filter_applied)) {
-		r = filter_set(f, want, err, sizeof(err));
-		if (r) {
-			log_warn("packet filter refused: the rules in force stay", "error=\"%s\"",
-				 r == -ENOMEM ? "out of memory" : err);
-		} else {
-			json_free(id->filter_applied);
-			id->filter_applied = want ? json_clone(want) : NULL;
-			id->filter_set = !want || id->filter_applied;
-			log_info("packet filter in force", "rules=%s",
-				 want ? "policy" : "allow-all (no policy)");
-		}
-	}
-	if (!id->has_nm) {
-		filter_set_local(f, NULL, 0);
-		return;
-	}
-	cap = id->nm.self.naddresses + id->nm.self.nallowed_ips;
-	local = calloc(cap ? cap : 1, sizeof(*local));
-	if (!local)
-		return;
-	for (size_t i = 0; i < id->nm.self.naddresses; i++, n++) {
-		local[n].family = id->nm.self.addresses[i].family;
-		local[n].bits = id->nm.self.addresses[i].bits;
-		memcpy(local[n].addr, id->nm.self.addresses[i].addr, 16);
-	}
-	for (size_t i = 0; i < id->nm.self.nallowed_ips; i++, n++) {
-		local[n].family = id->nm.self.allowed_ips[i].family;
-		local[n].bits = id->nm.self.allowed_ips[i].bits;
-		memcpy(local[n].addr, id->nm.self.allowed_ips[i].addr, 16);
-	}
-	if (filter_set_local(f, local, n))
-		log_warn("cannot set the filter's local destinations");
-	free(local);
+	enforce_sync(engine_filter(id->engine), id->has_nm ? &id->nm : NULL, &id->filter_applied, &id->filter_set);
 }
 
 static void on_expire(struct loop *loop, struct loop_timer *t, void *arg)
@@ -361,51 +316,14 @@ static bool is_identity_device(const struct identity *id, const char *ifname)
 	return strcmp(ifname, engine_ifname(id->engine)) == 0;
 }
 
-/* Every address of an up, non-loopback interface other than the TUNs of
- * this process's identities, with our WireGuard port. */
+static bool skip_device(void *arg, const char *ifname)
+{
+	return is_identity_device(arg, ifname);
+}
+
 static struct update_request collect_endpoints(struct identity *id, char *sig, size_t siglen)
 {
-	struct update_request u = { 0 };
-	struct ifaddrs *ifs = NULL;
-	size_t n = 0, cap = 0, pos = 0;
-
-	sig[0] = '\0';
-	if (getifaddrs(&ifs) != 0)
-		return u;
-	for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
-		struct endpoint ep = { 0 };
-		char text[80];
-		if (!i->ifa_addr || !(i->ifa_flags & IFF_UP) || (i->ifa_flags & IFF_LOOPBACK) ||
-		    is_identity_device(id, i->ifa_name))
-			continue;
-		if (i->ifa_addr->sa_family == AF_INET) {
-			ep.addr.in4 = *(struct sockaddr_in *)i->ifa_addr;
-			ep.addr.in4.sin_port = htons(hub_port(id->hub));
-		} else if (i->ifa_addr->sa_family == AF_INET6) {
-			ep.addr.in6 = *(struct sockaddr_in6 *)i->ifa_addr;
-			if (IN6_IS_ADDR_LINKLOCAL(&ep.addr.in6.sin6_addr))
-				continue;
-			ep.addr.in6.sin6_port = htons(hub_port(id->hub));
-		} else {
-			continue;
-		}
-		if (n == FIELDS_MAX_ENDPOINTS)
-			break; /* what the server takes: the first ones */
-		if (n == cap) {
-			size_t nc = cap ? cap * 2 : 8;
-			struct endpoint *e = realloc(u.endpoints, nc * sizeof(*e));
-			if (!e)
-				break;
-			u.endpoints = e;
-			cap = nc;
-		}
-		u.endpoints[n++] = ep;
-		if (endpoint_format(&ep, text, sizeof(text)) > 0 && pos + strlen(text) + 2 < siglen)
-			pos += (size_t)snprintf(sig + pos, siglen - pos, "%s,", text);
-	}
-	u.nendpoints = n;
-	freeifaddrs(ifs);
-	return u;
+	return endpoints_collect(hub_port(id->hub), skip_device, id, sig, siglen);
 }
 
 static void start_map(struct identity *id)
