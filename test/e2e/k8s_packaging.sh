@@ -114,7 +114,9 @@ mesh_formed() { # HOW: the checks every install must pass
 # The nodes carry nothing of knit: no TUN, no route through it, and the CNI
 # configuration directory as it was before (the cluster's own conflist is
 # 10-knit-pods.conflist: a name of the test cluster's, not of knit's).
-cni_confs() { "$CLUSTER" node --name "$NAME" "$1" ls -l /etc/cni/net.d; }
+# Names and contents (not times: an uninstall restores the bytes, and a
+# rolling update uninstalls and reinstalls).
+cni_confs() { "$CLUSTER" node --name "$NAME" "$1" sh -c 'cd /etc/cni/net.d && sha256sum -- * 2>/dev/null; ls -A'; }
 for i in $(seq "$NODES"); do cni_confs "$i" >"$E2E_DIR/cni-before.$i" 2>&1; done
 node_clean() { # NODE-INDEX
 	! "$CLUSTER" node --name "$NAME" "$1" ip link show knit0 &&
