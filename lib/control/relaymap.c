@@ -85,7 +85,7 @@ static bool parse_node(const struct json *j, const char *where, struct relaymap_
 
 	if (!json_is_object(j))
 		return fields_fail(err, errlen, "%s: want an object, got %s", where, json_type_name(json_type(j)));
-	char w[96];
+	char w[128];
 	snprintf(w, sizeof(w), "%s.", where);
 	if (!get_text(j, w, "name", true, n->name, sizeof(n->name), err, errlen) ||
 	    !get_text(j, w, "hostName", true, n->host, sizeof(n->host), err, errlen) ||
