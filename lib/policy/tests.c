@@ -14,6 +14,7 @@ struct who {
 	struct dev d;
 	char *tag[1];
 	char label[200];
+	char ns[254]; /* a ServiceAccount user's namespace */
 };
 
 /* The principals a selector stands for: a group is each of its members. */
@@ -49,10 +50,25 @@ static size_t principals(const struct policy *p, const struct policy_net *net,
 		return 0;
 	memset(out, 0, sizeof(*out));
 	switch (s->kind) {
-	case SEL_USER:
+	case SEL_USER: {
+		static const char sa[] = "system:serviceaccount:";
+
 		out->d.user = s->name;
 		snprintf(out->label, sizeof(out->label), "%s", s->name);
+		/* A ServiceAccount's pods are in its namespace, so they are
+		 * also system:serviceaccounts:<namespace> (the parser checked
+		 * the <namespace>:<name> form). */
+		if (!strncmp(s->name, sa, sizeof(sa) - 1)) {
+			const char *ns = s->name + sizeof(sa) - 1, *colon = strchr(ns, ':');
+
+			if (colon && (size_t)(colon - ns) < sizeof(out->ns)) {
+				memcpy(out->ns, ns, (size_t)(colon - ns));
+				out->ns[colon - ns] = '\0';
+				out->d.ns = out->ns;
+			}
+		}
 		break;
+	}
 	case SEL_TAG:
 		out->tag[0] = s->name;
 		out->d.tags = out->tag;

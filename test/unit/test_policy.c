@@ -794,6 +794,17 @@ static const struct tcase tcases[] = {
 	{ "group dst: every member", T_ACLS "\"tests\": [{\"src\": \"alice@example.com\", \"accept\":"
 		" [\"group:eng:22\"]}]}",
 	  false, false, "for group:eng member bob@example.com", 0, 0 },
+	{ "a ServiceAccount user is in its namespace", HEAD "\"acls\": ["
+		ACL("\"group:eng\"", "\"system:serviceaccounts:dev:8080\"") "], \"tests\": [{\"src\":"
+		" \"alice@example.com\", \"accept\": [\"system:serviceaccount:dev:api:8080\"], \"deny\":"
+		" [\"system:serviceaccount:prod:api:8080\", \"system:serviceaccount:dev:api:8081\"]},"
+		" {\"src\": \"system:serviceaccount:dev:api\", \"deny\": [\"alice@example.com:22\"]}]}",
+	  false, true, NULL, 0, 0 },
+	{ "a ServiceAccount of another namespace is not", HEAD "\"acls\": ["
+		ACL("\"group:eng\"", "\"system:serviceaccounts:dev:8080\"") "], \"tests\": [{\"src\":"
+		" \"alice@example.com\", \"accept\": [\"system:serviceaccount:prod:api:8080\"]}]}",
+	  false, false, "alice@example.com -> system:serviceaccount:prod:api:8080 (tcp): expected accept, got deny",
+	  0, 0 },
 };
 
 static void test_policy_tests(void **state)
