@@ -100,7 +100,9 @@ static void format_sa(const struct sockaddr_storage *ss, char *out, size_t len)
 }
 
 /* The node's address in family: its ipv4/ipv6 when the map gives one, else
- * the first its hostName resolves to. */
+ * the first its hostName resolves to. A map that gives either address
+ * pins the node: its hostName is then not looked up at all (it may not
+ * resolve here). */
 static bool node_addr(const struct relaymap_node *n, int family, uint16_t port, struct sockaddr_storage *out,
 		      socklen_t *outlen)
 {
@@ -109,6 +111,8 @@ static bool node_addr(const struct relaymap_node *n, int family, uint16_t port, 
 	bool ok = false;
 
 	memset(out, 0, sizeof(*out));
+	if (!lit[0] && (n->ipv4[0] || n->ipv6[0]))
+		return false;
 	if (!lit[0] && getaddrinfo(n->host, NULL, &hints, &res) == 0 && res) {
 		memcpy(out, res->ai_addr, res->ai_addrlen);
 		ok = true;
@@ -190,7 +194,7 @@ static int stun_phase(struct netreport_input *in, int timeout_ms)
 	int fds[2] = { udp_socket(AF_INET), udp_socket(AF_INET6) };
 	struct probe *probes = NULL;
 	size_t n = 0, cap = 0;
-	double start = now_ms();
+	double start;
 	int ret = 0;
 
 	for (size_t i = 0; i < in->nregions; i++) {
@@ -219,6 +223,8 @@ static int stun_phase(struct netreport_input *in, int timeout_ms)
 			}
 		}
 	}
+	/* After the name lookups, which may take their time. */
+	start = now_ms();
 	for (;;) {
 		struct pollfd pfd[2] = { { .fd = fds[0], .events = POLLIN }, { .fd = fds[1], .events = POLLIN } };
 		double t = now_ms(), next = start + timeout_ms;
