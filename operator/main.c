@@ -382,7 +382,7 @@ static void tn_upd(struct informer *i, const struct json *old, const struct json
 	/* Pools or timeouts may have changed: every device of it takes another look. */
 	if (!json_equal(json_get(old, "spec"), json_get(o, "spec"))) {
 		informer_foreach(op.devices, enqueue_devices_of_tailnet, (void *)kube_name(o));
-		coord_tailnet_changed(op.coord, o);
+		coord_tailnet_changed(op.coord, old, o);
 	}
 }
 static void tn_del(struct informer *i, const struct json *o, void *a) { controller_enqueue(op.tailnet_ctl, o); }
