@@ -15,6 +15,7 @@
 #include "controller.h"
 #include "coord.h"
 #include "httpd.h"
+#include "instance.h"
 #include "json.h"
 #include "kube/config.h"
 #include "kube/event.h"
@@ -27,7 +28,6 @@
 #include "operator.h"
 #include "policy.h"
 #include "probe.h"
-#include "instance.h"
 #include "webhook.h"
 #include "wg/aead.h"
 
