@@ -63,6 +63,8 @@ static int op_status(void *arg, struct localapi_writer *w)
 		.dns_suffix = nm ? nm->dns_suffix : st->device.dns_suffix,
 		.control_key = NULL,
 		.health = identity_health(id),
+		.relay_map = nm ? nm->relay_map : NULL,
+		.has_relay_map = nm != NULL,
 	};
 	struct peer_view v;
 	int err;

@@ -64,6 +64,10 @@ struct localapi_status {
 	const char *dns_suffix;
 	const char *control_key; /* "ctrlkey:..." pinned, NULL if none */
 	const char *health; /* one line on what is wrong (control unreachable...), NULL if fine */
+	/* The netmap's relayMap as the coordination server sent it (NULL:
+	 * none, shown as null); left out while !has_relay_map (no netmap). */
+	const struct json *relay_map;
+	bool has_relay_map;
 };
 
 /* What knit up asked for, validated: tags are "tag:<name>", routes parse

@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include "bootstrap.h"
 #include "ipam.h"
 #include "json.h"
+#include "kube/client.h"
 #include "kube/informer.h"
 #include "kube/meta.h"
 #include "log.h"
@@ -115,6 +117,92 @@ static bool pool_ok(const char *flag, const char *cidr, int family, char *err, s
 	return true;
 }
 
+/* "https://HOST[:PORT]", "http://HOST[:PORT]" or "HOST[:PORT]" (an IPv6
+ * HOST in brackets) into host (unbracketed), port and tls. */
+static bool relay_url(const char *url, char *host, size_t hostlen, unsigned *port, bool *tls)
+{
+	const char *p = url, *end;
+	char *e;
+	size_t n;
+
+	*tls = true;
+	*port = 443;
+	if (strncmp(p, "https://", 8) == 0) {
+		p += 8;
+	} else if (strncmp(p, "http://", 7) == 0) {
+		p += 7;
+		*tls = false;
+		*port = 80;
+	} else if (strstr(p, "://")) {
+		return false;
+	}
+	if (*p == '[') {
+		if (!(end = strchr(++p, ']')))
+			return false;
+		n = (size_t)(end - p);
+		end++;
+	} else {
+		end = p + strcspn(p, ":/");
+		n = (size_t)(end - p);
+	}
+	if (n == 0 || n >= hostlen)
+		return false;
+	memcpy(host, p, n);
+	host[n] = '\0';
+	if (*end == '/' && end[1] == '\0')
+		end++;
+	if (*end == ':') {
+		unsigned long v;
+
+		errno = 0;
+		v = strtoul(end + 1, &e, 10);
+		if (errno || e == end + 1 || *e || v < 1 || v > 65535)
+			return false;
+		*port = (unsigned)v;
+	} else if (*end) {
+		return false;
+	}
+	return true;
+}
+
+/* The relay map's own checks (relaymap_parse), so a bad flag is refused at
+ * start, not by the agents. */
+static bool relays_ok(const struct bootstrap_opts *o, char *err, size_t errlen)
+{
+	struct json *map;
+	struct relaymap m;
+	char host[256], why[256];
+	unsigned port;
+	bool tls, ok;
+
+	for (size_t i = 0; i < o->nrelays; i++)
+		if (!relay_url(o->relays[i], host, sizeof(host), &port, &tls))
+			return fail(err, errlen, "--default-tailnet-relay: \"%.200s\" is not https://HOST[:PORT], "
+					    "http://HOST[:PORT] or HOST[:PORT]", o->relays[i]);
+	if (o->relay_stun_port) {
+		char *e;
+		unsigned long v;
+
+		errno = 0;
+		v = strtoul(o->relay_stun_port, &e, 10);
+		if (errno || e == o->relay_stun_port || *e || v > 65535 || o->relay_stun_port[0] == '-')
+			return fail(err, errlen, "--default-tailnet-relay-stun-port: \"%s\" is not a port (0-65535)",
+				    o->relay_stun_port);
+		if (!o->nrelays)
+			return fail(err, errlen, "--default-tailnet-relay-stun-port needs --default-tailnet-relay");
+	}
+	if (!o->nrelays)
+		return true;
+	if (!(map = bootstrap_relay_map(o)))
+		return fail(err, errlen, "--default-tailnet-relay: out of memory");
+	ok = relaymap_parse(map, &m, why, sizeof(why));
+	json_free(map);
+	if (!ok)
+		return fail(err, errlen, "--default-tailnet-relay: %s", why);
+	relaymap_free(&m);
+	return true;
+}
+
 bool bootstrap_opts_check(const struct bootstrap_opts *o, char *err, size_t errlen)
 {
 	struct tag_check tc = { .err = err, .errlen = errlen };
@@ -134,7 +222,10 @@ bool bootstrap_opts_check(const struct bootstrap_opts *o, char *err, size_t errl
 	if (o->authkey_expiry && (!kube_duration_parse(o->authkey_expiry, &ms) || ms == 0))
 		return fail(err, errlen, "--bootstrap-authkey-expiry: \"%s\" is not a positive duration (e.g. 8760h)",
 			    o->authkey_expiry);
-	return true;
+	if (o->relay_mesh_secret && !dns_name_ok(o->relay_mesh_secret, 253))
+		return fail(err, errlen, "--bootstrap-relay-mesh-secret: \"%s\" is not a lower-case DNS name",
+			    o->relay_mesh_secret);
+	return relays_ok(o, err, errlen);
 }
 
 static int set_str(struct json *obj, const char *key, const char *v)
@@ -170,12 +261,64 @@ static struct json *new_object(const char *kind, const char *name, const char *n
 	return obj;
 }
 
+struct json *bootstrap_relay_map(const struct bootstrap_opts *o)
+{
+	struct json *map = json_new_object(), *regions = json_new_array(), *region = json_new_object(),
+		    *nodes = json_new_array();
+	unsigned long stun = o->relay_stun_port ? strtoul(o->relay_stun_port, NULL, 10) : RELAYMAP_DEFAULT_STUN_PORT;
+	int err = map && regions && region && nodes && o->nrelays ? 0 : -ENOMEM;
+
+	for (size_t i = 0; !err && i < o->nrelays; i++) {
+		struct json *n = json_new_object();
+		char host[256], name[8];
+		unsigned port;
+		bool tls;
+
+		if (!relay_url(o->relays[i], host, sizeof(host), &port, &tls)) {
+			json_free(n);
+			err = -EINVAL;
+			break;
+		}
+		snprintf(name, sizeof(name), "1%c", (char)('a' + i)); /* i < 16 */
+		err = n ? 0 : -ENOMEM;
+		json_put_str(n, "name", name, &err);
+		json_put_str(n, "hostName", host, &err);
+		json_put(n, "relayPort", json_new_int(port), &err);
+		json_put(n, "stunPort", json_new_int((int64_t)stun), &err);
+		json_put(n, "tls", json_new_bool(tls), &err);
+		if (err)
+			json_free(n);
+		else
+			err = json_array_append(nodes, n);
+	}
+	json_put(region, "id", json_new_int(1), &err);
+	json_put_str(region, "code", "default", &err);
+	json_put_str(region, "name", "Default", &err);
+	json_put(region, "nodes", nodes, &err);
+	nodes = NULL;
+	if (!err)
+		err = json_array_append(regions, region);
+	else
+		json_free(region);
+	region = NULL;
+	json_put(map, "regions", regions, &err);
+	if (err) {
+		json_free(map);
+		return NULL;
+	}
+	return map;
+}
+
 struct json *bootstrap_tailnet(const struct bootstrap_opts *o)
 {
 	struct json *spec = json_new_object();
 
 	if (spec && (set_str(spec, "ipv4Pool", o->ipv4_pool) || set_str(spec, "ipv6Pool", o->ipv6_pool) ||
 		     set_str(spec, "dnsSuffix", o->dns_suffix))) {
+		json_free(spec);
+		return NULL;
+	}
+	if (spec && o->nrelays && json_object_set(spec, "relayMap", bootstrap_relay_map(o))) {
 		json_free(spec);
 		return NULL;
 	}
@@ -205,6 +348,34 @@ struct json *bootstrap_authkey(const struct bootstrap_opts *o, const char *ns)
 		return NULL;
 	}
 	return new_object("AuthKey", o->authkey, ns, spec);
+}
+
+struct json *bootstrap_mesh_secret(const struct bootstrap_opts *o, const char *ns)
+{
+	uint8_t key[32];
+	char b64[sodium_base64_ENCODED_LEN(32, sodium_base64_VARIANT_ORIGINAL)];
+	struct json *data = json_new_object(), *obj;
+
+	randombytes_buf(key, sizeof(key));
+	sodium_bin2base64(b64, sizeof(b64), key, sizeof(key), sodium_base64_VARIANT_ORIGINAL);
+	sodium_memzero(key, sizeof(key));
+	if (data && json_object_set(data, "mesh-key", json_new_string(b64))) {
+		json_free(data);
+		data = NULL;
+	}
+	sodium_memzero(b64, sizeof(b64));
+	/* A Secret has data where a custom resource has its spec. */
+	obj = new_object("Secret", o->relay_mesh_secret, ns, json_new_object());
+	if (!obj) {
+		json_free(data);
+		return NULL;
+	}
+	json_object_del(obj, "spec");
+	if (json_object_set(obj, "data", data) || json_object_set(obj, "apiVersion", json_new_string("v1"))) {
+		json_free(obj);
+		return NULL;
+	}
+	return obj;
 }
 
 /* ---- the thread ---- */
@@ -262,6 +433,13 @@ static bool bootstrapped(void)
 			done = false;
 		json_free(ak);
 	}
+	if (boot.o.relay_mesh_secret) {
+		struct json *sec = informer_get(op->secrets, op->namespace, boot.o.relay_mesh_secret);
+
+		if (!sec && create(&kube_res_secrets, op->namespace, bootstrap_mesh_secret(&boot.o, op->namespace)))
+			done = false;
+		json_free(sec);
+	}
 	return done;
 }
 
@@ -287,7 +465,7 @@ int bootstrap_start(struct operator *op, const struct bootstrap_opts *o)
 {
 	int err;
 
-	if (boot.started || (!op->create_default_tailnet && !o->authkey))
+	if (boot.started || (!op->create_default_tailnet && !o->authkey && !o->relay_mesh_secret))
 		return 0;
 	boot.op = op;
 	boot.o = *o;

@@ -25,6 +25,10 @@ static void entry_drop(struct changelog *l, struct changelog_entry *e)
 		e->n->refs--;
 		if (l->ops.unref)
 			l->ops.unref(e->n, l->ops.arg);
+	} else if (e->f) {
+		free(e->f->tailnet);
+		free(e->f->text);
+		free(e->f);
 	} else {
 		free(e->rm->tailnet);
 		free(e->rm->device);
@@ -71,7 +75,8 @@ void changelog_compact(struct changelog *l)
 	}
 }
 
-static int append(struct changelog *l, struct changelog_node *n, struct changelog_removal *rm)
+static int append(struct changelog *l, struct changelog_node *n, struct changelog_removal *rm,
+		  struct changelog_fields *f)
 {
 	if (l->len > 1024 && l->len > 2 * l->live)
 		changelog_compact(l);
@@ -85,7 +90,7 @@ static int append(struct changelog *l, struct changelog_node *n, struct changelo
 	}
 	if (n && n->seq)
 		l->live--; /* its previous entry is stale now */
-	l->log[l->len++] = (struct changelog_entry){ .seq = ++l->seq, .n = n, .rm = rm };
+	l->log[l->len++] = (struct changelog_entry){ .seq = ++l->seq, .n = n, .rm = rm, .f = f };
 	l->live++;
 	if (n) {
 		n->seq = l->seq;
@@ -96,7 +101,7 @@ static int append(struct changelog *l, struct changelog_node *n, struct changelo
 
 int changelog_upsert(struct changelog *l, struct changelog_node *n)
 {
-	return append(l, n, NULL);
+	return append(l, n, NULL, NULL);
 }
 
 int changelog_unpublish(struct changelog *l, struct changelog_node *n)
@@ -118,12 +123,32 @@ int changelog_unpublish(struct changelog *l, struct changelog_node *n)
 		rm->device = strdup(n->name);
 		snprintf(rm->node_key, sizeof(rm->node_key), "%s", n->node_key);
 	}
-	if (!rm || !rm->tailnet || !rm->device || append(l, NULL, rm)) {
+	if (!rm || !rm->tailnet || !rm->device || append(l, NULL, rm, NULL)) {
 		if (rm) {
 			free(rm->tailnet);
 			free(rm->device);
 		}
 		free(rm);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+int changelog_tailnet_fields(struct changelog *l, const char *tailnet, const char *text)
+{
+	struct changelog_fields *f = calloc(1, sizeof(*f));
+
+	if (f) {
+		f->tailnet = strdup(tailnet);
+		f->text = strdup(text);
+		f->len = strlen(text);
+	}
+	if (!f || !f->tailnet || !f->text || append(l, NULL, NULL, f)) {
+		if (f) {
+			free(f->tailnet);
+			free(f->text);
+		}
+		free(f);
 		return -ENOMEM;
 	}
 	return 0;
@@ -167,7 +192,7 @@ static bool delta_cached(const struct changelog *l, const struct changelog_curso
 		return false;
 	for (size_t k = 0; k < l->delta.nwho; k++) {
 		const struct changelog_entry *w = &l->delta.who[k];
-		if (strcmp(w->n ? w->n->name : w->rm->device, cur->device) == 0)
+		if (!w->f && strcmp(w->n ? w->n->name : w->rm->device, cur->device) == 0)
 			return false;
 	}
 	return true;
@@ -189,6 +214,7 @@ int changelog_next(struct changelog *l, struct changelog_cursor *cur, const stru
 {
 	struct buf peers = BUF_INIT(16u << 20), removes = BUF_INIT(16u << 20);
 	const struct changelog_node *self = NULL;
+	const struct changelog_fields *fields = NULL;
 	size_t i = after(l, cur->cursor);
 	int err = 0, ret = 0;
 
@@ -225,6 +251,11 @@ int changelog_next(struct changelog *l, struct changelog_cursor *cur, const stru
 				err = buf_add_byte(&peers, ',');
 			if (!err)
 				err = buf_add(&peers, n->peer, n->peer_len);
+		} else if (e->f) {
+			/* A full netmap's own header already has what was
+			 * there when it began; the latest wins. */
+			if (strcmp(e->f->tailnet, cur->tailnet) == 0 && !(cur->syncing && e->seq <= cur->sync_from))
+				fields = e->f;
 		} else {
 			const struct changelog_removal *rm = e->rm;
 			if (cur->syncing && e->seq <= cur->sync_from)
@@ -237,7 +268,7 @@ int changelog_next(struct changelog *l, struct changelog_cursor *cur, const stru
 	if (err)
 		goto out;
 	step->more = cur->syncing && i < l->len;
-	if (!cur->syncing && !peers.len && !removes.len && !self) {
+	if (!cur->syncing && !peers.len && !removes.len && !self && !fields) {
 		cur->cursor = step->upto; /* only other tailnets' or stale entries */
 		goto out;
 	}
@@ -268,6 +299,8 @@ int changelog_next(struct changelog *l, struct changelog_cursor *cur, const stru
 			if (!err)
 				err = buf_add(rec, self->peer, self->peer_len);
 		}
+		if (!err && fields && !(err = buf_add_byte(rec, ',')))
+			err = buf_add(rec, fields->text, fields->len);
 	}
 	if (!err && cur->syncing)
 		err = buf_add_str(rec, step->more ? ",\"more\":true" : ",\"more\":false");

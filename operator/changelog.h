@@ -2,7 +2,9 @@
  * httpd, no API server), so table-testable.
  *
  * Every change to what peers see is one entry: an upsert of a node's
- * current record text, or the removal of a node key. A map stream is a
+ * current record text, the removal of a node key, or new tailnet-wide
+ * members (the relay map) that every stream of a tailnet gets in its next
+ * delta. A map stream is a
  * cursor into the log: it pulls the entries past its cursor, skipping the
  * ones a later change made stale (so a peer that changed several times
  * appears once, in its latest form), as one record of at most about
@@ -39,10 +41,18 @@ struct changelog_removal {
 	char node_key[80];
 };
 
+/* Tailnet-wide members, as JSON text for a delta: "relayMap":{...}. */
+struct changelog_fields {
+	char *tailnet;
+	char *text;
+	size_t len;
+};
+
 struct changelog_entry {
 	uint64_t seq;
 	struct changelog_node *n; /* an upsert of n's current record, or NULL: */
-	struct changelog_removal *rm;
+	struct changelog_removal *rm; /* a removal, or NULL: */
+	struct changelog_fields *f;
 };
 
 struct changelog_ops {
@@ -107,6 +117,12 @@ int changelog_upsert(struct changelog *l, struct changelog_node *n);
 /* n stops being a peer: frees n->peer, its entry goes stale, and a removal
  * of its key is appended. 0 (also when n was no peer) or -ENOMEM. */
 int changelog_unpublish(struct changelog *l, struct changelog_node *n);
+/* Appends tailnet-wide members (text: "key":value[,"key":value...], copied)
+ * for every stream of tailnet: each gets them in its next delta (the
+ * latest, when several passed unread); a full netmap under way that began
+ * before them gets them in a later piece. Kept until every reader passed
+ * them. 0 or -ENOMEM. */
+int changelog_tailnet_fields(struct changelog *l, const char *tailnet, const char *text);
 /* Drops stale entries and the removals every reader has passed. */
 void changelog_compact(struct changelog *l);
 

@@ -182,7 +182,7 @@ int mapstream_send(struct mapconn *m, const char *text, size_t len);
 int mapstream_send_json(struct mapconn *m, const struct json *j);
 void mapstream_publish_device(struct coord *c, const struct json *dev);
 void mapstream_device_deleted(struct coord *c, const struct json *dev);
-void mapstream_tailnet_changed(struct coord *c, const struct json *tn);
+void mapstream_tailnet_changed(struct coord *c, const struct json *old, const struct json *tn);
 /* Starts (or restarts) m's full netmap; records follow as the client reads. */
 void mapstream_sync(struct mapconn *m);
 /* httpd fill callback of map streams. */

@@ -928,10 +928,10 @@ void coord_device_deleted(struct coord *c, const struct json *dev)
 	mappolicy_device_changed(c, dev, true);
 }
 
-void coord_tailnet_changed(struct coord *c, const struct json *tn)
+void coord_tailnet_changed(struct coord *c, const struct json *old, const struct json *tn)
 {
 	if (c)
-		mapstream_tailnet_changed(c, tn);
+		mapstream_tailnet_changed(c, old, tn);
 }
 
 void coord_stats(const struct coord *c, struct coord_stats *out)

@@ -45,7 +45,8 @@ bool coord_ready(const struct coord *c);
 /* Informer hooks (loop thread): keep streams in step with the caches. */
 void coord_device_changed(struct coord *c, const struct json *old, const struct json *dev);
 void coord_device_deleted(struct coord *c, const struct json *dev);
-void coord_tailnet_changed(struct coord *c, const struct json *tn);
+/* A Tailnet's spec changed (old: the object before). */
+void coord_tailnet_changed(struct coord *c, const struct json *old, const struct json *tn);
 /* Leadership lost or shutting down: close every stream and session. */
 void coord_drop_all(struct coord *c);
 

@@ -15,6 +15,7 @@
 #include "controller.h"
 #include "coord.h"
 #include "httpd.h"
+#include "instance.h"
 #include "json.h"
 #include "kube/config.h"
 #include "kube/event.h"
@@ -52,6 +53,7 @@ struct options {
 	bool default_tailnet;
 	uint32_t lease_ms, renew_ms, retry_ms;
 	struct bootstrap_opts boot;
+	struct relay_instance_opts relay; /* embedded when relay.listen is set */
 };
 
 static struct operator op;
@@ -59,6 +61,7 @@ static struct lease *lease;
 static struct httpd *health;
 static struct webhook *webhook;
 static struct probe *coord_probe;
+static struct relay_instance *relay;
 /* The coordination listener must answer its own probe this often. */
 #define COORD_PROBE_EVERY_MS 5000
 #define COORD_NOT_READY_MS 20000 /* out of the Service */
@@ -102,6 +105,14 @@ static void usage(FILE *f)
 		"  --default-tailnet-dns-suffix NAME\n"
 		"                            that Tailnet's spec (default: the CRD's defaults,\n"
 		"                            100.64.0.0/10, fd7a:115c:a1e0::/48, tailnet.knit)\n"
+		"  --default-tailnet-relay URL  a relay of that Tailnet's relay map (repeatable, up\n"
+		"                            to 16; region 1 \"default\", nodes 1a, 1b, ...):\n"
+		"                            https://HOST[:PORT] (TLS, port 443), http://HOST[:PORT]\n"
+		"                            (plain TCP, port 80) or HOST[:PORT] (as https)\n"
+		"  --default-tailnet-relay-stun-port PORT  their STUN port (default 3478; 0: none)\n"
+		"  --bootstrap-relay-mesh-secret NAME  create the Secret NAME in --namespace when\n"
+		"                            absent, with 32 random bytes under \"mesh-key\": the\n"
+		"                            relays' shared mesh key (knit-relay --mesh-key-file)\n"
 		"  --bootstrap-authkey NAME  create the AuthKey NAME in --namespace when absent\n"
 		"                            (reusable, preauthorized; the node agents' key):\n"
 		"                            its key appears in the Secret NAME-authkey\n"
@@ -117,6 +128,17 @@ static void usage(FILE *f)
 		"  --webhook-config NAME     the Mutating- and ValidatingWebhookConfiguration whose\n"
 		"                            caBundle to keep (default knit)\n"
 		"  --webhook-dns-name NAME   one more name for the certificate (repeatable, up to 8)\n"
+		"  --relay-listen ADDR:PORT  also run a relay (knit-relay, docs/relay-protocol.md)\n"
+		"                            on ADDR:PORT, on every replica (default: none)\n"
+		"  --relay-stun-port PORT    its STUN server's UDP port (default 3478; 0: none)\n"
+		"  --relay-stun-addr ADDR    STUN bind address (default [::], dual-stack)\n"
+		"  --relay-tls-cert PATH, --relay-tls-key PATH\n"
+		"                            serve the relay over TLS (PEM; both or neither)\n"
+		"  --relay-key-file PATH     the relay's private key, made when missing (default:\n"
+		"                            a fresh key each start; agents do not pin it)\n"
+		"  --relay-mesh-with URL,... --relay-mesh-key-file PATH  --relay-mesh-ca PATH\n"
+		"                            mesh with the region's other relays, as knit-relay's\n"
+		"                            --mesh-with, --mesh-key-file and --mesh-ca\n"
 		"  --log-level LEVEL         debug, info, warn, error (default info)\n"
 		"  -h, --help                show this help\n"
 		"\n"
@@ -140,7 +162,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 {
 	enum { KUBECONFIG = 256, NAMESPACE, LEASE_NAME, IDENTITY, NO_LE, LEASE_D, RENEW_D, RETRY_D, HEALTH, WORKERS,
 	       NO_DEFAULT, LOG_LEVEL, COORD, RECORD_BYTES, WH_LISTEN, WH_SERVICE, WH_CONFIG, WH_NAME, COORD_PER_IP,
-	       TN_V4, TN_V6, TN_DNS, BOOT_AK, BOOT_TAGS, BOOT_EXPIRY };
+	       TN_V4, TN_V6, TN_DNS, BOOT_AK, BOOT_TAGS, BOOT_EXPIRY, RELAY_LISTEN, RELAY_STUN_PORT, RELAY_STUN_ADDR,
+	       RELAY_CERT, RELAY_KEY, RELAY_KEY_FILE, RELAY_MESH, RELAY_MESH_KEY, RELAY_MESH_CA, TN_RELAY, TN_RELAY_STUN,
+	       BOOT_MESH };
 	static const struct option longopts[] = {
 		{ "kubeconfig", required_argument, NULL, KUBECONFIG },
 		{ "namespace", required_argument, NULL, NAMESPACE },
@@ -158,6 +182,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "default-tailnet-ipv4-pool", required_argument, NULL, TN_V4 },
 		{ "default-tailnet-ipv6-pool", required_argument, NULL, TN_V6 },
 		{ "default-tailnet-dns-suffix", required_argument, NULL, TN_DNS },
+		{ "default-tailnet-relay", required_argument, NULL, TN_RELAY },
+		{ "default-tailnet-relay-stun-port", required_argument, NULL, TN_RELAY_STUN },
+		{ "bootstrap-relay-mesh-secret", required_argument, NULL, BOOT_MESH },
 		{ "bootstrap-authkey", required_argument, NULL, BOOT_AK },
 		{ "bootstrap-authkey-tags", required_argument, NULL, BOOT_TAGS },
 		{ "bootstrap-authkey-expiry", required_argument, NULL, BOOT_EXPIRY },
@@ -167,6 +194,15 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "webhook-service", required_argument, NULL, WH_SERVICE },
 		{ "webhook-config", required_argument, NULL, WH_CONFIG },
 		{ "webhook-dns-name", required_argument, NULL, WH_NAME },
+		{ "relay-listen", required_argument, NULL, RELAY_LISTEN },
+		{ "relay-stun-port", required_argument, NULL, RELAY_STUN_PORT },
+		{ "relay-stun-addr", required_argument, NULL, RELAY_STUN_ADDR },
+		{ "relay-tls-cert", required_argument, NULL, RELAY_CERT },
+		{ "relay-tls-key", required_argument, NULL, RELAY_KEY },
+		{ "relay-key-file", required_argument, NULL, RELAY_KEY_FILE },
+		{ "relay-mesh-with", required_argument, NULL, RELAY_MESH },
+		{ "relay-mesh-key-file", required_argument, NULL, RELAY_MESH_KEY },
+		{ "relay-mesh-ca", required_argument, NULL, RELAY_MESH_CA },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -175,7 +211,8 @@ static int parse_args(int argc, char **argv, struct options *o)
 
 	*o = (struct options){ .lease_name = "knit-operator", .listen_health = "0.0.0.0:8081", .listen_coord = "0.0.0.0:9443", .workers = 4,
 			       .leader_election = true, .default_tailnet = true, .log_level = getenv("KNIT_LOG_LEVEL"),
-			       .coord_per_ip = 1024, .listen_webhook = "", .webhook_service = "knit-webhook", .webhook_config = "knit" };
+			       .coord_per_ip = 1024, .listen_webhook = "", .webhook_service = "knit-webhook", .webhook_config = "knit",
+			       .relay = { .stun_port = 3478 } };
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (c) {
 		case KUBECONFIG: o->kubeconfig = optarg; break;
@@ -212,6 +249,15 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case BOOT_AK: o->boot.authkey = optarg; break;
 		case BOOT_TAGS: o->boot.authkey_tags = optarg; break;
 		case BOOT_EXPIRY: o->boot.authkey_expiry = optarg; break;
+		case TN_RELAY:
+			if (o->boot.nrelays == RELAYMAP_MAX_NODES) {
+				fprintf(stderr, "knit-operator: at most %d --default-tailnet-relay\n", RELAYMAP_MAX_NODES);
+				return 2;
+			}
+			o->boot.relays[o->boot.nrelays++] = optarg;
+			break;
+		case TN_RELAY_STUN: o->boot.relay_stun_port = optarg; break;
+		case BOOT_MESH: o->boot.relay_mesh_secret = optarg; break;
 		case LOG_LEVEL: o->log_level = optarg; break;
 		case COORD_PER_IP: {
 			char *end;
@@ -233,6 +279,24 @@ static int parse_args(int argc, char **argv, struct options *o)
 			}
 			o->webhook_names[o->nwebhook_names++] = optarg;
 			break;
+		case RELAY_LISTEN: o->relay.listen = optarg; break;
+		case RELAY_STUN_PORT: {
+			char *end;
+			unsigned long v = strtoul(optarg, &end, 10);
+			if (*optarg < '0' || *optarg > '9' || *end || v > 65535) {
+				fprintf(stderr, "knit-operator: --relay-stun-port must be 0..65535\n");
+				return 2;
+			}
+			o->relay.stun_port = (uint16_t)v;
+			break;
+		}
+		case RELAY_STUN_ADDR: o->relay.stun_addr = optarg; break;
+		case RELAY_CERT: o->relay.tls_cert = optarg; break;
+		case RELAY_KEY: o->relay.tls_key = optarg; break;
+		case RELAY_KEY_FILE: o->relay.key_file = optarg; break;
+		case RELAY_MESH: o->relay.mesh_with = optarg; break;
+		case RELAY_MESH_KEY: o->relay.mesh_key_file = optarg; break;
+		case RELAY_MESH_CA: o->relay.mesh_ca = optarg; break;
 		case 'h': usage(stdout); return 1;
 		default: usage(stderr); return 2;
 		}
@@ -243,6 +307,15 @@ static int parse_args(int argc, char **argv, struct options *o)
 	}
 	if (!bootstrap_opts_check(&o->boot, err, sizeof(err))) {
 		fprintf(stderr, "knit-operator: %s\n", err);
+		return 2;
+	}
+	if (!o->relay.listen && (o->relay.tls_cert || o->relay.tls_key || o->relay.key_file || o->relay.mesh_with ||
+				 o->relay.mesh_key_file || o->relay.mesh_ca || o->relay.stun_addr)) {
+		fprintf(stderr, "knit-operator: the --relay-* flags need --relay-listen\n");
+		return 2;
+	}
+	if (o->relay.listen && !relay_instance_opts_check(&o->relay, err, sizeof(err))) {
+		fprintf(stderr, "knit-operator: --relay-*: %s\n", err);
 		return 2;
 	}
 	return 0;
@@ -309,7 +382,7 @@ static void tn_upd(struct informer *i, const struct json *old, const struct json
 	/* Pools or timeouts may have changed: every device of it takes another look. */
 	if (!json_equal(json_get(old, "spec"), json_get(o, "spec"))) {
 		informer_foreach(op.devices, enqueue_devices_of_tailnet, (void *)kube_name(o));
-		coord_tailnet_changed(op.coord, o);
+		coord_tailnet_changed(op.coord, old, o);
 	}
 }
 static void tn_del(struct informer *i, const struct json *o, void *a) { controller_enqueue(op.tailnet_ctl, o); }
@@ -498,6 +571,7 @@ static void shutdown_all(int code)
 	shutting_down = true;
 	exit_code = code;
 	op.running = false;
+	relay_instance_shutdown(relay);
 	coord_drop_all(op.coord);
 	coord_shutdown(op.coord);
 	if (op.tailnet_ctl) {
@@ -773,6 +847,19 @@ int main(int argc, char **argv)
 		}
 	}
 
+	if (o.relay.listen) {
+		o.relay.metrics = op.metrics;
+		r = relay_instance_new(op.loop, &o.relay, &relay, err, sizeof(err));
+		if (r) {
+			log_error("cannot run the embedded relay", "error=\"%s\"", err);
+			exit_code = 1;
+			goto out;
+		}
+		log_info("serving the relay", "public_key=%s listen=%s port=%u tls=%d stun_port=%u mesh_peers=%zu",
+			 relay_instance_public_key(relay), o.relay.listen, relay_instance_port(relay),
+			 relay_instance_tls(relay), relay_instance_stun_port(relay), relay_instance_mesh_peers(relay));
+	}
+
 	if (o.listen_webhook && *o.listen_webhook) {
 		struct webhook_opts wo = { .listen = o.listen_webhook, .service = o.webhook_service,
 					   .config = o.webhook_config, .extra_names = o.webhook_names,
@@ -830,6 +917,7 @@ out:
 	httpd_free(health);
 	probe_free(coord_probe);
 	webhook_free(webhook);
+	relay_instance_free(relay);
 	coord_free(op.coord);
 	policy_store_free(op.policies);
 	lease_free(lease);

@@ -462,12 +462,56 @@ void mapstream_device_deleted(struct coord *c, const struct json *dev)
 	}
 }
 
-void mapstream_tailnet_changed(struct coord *c, const struct json *tn)
+/* Only the relay map differs between the two specs? */
+static bool only_relay_map_changed(const struct json *old, const struct json *tn)
+{
+	struct json *a = json_clone(json_get(old, "spec")), *b = json_clone(json_get(tn, "spec"));
+	bool only;
+
+	if (!a || !b) {
+		json_free(a);
+		json_free(b);
+		return false;
+	}
+	json_object_del(a, "relayMap");
+	json_object_del(b, "relayMap");
+	only = json_equal(a, b);
+	json_free(a);
+	json_free(b);
+	return only;
+}
+
+/* A relay map edit goes out as a delta: "relayMap" in every stream's next
+ * record, through the log. */
+static int relay_map_delta(struct coord *c, const struct json *tn)
+{
+	struct json *f = json_new_object();
+	struct buf text = BUF_INIT(1u << 20);
+	int err = f ? 0 : -ENOMEM;
+
+	json_put(f, "relayMap", json_clone(json_path(tn, "spec", "relayMap", NULL)) ?: json_new_null(), &err);
+	if (!err)
+		err = json_dump(f, &text, 0);
+	/* {"relayMap":...} -> "relayMap":... */
+	if (!err && text.len >= 2) {
+		text.data[text.len - 1] = '\0';
+		err = changelog_tailnet_fields(&c->log, kube_name(tn), (const char *)text.data + 1);
+	}
+	if (!err)
+		flush_soon(c, true);
+	buf_free(&text);
+	json_free(f);
+	return err;
+}
+
+void mapstream_tailnet_changed(struct coord *c, const struct json *old, const struct json *tn)
 {
 	struct devlist l = { .tailnet = kube_name(tn) };
 
-	/* DNS suffix, relay map: rare. The records carry the suffix (fqdn);
-	 * every stream of the tailnet starts over with a full netmap. */
+	if (old && only_relay_map_changed(old, tn) && relay_map_delta(c, tn) == 0)
+		return;
+	/* The DNS suffix: rare. The records carry the suffix (fqdn); every
+	 * stream of the tailnet starts over with a full netmap. */
 	informer_foreach(c->op->devices, collect, &l);
 	publish_all(c, &l);
 	for (struct mapconn *m = c->conns; m; m = m->next)

@@ -2,17 +2,13 @@
  * other directly, keyed by node public key, and answers STUN so nodes learn
  * their reflexive addresses. See docs/relay-protocol.md and relay/README.md. */
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
 #include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "buf.h"
@@ -22,10 +18,8 @@
 #include "metrics.h"
 #include "relay/frame.h"
 #include "relay/hello.h"
+#include "instance.h"
 #include "server.h"
-#include "stunserver.h"
-
-#define MAX_MESH 64
 
 struct options {
 	const char *listen, *tls_cert, *tls_key, *key_file, *mesh_key_file, *mesh_ca;
@@ -97,106 +91,12 @@ static bool parse_ulong(const char *s, unsigned long max, unsigned long *out)
 	return true;
 }
 
-/* Reads the base64 private key, or makes one (0600) when the file is
- * missing. */
-static int load_key(const char *path, uint8_t priv[32])
-{
-	char text[128] = "";
-	ssize_t n;
-	int fd = open(path, O_RDONLY | O_CLOEXEC), ret = 0;
-
-	if (fd < 0 && errno == ENOENT) {
-		char b64[sodium_base64_ENCODED_LEN(32, sodium_base64_VARIANT_ORIGINAL)];
-
-		randombytes_buf(priv, 32);
-		priv[0] &= 248; /* clamped as X25519 and `wg genkey` do */
-		priv[31] = (uint8_t)((priv[31] & 127) | 64);
-		sodium_bin2base64(b64, sizeof(b64), priv, 32, sodium_base64_VARIANT_ORIGINAL);
-		fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-		if (fd < 0)
-			return -errno;
-		if (dprintf(fd, "%s\n", b64) < 0)
-			ret = -errno;
-		sodium_memzero(b64, sizeof(b64));
-		close(fd);
-		return ret;
-	}
-	if (fd < 0)
-		return -errno;
-	n = read(fd, text, sizeof(text) - 1);
-	close(fd);
-	if (n < 0)
-		return -EIO;
-	text[n] = 0;
-	text[strcspn(text, " \t\r\n")] = 0;
-	if (!relay_key_parse(text, priv))
-		ret = -EINVAL;
-	sodium_memzero(text, sizeof(text));
-	return ret;
-}
-
-static int load_secret(const char *path, uint8_t mesh_key[32])
-{
-	struct buf b = BUF_INIT(1 << 16);
-	uint8_t chunk[4096];
-	int fd = open(path, O_RDONLY | O_CLOEXEC), ret = 0;
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	while ((n = read(fd, chunk, sizeof(chunk))) > 0)
-		if ((ret = buf_add(&b, chunk, (size_t)n)))
-			break;
-	close(fd);
-	sodium_memzero(chunk, sizeof(chunk));
-	/* A trailing newline is not part of the secret. */
-	while (!ret && b.len && (b.data[b.len - 1] == '\n' || b.data[b.len - 1] == '\r'))
-		b.len--;
-	if (!ret && (n < 0 || b.len == 0))
-		ret = -EINVAL;
-	if (!ret)
-		relay_hello_mesh_key(mesh_key, b.data, b.len);
-	buf_free_secure(&b);
-	return ret;
-}
-
-static SSL_CTX *tls_server(const char *cert, const char *key)
-{
-	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-
-	if (!ctx)
-		return NULL;
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
-	    SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
-	    SSL_CTX_check_private_key(ctx) != 1) {
-		SSL_CTX_free(ctx);
-		return NULL;
-	}
-	return ctx;
-}
-
-static SSL_CTX *tls_client(const char *ca)
-{
-	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-
-	if (!ctx)
-		return NULL;
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-	if ((ca ? SSL_CTX_load_verify_locations(ctx, ca, NULL) : SSL_CTX_set_default_verify_paths(ctx)) != 1) {
-		SSL_CTX_free(ctx);
-		return NULL;
-	}
-	return ctx;
-}
-
 static void on_signal(struct loop *loop, int signo, void *arg)
 {
-	struct relay_server *s = arg;
+	struct relay_instance *r = arg;
 
 	log_info("shutting down", "signal=%d", signo);
-	relay_server_shutdown(s);
+	relay_instance_shutdown(r);
 	loop_stop(loop);
 }
 
@@ -296,18 +196,14 @@ bad:
 int main(int argc, char **argv)
 {
 	struct options o = { .stun_port = 3478 };
-	struct relay_server_opts so = { .listen_fd = -1 };
-	const char *mesh[MAX_MESH + 1] = { NULL };
-	size_t nmesh = 0;
-	uint8_t priv[32], pub[32], mesh_key[32];
+	struct relay_instance_opts ro = { 0 };
+	uint8_t priv[32], pub[32];
 	enum log_level lvl = LOG_INFO;
 	struct loop *loop = NULL;
 	struct metrics *metrics = NULL;
-	struct relay_server *srv = NULL;
-	struct stunserver *stun = NULL;
+	struct relay_instance *relay = NULL;
 	struct httpd *http = NULL;
-	SSL_CTX *tls = NULL, *mesh_tls = NULL;
-	char hex[65], b64[64], stun_listen[80];
+	char hex[65], b64[64], err[512];
 	int ret, code = 1;
 
 	if (parse_args(argc, argv, &o) != 0)
@@ -319,69 +215,38 @@ int main(int argc, char **argv)
 	log_init("knit-relay", lvl);
 	if (sodium_init() < 0)
 		return 1;
-	if ((ret = load_key(o.key_file, priv)) != 0) {
-		log_error("cannot load the relay key", "path=%s errno=%d", o.key_file, -ret);
-		return 1;
-	}
-	crypto_scalarmult_base(pub, priv);
-	sodium_bin2base64(b64, sizeof(b64), pub, 32, sodium_base64_VARIANT_ORIGINAL);
 	if (o.print_key) {
-		printf("%s\n%s\n", b64, relay_key_hex(pub, hex));
-		sodium_memzero(priv, sizeof(priv));
-		return 0;
-	}
-	if (o.mesh_key_file && (ret = load_secret(o.mesh_key_file, mesh_key)) != 0) {
-		log_error("cannot load the mesh key", "path=%s errno=%d", o.mesh_key_file, -ret);
-		goto out;
-	}
-	if (o.mesh_with) {
-		for (char *save = NULL, *tok = strtok_r(o.mesh_with, ",", &save); tok;
-		     tok = strtok_r(NULL, ",", &save)) {
-			if (nmesh == MAX_MESH) {
-				log_error("too many --mesh-with URLs", "max=%d", MAX_MESH);
-				goto out;
-			}
-			mesh[nmesh++] = tok;
+		if ((ret = relay_key_load(o.key_file, priv)) != 0) {
+			log_error("cannot load the relay key", "path=%s errno=%d", o.key_file, -ret);
+			return 1;
 		}
-	}
-	if (o.tls_cert && !(tls = tls_server(o.tls_cert, o.tls_key))) {
-		unsigned long e = ERR_get_error();
-
-		log_error("cannot load the TLS certificate or key", "cert=%s key=%s error=\"%s\"", o.tls_cert,
-			  o.tls_key, e ? ERR_reason_error_string(e) : "?");
-		goto out;
-	}
-	if (o.mesh_with && !(mesh_tls = tls_client(o.mesh_ca))) {
-		log_error("cannot set up TLS for mesh links", "ca=%s", o.mesh_ca ? o.mesh_ca : "(system)");
-		goto out;
+		crypto_scalarmult_base(pub, priv);
+		sodium_memzero(priv, sizeof(priv));
+		sodium_bin2base64(b64, sizeof(b64), pub, 32, sodium_base64_VARIANT_ORIGINAL);
+		printf("%s\n%s\n", b64, relay_key_hex(pub, hex));
+		return 0;
 	}
 	loop = loop_new();
 	metrics = metrics_new();
 	if (!loop || !metrics)
 		goto out;
-	so.listen = o.listen ? o.listen : tls ? "[::]:443" : "[::]:80";
-	so.private_key = priv;
-	so.mesh_key = o.mesh_key_file ? mesh_key : NULL;
-	so.mesh_with = mesh;
-	so.tls = tls;
-	so.mesh_tls = mesh_tls;
-	so.queue_bytes = o.queue_bytes;
-	so.keepalive_ms = (uint32_t)o.keepalive_s * 1000;
-	so.idle_timeout_ms = (uint32_t)o.idle_timeout_s * 1000;
-	so.max_clients = (unsigned)o.max_clients;
-	so.metrics = metrics;
-	if ((ret = relay_server_new(loop, &so, &srv)) != 0) {
-		log_error("cannot start the relay", "listen=%s errno=%d", so.listen, -ret);
+	ro.listen = o.listen;
+	ro.key_file = o.key_file;
+	ro.tls_cert = o.tls_cert;
+	ro.tls_key = o.tls_key;
+	ro.mesh_with = o.mesh_with;
+	ro.mesh_key_file = o.mesh_key_file;
+	ro.mesh_ca = o.mesh_ca;
+	ro.stun_addr = o.stun_addr;
+	ro.stun_port = (uint16_t)o.stun_port;
+	ro.queue_bytes = o.queue_bytes;
+	ro.keepalive_ms = (uint32_t)o.keepalive_s * 1000;
+	ro.idle_timeout_ms = (uint32_t)o.idle_timeout_s * 1000;
+	ro.max_clients = (unsigned)o.max_clients;
+	ro.metrics = metrics;
+	if ((ret = relay_instance_new(loop, &ro, &relay, err, sizeof(err))) != 0) {
+		log_error("cannot start the relay", "error=\"%s\"", err);
 		goto out;
-	}
-	if (o.stun_port) {
-		const char *a = o.stun_addr ? o.stun_addr : "::";
-
-		snprintf(stun_listen, sizeof(stun_listen), strchr(a, ':') ? "[%s]:%ld" : "%s:%ld", a, o.stun_port);
-		if ((ret = stunserver_new(loop, stun_listen, metrics, &stun)) != 0) {
-			log_error("cannot start the STUN server", "listen=%s errno=%d", stun_listen, -ret);
-			goto out;
-		}
 	}
 	if (o.http_listen) {
 		struct httpd_opts ho = { .listen = o.http_listen, .listen_fd = -1 };
@@ -402,24 +267,20 @@ int main(int argc, char **argv)
 			setrlimit(RLIMIT_NOFILE, &rl);
 		}
 	}
-	loop_signal_add(loop, SIGTERM, on_signal, srv);
-	loop_signal_add(loop, SIGINT, on_signal, srv);
+	loop_signal_add(loop, SIGTERM, on_signal, relay);
+	loop_signal_add(loop, SIGINT, on_signal, relay);
 	signal(SIGPIPE, SIG_IGN);
 	log_info("relay started", "public_key=%s listen=%s port=%u tls=%d stun_port=%u http=%s mesh_peers=%zu",
-		 b64, so.listen, relay_server_port(srv), tls != NULL, stun ? stunserver_port(stun) : 0,
-		 o.http_listen ? o.http_listen : "none", nmesh);
+		 relay_instance_public_key(relay), relay_instance_listen(relay), relay_instance_port(relay),
+		 relay_instance_tls(relay), relay_instance_stun_port(relay), o.http_listen ? o.http_listen : "none",
+		 relay_instance_mesh_peers(relay));
 	if (loop_run(loop) == 0)
 		code = 0;
 out:
 	httpd_free(http);
-	stunserver_free(stun);
-	relay_server_free(srv);
+	relay_instance_free(relay);
 	metrics_free(metrics);
 	loop_free(loop);
-	SSL_CTX_free(tls);
-	SSL_CTX_free(mesh_tls);
-	sodium_memzero(priv, sizeof(priv));
-	sodium_memzero(mesh_key, sizeof(mesh_key));
 	log_info("exited", "code=%d", code);
 	return code;
 }

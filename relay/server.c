@@ -105,6 +105,7 @@ struct mesh_peer {
 	struct loop_timer *retry;
 	uint32_t backoff_ms;
 	bool up;
+	bool self; /* the URL leads back to this relay: never dialled again */
 };
 
 struct relay_server {
@@ -741,6 +742,15 @@ static bool outbound_frame(struct conn *c, const struct relay_frame *f)
 			return false;
 		}
 		memcpy(c->key, m.key, 32);
+		/* Every relay of a region may be given the same list (a
+		 * StatefulSet's pods share one spec): the one entry that is
+		 * this relay shows our own key, and is dropped for good. */
+		if (sodium_memcmp(m.key, s->pub, 32) == 0) {
+			log_info("mesh peer is this relay itself, not meshing with it", "peer=%s", c->mp->url);
+			c->mp->self = true;
+			conn_close(c, "mesh peer is this relay");
+			return false;
+		}
 		r = relay_hello_client_info(&ci, &m, NULL, s->pub, s->priv, s->mesh_key, c->nonce);
 		if (r == 0)
 			enqueue_control(c, ci.data[0], ci.data + RELAY_FRAME_HDR, ci.len - RELAY_FRAME_HDR, NULL, 0);
@@ -1145,7 +1155,7 @@ static void mesh_retry(struct loop *loop, struct loop_timer *t, void *arg)
 
 static void mesh_schedule(struct mesh_peer *mp)
 {
-	if (!mp->s->accepting)
+	if (!mp->s->accepting || mp->self)
 		return;
 	mp->backoff_ms = mp->backoff_ms ? mp->backoff_ms * 2 : MESH_BACKOFF_MIN_MS;
 	if (mp->backoff_ms > MESH_BACKOFF_MAX_MS)

@@ -21,6 +21,7 @@
 #include "buf.h"
 #include "defaults.h"
 #include "json.h"
+#include "netcheck.h"
 #include "policy_check.h"
 
 #define SOCKET_DEFAULT KNIT_SOCKET_DEFAULT
@@ -48,6 +49,7 @@ static const char usage_main[] =
 	"  ping      ping a peer over the tailnet and show the path taken\n"
 	"  ip        show this device's (or a peer's) tailnet addresses\n"
 	"  whois     show which device has a tailnet IP\n"
+	"  netcheck  check this host's network: UDP, NAT mapping, reflexive addresses, relays\n"
 	"  logout    delete this device from the tailnet; its node key stops working\n"
 	"  version   show the versions of knit and knitd\n"
 	"  policy check FILE [--devices DEVICES.json]\n"
@@ -1028,12 +1030,31 @@ static int cmd_version(const struct cli *cli, int argc, char **argv)
 	return EXIT_OK;
 }
 
+/* knit netcheck's relay map: knitd's status, which carries it. */
+static struct json *netcheck_status(void *arg)
+{
+	struct json *st = NULL;
+	long status = 0;
+
+	if (api(arg, "GET", "/localapi/v1/status", NULL, 10, &st, &status) || api_error(st)) {
+		json_free(st);
+		return NULL;
+	}
+	return st;
+}
+
+static int cmd_netcheck(const struct cli *cli, int argc, char **argv)
+{
+	return netcheck_main(argc, argv, netcheck_status, (void *)cli);
+}
+
 static const struct {
 	const char *name;
 	int (*fn)(const struct cli *cli, int argc, char **argv);
 } commands[] = {
 	{ "up", cmd_up },	{ "down", cmd_down }, { "status", cmd_status },	  { "ping", cmd_ping },
 	{ "ip", cmd_ip },	{ "whois", cmd_whois }, { "logout", cmd_logout }, { "version", cmd_version },
+	{ "netcheck", cmd_netcheck },
 };
 
 int main(int argc, char **argv)

@@ -46,7 +46,7 @@ expect "ping -c3 (attached value)" 1 "$unreachable" "$KNIT" --socket "$NOSOCK" p
 expect "knit --help" 0 "^Usage: knit \[--socket PATH\] COMMAND" "$KNIT" --help
 expect "knit -h" 0 "^Usage: knit \[--socket PATH\] COMMAND" "$KNIT" -h
 expect "knit help" 0 "^Usage: knit \[--socket PATH\] COMMAND" "$KNIT" help
-for cmd in up down status ping ip whois logout version; do
+for cmd in up down status ping ip whois logout version netcheck; do
 	expect "knit $cmd --help" 0 "^Usage: knit $cmd" "$KNIT" --socket "$NOSOCK" "$cmd" --help
 	expect "knit $cmd -h" 0 "^Usage: knit $cmd" "$KNIT" --socket "$NOSOCK" "$cmd" -h
 done

@@ -72,6 +72,18 @@ e2e_check "the chart passes authKeys.nodes and tailnet values to the operator's 
 e2e_check "an extra auth key renders as an AuthKey" \
 	sh -c "'$HELM' template knit '$CHART' -n knit-system --set authKeys.ci.ephemeral=true --set 'authKeys.ci.tags={tag:ci}' |
 		grep -A12 '^kind: AuthKey' | grep -q 'tags: \[\"tag:ci\"\]'"
+# The relay: on by default in both, in the default Tailnet's relay map; off, nothing of it.
+refused "a bad relay Service type" "/relay/service/type" --set relay.service.type=External
+e2e_check "both install paths put the relay Service in the default Tailnet's relay map" \
+	sh -c "grep -q -- '- --default-tailnet-relay=http://knit-relay.knit-system.svc:80\$' '$MAN/10-operator.yaml' && grep -q -- '- --default-tailnet-relay=http://knit-relay.knit-system.svc:80\$' '$E2E_DIR/chart.yaml'"
+e2e_check "relay.hostName and the Service's ports reach the operator's flags" \
+	sh -c "'$HELM' template knit '$CHART' --set relay.hostName=relay.example.com --set relay.service.port=8443 --set relay.service.stunPort=3479 2>/dev/null |
+		grep -q -- '--default-tailnet-relay=http://relay.example.com:8443' &&
+		'$HELM' template knit '$CHART' --set relay.service.stunPort=3479 2>/dev/null | grep -q -- '--default-tailnet-relay-stun-port=3479'"
+e2e_check "relay.replicas=3 meshes three replicas" \
+	sh -c "'$HELM' template knit '$CHART' -n knit-system --set relay.replicas=3 2>/dev/null | grep -q -- 'knit-relay-2.knit-relay-mesh.knit-system.svc:8080'"
+e2e_expect "relay.enabled=false renders no relay and no relay flag" 0 \
+	"$("$HELM" template knit "$CHART" --set relay.enabled=false 2>/dev/null | grep -c 'knit-relay')"
 
 # Every manifest and example parses; no null-valued key hides a YAML slip.
 nulls() {

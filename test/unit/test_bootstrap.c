@@ -156,6 +156,91 @@ static void test_objects(void **state)
 	json_free(ak);
 }
 
+static void test_relays(void **state)
+{
+	static const char *const bad[] = {
+		"ftp://relay.example",	   "https://",		  "relay.example:0",	 "relay.example:65536",
+		"relay.example:80x",	   "https://[fd00::1",	  "https://a/b",	 "bad_host.example",
+		"https://-relay.example", "http://relay.example:", "",
+	};
+	struct bootstrap_opts o = { .relays = { "relay-a.example", "http://10.0.0.7:8080", "https://[fd00::7]/" },
+				    .nrelays = 3 };
+	struct relaymap m;
+	struct json *tn;
+	char err[320], *s;
+
+	assert_true(bootstrap_opts_check(&o, err, sizeof(err)));
+	tn = bootstrap_tailnet(&o);
+	assert_non_null(tn);
+	s = dump(json_path(tn, "spec", "relayMap", NULL));
+	assert_string_equal(s, "{\"regions\":[{\"id\":1,\"code\":\"default\",\"name\":\"Default\",\"nodes\":["
+			       "{\"name\":\"1a\",\"hostName\":\"relay-a.example\",\"relayPort\":443,\"stunPort\":3478,\"tls\":true},"
+			       "{\"name\":\"1b\",\"hostName\":\"10.0.0.7\",\"relayPort\":8080,\"stunPort\":3478,\"tls\":false},"
+			       "{\"name\":\"1c\",\"hostName\":\"fd00::7\",\"relayPort\":443,\"stunPort\":3478,\"tls\":true}]}]}");
+	free(s);
+	/* What agents parse it into. */
+	assert_true(relaymap_parse(json_path(tn, "spec", "relayMap", NULL), &m, err, sizeof(err)));
+	assert_int_equal(m.nregions, 1);
+	assert_int_equal(m.regions[0].nnodes, 3);
+	assert_false(m.regions[0].nodes[1].tls);
+	assert_int_equal(m.regions[0].nodes[1].relay_port, 8080);
+	relaymap_free(&m);
+	json_free(tn);
+
+	o.relay_stun_port = "0";
+	tn = bootstrap_tailnet(&o);
+	{
+		const struct json *region = json_array_at(json_path(tn, "spec", "relayMap", "regions", NULL), 0);
+		const struct json *node = json_array_at(json_get(region, "nodes"), 2);
+
+		assert_int_equal(json_int(json_get(node, "stunPort"), -1), 0);
+	}
+	json_free(tn);
+	o.relay_stun_port = "3479x";
+	assert_false(bootstrap_opts_check(&o, err, sizeof(err)));
+	assert_non_null(strstr(err, "--default-tailnet-relay-stun-port"));
+	o = (struct bootstrap_opts){ .relay_stun_port = "3478" };
+	assert_false(bootstrap_opts_check(&o, err, sizeof(err)));
+	assert_non_null(strstr(err, "needs --default-tailnet-relay"));
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		o = (struct bootstrap_opts){ .relays = { bad[i] }, .nrelays = 1 };
+		assert_false(bootstrap_opts_check(&o, err, sizeof(err)));
+		assert_non_null(strstr(err, "--default-tailnet-relay"));
+	}
+	/* No relay: no relayMap key at all (the CRD leaves it unset). */
+	o = (struct bootstrap_opts){ 0 };
+	tn = bootstrap_tailnet(&o);
+	assert_null(json_path(tn, "spec", "relayMap", NULL));
+	json_free(tn);
+}
+
+static void test_mesh_secret(void **state)
+{
+	struct bootstrap_opts o = { .relay_mesh_secret = "knit-relay-mesh" };
+	struct json *a = bootstrap_mesh_secret(&o, "knit-system"), *b = bootstrap_mesh_secret(&o, "knit-system");
+	const char *ka, *kb;
+	char err[320];
+
+	assert_true(bootstrap_opts_check(&o, err, sizeof(err)));
+	assert_non_null(a);
+	assert_non_null(b);
+	assert_string_equal(json_str(json_get(a, "apiVersion")), "v1");
+	assert_string_equal(json_str(json_get(a, "kind")), "Secret");
+	assert_string_equal(json_str(json_path(a, "metadata", "name", NULL)), "knit-relay-mesh");
+	assert_string_equal(json_str(json_path(a, "metadata", "namespace", NULL)), "knit-system");
+	assert_null(json_get(a, "spec"));
+	ka = json_str(json_path(a, "data", "mesh-key", NULL));
+	kb = json_str(json_path(b, "data", "mesh-key", NULL));
+	assert_non_null(ka);
+	assert_int_equal(strlen(ka), 44); /* 32 bytes, base64 */
+	assert_string_not_equal(ka, kb);
+	json_free(a);
+	json_free(b);
+	o.relay_mesh_secret = "Not_A_Name";
+	assert_false(bootstrap_opts_check(&o, err, sizeof(err)));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -163,6 +248,8 @@ int main(void)
 		cmocka_unit_test(test_check_bad),
 		cmocka_unit_test(test_check_limits),
 		cmocka_unit_test(test_objects),
+		cmocka_unit_test(test_relays),
+		cmocka_unit_test(test_mesh_secret),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -384,6 +384,69 @@ static void test_visible(void **state)
 	json_free(j);
 }
 
+/* Tailnet-wide members (the relay map) reach every stream of the tailnet
+ * as a delta of their own, the latest of several, and no other tailnet. */
+static void test_tailnet_fields(void **state)
+{
+	struct fx *f = *state;
+	struct changelog_cursor a = { .device = "d0", .tailnet = "t" }, b = { .device = "d1", .tailnet = "t" },
+				o = { .device = "d9", .tailnet = "other" }, s = { .device = "d2", .tailnet = "t" };
+	struct json *j;
+	int v[MAXN];
+
+	publish(f, 0, 1);
+	publish(f, 1, 1);
+	publish(f, 9, 1);
+	changelog_sync(&f->l, &a);
+	changelog_sync(&f->l, &b);
+	changelog_sync(&f->l, &o);
+	json_free(next(f, &a, 1 << 20));
+	json_free(next(f, &b, 1 << 20));
+	json_free(next(f, &o, 1 << 20));
+
+	assert_int_equal(changelog_tailnet_fields(&f->l, "t", "\"relayMap\":{\"v\":1}"), 0);
+	assert_true(changelog_pending(&f->l, &a));
+	j = next(f, &a, 1 << 20);
+	assert_string_equal(json_str(json_get(j, "type")), "delta");
+	assert_int_equal(json_int(json_get(j, "seq"), 0), 4);
+	assert_int_equal(json_int(json_path(j, "relayMap", "v", NULL), 0), 1);
+	assert_null(json_get(j, "upsert"));
+	json_free(j);
+	/* The same delta for the tailnet's next stream (from the cache). */
+	j = next(f, &b, 1 << 20);
+	assert_int_equal(json_int(json_path(j, "relayMap", "v", NULL), 0), 1);
+	json_free(j);
+	/* Another tailnet: the cursor moves, nothing is sent. */
+	assert_null(next(f, &o, 1 << 20));
+	assert_int_equal(o.cursor, 4);
+
+	/* Two edits and a peer change unread: one delta, the latest map. */
+	assert_int_equal(changelog_tailnet_fields(&f->l, "t", "\"relayMap\":{\"v\":2}"), 0);
+	publish(f, 1, 2);
+	assert_int_equal(changelog_tailnet_fields(&f->l, "t", "\"relayMap\":null"), 0);
+	j = next(f, &a, 1 << 20);
+	assert_true(json_is_null(json_get(j, "relayMap")));
+	assert_int_equal(peers_of(j, "upsert", v), 1);
+	assert_int_equal(v[1], 2);
+	json_free(j);
+	assert_null(next(f, &a, 1 << 20));
+
+	/* A full netmap that begins after an edit has it in its header (the
+	 * caller's full_fields), not again in a delta. */
+	changelog_sync(&f->l, &s);
+	j = next(f, &s, 1 << 20);
+	assert_string_equal(json_str(json_get(j, "type")), "full");
+	assert_null(json_get(j, "relayMap"));
+	json_free(j);
+	assert_null(next(f, &s, 1 << 20));
+
+	/* Kept until every reader passed it, then compacted away. */
+	f->oldest = 0;
+	changelog_compact(&f->l);
+	for (size_t i = 0; i < f->l.len; i++)
+		assert_null(f->l.log[i].f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -393,6 +456,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_compact, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_delta_cache, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_visible, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tailnet_fields, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

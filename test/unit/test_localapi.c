@@ -63,11 +63,18 @@ static int f_status(void *arg, struct localapi_writer *w)
 				    .naddresses = 1, .tags = db_tags, .ntags = 1, .endpoint = "192.0.2.7:41641",
 				    .last_handshake = 1700000000, .rx_bytes = 1234, .tx_bytes = 5678, .online = true };
 	struct localapi_peer web = { .name = "web", .addresses = web_addrs, .naddresses = 1, .relay = 1 };
+	static const char map[] = "{\"regions\":[{\"id\":1,\"code\":\"home\",\"nodes\":[{\"name\":\"1a\",\"hostName\":\"r\"}]}]}";
+	struct json_error je;
+	struct json *relay_map = json_parse(map, strlen(map), &je);
+	int err = 0;
 
-	if (localapi_write_status(w, &st) || localapi_write_self(w, &self) || localapi_write_peer(w, &db) ||
+	st.relay_map = relay_map;
+	st.has_relay_map = true;
+	if (!relay_map || localapi_write_status(w, &st) || localapi_write_self(w, &self) || localapi_write_peer(w, &db) ||
 	    localapi_write_peer(w, &web))
-		return -ENOMEM;
-	return 0;
+		err = -ENOMEM;
+	json_free(relay_map);
+	return err;
 }
 
 static int f_whois(void *arg, const char *ip, struct localapi_writer *w)
@@ -415,6 +422,10 @@ static void test_status(void **state)
 	assert_string_equal(json_str(json_get(j, "version")), "0.1.0-test");
 	assert_string_equal(json_str(json_get(j, "backendState")), "Running");
 	assert_string_equal(json_str(json_get(j, "dnsSuffix")), "tailnet.knit");
+	/* The netmap's relay map, verbatim (knit netcheck reads it). */
+	assert_string_equal(json_str(json_get(json_array_at(json_path(j, "relayMap", "regions", NULL), 0), "code")), "home");
+	assert_string_equal(json_str(json_get(json_array_at(json_path(json_array_at(json_path(j, "relayMap", "regions", NULL), 0),
+									   "nodes", NULL), 0), "hostName")), "r");
 	assert_string_equal(json_str(json_path(j, "self", "name", NULL)), "laptop");
 	assert_int_equal(json_array_len(json_path(j, "self", "addresses", NULL)), 2);
 	assert_int_equal(json_array_len(json_get(j, "peers")), 2);
