@@ -292,14 +292,16 @@ static bool is_identity_device(void *arg, const char *ifname)
 /* The node identity's state file (fresh keys on a new machine). */
 static int load_state(struct mesh *m, struct state **st)
 {
-	char err[512];
-	int r = state_load(m->o.state_path, st, err, sizeof(err));
+	char err[1024], note[1024];
+	int r = state_load_recover(m->o.state_path, st, err, sizeof(err), note, sizeof(note));
 
 	if (r == -ENOENT) {
 		r = state_new(st);
 		if (!r)
 			log_info("new machine: made fresh keys", "state=%s", m->o.state_path);
 	}
+	if (!r && note[0])
+		log_warn("state file unusable: came back on the previous one", "path=%s what=\"%s\"", m->o.state_path, note);
 	if (r)
 		log_error("cannot use the state file", "path=%s error=\"%s\"", m->o.state_path, r == -ENOMEM ? "out of memory" : err);
 	return r;

@@ -202,35 +202,7 @@ struct json *messages_error_new(const char *code, const char *message)
 	return o;
 }
 
-static void wipe_strings(struct json *j)
-{
-	size_t len, i;
-	const char *key;
-	struct json *v;
-
-	switch (json_type(j)) {
-	case JSON_STRING: {
-		/* Our own tree: the string is writable memory. */
-		char *s = (char *)json_strn(j, &len);
-
-		sodium_memzero(s, len);
-		break;
-	}
-	case JSON_ARRAY:
-		for (i = 0; i < json_array_len(j); i++)
-			wipe_strings(json_array_at(j, i));
-		break;
-	case JSON_OBJECT:
-		json_object_foreach(j, i, key, v)
-			wipe_strings(v);
-		break;
-	default:
-		break;
-	}
-}
-
 void messages_json_free_secret(struct json *j)
 {
-	wipe_strings(j);
-	json_free(j);
+	json_free_secret(j);
 }
