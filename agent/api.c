@@ -63,6 +63,7 @@ static int op_status(void *arg, struct localapi_writer *w)
 		.dns_suffix = nm ? nm->dns_suffix : st->device.dns_suffix,
 		.control_key = NULL,
 		.health = identity_health(id),
+		.key_expiry = identity_key_expiry(id),
 	};
 	struct peer_view v;
 	int err;

@@ -125,6 +125,8 @@ int localapi_write_status(struct localapi_writer *w, const struct localapi_statu
 	json_put_str(w->root, "dnsSuffix", st->dns_suffix, &w->err);
 	json_put_str(w->root, "controlKey", st->control_key, &w->err);
 	json_put_str(w->root, "health", st->health, &w->err);
+	if (st->key_expiry)
+		json_put(w->root, "keyExpiry", json_new_int(st->key_expiry), &w->err);
 	return w->err;
 }
 

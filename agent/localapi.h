@@ -64,6 +64,7 @@ struct localapi_status {
 	const char *dns_suffix;
 	const char *control_key; /* "ctrlkey:..." pinned, NULL if none */
 	const char *health; /* one line on what is wrong (control unreachable...), NULL if fine */
+	int64_t key_expiry; /* when the node key expires, Unix seconds; 0: never */
 };
 
 /* What knit up asked for, validated: tags are "tag:<name>", routes parse

@@ -82,6 +82,7 @@ void state_logout(struct state *st)
 	register_response_free(&st->device);
 	json_free(st->netmap);
 	st->netmap = NULL;
+	st->key_issued = 0;
 	sodium_memzero(st->node_key, sizeof(st->node_key));
 	channel_keygen(st->node_key);
 }
@@ -192,6 +193,8 @@ static struct json *state_json(const struct state *st)
 	json_put(o, "prefs", prefs_json(st), &err);
 	if (st->device.device)
 		json_put(o, "device", register_response_to_json(&st->device), &err);
+	if (st->key_issued)
+		json_put(o, "keyIssued", json_new_int(st->key_issued), &err);
 	if (st->netmap)
 		json_put(o, "netmap", json_clone(st->netmap), &err);
 	if (err) {
@@ -507,6 +510,14 @@ static bool parse_state(const struct json *j, struct state *st, char *err, size_
 		errf(err, errlen, 0, "device.%s", sub);
 		return false;
 	}
+	v = json_get(j, "keyIssued");
+	if (v && !json_is_null(v)) {
+		if (!json_is_int(v) || json_int(v, 0) < 0) {
+			errf(err, errlen, 0, "keyIssued: want Unix seconds");
+			return false;
+		}
+		st->key_issued = json_int(v, 0);
+	}
 	v = json_get(j, "netmap");
 	if (v && !json_is_null(v)) {
 		struct netmap nm;
@@ -659,6 +670,7 @@ int state_load_recover(const char *path, struct state **out, char *err, size_t e
 		ret = errf(err, errlen, -e, "cannot move the unusable %s aside to %s: %s", path, bad, strerror(e));
 		goto out;
 	}
+	(*out)->recovered = true;
 	errbuf_printf(note, notelen, "%s was unusable (%s); moved it to %s and loaded the previous state %s", path, err,
 		      bad, prev);
 	ret = 0;

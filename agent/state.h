@@ -4,7 +4,8 @@
  *    "machineKey":"privkey:<hex>", "nodeKey":"privkey:<hex>", "discoKey":"privkey:<hex>",
  *    "controlKey":"ctrlkey:<hex>", "loginServer":"http://...",
  *    "prefs":{"hostname":"laptop","advertiseTags":["tag:ci"],"advertiseRoutes":["10.0.0.0/24"]},
- *    "device":{"device":"laptop-3f9a2c","name":"laptop","addresses":[...],"dnsSuffix":"..."},
+ *    "device":{"device":"laptop-3f9a2c","name":"laptop","addresses":[...],"dnsSuffix":"...",
+ *              "keyExpiry":1796000000}, "keyIssued":1780000000,
  *    "netmap":{"type":"full",...}}
  *
  * The private keys never leave this file and this process: the file is
@@ -49,8 +50,13 @@ struct state {
 	struct netmap_prefix *routes;
 	size_t nroutes;
 
-	/* What register answered; device.device == NULL when logged out. */
+	/* What register answered; device.device == NULL when logged out.
+	 * device.key_expiry: when node_key expires (0: never). */
 	struct register_response device;
+	int64_t key_issued; /* when node_key was registered, Unix seconds; 0: unknown */
+	/* Not saved: loaded from path.prev (state_load_recover), which may
+	 * hold a node key the server has since seen renewed. */
+	bool recovered;
 	/* The last full netmap as JSON, NULL if none. */
 	struct json *netmap;
 };
