@@ -119,6 +119,9 @@ struct coord {
 	struct httpd *http;
 	bool ready; /* control key loaded */
 	bool stopping;
+	/* ctrlkey.c, on the key loader thread: */
+	bool key_mismatch_warned;
+	unsigned long keeper_restores;
 	uint8_t priv[32], pub[32];
 	char pub_text[80];
 
@@ -236,5 +239,15 @@ int64_t renew_expiry_of(const struct json *dev);
  * written) a new lifetime. NULL: go ahead; else the error reply. */
 struct json *renew_check(struct coord *c, const char *mkey, const struct register_request *rq,
 			 const struct json *existing, struct json *spec, time_t now);
+
+/* ctrlkey.c: the control key's Secret, kept (key loader thread). */
+bool ctrlkey_decode(const struct json *secret, uint8_t priv[32]);
+/* The Secret holding priv (caller frees with json_free_secret). */
+struct json *ctrlkey_secret_doc(const uint8_t priv[32]);
+/* No Secret at start: may a key be minted? Only on a fresh install (no
+ * Tailnet publishes a control key) or with --new-control-key; says why not. */
+bool ctrlkey_may_mint(struct coord *c);
+/* Until c->stopping: restores a deleted or emptied Secret with c->priv. */
+void ctrlkey_keep(struct coord *c);
 
 #endif

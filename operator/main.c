@@ -41,6 +41,7 @@ struct options {
 	const char *listen_coord;
 	const char *listen_webhook;
 	unsigned coord_per_ip;
+	bool new_control_key;
 	const char *webhook_service;
 	const char *webhook_config;
 	const char *webhook_names[WEBHOOK_NAMES_MAX];
@@ -91,6 +92,11 @@ static void usage(FILE *f)
 		"                            on ADDR (default 0.0.0.0:8081; \"\" disables)\n"
 		"  --coord-listen ADDR       serve the coordination API (knitd connects here) on\n"
 		"                            ADDR (default 0.0.0.0:9443; \"\" disables)\n"
+		"  --new-control-key         when the control key Secret is missing, mint a new\n"
+		"                            key even though Tailnets publish one that agents\n"
+		"                            pin (without it the operator waits for the Secret\n"
+		"                            to be restored; while running it restores a\n"
+		"                            deleted Secret with the key in use)\n"
 		"  --coord-per-ip-limit N    open coordination connections per client address\n"
 		"                            (default 1024; 0: unlimited)\n"
 		"  --workers N               reconcile workers per kind (default 4)\n"
@@ -139,7 +145,7 @@ static bool parse_ms(const char *flag, const char *v, uint32_t *out)
 static int parse_args(int argc, char **argv, struct options *o)
 {
 	enum { KUBECONFIG = 256, NAMESPACE, LEASE_NAME, IDENTITY, NO_LE, LEASE_D, RENEW_D, RETRY_D, HEALTH, WORKERS,
-	       NO_DEFAULT, LOG_LEVEL, COORD, RECORD_BYTES, WH_LISTEN, WH_SERVICE, WH_CONFIG, WH_NAME, COORD_PER_IP,
+	       NO_DEFAULT, LOG_LEVEL, COORD, RECORD_BYTES, WH_LISTEN, WH_SERVICE, WH_CONFIG, WH_NAME, COORD_PER_IP, NEW_CTRL_KEY,
 	       TN_V4, TN_V6, TN_DNS, BOOT_AK, BOOT_TAGS, BOOT_EXPIRY };
 	static const struct option longopts[] = {
 		{ "kubeconfig", required_argument, NULL, KUBECONFIG },
@@ -163,6 +169,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "bootstrap-authkey-expiry", required_argument, NULL, BOOT_EXPIRY },
 		{ "log-level", required_argument, NULL, LOG_LEVEL },
 		{ "coord-per-ip-limit", required_argument, NULL, COORD_PER_IP },
+		{ "new-control-key", no_argument, NULL, NEW_CTRL_KEY },
 		{ "webhook-listen", required_argument, NULL, WH_LISTEN },
 		{ "webhook-service", required_argument, NULL, WH_SERVICE },
 		{ "webhook-config", required_argument, NULL, WH_CONFIG },
@@ -213,6 +220,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case BOOT_TAGS: o->boot.authkey_tags = optarg; break;
 		case BOOT_EXPIRY: o->boot.authkey_expiry = optarg; break;
 		case LOG_LEVEL: o->log_level = optarg; break;
+		case NEW_CTRL_KEY: o->new_control_key = true; break;
 		case COORD_PER_IP: {
 			char *end;
 			unsigned long v = strtoul(optarg, &end, 10);
@@ -758,7 +766,7 @@ int main(int argc, char **argv)
 	}
 	if (o.listen_coord && *o.listen_coord) {
 		struct coord_opts co = { .listen = o.listen_coord, .record_bytes = o.map_record_bytes,
-					 .per_ip_limit = o.coord_per_ip };
+					 .per_ip_limit = o.coord_per_ip, .new_control_key = o.new_control_key };
 		r = coord_new(&op, &co, &op.coord);
 		if (r) {
 			log_error("cannot serve coordination", "listen=%s err=%d", o.listen_coord, r);

@@ -8,7 +8,10 @@
 # with tags gets no expiry; knit status, knitd's /metrics and a Warning
 # Event on the Device say the key is within a week of expiry. Then a
 # node's state file is truncated: knitd comes back on the previous file,
-# says so, and is the same device.
+# says so, and is the same device. Last, the control key's Secret: deleted
+# while the operator runs, it is written again with the same key; deleted
+# while the operator is down, the operator does not mint another (agents
+# pin it) until the Secret is restored.
 source "$(dirname "$0")/lib/common.sh"
 source "$(dirname "$0")/lib/apiserver.sh"
 source "$(dirname "$0")/lib/tailnet.sh"
@@ -108,5 +111,29 @@ running2() { [ "$(tailnet_knit node2 status --json | jq -r .backendState)" = Run
 e2e_check "node2 is Running again with no re-join" e2e_wait_for 30 running2
 e2e_expect "as the same device with the same address" "$ip2" "$(tailnet_knit node2 ip -4)"
 e2e_check "and reaches node1" e2e_wait_for 20 reach node2 "$ip1"
+
+# ---- the control key's Secret is kept, never silently replaced ----
+served_key() { in_ns node1 curl -s --max-time 3 "$LOGIN_SERVER/knit/v1/key" | jq -r .controlKey 2>/dev/null; }
+CTRL=$(served_key)
+priv0=$($K get secret knit-control-key -n "$NS" -o jsonpath='{.data.privateKey}')
+$K delete secret knit-control-key -n "$NS" >/dev/null || e2e_die "delete the control key Secret"
+restored() { [ "$($K get secret knit-control-key -n "$NS" -o jsonpath='{.data.privateKey}' 2>/dev/null)" = "$priv0" ]; }
+e2e_check "a deleted control key Secret is written again with the same key" e2e_wait_for 20 restored
+e2e_check "with a ControlKeyRestored Event" sh -c "$K get events -n '$NS' -o json | jq -e \
+	'[.items[] | select(.reason == \"ControlKeyRestored\")] | length > 0' >/dev/null"
+e2e_kill "$OP_PID"
+$K delete secret knit-control-key -n "$NS" >/dev/null || e2e_die "delete the control key Secret"
+OP_HTTP_PORT=$(e2e_free_port)
+e2e_bg operator-op-2 "$OPERATOR" --namespace "$NS" --identity op-2 --http-listen "127.0.0.1:$OP_HTTP_PORT" \
+	--coord-listen "$TAILNET_GW:$COORD_PORT" --lease-duration 4s --renew-deadline 3s --retry-period 1s
+OP_PID=$E2E_PID
+e2e_check "restarted without the Secret, the operator does not mint another key" \
+	e2e_wait_for 30 grep -q "not minting another" "$E2E_DIR/operator-op-2.log"
+e2e_expect "and no Secret with another key appears" "" "$($K get secret knit-control-key -n "$NS" --ignore-not-found -o name)"
+printf '{"apiVersion":"v1","kind":"Secret","metadata":{"name":"knit-control-key","namespace":"%s","labels":{"app.kubernetes.io/managed-by":"knit-operator"}},"type":"knit.dev/control-key","data":{"privateKey":"%s"}}' \
+	"$NS" "$priv0" | $K apply -f - >/dev/null || e2e_die "restore the Secret"
+same_key() { [ "$(served_key)" = "$CTRL" ]; }
+e2e_check "once the Secret is restored, the same key is served" e2e_wait_for 30 same_key
+e2e_check "and node1, pinned to it, reaches node2 through a new netmap" e2e_wait_for 30 reach node1 "$ip2"
 
 e2e_end
