@@ -65,6 +65,7 @@ static int op_status(void *arg, struct localapi_writer *w)
 		.health = identity_health(id),
 		.relay_map = nm ? nm->relay_map : NULL,
 		.has_relay_map = nm != NULL,
+		.key_expiry = identity_key_expiry(id),
 	};
 	struct peer_view v;
 	int err;

@@ -117,6 +117,10 @@ void identity_ping(struct identity *id, const char *peer, struct localapi_reply 
 const char *identity_backend_state(const struct identity *id);
 /* One line on what is wrong, or NULL. */
 const char *identity_health(const struct identity *id);
+/* When the node key expires, Unix seconds; 0: never, or not logged in. */
+int64_t identity_key_expiry(const struct identity *id);
+/* Node keys renewed since start. */
+unsigned long identity_key_renewals(const struct identity *id);
 bool identity_logged_in(const struct identity *id);
 /* Malformed peers and removals left out of netmaps so far (the rest applied). */
 unsigned long identity_peers_skipped(const struct identity *id);

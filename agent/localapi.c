@@ -127,6 +127,8 @@ int localapi_write_status(struct localapi_writer *w, const struct localapi_statu
 	json_put_str(w->root, "health", st->health, &w->err);
 	if (st->has_relay_map)
 		json_put(w->root, "relayMap", st->relay_map ? json_clone(st->relay_map) : json_new_null(), &w->err);
+	if (st->key_expiry)
+		json_put(w->root, "keyExpiry", json_new_int(st->key_expiry), &w->err);
 	return w->err;
 }
 

@@ -68,6 +68,7 @@ struct localapi_status {
 	 * none, shown as null); left out while !has_relay_map (no netmap). */
 	const struct json *relay_map;
 	bool has_relay_map;
+	int64_t key_expiry; /* when the node key expires, Unix seconds; 0: never */
 };
 
 /* What knit up asked for, validated: tags are "tag:<name>", routes parse

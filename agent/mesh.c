@@ -5,12 +5,14 @@
 #include "mesh.h"
 
 #include <errno.h>
+#include <math.h>
 #include <getopt.h>
 #include <net/if.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "api.h"
 #include "health.h"
@@ -105,6 +107,20 @@ static double health_value(void *arg)
 	return identity_health(node_identity(arg)) ? 1 : 0;
 }
 
+/* Seconds until the node key expires; +Inf when it does not (tagged,
+ * or not logged in): alert on knitd_node_key_expiry_seconds < 7*86400. */
+static double key_expiry_value(void *arg)
+{
+	int64_t exp = identity_key_expiry(node_identity(arg));
+
+	return exp ? (double)(exp - (int64_t)time(NULL)) : INFINITY;
+}
+
+static double renewals_value(void *arg)
+{
+	return (double)identity_key_renewals(node_identity(arg));
+}
+
 static int serve_http(struct mesh *m)
 {
 	struct metrics *reg;
@@ -119,7 +135,12 @@ static int serve_http(struct mesh *m)
 	    !metrics_gauge_func_new(reg, "knitd_coordination_connected",
 				    "1 while the map stream from the coordination server is up.", connected_value, m) ||
 	    !metrics_gauge_func_new(reg, "knitd_health_problem", "1 while knit status reports a health problem.",
-				    health_value, m))
+				    health_value, m) ||
+	    !metrics_gauge_func_new(reg, "knitd_node_key_expiry_seconds",
+				    "Seconds until the node key expires (+Inf: it does not); knitd renews it with a third "
+				    "of its lifetime left.", key_expiry_value, m) ||
+	    !metrics_counter_func_new(reg, "knitd_node_key_renewals_total", "Node keys renewed since knitd started.",
+				      renewals_value, m))
 		return -ENOMEM;
 	log_info("serving health and metrics", "listen=%s port=%u", m->o.http_listen, health_port(m->http));
 	return 0;
@@ -292,14 +313,16 @@ static bool is_identity_device(void *arg, const char *ifname)
 /* The node identity's state file (fresh keys on a new machine). */
 static int load_state(struct mesh *m, struct state **st)
 {
-	char err[512];
-	int r = state_load(m->o.state_path, st, err, sizeof(err));
+	char err[1024], note[1024];
+	int r = state_load_recover(m->o.state_path, st, err, sizeof(err), note, sizeof(note));
 
 	if (r == -ENOENT) {
 		r = state_new(st);
 		if (!r)
 			log_info("new machine: made fresh keys", "state=%s", m->o.state_path);
 	}
+	if (!r && note[0])
+		log_warn("state file unusable: came back on the previous one", "path=%s what=\"%s\"", m->o.state_path, note);
 	if (r)
 		log_error("cannot use the state file", "path=%s error=\"%s\"", m->o.state_path, r == -ENOMEM ? "out of memory" : err);
 	return r;

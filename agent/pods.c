@@ -209,7 +209,7 @@ out:
 static void forget_files(const struct pod *pd)
 {
 	unlink(pd->meta_path);
-	unlink(pd->state_path);
+	state_remove(pd->state_path);
 }
 
 /* ---- the attach answer and the list ---- */

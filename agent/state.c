@@ -82,6 +82,7 @@ void state_logout(struct state *st)
 	register_response_free(&st->device);
 	json_free(st->netmap);
 	st->netmap = NULL;
+	st->key_issued = 0;
 	sodium_memzero(st->node_key, sizeof(st->node_key));
 	channel_keygen(st->node_key);
 }
@@ -192,6 +193,8 @@ static struct json *state_json(const struct state *st)
 	json_put(o, "prefs", prefs_json(st), &err);
 	if (st->device.device)
 		json_put(o, "device", register_response_to_json(&st->device), &err);
+	if (st->key_issued)
+		json_put(o, "keyIssued", json_new_int(st->key_issued), &err);
 	if (st->netmap)
 		json_put(o, "netmap", json_clone(st->netmap), &err);
 	if (err) {
@@ -273,6 +276,30 @@ static int write_all(int fd, const uint8_t *p, size_t len)
 	return 0;
 }
 
+/* path.prev becomes a second name of the file at path (the last good
+ * write) before the new file is renamed over path: at every moment one of
+ * them is a whole file that parsed when we wrote it. Nothing at path: the
+ * .prev there stays (after a fallback, it is the one that loaded). */
+static int keep_previous(const char *path)
+{
+	char *prev = NULL;
+	int ret = 0;
+
+	if (asprintf(&prev, "%s" STATE_PREV_SUFFIX, path) < 0)
+		return -ENOMEM;
+	if (access(path, F_OK) != 0)
+		goto out;
+	if (unlink(prev) < 0 && errno != ENOENT) {
+		ret = -errno;
+		goto out;
+	}
+	if (link(path, prev) < 0)
+		ret = -errno;
+out:
+	free(prev);
+	return ret;
+}
+
 int state_save(const struct state *st, const char *path, char *err, size_t errlen)
 {
 	struct buf text = BUF_INIT(STATE_MAX_BYTES);
@@ -319,6 +346,10 @@ int state_save(const struct state *st, const char *path, char *err, size_t errle
 		goto out;
 	}
 	fd = -1;
+	if ((ret = keep_previous(path))) {
+		errf(err, errlen, ret, "cannot keep the previous state as %s" STATE_PREV_SUFFIX ": %s", path, strerror(-ret));
+		goto out;
+	}
 	if (rename(tmp, path) < 0) {
 		ret = errf(err, errlen, -errno, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
 		goto out;
@@ -479,6 +510,14 @@ static bool parse_state(const struct json *j, struct state *st, char *err, size_
 		errf(err, errlen, 0, "device.%s", sub);
 		return false;
 	}
+	v = json_get(j, "keyIssued");
+	if (v && !json_is_null(v)) {
+		if (!json_is_int(v) || json_int(v, 0) < 0) {
+			errf(err, errlen, 0, "keyIssued: want Unix seconds");
+			return false;
+		}
+		st->key_issued = json_int(v, 0);
+	}
 	v = json_get(j, "netmap");
 	if (v && !json_is_null(v)) {
 		struct netmap nm;
@@ -499,11 +538,8 @@ static bool parse_state(const struct json *j, struct state *st, char *err, size_
 int state_load(const char *path, struct state **out, char *err, size_t errlen)
 {
 	struct buf text = BUF_INIT(STATE_MAX_BYTES);
-	struct state *st = NULL;
-	struct json_error je;
-	struct json *j = NULL;
 	struct stat sb;
-	char why[256];
+	char why[300];
 	int fd, ret;
 
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -558,10 +594,30 @@ int state_load(const char *path, struct state **out, char *err, size_t errlen)
 			break;
 		buf_commit(&text, (size_t)n);
 	}
-	j = json_parse((const char *)buf_str(&text), text.len, &je);
+	if ((ret = state_parse((const char *)buf_str(&text), text.len, out, why, sizeof(why))))
+		errf(err, errlen, ret, "%s: %s (move it away to start over as a new device)", path, why);
+out:
+	if (fd >= 0)
+		close(fd);
+	buf_free_secure(&text);
+	return ret;
+}
+
+int state_parse(const char *text, size_t len, struct state **out, char *err, size_t errlen)
+{
+	struct state *st = NULL;
+	struct json_error je;
+	struct json *j = NULL;
+	char why[256];
+	int ret;
+
+	if (len > STATE_MAX_BYTES) {
+		ret = errf(err, errlen, -EFBIG, "%zu bytes, more than a state file can be", len);
+		goto out;
+	}
+	j = json_parse(text, len, &je);
 	if (!j) {
-		ret = errf(err, errlen, -EINVAL, "%s:%zu:%zu: not JSON: %s (move it away to start over as a new device)",
-			   path, je.line, je.column, je.msg);
+		ret = errf(err, errlen, -EINVAL, "%zu:%zu: not JSON: %s", je.line, je.column, je.msg);
 		goto out;
 	}
 	st = calloc(1, sizeof(*st));
@@ -570,17 +626,71 @@ int state_load(const char *path, struct state **out, char *err, size_t errlen)
 		goto out;
 	}
 	if (!parse_state(j, st, why, sizeof(why))) {
-		ret = errf(err, errlen, -EINVAL, "%s: %s (move it away to start over as a new device)", path, why);
+		ret = errf(err, errlen, -EINVAL, "%s", why);
 		goto out;
 	}
 	*out = st;
 	st = NULL;
 	ret = 0;
 out:
-	if (fd >= 0)
-		close(fd);
 	state_free(st);
-	messages_json_free_secret(j);
-	buf_free_secure(&text);
+	json_free_secret(j);
 	return ret;
+}
+
+int state_load_recover(const char *path, struct state **out, char *err, size_t errlen, char *note, size_t notelen)
+{
+	char *prev = NULL, *bad = NULL, perr[512];
+	int ret, pret;
+
+	if (notelen)
+		note[0] = '\0';
+	ret = state_load(path, out, err, errlen);
+	if (ret != -EINVAL)
+		return ret;
+	if (asprintf(&prev, "%s" STATE_PREV_SUFFIX, path) < 0 || asprintf(&bad, "%s" STATE_CORRUPT_SUFFIX, path) < 0) {
+		ret = errf(err, errlen, -ENOMEM, "out of memory");
+		goto out;
+	}
+	pret = state_load(prev, out, perr, sizeof(perr));
+	if (pret) {
+		/* No way back: say so about both files. */
+		size_t n = strlen(err);
+		if (n + 1 < errlen)
+			snprintf(err + n, errlen - n, "; the previous state %s: %s", prev,
+				 pret == -ENOENT ? "does not exist" : perr);
+		goto out;
+	}
+	/* The bad file is kept aside for a look, not overwritten: the next
+	 * save finds nothing at path and leaves .prev (the good one) alone. */
+	if (rename(path, bad) < 0) {
+		int e = errno;
+		state_free(*out);
+		*out = NULL;
+		ret = errf(err, errlen, -e, "cannot move the unusable %s aside to %s: %s", path, bad, strerror(e));
+		goto out;
+	}
+	(*out)->recovered = true;
+	errbuf_printf(note, notelen, "%s was unusable (%s); moved it to %s and loaded the previous state %s", path, err,
+		      bad, prev);
+	ret = 0;
+out:
+	free(prev);
+	free(bad);
+	return ret;
+}
+
+void state_remove(const char *path)
+{
+	char *p = NULL;
+
+	unlink(path);
+	if (asprintf(&p, "%s" STATE_PREV_SUFFIX, path) >= 0) {
+		unlink(p);
+		free(p);
+	}
+	if (asprintf(&p, "%s" STATE_CORRUPT_SUFFIX, path) >= 0) {
+		unlink(p);
+		free(p);
+	}
 }

@@ -4,7 +4,8 @@
  *    "machineKey":"privkey:<hex>", "nodeKey":"privkey:<hex>", "discoKey":"privkey:<hex>",
  *    "controlKey":"ctrlkey:<hex>", "loginServer":"http://...",
  *    "prefs":{"hostname":"laptop","advertiseTags":["tag:ci"],"advertiseRoutes":["10.0.0.0/24"]},
- *    "device":{"device":"laptop-3f9a2c","name":"laptop","addresses":[...],"dnsSuffix":"..."},
+ *    "device":{"device":"laptop-3f9a2c","name":"laptop","addresses":[...],"dnsSuffix":"...",
+ *              "keyExpiry":1796000000}, "keyIssued":1780000000,
  *    "netmap":{"type":"full",...}}
  *
  * The private keys never leave this file and this process: the file is
@@ -12,7 +13,12 @@
  * fsync'd and renamed over the old one (so a crash leaves the old or the
  * new file, never half of one), and every copy in memory is wiped. The
  * last netmap lets knitd keep forwarding after a restart while the
- * control plane is down. */
+ * control plane is down.
+ *
+ * Each save first gives the file it replaces a second name, path.prev
+ * (a hard link: no copy). A file that no longer parses (truncated by a
+ * full disk, hand-edited, corrupt) is then not the end: the loader moves
+ * it to path.corrupt and comes back on path.prev, and says so. */
 #ifndef KNIT_AGENT_STATE_H
 #define KNIT_AGENT_STATE_H
 
@@ -24,6 +30,8 @@
 
 #define STATE_PATH_DEFAULT "/var/lib/knit/knitd.state"
 #define STATE_MAX_BYTES ((size_t)64 << 20)
+#define STATE_PREV_SUFFIX ".prev"
+#define STATE_CORRUPT_SUFFIX ".corrupt"
 
 struct json;
 
@@ -42,8 +50,13 @@ struct state {
 	struct netmap_prefix *routes;
 	size_t nroutes;
 
-	/* What register answered; device.device == NULL when logged out. */
+	/* What register answered; device.device == NULL when logged out.
+	 * device.key_expiry: when node_key expires (0: never). */
 	struct register_response device;
+	int64_t key_issued; /* when node_key was registered, Unix seconds; 0: unknown */
+	/* Not saved: loaded from path.prev (state_load_recover), which may
+	 * hold a node key the server has since seen renewed. */
+	bool recovered;
 	/* The last full netmap as JSON, NULL if none. */
 	struct json *netmap;
 };
@@ -55,6 +68,16 @@ int state_new(struct state **out);
  * names the field); -EFBIG; other negative errnos from the system. err
  * says what to do in every case. */
 int state_load(const char *path, struct state **out, char *err, size_t errlen);
+/* As state_load, for a file that does not parse (-EINVAL) falls back to
+ * path.prev: on success then, path is moved to path.corrupt and note (a
+ * line for the log) says what happened; note is "" when path loaded. When
+ * both are unusable, err names both. */
+int state_load_recover(const char *path, struct state **out, char *err, size_t errlen, char *note, size_t notelen);
+/* A state file's text: the untrusted-input core of state_load (-EINVAL,
+ * err names the field; -EFBIG; -ENOMEM). The parsed tree is wiped. */
+int state_parse(const char *text, size_t len, struct state **out, char *err, size_t errlen);
+/* Unlinks path and the .prev and .corrupt beside it. */
+void state_remove(const char *path);
 /* Writes st atomically (see above), creating missing directories 0700.
  * Returns 0 or a negative errno, with err naming the step that failed. */
 int state_save(const struct state *st, const char *path, char *err, size_t errlen);

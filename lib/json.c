@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 
@@ -137,6 +138,35 @@ void json_free(struct json *j)
 		break;
 	}
 	free(j);
+}
+
+/* json_free, but every string and member name is wiped first. */
+void json_free_secret(struct json *j)
+{
+	if (!j)
+		return;
+	switch (j->type) {
+	case JSON_STRING:
+		if (j->u.str.s)
+			sodium_memzero(j->u.str.s, j->u.str.len);
+		break;
+	case JSON_ARRAY:
+		for (size_t i = 0; i < j->u.arr.len; i++) {
+			json_free_secret(j->u.arr.v[i]);
+			j->u.arr.v[i] = NULL;
+		}
+		break;
+	case JSON_OBJECT:
+		for (size_t i = 0; i < j->u.obj.len; i++) {
+			sodium_memzero(j->u.obj.m[i].key, strlen(j->u.obj.m[i].key));
+			json_free_secret(j->u.obj.m[i].val);
+			j->u.obj.m[i].val = NULL;
+		}
+		break;
+	default:
+		break;
+	}
+	json_free(j);
 }
 
 struct json *json_new_null(void)

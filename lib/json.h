@@ -55,6 +55,10 @@ struct json *json_parse(const char *data, size_t len, struct json_error *err);
 struct json *json_parse_max(const char *data, size_t len, size_t max_bytes,
 			    struct json_error *err);
 void json_free(struct json *j);
+/* Frees a tree that holds secrets (auth keys, private keys, a Secret's
+ * data): every string and member name is wiped with sodium_memzero()
+ * first. NULL is a no-op. */
+void json_free_secret(struct json *j);
 
 enum json_type json_type(const struct json *j); /* JSON_NULL for a NULL node */
 const char *json_type_name(enum json_type t);

@@ -129,7 +129,7 @@ static int ensure_secret(struct operator *op, const struct json *ak, const char 
 		if (!s)
 			return -ENOMEM;
 		err = kube_create(op->kube, &kube_res_secrets, ns, s, &r);
-		json_free(s);
+		json_free_secret(s);
 		if (err)
 			return err;
 		if (r.status == 409) { /* someone (another operator) just did: read theirs next time */
@@ -256,7 +256,7 @@ int authkey_reconcile(struct operator *op, const char *ns, const char *name, uin
 out:
 	sodium_memzero(key, sizeof(key));
 	json_free(status);
-	json_free(secret);
+	json_free_secret(secret);
 	json_free(ak);
 	return err;
 }

@@ -119,6 +119,9 @@ struct coord {
 	struct httpd *http;
 	bool ready; /* control key loaded */
 	bool stopping;
+	/* ctrlkey.c, on the key loader thread: */
+	bool key_mismatch_warned;
+	unsigned long keeper_restores;
 	uint8_t priv[32], pub[32];
 	char pub_text[80];
 
@@ -220,5 +223,31 @@ struct json *register_device_doc(const struct json *existing, const char *host, 
 				 size_t namelen, struct json **spec);
 /* Queues the online/offline transition for the API server. */
 void register_online_changed(struct coord *c, const char *device, bool online);
+
+/* renew.c: node key lifetimes and renewal (worker threads). */
+struct register_request;
+/* How long a node key registered with ak (NULL: none) lives in Tailnet tn:
+ * the AuthKey's spec.nodeKeyExpiry if set, else none for a tagged device,
+ * else the Tailnet's spec.keyExpiry. 0: never expires. */
+uint64_t renew_key_lifetime_ms(const struct json *tn, const struct json *ak, bool tagged);
+/* spec.keyExpiry = now + life_ms, or no keyExpiry for 0. */
+void renew_set_expiry(struct json *spec, uint64_t life_ms, time_t now);
+/* A Device's spec.keyExpiry as Unix seconds; 0: none. */
+int64_t renew_expiry_of(const struct json *dev);
+/* A register call with oldNodeKey: checks it against existing (this
+ * machine's Device) and the proof, and gives spec (the Device being
+ * written) a new lifetime. NULL: go ahead; else the error reply. */
+struct json *renew_check(struct coord *c, const char *mkey, const struct register_request *rq,
+			 const struct json *existing, struct json *spec, time_t now);
+
+/* ctrlkey.c: the control key's Secret, kept (key loader thread). */
+bool ctrlkey_decode(const struct json *secret, uint8_t priv[32]);
+/* The Secret holding priv (caller frees with json_free_secret). */
+struct json *ctrlkey_secret_doc(const uint8_t priv[32]);
+/* No Secret at start: may a key be minted? Only on a fresh install (no
+ * Tailnet publishes a control key) or with --new-control-key; says why not. */
+bool ctrlkey_may_mint(struct coord *c);
+/* Until c->stopping: restores a deleted or emptied Secret with c->priv. */
+void ctrlkey_keep(struct coord *c);
 
 #endif

@@ -96,23 +96,12 @@ static void key_loaded(struct loop *loop, void *arg)
 {
 	struct coord *c = arg;
 
-	if (c->key_loader_started) {
-		pthread_join(c->key_loader, NULL);
-		c->key_loader_started = false;
-	}
+	/* The loader thread goes on keeping the Secret (ctrlkey.c); coord_join
+	 * joins it. */
 	if (c->stopping)
 		return;
 	c->ready = true;
 	log_info("control key ready", "key=%s", c->pub_text);
-}
-
-static bool decode_key(const struct json *secret, uint8_t priv[32])
-{
-	const char *b64 = json_str(json_path(secret, "data", "privateKey", NULL));
-	size_t n = 0;
-
-	return b64 && sodium_base642bin(priv, 32, b64, strlen(b64), NULL, &n, NULL, sodium_base64_VARIANT_ORIGINAL) == 0 &&
-	       n == 32;
 }
 
 static void *load_key(void *arg)
@@ -124,26 +113,21 @@ static void *load_key(void *arg)
 		struct kube_result r;
 		int err = kube_get(op->kube, &kube_res_secrets, op->namespace, CONTROL_SECRET, &r);
 
-		if (!err && kube_ok(&r) && decode_key(r.obj, c->priv)) {
-			kube_result_clear(&r);
+		if (!err && kube_ok(&r) && ctrlkey_decode(r.obj, c->priv)) {
+			json_free_secret(kube_result_take(&r));
 			break;
+		}
+		if (!err && r.status == 404 && !ctrlkey_may_mint(c)) {
+			struct timespec ts = { .tv_sec = 5 };
+			nanosleep(&ts, NULL);
+			continue;
 		}
 		if (!err && r.status == 404) {
 			uint8_t priv[32];
-			char b64[64];
-			struct json_error je;
-			char doc[512];
 			struct json *s;
 
 			channel_keygen(priv);
-			sodium_bin2base64(b64, sizeof(b64), priv, 32, sodium_base64_VARIANT_ORIGINAL);
-			snprintf(doc, sizeof(doc),
-				 "{\"apiVersion\":\"v1\",\"kind\":\"Secret\",\"metadata\":{\"name\":\"" CONTROL_SECRET "\","
-				 "\"labels\":{\"app.kubernetes.io/managed-by\":\"" OPERATOR_MANAGER "\"}},"
-				 "\"type\":\"knit.dev/control-key\",\"data\":{\"privateKey\":\"%s\"}}", b64);
-			s = json_parse(doc, strlen(doc), &je);
-			sodium_memzero(doc, sizeof(doc));
-			sodium_memzero(b64, sizeof(b64));
+			s = ctrlkey_secret_doc(priv);
 			sodium_memzero(priv, sizeof(priv));
 			kube_result_clear(&r);
 			if (s) {
@@ -152,21 +136,22 @@ static void *load_key(void *arg)
 				if (kube_create(op->kube, &kube_res_secrets, op->namespace, s, &cr) == 0) {
 					if (kube_ok(&cr))
 						log_info("created the control key", "secret=%s/%s", op->namespace, CONTROL_SECRET);
-					kube_result_clear(&cr);
+					json_free_secret(kube_result_take(&cr));
 				}
-				json_free(s);
+				json_free_secret(s);
 			}
 			continue;
 		}
 		if (!err)
 			log_warn("cannot read the control key", "status=%ld message=\"%s\"", r.status, r.message);
-		kube_result_clear(&r);
+		json_free_secret(kube_result_take(&r));
 		struct timespec ts = { .tv_sec = attempt < 5 ? 1 : 5 };
 		nanosleep(&ts, NULL);
 	}
 	channel_public_key(c->pub, c->priv);
 	channel_key_format(c->pub, "ctrlkey:", c->pub_text, sizeof(c->pub_text));
 	loop_post(c->op->loop, key_loaded, c);
+	ctrlkey_keep(c);
 	return NULL;
 }
 

@@ -24,6 +24,7 @@ struct coord_opts {
 	uint32_t register_wait_ms; /* how long register waits for addresses; 0: 15 s */
 	uint32_t record_bytes; /* peer text per map record, about; 0: 16 KiB */
 	unsigned per_ip_limit; /* open connections per client address; 0: unlimited */
+	bool new_control_key; /* no Secret: mint a key even if Tailnets publish one */
 };
 
 /* The listener's own counts (refusals by reason, bodies held). */

@@ -302,6 +302,28 @@ enum device_step device_plan(const struct json *dev, const struct json *tn, time
 	return DEVICE_ALLOCATE;
 }
 
+void device_key_warning(time_t expiry, time_t now, int64_t gen, struct json *status, uint64_t *requeue_ms)
+{
+	char msg[160], ts[32];
+
+	if (!expiry) {
+		kube_condition_set(status, "KeyExpiringSoon", "False", "NoExpiry", "the node key does not expire", gen, now);
+		return;
+	}
+	kube_time_format(expiry, ts, sizeof(ts));
+	if (expiry <= now) {
+		snprintf(msg, sizeof(msg), "the node key expired at %s", ts);
+		kube_condition_set(status, "KeyExpiringSoon", "False", "KeyExpired", msg, gen, now);
+	} else if (expiry - now <= DEVICE_KEY_WARN_SECONDS) {
+		snprintf(msg, sizeof(msg), "the node key expires at %s and has not been renewed", ts);
+		kube_condition_set(status, "KeyExpiringSoon", "True", "KeyExpiresWithinAWeek", msg, gen, now);
+	} else {
+		snprintf(msg, sizeof(msg), "the node key expires at %s", ts);
+		kube_condition_set(status, "KeyExpiringSoon", "False", "KeyValid", msg, gen, now);
+		lower(requeue_ms, (uint64_t)(expiry - now - DEVICE_KEY_WARN_SECONDS) * 1000 + 500);
+	}
+}
+
 int device_desired_status(const struct json *dev, const char *v4, const char *v6, time_t now, struct json *status,
 			  uint64_t *requeue_ms)
 {
@@ -320,6 +342,7 @@ int device_desired_status(const struct json *dev, const char *v4, const char *v6
 			lower(requeue_ms, (uint64_t)(expiry - now) * 1000 + 500);
 	}
 	json_object_set(status, "keyExpired", json_new_bool(key_expired));
+	device_key_warning(expiry_s ? expiry : 0, now, gen, status, requeue_ms);
 	if (key_expired)
 		kube_condition_set(status, "Ready", "False", "KeyExpired", "the node key has expired; re-authenticate the device", gen, now);
 	else
@@ -340,6 +363,18 @@ static int delete_device(struct operator *op, const struct json *dev)
 		kube_result_clear(&r);
 	}
 	return err;
+}
+
+static bool condition_is(const struct json *status, const char *type, const char *want)
+{
+	const struct json *conds = json_get(status, "conditions");
+
+	for (size_t i = 0; i < json_array_len(conds); i++) {
+		const struct json *c = json_array_at(conds, i);
+		if (!strcmp(json_str(json_get(c, "type")) ?: "", type))
+			return !strcmp(json_str(json_get(c, "status")) ?: "", want);
+	}
+	return false;
 }
 
 int device_reconcile(struct operator *op, const char *ns, const char *name, uint64_t *requeue_ms)
@@ -403,6 +438,9 @@ int device_reconcile(struct operator *op, const char *ns, const char *name, uint
 	err = device_desired_status(dev, v4, v6, now, status, requeue_ms);
 	if (err)
 		goto out;
+	if (condition_is(status, "KeyExpiringSoon", "True") && !condition_is(json_get(dev, "status"), "KeyExpiringSoon", "True"))
+		operator_event(op, dev, true, "KeyExpiringSoon", "Node key of %s expires within a week (%s); knitd renews "
+			       "it by itself: check that the device is online", name, json_str(json_path(dev, "spec", "keyExpiry", NULL)) ?: "?");
 write:
 	json_object_set(status, "observedGeneration", json_new_int(kube_generation(dev)));
 	err = operator_update_status(op, &res_devices, dev, status);

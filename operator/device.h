@@ -31,4 +31,11 @@ enum device_step device_plan(const struct json *dev, const struct json *tn, time
 int device_desired_status(const struct json *dev, const char *v4, const char *v6, time_t now, struct json *status,
 			  uint64_t *requeue_ms);
 
+/* A week ahead, Devices warn that their node key is about to expire. */
+#define DEVICE_KEY_WARN_SECONDS (7 * 24 * 3600)
+/* The KeyExpiringSoon condition for a key expiring at expiry (0: never):
+ * True within DEVICE_KEY_WARN_SECONDS; *requeue_ms lowered to when it
+ * turns True. device_reconcile records a Warning Event on the turn. */
+void device_key_warning(time_t expiry, time_t now, int64_t gen, struct json *status, uint64_t *requeue_ms);
+
 #endif

@@ -42,6 +42,7 @@ struct options {
 	const char *listen_coord;
 	const char *listen_webhook;
 	unsigned coord_per_ip;
+	bool new_control_key;
 	const char *webhook_service;
 	const char *webhook_config;
 	const char *webhook_names[WEBHOOK_NAMES_MAX];
@@ -94,6 +95,11 @@ static void usage(FILE *f)
 		"                            on ADDR (default 0.0.0.0:8081; \"\" disables)\n"
 		"  --coord-listen ADDR       serve the coordination API (knitd connects here) on\n"
 		"                            ADDR (default 0.0.0.0:9443; \"\" disables)\n"
+		"  --new-control-key         when the control key Secret is missing, mint a new\n"
+		"                            key even though Tailnets publish one that agents\n"
+		"                            pin (without it the operator waits for the Secret\n"
+		"                            to be restored; while running it restores a\n"
+		"                            deleted Secret with the key in use)\n"
 		"  --coord-per-ip-limit N    open coordination connections per client address\n"
 		"                            (default 1024; 0: unlimited)\n"
 		"  --workers N               reconcile workers per kind (default 4)\n"
@@ -162,9 +168,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 {
 	enum { KUBECONFIG = 256, NAMESPACE, LEASE_NAME, IDENTITY, NO_LE, LEASE_D, RENEW_D, RETRY_D, HEALTH, WORKERS,
 	       NO_DEFAULT, LOG_LEVEL, COORD, RECORD_BYTES, WH_LISTEN, WH_SERVICE, WH_CONFIG, WH_NAME, COORD_PER_IP,
-	       TN_V4, TN_V6, TN_DNS, BOOT_AK, BOOT_TAGS, BOOT_EXPIRY, RELAY_LISTEN, RELAY_STUN_PORT, RELAY_STUN_ADDR,
-	       RELAY_CERT, RELAY_KEY, RELAY_KEY_FILE, RELAY_MESH, RELAY_MESH_KEY, RELAY_MESH_CA, TN_RELAY, TN_RELAY_STUN,
-	       BOOT_MESH };
+	       NEW_CTRL_KEY, TN_V4, TN_V6, TN_DNS, BOOT_AK, BOOT_TAGS, BOOT_EXPIRY, RELAY_LISTEN, RELAY_STUN_PORT,
+	       RELAY_STUN_ADDR, RELAY_CERT, RELAY_KEY, RELAY_KEY_FILE, RELAY_MESH, RELAY_MESH_KEY, RELAY_MESH_CA, TN_RELAY,
+	       TN_RELAY_STUN, BOOT_MESH };
 	static const struct option longopts[] = {
 		{ "kubeconfig", required_argument, NULL, KUBECONFIG },
 		{ "namespace", required_argument, NULL, NAMESPACE },
@@ -190,6 +196,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "bootstrap-authkey-expiry", required_argument, NULL, BOOT_EXPIRY },
 		{ "log-level", required_argument, NULL, LOG_LEVEL },
 		{ "coord-per-ip-limit", required_argument, NULL, COORD_PER_IP },
+		{ "new-control-key", no_argument, NULL, NEW_CTRL_KEY },
 		{ "webhook-listen", required_argument, NULL, WH_LISTEN },
 		{ "webhook-service", required_argument, NULL, WH_SERVICE },
 		{ "webhook-config", required_argument, NULL, WH_CONFIG },
@@ -259,6 +266,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case TN_RELAY_STUN: o->boot.relay_stun_port = optarg; break;
 		case BOOT_MESH: o->boot.relay_mesh_secret = optarg; break;
 		case LOG_LEVEL: o->log_level = optarg; break;
+		case NEW_CTRL_KEY: o->new_control_key = true; break;
 		case COORD_PER_IP: {
 			char *end;
 			unsigned long v = strtoul(optarg, &end, 10);
@@ -832,7 +840,7 @@ int main(int argc, char **argv)
 	}
 	if (o.listen_coord && *o.listen_coord) {
 		struct coord_opts co = { .listen = o.listen_coord, .record_bytes = o.map_record_bytes,
-					 .per_ip_limit = o.coord_per_ip };
+					 .per_ip_limit = o.coord_per_ip, .new_control_key = o.new_control_key };
 		r = coord_new(&op, &co, &op.coord);
 		if (r) {
 			log_error("cannot serve coordination", "listen=%s err=%d", o.listen_coord, r);

@@ -158,6 +158,9 @@ int record_from_device(const struct json *dev, const char *suffix, const struct 
 			goto out;
 	}
 	out->ephemeral = json_bool(path(dev, "spec", "ephemeral"), false);
+	time_t key_expiry;
+	if (kube_time_parse(json_str(path(dev, "spec", "keyExpiry")), &key_expiry))
+		out->key_expiry = (int64_t)key_expiry;
 	if (soft) {
 		size_t n = soft->nendpoints < FIELDS_MAX_ENDPOINTS ? soft->nendpoints : FIELDS_MAX_ENDPOINTS;
 

@@ -365,7 +365,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 	struct register_request rq;
 	struct register_response resp = { 0 };
 	struct json *tags = NULL, *existing = NULL, *ak = NULL, *reply = NULL, *dev = NULL, *spec;
-	char host[64], name[128], hash_hex[65], ts[32], why[200];
+	char host[64], name[128], hash_hex[65], why[200];
 	char node_key[MESSAGES_KEY_TEXT_LEN], disco_key[MESSAGES_KEY_TEXT_LEN];
 	unsigned char h[crypto_hash_sha256_BYTES];
 	struct kube_result r = { 0 };
@@ -494,18 +494,14 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 			json_object_set(spec, "user", json_new_string(json_str(json_path(ak, "spec", "user", NULL))));
 		else
 			json_object_del(spec, "user");
-		/* Re-authenticating renews the key; tagged devices do not expire. */
+		/* Re-authenticating renews the key (renew.c: tagged devices do
+		 * not expire unless the AuthKey says so). */
 		struct json *tn = informer_get(op->tailnets, NULL, tailnet);
-		uint64_t life = 0;
-		kube_duration_parse(json_str(json_path(tn, "spec", "keyExpiry", NULL)) ?: "4320h", &life);
+		renew_set_expiry(spec, renew_key_lifetime_ms(tn, ak, json_array_len(tags) > 0), now);
 		json_free(tn);
-		if (life && !json_array_len(tags)) {
-			kube_time_format(now + (time_t)(life / 1000), ts, sizeof(ts));
-			json_object_set(spec, "keyExpiry", json_new_string(ts));
-		} else {
-			json_object_del(spec, "keyExpiry");
-		}
 	}
+	if (rq.has_old_node_key && (reply = renew_check(c, mkey, &rq, existing, spec, now)))
+		goto out;
 	if (rq.nroutes)
 		json_object_set(spec, "advertisedRoutes", fields_prefixes_json(rq.routes, rq.nroutes, false));
 	else
@@ -552,6 +548,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 	resp.device = name;
 	resp.name = host;
 	resp.ephemeral = json_bool(json_path(dev, "spec", "ephemeral", NULL), false);
+	resp.key_expiry = renew_expiry_of(dev);
 	if (record_addresses(dev, &resp.addresses, &resp.naddresses)) {
 		reply = coord_error_reply("Unavailable", "the device's addresses are not valid; try again");
 		goto out;

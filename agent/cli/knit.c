@@ -22,6 +22,7 @@
 #include "defaults.h"
 #include "json.h"
 #include "netcheck.h"
+#include "keyexpiry.h"
 #include "policy_check.h"
 
 #define SOCKET_DEFAULT KNIT_SOCKET_DEFAULT
@@ -705,6 +706,28 @@ static int get_status(const struct cli *cli, struct json **out)
 	return 0;
 }
 
+/* knitd renews the node key with a third of its lifetime left: a key a
+ * week from expiry has not been renewed for long, and that is worth a
+ * line of its own. */
+static void print_key_expiry(int64_t expiry, time_t now)
+{
+	char left[32], at[32];
+	time_t t = (time_t)expiry;
+	struct tm tm;
+
+	if (!expiry)
+		return;
+	keyexpiry_format_left(expiry - (int64_t)now, left, sizeof(left));
+	strftime(at, sizeof(at), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+	if (expiry <= (int64_t)now)
+		printf("# Warning: the node key expired at %s: re-authenticate with knit up --authkey-file PATH\n", at);
+	else if (keyexpiry_warn(expiry, (int64_t)now))
+		printf("# Warning: the node key expires in %s (%s) and has not been renewed: check that knitd "
+		       "reaches the coordination server\n", left, at);
+	else
+		printf("# Key expiry: %s (in %s; knitd renews it before then)\n", at, left);
+}
+
 static int cmd_status(const struct cli *cli, int argc, char **argv)
 {
 	enum { JSON = OPT_HELP + 1 };
@@ -769,6 +792,7 @@ static int cmd_status(const struct cli *cli, int argc, char **argv)
 	}
 	if (health)
 		printf("# Health: %s\n", health);
+	print_key_expiry(json_int(json_get(st, "keyExpiry"), 0), time(NULL));
 	json_free(st);
 	return ret;
 }

@@ -1,6 +1,7 @@
 /* The calls (docs/control-protocol.md, "Calls"): register, update, map
  * and logout requests and their responses, application errors. */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,10 @@ struct json *register_request_to_json(const struct register_request *r)
 		json_put(o, "hostname", json_new_string(r->hostname), &err);
 	json_put(o, "tags", fields_strv_json(r->tags, r->ntags), &err);
 	json_put(o, "advertiseRoutes", fields_prefixes_json(r->routes, r->nroutes, false), &err);
+	if (r->has_old_node_key) {
+		json_put(o, "oldNodeKey", fields_key_json(r->old_node_key, "nodekey:"), &err);
+		json_put(o, "renewProof", fields_key_json(r->renew_proof, "proof:"), &err);
+	}
 	if (err) {
 		messages_json_free_secret(o);
 		return NULL;
@@ -59,7 +64,13 @@ bool register_request_from_json(const struct json *j, struct register_request *o
 	     fields_get_key(j, "", "discoKey", "discokey:", true, out->disco_key, NULL, err, errlen) &&
 	     fields_get_str(j, "", "hostname", false, 255, &out->hostname, err, errlen) &&
 	     fields_get_tags(j, "", "tags", &out->tags, &out->ntags, err, errlen) &&
-	     fields_get_prefixes(j, "", "advertiseRoutes", false, true, &out->routes, &out->nroutes, err, errlen);
+	     fields_get_prefixes(j, "", "advertiseRoutes", false, true, &out->routes, &out->nroutes, err, errlen) &&
+	     fields_get_key(j, "", "oldNodeKey", "nodekey:", false, out->old_node_key, &out->has_old_node_key, err,
+			    errlen) &&
+	     fields_get_key(j, "", "renewProof", "proof:", out->has_old_node_key, out->renew_proof, NULL, err, errlen);
+	/* A renewal proves the old key instead of showing an auth key. */
+	if (ok && out->has_old_node_key && out->auth_key)
+		ok = fields_fail(err, errlen, "oldNodeKey: a renewal carries no authKey");
 	if (!ok)
 		register_request_free(out);
 	return ok;
@@ -76,6 +87,27 @@ void register_response_free(struct register_response *r)
 	memset(r, 0, sizeof(*r));
 }
 
+bool messages_renew_proof(const uint8_t priv[MESSAGES_KEY_LEN], const uint8_t pub[MESSAGES_KEY_LEN],
+			  const uint8_t machine_pub[MESSAGES_KEY_LEN], const uint8_t new_node_pub[MESSAGES_KEY_LEN],
+			  uint8_t proof[MESSAGES_KEY_LEN])
+{
+	static const char label[] = "knit renew v1";
+	crypto_generichash_state h;
+	uint8_t shared[crypto_scalarmult_BYTES];
+	bool ok = crypto_scalarmult(shared, priv, pub) == 0;
+
+	if (ok) {
+		crypto_generichash_init(&h, shared, sizeof(shared), MESSAGES_KEY_LEN);
+		crypto_generichash_update(&h, (const uint8_t *)label, sizeof(label) - 1);
+		crypto_generichash_update(&h, machine_pub, MESSAGES_KEY_LEN);
+		crypto_generichash_update(&h, new_node_pub, MESSAGES_KEY_LEN);
+		crypto_generichash_final(&h, proof, MESSAGES_KEY_LEN);
+	}
+	sodium_memzero(shared, sizeof(shared));
+	sodium_memzero(&h, sizeof(h));
+	return ok;
+}
+
 struct json *register_response_to_json(const struct register_response *r)
 {
 	struct json *o = json_new_object();
@@ -89,6 +121,8 @@ struct json *register_response_to_json(const struct register_response *r)
 	json_put(o, "ephemeral", json_new_bool(r->ephemeral), &err);
 	if (r->dns_suffix)
 		json_put(o, "dnsSuffix", json_new_string(r->dns_suffix), &err);
+	if (r->key_expiry)
+		json_put(o, "keyExpiry", json_new_int(r->key_expiry), &err);
 	if (err) {
 		json_free(o);
 		return NULL;
@@ -107,7 +141,8 @@ bool register_response_from_json(const struct json *j, struct register_response 
 	     fields_get_str(j, "", "name", true, FIELDS_HOSTNAME_MAX, &out->name, err, errlen) &&
 	     fields_get_prefixes(j, "", "addresses", true, false, &out->addresses, &out->naddresses, err, errlen) &&
 	     fields_get_bool(j, "", "ephemeral", &out->ephemeral, err, errlen) &&
-	     fields_get_str(j, "", "dnsSuffix", false, FIELDS_MAX_NAME, &out->dns_suffix, err, errlen);
+	     fields_get_str(j, "", "dnsSuffix", false, FIELDS_MAX_NAME, &out->dns_suffix, err, errlen) &&
+	     fields_get_int(j, "", "keyExpiry", 0, INT64_MAX, &out->key_expiry, NULL, err, errlen);
 	if (ok && out->naddresses == 0)
 		ok = fields_fail(err, errlen, "addresses: empty");
 	if (!ok)
@@ -202,35 +237,7 @@ struct json *messages_error_new(const char *code, const char *message)
 	return o;
 }
 
-static void wipe_strings(struct json *j)
-{
-	size_t len, i;
-	const char *key;
-	struct json *v;
-
-	switch (json_type(j)) {
-	case JSON_STRING: {
-		/* Our own tree: the string is writable memory. */
-		char *s = (char *)json_strn(j, &len);
-
-		sodium_memzero(s, len);
-		break;
-	}
-	case JSON_ARRAY:
-		for (i = 0; i < json_array_len(j); i++)
-			wipe_strings(json_array_at(j, i));
-		break;
-	case JSON_OBJECT:
-		json_object_foreach(j, i, key, v)
-			wipe_strings(v);
-		break;
-	default:
-		break;
-	}
-}
-
 void messages_json_free_secret(struct json *j)
 {
-	wipe_strings(j);
-	json_free(j);
+	json_free_secret(j);
 }

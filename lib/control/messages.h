@@ -63,6 +63,7 @@ struct netmap_node {
 	char **tags;
 	size_t ntags;
 	char *user; /* the owner's login ("alice@example.com"); NULL: tagged or not sent */
+	int64_t key_expiry; /* when node_key expires, Unix seconds; 0: never */
 };
 
 /* The node's whole view. The members the agent does not interpret yet are
@@ -144,6 +145,11 @@ struct register_request {
 	size_t ntags;
 	struct netmap_prefix *routes;
 	size_t nroutes;
+	/* Key renewal (no auth key): the node key being replaced, and the
+	 * proof that the caller holds its private half (messages_renew_proof). */
+	bool has_old_node_key;
+	uint8_t old_node_key[MESSAGES_KEY_LEN];
+	uint8_t renew_proof[MESSAGES_KEY_LEN];
 };
 
 struct register_response {
@@ -153,12 +159,21 @@ struct register_response {
 	size_t naddresses;
 	bool ephemeral;
 	char *dns_suffix; /* NULL if not sent */
+	int64_t key_expiry; /* the node key's expiry, Unix seconds; 0: never */
 };
 
 /* The auth key ends up in the tree: free it with messages_json_free_secret(). */
 struct json *register_request_to_json(const struct register_request *r);
 bool register_request_from_json(const struct json *j, struct register_request *out, char *err, size_t errlen);
 void register_request_free(struct register_request *r);
+/* A renewal's proof of the old node key: BLAKE2b-256 keyed with
+ * X25519(priv, pub) over "knit renew v1" | machine key | new node key.
+ * The agent passes (old node key private, control key); the server
+ * (control key private, old node key): the same shared secret. false on
+ * a low-order point. */
+bool messages_renew_proof(const uint8_t priv[MESSAGES_KEY_LEN], const uint8_t pub[MESSAGES_KEY_LEN],
+			  const uint8_t machine_pub[MESSAGES_KEY_LEN], const uint8_t new_node_pub[MESSAGES_KEY_LEN],
+			  uint8_t proof[MESSAGES_KEY_LEN]);
 
 struct json *register_response_to_json(const struct register_response *r);
 bool register_response_from_json(const struct json *j, struct register_response *out, char *err, size_t errlen);

@@ -118,7 +118,8 @@ bool netmap_node_from_json(const struct json *j, const char *where, struct netma
 	     fields_get_relay(j, w, &out->relay, NULL, err, errlen) &&
 	     fields_get_bool(j, w, "online", &out->online, err, errlen) &&
 	     fields_get_bool(j, w, "ephemeral", &out->ephemeral, err, errlen) &&
-	     fields_get_tags(j, w, "tags", &out->tags, &out->ntags, err, errlen);
+	     fields_get_tags(j, w, "tags", &out->tags, &out->ntags, err, errlen) &&
+	     fields_get_int(j, w, "keyExpiry", 0, INT64_MAX, &out->key_expiry, NULL, err, errlen);
 	if (!ok)
 		netmap_node_free(out);
 	return ok;
@@ -147,6 +148,8 @@ struct json *netmap_node_to_json(const struct netmap_node *n)
 	json_put(o, "online", json_new_bool(n->online), &err);
 	json_put(o, "ephemeral", json_new_bool(n->ephemeral), &err);
 	json_put(o, "tags", fields_strv_json(n->tags, n->ntags), &err);
+	if (n->key_expiry)
+		json_put(o, "keyExpiry", json_new_int(n->key_expiry), &err);
 	if (err) {
 		json_free(o);
 		return NULL;
@@ -175,7 +178,7 @@ bool netmap_node_equal(const struct netmap_node *a, const struct netmap_node *b)
 	    (a->has_disco_key && memcmp(a->disco_key, b->disco_key, MESSAGES_KEY_LEN)) ||
 	    !str_eq(a->name, b->name) || !str_eq(a->fqdn, b->fqdn) || !str_eq(a->device, b->device) || !str_eq(a->user, b->user) ||
 	    a->relay != b->relay || a->online != b->online || a->ephemeral != b->ephemeral || a->nendpoints != b->nendpoints ||
-	    a->ntags != b->ntags ||
+	    a->ntags != b->ntags || a->key_expiry != b->key_expiry ||
 	    !prefixes_eq(a->addresses, a->naddresses, b->addresses, b->naddresses) ||
 	    !prefixes_eq(a->allowed_ips, a->nallowed_ips, b->allowed_ips, b->nallowed_ips))
 		return false;

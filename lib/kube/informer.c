@@ -64,6 +64,16 @@ struct informer {
 };
 
 static void start_list(struct informer *inf);
+
+/* Secrets are wiped from memory as they are let go (auth keys, the
+ * control key); other kinds are plain trees. */
+static void drop(const struct informer *inf, struct json *j)
+{
+	if (inf->res == &kube_res_secrets)
+		json_free_secret(j);
+	else
+		json_free(j);
+}
 static void start_watch(struct informer *inf);
 
 static const char *object_rv(const struct json *obj)
@@ -129,7 +139,7 @@ static int cache_put(struct informer *inf, const char *key, struct json *obj, st
 		index_add(inf, key, prev); /* restore */
 	pthread_rwlock_unlock(&inf->lock);
 	if (err) {
-		json_free(obj);
+		drop(inf, obj);
 		*old = NULL;
 		return err;
 	}
@@ -167,7 +177,7 @@ static int upsert(struct informer *inf, struct json *obj)
 	int err = kube_key(obj, key, sizeof(key));
 
 	if (err) {
-		json_free(obj);
+		drop(inf, obj);
 		return err;
 	}
 	/* No reconciler reads managedFields, and on small objects it is
@@ -176,7 +186,7 @@ static int upsert(struct informer *inf, struct json *obj)
 	json_object_del(json_get(obj, "metadata"), "managedFields");
 	old = strmap_get(inf->objects, key);
 	if (old && rv && object_rv(old) && strcmp(rv, object_rv(old)) == 0) {
-		json_free(obj); /* same version: nothing happened */
+		drop(inf, obj); /* same version: nothing happened */
 		return 0;
 	}
 	err = cache_put(inf, key, obj, &old);
@@ -185,7 +195,7 @@ static int upsert(struct informer *inf, struct json *obj)
 	if (old) {
 		if (inf->h.on_update)
 			inf->h.on_update(inf, old, obj, inf->arg);
-		json_free(old);
+		drop(inf, old);
 	} else if (inf->h.on_add) {
 		inf->h.on_add(inf, obj, inf->arg);
 	}
@@ -205,7 +215,7 @@ static int remove_obj(struct informer *inf, const struct json *obj)
 		/* Report the final state the server sent, not our older copy. */
 		if (inf->h.on_delete)
 			inf->h.on_delete(inf, obj, inf->arg);
-		json_free(old);
+		drop(inf, old);
 	}
 	return 0;
 }
@@ -221,7 +231,7 @@ static bool on_event(struct json *ev, void *arg)
 
 	if (!type || !json_is_object(obj)) {
 		log_warn("watch event without type or object", "resource=%s", inf->res->plural);
-		json_free(ev);
+		drop(inf, ev);
 		return false;
 	}
 	inf->events++;
@@ -244,13 +254,13 @@ static bool on_event(struct json *ev, void *arg)
 			 json_str(json_get(obj, "reason")) ?: "?");
 		inf->relist_needed = code == 410 || strcmp(json_str(json_get(obj, "reason")) ?: "", "Expired") == 0 ||
 				     strcmp(json_str(json_get(obj, "reason")) ?: "", "Gone") == 0;
-		json_free(ev);
+		drop(inf, ev);
 		return false;
 	} else {
 		log_warn("unknown watch event type", "resource=%s type=%s", inf->res->plural, type);
 		err = -EBADMSG;
 	}
-	json_free(ev);
+	drop(inf, ev);
 	if (err)
 		log_warn("watch event not applied", "resource=%s err=%d", inf->res->plural, err);
 	return true;
@@ -330,7 +340,7 @@ int informer_replace(struct informer *inf, struct json *list)
 		struct json *old = cache_del(inf, gone[i]);
 		if (old && inf->h.on_delete)
 			inf->h.on_delete(inf, old, inf->arg);
-		json_free(old);
+		drop(inf, old);
 	}
 	set_rv(inf, json_str(json_path(list, "metadata", "resourceVersion", NULL)));
 	pthread_rwlock_wrlock(&inf->lock);
@@ -343,7 +353,7 @@ out:
 		free(gone[i]);
 	free(gone);
 	strmap_free(seen);
-	json_free(list);
+	drop(inf, list);
 	return err;
 }
 
@@ -383,7 +393,7 @@ static void on_list_page(struct kube_result *res, void *arg)
 	if (!kube_ok(res)) {
 		log_warn("list failed", "resource=%s status=%ld reason=%s message=\"%s\"", inf->res->plural,
 			 res->status, res->reason, res->message);
-		json_free(inf->pending_list);
+		drop(inf, inf->pending_list);
 		inf->pending_list = NULL;
 		free(inf->continue_token);
 		inf->continue_token = NULL;
@@ -574,11 +584,11 @@ void informer_free(struct informer *inf)
 		http_request_cancel(inf->watch);
 	loop_timer_free(inf->retry);
 	informer_reset_stream(inf);
-	json_free(inf->pending_list);
+	drop(inf, inf->pending_list);
 	free(inf->continue_token);
 	if (inf->objects) {
 		for (struct strmap_entry *e = strmap_first(inf->objects); e; e = strmap_next(inf->objects, e))
-			json_free(strmap_value(e));
+			drop(inf, strmap_value(e));
 		strmap_free(inf->objects);
 	}
 	for (int i = 0; i < inf->nindexes; i++) {

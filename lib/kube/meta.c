@@ -37,7 +37,14 @@ bool kube_time_parse(const char *s, time_t *out)
 		p++;
 	} else if (*p == '+' || *p == '-') {
 		int hh, mm;
-		if (sscanf(p + 1, "%2d:%2d", &hh, &mm) != 2 || hh > 23 || mm > 59)
+		/* Exactly "hh:mm" (RFC 3339 time-offset): sscanf alone also
+		 * takes "1:2", and stepping six bytes then ran past the end. */
+		for (int i = 1; i <= 5; i++)
+			if (i == 3 ? p[i] != ':' : (p[i] < '0' || p[i] > '9'))
+				return false;
+		hh = (p[1] - '0') * 10 + (p[2] - '0');
+		mm = (p[4] - '0') * 10 + (p[5] - '0');
+		if (hh > 23 || mm > 59)
 			return false;
 		off = (hh * 60L + mm) * 60L * (*p == '+' ? 1 : -1);
 		p += 6;

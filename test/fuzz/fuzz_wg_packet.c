@@ -88,13 +88,13 @@ static struct noise_remote *remote_get(void *arg, const uint8_t pub[32])
 	return memcmp(pub, s->peer_pub, 32) == 0 ? s->remote : NULL;
 }
 
-static void side_init(struct side *s, uint8_t fill)
+static void side_init(struct side *s, uint8_t fill, struct noise_index *index)
 {
 	struct noise_upcalls up = { .remote_get = remote_get, .arg = s };
 	uint8_t priv[32];
 
 	memset(priv, fill, sizeof(priv));
-	s->local = noise_local_new(&up, NULL);
+	s->local = noise_local_new(&up, index);
 	if (!s->local)
 		abort();
 	noise_local_set_private(s->local, priv);
@@ -132,6 +132,15 @@ static void initiation(struct side *from, struct message_handshake_initiation *m
 	cookie_maker_add_macs(&from->maker, m, sizeof(*m), T0);
 }
 
+/* Where the random stream stood before each of A's steps in the full
+ * setup, and B's initiation: what A's setup needs of B. */
+static struct {
+	uint64_t after_b_init, after_b_connect, after_b_initiation, after_b_consume;
+	struct message_handshake_initiation b_init;
+	struct noise_index *a_index;
+	bool valid;
+} snap;
+
 /* B -> A handshake (A responds, keypair pending confirmation), then A's
  * own initiation to B left outstanding. Returns that initiation. */
 static void setup(struct message_handshake_initiation *a_init)
@@ -140,17 +149,57 @@ static void setup(struct message_handshake_initiation *a_init)
 	struct message_handshake_response resp;
 
 	rng_state = 1;
-	side_init(&A, 0x41);
-	side_init(&B, 0x42);
+	side_init(&A, 0x41, NULL);
+	side_init(&B, 0x42, NULL);
+	snap.after_b_init = rng_state;
 	side_connect(&A, &B);
 	side_connect(&B, &A);
+	snap.after_b_connect = rng_state;
 	initiation(&B, &init, 1700000000);
+	snap.after_b_initiation = rng_state;
+	snap.b_init = init;
 	if (noise_handshake_consume_initiation(A.local, &init, T0) != A.remote ||
 	    !noise_handshake_create_response(A.remote, &resp) || !noise_handshake_begin_session(A.remote, T0))
 		abort();
 	cookie_maker_add_macs(&A.maker, &resp, sizeof(resp), T0);
 	if (noise_handshake_consume_response(B.local, &resp) != B.remote || !noise_handshake_begin_session(B.remote, T0))
 		abort();
+	snap.after_b_consume = rng_state;
+	initiation(&A, a_init, 1700000001);
+}
+
+/* The same state for A with B's side replayed from snap instead of
+ * recomputed: B is never touched by an input, so it is built once and
+ * kept, and A gets a long-lived index (a 64 KiB table otherwise
+ * allocated and faulted in per input). Each of A's steps sees the random
+ * stream exactly where the full setup had it, so A ends up byte for byte
+ * the same (the seeds, made by the full setup, stay valid). This halves
+ * the public-key operations per input. */
+static void setup_a(struct message_handshake_initiation *a_init)
+{
+	struct message_handshake_response resp;
+
+	if (!snap.valid) {
+		setup(a_init);
+		noise_remote_free(A.remote);
+		cookie_maker_destroy(&A.maker);
+		cookie_checker_destroy(&A.checker);
+		noise_local_free(A.local);
+		snap.a_index = noise_index_new();
+		if (!snap.a_index)
+			abort();
+		snap.valid = true;
+	}
+	rng_state = 1;
+	side_init(&A, 0x41, snap.a_index);
+	rng_state = snap.after_b_init;
+	side_connect(&A, &B);
+	rng_state = snap.after_b_initiation;
+	if (noise_handshake_consume_initiation(A.local, &snap.b_init, T0) != A.remote ||
+	    !noise_handshake_create_response(A.remote, &resp) || !noise_handshake_begin_session(A.remote, T0))
+		abort();
+	cookie_maker_add_macs(&A.maker, &resp, sizeof(resp), T0);
+	rng_state = snap.after_b_consume;
 	initiation(&A, a_init, 1700000001);
 }
 
@@ -228,12 +277,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct message_handshake_initiation a_init;
 
 	init_once();
-	setup(&a_init);
+	setup_a(&a_init);
 	/* the last byte of an odd-length handshake-sized input is not part of
 	 * it, so under-load is steered by the input's first MAC2 byte instead */
 	receive(data, size, size >= 32 && (data[size - 16] & 1));
 	side_free(&A);
-	side_free(&B);
 	aead_thread_cleanup();
 	return 0;
 }

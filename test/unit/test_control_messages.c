@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "buf.h"
 #include "control/fields.h"
 #include "control/messages.h"
@@ -608,6 +610,95 @@ static void test_register(void **state)
 	json_free(j);
 }
 
+/* Key renewal: the request carries the old node key and a proof both ends
+ * compute from one X25519 (old node key x control key); an auth key with
+ * it, or the key without a proof, is refused. */
+static void test_renew(void **state)
+{
+	uint8_t ctrl_priv[32], ctrl_pub[32], old_priv[32], mpub[32], new_pub[32], other[32], agent[32], server[32];
+	struct register_request r = { 0 }, back;
+	struct register_response resp = { 0 }, rback;
+	struct netmap_node n = { 0 }, nback;
+	struct json *j;
+	char err[200] = "";
+
+	crypto_box_keypair(ctrl_pub, ctrl_priv);
+	crypto_box_keypair(r.old_node_key, old_priv);
+	randombytes_buf(mpub, sizeof(mpub));
+	randombytes_buf(new_pub, sizeof(new_pub));
+	assert_true(messages_renew_proof(old_priv, ctrl_pub, mpub, new_pub, agent));
+	assert_true(messages_renew_proof(ctrl_priv, r.old_node_key, mpub, new_pub, server));
+	assert_memory_equal(agent, server, 32);
+	memcpy(other, new_pub, 32);
+	other[0] ^= 1; /* another new key, or another machine: another proof */
+	assert_true(messages_renew_proof(ctrl_priv, r.old_node_key, mpub, other, server));
+	assert_memory_not_equal(agent, server, 32);
+	assert_true(messages_renew_proof(ctrl_priv, r.old_node_key, other, new_pub, server));
+	assert_memory_not_equal(agent, server, 32);
+	memset(other, 0, 32); /* a low-order point */
+	assert_false(messages_renew_proof(ctrl_priv, other, mpub, new_pub, server));
+
+	memcpy(r.node_key, new_pub, 32);
+	memset(r.disco_key, 0x22, 32);
+	r.has_old_node_key = true;
+	memcpy(r.renew_proof, agent, 32);
+	j = register_request_to_json(&r);
+	assert_non_null(j);
+	assert_null(json_get(j, "authKey"));
+	assert_true(register_request_from_json(j, &back, err, sizeof(err)));
+	assert_true(back.has_old_node_key);
+	assert_memory_equal(back.old_node_key, r.old_node_key, 32);
+	assert_memory_equal(back.renew_proof, agent, 32);
+	register_request_free(&back);
+	json_object_set(j, "authKey", json_new_string("knit-auth-x-y"));
+	assert_false(register_request_from_json(j, &back, err, sizeof(err)));
+	assert_string_equal(err, "oldNodeKey: a renewal carries no authKey");
+	json_object_del(j, "authKey");
+	json_object_del(j, "renewProof");
+	assert_false(register_request_from_json(j, &back, err, sizeof(err)));
+	assert_string_equal(err, "renewProof: missing");
+	json_object_set(j, "renewProof", json_new_string("proof:12"));
+	assert_false(register_request_from_json(j, &back, err, sizeof(err)));
+	assert_string_equal(err, "renewProof: want \"proof:\" and 64 hex digits");
+	messages_json_free_secret(j);
+	/* A plain register has neither. */
+	r.has_old_node_key = false;
+	j = register_request_to_json(&r);
+	assert_null(json_get(j, "oldNodeKey"));
+	assert_null(json_get(j, "renewProof"));
+	assert_true(register_request_from_json(j, &back, err, sizeof(err)));
+	assert_false(back.has_old_node_key);
+	register_request_free(&back);
+	messages_json_free_secret(j);
+
+	/* The expiry, in the answer and on a netmap node. */
+	j = parse("{\"device\":\"d\",\"name\":\"n\",\"addresses\":[\"100.64.0.5\"],\"keyExpiry\":1796000000}");
+	assert_true(register_response_from_json(j, &resp, err, sizeof(err)));
+	assert_int_equal(resp.key_expiry, 1796000000);
+	json_free(j);
+	j = register_response_to_json(&resp);
+	assert_true(register_response_from_json(j, &rback, err, sizeof(err)));
+	assert_int_equal(rback.key_expiry, 1796000000);
+	register_response_free(&rback);
+	register_response_free(&resp);
+	json_free(j);
+	j = parse("{\"device\":\"d\",\"name\":\"n\",\"addresses\":[\"100.64.0.5\"],\"keyExpiry\":-1}");
+	assert_false(register_response_from_json(j, &resp, err, sizeof(err)));
+	json_free(j);
+	j = parse("{\"name\":\"db\",\"nodeKey\":" NK("a") ",\"addresses\":[\"100.64.0.7/32\"],\"keyExpiry\":1796000000}");
+	assert_true(netmap_node_from_json(j, "", &n, err, sizeof(err)));
+	assert_int_equal(n.key_expiry, 1796000000);
+	json_free(j);
+	j = netmap_node_to_json(&n);
+	assert_true(netmap_node_from_json(j, "", &nback, err, sizeof(err)));
+	assert_true(netmap_node_equal(&n, &nback));
+	nback.key_expiry++;
+	assert_false(netmap_node_equal(&n, &nback));
+	netmap_node_free(&nback);
+	netmap_node_free(&n);
+	json_free(j);
+}
+
 static void test_update(void **state)
 {
 	struct update_request u = { 0 }, back;
@@ -746,6 +837,7 @@ int main(void)
 		cmocka_unit_test(test_delta_skips),
 		cmocka_unit_test(test_diff),
 		cmocka_unit_test(test_register),
+		cmocka_unit_test(test_renew),
 		cmocka_unit_test(test_update),
 	};
 

@@ -51,6 +51,19 @@ static void test_time(void **state)
 	assert_false(kube_time_parse("2026-11-23", &t));
 	assert_false(kube_time_parse("2026-11-23T00:00:00Zjunk", &t));
 	assert_false(kube_time_parse(NULL, &t));
+	/* Offsets are exactly hh:mm (fuzz_operator_parse found "+5:00" read
+	 * past the end of the string). */
+	{
+		static const char *const bad[] = { "2026-11-23T00:00:00+5:00", "2026-11-23T00:00:00+05:0",
+						   "2026-11-23T00:00:00+0500", "2026-11-23T00:00:00+", "2026-11-23T00:00:00-1:2",
+						   "2026-11-23T00:00:00+24:00", "2026-11-23T00:00:00+05:60" };
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			char *heap = strdup(bad[i]); /* exact size: ASan sees a read past it */
+			assert_non_null(heap);
+			assert_false(kube_time_parse(heap, &t));
+			free(heap);
+		}
+	}
 }
 
 static struct json *parse(const char *s)

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "authkey.h"
+#include "coord-internal.h"
 #include "device.h"
 #include "json.h"
 #include "kube/meta.h"
@@ -260,6 +261,48 @@ static void test_device_status(void **state)
 	json_free(dev);
 }
 
+/* A week ahead a Device says its key is about to expire (a Warning Event
+ * goes with the turn); keys that do not expire never do. The lifetime a
+ * registration gets: the AuthKey's nodeKeyExpiry, else none when tagged,
+ * else the Tailnet's. */
+static void test_key_warning(void **state)
+{
+	struct json *status = json_new_object(), *tn, *ak;
+	uint64_t requeue = 0;
+
+	(void)state;
+	device_key_warning(T0 + 30 * 86400, T0, 1, status, &requeue);
+	assert_string_equal(cond(status, "KeyExpiringSoon", "status"), "False");
+	assert_int_equal(requeue, (uint64_t)23 * 86400 * 1000 + 500); /* when it turns */
+	requeue = 0;
+	device_key_warning(T0 + 6 * 86400, T0, 1, status, &requeue);
+	assert_string_equal(cond(status, "KeyExpiringSoon", "status"), "True");
+	assert_string_equal(cond(status, "KeyExpiringSoon", "reason"), "KeyExpiresWithinAWeek");
+	assert_int_equal(requeue, 0);
+	device_key_warning(T0 - 1, T0, 1, status, &requeue);
+	assert_string_equal(cond(status, "KeyExpiringSoon", "reason"), "KeyExpired");
+	device_key_warning(0, T0, 1, status, &requeue);
+	assert_string_equal(cond(status, "KeyExpiringSoon", "status"), "False");
+	assert_string_equal(cond(status, "KeyExpiringSoon", "reason"), "NoExpiry");
+	json_free(status);
+
+	tn = parse("{\"spec\":{\"keyExpiry\":\"720h\"}}");
+	assert_int_equal(renew_key_lifetime_ms(tn, NULL, false), (uint64_t)720 * 3600 * 1000);
+	assert_int_equal(renew_key_lifetime_ms(tn, NULL, true), 0);
+	assert_int_equal(renew_key_lifetime_ms(NULL, NULL, false), (uint64_t)4320 * 3600 * 1000);
+	ak = parse("{\"spec\":{\"nodeKeyExpiry\":\"24h\"}}");
+	assert_int_equal(renew_key_lifetime_ms(tn, ak, true), (uint64_t)24 * 3600 * 1000);
+	assert_int_equal(renew_key_lifetime_ms(tn, ak, false), (uint64_t)24 * 3600 * 1000);
+	json_free(ak);
+	ak = parse("{\"spec\":{\"nodeKeyExpiry\":\"0s\"}}");
+	assert_int_equal(renew_key_lifetime_ms(tn, ak, false), 0);
+	json_free(ak);
+	json_free(tn);
+	tn = parse("{\"spec\":{\"keyExpiry\":\"0s\"}}");
+	assert_int_equal(renew_key_lifetime_ms(tn, NULL, false), 0);
+	json_free(tn);
+}
+
 /* The Policy reconciler's pure half: Valid and TestsPassed with the
  * parse error or the first failing assertion at line:column; only a good
  * generation is applied, a bad one keeps the applied one. */
@@ -417,6 +460,7 @@ int main(void)
 		cmocka_unit_test(test_authkey),
 		cmocka_unit_test(test_device_plan),
 		cmocka_unit_test(test_device_status),
+		cmocka_unit_test(test_key_warning),
 		cmocka_unit_test(test_policy_status),
 		cmocka_unit_test(test_policy_store),
 		cmocka_unit_test(test_policy_registration),

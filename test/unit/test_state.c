@@ -118,7 +118,7 @@ static void test_roundtrip(void **state)
 	/* Saved again over itself: still one file, no temporary left. */
 	assert_int_equal(state_save(st, fx->path, err, sizeof(err)), 0);
 	snprintf(sub, sizeof(sub), "%s/a/b", fx->dir);
-	assert_int_equal(count_entries(sub), 1);
+	assert_int_equal(count_entries(sub), 2); /* knitd.state and knitd.state.prev */
 	assert_int_equal(stat(fx->path, &sb), 0);
 	assert_int_equal(sb.st_mode & 07777, 0600);
 	assert_int_equal(stat(sub, &sb), 0);
@@ -250,6 +250,96 @@ static void test_corrupt(void **state)
 	}
 }
 
+static void truncate_half(const char *path)
+{
+	struct stat sb;
+
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(truncate(path, sb.st_size / 2), 0);
+}
+
+/* A truncated state file: knitd comes back on the previous one, keeps the
+ * bad one aside, and says what happened; with both bad it says so. */
+static void test_prev_fallback(void **state)
+{
+	struct fx *fx = *state;
+	struct state *st, *back = NULL;
+	char err[1024], note[1024], prev[200], bad[200];
+	struct stat sb;
+
+	snprintf(prev, sizeof(prev), "%s.prev", fx->path);
+	snprintf(bad, sizeof(bad), "%s.corrupt", fx->path);
+	assert_int_equal(state_new(&st), 0);
+	assert_int_equal(state_set_prefs(st, "one", NULL, 0, NULL, 0), 0);
+	assert_int_equal(state_save(st, fx->path, err, sizeof(err)), 0);
+	assert_int_equal(stat(prev, &sb), -1); /* nothing to keep the first time */
+	assert_int_equal(state_set_prefs(st, "two", NULL, 0, NULL, 0), 0);
+	assert_int_equal(state_save(st, fx->path, err, sizeof(err)), 0);
+	assert_int_equal(stat(prev, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0600);
+
+	/* A whole file loads as it is, with no note. */
+	assert_int_equal(state_load_recover(fx->path, &back, err, sizeof(err), note, sizeof(note)), 0);
+	assert_string_equal(back->hostname, "two");
+	assert_string_equal(note, "");
+	state_free(back);
+
+	truncate_half(fx->path);
+	assert_int_equal(state_load(fx->path, &back, err, sizeof(err)), -EINVAL);
+	assert_int_equal(state_load_recover(fx->path, &back, err, sizeof(err), note, sizeof(note)), 0);
+	assert_non_null(back);
+	assert_string_equal(back->hostname, "one");
+	assert_memory_equal(back->machine_key, st->machine_key, 32);
+	assert_non_null(strstr(note, "unusable"));
+	assert_non_null(strstr(note, "not JSON"));
+	assert_non_null(strstr(note, bad));
+	assert_non_null(strstr(note, prev));
+	assert_int_equal(stat(fx->path, &sb), -1);
+	assert_int_equal(stat(bad, &sb), 0);
+
+	/* The next save writes the file again and leaves the good .prev be. */
+	assert_int_equal(state_save(back, fx->path, err, sizeof(err)), 0);
+	state_free(back);
+	back = NULL;
+	assert_int_equal(state_load(prev, &back, err, sizeof(err)), 0);
+	assert_string_equal(back->hostname, "one");
+	state_free(back);
+	back = NULL;
+
+	/* Both unusable: an error naming both, nothing loaded. */
+	assert_int_equal(state_save(st, fx->path, err, sizeof(err)), 0);
+	truncate_half(fx->path);
+	truncate_half(prev);
+	assert_int_equal(state_load_recover(fx->path, &back, err, sizeof(err), note, sizeof(note)), -EINVAL);
+	assert_null(back);
+	assert_non_null(strstr(err, fx->path));
+	assert_non_null(strstr(err, "the previous state"));
+
+	state_remove(fx->path);
+	assert_int_equal(stat(fx->path, &sb), -1);
+	assert_int_equal(stat(prev, &sb), -1);
+	assert_int_equal(stat(bad, &sb), -1);
+	state_free(st);
+}
+
+/* The loader's core on text, as the fuzzer drives it. */
+static void test_parse_text(void **state)
+{
+	static const char ok[] = "{\"version\":1," KEYS "}";
+	struct state *st = NULL;
+	char err[300];
+
+	assert_int_equal(state_parse(ok, strlen(ok), &st, err, sizeof(err)), 0);
+	assert_non_null(st);
+	state_free(st);
+	st = NULL;
+	assert_int_equal(state_parse(ok, strlen(ok) - 1, &st, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "not JSON"));
+	assert_int_equal(state_parse("{\"version\":1}", 13, &st, err, sizeof(err)), -EINVAL);
+	assert_string_equal(err, "machineKey: missing");
+	assert_null(st);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -257,6 +347,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_minimal_and_defaults, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_missing_and_modes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_prev_fallback, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_parse_text, setup, teardown),
 	};
 
 	aead_init(AEAD_IMPL_AUTO);
