@@ -311,6 +311,9 @@ void send_job_seal(struct job *j)
 	uint64_t now = loop_mono_ms();
 	uint32_t padded[JOB_MAX];
 
+	/* A message must fit one datagram: padding stops there too. */
+	if (mtu > MESSAGE_DATA_PAYLOAD_MAX)
+		mtu = MESSAGE_DATA_PAYLOAD_MAX;
 	for (unsigned i = 0; i < j->n; i++) {
 		size_t plen = j->plen[i];
 
