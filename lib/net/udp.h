@@ -66,8 +66,9 @@ int udp_set_grow(struct udp *u, udp_grow_fn fn, void *arg);
 /* Sends msgs[0..n). A message whose local source is no longer ours is
  * retried without it (and its ep.has_src cleared, so the caller learns); one
  * the network refuses (unreachable, filtered, wrong family) is dropped and
- * counted. GSO is turned off for good if the kernel says it cannot do it.
- * Returns how many messages are done (sent or dropped), -EAGAIN if the
+ * counted. GSO is turned off for good if the kernel says it cannot do it,
+ * and for segments of a size refused as above the path MTU (EMSGSIZE):
+ * such datagrams go one by one, for the kernel to fragment. Returns how many messages are done (sent or dropped), -EAGAIN if the
  * socket buffer is full before the first, or a negative errno. */
 int udp_send(struct udp *u, struct udp_msg *msgs, size_t n);
 
