@@ -140,6 +140,23 @@ static size_t track_out(struct engine *e, uint8_t **bufs, struct pktbuf *pkts, s
 	return kept;
 }
 
+/* A packet bigger than a small slot (a tunnel MTU above
+ * POOL_PAYLOAD_MAX, up to MESSAGE_DATA_PAYLOAD_MAX): a large slot instead. */
+static int tun_grow(void *arg, struct pktbuf *p, size_t len)
+{
+	struct engine *e = arg;
+	uint8_t *buf = p->data - POOL_HEADROOM;
+
+	if (len > POOL_LARGE_PAYLOAD_MAX)
+		return -EMSGSIZE;
+	if (!pool_swap_large(e->hub->pool, &buf))
+		return pool_large_wait(&e->large_wait, loop_mono_ms());
+	e->large_wait = 0;
+	p->data = buf + POOL_HEADROOM;
+	p->cap = POOL_LARGE_PAYLOAD_MAX;
+	return 0;
+}
+
 /* Reads until the device is drained: tun_read() may hold the rest of a
  * super-packet, which poll() cannot see. */
 static void tun_drain(struct engine *e)
@@ -160,6 +177,16 @@ static void tun_drain(struct engine *e)
 		for (size_t i = 0; i < got; i++)
 			pkts[i] = (struct pktbuf){ .data = bufs[i] + POOL_HEADROOM, .cap = POOL_PAYLOAD_MAX };
 		r = tun_read(e->tun, pkts, got);
+		/* tun_grow() may have swapped slots for large ones. */
+		for (size_t i = 0; i < got; i++)
+			bufs[i] = pkts[i].data - POOL_HEADROOM;
+		if (r == -ENOBUFS) {
+			/* A packet waits for a large slot: help free one. */
+			pool_put(h->pool, bufs, got);
+			if (!queueing_help(&h->queue, 4))
+				usleep(50);
+			continue;
+		}
 		if (r <= 0) {
 			pool_put(h->pool, bufs, got);
 			if (r != -EAGAIN && r != -EINTR)
@@ -316,6 +343,7 @@ int engine_new(struct engine **out, struct hub *hub, const struct engine_config 
 	if (ret)
 		goto out;
 	snprintf(e->ifname, sizeof(e->ifname), "%s", tun_name(e->tun));
+	tun_set_grow(e->tun, tun_grow, e, MESSAGE_DATA_PAYLOAD_MAX);
 	if (tun_set_mtu(e->tun, DEFAULT_MTU) < 0 || tun_get_mtu(e->tun, &mtu) < 0)
 		log_warn("tun mtu unknown", "dev=%s", e->ifname);
 	atomic_store(&e->mtu, mtu);

@@ -107,6 +107,7 @@ struct engine {
 	pthread_t tun_thread;
 	bool tun_thread_started;
 	struct hub_qs tun_qs;
+	uint64_t large_wait; /* TUN thread: pool_large_wait() */
 	int stop_efd;
 	atomic_bool dead, tun_down;
 	atomic_bool link_up; /* IFF_UP as last seen (engine_link_ready()) */

@@ -135,6 +135,20 @@ static int rx_watch(struct hub *h, struct udp *u, int op)
 	return epoll_ctl(h->rx_epfd, op, udp_fd(u), &ev) < 0 ? -errno : 0;
 }
 
+/* A datagram bigger than a small slot (a peer's large MTU): a large slot. */
+static int rx_grow(void *arg, struct udp_msg *m, size_t len)
+{
+	struct hub *h = arg;
+
+	if (len > POOL_LARGE_SIZE)
+		return -EMSGSIZE;
+	if (!pool_swap_large(h->pool, &m->data))
+		return pool_large_wait(&h->rx_large_wait, loop_mono_ms());
+	h->rx_large_wait = 0;
+	m->cap = POOL_LARGE_SIZE;
+	return 0;
+}
+
 int hub_set_port(struct hub *h, uint16_t port)
 {
 	struct udp *fresh[2], *old[2];
@@ -145,6 +159,13 @@ int hub_set_port(struct hub *h, uint16_t port)
 	ret = open_pair(port, fresh);
 	if (ret)
 		return ret;
+	for (int i = 0; i < 2 && !ret; i++)
+		ret = fresh[i] ? udp_set_grow(fresh[i], rx_grow, h) : 0;
+	if (ret) {
+		udp_close(fresh[0]);
+		udp_close(fresh[1]);
+		return ret;
+	}
 	for (int i = 0; i < 2 && h->fwmark; i++)
 		apply_fwmark(fresh[i], h->fwmark);
 	for (int i = 0; i < 2; i++) {
@@ -323,6 +344,16 @@ static void rx_drain(struct hub *h, struct udp *u)
 		for (size_t i = 0; i < got; i++)
 			msgs[i] = (struct udp_msg){ .data = bufs[i], .cap = POOL_BUF_SIZE };
 		r = udp_recv(u, msgs, got);
+		/* rx_grow() may have swapped slots for large ones. */
+		for (size_t i = 0; i < got; i++)
+			bufs[i] = msgs[i].data;
+		if (r == -ENOBUFS) {
+			/* A datagram waits for a large slot: help free one. */
+			pool_put(h->pool, bufs, got);
+			if (!queueing_help(&h->queue, 4))
+				usleep(50);
+			continue;
+		}
 		if (r <= 0) {
 			pool_put(h->pool, bufs, got);
 			if (r != -EAGAIN && r != -EINTR)
@@ -540,6 +571,8 @@ int hub_new(struct hub **out, struct loop *loop, const struct hub_config *cfg)
 		h->cfg.handshake_queue_max = HUB_HANDSHAKE_QUEUE_MAX;
 	if (!h->cfg.pool_buffers)
 		h->cfg.pool_buffers = HUB_POOL_BUFFERS;
+	if (!h->cfg.pool_large_buffers)
+		h->cfg.pool_large_buffers = HUB_POOL_LARGE_BUFFERS;
 	h->wake_efd = h->stop_efd = h->rx_epfd = h->route_fd = h->route_query_fd = -1;
 	atomic_init(&h->epoch, 1);
 	pthread_mutex_init(&h->hs_lock, NULL);
@@ -556,7 +589,7 @@ int hub_new(struct hub **out, struct loop *loop, const struct hub_config *cfg)
 		ret = -ENOMEM;
 		goto out;
 	}
-	ret = pool_new(&h->pool, h->cfg.pool_buffers);
+	ret = pool_new(&h->pool, h->cfg.pool_buffers, h->cfg.pool_large_buffers);
 	if (ret)
 		goto out;
 	h->wake_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

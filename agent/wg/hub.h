@@ -51,6 +51,9 @@ struct ratelimiter;
 /* Linux's MAX_QUEUED_INCOMING_HANDSHAKES: under load from an eighth of it. */
 #define HUB_HANDSHAKE_QUEUE_MAX 4096
 #define HUB_POOL_BUFFERS 8192
+/* Large slots (pool.h), for tunnel MTUs above what a small one holds:
+ * 16 MB, allocated on first use. */
+#define HUB_POOL_LARGE_BUFFERS 256
 
 struct hub_config {
 	/* Crypt threads besides the readers; 0 runs every job on the
@@ -64,6 +67,7 @@ struct hub_config {
 	 * 0: an eighth of the queue, as the Linux module. Tests lower it. */
 	size_t under_load_at;
 	size_t pool_buffers; /* 0: HUB_POOL_BUFFERS */
+	size_t pool_large_buffers; /* 0: HUB_POOL_LARGE_BUFFERS */
 	/* Datagrams that are not WireGuard (disco, STUN), called on the
 	 * receive thread with bytes valid only during the call; NULL drops. */
 	void (*other)(void *arg, const uint8_t *pkt, size_t len, const struct endpoint *from);
@@ -137,6 +141,7 @@ struct hub {
 	pthread_mutex_t qs_lock; /* guards the qs list */
 	struct hub_qs *qs;
 	struct hub_qs rx_qs;
+	uint64_t rx_large_wait; /* receive thread: pool_large_wait() */
 
 	_Atomic unsigned long long st_hs_queued, st_hs_dropped, st_hs_limited, st_cookies, st_invalid, st_other, st_unknown;
 	_Atomic unsigned long long st_route_changes;

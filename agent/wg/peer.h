@@ -83,7 +83,7 @@ struct peer {
 
 	pthread_mutex_t tx_lock;
 	uint8_t *staged_buf[PEER_STAGED_RING];
-	uint16_t staged_len[PEER_STAGED_RING];
+	uint32_t staged_len[PEER_STAGED_RING];
 	size_t staged_head, staged_count;
 	struct peer_queue txq;
 

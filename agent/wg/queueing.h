@@ -45,8 +45,8 @@ struct job {
 	uint64_t now;
 	unsigned n;
 	uint8_t *buf[JOB_MAX]; /* pool slots, owned by the job */
-	uint16_t len[JOB_MAX]; /* message on the wire: tx out, rx in */
-	uint16_t plen[JOB_MAX]; /* plaintext: tx in, rx out */
+	uint32_t len[JOB_MAX]; /* message on the wire: tx out, rx in */
+	uint32_t plen[JOB_MAX]; /* plaintext: tx in, rx out */
 	uint8_t ok[JOB_MAX]; /* sealed, or opened and fresh */
 	struct endpoint ep[JOB_MAX]; /* rx: the datagram's source */
 };

@@ -113,7 +113,7 @@ void receive_datagrams(struct hub *h, struct udp_msg *msgs, size_t n)
 				cur_index = index;
 			}
 			cur->buf[cur->n] = m->data;
-			cur->len[cur->n] = (uint16_t)m->len;
+			cur->len[cur->n] = (uint32_t)m->len;
 			cur->ep[cur->n] = m->ep;
 			cur->n++;
 			continue;

@@ -36,7 +36,7 @@ static const uint8_t *ip_dst(const uint8_t *pkt, size_t len, int *family)
 }
 
 /* Caller holds p->tx_lock. */
-static void staged_push(struct peer *p, uint8_t *buf, uint16_t len, uint8_t **dropped, size_t *ndropped)
+static void staged_push(struct peer *p, uint8_t *buf, uint32_t len, uint8_t **dropped, size_t *ndropped)
 {
 	if (p->staged_count == PEER_STAGED_RING) {
 		dropped[(*ndropped)++] = p->staged_buf[p->staged_head];
@@ -49,7 +49,7 @@ static void staged_push(struct peer *p, uint8_t *buf, uint16_t len, uint8_t **dr
 }
 
 /* Caller holds p->tx_lock. */
-static uint8_t *staged_pop(struct peer *p, uint16_t *len)
+static uint8_t *staged_pop(struct peer *p, uint32_t *len)
 {
 	uint8_t *buf = p->staged_buf[p->staged_head];
 
@@ -59,7 +59,7 @@ static uint8_t *staged_pop(struct peer *p, uint16_t *len)
 	return buf;
 }
 
-static void stage(struct peer *p, uint8_t **bufs, const uint16_t *lens, size_t n)
+static void stage(struct peer *p, uint8_t **bufs, const uint32_t *lens, size_t n)
 {
 	struct engine *e = p->engine;
 	uint8_t *dropped[PEER_STAGED_RING];
@@ -83,7 +83,7 @@ static void stage(struct peer *p, uint8_t **bufs, const uint16_t *lens, size_t n
 void send_tun_packets(struct engine *e, uint8_t **bufs, const struct pktbuf *pkts, size_t n)
 {
 	uint8_t *run[JOB_MAX * 8], *dropped[JOB_MAX * 8];
-	uint16_t lens[JOB_MAX * 8];
+	uint32_t lens[JOB_MAX * 8];
 	size_t nrun = 0, ndropped = 0;
 	struct peer *cur = NULL, *cached = NULL;
 	uint8_t cached_dst[16];
@@ -128,7 +128,7 @@ void send_tun_packets(struct engine *e, uint8_t **bufs, const struct pktbuf *pkt
 			cur = p;
 		}
 		run[nrun] = bufs[i];
-		lens[nrun++] = (uint16_t)pkts[i].len;
+		lens[nrun++] = (uint32_t)pkts[i].len;
 	}
 	if (nrun)
 		stage(cur, run, lens, nrun);
@@ -141,7 +141,7 @@ void send_drop_staged(struct peer *p)
 	struct engine *e = p->engine;
 	uint8_t *bufs[PEER_STAGED_RING];
 	size_t n = 0;
-	uint16_t len;
+	uint32_t len;
 
 	pthread_mutex_lock(&p->tx_lock);
 	while (p->staged_count)
@@ -160,7 +160,7 @@ void send_staged(struct peer *p)
 	size_t njobs = 0, ndropped = 0;
 	struct noise_keypair *kp;
 	bool need_handshake = false;
-	uint16_t len;
+	uint32_t len;
 
 	if (atomic_load(&p->dead)) {
 		send_drop_staged(p);
@@ -309,13 +309,16 @@ void send_job_seal(struct job *j)
 {
 	size_t mtu = (size_t)atomic_load(&j->peer->engine->mtu);
 	uint64_t now = loop_mono_ms();
-	uint16_t padded[JOB_MAX];
+	uint32_t padded[JOB_MAX];
 
+	/* A message must fit one datagram: padding stops there too. */
+	if (mtu > MESSAGE_DATA_PAYLOAD_MAX)
+		mtu = MESSAGE_DATA_PAYLOAD_MAX;
 	for (unsigned i = 0; i < j->n; i++) {
 		size_t plen = j->plen[i];
 
 		/* Section 5.4.6: zero padding to a multiple of 16, capped by the MTU. */
-		padded[i] = (uint16_t)message_data_padded_len(plen, mtu);
+		padded[i] = (uint32_t)message_data_padded_len(plen, mtu);
 		memset(j->buf[i] + POOL_HEADROOM + plen, 0, padded[i] - plen);
 	}
 	/* One run: the AEAD pipelines the packets into one another. */

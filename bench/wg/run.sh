@@ -3,9 +3,9 @@
 # this machine: two network namespaces on a veth, iperf3 single stream
 # through (a) the bare veth, (b) Debian's wireguard-go, (c) a modern
 # upstream wireguard-go (GSO/GRO) if one is on PATH as wireguard-go-modern
-# (skipped with a note if not), (d) knitd wg, each REPS times for DURATION
-# seconds; prints every run, the medians in Gbit/s, and knitd's ratio to
-# each of the others.
+# (skipped with a note if not; bench/wg/build-modern.sh builds one), (d)
+# knitd wg, each REPS times for DURATION seconds; prints every run, the
+# medians in Gbit/s, and knitd's ratio to each of the others.
 #
 #   sudo bench/wg/run.sh [-d SECONDS] [-r REPS] [-b BUILD_DIR] [-k "KNITD ARGS"] [-p PATHS]
 #
@@ -145,7 +145,7 @@ echo "knit WireGuard benchmark: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpu
 echo "iperf3 single TCP stream, ${DURATION}s x $REPS, veth MTU 1500, tunnel MTU 1420" >&2
 wanted() { case ",$PATHS," in *",$1,"*) return 0 ;; esac; return 1; }
 if wanted wireguard-go-modern && ! command -v wireguard-go-modern >/dev/null 2>&1; then
-	echo "note: no wireguard-go-modern on PATH (an upstream wireguard-go build with GSO/GRO): skipped" >&2
+	echo "note: no wireguard-go-modern on PATH (an upstream wireguard-go build with GSO/GRO: bench/wg/build-modern.sh): skipped" >&2
 	PATHS=${PATHS//wireguard-go-modern/}
 fi
 if wanted veth; then run_case veth 192.168.210.2; fi

@@ -259,6 +259,17 @@ int offload_segment_count(const struct virtio_net_hdr *vh, const uint8_t *pkt, s
 	return (int)g.count;
 }
 
+size_t offload_segment_max(const struct virtio_net_hdr *vh, const uint8_t *pkt, size_t len)
+{
+	struct gso g;
+
+	if (!parse_gso(vh, pkt, len, &g))
+		return 0;
+	if (g.none)
+		return len;
+	return g.hdr_len + (g.count > 1 ? g.gso_size : len - g.hdr_len);
+}
+
 static int segment_none(const struct virtio_net_hdr *vh, const uint8_t *pkt, size_t len,
 			struct pktbuf *out)
 {

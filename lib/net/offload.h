@@ -48,6 +48,10 @@ uint16_t offload_copy_checksum(void *dst, const void *src, size_t len, uint32_t 
  * the header and packet do not describe something it can segment. */
 int offload_segment_count(const struct virtio_net_hdr *vh, const uint8_t *pkt, size_t len);
 
+/* The length of the largest packet offload_segment() makes of pkt (the
+ * room each out slot needs), or 0 if it cannot segment it. */
+size_t offload_segment_max(const struct virtio_net_hdr *vh, const uint8_t *pkt, size_t len);
+
 /* Cuts pkt (the bytes after the virtio_net_hdr) into packets, skipping the
  * first `skip` segments, writing at most nout of them into out[] (each gets
  * len set; it must have cap for its headers plus gso_size bytes). With

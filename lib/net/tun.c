@@ -38,7 +38,12 @@ struct tun {
 	bool vnet;
 	unsigned offloads;
 
-	/* A super-packet read but not yet fully handed out. */
+	tun_grow_fn grow;
+	void *grow_arg;
+	size_t grow_max;
+
+	/* A super-packet read but not yet fully handed out, or a packet
+	 * waiting for a slot big enough. */
 	uint8_t *scratch;
 	struct virtio_net_hdr pend_vh;
 	size_t pend_len, pend_done;
@@ -256,6 +261,13 @@ unsigned tun_offloads(const struct tun *t)
 	return t->offloads;
 }
 
+void tun_set_grow(struct tun *t, tun_grow_fn fn, void *arg, size_t max)
+{
+	t->grow = fn;
+	t->grow_arg = arg;
+	t->grow_max = max;
+}
+
 void tun_stats(const struct tun *t, struct tun_stats *out)
 {
 	*out = t->st;
@@ -415,31 +427,83 @@ static void too_big(struct tun *t, const uint8_t *pkt, size_t len, size_t cap)
 
 /* ---- reading ------------------------------------------------------------ */
 
-/* Hands out what is left of the pending super-packet. */
+/* Gives pkts[0..n) room for need bytes each, through the grow callback;
+ * returns how many have it (fewer while the callback has no room now).
+ * *never: the packet cannot be given room, drop it. */
+static size_t fit(struct tun *t, struct pktbuf *pkts, size_t n, size_t need, bool *never)
+{
+	size_t k;
+
+	for (k = 0; k < n; k++) {
+		int r;
+
+		if (pkts[k].cap >= need)
+			continue;
+		r = t->grow ? t->grow(t->grow_arg, &pkts[k], need) : -EMSGSIZE;
+		if (r == -ENOBUFS)
+			break;
+		if (r || pkts[k].cap < need) {
+			*never = true;
+			return 0;
+		}
+	}
+	return k;
+}
+
+/* Hands out what is left of the pending packet (in scratch): a
+ * super-packet's segments, or a packet that needed more than its slot.
+ * It stays pending while segments are left or wait for room. */
 static size_t drain_pending(struct tun *t, struct pktbuf *pkts, size_t n)
 {
-	int r;
+	int count, r;
+	size_t need, limit, room;
+	bool never = false;
 
 	if (!t->pending || n == 0)
 		return 0;
-	r = offload_segment(&t->pend_vh, t->scratch, t->pend_len, t->pend_done, pkts, n);
+	count = offload_segment_count(&t->pend_vh, t->scratch, t->pend_len);
+	need = offload_segment_max(&t->pend_vh, t->scratch, t->pend_len);
+	if (count < 0 || !need) {
+		t->st.dropped_rx++;
+		t->pending = false;
+		return 0;
+	}
+	limit = t->grow ? t->grow_max : pkts[0].cap;
+	if (need > limit) {
+		t->pending = false;
+		too_big(t, t->scratch, t->pend_len, limit);
+		return 0;
+	}
+	if (n > (size_t)count - t->pend_done)
+		n = (size_t)count - t->pend_done;
+	room = fit(t, pkts, n, need, &never);
+	if (never) {
+		t->st.dropped_rx++;
+		t->pending = false;
+		return 0;
+	}
+	if (!room)
+		return 0;
+	r = offload_segment(&t->pend_vh, t->scratch, t->pend_len, t->pend_done, pkts, room);
 	if (r < 0) {
 		t->st.dropped_rx++;
 		t->pending = false;
 		return 0;
 	}
 	t->pend_done += (size_t)r;
-	if ((int)t->pend_done >= offload_segment_count(&t->pend_vh, t->scratch, t->pend_len))
+	if (t->pend_done >= (size_t)count)
 		t->pending = false;
 	return (size_t)r;
 }
 
-/* One read(): a plain packet lands in pkts[0] directly; a super-packet
- * lands partly there and partly in scratch, and is reassembled in scratch
- * before it is cut. Returns packets produced, or a negative errno. */
+/* One read(): a plain packet that fits lands in pkts[0] directly; anything
+ * else (a super-packet, a checksum to complete, a packet bigger than the
+ * slot) lands partly there and partly in scratch, is reassembled in
+ * scratch and handed out from there. Returns packets produced, or a
+ * negative errno. */
 static int read_one(struct tun *t, struct pktbuf *pkts, size_t n)
 {
-	struct virtio_net_hdr vh;
+	struct virtio_net_hdr vh = { 0 };
 	size_t first = pkts[0].cap < OFFLOAD_MAX_PACKET ? pkts[0].cap : OFFLOAD_MAX_PACKET;
 	struct iovec iov[3] = {
 		{ &vh, VNET_LEN },
@@ -448,7 +512,6 @@ static int read_one(struct tun *t, struct pktbuf *pkts, size_t n)
 	};
 	ssize_t r;
 	size_t len;
-	int count, got;
 
 	do
 		r = t->vnet ? readv(t->fd, iov, 3) : readv(t->fd, iov + 1, 2);
@@ -456,48 +519,25 @@ static int read_one(struct tun *t, struct pktbuf *pkts, size_t n)
 	t->st.read_syscalls++;
 	if (r < 0)
 		return -errno;
-	if (!t->vnet) {
-		if ((size_t)r > first) {
-			too_big(t, pkts[0].data, first, first);
-			return 0;
-		}
-		pkts[0].len = (size_t)r;
-		return 1;
-	}
-	if ((size_t)r < VNET_LEN) {
+	if (t->vnet && (size_t)r < VNET_LEN) {
 		t->st.dropped_rx++;
 		return 0;
 	}
-	len = (size_t)r - VNET_LEN;
+	/* Without vnet headers vh stays zero: no segmentation, no checksum. */
+	len = t->vnet ? (size_t)r - VNET_LEN : (size_t)r;
 	if (vh.gso_type == VIRTIO_NET_HDR_GSO_NONE && !(vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) &&
 	    len <= first) {
 		pkts[0].len = len;
 		return 1;
 	}
 	memcpy(t->scratch, pkts[0].data, len < first ? len : first);
-	count = offload_segment_count(&vh, t->scratch, len);
-	if (count < 0) {
-		t->st.dropped_rx++;
-		return 0;
-	}
 	if (vh.gso_type != VIRTIO_NET_HDR_GSO_NONE)
 		t->st.gso_reads++;
-	got = offload_segment(&vh, t->scratch, len, 0, pkts, n);
-	if (got == -ENOSPC) {
-		too_big(t, t->scratch, len, pkts[0].cap);
-		return 0;
-	}
-	if (got < 0) {
-		t->st.dropped_rx++;
-		return 0;
-	}
-	if (got < count) {
-		t->pend_vh = vh;
-		t->pend_len = len;
-		t->pend_done = (size_t)got;
-		t->pending = true;
-	}
-	return got;
+	t->pend_vh = vh;
+	t->pend_len = len;
+	t->pend_done = 0;
+	t->pending = true;
+	return (int)drain_pending(t, pkts, n);
 }
 
 int tun_read(struct tun *t, struct pktbuf *pkts, size_t n)
@@ -513,6 +553,8 @@ int tun_read(struct tun *t, struct pktbuf *pkts, size_t n)
 	}
 	if (k > 0)
 		return (int)k;
+	if (t->pending)
+		return -ENOBUFS; /* the next packet waits for room */
 	return r < 0 ? r : -EAGAIN;
 }
 

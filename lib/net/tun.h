@@ -53,14 +53,26 @@ int tun_get_up(struct tun *t, bool *up);
 /* Both at once (one trip into the device's namespace). */
 int tun_get_link(struct tun *t, int *mtu, bool *up);
 
-/* Fills pkts[0..n) with packets (each slot's cap must hold an MTU-sized
- * packet; a packet, or a super-packet's segment, too big for its slot is
- * dropped, counted in too_big and answered with TUN_ICMP_TOO_BIG
- * advertising the slot's cap). Reads until the
- * batch is full or the device is drained; a super-packet that does not fit
- * is kept and delivered first next time. Returns the number of packets,
- * -EAGAIN if none, or another negative errno. */
+/* Fills pkts[0..n) with packets (each slot's cap should hold an MTU-sized
+ * packet; one too big for its slot, or a super-packet's segment, is given
+ * room by the tun_set_grow() callback, or else dropped, counted in
+ * too_big and answered with TUN_ICMP_TOO_BIG advertising the slot's cap).
+ * Reads until the batch is full or the device is drained; a super-packet
+ * that does not fit is kept and delivered first next time. Returns the
+ * number of packets, -EAGAIN if none, -ENOBUFS if the next packet waits
+ * for room (see below), or another negative errno. */
 int tun_read(struct tun *t, struct pktbuf *pkts, size_t n);
+
+/* Room for a packet larger than its slot (a tunnel MTU above what the
+ * caller's slots hold): tun_read() calls fn with the slot and the length
+ * needed; fn may point p->data at a buffer of at least len bytes and set
+ * p->cap (the old buffer is the caller's again) and return 0. -ENOBUFS
+ * ends the batch there and keeps the packet for the next call; any other
+ * error drops it (counted in dropped_rx). Packets above max are never
+ * offered: they are dropped, counted in too_big and answered with
+ * TUN_ICMP_TOO_BIG advertising max. Set before reading. */
+typedef int (*tun_grow_fn)(void *arg, struct pktbuf *p, size_t len);
+void tun_set_grow(struct tun *t, tun_grow_fn fn, void *arg, size_t max);
 
 enum {
 	/* Authenticated end to end: see OFFLOAD_CSUM_TRUSTED. */
@@ -90,7 +102,8 @@ struct tun_stats {
 	unsigned long long read_syscalls, write_syscalls;
 	unsigned long long gso_reads, gro_writes; /* super-packets */
 	unsigned long long dropped_rx, dropped_tx;
-	/* read packets too big for the slots (answered with TUN_ICMP_TOO_BIG) */
+	/* read packets too big for the slots or for tun_set_grow()'s max
+	 * (answered with TUN_ICMP_TOO_BIG) */
 	unsigned long long too_big;
 };
 void tun_stats(const struct tun *t, struct tun_stats *out);

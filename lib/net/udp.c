@@ -49,6 +49,13 @@ struct udp {
 	int family;
 	uint16_t port;
 	bool gso, gro;
+	/* GSO segments above this failed with EMSGSIZE (a tunnel MTU above
+	 * the path's): such datagrams go one by one, for the kernel to
+	 * fragment. */
+	size_t gso_seg_max;
+
+	udp_grow_fn grow;
+	void *grow_arg;
 
 	/* GRO receive: datagram runs land here, then are cut into the
 	 * caller's slots; rx_next..rx_count are not yet handed out. */
@@ -76,6 +83,18 @@ static int set_buf(int fd, int force, int plain)
 	return setsockopt(fd, SOL_SOCKET, plain, &v, sizeof(v)) == 0 ? 0 : -errno;
 }
 
+/* The buffers GRO runs (and, with a grow callback, any datagram) land in. */
+static int rx_bufs(struct udp *u)
+{
+	for (size_t i = 0; i < RX_MSGS; i++) {
+		if (!u->rx[i].buf)
+			u->rx[i].buf = malloc(RX_BUF);
+		if (!u->rx[i].buf)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
 int udp_open(struct udp **out, int family, uint16_t port, unsigned flags)
 {
 	struct udp *u = calloc(1, sizeof(*u));
@@ -93,6 +112,7 @@ int udp_open(struct udp **out, int family, uint16_t port, unsigned flags)
 		return -ENOMEM;
 	u->fd = -1;
 	u->family = family;
+	u->gso_seg_max = SIZE_MAX;
 	if (family != AF_INET && family != AF_INET6) {
 		ret = -EAFNOSUPPORT;
 		goto out;
@@ -145,14 +165,9 @@ int udp_open(struct udp **out, int family, uint16_t port, unsigned flags)
 		ret = -ENOMEM;
 		goto out;
 	}
-	if (u->gro) {
-		for (size_t i = 0; i < RX_MSGS; i++) {
-			u->rx[i].buf = malloc(RX_BUF);
-			if (!u->rx[i].buf) {
-				ret = -ENOMEM;
-				goto out;
-			}
-		}
+	if (u->gro && rx_bufs(u)) {
+		ret = -ENOMEM;
+		goto out;
 	}
 	log_debug("udp open", "family=%d port=%u gso=%d gro=%d", family, u->port, u->gso, u->gro);
 	*out = u;
@@ -211,6 +226,17 @@ bool udp_gro(const struct udp *u)
 void udp_stats(const struct udp *u, struct udp_stats *out)
 {
 	*out = u->st;
+}
+
+int udp_set_grow(struct udp *u, udp_grow_fn fn, void *arg)
+{
+	int ret = fn ? rx_bufs(u) : 0;
+
+	if (!ret) {
+		u->grow = fn;
+		u->grow_arg = arg;
+	}
+	return ret;
 }
 
 /* ---- receiving ---------------------------------------------------------- */
@@ -286,7 +312,8 @@ static int recv_direct(struct udp *u, struct udp_msg *msgs, size_t n)
 	return k ? (int)k : -EAGAIN;
 }
 
-/* Cuts pending GRO runs into the caller's slots. */
+/* Cuts pending GRO runs into the caller's slots; stops early when a
+ * datagram waits for a bigger slot (the grow callback said -ENOBUFS). */
 static size_t drain_rx(struct udp *u, struct udp_msg *msgs, size_t n)
 {
 	size_t k = 0;
@@ -295,13 +322,17 @@ static size_t drain_rx(struct udp *u, struct udp_msg *msgs, size_t n)
 		struct rx_slot *s = &u->rx[u->rx_next];
 		size_t seg = s->gso ? s->gso : s->len;
 		size_t len = s->len - s->off < seg ? s->len - s->off : seg;
+		int r = 0;
 
 		if (s->off >= s->len) {
 			u->rx_next++;
 			continue;
 		}
-
-		if (len <= msgs[k].cap) {
+		if (len > msgs[k].cap)
+			r = u->grow ? u->grow(u->grow_arg, &msgs[k], len) : -EMSGSIZE;
+		if (r == -ENOBUFS)
+			break;
+		if (!r && len <= msgs[k].cap) {
 			memcpy(msgs[k].data, s->buf + s->off, len);
 			msgs[k].len = len;
 			msgs[k].ep = s->ep;
@@ -323,12 +354,14 @@ int udp_recv(struct udp *u, struct udp_msg *msgs, size_t n)
 
 	if (n == 0)
 		return 0;
-	if (!u->gro)
+	if (!u->gro && !u->grow)
 		return recv_direct(u, msgs, n);
 
 	k = drain_rx(u, msgs, n);
 	if (k == n)
 		return (int)k;
+	if (u->rx_next < u->rx_count)
+		return k ? (int)k : -ENOBUFS; /* full, or waiting for room */
 	/* Each message is at least one datagram: never ask for more than fit. */
 	m = n - k < RX_MSGS ? n - k : RX_MSGS;
 	for (size_t i = 0; i < m; i++)
@@ -354,6 +387,8 @@ int udp_recv(struct udp *u, struct udp_msg *msgs, size_t n)
 	u->rx_next = 0;
 	u->rx_count = (size_t)r;
 	k += drain_rx(u, msgs + k, n - k);
+	if (!k && u->rx_next < u->rx_count)
+		return -ENOBUFS;
 	return k ? (int)k : -EAGAIN;
 }
 
@@ -408,7 +443,7 @@ static size_t build_tx(struct udp *u, struct udp_msg *msgs, size_t n, bool gso)
 	while (i < n && nm < TX_MSGS) {
 		size_t j = i + 1, bytes = msgs[i].len, seg = msgs[i].len;
 
-		if (gso && seg > 0) {
+		if (gso && seg > 0 && seg <= u->gso_seg_max) {
 			while (j < n && j - i < GSO_MAX_SEGS && msgs[j].len <= seg && msgs[j].len > 0 &&
 			       bytes + msgs[j].len <= max_bytes && endpoint_equal_src(&msgs[i].ep, &msgs[j].ep)) {
 				bytes += msgs[j].len;
@@ -491,8 +526,9 @@ int udp_send(struct udp *u, struct udp_msg *msgs, size_t n)
 		if (group > 1 && err == EMSGSIZE) {
 			/* Datagrams bigger than the path MTU (a large tunnel MTU):
 			 * GSO cannot cut them, but one at a time the kernel
-			 * fragments them. For the rest of this call only. */
-			gso = false;
+			 * fragments them. Remembered, so later batches do not
+			 * fail first. */
+			u->gso_seg_max = m->len - 1;
 			continue;
 		}
 		if (group > 1 && (err == EIO || err == EINVAL)) {

@@ -46,15 +46,29 @@ bool udp_gso(const struct udp *u);
 bool udp_gro(const struct udp *u);
 
 /* Fills msgs[0..n) with datagrams (len and ep set; a datagram larger than
- * its slot is dropped). Coalesced runs that do not fit are kept for the
- * next call. Returns the count, -EAGAIN if none, or a negative errno. */
+ * its slot is dropped unless udp_set_grow() gave it room). Coalesced runs
+ * that do not fit are kept for the next call. Returns the count, -EAGAIN
+ * if none, -ENOBUFS if the next datagram waits for room (see below), or
+ * a negative errno. */
 int udp_recv(struct udp *u, struct udp_msg *msgs, size_t n);
+
+/* Room for a datagram larger than its slot (up to 64 KB: a large MTU's,
+ * reassembled from IP fragments): udp_recv() calls fn with the slot and
+ * the datagram's length; fn may point m->data at a buffer of at least
+ * len bytes and set m->cap (the old buffer is the caller's again) and
+ * return 0. -ENOBUFS ends the batch there and keeps the datagram for the
+ * next call; any other error drops it. Without GRO, datagrams are then
+ * read into the socket's own 64 KB buffers and copied, as with GRO.
+ * 0 or -ENOMEM. */
+typedef int (*udp_grow_fn)(void *arg, struct udp_msg *m, size_t len);
+int udp_set_grow(struct udp *u, udp_grow_fn fn, void *arg);
 
 /* Sends msgs[0..n). A message whose local source is no longer ours is
  * retried without it (and its ep.has_src cleared, so the caller learns); one
  * the network refuses (unreachable, filtered, wrong family) is dropped and
- * counted. GSO is turned off for good if the kernel says it cannot do it.
- * Returns how many messages are done (sent or dropped), -EAGAIN if the
+ * counted. GSO is turned off for good if the kernel says it cannot do it,
+ * and for segments of a size refused as above the path MTU (EMSGSIZE):
+ * such datagrams go one by one, for the kernel to fragment. Returns how many messages are done (sent or dropped), -EAGAIN if the
  * socket buffer is full before the first, or a negative errno. */
 int udp_send(struct udp *u, struct udp_msg *msgs, size_t n);
 

@@ -128,6 +128,10 @@ static inline enum message_type message_classify(const uint8_t *pkt, size_t len)
 	}
 }
 
+/* The largest plaintext whose data message fits one UDP datagram over
+ * IPv4 (65535 less the IPv4 and UDP headers, the data header and tag). */
+#define MESSAGE_DATA_PAYLOAD_MAX (65535 - 20 - 8 - MESSAGE_DATA_MIN_LEN)
+
 /* Plaintext length after padding to MESSAGE_PADDING_MULTIPLE, never past
  * mtu (section 5.4.6: zero padding, capped by the MTU). */
 static inline size_t message_data_padded_len(size_t len, size_t mtu)

@@ -528,8 +528,8 @@ static inline bool has_expired(uint64_t birthdate, uint64_t age, uint64_t now)
 /* Runs handed to the AEAD at once (bounded: they live on the stack). */
 #define NOISE_RUN 64
 
-void noise_keypair_encrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], const uint16_t payload_len[],
-				unsigned n, uint64_t now, uint8_t ok[], uint16_t pkt_len[])
+void noise_keypair_encrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], const uint32_t payload_len[],
+				unsigned n, uint64_t now, uint8_t ok[], uint32_t pkt_len[])
 {
 	struct aead_msg v[NOISE_RUN];
 	unsigned from[NOISE_RUN];
@@ -561,13 +561,13 @@ void noise_keypair_encrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], 
 		aead_key_seal_many(kp->send_key, v, k);
 		for (unsigned i = 0; i < k; i++) {
 			ok[from[i]] = v[i].ok;
-			pkt_len[from[i]] = (uint16_t)(MESSAGE_DATA_HEADER_LEN + v[i].len + MESSAGE_DATA_TAG_LEN);
+			pkt_len[from[i]] = (uint32_t)(MESSAGE_DATA_HEADER_LEN + v[i].len + MESSAGE_DATA_TAG_LEN);
 		}
 	}
 }
 
-void noise_keypair_decrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], const uint16_t pkt_len[],
-				unsigned n, uint64_t now, uint8_t rx[], uint16_t payload_len[])
+void noise_keypair_decrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], const uint32_t pkt_len[],
+				unsigned n, uint64_t now, uint8_t rx[], uint32_t payload_len[])
 {
 	struct aead_msg v[NOISE_RUN];
 	unsigned from[NOISE_RUN];
@@ -604,7 +604,7 @@ void noise_keypair_decrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], 
 				rx[from[i]] = NOISE_RX_REPLAY;
 			else {
 				rx[from[i]] = NOISE_RX_OK;
-				payload_len[from[i]] = (uint16_t)(v[i].len - MESSAGE_DATA_TAG_LEN);
+				payload_len[from[i]] = (uint32_t)(v[i].len - MESSAGE_DATA_TAG_LEN);
 			}
 		}
 		pthread_mutex_unlock(&kp->replay_lock);
@@ -615,10 +615,10 @@ void noise_keypair_decrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], 
 bool noise_keypair_encrypt(struct noise_keypair *kp, uint8_t *pkt, size_t payload_len, uint64_t now,
 			   size_t *pkt_len)
 {
-	uint16_t len = (uint16_t)payload_len, out = 0;
+	uint32_t len = (uint32_t)payload_len, out = 0;
 	uint8_t ok = 0;
 
-	if (payload_len > UINT16_MAX - MESSAGE_DATA_MIN_LEN)
+	if (payload_len > UINT32_MAX - MESSAGE_DATA_MIN_LEN)
 		return false;
 	noise_keypair_encrypt_many(kp, &pkt, &len, 1, now, &ok, &out);
 	*pkt_len = out;
@@ -628,10 +628,10 @@ bool noise_keypair_encrypt(struct noise_keypair *kp, uint8_t *pkt, size_t payloa
 enum noise_rx noise_keypair_decrypt(struct noise_keypair *kp, uint8_t *pkt, size_t pkt_len, uint64_t now,
 				    size_t *payload_len)
 {
-	uint16_t len = (uint16_t)pkt_len, out = 0;
+	uint32_t len = (uint32_t)pkt_len, out = 0;
 	uint8_t rx = NOISE_RX_INVALID;
 
-	if (pkt_len > UINT16_MAX)
+	if (pkt_len > UINT32_MAX)
 		return NOISE_RX_INVALID;
 	noise_keypair_decrypt_many(kp, &pkt, &len, 1, now, &rx, &out);
 	if (rx == NOISE_RX_OK)

@@ -163,8 +163,8 @@ bool noise_keypair_encrypt(struct noise_keypair *kp, uint8_t *pkt, size_t payloa
 /* noise_keypair_encrypt() for n packets at once (any n): the counters are
  * taken in one step and the AEAD seals them as one run. ok[i] and
  * pkt_len[i] are the per-packet results. */
-void noise_keypair_encrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], const uint16_t payload_len[],
-				unsigned n, uint64_t now, uint8_t ok[], uint16_t pkt_len[]);
+void noise_keypair_encrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], const uint32_t payload_len[],
+				unsigned n, uint64_t now, uint8_t ok[], uint32_t pkt_len[]);
 
 enum noise_rx {
 	NOISE_RX_OK,
@@ -181,8 +181,8 @@ enum noise_rx noise_keypair_decrypt(struct noise_keypair *kp, uint8_t *pkt, size
 /* The same for n packets at once (any n), opened as one run, with the
  * replay window checked in order: rx[i] is an enum noise_rx, payload_len[i]
  * is set where rx[i] is NOISE_RX_OK. */
-void noise_keypair_decrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], const uint16_t pkt_len[],
-				unsigned n, uint64_t now, uint8_t rx[], uint16_t payload_len[]);
+void noise_keypair_decrypt_many(struct noise_keypair *kp, uint8_t *const pkt[], const uint32_t pkt_len[],
+				unsigned n, uint64_t now, uint8_t rx[], uint32_t payload_len[]);
 
 /* Section 6.2 rekey triggers, evaluated by the engine after each send or
  * receive: after sending, when the counter passed REKEY_AFTER_MESSAGES or

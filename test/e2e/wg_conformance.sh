@@ -5,7 +5,9 @@
 # userspace implementation: nothing sent while the link is down, a
 # keepalive as soon as the device comes up and as soon as the private key
 # is set, the private key reported clamped, an ICMP host unreachable for an
-# address no peer owns, TCP and UDP through a tunnel MTU of 34736, the
+# address no peer owns, TCP, UDP and ping carried whole through a tunnel MTU
+# of 34736 (knitd to knitd and to Debian's wireguard-go), at MTU 65535 the
+# largest packet one datagram holds and frag-needed above it, the
 # source address following a route change, the endpoint updated before the
 # packet that roamed is delivered, and the TUN moved into another namespace
 # (as the CNI plugin moves a pod's knit0): still served and carrying
@@ -15,11 +17,12 @@
 #   ns1: knitd wg1 ---- veth a 10.40.0.1 <-> 10.40.0.2 ---- ns2: knitd wg2
 #                  ---- veth b 10.41.0.1 <-> 10.41.0.2 ----  10.42.0.2 on lo
 #   tunnel 192.168.241.1/24 (wg1) <-> 192.168.241.2/24 (wg2), fd00:241::/64
+#   and for a while 192.168.243.1/24 (wg1) <-> 192.168.243.3/24 (wireguard-go in ns2)
 source "$(dirname "$0")/lib/common.sh"
 
 e2e_begin wg_conformance
 KNITD=$KNIT_BUILD_DIR/agent/knitd
-e2e_need_bin "$KNITD" wg ip iperf3 python3 ping
+e2e_need_bin "$KNITD" wg ip iperf3 python3 ping wireguard-go curl
 
 NS1=knit-wgc-$$-1 NS2=knit-wgc-$$-2 NSP=knit-wgc-$$-pod
 IF1=kc$$a IF2=kc$$b
@@ -156,35 +159,93 @@ e2e_check "after 2 roams, its first ping is answered" ping_ok n2 ping -c 1 -W 3 
 endpoint_check "1 follows 2 to its new address" "$NS1" "$IF1" 10.42.0.3:$P2
 n2 wg set "$IF2" peer "$PUB1" persistent-keepalive 1
 
-# --- a tunnel MTU of 34736 (the selftest's big_mtu round) -------------------
+# --- a tunnel MTU of 34736 (the selftest's big_mtu round): carried whole ---
 n1 ip link set "$IF1" mtu 34736
 n2 ip link set "$IF2" mtu 34736
+too_big_is() { # NUMBER: knitd 1's count of packets dropped as too big
+	n1 curl -s http://127.0.0.1:9113/metrics | grep -q "reason=\"too_big\"} $1\$"
+}
+# DF set on everything below: a "fragmentation needed" from knitd (the
+# fallback for what it cannot carry) would fail the ping and the sendto.
+e2e_check "MTU 34736: a full-size ping 1 -> 2 with DF" n1 ping -c 2 -i 0.2 -W 2 -M do -s 34708 192.168.241.2
+e2e_check "MTU 34736: a full-size ping 2 -> 1 with DF (IPv6)" n2 ping -c 2 -i 0.2 -W 2 -M do -s 34688 fd00:241::1
 e2e_bg iperf-srv n2 iperf3 -s -1 -B 192.168.241.2
 e2e_wait_for 5 bash -c "ip netns exec $NS2 ss -ltn | grep -q ':5201 '"
-e2e_check "MTU 34736: TCP 1 -> 2 (4 MB)" n1 timeout 30 iperf3 -c 192.168.241.2 -n 4M -Z
+e2e_check "MTU 34736: TCP 1 -> 2 (16 MB)" n1 timeout 30 iperf3 -c 192.168.241.2 -n 16M -Z
 e2e_bg iperf-srv2 n1 iperf3 -s -1 -B 192.168.241.1
 e2e_wait_for 5 bash -c "ip netns exec $NS1 ss -ltn | grep -q ':5201 '"
-e2e_check "MTU 34736: TCP 2 -> 1 (4 MB)" n2 timeout 30 iperf3 -c 192.168.241.1 -n 4M -Z
-# A receiver in ns2 waits for one datagram of SIZE; ns1 sends until it
-# arrives (the first ones teach the path MTU and are lost).
-udp_through() { # DST SIZE
-	n2 python3 -c "import socket,sys; r=socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM); r.bind((sys.argv[1], 9999)); r.settimeout(8); d=r.recv(65536); sys.exit(0 if len(d)==int(sys.argv[2]) else 1)" "$1" "$2" &
-	local rp=$! i ok=1
-	e2e_wait_for 3 bash -c "ip netns exec $NS2 ss -lun | grep -q ':9999 '"
-	for i in $(seq 40); do
-		n1 python3 -c "import socket,sys; s=socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
-try: s.sendto(b'x'*int(sys.argv[2]), (sys.argv[1], 9999))
-except OSError: pass" "$1" "$2"
-		gone $rp && break
-		sleep 0.1
+e2e_check "MTU 34736: TCP 2 -> 1 (16 MB)" n2 timeout 30 iperf3 -c 192.168.241.1 -n 16M -Z
+# A receiver in NS waits for one datagram of SIZE; the sender (DF set
+# unless told nodf) sends until it arrives.
+udp_through() { # FROM-NS TO-NS DST SIZE [nodf]
+	local from=$1 to=$2 dst=$3 size=$4 pmtu=2 rp i ok=1
+	[ "${5:-}" = nodf ] && pmtu=0
+	rm -f "$E2E_DIR/udp.ready" "$E2E_DIR/udp.got"
+	ip netns exec "$to" python3 -c "import socket,sys; r=socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM); r.bind((sys.argv[1], 9999)); open(sys.argv[3] + '/udp.ready', 'w').close(); r.settimeout(8); d=r.recv(65536); open(sys.argv[3] + '/udp.got', 'w').close(); sys.exit(0 if len(d)==int(sys.argv[2]) else 1)" "$dst" "$size" "$E2E_DIR" &
+	rp=$!
+	e2e_wait_for 3 test -e "$E2E_DIR/udp.ready"
+	for i in $(seq 20); do
+		ip netns exec "$from" python3 -c "import socket,sys
+v6 = ':' in sys.argv[1]
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP, 23 if v6 else 10, int(sys.argv[3])) # *_MTU_DISCOVER: DO or DONT
+s.sendto(b'x'*int(sys.argv[2]), (sys.argv[1], 9999))" "$dst" "$size" "$pmtu" 2>>"$E2E_DIR/udp_through.err" || break
+		sleep 0.1 # a resend's pace, not a wait for a state
+		test -e "$E2E_DIR/udp.got" && break
 	done
 	wait $rp && ok=0
 	return $ok
 }
-e2e_check "MTU 34736: a 30000-byte UDP datagram 1 -> 2" udp_through 192.168.241.2 30000
-e2e_check "MTU 34736: a 30000-byte UDP datagram 1 -> 2 (IPv6)" udp_through fd00:241::2 30000
+e2e_check "MTU 34736: a 34708-byte UDP datagram 1 -> 2 with DF" udp_through "$NS1" "$NS2" 192.168.241.2 34708
+e2e_check "MTU 34736: a 34688-byte UDP datagram 2 -> 1 with DF (IPv6)" udp_through "$NS2" "$NS1" fd00:241::1 34688
+e2e_check "nothing dropped as too big at MTU 34736" too_big_is 0
+
+# --- knitd <-> Debian's wireguard-go at MTU 34736 ----------------------------
+# wireguard-go in ns2 as knitd 1's second peer, on its own tunnel subnet.
+IF3=kc$$c P3=52103
+e2e_defer "rm -f $SOCK/$IF3.sock"
+wg genkey >"$E2E_DIR/3.key"
+PUB3=$(wg pubkey <"$E2E_DIR/3.key")
+e2e_bg wireguard-go n2 env WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 wireguard-go -f "$IF3"
+e2e_wait_for 10 test -S "$SOCK/$IF3.sock" || e2e_fail "wireguard-go did not start"
+n2 wg set "$IF3" private-key "$E2E_DIR/3.key" listen-port $P3 peer "$PUB1" endpoint 10.40.0.1:$P1 \
+	allowed-ips 192.168.243.1/32
+n2 ip addr add 192.168.243.3/24 dev "$IF3"
+n2 ip link set "$IF3" mtu 34736 up
+n1 wg set "$IF1" peer "$PUB3" endpoint 10.40.0.2:$P3 allowed-ips 192.168.243.3/32
+n1 ip addr add 192.168.243.1/24 dev "$IF1"
+e2e_check "wireguard-go: handshake and ping" e2e_wait_for 15 ping_ok n1 ping -c 1 -W 1 192.168.243.3
+e2e_check "MTU 34736: a full-size ping knitd -> wireguard-go with DF" n1 ping -c 2 -i 0.2 -W 2 -M do -s 34708 192.168.243.3
+e2e_check "MTU 34736: a full-size ping wireguard-go -> knitd with DF" n2 ping -c 2 -i 0.2 -W 2 -M do -s 34708 192.168.243.1
+e2e_bg iperf-srv3 n2 iperf3 -s -1 -B 192.168.243.3
+e2e_wait_for 5 bash -c "ip netns exec $NS2 ss -ltn | grep -q '192.168.243.3:5201 '"
+e2e_check "MTU 34736: TCP knitd -> wireguard-go (16 MB)" n1 timeout 30 iperf3 -c 192.168.243.3 -n 16M -Z
+e2e_bg iperf-srv4 n1 iperf3 -s -1 -B 192.168.243.1
+e2e_wait_for 5 bash -c "ip netns exec $NS1 ss -ltn | grep -q '192.168.243.1:5201 '"
+e2e_check "MTU 34736: TCP wireguard-go -> knitd (16 MB)" n2 timeout 30 iperf3 -c 192.168.243.1 -n 16M -Z
+e2e_check "MTU 34736: a 34708-byte UDP datagram knitd -> wireguard-go with DF" \
+	udp_through "$NS1" "$NS2" 192.168.243.3 34708
+e2e_check "MTU 34736: a 34708-byte UDP datagram wireguard-go -> knitd with DF" \
+	udp_through "$NS2" "$NS1" 192.168.243.1 34708
+e2e_check "nothing dropped as too big with wireguard-go either" too_big_is 0
+n1 wg set "$IF1" peer "$PUB3" remove
+n2 ip link del "$IF3"
+
+# --- MTU 65535: up to what one UDP datagram holds, then frag-needed ----------
+# A data message must fit one IPv4 datagram: inner packets up to
+# 65535 - 28 - 32 = 65475 bytes. Beyond, the ICMP fallback teaches the
+# sender that size, as path MTU discovery wants.
+n1 ip link set "$IF1" mtu 65535
+n2 ip link set "$IF2" mtu 65535
+e2e_check "MTU 65535: a 65475-byte ping (the largest one datagram holds) with DF" \
+	n1 ping -c 2 -i 0.2 -W 2 -M do -s 65447 192.168.241.2
+e2e_check "MTU 65535: a 65447-byte UDP datagram 1 -> 2 with DF" udp_through "$NS1" "$NS2" 192.168.241.2 65447
+e2e_check "MTU 65535: a 65528-byte ping with DF gets frag-needed, mtu 65475" \
+	bash -c "ip netns exec $NS1 ping -c 1 -W 2 -M do -s 65500 192.168.241.2 2>&1 | grep -Eq 'mtu ?= ?65475'"
 too_big_counted() { n1 curl -s http://127.0.0.1:9113/metrics | grep 'reason="too_big"' | grep -q '} [1-9]'; }
 e2e_check "oversize packets counted as dropped (reason too_big)" too_big_counted
+e2e_check "MTU 65535: a 65500-byte UDP datagram 1 -> 2 gets through once the path MTU is known" \
+	udp_through "$NS1" "$NS2" 192.168.241.2 65500 nodf
 n1 ip link set "$IF1" mtu 1420
 n2 ip link set "$IF2" mtu 1420
 
@@ -219,5 +280,6 @@ ip netns exec "$NSP2" ip link set "$IF2" mtu 1300 up
 e2e_check "knitd 2 reads its TUN in the second pod" e2e_wait_for 3 logged knitd2 "mtu=1300"
 ip netns del "$NSP2"
 e2e_check "knitd exits when the pod namespace holding its TUN is deleted" e2e_wait_for 10 gone "$PID2"
+e2e_check "no sanitizer reports in knitd's logs" sh -c "! grep -l 'Sanitizer' $E2E_DIR/knitd1.log $E2E_DIR/knitd2.log"
 
 e2e_end

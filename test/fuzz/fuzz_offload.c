@@ -23,6 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct offload_group groups[NSLOT];
 	size_t order[NSLOT], ng;
 	int n, total;
+	size_t max;
 
 	if (size < sizeof(vh) + 2)
 		return 0;
@@ -36,13 +37,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (int i = 0; i < NSLOT; i++)
 		pb[i] = (struct pktbuf){ .data = mem[i], .cap = i % 2 ? sizeof(mem[i]) : cap };
 	total = offload_segment_count(&vh, data, size);
+	max = offload_segment_max(&vh, data, size);
 	n = offload_segment(&vh, data, size, skip, pb, NSLOT);
-	if ((total < 0) != (n == -EINVAL))
+	if ((total < 0) != (n == -EINVAL) || (total < 0) != (max == 0))
 		abort();
 	if (n <= 0)
 		return 0;
 	if ((size_t)n > (size_t)total - skip)
 		abort();
+	for (int i = 0; i < n; i++)
+		if (pb[i].len > max)
+			abort();
 
 	ng = offload_coalesce(pb, (size_t)n, groups, order, cflags);
 	for (size_t g = 0; g < ng; g++) {

@@ -27,6 +27,7 @@
 #include "wg/hub.h"
 #include "wg/noise.h"
 #include "wg/peer.h"
+#include "wg/pool.h"
 #include "wg/exporter.h"
 #include "wg/uapi.h"
 
@@ -76,10 +77,12 @@ static struct uapi_peer peer_of(const uint8_t pub[32], const char *aip, uint16_t
 	return p;
 }
 
+static size_t large_slots; /* hub_config.pool_large_buffers for the next pair */
+
 static int pair_setup(void **state)
 {
 	struct pair *p = calloc(1, sizeof(*p));
-	struct hub_config hc = { .workers = 2, .readers_help = true };
+	struct hub_config hc = { .workers = 2, .readers_help = true, .pool_large_buffers = large_slots };
 	struct engine_config ca = { .ifname = "kte0a" }, cb = { .ifname = "kte0b" };
 	struct uapi_peer up;
 
@@ -429,6 +432,115 @@ static void test_uapi_set_get(void **state)
 	uapi_config_free(cfg);
 }
 
+/* Sends blobs of len bytes from s until one arrives whole on r (running
+ * the loop); then sends burst more without waiting. */
+static bool large_through(struct pair *p, int s, const char *addr, uint16_t port, int r, size_t len, int burst)
+{
+	static uint8_t out[65536], in[65536];
+	struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(port) };
+	uint64_t deadline = loop_mono_ms() + 12000, next = 0;
+
+	for (size_t i = 0; i < len; i++)
+		out[i] = (uint8_t)(i * 7 + len);
+	inet_pton(AF_INET, addr, &to.sin_addr);
+	while (loop_mono_ms() < deadline) {
+		ssize_t n;
+
+		if (loop_mono_ms() >= next) {
+			for (int i = 0; i <= burst; i++)
+				assert_int_equal(sendto(s, out, len, 0, (struct sockaddr *)&to, sizeof(to)), (ssize_t)len);
+			next = loop_mono_ms() + 200;
+		}
+		loop_run_once(p->loop, 10);
+		while ((n = recv(r, in, sizeof(in), 0)) >= 0)
+			if ((size_t)n == len && !memcmp(in, out, len))
+				return true;
+	}
+	return false;
+}
+
+/* A tunnel MTU of 34736 on both sides (the kernel selftest's big_mtu
+ * round), the datagrams fragmented by IP on a 1500-byte underlay: inner
+ * packets up to the MTU go through whole, in large pool slots. */
+static void test_large_mtu(void **state)
+{
+	struct pair *p = *state;
+	int sx = udp_socket_in(ns_x, "10.91.0.1", 7007), sy = udp_socket_in(ns_y, "10.91.0.2", 7008);
+	struct engine_stats es;
+
+	sh("ip link set lo mtu 1500 && ip link set kte0a mtu 34736");
+	enter(ns_y);
+	sh("ip link set kte0b mtu 34736");
+	enter(ns_x);
+	assert_true(large_through(p, sx, "10.91.0.2", 7008, sy, 34708, 0));
+	assert_true(large_through(p, sy, "10.91.0.1", 7007, sx, 20000, 0));
+	assert_true(large_through(p, sx, "10.91.0.2", 7008, sy, 1000, 0));
+	engine_stats(p->a, &es);
+	assert_int_equal(es.tun.too_big, 0);
+	sh("ip link set lo mtu 65536");
+	close(sx);
+	close(sy);
+}
+
+/* Two large slots for bursts of fifty large packets: readers wait for a
+ * slot, then drop rather than stall; the device keeps carrying traffic. */
+static int pair_setup_few_large(void **state)
+{
+	int ret;
+
+	large_slots = 2;
+	ret = pair_setup(state);
+	large_slots = 0;
+	return ret;
+}
+
+static void test_large_slots_exhausted(void **state)
+{
+	struct pair *p = *state;
+	int sx = udp_socket_in(ns_x, "10.91.0.1", 7009), sy = udp_socket_in(ns_y, "10.91.0.2", 7010);
+
+	sh("ip link set kte0a mtu 9000");
+	enter(ns_y);
+	sh("ip link set kte0b mtu 9000");
+	enter(ns_x);
+	assert_true(large_through(p, sx, "10.91.0.2", 7010, sy, 8000, 50));
+	assert_true(large_through(p, sy, "10.91.0.1", 7009, sx, 8000, 50));
+	assert_true(large_through(p, sx, "10.91.0.2", 7010, sy, 100, 0));
+	close(sx);
+	close(sy);
+}
+
+/* Small slots swapped for large ones, given back in one mixed put; the
+ * large slab made on first use; waiting for one, then giving up until one
+ * is free again. */
+static void test_pool_large(void **state)
+{
+	struct pool *pl;
+	uint8_t *b[4], *small0;
+	uint64_t since = 0;
+
+	(void)state;
+	assert_int_equal(pool_new(&pl, 4, 2), 0);
+	assert_int_equal(pool_large_available(pl), 0);
+	assert_int_equal(pool_get(pl, b, 4), 4);
+	small0 = b[0];
+	assert_true(pool_swap_large(pl, &b[0]));
+	assert_ptr_not_equal(b[0], small0);
+	assert_int_equal(pool_available(pl), 1); /* the small one came back */
+	assert_int_equal(pool_large_available(pl), 1);
+	memset(b[0], 0xab, POOL_LARGE_SIZE); /* all of it is ours */
+	assert_true(pool_swap_large(pl, &b[1]));
+	assert_false(pool_swap_large(pl, &b[2]));
+	assert_int_equal(pool_large_wait(&since, 1000), -ENOBUFS);
+	assert_int_equal(pool_large_wait(&since, 1000 + POOL_LARGE_WAIT_MS - 1), -ENOBUFS);
+	assert_int_equal(pool_large_wait(&since, 1000 + POOL_LARGE_WAIT_MS), -ENOMEM);
+	assert_int_equal(pool_large_wait(&since, 5000), -ENOMEM); /* until one is had again */
+	pool_put(pl, b, 4);
+	assert_int_equal(pool_available(pl), 4);
+	assert_int_equal(pool_large_available(pl), 2);
+	pool_free(pl);
+}
+
 /* The handshake queue keeps its last quarter for messages a flood of
  * made-up initiations cannot send: those carrying a MAC2, and cookie
  * replies. */
@@ -478,7 +590,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_remove_under_traffic, pair_setup, pair_teardown),
 		cmocka_unit_test_setup_teardown(test_uapi_set_get, pair_setup, pair_teardown),
 		cmocka_unit_test_setup_teardown(test_exporter, pair_setup, pair_teardown),
+		cmocka_unit_test_setup_teardown(test_large_mtu, pair_setup, pair_teardown),
+		cmocka_unit_test_setup_teardown(test_large_slots_exhausted, pair_setup_few_large, pair_teardown),
 		cmocka_unit_test(test_handshake_queue_reserve),
+		cmocka_unit_test(test_pool_large),
 	};
 
 	enum log_level level = LOG_WARN;

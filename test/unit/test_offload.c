@@ -189,6 +189,7 @@ static void check_tso(bool v6, bool udp, size_t optlen, size_t plen, uint16_t gs
 	make_partial(pkt, len, &vh, udp, gso);
 
 	assert_int_equal(offload_segment_count(&vh, pkt, len), (int)want);
+	assert_int_equal(offload_segment_max(&vh, pkt, len), hl + (want > 1 ? gso : plen));
 	n = offload_segment(&vh, pkt, len, 0, s->pb, NSLOT);
 	assert_int_equal(n, (int)want);
 	for (int i = 0; i < n; i++) {
@@ -274,6 +275,7 @@ static void test_segment_none_needs_csum(void **state)
 	len = mk_pkt(pkt, &m, payload, sizeof(payload));
 	make_partial(pkt, len, &vh, true, 0);
 	vh.gso_type = VIRTIO_NET_HDR_GSO_NONE;
+	assert_int_equal(offload_segment_max(&vh, pkt, len), len);
 	assert_int_equal(offload_segment(&vh, pkt, len, 0, s->pb, 1), 1);
 	assert_int_equal(s->pb[0].len, len);
 	assert_packet_valid(s->pb[0].data, len);
@@ -328,6 +330,7 @@ static void test_segment_malformed(void **state)
 		if (offload_segment(&vh, p, l, 0, s->pb, NSLOT) != -EINVAL)
 			fail_msg("accepted: %s", cases[i]);
 		assert_int_equal(offload_segment_count(&vh, p, l), -EINVAL);
+		assert_int_equal(offload_segment_max(&vh, p, l), 0);
 		free(p);
 	}
 	free(s);

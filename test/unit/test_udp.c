@@ -260,6 +260,93 @@ static void test_small_slots(void **state)
 	free(in);
 }
 
+/* Datagrams bigger than the slots (a large tunnel MTU), fragmented by IP on
+ * a 1500-byte link: the grow callback gives them room, or makes them wait
+ * while it has none. */
+static uint8_t large[2][65536];
+static int grow_refuse, grow_calls;
+
+static int grow(void *arg, struct udp_msg *m, size_t len)
+{
+	grow_calls++;
+	if (grow_refuse > 0) {
+		grow_refuse--;
+		return -ENOBUFS;
+	}
+	if (len > sizeof(large[0]))
+		return -EMSGSIZE;
+	m->data = large[grow_calls % 2];
+	m->cap = sizeof(large[0]);
+	return 0;
+}
+
+static void large_datagrams(unsigned flags)
+{
+	static const size_t sizes[] = { 80, 80, 40000, 80, 30000, 30000, 65507, 80 };
+	enum { NS = sizeof(sizes) / sizeof(sizes[0]) };
+	static uint8_t out_mem[NS][65536];
+	struct udp_msg out[NS];
+	struct udp *a, *b;
+	struct msgs *in = msgs_new(SLOT);
+	struct udp_stats st;
+	char dst[64];
+	size_t got = 0;
+	int n, waited = 0;
+
+	assert_int_equal(system("ip link set lo mtu 1500"), 0);
+	assert_int_equal(udp_open(&a, AF_INET, 0, flags), 0);
+	assert_int_equal(udp_open(&b, AF_INET, 0, flags), 0);
+	assert_int_equal(udp_set_grow(b, grow, NULL), 0);
+	snprintf(dst, sizeof(dst), "127.0.0.1:%u", udp_port(b));
+	for (size_t i = 0; i < NS; i++) {
+		out[i] = (struct udp_msg){ .data = out_mem[i], .len = sizes[i], .cap = sizes[i], .ep = ep_of(dst) };
+		fill(out[i].data, sizes[i], (unsigned)i);
+	}
+	/* Two 30000-byte ones in a row would be one GSO send: refused
+	 * (EMSGSIZE) above the link's MTU, so they go one by one. */
+	assert_int_equal(udp_send(a, out, NS), NS);
+	grow_refuse = 2;
+	for (int idle = 0; got < NS && idle < 20;) {
+		n = udp_recv(b, in->m, 3);
+		if (n == -EAGAIN) {
+			struct pollfd p = { .fd = udp_fd(b), .events = POLLIN };
+			idle += poll(&p, 1, 100) == 0;
+			continue;
+		}
+		if (n == -ENOBUFS) {
+			waited++;
+			continue;
+		}
+		assert_true(n > 0);
+		for (int i = 0; i < n; i++, got++) {
+			assert_int_equal(in->m[i].len, sizes[got]);
+			assert_memory_equal(in->m[i].data, out_mem[got], sizes[got]);
+			/* Give the slot back as the caller would. */
+			in->m[i] = (struct udp_msg){ .data = in->mem[i], .cap = SLOT };
+		}
+	}
+	assert_int_equal(got, NS);
+	assert_int_equal(waited, 1); /* the second refusal found nothing else to hand out */
+	udp_stats(b, &st);
+	assert_int_equal(st.dropped_rx, 0);
+	udp_stats(a, &st);
+	assert_int_equal(st.dropped_tx, 0);
+	udp_close(a);
+	udp_close(b);
+	free(in);
+	assert_int_equal(system("ip link set lo mtu 65536"), 0);
+}
+
+static void test_large_gro(void **state)
+{
+	large_datagrams(0);
+}
+
+static void test_large_no_gro(void **state)
+{
+	large_datagrams(UDP_OPEN_NO_GRO);
+}
+
 static void test_endpoint_parse(void **state)
 {
 	static const struct {
@@ -316,6 +403,8 @@ int main(void)
 		cmocka_unit_test(test_v6_gso_no_gro),
 		cmocka_unit_test(test_reply_from_dst_address),
 		cmocka_unit_test(test_small_slots),
+		cmocka_unit_test(test_large_gro),
+		cmocka_unit_test(test_large_no_gro),
 	};
 
 	alarm(120);

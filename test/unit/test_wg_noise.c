@@ -324,7 +324,7 @@ static void test_data_batches(void **state)
 	struct pair *p = *state;
 	static uint8_t bufs[N][1600], copies[N][1600];
 	uint8_t *pkt[N], ok[N], rx[N];
-	uint16_t plen[N], len[N], got[N];
+	uint32_t plen[N], len[N], got[N];
 	struct noise_keypair *kp, *rkp;
 	size_t n1, pl;
 	uint64_t c0;
@@ -336,7 +336,7 @@ static void test_data_batches(void **state)
 	assert_non_null(kp);
 	for (unsigned i = 0; i < N; i++) {
 		pkt[i] = bufs[i];
-		plen[i] = (uint16_t)(i == 5 ? 0 : message_data_padded_len(17 * i % 1420 + 1, 1420));
+		plen[i] = (uint32_t)(i == 5 ? 0 : message_data_padded_len(17 * i % 1420 + 1, 1420));
 		for (unsigned b = 0; b < plen[i]; b++)
 			bufs[i][MESSAGE_DATA_HEADER_LEN + b] = (uint8_t)(i + b);
 	}
