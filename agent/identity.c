@@ -11,6 +11,7 @@
 #include <sodium.h>
 
 #include "applied.h"
+#include "datagrams.h"
 #include "control/channel.h"
 #include "control/messages.h"
 #include "endpoints.h"
@@ -22,7 +23,10 @@
 #include "net/endpoint.h"
 #include "net/iface.h"
 #include "net/netns.h"
+#include "netstun.h"
+#include "paths.h"
 #include "ping.h"
+#include "relays.h"
 #include "policy/filter.h"
 #include "routes.h"
 #include "state.h"
@@ -31,7 +35,8 @@
 #include "wg/uapi_server.h"
 
 #define SAVE_DELAY_MS 2000 /* netmap deltas are saved at most this often */
-#define ENDPOINT_REFRESH_MS 30000
+#define ENDPOINT_REFRESH_MS 30000 /* local interfaces looked at again */
+#define ANNOUNCE_CHECK_MS 1000	  /* reflexive endpoints, home region */
 
 struct identity {
 	struct loop *loop;
@@ -64,6 +69,12 @@ struct identity {
 
 	struct loop_timer *save_timer, *endpoint_timer;
 	char endpoints_sig[2048];
+	struct update_request local_eps; /* this machine's interfaces, as last collected */
+	uint64_t local_at;
+	struct datagrams *datagrams; /* path discovery (NULL: none) */
+	struct netstun *netstun;
+	struct relays *relays;
+	struct paths *paths;
 	struct localapi_reply *pending_up;
 	identity_register_fn register_done; /* who else waits for a registration */
 	void *register_arg;
@@ -146,7 +157,8 @@ static void run_op(struct identity *id, struct applied_op *op)
 		/* The endpoint the server saw announced; once a handshake works the
 		 * engine roams on its own, so only a peer without one gets it. */
 		if ((op->peer.flags & UAPI_PEER_HAS_ENDPOINT) &&
-		    engine_peer_stats(id->engine, op->peer.public_key, &ps) == 0 && ps.has_endpoint && ps.has_session)
+		    ((engine_peer_stats(id->engine, op->peer.public_key, &ps) == 0 && ps.has_endpoint && ps.has_session) ||
+		     (id->paths && paths_manages(id->paths, op->peer.public_key))))
 			op->peer.flags &= ~(unsigned)UAPI_PEER_HAS_ENDPOINT;
 		if (!op->peer.flags)
 			break;
@@ -202,12 +214,26 @@ static void on_expire(struct loop *loop, struct loop_timer *t, void *arg)
 	loop_timer_arm(t, 1000);
 }
 
+/* Path discovery follows the netmap: the relay map, the peers. */
+static void sync_paths(struct identity *id)
+{
+	const struct netmap *nm = id->has_nm ? &id->nm : NULL;
+
+	if (!id->paths)
+		return;
+	relays_set_map(id->relays, nm ? nm->relay_map : NULL);
+	if (nm && nm->relay_map)
+		netstun_set_relaymap(id->netstun, nm->relay_map);
+	paths_sync(id->paths, nm);
+}
+
 /* knit's routing table from the netmap in force (or nothing without one). */
 static void sync_routes(struct identity *id)
 {
 	int err;
 
 	sync_filter(id);
+	sync_paths(id);
 	if (!id->routes)
 		return;
 	err = routes_sync(id->routes, id->has_nm ? &id->nm : NULL, id->st->login_server);
@@ -343,23 +369,45 @@ static void update_done(struct control_client *c, int err, const struct json *re
 		log_warn("endpoint update not delivered", "why=\"%s\"", why ? why : "");
 }
 
-/* Endpoints change when the machine roams: tell the server (peers learn it). */
+/* What peers should know of us changes when the machine roams, STUN
+ * learns a reflexive address or the home region moves: tell the server
+ * (peers learn it), the relays (which home to keep) and paths (what a
+ * call-me-maybe says). */
 static void on_endpoint_timer(struct loop *loop, struct loop_timer *t, void *arg)
 {
 	struct identity *id = arg;
-	char sig[2048];
-	struct update_request u = collect_endpoints(id, sig, sizeof(sig));
+	struct endpoint refl[NETSTUN_MAX_REFLEXIVE];
+	size_t nrefl = 0;
+	int home = 0;
+	char sig[2048], lsig[2048];
+	struct update_request u;
+	uint64_t now = loop_mono_ms();
 
-	if (id->ctl && id->running && strcmp(sig, id->endpoints_sig) != 0) {
-		struct json *req = update_request_to_json(&u);
-		log_info("endpoints changed", "endpoints=\"%s\"", sig);
-		snprintf(id->endpoints_sig, sizeof(id->endpoints_sig), "%s", sig);
-		if (req)
-			control_client_call(id->ctl, req, update_done, id, NULL);
-		json_free(req);
+	if (!id->local_at || now - id->local_at >= ENDPOINT_REFRESH_MS) {
+		update_request_free(&id->local_eps);
+		id->local_eps = collect_endpoints(id, lsig, sizeof(lsig));
+		id->local_at = now;
 	}
-	update_request_free(&u);
-	loop_timer_arm(t, ENDPOINT_REFRESH_MS);
+	if (id->netstun) {
+		nrefl = netstun_reflexive(id->netstun, refl, NETSTUN_MAX_REFLEXIVE);
+		home = netstun_home(id->netstun);
+	}
+	if (endpoints_announce(&u, &id->local_eps, refl, nrefl, home, sig, sizeof(sig)) == 0) {
+		if (id->paths) {
+			relays_set_home(id->relays, home);
+			paths_set_endpoints(id->paths, u.endpoints, u.nendpoints);
+		}
+		if (id->ctl && id->running && strcmp(sig, id->endpoints_sig) != 0) {
+			struct json *req = update_request_to_json(&u);
+			log_info("endpoints changed", "endpoints=\"%s\"", sig);
+			snprintf(id->endpoints_sig, sizeof(id->endpoints_sig), "%s", sig);
+			if (req)
+				control_client_call(id->ctl, req, update_done, id, NULL);
+			json_free(req);
+		}
+		update_request_free(&u);
+	}
+	loop_timer_arm(t, ANNOUNCE_CHECK_MS);
 }
 
 /* ---- the control connection ---- */
@@ -379,6 +427,18 @@ static bool on_control_key(struct control_client *c, const uint8_t key[CHANNEL_K
 	return true;
 }
 
+/* The node key changed: relays authenticate with it, pings name it. */
+static void new_node_key(struct identity *id)
+{
+	uint8_t pub[32];
+
+	if (!id->paths)
+		return;
+	crypto_scalarmult_base(pub, id->st->node_key);
+	relays_set_key(id->relays, id->st->node_key);
+	paths_set_node_key(id->paths, pub);
+}
+
 static void logged_out(struct identity *id, const char *why)
 {
 	log_warn("this device is no longer registered", "why=\"%s\"", why);
@@ -388,6 +448,7 @@ static void logged_out(struct identity *id, const char *why)
 	clear_netmap(id);
 	state_logout(id->st);
 	engine_set_private_key(id->engine, id->st->node_key);
+	new_node_key(id);
 	snprintf(id->health, sizeof(id->health), "logged out: %s", why);
 	save_now(id);
 }
@@ -740,6 +801,7 @@ void identity_up(struct identity *id, const struct localapi_up *req, struct loca
 		if (state_logged_in(id->st))
 			state_logout(id->st);
 		engine_set_private_key(id->engine, id->st->node_key);
+		new_node_key(id);
 		free(id->st->login_server);
 		id->st->login_server = strdup(req->login_server);
 		id->st->has_control_key = false;
@@ -835,7 +897,10 @@ void identity_ping(struct identity *id, const char *peer, struct localapi_reply 
 		localapi_reply_error(reply, 404, "PeerNotFound", "%s is not a peer of this node (see knit status)", peer);
 		return;
 	}
-	ping_start(&id->pings, id->loop, id->engine, n, peer, reply);
+	if (id->paths && paths_info(id->paths, n->node_key, &(struct paths_info){ 0 }))
+		ping_start_disco(&id->pings, id->paths, n, peer, reply);
+	else
+		ping_start(&id->pings, id->loop, id->engine, n, peer, reply);
 }
 
 /* ---- what it is ---- */
@@ -884,6 +949,16 @@ struct engine *identity_engine(const struct identity *id)
 	return id->engine;
 }
 
+struct paths *identity_paths(const struct identity *id)
+{
+	return id->paths;
+}
+
+struct relays *identity_relays(const struct identity *id)
+{
+	return id->relays;
+}
+
 const char *identity_ifname(const struct identity *id)
 {
 	return id->dev;
@@ -924,6 +999,22 @@ const struct netmap_node *identity_find_node(const struct identity *id, const ch
 }
 
 /* ---- lifecycle ---- */
+
+/* relays_config hooks: the identity's paths, made after the relays. */
+static void on_relayed_disco(void *arg, const uint8_t src[32], const uint8_t *pkt, size_t len)
+{
+	struct identity *id = arg;
+
+	if (id->paths)
+		paths_on_relayed(id->paths, src, pkt, len);
+}
+
+static int peer_region(void *arg, const uint8_t peer[32])
+{
+	struct identity *id = arg;
+
+	return id->paths ? paths_peer_region(id->paths, peer) : 0;
+}
 
 static void on_tun_down(void *arg, struct engine *e)
 {
@@ -978,12 +1069,30 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 	    (cfg->state_path && !(id->state_path = strdup(cfg->state_path))))
 		goto out;
 	ec.arg = id;
+	if (cfg->datagrams && cfg->netstun) {
+		struct relays_config rc = { .loop = loop, .hub = hub, .node_priv = st->node_key, .on_disco = on_relayed_disco,
+					    .peer_region = peer_region, .arg = id, .ca_file = cfg->relay_ca };
+		if ((r = relays_new(&id->relays, &rc)))
+			goto out;
+		ec.relay_send = relays_enqueue;
+		ec.relay_arg = id->relays;
+	}
 	if ((r = engine_new(&id->engine, hub, &ec))) {
 		log_error("cannot create the TUN device", "dev=%s err=%d", cfg->ifname ? cfg->ifname : "?", r);
 		goto out;
 	}
 	engine_set_private_key(id->engine, st->node_key);
 	snprintf(id->dev, sizeof(id->dev), "%s", engine_ifname(id->engine));
+	if (id->relays) {
+		uint8_t node_pub[32];
+		struct paths_config pc = { .loop = loop, .hub = hub, .engine = id->engine, .relays = id->relays,
+					   .disco_priv = st->disco_key, .node_pub = node_pub };
+		crypto_scalarmult_base(node_pub, st->node_key);
+		if ((r = paths_new(&id->paths, &pc)) || (r = datagrams_add_disco(cfg->datagrams, paths_on_datagram, id->paths)))
+			goto out;
+		id->datagrams = cfg->datagrams;
+		id->netstun = cfg->netstun;
+	}
 	if (cfg->netns) {
 		if ((r = netns_open(cfg->netns)) < 0) {
 			log_error("cannot open the network namespace", "netns=%s err=%d", cfg->netns, r);
@@ -1026,7 +1135,7 @@ void identity_start(struct identity *id)
 		id->running = true;
 		start_map(id);
 	}
-	loop_timer_arm(id->endpoint_timer, ENDPOINT_REFRESH_MS);
+	loop_timer_arm(id->endpoint_timer, id->paths ? 0 : ENDPOINT_REFRESH_MS);
 }
 
 void identity_save(struct identity *id)
@@ -1039,6 +1148,10 @@ void identity_free(struct identity *id)
 	if (!id)
 		return;
 	ping_free_all(&id->pings);
+	if (id->datagrams)
+		datagrams_remove_disco(id->datagrams, id->paths);
+	paths_free(id->paths);
+	id->paths = NULL;
 	if (id->pod_call)
 		control_call_cancel(id->pod_call);
 	control_client_free(id->ctl);
@@ -1049,6 +1162,8 @@ void identity_free(struct identity *id)
 	/* The host's routing as it was before us: knit's table and rules go. */
 	routes_free(id->routes);
 	engine_free(id->engine);
+	relays_free(id->relays); /* after the engine, whose data path hands it packets */
+	update_request_free(&id->local_eps);
 	applied_free(id->applied);
 	loop_timer_free(id->save_timer);
 	loop_timer_free(id->endpoint_timer);

@@ -646,8 +646,16 @@ static void path_text(const struct json *p, char *out, size_t len)
 {
 	const char *ep = json_str(json_get(p, "endpoint"));
 	int64_t relay = json_int(json_get(p, "relay"), 0);
+	const struct json *path = json_get(p, "path");
+	const char *kind = json_str(json_get(path, "kind"));
 
-	if (ep)
+	if (kind && !strcmp(kind, "relay")) {
+		const char *code = json_str(json_get(path, "code"));
+		snprintf(out, len, "relay %lld%s%s", (long long)json_int(json_get(path, "region"), 0), code && *code ? " " : "",
+			 code && *code ? code : "");
+	} else if (kind && !strcmp(kind, "direct"))
+		snprintf(out, len, "direct %s", json_str(json_get(path, "addr")) ?: "?");
+	else if (ep)
 		snprintf(out, len, "direct %s", ep);
 	else if (relay > 0)
 		snprintf(out, len, "relay %lld", (long long)relay);
@@ -969,7 +977,7 @@ static int cmd_ping(const struct cli *cli, int argc, char **argv)
 		json_free(req);
 		code = json_str(json_get(resp, "code")) ?: "";
 		if (json_get(resp, "error")) {
-			if (strcmp(code, "Timeout") == 0) {
+			if (strcmp(code, "Timeout") == 0 || strcmp(code, "PingTimeout") == 0) {
 				printf("ping to %s timed out\n", peer);
 				json_free(resp);
 				continue;
