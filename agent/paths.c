@@ -1,5 +1,6 @@
 #include "paths.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -319,6 +320,13 @@ static void handle(struct paths *ps, struct ppeer *pp, const struct disco_msg *m
 		via.addr = *from;
 		endpoint_clear_src(&via.addr);
 	}
+	if (log_enabled(LOG_DEBUG)) {
+		char hex[17], text[80] = "relay";
+		key_hex(pp->node_key, hex);
+		if (from)
+			endpoint_format(from, text, sizeof(text));
+		log_debug("disco", "peer=%s type=%u from=%s", hex, m->type, text);
+	}
 	switch (m->type) {
 	case DISCO_PING: {
 		struct disco_msg pong = { .type = DISCO_PONG };
@@ -337,8 +345,12 @@ static void handle(struct paths *ps, struct ppeer *pp, const struct disco_msg *m
 			disco_peer_on_ping(&pp->dp, (const struct sockaddr *)&ss, now);
 			send_pings(ps, pp, now);
 		} else {
-			struct sockaddr_in *none = (struct sockaddr_in *)&pong.src;
-			none->sin_family = AF_INET;
+			/* No address saw it: the relay's marker, as Tailscale's
+			 * 127.3.3.40 (a pong must name a port; ours: the region). */
+			struct sockaddr_in *via_relay = (struct sockaddr_in *)&pong.src;
+			via_relay->sin_family = AF_INET;
+			via_relay->sin_addr.s_addr = htonl(PATHS_RELAY_MARKER);
+			via_relay->sin_port = htons((uint16_t)(pp->region > 0 ? pp->region : 1));
 			send_relayed(ps, pp, &pong);
 		}
 		break;
@@ -368,8 +380,10 @@ bool paths_on_datagram(void *arg, const uint8_t *pkt, size_t len, const struct e
 	struct ppeer *pp = sender ? by_disco(ps, sender) : NULL;
 	struct disco_msg m;
 
-	if (!pp || !disco_open(pkt, len, ps->priv, &m, NULL, 0))
+	if (!pp || !disco_open(pkt, len, ps->priv, &m, NULL, 0)) {
+		log_debug("disco datagram not for this identity", "known_sender=%d", pp != NULL);
 		return false; /* perhaps another identity's */
+	}
 	handle(ps, pp, &m, from);
 	return true;
 }

@@ -41,6 +41,9 @@ struct relays;
 #define PATHS_TICK_MS 250u
 #define PATHS_CALL_ME_MAYBE_MS 5000u
 #define PATHS_PING_TIMEOUT_MS 5000u
+/* The source a pong sent through the relay names: 127.3.3.40, port the
+ * region (no address saw the ping). */
+#define PATHS_RELAY_MARKER 0x7f030328u
 
 struct paths_config {
 	struct loop *loop;
