@@ -10,11 +10,11 @@
 
 #include <sodium.h>
 
+#include "announce.h"
 #include "applied.h"
 #include "datagrams.h"
 #include "control/channel.h"
 #include "control/messages.h"
-#include "endpoints.h"
 #include "enforce.h"
 #include "json.h"
 #include "localapi.h"
@@ -35,8 +35,6 @@
 #include "wg/uapi_server.h"
 
 #define SAVE_DELAY_MS 2000 /* netmap deltas are saved at most this often */
-#define ENDPOINT_REFRESH_MS 30000 /* local interfaces looked at again */
-#define ANNOUNCE_CHECK_MS 1000	  /* reflexive endpoints, home region */
 
 struct identity {
 	struct loop *loop;
@@ -67,10 +65,8 @@ struct identity {
 	char health[256];
 	bool control_key_new;
 
-	struct loop_timer *save_timer, *endpoint_timer;
-	char endpoints_sig[2048];
-	struct update_request local_eps; /* this machine's interfaces, as last collected */
-	uint64_t local_at;
+	struct loop_timer *save_timer;
+	struct announce *announce; /* where peers reach us, told to the server */
 	struct datagrams *datagrams; /* path discovery (NULL: none) */
 	struct netstun *netstun;
 	struct relays *relays;
@@ -347,20 +343,13 @@ static bool skip_device(void *arg, const char *ifname)
 	return is_identity_device(arg, ifname);
 }
 
-static struct update_request collect_endpoints(struct identity *id, char *sig, size_t siglen)
-{
-	return endpoints_collect(hub_port(id->hub), skip_device, id, sig, siglen);
-}
-
 static void start_map(struct identity *id)
 {
-	struct update_request u = collect_endpoints(id, id->endpoints_sig, sizeof(id->endpoints_sig));
-	struct json *req = map_request_to_json(&u);
+	struct json *req = announce_map_request(id->announce);
 
 	if (!req || control_client_map_start(id->ctl, req))
 		log_error("cannot start the map stream");
 	json_free(req);
-	update_request_free(&u);
 }
 
 static void update_done(struct control_client *c, int err, const struct json *resp, const char *why, void *arg)
@@ -369,45 +358,12 @@ static void update_done(struct control_client *c, int err, const struct json *re
 		log_warn("endpoint update not delivered", "why=\"%s\"", why ? why : "");
 }
 
-/* What peers should know of us changes when the machine roams, STUN
- * learns a reflexive address or the home region moves: tell the server
- * (peers learn it), the relays (which home to keep) and paths (what a
- * call-me-maybe says). */
-static void on_endpoint_timer(struct loop *loop, struct loop_timer *t, void *arg)
+/* announce_config.send: soft state goes out while the identity runs. */
+static bool send_update(void *arg, const struct json *req)
 {
 	struct identity *id = arg;
-	struct endpoint refl[NETSTUN_MAX_REFLEXIVE];
-	size_t nrefl = 0;
-	int home = 0;
-	char sig[2048], lsig[2048];
-	struct update_request u;
-	uint64_t now = loop_mono_ms();
 
-	if (!id->local_at || now - id->local_at >= ENDPOINT_REFRESH_MS) {
-		update_request_free(&id->local_eps);
-		id->local_eps = collect_endpoints(id, lsig, sizeof(lsig));
-		id->local_at = now;
-	}
-	if (id->netstun) {
-		nrefl = netstun_reflexive(id->netstun, refl, NETSTUN_MAX_REFLEXIVE);
-		home = netstun_home(id->netstun);
-	}
-	if (endpoints_announce(&u, &id->local_eps, refl, nrefl, home, sig, sizeof(sig)) == 0) {
-		if (id->paths) {
-			relays_set_home(id->relays, home);
-			paths_set_endpoints(id->paths, u.endpoints, u.nendpoints);
-		}
-		if (id->ctl && id->running && strcmp(sig, id->endpoints_sig) != 0) {
-			struct json *req = update_request_to_json(&u);
-			log_info("endpoints changed", "endpoints=\"%s\"", sig);
-			snprintf(id->endpoints_sig, sizeof(id->endpoints_sig), "%s", sig);
-			if (req)
-				control_client_call(id->ctl, req, update_done, id, NULL);
-			json_free(req);
-		}
-		update_request_free(&u);
-	}
-	loop_timer_arm(t, ANNOUNCE_CHECK_MS);
+	return id->ctl && id->running && control_client_call(id->ctl, req, update_done, id, NULL) == 0;
 }
 
 /* ---- the control connection ---- */
@@ -1063,9 +1019,8 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 	id->nsfd = -1;
 	id->applied = applied_new();
 	id->save_timer = loop_timer_new(loop, on_save, id);
-	id->endpoint_timer = loop_timer_new(loop, on_endpoint_timer, id);
 	id->expire_timer = loop_timer_new(loop, on_expire, id);
-	if (!id->applied || !id->save_timer || !id->endpoint_timer || !id->expire_timer ||
+	if (!id->applied || !id->save_timer || !id->expire_timer ||
 	    (cfg->state_path && !(id->state_path = strdup(cfg->state_path))))
 		goto out;
 	ec.arg = id;
@@ -1106,6 +1061,12 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 		}
 		snprintf(id->dev, sizeof(id->dev), "%s", cfg->netns_ifname);
 	}
+	{
+		struct announce_config ac = { .loop = loop, .hub = hub, .skip = skip_device, .send = send_update,
+					      .arg = id, .netstun = id->netstun, .relays = id->relays, .paths = id->paths };
+		if ((r = announce_new(&id->announce, &ac)))
+			goto out;
+	}
 	loop_timer_arm(id->expire_timer, 1000);
 	/* An identity owns its device: up, so addresses and routes can go on it. */
 	if ((r = link_op(id, LINK_UP, NULL))) {
@@ -1135,7 +1096,7 @@ void identity_start(struct identity *id)
 		id->running = true;
 		start_map(id);
 	}
-	loop_timer_arm(id->endpoint_timer, id->paths ? 0 : ENDPOINT_REFRESH_MS);
+	announce_start(id->announce);
 }
 
 void identity_save(struct identity *id)
@@ -1163,10 +1124,9 @@ void identity_free(struct identity *id)
 	routes_free(id->routes);
 	engine_free(id->engine);
 	relays_free(id->relays); /* after the engine, whose data path hands it packets */
-	update_request_free(&id->local_eps);
+	announce_free(id->announce);
 	applied_free(id->applied);
 	loop_timer_free(id->save_timer);
-	loop_timer_free(id->endpoint_timer);
 	loop_timer_free(id->expire_timer);
 	json_free(id->filter_applied);
 	free(id->state_path);
