@@ -103,6 +103,7 @@ int pathstats_new(struct pathstats **out, struct loop *loop, struct metrics *reg
 		  struct datagrams *dg, struct netstun *stun)
 {
 	struct pathstats *p = calloc(1, sizeof(*p));
+	int err = -ENOMEM;
 	struct metrics_family *paths, *rbytes, *rpkts, *rdrop, *disco, *dgdrop, *changes;
 	static const char *const kind[] = { "kind", NULL }, *const dir[] = { "direction", NULL },
 				 *const reason[] = { "reason", NULL }, *const type[] = { "type", NULL },
@@ -156,15 +157,16 @@ int pathstats_new(struct pathstats **out, struct loop *loop, struct metrics *reg
 	p->timer = loop_timer_new(loop, on_timer, p);
 	for (size_t i = 0; i < NMIRRORS; i++)
 		if (!p->mi[i].m)
-			goto fail;
+			goto out;
 	if (!p->timer || !p->paths[0] || !p->paths[1] || !p->paths[2] || !p->home || !p->hard_nat)
-		goto fail;
+		goto out;
 	loop_timer_arm(p->timer, 0);
 	*out = p;
-	return 0;
-fail:
-	pathstats_free(p);
-	return -ENOMEM;
+	err = 0;
+out:
+	if (err)
+		pathstats_free(p);
+	return err;
 }
 
 void pathstats_free(struct pathstats *p)
