@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -28,11 +29,15 @@
 
 #define READ_CHUNK 65536
 #define TICK_MS 500
+/* A relay's address found by name (getaddrinfo_a, polled on the tick) is
+ * used this long before it is looked up again. */
+#define RESOLVED_TTL_MS 300000u
 /* What a queued or pending packet costs besides its bytes. */
 #define FRAME_OVERHEAD (RELAY_FRAME_HDR + RELAY_KEY_LEN)
 
 enum conn_state {
 	CONN_IDLE,	 /* not connected; retried at retry_at */
+	CONN_RESOLVING,	 /* looking the node's hostName up */
 	CONN_CONNECTING, /* TCP connect in flight */
 	CONN_TLS,	 /* TLS handshake */
 	CONN_HELLO,	 /* upgrade and proof of key (the core's) */
@@ -55,6 +60,15 @@ struct conn {
 	struct buf pending; /* peer (32) | len (2) | packet, until ready */
 	uint64_t started, last_rx, last_tx, last_used, retry_at, backoff;
 	uint32_t keepalive_ms;
+	/* A node given by name only: the lookup in flight, and its answer. */
+	struct gaicb gai;
+	struct addrinfo hints;
+	char gai_host[254];
+	bool gai_live;
+	struct endpoint resolved;
+	size_t resolved_node;
+	uint64_t resolved_at;
+	bool has_resolved;
 };
 
 struct qpkt {
@@ -121,8 +135,26 @@ static const struct relaymap_node *node_of(const struct conn *c)
 
 /* ---- one connection ---- */
 
+/* Ends a name lookup in flight (waiting for it if it cannot be stopped:
+ * the request lives in the connection). */
+static void gai_stop(struct conn *c)
+{
+	if (!c->gai_live)
+		return;
+	if (gai_cancel(&c->gai) == EAI_NOTCANCELED) {
+		const struct gaicb *list[1] = { &c->gai };
+		while (gai_error(&c->gai) == EAI_INPROGRESS)
+			gai_suspend(list, 1, NULL);
+	}
+	if (gai_error(&c->gai) == 0 && c->gai.ar_result)
+		freeaddrinfo(c->gai.ar_result);
+	c->gai.ar_result = NULL;
+	c->gai_live = false;
+}
+
 static void conn_drop_socket(struct conn *c)
 {
+	gai_stop(c);
 	if (c->fd >= 0) {
 		loop_fd_del(c->r->cfg.loop, c->fd);
 		close(c->fd);
@@ -418,9 +450,30 @@ static void conn_connect(struct conn *c)
 	int one = 1;
 
 	c->started = c->last_rx = c->last_tx = loop_mono_ms();
-	if (!n || !relays_node_endpoint(n, n->relay_port, &ep)) {
-		conn_fail(c, "no numeric address for the relay node (ipv4, ipv6 or hostName)");
+	if (!n) {
+		conn_fail(c, "no such node");
 		return;
+	}
+	if (!relays_node_endpoint(n, n->relay_port, &ep)) {
+		/* By name: looked up without blocking the loop (on_tick polls). */
+		if (!c->has_resolved || c->resolved_node != c->node || c->started - c->resolved_at > RESOLVED_TTL_MS) {
+			const struct gaicb *list[1] = { &c->gai };
+			snprintf(c->gai_host, sizeof(c->gai_host), "%s", n->host);
+			c->hints = (struct addrinfo){ .ai_socktype = SOCK_STREAM };
+			c->gai = (struct gaicb){ .ar_name = c->gai_host, .ar_request = &c->hints };
+			if (getaddrinfo_a(GAI_NOWAIT, (struct gaicb **)list, 1, NULL)) {
+				conn_fail(c, "cannot look the relay's name up");
+				return;
+			}
+			c->gai_live = true;
+			c->state = CONN_RESOLVING;
+			return;
+		}
+		ep = c->resolved;
+		if (ep.addr.sa.sa_family == AF_INET6)
+			ep.addr.in6.sin6_port = htons(n->relay_port);
+		else
+			ep.addr.in4.sin_port = htons(n->relay_port);
 	}
 	buf_init(&c->out, RELAYS_OUT_BYTES + RELAY_FRAME_HDR + RELAY_MAX_FRAME + 4096);
 	c->fd = socket(ep.addr.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -630,6 +683,39 @@ static void on_queue(struct loop *loop, int fd, unsigned events, void *arg)
 
 /* ---- timers: connect deadlines, keepalives, idle and reconnects ---- */
 
+/* A name lookup in flight: done, failed, or still waiting. */
+static void conn_resolved(struct conn *c, uint64_t now)
+{
+	int err = gai_error(&c->gai);
+	struct addrinfo *ai;
+
+	if (err == EAI_INPROGRESS) {
+		if (now - c->started > RELAYS_CONNECT_TIMEOUT_MS)
+			conn_fail(c, "the relay's name did not resolve in time");
+		return;
+	}
+	c->gai_live = false;
+	ai = err ? NULL : c->gai.ar_result;
+	for (; ai; ai = ai->ai_next) {
+		if (ai->ai_family == AF_INET || ai->ai_family == AF_INET6) {
+			memset(&c->resolved, 0, sizeof(c->resolved));
+			memcpy(&c->resolved.addr, ai->ai_addr, ai->ai_addrlen <= sizeof(c->resolved.addr) ? ai->ai_addrlen : 0);
+			c->has_resolved = true;
+			c->resolved_node = c->node;
+			c->resolved_at = now;
+			break;
+		}
+	}
+	if (!err && c->gai.ar_result)
+		freeaddrinfo(c->gai.ar_result);
+	c->gai.ar_result = NULL;
+	if (!ai) {
+		conn_fail(c, err ? gai_strerror(err) : "the relay's name has no address");
+		return;
+	}
+	conn_connect(c);
+}
+
 static void on_tick(struct loop *loop, struct loop_timer *t, void *arg)
 {
 	struct relays *r = arg;
@@ -652,6 +738,9 @@ static void on_tick(struct loop *loop, struct loop_timer *t, void *arg)
 		case CONN_IDLE:
 			if (now >= c->retry_at)
 				conn_connect(c);
+			break;
+		case CONN_RESOLVING:
+			conn_resolved(c, now);
 			break;
 		case CONN_CONNECTING:
 		case CONN_TLS:

@@ -5,6 +5,9 @@
  * it sends to, closed after RELAYS_IDLE_MS unused. The protocol itself is
  * lib/relay/client.h's I/O-free core; this moves its bytes.
  *
+ * A node given only by hostName is looked up without blocking the loop
+ * (getaddrinfo_a, polled every tick, kept 5 min).
+ *
  * A connection that fails (refused, closed, silent past the server's
  * keepalive, or not ready within RELAYS_CONNECT_TIMEOUT_MS) is retried with
  * a growing backoff (RELAYS_BACKOFF_MIN_MS doubling to RELAYS_BACKOFF_MAX_MS,
@@ -94,7 +97,9 @@ int relays_send(struct relays *r, int region, const uint8_t peer[32], const void
 void relays_stats(const struct relays *r, struct relays_stats *out);
 
 /* Where to reach a relay map node on port: its ipv4, else its ipv6, else
- * its hostName when that is a numeric address. False if none of them is. */
+ * its hostName when that is a numeric address. False if none of them is
+ * (a connection then looks hostName up with getaddrinfo_a(), polled on
+ * the loop, never blocking it; the STUN client skips such a node). */
 bool relays_node_endpoint(const struct relaymap_node *n, uint16_t port, struct endpoint *out);
 
 #endif

@@ -5,8 +5,9 @@
 #   - UDP blocked entirely for e (noudp router): everything to e goes
 #     through the relay over TCP, and works;
 #   - the relay killed while a and b talk directly: no effect on them;
-#   - e's relayed traffic fails over to the region's second relay, and back
-#     to the first once it is restarted (relayed peers recover);
+#   - e's relayed traffic fails over to the region's second relay (in the
+#     relay map by hostName only: looked up without blocking knitd's loop),
+#     and back to the first once it is restarted (relayed peers recover);
 #   - garbage disco and STUN datagrams to knitd are dropped (counted)
 #     without effect;
 #   - knitd's STUN client gets its reflexive endpoint from Debian's coturn
@@ -50,7 +51,7 @@ e2e_bg turnserver ip netns exec "$(ns_name r1)" turnserver -n --listening-ip "$R
 	--no-software-attribute --userdb "$E2E_DIR/turndb"
 $K patch tailnet default --type merge -p "{\"spec\":{\"relayMap\":{\"regions\":[{\"id\":1,\"code\":\"lab\",\"nodes\":[
 	{\"name\":\"1a\",\"hostName\":\"$R1\",\"ipv4\":\"$R1\",\"relayPort\":8080,\"stunPort\":3478,\"tls\":false},
-	{\"name\":\"1b\",\"hostName\":\"$R2\",\"ipv4\":\"$R2\",\"relayPort\":8080,\"stunPort\":0,\"tls\":false}]}]}}}" \
+	{\"name\":\"1b\",\"hostName\":\"r2.lab.knit.test\",\"relayPort\":8080,\"stunPort\":0,\"tls\":false}]}]}}}" \
 	>/dev/null || e2e_die "relay map"
 
 KEY=$(printf '{"apiVersion":"knit.dev/v1alpha1","kind":"AuthKey","metadata":{"name":"nodes","namespace":"%s"},"spec":{"reusable":true}}' "$NS" |
@@ -64,6 +65,14 @@ nat_router_add re 5 noudp
 nat_host_add a ra 10
 nat_host_add b rb 10
 nat_host_add e re 10
+
+# r2 is in the map by name only: each agent's namespace resolves it
+# (ip netns exec mounts /etc/netns/NS/hosts over /etc/hosts).
+for h in a b e; do
+	mkdir -p "/etc/netns/$(ns_name $h)"
+	echo "$R2 r2.lab.knit.test" >"/etc/netns/$(ns_name $h)/hosts"
+	e2e_defer "rm -rf /etc/netns/$(ns_name $h)"
+done
 
 declare -A TIP
 join() {
@@ -116,9 +125,10 @@ e2e_check "and a reaches e" e2e_wait_for 5 pings a e
 G0=$(metric a 'knitd_datagrams_dropped_total{reason="disco_unknown"}')
 S0=$(metric a 'knitd_datagrams_dropped_total{reason="stun_unknown"}')
 in_ns a python3 - "$(in_ns a ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)" <<'PY'
-import os, socket, struct, sys
+import os, socket, struct, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for i in range(200):
+    time.sleep(0.002)  # paced: a burst beyond knitd's ring is dropped too, counted as queue_full
     # disco magic, random sender key and box
     s.sendto(b"KNTDSC" + os.urandom(32 + 24 + 16 + 40), (sys.argv[1], 41641))
     # a STUN success with a random transaction id and a bogus body
