@@ -283,7 +283,8 @@ void paths_sync(struct paths *ps, const struct netmap *nm)
 void paths_set_endpoints(struct paths *ps, const struct endpoint *eps, size_t n)
 {
 	ps->nself = n < DISCO_MAX_ENDPOINTS ? n : DISCO_MAX_ENDPOINTS;
-	memcpy(ps->self_eps, eps, ps->nself * sizeof(*eps));
+	if (ps->nself)
+		memcpy(ps->self_eps, eps, ps->nself * sizeof(*eps));
 }
 
 void paths_set_node_key(struct paths *ps, const uint8_t node_pub[32])
