@@ -10,6 +10,8 @@
 #include "identity.h"
 #include "localapi.h"
 #include "net/endpoint.h"
+#include "paths.h"
+#include "relays.h"
 #include "state.h"
 #include "wg/engine.h"
 
@@ -20,7 +22,39 @@ struct peer_view {
 	const char *addrs[8];
 	char endpoint[80];
 	struct localapi_peer p;
+	char path_addr[80];
 };
+
+/* The path packets to n take now: what paths selected, else the endpoint
+ * the engine holds (the netmap's; WireGuard roams). */
+static void view_path(struct identity *id, const struct netmap_node *n, const struct engine_peer_stats *ps,
+		      struct peer_view *v)
+{
+	struct paths_info pi;
+	struct localapi_path *lp = &v->p.path;
+
+	lp->latency_ms = -1;
+	if (identity_paths(id) && paths_info(identity_paths(id), n->node_key, &pi) && pi.kind != PATHS_NONE) {
+		if (pi.kind == PATHS_RELAY) {
+			lp->kind = "relay";
+			lp->region = pi.region;
+			lp->code = relays_region_code(identity_relays(id), pi.region);
+			v->p.endpoint = NULL;
+			v->p.relay = pi.region;
+			return;
+		}
+		lp->kind = "direct";
+		lp->latency_ms = pi.latency_ms;
+		if (endpoint_format(&pi.addr, v->path_addr, sizeof(v->path_addr)) > 0)
+			lp->addr = v->path_addr;
+		v->p.endpoint = lp->addr;
+		return;
+	}
+	if (ps->has_endpoint && v->p.endpoint) {
+		lp->kind = "endpoint";
+		lp->addr = v->p.endpoint;
+	}
+}
 
 static void view_node(struct identity *id, const struct netmap_node *n, bool self, struct peer_view *v)
 {
@@ -46,6 +80,7 @@ static void view_node(struct identity *id, const struct netmap_node *n, bool sel
 		if (ps.has_endpoint && endpoint_format(&ps.endpoint, v->endpoint, sizeof(v->endpoint)) > 0)
 			v->p.endpoint = v->endpoint;
 		v->p.last_handshake = ps.last_handshake_ns / 1000000000;
+		view_path(id, n, &ps, v);
 		v->p.rx_bytes = ps.rx_bytes;
 		v->p.tx_bytes = ps.tx_bytes;
 	}

@@ -1,5 +1,6 @@
 #include "endpoints.h"
 
+#include <errno.h>
 #include <ifaddrs.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -54,4 +55,33 @@ struct update_request endpoints_collect(uint16_t port, bool (*skip)(void *arg, c
 	u.nendpoints = n;
 	freeifaddrs(ifs);
 	return u;
+}
+
+int endpoints_announce(struct update_request *out, const struct update_request *local,
+		       const struct endpoint *reflexive, size_t nreflexive, int home, char *sig, size_t siglen)
+{
+	size_t max = local->nendpoints + nreflexive, pos = 0;
+
+	memset(out, 0, sizeof(*out));
+	sig[0] = '\0';
+	if (max && !(out->endpoints = calloc(max, sizeof(*out->endpoints))))
+		return -ENOMEM;
+	for (size_t i = 0; i < max && out->nendpoints < FIELDS_MAX_ENDPOINTS; i++) {
+		const struct endpoint *ep = i < local->nendpoints ? &local->endpoints[i] : &reflexive[i - local->nendpoints];
+		bool dup = false;
+		char text[80];
+
+		for (size_t k = 0; k < out->nendpoints && !dup; k++)
+			dup = endpoint_equal(&out->endpoints[k], ep);
+		if (dup)
+			continue;
+		out->endpoints[out->nendpoints++] = *ep;
+		if (endpoint_format(ep, text, sizeof(text)) > 0 && pos + strlen(text) + 2 < siglen)
+			pos += (size_t)snprintf(sig + pos, siglen - pos, "%s,", text);
+	}
+	out->relay = home;
+	out->has_relay = home > 0;
+	if (pos + 16 < siglen)
+		snprintf(sig + pos, siglen - pos, "relay=%d", home);
+	return 0;
 }

@@ -11,10 +11,11 @@
 
 #include <sodium.h>
 
+#include "announce.h"
 #include "applied.h"
+#include "datagrams.h"
 #include "control/channel.h"
 #include "control/messages.h"
-#include "endpoints.h"
 #include "enforce.h"
 #include "json.h"
 #include "keyexpiry.h"
@@ -24,7 +25,10 @@
 #include "net/endpoint.h"
 #include "net/iface.h"
 #include "net/netns.h"
+#include "netstun.h"
+#include "paths.h"
 #include "ping.h"
+#include "relays.h"
 #include "policy/filter.h"
 #include "routes.h"
 #include "state.h"
@@ -33,7 +37,6 @@
 #include "wg/uapi_server.h"
 
 #define SAVE_DELAY_MS 2000 /* netmap deltas are saved at most this often */
-#define ENDPOINT_REFRESH_MS 30000
 
 struct identity {
 	struct loop *loop;
@@ -64,8 +67,12 @@ struct identity {
 	char health[256];
 	bool control_key_new;
 
-	struct loop_timer *save_timer, *endpoint_timer;
-	char endpoints_sig[2048];
+	struct loop_timer *save_timer;
+	struct announce *announce; /* where peers reach us, told to the server */
+	struct datagrams *datagrams; /* path discovery (NULL: none) */
+	struct netstun *netstun;
+	struct relays *relays;
+	struct paths *paths;
 	struct localapi_reply *pending_up;
 	identity_register_fn register_done; /* who else waits for a registration */
 	void *register_arg;
@@ -155,7 +162,8 @@ static void run_op(struct identity *id, struct applied_op *op)
 		/* The endpoint the server saw announced; once a handshake works the
 		 * engine roams on its own, so only a peer without one gets it. */
 		if ((op->peer.flags & UAPI_PEER_HAS_ENDPOINT) &&
-		    engine_peer_stats(id->engine, op->peer.public_key, &ps) == 0 && ps.has_endpoint && ps.has_session)
+		    ((engine_peer_stats(id->engine, op->peer.public_key, &ps) == 0 && ps.has_endpoint && ps.has_session) ||
+		     (id->paths && paths_manages(id->paths, op->peer.public_key))))
 			op->peer.flags &= ~(unsigned)UAPI_PEER_HAS_ENDPOINT;
 		if (!op->peer.flags)
 			break;
@@ -211,12 +219,26 @@ static void on_expire(struct loop *loop, struct loop_timer *t, void *arg)
 	loop_timer_arm(t, 1000);
 }
 
+/* Path discovery follows the netmap: the relay map, the peers. */
+static void sync_paths(struct identity *id)
+{
+	const struct netmap *nm = id->has_nm ? &id->nm : NULL;
+
+	if (!id->paths)
+		return;
+	relays_set_map(id->relays, nm ? nm->relay_map : NULL);
+	if (nm && nm->relay_map)
+		netstun_set_relaymap(id->netstun, nm->relay_map);
+	paths_sync(id->paths, nm);
+}
+
 /* knit's routing table from the netmap in force (or nothing without one). */
 static void sync_routes(struct identity *id)
 {
 	int err;
 
 	sync_filter(id);
+	sync_paths(id);
 	if (!id->routes)
 		return;
 	err = routes_sync(id->routes, id->has_nm ? &id->nm : NULL, id->st->login_server);
@@ -330,20 +352,13 @@ static bool skip_device(void *arg, const char *ifname)
 	return is_identity_device(arg, ifname);
 }
 
-static struct update_request collect_endpoints(struct identity *id, char *sig, size_t siglen)
-{
-	return endpoints_collect(hub_port(id->hub), skip_device, id, sig, siglen);
-}
-
 static void start_map(struct identity *id)
 {
-	struct update_request u = collect_endpoints(id, id->endpoints_sig, sizeof(id->endpoints_sig));
-	struct json *req = map_request_to_json(&u);
+	struct json *req = announce_map_request(id->announce);
 
 	if (!req || control_client_map_start(id->ctl, req))
 		log_error("cannot start the map stream");
 	json_free(req);
-	update_request_free(&u);
 }
 
 static void update_done(struct control_client *c, int err, const struct json *resp, const char *why, void *arg)
@@ -352,23 +367,12 @@ static void update_done(struct control_client *c, int err, const struct json *re
 		log_warn("endpoint update not delivered", "why=\"%s\"", why ? why : "");
 }
 
-/* Endpoints change when the machine roams: tell the server (peers learn it). */
-static void on_endpoint_timer(struct loop *loop, struct loop_timer *t, void *arg)
+/* announce_config.send: soft state goes out while the identity runs. */
+static bool send_update(void *arg, const struct json *req)
 {
 	struct identity *id = arg;
-	char sig[2048];
-	struct update_request u = collect_endpoints(id, sig, sizeof(sig));
 
-	if (id->ctl && id->running && strcmp(sig, id->endpoints_sig) != 0) {
-		struct json *req = update_request_to_json(&u);
-		log_info("endpoints changed", "endpoints=\"%s\"", sig);
-		snprintf(id->endpoints_sig, sizeof(id->endpoints_sig), "%s", sig);
-		if (req)
-			control_client_call(id->ctl, req, update_done, id, NULL);
-		json_free(req);
-	}
-	update_request_free(&u);
-	loop_timer_arm(t, ENDPOINT_REFRESH_MS);
+	return id->ctl && id->running && control_client_call(id->ctl, req, update_done, id, NULL) == 0;
 }
 
 /* ---- the control connection ---- */
@@ -391,6 +395,18 @@ static bool on_control_key(struct control_client *c, const uint8_t key[CHANNEL_K
 static void renew_learn(struct identity *id);
 static void renew_schedule(struct identity *id);
 
+/* The node key changed: relays authenticate with it, pings name it. */
+static void new_node_key(struct identity *id)
+{
+	uint8_t pub[32];
+
+	if (!id->paths)
+		return;
+	crypto_scalarmult_base(pub, id->st->node_key);
+	relays_set_key(id->relays, id->st->node_key);
+	paths_set_node_key(id->paths, pub);
+}
+
 static void logged_out(struct identity *id, const char *why)
 {
 	log_warn("this device is no longer registered", "why=\"%s\"", why);
@@ -402,6 +418,7 @@ static void logged_out(struct identity *id, const char *why)
 	clear_netmap(id);
 	state_logout(id->st);
 	engine_set_private_key(id->engine, id->st->node_key);
+	new_node_key(id);
 	snprintf(id->health, sizeof(id->health), "logged out: %s", why);
 	save_now(id);
 }
@@ -695,6 +712,7 @@ static void renew_done(struct control_client *c, int err, const struct json *res
 	memcpy(id->st->node_key, id->renew_priv, sizeof(id->st->node_key));
 	sodium_memzero(id->renew_priv, sizeof(id->renew_priv));
 	engine_set_private_key(id->engine, id->st->node_key);
+	new_node_key(id);
 	state_set_device(id->st, &r);
 	register_response_free(&r);
 	id->st->key_issued = time(NULL);
@@ -918,6 +936,7 @@ void identity_up(struct identity *id, const struct localapi_up *req, struct loca
 		if (state_logged_in(id->st))
 			state_logout(id->st);
 		engine_set_private_key(id->engine, id->st->node_key);
+		new_node_key(id);
 		free(id->st->login_server);
 		id->st->login_server = strdup(req->login_server);
 		id->st->has_control_key = false;
@@ -1013,7 +1032,10 @@ void identity_ping(struct identity *id, const char *peer, struct localapi_reply 
 		localapi_reply_error(reply, 404, "PeerNotFound", "%s is not a peer of this node (see knit status)", peer);
 		return;
 	}
-	ping_start(&id->pings, id->loop, id->engine, n, peer, reply);
+	if (id->paths && paths_info(id->paths, n->node_key, &(struct paths_info){ 0 }))
+		ping_start_disco(&id->pings, id->paths, n, peer, reply);
+	else
+		ping_start(&id->pings, id->loop, id->engine, n, peer, reply);
 }
 
 /* ---- what it is ---- */
@@ -1062,6 +1084,16 @@ struct engine *identity_engine(const struct identity *id)
 	return id->engine;
 }
 
+struct paths *identity_paths(const struct identity *id)
+{
+	return id->paths;
+}
+
+struct relays *identity_relays(const struct identity *id)
+{
+	return id->relays;
+}
+
 const char *identity_ifname(const struct identity *id)
 {
 	return id->dev;
@@ -1102,6 +1134,22 @@ const struct netmap_node *identity_find_node(const struct identity *id, const ch
 }
 
 /* ---- lifecycle ---- */
+
+/* relays_config hooks: the identity's paths, made after the relays. */
+static void on_relayed_disco(void *arg, const uint8_t src[32], const uint8_t *pkt, size_t len)
+{
+	struct identity *id = arg;
+
+	if (id->paths)
+		paths_on_relayed(id->paths, src, pkt, len);
+}
+
+static int peer_region(void *arg, const uint8_t peer[32])
+{
+	struct identity *id = arg;
+
+	return id->paths ? paths_peer_region(id->paths, peer) : 0;
+}
 
 static void on_tun_down(void *arg, struct engine *e)
 {
@@ -1150,19 +1198,36 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 	id->nsfd = -1;
 	id->applied = applied_new();
 	id->save_timer = loop_timer_new(loop, on_save, id);
-	id->endpoint_timer = loop_timer_new(loop, on_endpoint_timer, id);
 	id->expire_timer = loop_timer_new(loop, on_expire, id);
 	id->renew_timer = loop_timer_new(loop, on_renew, id);
-	if (!id->applied || !id->save_timer || !id->endpoint_timer || !id->expire_timer || !id->renew_timer ||
+	if (!id->applied || !id->save_timer || !id->expire_timer || !id->renew_timer ||
 	    (cfg->state_path && !(id->state_path = strdup(cfg->state_path))))
 		goto out;
 	ec.arg = id;
+	if (cfg->datagrams && cfg->netstun) {
+		struct relays_config rc = { .loop = loop, .hub = hub, .node_priv = st->node_key, .on_disco = on_relayed_disco,
+					    .peer_region = peer_region, .arg = id, .ca_file = cfg->relay_ca };
+		if ((r = relays_new(&id->relays, &rc)))
+			goto out;
+		ec.relay_send = relays_enqueue;
+		ec.relay_arg = id->relays;
+	}
 	if ((r = engine_new(&id->engine, hub, &ec))) {
 		log_error("cannot create the TUN device", "dev=%s err=%d", cfg->ifname ? cfg->ifname : "?", r);
 		goto out;
 	}
 	engine_set_private_key(id->engine, st->node_key);
 	snprintf(id->dev, sizeof(id->dev), "%s", engine_ifname(id->engine));
+	if (id->relays) {
+		uint8_t node_pub[32];
+		struct paths_config pc = { .loop = loop, .hub = hub, .engine = id->engine, .relays = id->relays,
+					   .disco_priv = st->disco_key, .node_pub = node_pub };
+		crypto_scalarmult_base(node_pub, st->node_key);
+		if ((r = paths_new(&id->paths, &pc)) || (r = datagrams_add_disco(cfg->datagrams, paths_on_datagram, id->paths)))
+			goto out;
+		id->datagrams = cfg->datagrams;
+		id->netstun = cfg->netstun;
+	}
 	if (cfg->netns) {
 		if ((r = netns_open(cfg->netns)) < 0) {
 			log_error("cannot open the network namespace", "netns=%s err=%d", cfg->netns, r);
@@ -1175,6 +1240,12 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 			goto out;
 		}
 		snprintf(id->dev, sizeof(id->dev), "%s", cfg->netns_ifname);
+	}
+	{
+		struct announce_config ac = { .loop = loop, .hub = hub, .skip = skip_device, .send = send_update,
+					      .arg = id, .netstun = id->netstun, .relays = id->relays, .paths = id->paths };
+		if ((r = announce_new(&id->announce, &ac)))
+			goto out;
 	}
 	loop_timer_arm(id->expire_timer, 1000);
 	/* An identity owns its device: up, so addresses and routes can go on it. */
@@ -1207,7 +1278,7 @@ void identity_start(struct identity *id)
 		id->st->recovered = false;
 		if (identity_register(id, NULL, NULL, NULL) == 0) {
 			log_info("registering the recovered state's node key again");
-			loop_timer_arm(id->endpoint_timer, ENDPOINT_REFRESH_MS);
+			announce_start(id->announce);
 			return;
 		}
 	}
@@ -1217,7 +1288,7 @@ void identity_start(struct identity *id)
 		start_map(id);
 		renew_schedule(id);
 	}
-	loop_timer_arm(id->endpoint_timer, ENDPOINT_REFRESH_MS);
+	announce_start(id->announce);
 }
 
 void identity_save(struct identity *id)
@@ -1230,6 +1301,10 @@ void identity_free(struct identity *id)
 	if (!id)
 		return;
 	ping_free_all(&id->pings);
+	if (id->datagrams)
+		datagrams_remove_disco(id->datagrams, id->paths);
+	paths_free(id->paths);
+	id->paths = NULL;
 	if (id->pod_call)
 		control_call_cancel(id->pod_call);
 	control_client_free(id->ctl);
@@ -1240,9 +1315,10 @@ void identity_free(struct identity *id)
 	/* The host's routing as it was before us: knit's table and rules go. */
 	routes_free(id->routes);
 	engine_free(id->engine);
+	relays_free(id->relays); /* after the engine, whose data path hands it packets */
+	announce_free(id->announce);
 	applied_free(id->applied);
 	loop_timer_free(id->save_timer);
-	loop_timer_free(id->endpoint_timer);
 	loop_timer_free(id->expire_timer);
 	loop_timer_free(id->renew_timer);
 	sodium_memzero(id->renew_priv, sizeof(id->renew_priv));

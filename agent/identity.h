@@ -46,6 +46,14 @@ struct identity_config {
 	 * -EEXIST when netns_ifname is taken there. NULL: ours. */
 	const char *netns;
 	const char *netns_ifname;
+	/* Path discovery (NULL: none, peers stay at their netmap endpoints):
+	 * the node's disco/STUN demultiplexer, where the identity's disco
+	 * handler goes, and its STUN client, whose reflexive endpoints and
+	 * home region the identity announces. With them the identity keeps
+	 * relay connections (relays.h) and selects paths (paths.h). */
+	struct datagrams *datagrams;
+	struct netstun *netstun;
+	const char *relay_ca; /* TLS trust for relays; NULL: the system's */
 };
 
 /* Takes st (freed with the identity, also on failure). Creates the TUN
@@ -130,6 +138,9 @@ const struct state *identity_state(const struct identity *id);
 /* The netmap in force, NULL before the first. */
 const struct netmap *identity_netmap(const struct identity *id);
 struct engine *identity_engine(const struct identity *id);
+/* Path discovery's parts, NULL without it. */
+struct paths *identity_paths(const struct identity *id);
+struct relays *identity_relays(const struct identity *id);
 /* The device's name where it is (the pod's ifname in a pod's namespace). */
 const char *identity_ifname(const struct identity *id);
 /* A node of the netmap by name, DNS name, Device name or tailnet IP;

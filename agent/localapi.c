@@ -107,6 +107,20 @@ static struct json *peer_json(const struct localapi_peer *p)
 		json_put_str(o, "user", p->user, &err);
 	json_put_str(o, "endpoint", p->endpoint, &err);
 	json_put(o, "relay", json_new_int(p->relay), &err);
+	if (p->path.kind) {
+		struct json *path = json_new_object();
+
+		json_put_str(path, "kind", p->path.kind, &err);
+		if (p->path.addr)
+			json_put_str(path, "addr", p->path.addr, &err);
+		if (p->path.region) {
+			json_put_int(path, "region", p->path.region, &err);
+			json_put_str(path, "code", p->path.code ? p->path.code : "", &err);
+		}
+		if (p->path.latency_ms >= 0)
+			json_put(path, "latencyMs", json_new_double(p->path.latency_ms), &err);
+		json_put(o, "path", path, &err);
+	}
 	json_put(o, "lastHandshake", json_new_int(p->last_handshake), &err);
 	json_put(o, "rxBytes", json_new_int((int64_t)(p->rx_bytes > INT64_MAX ? INT64_MAX : p->rx_bytes)), &err);
 	json_put(o, "txBytes", json_new_int((int64_t)(p->tx_bytes > INT64_MAX ? INT64_MAX : p->tx_bytes)), &err);

@@ -51,6 +51,16 @@ struct localapi_peer {
 	const char *user; /* the owner's login; NULL: tagged (or not known) */
 	const char *endpoint; /* the direct path in use, "192.0.2.7:41641"; NULL if none */
 	int relay; /* relay region in use when not direct; 0: none */
+	/* The path packets take now, as "path": {"kind":"direct","addr":...,
+	 * "latencyMs":...} or {"kind":"relay","region":N,"code":...}; kind
+	 * NULL: no "path" member (self, or no path discovery). */
+	struct localapi_path {
+		const char *kind; /* "direct", "relay", "endpoint" (the netmap's, unprobed) */
+		const char *addr; /* direct, endpoint */
+		int region;	  /* relay */
+		const char *code; /* relay: the region's code */
+		double latency_ms; /* < 0: not measured */
+	} path;
 	int64_t last_handshake; /* unix seconds; 0: never */
 	uint64_t rx_bytes, tx_bytes;
 	bool online; /* connected to the control server */

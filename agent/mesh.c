@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "api.h"
+#include "datagrams.h"
 #include "health.h"
 #include "identity.h"
 #include "join.h"
@@ -22,6 +23,8 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "netstun.h"
+#include "pathstats.h"
 #include "pods.h"
 #include "routeplan.h"
 #include "routes.h"
@@ -41,6 +44,7 @@ struct options {
 	const char *uapi_dir;
 	const char *log_level;
 	const char *http_listen; /* /healthz, /readyz, /metrics */
+	const char *relay_ca; /* TLS trust for relays */
 	struct routes_opts routes; /* the node identity's host routing */
 	int port;
 	int workers;
@@ -56,6 +60,9 @@ struct mesh {
 	struct options o;
 	struct loop *loop;
 	struct hub *hub;
+	struct datagrams *datagrams; /* disco and STUN off the hub's socket */
+	struct netstun *netstun;
+	struct pathstats *pathstats;
 	struct member *identities; /* the node's own first */
 	struct join *join; /* the node identity's, with --login-server */
 	struct localapi *api;
@@ -142,6 +149,8 @@ static int serve_http(struct mesh *m)
 	    !metrics_counter_func_new(reg, "knitd_node_key_renewals_total", "Node keys renewed since knitd started.",
 				      renewals_value, m))
 		return -ENOMEM;
+	if ((r = pathstats_new(&m->pathstats, m->loop, reg, node_identity(m), m->datagrams, m->netstun)))
+		return r;
 	log_info("serving health and metrics", "listen=%s port=%u", m->o.http_listen, health_port(m->http));
 	return 0;
 }
@@ -180,6 +189,8 @@ static void usage(FILE *f)
 		"                      127.0.0.1:9102 or [::]:9102 (default: not served)\n"
 		"  --workers N         crypto worker threads (default: one per CPU, none on\n"
 		"                      one or two CPUs: the readers seal and open)\n"
+		"  --relay-ca FILE     trust these CA certificates (PEM) for relays dialled\n"
+		"                      with TLS (default: the system's)\n"
 		"  --accept-routes     route peers' approved subnet routes through the tailnet\n"
 		"                      (default: only peers' own tailnet addresses)\n"
 		"  --exit-node PEER    send default-route traffic through PEER (a name or\n"
@@ -200,7 +211,7 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv, struct options *o, char *state_buf, size_t state_len)
 {
 	enum { STATE = 256, STATE_DIR, SOCKET, TUN, PORT, UAPI_DIR, WORKERS, LOG_LEVEL, LOGIN, AUTHKEY_FILE, HOSTNAME,
-	       HTTP_LISTEN, ACCEPT_ROUTES, EXIT_NODE };
+	       HTTP_LISTEN, ACCEPT_ROUTES, EXIT_NODE, RELAY_CA };
 	static const struct option longopts[] = {
 		{ "state", required_argument, NULL, STATE },
 		{ "state-dir", required_argument, NULL, STATE_DIR },
@@ -216,6 +227,7 @@ static int parse_args(int argc, char **argv, struct options *o, char *state_buf,
 		{ "authkey-file", required_argument, NULL, AUTHKEY_FILE },
 		{ "hostname", required_argument, NULL, HOSTNAME },
 		{ "http-listen", required_argument, NULL, HTTP_LISTEN },
+		{ "relay-ca", required_argument, NULL, RELAY_CA },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -269,6 +281,7 @@ static int parse_args(int argc, char **argv, struct options *o, char *state_buf,
 		case AUTHKEY_FILE: o->authkey_file = optarg; break;
 		case HOSTNAME: o->hostname = optarg; break;
 		case HTTP_LISTEN: o->http_listen = optarg; break;
+		case RELAY_CA: o->relay_ca = optarg; break;
 		case 'h': usage(stdout); return 1;
 		default: usage(stderr); return 2;
 		}
@@ -333,7 +346,8 @@ static int add_node_identity(struct mesh *m, struct state *st)
 {
 	struct identity_config ic = { .ifname = m->o.tun, .state_path = m->o.state_path, .uapi_dir = m->o.uapi_dir,
 				      .on_down = on_tun_down, .is_identity_device = is_identity_device, .arg = m,
-				      .host_routes = &m->o.routes };
+				      .host_routes = &m->o.routes, .datagrams = m->datagrams, .netstun = m->netstun,
+				      .relay_ca = m->o.relay_ca };
 	struct member *mb = calloc(1, sizeof(*mb));
 	int r;
 
@@ -402,6 +416,11 @@ int mesh_main(int argc, char **argv)
 	hc.workers = m->o.workers >= 0 ? (unsigned)m->o.workers : hub_default_workers();
 	hc.readers_help = true;
 	hc.port = (uint16_t)m->o.port;
+	if ((r = datagrams_new(&m->datagrams, m->loop)))
+		goto out;
+	/* Disco and STUN share the WireGuard socket (DESIGN.md). */
+	hc.other = datagrams_on_other;
+	hc.other_arg = m->datagrams;
 	if ((r = hub_new(&m->hub, m->loop, &hc))) {
 		log_error("cannot open the WireGuard UDP port", "port=%d err=%d", m->o.port, r);
 		goto out;
@@ -411,6 +430,9 @@ int mesh_main(int argc, char **argv)
 	if ((r = hub_set_fwmark(m->hub, ROUTEPLAN_FWMARK)))
 		log_warn("cannot mark the WireGuard socket: a peer route covering a peer's endpoint could loop",
 			 "err=%d", r);
+	if ((r = netstun_new(&m->netstun, m->loop, m->hub)))
+		goto out;
+	datagrams_set_stun(m->datagrams, netstun_on_datagram, m->netstun);
 	r = add_node_identity(m, st);
 	st = NULL;
 	if (r)
@@ -467,11 +489,14 @@ int mesh_main(int argc, char **argv)
 out:
 	state_free(st); /* not handed to an identity */
 	join_free(m->join);
+	pathstats_free(m->pathstats);
 	health_free(m->http);
 	localapi_free(m->api);
 	pods_free(m->pods); /* before the node identity, which vouches for them */
 	free_identities(m, ran);
-	hub_free(m->hub);
+	hub_free(m->hub); /* its receive thread hands datagrams on until it stops */
+	netstun_free(m->netstun);
+	datagrams_free(m->datagrams);
 	loop_free(m->loop);
 	aead_thread_cleanup();
 	return m->exit_code;

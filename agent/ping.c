@@ -16,6 +16,7 @@
 #include "localapi.h"
 #include "loop.h"
 #include "net/endpoint.h"
+#include "paths.h"
 #include "wg/engine.h"
 
 #define PING_TIMEOUT_MS 5000
@@ -33,6 +34,7 @@ struct ping {
 	char name[128], ip[64];
 	uint8_t node_key[32];
 	struct loop_timer *timeout, *resend;
+	struct paths *paths; /* a disco ping */
 	struct ping *next;
 };
 
@@ -44,6 +46,8 @@ static void ping_free(struct ping *p)
 			break;
 		}
 	}
+	if (p->paths)
+		paths_ping_cancel(p->paths, p);
 	if (p->fd >= 0) {
 		loop_fd_del(p->loop, p->fd);
 		close(p->fd);
@@ -180,4 +184,56 @@ void ping_start(struct ping **list, struct loop *loop, struct engine *e, const s
 	ping_send(p);
 	loop_timer_arm(p->resend, PING_INTERVAL_MS);
 	loop_timer_arm(p->timeout, PING_TIMEOUT_MS);
+}
+
+static void on_disco_pong(void *arg, int err, const struct paths_info *via, double latency_ms)
+{
+	struct ping *p = arg;
+	char ep[80] = "";
+
+	p->paths = NULL; /* paths is done with it */
+	if (err == -ECANCELED) {
+		localapi_reply_error(p->reply, 503, "PingCanceled", "the identity went away");
+	} else if (err) {
+		localapi_reply_error(p->reply, 504, "PingTimeout",
+				     "no answer from %s in %d s: is it online, and does the policy allow it?", p->name,
+				     PATHS_PING_TIMEOUT_MS / 1000);
+	} else {
+		if (via->kind == PATHS_DIRECT)
+			endpoint_format(&via->addr, ep, sizeof(ep));
+		localapi_reply_pong(p->reply, &(struct localapi_pong){
+						      .peer = p->name,
+						      .ip = p->ip,
+						      .latency_ms = latency_ms,
+						      .endpoint = *ep ? ep : NULL,
+						      .relay = via->kind == PATHS_RELAY ? via->region : 0,
+					      });
+	}
+	ping_free(p);
+}
+
+void ping_start_disco(struct ping **list, struct paths *paths, const struct netmap_node *n, const char *peer,
+		      struct localapi_reply *reply)
+{
+	struct ping *p = calloc(1, sizeof(*p));
+	int err;
+
+	if (!p) {
+		localapi_reply_error(reply, 500, "NoMemory", "out of memory");
+		return;
+	}
+	p->list = list;
+	p->reply = reply;
+	p->fd = -1;
+	snprintf(p->name, sizeof(p->name), "%s", n->name ? n->name : peer);
+	if (n->naddresses)
+		netmap_prefix_format(&n->addresses[0], true, p->ip, sizeof(p->ip));
+	if ((err = paths_ping(paths, n->node_key, on_disco_pong, p))) {
+		localapi_reply_error(reply, 500, "PingFailed", "cannot ping %s: %s", peer, strerror(-err));
+		free(p);
+		return;
+	}
+	p->paths = paths;
+	p->next = *list;
+	*list = p;
 }

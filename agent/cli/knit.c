@@ -99,8 +99,9 @@ static const char usage_status[] =
 	"Shows this device and its peers, one per line:\n"
 	"  IP          the first tailnet address\n"
 	"  NAME        the device name\n"
-	"  PATH        \"direct IP:PORT\" when packets flow peer to peer, \"relay N\" when they\n"
-	"              go through relay region N, \"-\" when there is no path yet;\n"
+	"  PATH        \"direct IP:PORT\" when packets flow peer to peer, \"relay N CODE\" when\n"
+	"              they go through relay region N (CODE: its code), \"-\" when there\n"
+	"              is no path yet;\n"
 	"              \"offline\" if the peer is not connected to the control server\n"
 	"  HANDSHAKE   time since the last WireGuard handshake\n"
 	"  RX, TX      bytes received from and sent to the peer\n"
@@ -113,9 +114,11 @@ static const char usage_status[] =
 static const char usage_ping[] =
 	"Usage: knit ping [-c COUNT] [--timeout SECONDS] PEER\n"
 	"\n"
-	"Pings PEER (a name or a tailnet IP) at the tailnet layer, once a second, and\n"
-	"shows each answer and the path it took. Stops at the first answer over a\n"
-	"direct path, or after COUNT pings.\n"
+	"Pings PEER (a name or a tailnet IP) once a second with a disco ping along the\n"
+	"path in use (as tailscale ping; ICMP through the tunnel for a peer without a\n"
+	"disco key), each also a round of NAT hole punching, and shows each answer and\n"
+	"the path it took (a direct IP:PORT or relay N). Stops at the first answer\n"
+	"over a direct path, or after COUNT pings.\n"
 	"\n"
 	"Flags:\n"
 	"  -c COUNT            pings at most (default 10)\n"
@@ -649,8 +652,16 @@ static void path_text(const struct json *p, char *out, size_t len)
 {
 	const char *ep = json_str(json_get(p, "endpoint"));
 	int64_t relay = json_int(json_get(p, "relay"), 0);
+	const struct json *path = json_get(p, "path");
+	const char *kind = json_str(json_get(path, "kind"));
 
-	if (ep)
+	if (kind && !strcmp(kind, "relay")) {
+		const char *code = json_str(json_get(path, "code"));
+		snprintf(out, len, "relay %lld%s%s", (long long)json_int(json_get(path, "region"), 0), code && *code ? " " : "",
+			 code && *code ? code : "");
+	} else if (kind && !strcmp(kind, "direct"))
+		snprintf(out, len, "direct %s", json_str(json_get(path, "addr")) ?: "?");
+	else if (ep)
 		snprintf(out, len, "direct %s", ep);
 	else if (relay > 0)
 		snprintf(out, len, "relay %lld", (long long)relay);
@@ -995,7 +1006,7 @@ static int cmd_ping(const struct cli *cli, int argc, char **argv)
 		json_free(req);
 		code = json_str(json_get(resp, "code")) ?: "";
 		if (json_get(resp, "error")) {
-			if (strcmp(code, "Timeout") == 0) {
+			if (strcmp(code, "Timeout") == 0 || strcmp(code, "PingTimeout") == 0) {
 				printf("ping to %s timed out\n", peer);
 				json_free(resp);
 				continue;

@@ -687,6 +687,9 @@ int engine_peer_stats(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_LEN],
 	out->persistent_keepalive = p->persistent_keepalive;
 	out->handshake_attempts = timers_handshake_attempts(&p->timers);
 	out->has_session = has_session(p);
+	pthread_mutex_lock(&p->endpoint_lock);
+	out->via_relay = p->via_relay && e->cfg.relay_send;
+	pthread_mutex_unlock(&p->endpoint_lock);
 	return 0;
 }
 
@@ -735,6 +738,17 @@ int engine_peer_handshake(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_L
 	if (!p)
 		return -ENOENT;
 	send_initiation(p, false);
+	return 0;
+}
+
+int engine_peer_set_path(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_LEN], bool via_relay,
+			 const struct endpoint *ep)
+{
+	struct peer *p = engine_peer_lookup(e, pub);
+
+	if (!p)
+		return -ENOENT;
+	peer_set_route(p, via_relay, ep);
 	return 0;
 }
 

@@ -26,6 +26,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "loop.h"
 #include "net/tun.h"
@@ -51,6 +52,14 @@ struct engine_config {
 	/* Loop thread: the TUN device went away (deleted, or failing). */
 	void (*on_down)(void *arg, struct engine *e);
 	void *arg;
+	/* Packets to peers routed through the relay (engine_peer_set_path()):
+	 * called on any thread (TUN, receive, crypt workers, the loop) with
+	 * sealed WireGuard messages valid only during the call; it copies
+	 * what it takes and returns how many of pkts[0..n) it took (the rest
+	 * are dropped, counted in tx_dropped). Must not call into the engine.
+	 * NULL: no relay (peers are only ever direct). */
+	size_t (*relay_send)(void *arg, const uint8_t peer[NOISE_PUBLIC_KEY_LEN], const struct iovec *pkts, size_t n);
+	void *relay_arg;
 };
 
 struct engine_peer_stats {
@@ -61,6 +70,7 @@ struct engine_peer_stats {
 	uint16_t persistent_keepalive;
 	unsigned handshake_attempts;
 	bool has_session; /* a keypair that may send */
+	bool via_relay; /* routed through the relay (engine_peer_set_path()) */
 };
 
 struct engine_stats {
@@ -162,6 +172,14 @@ extern const struct uapi_ops engine_uapi_ops;
  * timers would (a restarted node whose peers still hold sessions with its
  * previous process). The usual rate limit applies. -ENOENT: no such peer. */
 int engine_peer_handshake(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_LEN]);
+
+/* Loop thread: where packets to the peer go: through the relay
+ * (via_relay; engine_config.relay_send), or directly to ep (NULL: the
+ * endpoint it holds). WireGuard roaming still updates the endpoint from
+ * directly received packets, never from relayed ones (receive_relayed()),
+ * and never changes the route. -ENOENT: no such peer. */
+int engine_peer_set_path(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_LEN], bool via_relay,
+			 const struct endpoint *ep);
 
 /* The engine's packet filter (engine_config.filtered), NULL without one. */
 struct filter *engine_filter(const struct engine *e);

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include <sodium.h>
 
@@ -89,6 +90,8 @@ void peer_set_endpoint(struct peer *p, const struct endpoint *ep)
 	struct endpoint e = *ep;
 	bool check = false;
 
+	if (e.addr.sa.sa_family != AF_INET && e.addr.sa.sa_family != AF_INET6)
+		return;
 	pthread_mutex_lock(&p->endpoint_lock);
 	if (e.has_src && p->has_rejected && endpoint_equal_src(&p->rejected, &e))
 		endpoint_clear_src(&e); /* the kernel chooses, as it would */
@@ -137,6 +140,46 @@ bool peer_endpoint(struct peer *p, struct endpoint *out)
 		*out = p->endpoint;
 	pthread_mutex_unlock(&p->endpoint_lock);
 	return has;
+}
+
+enum peer_route peer_route(struct peer *p, struct endpoint *out)
+{
+	enum peer_route r = PEER_ROUTE_NONE;
+
+	pthread_mutex_lock(&p->endpoint_lock);
+	if (p->via_relay && p->engine->cfg.relay_send) {
+		r = PEER_ROUTE_RELAY;
+	} else if (p->has_endpoint) {
+		*out = p->endpoint;
+		r = PEER_ROUTE_DIRECT;
+	}
+	pthread_mutex_unlock(&p->endpoint_lock);
+	return r;
+}
+
+void peer_set_route(struct peer *p, bool via_relay, const struct endpoint *ep)
+{
+	if (!via_relay && ep)
+		peer_set_endpoint(p, ep);
+	pthread_mutex_lock(&p->endpoint_lock);
+	p->via_relay = via_relay;
+	pthread_mutex_unlock(&p->endpoint_lock);
+}
+
+bool peer_send_one(struct peer *p, const void *pkt, size_t len)
+{
+	struct engine *e = p->engine;
+	struct endpoint ep;
+
+	switch (peer_route(p, &ep)) {
+	case PEER_ROUTE_DIRECT:
+		return hub_send_one(e->hub, &ep, pkt, len) > 0;
+	case PEER_ROUTE_RELAY:
+		return e->cfg.relay_send(e->cfg.relay_arg, p->public_key,
+					 &(struct iovec){ .iov_base = (void *)pkt, .iov_len = len }, 1) == 1;
+	default:
+		return false;
+	}
 }
 
 void peer_clear_endpoint_src(struct peer *p)

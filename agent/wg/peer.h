@@ -11,7 +11,7 @@
  * frees it, on whichever thread that happens.
  *
  * Locking (order: tx_lock, then endpoint_lock; rx_lock alone):
- *  - endpoint_lock: endpoint, has_endpoint, rejected, has_rejected.
+ *  - endpoint_lock: endpoint, has_endpoint, via_relay, rejected, has_rejected.
  *  - tx_lock: staged ring, tx queue (txq but its flushing flag).
  *  - rx_lock: rx queue (rxq but its flushing flag).
  *  - hub.work_lock: work_next.
@@ -76,6 +76,10 @@ struct peer {
 	pthread_mutex_t endpoint_lock;
 	struct endpoint endpoint;
 	bool has_endpoint;
+	/* Sent through the relay (engine_config.relay_send) rather than to
+	 * endpoint, which is kept (it roams) for when the path is direct
+	 * again. Set by whoever selects paths (engine_peer_set_path()). */
+	bool via_relay;
 	/* A source the route to the peer does not leave from (until routes
 	 * change): learnt again from the peer's packets, it is not used. */
 	struct endpoint rejected;
@@ -105,9 +109,25 @@ void peer_put(struct peer *p);
 /* Loop thread: phase one of removal (see above). */
 void peer_kill(struct peer *p);
 
+/* Roaming: the latest authenticated source. An endpoint with no address
+ * (AF_UNSPEC: the packet came through the relay) changes nothing, so one
+ * relayed packet never moves a peer off a working direct path. */
 void peer_set_endpoint(struct peer *p, const struct endpoint *ep);
 /* Copies the endpoint; false if there is none. */
 bool peer_endpoint(struct peer *p, struct endpoint *out);
+
+enum peer_route {
+	PEER_ROUTE_NONE,   /* no endpoint, not relayed: packets go nowhere */
+	PEER_ROUTE_DIRECT, /* *out: the endpoint */
+	PEER_ROUTE_RELAY,  /* engine_config.relay_send */
+};
+/* Where a packet to p goes now. */
+enum peer_route peer_route(struct peer *p, struct endpoint *out);
+/* Direct to ep (NULL: the endpoint held), or through the relay. */
+void peer_set_route(struct peer *p, bool via_relay, const struct endpoint *ep);
+/* Any thread: sends one message (handshakes, keepalive-size control)
+ * along p's route. True if it left. */
+bool peer_send_one(struct peer *p, const void *pkt, size_t len);
 void peer_clear_endpoint_src(struct peer *p);
 /* Loop thread: drops the cached source address if the route to the peer
  * no longer leaves through the interface it was learnt on (after

@@ -139,6 +139,21 @@ void receive_datagrams(struct hub *h, struct udp_msg *msgs, size_t n)
 	queueing_submit(&h->queue, jobs, njobs);
 }
 
+void receive_relayed(struct hub *h, const uint8_t *pkt, size_t len)
+{
+	struct udp_msg m = { 0 };
+
+	if (len > POOL_BUF_SIZE || message_classify(pkt, len) == MESSAGE_INVALID || !pool_get(h->pool, &m.data, 1)) {
+		atomic_fetch_add(&h->st_invalid, 1);
+		return;
+	}
+	memcpy(m.data, pkt, len);
+	m.len = len;
+	m.cap = POOL_BUF_SIZE;
+	m.ep.addr.sa.sa_family = AF_UNSPEC;
+	receive_datagrams(h, &m, 1);
+}
+
 /* Length of the IP packet at the start of plain (the rest is padding),
  * and its source address; 0 if it is not a well-formed IP packet. */
 static size_t inner_packet(const uint8_t *plain, size_t len, int *family, const uint8_t **src)

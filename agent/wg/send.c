@@ -5,6 +5,7 @@
 #include <string.h>
 #include <stddef.h>
 #include <time.h>
+#include <sys/uio.h>
 
 #include <sodium.h>
 
@@ -239,6 +240,41 @@ void send_keepalive(struct peer *p)
 	send_staged(p);
 }
 
+/* Sealed packets to a peer routed through the relay: handed to the relay
+ * client's queue (engine_config.relay_send), which copies them. Returns
+ * how many it took; *bytes counts them. */
+static size_t transmit_relayed(struct peer *p, struct job *list, unsigned long long *bad, uint64_t *bytes,
+			       bool *data)
+{
+	struct engine *e = p->engine;
+	struct iovec iov[JOB_MAX];
+	size_t taken = 0;
+
+	for (struct job *j = list; j; j = j->next) {
+		size_t n = 0, k;
+		bool has_data = false;
+
+		for (unsigned i = 0; i < j->n; i++) {
+			if (!j->ok[i]) {
+				(*bad)++;
+				continue;
+			}
+			iov[n++] = (struct iovec){ .iov_base = j->buf[i], .iov_len = j->len[i] };
+			has_data |= j->plen[i] > 0;
+		}
+		if (!n)
+			continue;
+		k = e->cfg.relay_send(e->cfg.relay_arg, p->public_key, iov, n);
+		if (k < n)
+			atomic_fetch_add(&e->st_tx_dropped, n - k);
+		for (size_t i = 0; i < k; i++)
+			*bytes += iov[i].iov_len;
+		*data |= k && has_data;
+		taken += k;
+	}
+	return taken;
+}
+
 void send_transmit(struct peer *p, struct job *list)
 {
 	struct engine *e = p->engine;
@@ -249,12 +285,18 @@ void send_transmit(struct peer *p, struct job *list)
 	struct endpoint ep;
 	struct job *j, *last = NULL;
 	unsigned long long no_ep = 0, bad = 0;
+	enum peer_route route = peer_route(p, &ep);
 
-	have_ep = peer_endpoint(p, &ep);
+	have_ep = route == PEER_ROUTE_DIRECT;
 	/* The link went down while these were sealed: they stay here. */
 	link_down = !atomic_load(&e->link_up);
-	for (j = list; j; j = j->next) {
+	for (j = list; j; j = j->next)
 		last = j;
+	if (route == PEER_ROUTE_RELAY && !link_down) {
+		sent = transmit_relayed(p, list, &bad, &bytes, &data) > 0;
+		goto done;
+	}
+	for (j = list; j; j = j->next) {
 		for (unsigned i = 0; i < j->n; i++) {
 			if (!j->ok[i]) {
 				bad++;
@@ -283,6 +325,7 @@ void send_transmit(struct peer *p, struct job *list)
 	 * forget it, so the next batch does not fail first. */
 	if (have_ep && ep.has_src && sent && !msgs[0].ep.has_src)
 		peer_clear_endpoint_src(p);
+done:
 	if (no_ep)
 		atomic_fetch_add(&e->st_tx_no_endpoint, no_ep);
 	if (bad) {
@@ -334,7 +377,6 @@ void send_initiation(struct peer *p, bool is_retry)
 	struct message_handshake_initiation msg;
 	uint8_t ts[NOISE_TIMESTAMP_LEN];
 	struct timespec rt;
-	struct endpoint ep;
 	uint64_t now = loop_mono_ms();
 
 	if (atomic_load(&p->dead) || !engine_link_ready(e) || !timers_may_send_initiation(&p->timers, now, is_retry))
@@ -348,7 +390,7 @@ void send_initiation(struct peer *p, bool is_retry)
 	timers_on_authenticated_packet_sent(&p->timers, now);
 	/* Without an endpoint it goes nowhere, but the retransmit timer runs
 	 * as in the Linux module, so a later endpoint is tried soon. */
-	if (peer_endpoint(p, &ep) && hub_send_one(e->hub, &ep, &msg, sizeof(msg)) > 0) {
+	if (peer_send_one(p, &msg, sizeof(msg))) {
 		atomic_fetch_add(&p->tx_bytes, sizeof(msg));
 		atomic_fetch_add(&e->st_hs_sent, 1);
 	}
@@ -363,7 +405,6 @@ void send_response(struct peer *p)
 {
 	struct engine *e = p->engine;
 	struct message_handshake_response msg;
-	struct endpoint ep;
 	uint64_t now = loop_mono_ms();
 
 	timers_on_authenticated_packet_traversed(&p->timers, now);
@@ -375,7 +416,7 @@ void send_response(struct peer *p)
 	if (!noise_handshake_begin_session(p->remote, now))
 		goto out;
 	timers_on_session_derived(&p->timers, now);
-	if (peer_endpoint(p, &ep) && hub_send_one(e->hub, &ep, &msg, sizeof(msg)) > 0) {
+	if (peer_send_one(p, &msg, sizeof(msg))) {
 		atomic_fetch_add(&p->tx_bytes, sizeof(msg));
 		atomic_fetch_add(&e->st_hs_sent, 1);
 	}

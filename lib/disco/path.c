@@ -102,8 +102,10 @@ void disco_peer_set_endpoints(struct disco_peer *p, const struct sockaddr_storag
 	p->best = best;
 }
 
-static void make_due(struct disco_candidate *c)
+static void make_due(struct disco_candidate *c, uint64_t now)
 {
+	if (c->pinged && now - c->last_ping < DISCO_REPING_MIN_MS)
+		return; /* just pinged: its pong may be on the way */
 	c->pinged = false; /* never pinged: due at once */
 }
 
@@ -114,7 +116,7 @@ void disco_peer_on_call_me_maybe(struct disco_peer *p, const struct sockaddr_sto
 		int j = add(p, (const struct sockaddr *)&eps[i]);
 
 		if (j >= 0 && !trusted(&p->cand[j], now))
-			make_due(&p->cand[j]);
+			make_due(&p->cand[j], now);
 	}
 }
 
@@ -123,7 +125,7 @@ void disco_peer_on_ping(struct disco_peer *p, const struct sockaddr *from, uint6
 	int j = add(p, from);
 
 	if (j >= 0 && !trusted(&p->cand[j], now))
-		make_due(&p->cand[j]);
+		make_due(&p->cand[j], now);
 }
 
 /* Picks the best trusted endpoint, keeping the current one unless another
@@ -150,17 +152,25 @@ bool disco_peer_on_pong(struct disco_peer *p, const uint8_t txid[DISCO_TXID_LEN]
 {
 	int j = find(p, from);
 	struct disco_candidate *c;
+	uint64_t sent;
 
 	if (j < 0)
 		return false;
 	c = &p->cand[j];
-	if (!c->ping_outstanding || sodium_memcmp(c->txid, txid, DISCO_TXID_LEN) != 0 ||
-	    now - c->last_ping > DISCO_PING_TIMEOUT_MS)
+	if (c->ping_outstanding && !sodium_memcmp(c->txid, txid, DISCO_TXID_LEN)) {
+		sent = c->last_ping;
+		c->ping_outstanding = false;
+	} else if (c->prev_outstanding && !sodium_memcmp(c->prev_txid, txid, DISCO_TXID_LEN)) {
+		sent = c->prev_ping;
+		c->prev_outstanding = false;
+	} else {
 		return false;
-	c->ping_outstanding = false;
+	}
+	if (now - sent > DISCO_PING_TIMEOUT_MS)
+		return false;
 	c->ponged = true;
 	c->last_pong = now;
-	c->latency_ms = (uint32_t)(now - c->last_ping);
+	c->latency_ms = (uint32_t)(now - sent);
 	choose(p, now);
 	return true;
 }
@@ -179,6 +189,9 @@ size_t disco_peer_pings_due(struct disco_peer *p, uint64_t now, struct disco_pin
 
 		if (c->pinged && now - c->last_ping < interval(p, i))
 			continue;
+		c->prev_outstanding = c->ping_outstanding;
+		memcpy(c->prev_txid, c->txid, DISCO_TXID_LEN);
+		c->prev_ping = c->last_ping;
 		randombytes_buf(c->txid, DISCO_TXID_LEN);
 		c->pinged = true;
 		c->ping_outstanding = true;

@@ -14,7 +14,8 @@
  *     DISCO_SWITCH_MARGIN) is taken and a broken path comes back when it
  *     can.
  * A pong counts only for the endpoint its ping went to, with the same
- * transaction id, within DISCO_PING_TIMEOUT_MS. */
+ * transaction id (of the last two pings there), within
+ * DISCO_PING_TIMEOUT_MS. */
 #ifndef KNIT_DISCO_PATH_H
 #define KNIT_DISCO_PATH_H
 
@@ -26,9 +27,15 @@
 #include "disco/message.h"
 
 #define DISCO_MAX_CANDIDATES 16
-#define DISCO_HEARTBEAT_MS 2000u
+#define DISCO_HEARTBEAT_MS 1500u
 #define DISCO_PROBE_MS 5000u
-#define DISCO_TRUST_MS 5000u
+/* Two heartbeats may be lost; a broken path is left within this (plus the
+ * caller's tick) of its last pong. */
+#define DISCO_TRUST_MS 4000u
+/* A ping or call-me-maybe makes an endpoint due again only this long after
+ * our last ping to it: two peers answering each other's pings with pings
+ * would otherwise never stop (and never let a pong count). */
+#define DISCO_REPING_MIN_MS 250u
 #define DISCO_PING_TIMEOUT_MS 5000u
 /* A new best endpoint must be this much faster (percent) than the current
  * one, so that jitter does not flip the path back and forth. */
@@ -40,6 +47,12 @@ struct disco_candidate {
 	bool pinged, ponged;
 	bool ping_outstanding;
 	uint8_t txid[DISCO_TXID_LEN];
+	/* The ping before the last one, still answerable: a ping made due
+	 * again (the peer pinged us, a call-me-maybe) must not void the pong
+	 * already on its way to the previous one. */
+	bool prev_outstanding;
+	uint8_t prev_txid[DISCO_TXID_LEN];
+	uint64_t prev_ping;
 	uint32_t latency_ms; /* of the last pong */
 };
 
@@ -63,7 +76,8 @@ void disco_peer_init(struct disco_peer *p);
 void disco_peer_set_endpoints(struct disco_peer *p, const struct sockaddr_storage *eps, size_t n,
 			      uint64_t now);
 /* A call-me-maybe: adds these endpoints and makes them due for a ping now
- * (the peer is pinging us at the same moment: both NATs open). */
+ * (the peer is pinging us at the same moment: both NATs open), unless one
+ * went out within DISCO_REPING_MIN_MS. */
 void disco_peer_on_call_me_maybe(struct disco_peer *p, const struct sockaddr_storage *eps, size_t n,
 				 uint64_t now);
 /* A ping arrived from addr: it is a candidate (and due, to ping back). */

@@ -254,6 +254,7 @@ static void test_path_switch_margin(void **state)
 	/* Heartbeats to the path in use, then eps[1]'s probe at 2 ms: switch. */
 	ping_one(&p, DISCO_HEARTBEAT_MS + 10, &eps[0], 10);
 	ping_one(&p, 2 * DISCO_HEARTBEAT_MS + 10, &eps[0], 10);
+	ping_one(&p, 3 * DISCO_HEARTBEAT_MS + 10, &eps[0], 10);
 	ping_one(&p, DISCO_PROBE_MS + 20, &eps[1], 2);
 	disco_peer_path(&p, DISCO_PROBE_MS + 22, &got, NULL);
 	assert_memory_equal(&got, &eps[1], sizeof(struct sockaddr_in));
@@ -272,15 +273,53 @@ static void test_path_call_me_maybe_and_ping(void **state)
 	disco_peer_on_ping(&p, (struct sockaddr *)&b, 0); /* no duplicate */
 	assert_int_equal(p.ncand, 2);
 	assert_int_equal(disco_peer_pings_due(&p, 0, req, DISCO_MAX_CANDIDATES), 2);
-	/* A call-me-maybe makes an endpoint due again at once. */
+	/* A call-me-maybe makes an endpoint due again at once, unless it was
+	 * pinged just now (two peers pinging back would never stop). */
 	assert_int_equal(disco_peer_pings_due(&p, 10, req, DISCO_MAX_CANDIDATES), 0);
 	disco_peer_on_call_me_maybe(&p, &a, 1, 10);
-	assert_int_equal(disco_peer_pings_due(&p, 10, req, DISCO_MAX_CANDIDATES), 1);
+	disco_peer_on_ping(&p, (struct sockaddr *)&b, 10);
+	assert_int_equal(disco_peer_pings_due(&p, 10, req, DISCO_MAX_CANDIDATES), 0);
+	disco_peer_on_call_me_maybe(&p, &a, 1, DISCO_REPING_MIN_MS);
+	assert_int_equal(disco_peer_pings_due(&p, DISCO_REPING_MIN_MS, req, DISCO_MAX_CANDIDATES), 1);
 	/* Capped at DISCO_MAX_CANDIDATES. */
 	for (size_t i = 0; i < sizeof(many) / sizeof(many[0]); i++)
 		many[i] = v4("10.1.1.1", (uint16_t)(100 + i));
 	disco_peer_set_endpoints(&p, many, sizeof(many) / sizeof(many[0]), 20);
 	assert_int_equal(p.ncand, DISCO_MAX_CANDIDATES);
+}
+
+/* The peer's ping crosses ours: made due again, the endpoint is pinged
+ * anew, and the pong to the earlier ping still counts (both NATs' holes
+ * open at that moment; losing it would cost a probe interval). Two pings
+ * back is too far. */
+static void test_path_crossing_pings(void **state)
+{
+	struct disco_peer p;
+	struct sockaddr_storage a = v4("198.51.100.1", 5000);
+	struct disco_ping_req first[1], second[1], third[1];
+
+	disco_peer_init(&p);
+	disco_peer_set_endpoints(&p, &a, 1, 0);
+	assert_int_equal(disco_peer_pings_due(&p, 0, first, 1), 1);
+	const uint64_t t = DISCO_REPING_MIN_MS;
+	disco_peer_on_ping(&p, (struct sockaddr *)&a, t);
+	assert_int_equal(disco_peer_pings_due(&p, t, second, 1), 1);
+	assert_memory_not_equal(first[0].txid, second[0].txid, DISCO_TXID_LEN);
+	assert_true(disco_peer_on_pong(&p, first[0].txid, (struct sockaddr *)&a, t + 1));
+	assert_int_equal(p.cand[0].latency_ms, t + 1);
+	assert_true(disco_peer_on_pong(&p, second[0].txid, (struct sockaddr *)&a, t + 2));
+	assert_int_equal(p.cand[0].latency_ms, 2);
+	assert_int_equal(disco_peer_path(&p, t + 2, NULL, NULL), DISCO_PATH_DIRECT);
+	/* Three pings out: only the last two are answerable. */
+	p.cand[0].pinged = false;
+	assert_int_equal(disco_peer_pings_due(&p, t + 6, first, 1), 1);
+	p.cand[0].pinged = false;
+	assert_int_equal(disco_peer_pings_due(&p, t + 7, second, 1), 1);
+	p.cand[0].pinged = false;
+	assert_int_equal(disco_peer_pings_due(&p, t + 8, third, 1), 1);
+	assert_false(disco_peer_on_pong(&p, first[0].txid, (struct sockaddr *)&a, t + 9));
+	assert_true(disco_peer_on_pong(&p, second[0].txid, (struct sockaddr *)&a, t + 9));
+	assert_true(disco_peer_on_pong(&p, third[0].txid, (struct sockaddr *)&a, t + 9));
 }
 
 /* A working path survives an endpoint update that no longer lists it. */
@@ -308,6 +347,7 @@ int main(void)
 		cmocka_unit_test(test_path_switch_margin),
 		cmocka_unit_test(test_path_call_me_maybe_and_ping),
 		cmocka_unit_test(test_path_kept_across_update),
+		cmocka_unit_test(test_path_crossing_pings),
 	};
 	if (sodium_init() < 0)
 		return 1;

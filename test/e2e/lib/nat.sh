@@ -18,7 +18,10 @@
 #                                 Filtering is conntrack's: only replies to
 #                                 what went out come in (address- and
 #                                 port-dependent), so a hole is punched by
-#                                 both sides sending.
+#                                 both sides sending. Unsolicited UDP is
+#                                 dropped before conntrack keeps an entry
+#                                 for it (as home routers do), so it cannot
+#                                 take the port a later mapping keeps.
 #   nat_host_add NAME ROUTER N    namespace NAME at 192.168.IDX.N behind ROUTER,
 #                                 default route through it
 #   nat_flush ROUTER              forgets every mapping (conntrack -F)
@@ -46,6 +49,14 @@ table ip knitnat {
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 		oifname "eth0" ip saddr 192.168.$idx.0/24 masquerade $flags
+	}
+	chain input {
+		# Unsolicited UDP to the router itself is dropped before its
+		# conntrack entry is confirmed: a stale entry would hold the
+		# tuple a later outbound flow needs, and masquerade would move
+		# that flow to another port (an easy NAT would turn hard).
+		type filter hook input priority filter; policy accept;
+		iifname "eth0" ct state new meta l4proto udp drop
 	}
 	chain forward {
 		type filter hook forward priority filter; policy drop;
