@@ -23,6 +23,7 @@ struct httpd_stream;
 struct json;
 struct loop;
 struct loop_timer;
+struct metrics_family;
 struct strmap;
 
 #define CONTROL_SECRET "knit-control-key"
@@ -139,6 +140,8 @@ struct coord {
 	struct loop_timer *pod_sweep; /* podident.c */
 	int pod_sweep_queued; /* atomic: a JOB_SWEEP_PODS waits or runs */
 	struct coord_stats stats;
+	struct strmap *limits; /* mkey -> struct ratelimit (ratelimit.h): call limits */
+	struct metrics_family *m_refusals; /* knit_coord_refusals_total{call,reason} */
 
 	/* jobs: lock guards head, tail, njobs, ohead, otail, online_pending, stop */
 	pthread_mutex_t lock;
@@ -160,6 +163,9 @@ struct coord {
 
 /* coord.c */
 uint64_t coord_now_ms(struct coord *c);
+/* Counts a refused call (knit_coord_refusals_total): call is "register",
+ * "update", "map", ...; reason the error code or "RateLimited". Any thread. */
+void coord_refused(struct coord *c, const char *call, const char *reason);
 struct json *coord_jstr(const char *s);
 struct json *coord_error_reply(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int coord_seal_json(struct channel_session *ch, const struct json *j, struct buf *out);

@@ -97,6 +97,17 @@ static struct json *do_logout(struct coord *c, const char *mkey);
 static void do_count_use(struct coord *c, const char *ns, const char *name);
 static void do_online(struct coord *c, const char *device, bool online, time_t at);
 
+/* What a call's refusal is counted as (knit_coord_refusals_total). */
+static void count_refusal(struct job *j)
+{
+	static const char *const calls[] = { [JOB_REGISTER] = "register", [JOB_LOGOUT] = "logout",
+					     [JOB_REGISTER_POD] = "register_pod" };
+	const char *code;
+
+	if (j->type < sizeof(calls) / sizeof(calls[0]) && calls[j->type] && messages_error(j->reply, &code, NULL))
+		coord_refused(j->c, calls[j->type], code);
+}
+
 void *register_job_worker(void *arg)
 {
 	struct coord *c = arg;
@@ -137,6 +148,7 @@ static void job_done(struct loop *loop, void *arg)
 	struct session *s = strmap_get(c->sessions, j->sess_id);
 	struct buf out = BUF_INIT(16u << 20);
 
+	count_refusal(j);
 	if (j->st && s && j->reply && coord_seal_json(&s->ch, j->reply, &out) == 0)
 		httpd_stream_write(j->st, out.data, out.len);
 	if (j->st)
