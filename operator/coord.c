@@ -710,6 +710,54 @@ static bool keys_add(char ***keys, size_t *n, size_t *cap, const char *key)
 	return true;
 }
 
+struct stale_online {
+	struct coord *c;
+	char **names;
+	size_t n, cap;
+	bool oom;
+};
+
+static void find_stale_online(const struct json *dev, void *arg)
+{
+	struct stale_online *so = arg;
+	struct node *n = strmap_get(so->c->nodes, kube_name(dev) ?: "");
+
+	if (json_bool(json_path(dev, "status", "online", NULL), false) && (!n || n->streams == 0) &&
+	    !keys_add(&so->names, &so->n, &so->cap, kube_name(dev) ?: ""))
+		so->oom = true;
+}
+
+/* Once per leadership, OFFLINE_SWEEP_GRACE_MS after it began serving:
+ * Devices the API server shows online that hold no stream here are
+ * marked offline. A leader that crashed wrote no offline transitions, and
+ * an ephemeral device that went away meanwhile would otherwise stay
+ * "online" for ever and never be collected. The grace lets agents that
+ * are still there reconnect first (no flapping write for them). */
+static void offline_sweep(struct coord *c, uint64_t now)
+{
+	struct stale_online so = { .c = c };
+
+	if (!c->ready || !c->op->running || c->offline_swept || c->stopping)
+		return;
+	if (!c->serving_since) {
+		c->serving_since = now;
+		return;
+	}
+	if (now - c->serving_since < OFFLINE_SWEEP_GRACE_MS)
+		return;
+	c->offline_swept = true;
+	informer_foreach(c->op->devices, find_stale_online, &so);
+	for (size_t i = 0; i < so.n; i++) {
+		register_online_changed(c, so.names[i], false);
+		free(so.names[i]);
+	}
+	free(so.names);
+	if (so.n || so.oom)
+		log_info("devices without a stream marked offline", "count=%zu complete=%s", so.n, so.oom ? "no" : "yes");
+	if (so.oom)
+		c->offline_swept = false; /* again next round */
+}
+
 /* Every few seconds: sessions idle too long go (an unknown machine's
  * sooner, unless it has registered since), and replay timestamps of
  * machines the tailnet no longer knows. Uncapped: a flood is cleared in
@@ -781,6 +829,7 @@ static void on_sweep(struct loop *loop, struct loop_timer *t, void *arg)
 		free(dead[i]);
 	}
 	free(dead);
+	offline_sweep(c, now);
 	loop_timer_arm(t, 5000);
 }
 
@@ -868,8 +917,13 @@ void coord_drop_all(struct coord *c)
 {
 	if (!c)
 		return;
-	for (struct mapconn *m = c->conns; m; m = m->next)
+	for (struct mapconn *m = c->conns; m; m = m->next) {
+		/* The streams end after this returns, when coord_shutdown()
+		 * has stopped transitions: a graceful stop queues them here. */
+		if (c->drain_online && m->node && !m->node->dead)
+			register_online_changed(c, m->node->pub.name, false);
 		httpd_stream_close(m->st);
+	}
 	for (struct strmap_entry *e = strmap_first(c->sessions); e; e = strmap_next(c->sessions, e)) {
 		struct session *s = strmap_value(e);
 		channel_session_wipe(&s->ch);
@@ -880,6 +934,12 @@ void coord_drop_all(struct coord *c)
 	strmap_free(c->unknown_per_ip);
 	c->unknown_per_ip = strmap_new();
 	c->unknown_sessions = 0;
+}
+
+void coord_stop_gracefully(struct coord *c)
+{
+	if (c)
+		register_drain_offline(c);
 }
 
 void coord_shutdown(struct coord *c)

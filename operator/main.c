@@ -498,6 +498,8 @@ static void shutdown_all(int code)
 	shutting_down = true;
 	exit_code = code;
 	op.running = false;
+	if (code == 0)
+		coord_stop_gracefully(op.coord);
 	coord_drop_all(op.coord);
 	coord_shutdown(op.coord);
 	if (op.tailnet_ctl) {

@@ -97,6 +97,20 @@ static struct json *do_logout(struct coord *c, const char *mkey);
 static void do_count_use(struct coord *c, const char *ns, const char *name);
 static void do_online(struct coord *c, const char *device, bool online, time_t at);
 
+/* A graceful stop still writes offline transitions, for a while. c->lock held. */
+static bool draining_online(struct coord *c)
+{
+	return c->drain_online && loop_mono_ms() < c->drain_until;
+}
+
+void register_drain_offline(struct coord *c)
+{
+	pthread_mutex_lock(&c->lock);
+	c->drain_online = true;
+	c->drain_until = loop_mono_ms() + OFFLINE_DRAIN_MS;
+	pthread_mutex_unlock(&c->lock);
+}
+
 /* What a call's refusal is counted as (knit_coord_refusals_total). */
 static void count_refusal(struct job *j)
 {
@@ -118,7 +132,8 @@ void *register_job_worker(void *arg)
 		pthread_mutex_lock(&c->lock);
 		while (!c->head && !c->ohead && !c->stop)
 			pthread_cond_wait(&c->cond, &c->lock);
-		j = c->head || !c->stop ? job_next(c) : NULL; /* stopping: finish the calls only */
+		/* Stopping: finish the calls, and the offline writes of a graceful stop. */
+		j = c->head || !c->stop || draining_online(c) ? job_next(c) : NULL;
 		pthread_mutex_unlock(&c->lock);
 		if (!j)
 			break;
