@@ -78,6 +78,7 @@ struct mapconn {
 	char tailnet[254];
 	struct changelog_cursor cur; /* .device, .tailnet point at the above */
 	struct strmap *peers; /* under a policy: the peers it sees (mappolicy.c) */
+	bool ended; /* an error record ended it; closing */
 	struct mapconn *prev, *next;
 };
 
