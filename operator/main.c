@@ -302,10 +302,25 @@ static void enqueue_devices_of_tailnet(const struct json *dev, void *arg)
 		controller_enqueue(op.device_ctl, dev);
 }
 
-static void tn_add(struct informer *i, const struct json *o, void *a) { controller_enqueue(op.tailnet_ctl, o); }
+/* A Tailnet's authKeyNamespaces may have changed: its AuthKeys say again
+ * whether they may register devices. */
+static void enqueue_authkey_of_tailnet(const struct json *ak, void *arg)
+{
+	if (strcmp(operator_tailnet_of(ak), arg) == 0)
+		controller_enqueue(op.authkey_ctl, ak);
+}
+
+static void tn_add(struct informer *i, const struct json *o, void *a)
+{
+	controller_enqueue(op.tailnet_ctl, o);
+	if (op.authkeys)
+		informer_foreach(op.authkeys, enqueue_authkey_of_tailnet, (void *)kube_name(o));
+}
 static void tn_upd(struct informer *i, const struct json *old, const struct json *o, void *a)
 {
 	controller_enqueue(op.tailnet_ctl, o);
+	if (!json_equal(json_path(old, "spec", "authKeyNamespaces", NULL), json_path(o, "spec", "authKeyNamespaces", NULL)))
+		informer_foreach(op.authkeys, enqueue_authkey_of_tailnet, (void *)kube_name(o));
 	/* Pools or timeouts may have changed: every device of it takes another look. */
 	if (!json_equal(json_get(old, "spec"), json_get(o, "spec"))) {
 		informer_foreach(op.devices, enqueue_devices_of_tailnet, (void *)kube_name(o));
@@ -401,7 +416,10 @@ static struct informer *start_informer(const struct kube_resource *res, const ch
 	struct informer *inf;
 
 	with_sync.on_synced = informer_synced_cb;
-	inf = informer_new(op.kube, res, NULL, selector, &with_sync, arg);
+	/* Secrets only in our own namespace (the RBAC grants no more: see
+	 * manifests/10-operator.yaml); AuthKeys' Secrets elsewhere are read
+	 * directly. */
+	inf = informer_new(op.kube, res, res == &kube_res_secrets ? op.namespace : NULL, selector, &with_sync, arg);
 	if (!inf)
 		return NULL;
 	informer_set_metrics(inf, METRICS_WITH(m_restarts, res->plural), METRICS_WITH(m_relists, res->plural),

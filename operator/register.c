@@ -27,6 +27,7 @@
 #include "policy.h"
 #include "record.h"
 #include "strmap.h"
+#include "tailnet.h"
 #include "wg/noise.h"
 
 /* ---- worker pool: registration's API writes ---- */
@@ -413,6 +414,17 @@ static bool request_fits_device(const struct register_request *rq, char *why, si
 	return true;
 }
 
+/* Is ak's namespace one that may hold keys of its tailnet
+ * (Tailnet.spec.authKeyNamespaces; default the operator's own)? */
+static bool authkey_namespace_ok(struct coord *c, const struct json *ak, const char *tailnet)
+{
+	struct json *tn = informer_get(c->op->tailnets, NULL, tailnet);
+	bool ok = tailnet_authkey_namespace_allowed(tn, kube_namespace(ak), c->op->namespace);
+
+	json_free(tn);
+	return ok;
+}
+
 static int give_back_use(struct json *ak, void *arg)
 {
 	struct json *st = json_get(ak, "status");
@@ -558,6 +570,12 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		 * under a policy, other tags need their tagOwners, without one
 		 * they must be among the key's. */
 		tailnet = operator_tailnet_of(ak);
+		if (!authkey_namespace_ok(c, ak, tailnet)) {
+			reply = coord_error_reply("AuthKeyNamespaceNotAllowed",
+						  "auth keys of tailnet %s may not be held in namespace %s (see the "
+						  "Tailnet's spec.authKeyNamespaces)", tailnet, kube_namespace(ak));
+			goto out;
+		}
 		struct json *key_tags = json_path(ak, "spec", "tags", NULL);
 		pol = policy_store_get(op->policies, tailnet);
 		if (pol && policy_tags_permitted(pol->p, json_str(json_path(ak, "spec", "user", NULL)), key_tags, tags, why,
