@@ -448,6 +448,16 @@ static void set_soft_state(struct coord *c, const struct json *dev, struct updat
 		mapstream_publish_device(c, dev);
 }
 
+/* Which limit a call counts against: logout goes with register. */
+static enum ratelimit_call call_kind(const char *type)
+{
+	if (!strcmp(type, "update"))
+		return RATELIMIT_UPDATE;
+	if (!strcmp(type, "register_pod"))
+		return RATELIMIT_REGISTER_POD;
+	return RATELIMIT_REGISTER;
+}
+
 static void h_call(struct httpd_req *req, void *arg)
 {
 	struct coord *c = arg;
@@ -460,7 +470,7 @@ static void h_call(struct httpd_req *req, void *arg)
 	if (!serving(c, req) || !(j = open_request(c, req, &s)))
 		return;
 	type = json_str(json_get(j, "type")) ?: "";
-	if (!within_limit(c, req, s->mkey, strcmp(type, "update") == 0 ? RATELIMIT_UPDATE : RATELIMIT_REGISTER)) {
+	if (!within_limit(c, req, s->mkey, call_kind(type))) {
 		json_free(j);
 		return;
 	}

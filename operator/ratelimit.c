@@ -7,11 +7,15 @@
  * reconnect (backoff from 1 s). The bursts let all of that through at
  * once; the refill rates bound a machine that calls in a loop to one
  * registration every 5 s (an API write and an urgent delta to every peer
- * each), one update a second and one map stream every 2 s. */
+ * each), one update a second and one map stream every 2 s. A node
+ * registers its pods' identities on its own session (register_pod): a node
+ * starting a hundred pods at once must get through, so that bucket is as
+ * deep as a node's pod capacity (110 by default) and refills faster. */
 const struct ratelimit_rule ratelimit_rules[RATELIMIT_CALLS] = {
 	[RATELIMIT_REGISTER] = { .burst = 10, .every_ms = 5000 },
 	[RATELIMIT_UPDATE] = { .burst = 20, .every_ms = 1000 },
 	[RATELIMIT_MAP] = { .burst = 10, .every_ms = 2000 },
+	[RATELIMIT_REGISTER_POD] = { .burst = 128, .every_ms = 200 },
 };
 
 static void refill(struct ratelimit_bucket *b, const struct ratelimit_rule *rule, uint64_t now_ms)
@@ -68,6 +72,7 @@ const char *ratelimit_call_name(enum ratelimit_call call)
 	case RATELIMIT_REGISTER: return "register";
 	case RATELIMIT_UPDATE: return "update";
 	case RATELIMIT_MAP: return "map";
+	case RATELIMIT_REGISTER_POD: return "register_pod";
 	case RATELIMIT_CALLS: break;
 	}
 	return "?";

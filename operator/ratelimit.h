@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-enum ratelimit_call { RATELIMIT_REGISTER, RATELIMIT_UPDATE, RATELIMIT_MAP, RATELIMIT_CALLS };
+enum ratelimit_call { RATELIMIT_REGISTER, RATELIMIT_UPDATE, RATELIMIT_MAP, RATELIMIT_REGISTER_POD, RATELIMIT_CALLS };
 
 /* A bucket holds up to burst tokens and gains one every every_ms. */
 struct ratelimit_rule {
@@ -37,7 +37,7 @@ uint64_t ratelimit_take(struct ratelimit *r, const struct ratelimit_rule *rules,
 /* True when every bucket is full again at now_ms: the machine called
  * nothing lately, and its entry may be forgotten. */
 bool ratelimit_idle(const struct ratelimit *r, const struct ratelimit_rule *rules, uint64_t now_ms);
-/* "register", "update", "map". */
+/* "register", "update", "map", "register_pod". */
 const char *ratelimit_call_name(enum ratelimit_call call);
 
 #endif

@@ -16,6 +16,7 @@ static const struct ratelimit_rule rules[RATELIMIT_CALLS] = {
 	[RATELIMIT_REGISTER] = { .burst = 3, .every_ms = 1000 },
 	[RATELIMIT_UPDATE] = { .burst = 5, .every_ms = 100 },
 	[RATELIMIT_MAP] = { .burst = 1, .every_ms = 2000 },
+	[RATELIMIT_REGISTER_POD] = { .burst = 2, .every_ms = 10 },
 };
 
 static void test_burst_then_refused(void **state)
@@ -82,6 +83,11 @@ static void test_server_rules(void **state)
 		ok += ratelimit_take(&r, ratelimit_rules, RATELIMIT_REGISTER, 1000 + (uint64_t)i * 12) == 0;
 	assert_true(ok <= 11);
 	assert_true(ok >= 10);
+	/* A node starting 110 pods at once registers them all. */
+	ok = 0;
+	for (int i = 0; i < 110; i++)
+		ok += ratelimit_take(&r, ratelimit_rules, RATELIMIT_REGISTER_POD, 2000) == 0;
+	assert_int_equal(ok, 110);
 }
 
 int main(void)
