@@ -120,8 +120,9 @@ static void usage(FILE *f)
 		"  --log-level LEVEL         debug, info, warn, error (default info)\n"
 		"  -h, --help                show this help\n"
 		"\n"
-		"Environment: KUBECONFIG, KNIT_LOG_LEVEL. SIGTERM/SIGINT stop it cleanly and\n"
-		"release the Lease so another replica takes over at once.\n");
+		"Environment: KUBECONFIG, KNIT_LOG_LEVEL. SIGTERM/SIGINT stop it cleanly: the\n"
+		"devices connected to it are written offline, and the Lease is released so\n"
+		"another replica takes over at once.\n");
 }
 
 static bool parse_ms(const char *flag, const char *v, uint32_t *out)
