@@ -256,7 +256,7 @@ e2e_expect "the operator logged what it bootstrapped" 2 \
 dump_pods
 
 t0=$(date +%s)
-K delete -f "$MAN/" --timeout=180s >"$E2E_DIR/delete.txt" 2>&1 ||
+K delete -f "$MAN/" --ignore-not-found --timeout=180s >"$E2E_DIR/delete.txt" 2>&1 ||
 	e2e_fail "kubectl delete -f manifests/ failed: $(tail -5 "$E2E_DIR/delete.txt")"
 nothing_left() { [ -z "$(knit_left)" ]; }
 e2e_check "kubectl delete -f manifests/ removes every object of knit" e2e_wait_for 120 nothing_left
