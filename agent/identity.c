@@ -494,6 +494,12 @@ static bool on_record(struct control_client *c, const struct json *rec, void *ar
 			logged_out(id, msg);
 			return false;
 		}
+		if (!strcmp(code, "TailnetChanged")) {
+			/* The old tailnet's peers, routes and deltas are not ours any
+			 * more: drop them; the next stream brings the new netmap. */
+			log_warn("this device moved to another tailnet; dropping the old netmap", "why=\"%s\"", msg);
+			clear_netmap(id);
+		}
 		snprintf(id->health, sizeof(id->health), "coordination server: %s", msg);
 		return false;
 	}

@@ -15,6 +15,11 @@
 #include "log.h"
 #include "operator.h"
 #include "authkey.h"
+#include "tailnet.h"
+
+/* AuthKeys' Secrets outside the operator's namespace are not watched (no
+ * RBAC for a cluster-wide watch): a deleted one is noticed this late. */
+#define FOREIGN_SECRET_RECHECK_MS (10u * 60u * 1000u)
 
 #define KEY_ID_BYTES 6 /* 12 hex: the public prefix */
 #define KEY_SECRET_BYTES 24 /* 192 bits */
@@ -216,6 +221,27 @@ enum authkey_step authkey_desired_status(const struct json *ak, const struct aut
 	return AUTHKEY_DONE;
 }
 
+/* Tailnet.spec.authKeyNamespaces (default: the operator's namespace) lists
+ * where its keys may live. Elsewhere the AuthKey is marked not Ready and
+ * registration refuses it (register.c). false when not allowed. */
+static bool namespace_allowed(struct operator *op, const struct json *ak, struct json *status, time_t now)
+{
+	const char *tailnet = operator_tailnet_of(ak);
+	struct json *tn = informer_get(op->tailnets, NULL, tailnet);
+	bool ok = tailnet_authkey_namespace_allowed(tn, kube_namespace(ak), op->namespace);
+	char msg[600];
+
+	json_free(tn);
+	if (ok)
+		return true;
+	snprintf(msg, sizeof(msg),
+		 "namespace %s may not hold auth keys of tailnet %s: list it in the Tailnet's spec.authKeyNamespaces "
+		 "(default: only %s)", kube_namespace(ak) ?: "", tailnet, op->namespace);
+	json_object_set(status, "observedGeneration", json_new_int(kube_generation(ak)));
+	kube_condition_set(status, "Ready", "False", "NamespaceNotAllowed", msg, kube_generation(ak), now);
+	return false;
+}
+
 int authkey_reconcile(struct operator *op, const char *ns, const char *name, uint64_t *requeue_ms)
 {
 	struct json *ak = informer_get(op->authkeys, ns, name), *secret = NULL, *status = NULL;
@@ -233,6 +259,10 @@ int authkey_reconcile(struct operator *op, const char *ns, const char *name, uin
 		err = -ENOMEM;
 		goto out;
 	}
+	if (!namespace_allowed(op, ak, status, now))
+		goto write; /* no Secret minted there: nor could it be (RBAC) */
+	if (strcmp(ns, op->namespace) != 0)
+		*requeue_ms = FOREIGN_SECRET_RECHECK_MS;
 	if (authkey_desired_status(ak, NULL, now, status, requeue_ms) == AUTHKEY_NEED_SECRET) {
 		authkey_secret_name(name, secret_name, sizeof(secret_name));
 		err = ensure_secret(op, ak, secret_name, &secret, &facts.conflict);
@@ -247,6 +277,7 @@ int authkey_reconcile(struct operator *op, const char *ns, const char *name, uin
 		sodium_memzero(key, sizeof(key));
 		authkey_desired_status(ak, &facts, now, status, requeue_ms);
 	}
+write:
 	err = operator_update_status(op, &res_authkeys, ak, status);
 	status = NULL;
 	if (err == -EAGAIN) {

@@ -23,6 +23,7 @@ struct httpd_stream;
 struct json;
 struct loop;
 struct loop_timer;
+struct metrics_family;
 struct strmap;
 
 #define CONTROL_SECRET "knit-control-key"
@@ -77,6 +78,7 @@ struct mapconn {
 	char tailnet[254];
 	struct changelog_cursor cur; /* .device, .tailnet point at the above */
 	struct strmap *peers; /* under a policy: the peers it sees (mappolicy.c) */
+	bool ended; /* an error record ended it; closing */
 	struct mapconn *prev, *next;
 };
 
@@ -142,6 +144,13 @@ struct coord {
 	struct loop_timer *pod_sweep; /* podident.c */
 	int pod_sweep_queued; /* atomic: a JOB_SWEEP_PODS waits or runs */
 	struct coord_stats stats;
+	struct strmap *limits; /* mkey -> struct ratelimit (ratelimit.h): call limits */
+	struct metrics_family *m_refusals; /* knit_coord_refusals_total{call,reason} */
+	/* Devices still marked online with no stream here are marked offline
+	 * once this leader has served OFFLINE_SWEEP_GRACE_MS (agents had time
+	 * to reconnect): a crashed leader wrote no offline transitions. */
+	uint64_t serving_since; /* 0: not serving (yet) */
+	bool offline_swept;
 
 	/* jobs: lock guards head, tail, njobs, ohead, otail, online_pending, stop */
 	pthread_mutex_t lock;
@@ -155,14 +164,25 @@ struct coord {
 	pthread_cond_t dev_cond;
 	unsigned dev_gen, addr_waiters;
 	bool stop;
+	/* Graceful stop (SIGTERM): the offline transitions of the streams just
+	 * closed are written, until drain_until (loop_mono_ms), before the
+	 * Lease goes; a lost leader writes nothing. */
+	bool drain_online;
+	uint64_t drain_until;
 	pthread_t workers[JOB_WORKERS];
 	int nworkers;
 	pthread_t key_loader;
 	bool key_loader_started;
 };
 
+#define OFFLINE_SWEEP_GRACE_MS 15000u
+#define OFFLINE_DRAIN_MS 5000u
+
 /* coord.c */
 uint64_t coord_now_ms(struct coord *c);
+/* Counts a refused call (knit_coord_refusals_total): call is "register",
+ * "update", "map", ...; reason the error code or "RateLimited". Any thread. */
+void coord_refused(struct coord *c, const char *call, const char *reason);
 struct json *coord_jstr(const char *s);
 struct json *coord_error_reply(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int coord_seal_json(struct channel_session *ch, const struct json *j, struct buf *out);
@@ -209,6 +229,9 @@ int register_job_submit(struct coord *c, struct job *j);
 void *register_job_worker(void *arg);
 void register_job_free(struct job *j);
 void register_reply_stream_closed(struct httpd_stream *st, void *arg);
+/* A graceful stop: the offline transitions queued now are written (for
+ * up to OFFLINE_DRAIN_MS) before the workers end. */
+void register_drain_offline(struct coord *c);
 /* Waits for the Device controller to give name its addresses. */
 struct json *register_wait_addresses(struct coord *c, const char *name);
 

@@ -22,7 +22,9 @@
 #include "kube/meta.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "operator.h"
+#include "ratelimit.h"
 #include "strmap.h"
 #include "wg/noise.h"
 
@@ -31,6 +33,37 @@
 uint64_t coord_now_ms(struct coord *c)
 {
 	return loop_now(c->op->loop);
+}
+
+void coord_refused(struct coord *c, const char *call, const char *reason)
+{
+	metrics_inc(METRICS_WITH(c->m_refusals, call, reason && *reason ? reason : "Unknown"));
+}
+
+/* One token of mkey's limit for call, or false after answering 429 with
+ * Retry-After (seconds, rounded up) and counting the refusal. */
+static bool within_limit(struct coord *c, struct httpd_req *req, const char *mkey, enum ratelimit_call call)
+{
+	struct ratelimit *r = strmap_get(c->limits, mkey);
+	uint64_t wait_ms;
+	char secs[24];
+
+	if (!r) {
+		r = calloc(1, sizeof(*r));
+		if (!r || strmap_set(c->limits, mkey, r, NULL)) {
+			free(r);
+			return true; /* out of memory: not the client's fault */
+		}
+	}
+	wait_ms = ratelimit_take(r, ratelimit_rules, call, coord_now_ms(c));
+	if (!wait_ms)
+		return true;
+	snprintf(secs, sizeof(secs), "%llu", (unsigned long long)((wait_ms + 999) / 1000));
+	httpd_req_set_header(req, "Retry-After", secs);
+	httpd_respond_text(req, 429, "too many %s calls from this machine: retry in %s s\n", ratelimit_call_name(call),
+			   secs);
+	coord_refused(c, ratelimit_call_name(call), "RateLimited");
+	return false;
 }
 
 struct json *coord_jstr(const char *s)
@@ -400,6 +433,16 @@ static void set_soft_state(struct coord *c, const struct json *dev, struct updat
 		mapstream_publish_device(c, dev);
 }
 
+/* Which limit a call counts against: logout goes with register. */
+static enum ratelimit_call call_kind(const char *type)
+{
+	if (!strcmp(type, "update"))
+		return RATELIMIT_UPDATE;
+	if (!strcmp(type, "register_pod"))
+		return RATELIMIT_REGISTER_POD;
+	return RATELIMIT_REGISTER;
+}
+
 static void h_call(struct httpd_req *req, void *arg)
 {
 	struct coord *c = arg;
@@ -412,10 +455,15 @@ static void h_call(struct httpd_req *req, void *arg)
 	if (!serving(c, req) || !(j = open_request(c, req, &s)))
 		return;
 	type = json_str(json_get(j, "type")) ?: "";
+	if (!within_limit(c, req, s->mkey, call_kind(type))) {
+		json_free(j);
+		return;
+	}
 	if (strcmp(type, "update") == 0) {
 		struct update_request u;
 		struct json *reply;
 		char why[200];
+		const char *code;
 		bool is_map = false;
 
 		if (!update_request_from_json(j, &u, &is_map, why, sizeof(why)) || is_map) {
@@ -432,6 +480,8 @@ static void h_call(struct httpd_req *req, void *arg)
 			json_free(dev);
 		}
 		update_request_free(&u);
+		if (messages_error(reply, &code, NULL))
+			coord_refused(c, "update", code);
 		if (reply)
 			coord_respond_sealed(req, s, reply);
 		else
@@ -442,6 +492,7 @@ static void h_call(struct httpd_req *req, void *arg)
 	}
 	if (strcmp(type, "register") != 0 && strcmp(type, "logout") != 0 && strcmp(type, "register_pod") != 0) {
 		struct json *e = coord_error_reply("BadRequest", "unknown call \"%s\"", type);
+		coord_refused(c, "unknown", "BadRequest");
 		coord_respond_sealed(req, s, e);
 		json_free(e);
 		json_free(j);
@@ -473,6 +524,7 @@ static void h_call(struct httpd_req *req, void *arg)
 	}
 	if (register_job_submit(c, job)) {
 		struct json *e = coord_error_reply("Busy", "the server is busy; try again");
+		coord_refused(c, type, "Busy");
 		struct buf out = BUF_INIT(4096);
 		if (coord_seal_json(&s->ch, e, &out) == 0)
 			httpd_stream_write(job->st, out.data, out.len);
@@ -528,11 +580,18 @@ static void h_map(struct httpd_req *req, void *arg)
 
 	if (!serving(c, req) || !(j = open_request(c, req, &s)))
 		return;
+	if (!within_limit(c, req, s->mkey, RATELIMIT_MAP)) {
+		json_free(j);
+		return;
+	}
 	dev = register_device_by_machine(c, s->mkey);
 	if (!dev || !mapstream_device_usable(dev)) {
-		struct json *e = dev ? coord_error_reply(json_bool(json_path(dev, "status", "keyExpired", NULL), false) ? "KeyExpired" : "NotReady",
+		bool expired = json_bool(json_path(dev, "status", "keyExpired", NULL), false);
+		struct json *e = dev ? coord_error_reply(expired ? "KeyExpired" : "NotReady",
 						   "the device cannot join yet (key expired or no addresses)")
 				     : coord_error_reply("NotRegistered", "this machine is not registered: run knit up --authkey KEY");
+
+		coord_refused(c, "map", !dev ? "NotRegistered" : expired ? "KeyExpired" : "NotReady");
 		/* A map answer is always records, errors included. */
 		respond_record(req, s, e);
 		json_free(e);
@@ -646,6 +705,54 @@ static bool keys_add(char ***keys, size_t *n, size_t *cap, const char *key)
 	return true;
 }
 
+struct stale_online {
+	struct coord *c;
+	char **names;
+	size_t n, cap;
+	bool oom;
+};
+
+static void find_stale_online(const struct json *dev, void *arg)
+{
+	struct stale_online *so = arg;
+	struct node *n = strmap_get(so->c->nodes, kube_name(dev) ?: "");
+
+	if (json_bool(json_path(dev, "status", "online", NULL), false) && (!n || n->streams == 0) &&
+	    !keys_add(&so->names, &so->n, &so->cap, kube_name(dev) ?: ""))
+		so->oom = true;
+}
+
+/* Once per leadership, OFFLINE_SWEEP_GRACE_MS after it began serving:
+ * Devices the API server shows online that hold no stream here are
+ * marked offline. A leader that crashed wrote no offline transitions, and
+ * an ephemeral device that went away meanwhile would otherwise stay
+ * "online" for ever and never be collected. The grace lets agents that
+ * are still there reconnect first (no flapping write for them). */
+static void offline_sweep(struct coord *c, uint64_t now)
+{
+	struct stale_online so = { .c = c };
+
+	if (!c->ready || !c->op->running || c->offline_swept || c->stopping)
+		return;
+	if (!c->serving_since) {
+		c->serving_since = now;
+		return;
+	}
+	if (now - c->serving_since < OFFLINE_SWEEP_GRACE_MS)
+		return;
+	c->offline_swept = true;
+	informer_foreach(c->op->devices, find_stale_online, &so);
+	for (size_t i = 0; i < so.n; i++) {
+		register_online_changed(c, so.names[i], false);
+		free(so.names[i]);
+	}
+	free(so.names);
+	if (so.n || so.oom)
+		log_info("devices without a stream marked offline", "count=%zu complete=%s", so.n, so.oom ? "no" : "yes");
+	if (so.oom)
+		c->offline_swept = false; /* again next round */
+}
+
 /* Every few seconds: sessions idle too long go (an unknown machine's
  * sooner, unless it has registered since), and replay timestamps of
  * machines the tailnet no longer knows. Uncapped: a flood is cleared in
@@ -705,6 +812,19 @@ static void on_sweep(struct loop *loop, struct loop_timer *t, void *arg)
 		free(dead[i]);
 	}
 	free(dead);
+	/* Call limits of machines that called nothing lately: their buckets
+	 * are full again, so forgetting them changes nothing. */
+	n = cap = 0;
+	dead = NULL;
+	for (struct strmap_entry *e = strmap_first(c->limits); e; e = strmap_next(c->limits, e))
+		if (ratelimit_idle(strmap_value(e), ratelimit_rules, now) && !keys_add(&dead, &n, &cap, strmap_key(e)))
+			break;
+	for (size_t i = 0; i < n; i++) {
+		free(strmap_del(c->limits, dead[i]));
+		free(dead[i]);
+	}
+	free(dead);
+	offline_sweep(c, now);
 	loop_timer_arm(t, 5000);
 }
 
@@ -749,12 +869,18 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 	c->handshake_ts = strmap_new();
 	c->unknown_per_ip = strmap_new();
 	c->online_pending = strmap_new();
+	c->limits = strmap_new();
+	c->m_refusals = op->metrics ? metrics_counter_new(op->metrics, "knit_coord_refusals_total",
+							  "Coordination calls refused, by call and reason (the error code, "
+							  "or RateLimited: 429).",
+							  (const char *[]){ "call", "reason", NULL })
+				    : NULL;
 	c->keepalive = loop_timer_new(op->loop, on_keepalive, c);
 	c->sweep = loop_timer_new(op->loop, on_sweep, c);
 	c->flush = loop_timer_new(op->loop, mapstream_flush, c);
 	c->trim = loop_timer_new(op->loop, on_trim, c);
 	c->pod_sweep = loop_timer_new(op->loop, podident_timer, c);
-	if (!c->trim || !c->pod_sweep || !c->sessions || !c->handshake_ts || !c->unknown_per_ip || !c->nodes || !c->policies || !c->online_pending || !c->keepalive || !c->sweep || !c->flush)
+	if (!c->trim || !c->pod_sweep || !c->sessions || !c->handshake_ts || !c->unknown_per_ip || !c->nodes || !c->policies || !c->online_pending || !c->limits || !c->keepalive || !c->sweep || !c->flush)
 		goto fail;
 	err = httpd_new(op->loop, &ho, &c->http);
 	if (err)
@@ -786,8 +912,13 @@ void coord_drop_all(struct coord *c)
 {
 	if (!c)
 		return;
-	for (struct mapconn *m = c->conns; m; m = m->next)
+	for (struct mapconn *m = c->conns; m; m = m->next) {
+		/* The streams end after this returns, when coord_shutdown()
+		 * has stopped transitions: a graceful stop queues them here. */
+		if (c->drain_online && m->node && !m->node->dead)
+			register_online_changed(c, m->node->pub.name, false);
 		httpd_stream_close(m->st);
+	}
 	for (struct strmap_entry *e = strmap_first(c->sessions); e; e = strmap_next(c->sessions, e)) {
 		struct session *s = strmap_value(e);
 		channel_session_wipe(&s->ch);
@@ -798,6 +929,12 @@ void coord_drop_all(struct coord *c)
 	strmap_free(c->unknown_per_ip);
 	c->unknown_per_ip = strmap_new();
 	c->unknown_sessions = 0;
+}
+
+void coord_stop_gracefully(struct coord *c)
+{
+	if (c)
+		register_drain_offline(c);
 }
 
 void coord_shutdown(struct coord *c)
@@ -855,6 +992,11 @@ void coord_free(struct coord *c)
 		strmap_free(c->handshake_ts);
 	}
 	strmap_free(c->unknown_per_ip);
+	if (c->limits) {
+		for (struct strmap_entry *e = strmap_first(c->limits); e; e = strmap_next(c->limits, e))
+			free(strmap_value(e));
+		strmap_free(c->limits);
+	}
 	mappolicy_free_all(c);
 	mapstream_free(c);
 	loop_timer_free(c->keepalive);

@@ -50,6 +50,11 @@ void coord_device_deleted(struct coord *c, const struct json *dev);
 void coord_tailnet_changed(struct coord *c, const struct json *old, const struct json *tn);
 /* Leadership lost or shutting down: close every stream and session. */
 void coord_drop_all(struct coord *c);
+/* A graceful stop (SIGTERM), before coord_drop_all(): the devices whose
+ * streams it closes are written offline before coord_join() returns (for
+ * up to 5 s), so the next leader and the ephemeral-device collection see
+ * them offline. Not after lost leadership: another leader writes then. */
+void coord_stop_gracefully(struct coord *c);
 
 struct coord_stats {
 	unsigned long sessions, streams, handshakes, handshake_failures, registrations, frames_rejected;

@@ -148,8 +148,9 @@ static void usage(FILE *f)
 		"  --log-level LEVEL         debug, info, warn, error (default info)\n"
 		"  -h, --help                show this help\n"
 		"\n"
-		"Environment: KUBECONFIG, KNIT_LOG_LEVEL. SIGTERM/SIGINT stop it cleanly and\n"
-		"release the Lease so another replica takes over at once.\n");
+		"Environment: KUBECONFIG, KNIT_LOG_LEVEL. SIGTERM/SIGINT stop it cleanly: the\n"
+		"devices connected to it are written offline, and the Lease is released so\n"
+		"another replica takes over at once.\n");
 }
 
 static bool parse_ms(const char *flag, const char *v, uint32_t *out)
@@ -383,10 +384,25 @@ static void enqueue_devices_of_tailnet(const struct json *dev, void *arg)
 		controller_enqueue(op.device_ctl, dev);
 }
 
-static void tn_add(struct informer *i, const struct json *o, void *a) { controller_enqueue(op.tailnet_ctl, o); }
+/* A Tailnet's authKeyNamespaces may have changed: its AuthKeys say again
+ * whether they may register devices. */
+static void enqueue_authkey_of_tailnet(const struct json *ak, void *arg)
+{
+	if (strcmp(operator_tailnet_of(ak), arg) == 0)
+		controller_enqueue(op.authkey_ctl, ak);
+}
+
+static void tn_add(struct informer *i, const struct json *o, void *a)
+{
+	controller_enqueue(op.tailnet_ctl, o);
+	if (op.authkeys)
+		informer_foreach(op.authkeys, enqueue_authkey_of_tailnet, (void *)kube_name(o));
+}
 static void tn_upd(struct informer *i, const struct json *old, const struct json *o, void *a)
 {
 	controller_enqueue(op.tailnet_ctl, o);
+	if (!json_equal(json_path(old, "spec", "authKeyNamespaces", NULL), json_path(o, "spec", "authKeyNamespaces", NULL)))
+		informer_foreach(op.authkeys, enqueue_authkey_of_tailnet, (void *)kube_name(o));
 	/* Pools or timeouts may have changed: every device of it takes another look. */
 	if (!json_equal(json_get(old, "spec"), json_get(o, "spec"))) {
 		informer_foreach(op.devices, enqueue_devices_of_tailnet, (void *)kube_name(o));
@@ -482,7 +498,10 @@ static struct informer *start_informer(const struct kube_resource *res, const ch
 	struct informer *inf;
 
 	with_sync.on_synced = informer_synced_cb;
-	inf = informer_new(op.kube, res, NULL, selector, &with_sync, arg);
+	/* Secrets only in our own namespace (the RBAC grants no more: see
+	 * manifests/10-operator.yaml); AuthKeys' Secrets elsewhere are read
+	 * directly. */
+	inf = informer_new(op.kube, res, res == &kube_res_secrets ? op.namespace : NULL, selector, &with_sync, arg);
 	if (!inf)
 		return NULL;
 	informer_set_metrics(inf, METRICS_WITH(m_restarts, res->plural), METRICS_WITH(m_relists, res->plural),
@@ -580,6 +599,8 @@ static void shutdown_all(int code)
 	exit_code = code;
 	op.running = false;
 	relay_instance_shutdown(relay);
+	if (code == 0)
+		coord_stop_gracefully(op.coord);
 	coord_drop_all(op.coord);
 	coord_shutdown(op.coord);
 	if (op.tailnet_ctl) {

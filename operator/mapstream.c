@@ -340,6 +340,50 @@ static void publish_all(struct coord *c, struct devlist *l)
 	free(l->v);
 }
 
+/* Why dev's own map streams must end, or NULL: an expired key, a Device
+ * being deleted, or a stream that follows another tailnet than the
+ * Device's now. Such a stream would go on delivering deltas the device
+ * may no longer see (docs/control-protocol.md, "Stream errors"). */
+static const char *stream_end_reason(const struct json *dev, const struct mapconn *m, const char **msg)
+{
+	if (strcmp(m->tailnet, operator_tailnet_of(dev)) != 0) {
+		*msg = "this device moved to another tailnet; reconnect for its netmap";
+		return "TailnetChanged";
+	}
+	if (json_bool(json_path(dev, "status", "keyExpired", NULL), false)) {
+		*msg = "this device's node key has expired; re-authenticate it";
+		return "KeyExpired";
+	}
+	if (kube_deleting(dev)) {
+		*msg = "this device is being deleted; run knit up --authkey to join again";
+		return "DeviceDeleted";
+	}
+	return NULL;
+}
+
+/* Ends dev's streams that it may not keep (stream_end_reason) with an
+ * error record: nothing follows it on the stream. */
+static void end_unusable_streams(struct coord *c, const struct json *dev)
+{
+	const char *name = kube_name(dev) ?: "";
+
+	for (struct mapconn *m = c->conns; m; m = m->next) {
+		const char *code, *msg;
+		struct json *e;
+
+		if (m->ended || strcmp(m->device, name) != 0 || !(code = stream_end_reason(dev, m, &msg)))
+			continue;
+		e = coord_error_reply(code, "%s", msg);
+		if (e)
+			mapstream_send_json(m, e);
+		json_free(e);
+		m->ended = true;
+		httpd_stream_close(m->st);
+		coord_refused(c, "stream", code);
+		log_info("coordination: map stream ended", "device=%s code=%s tailnet=%s", name, code, m->tailnet);
+	}
+}
+
 /* Logs dev's record if it changed (or its removal if it is no longer a peer). */
 void mapstream_publish_device(struct coord *c, const struct json *dev)
 {
@@ -358,6 +402,7 @@ void mapstream_publish_device(struct coord *c, const struct json *dev)
 
 	if (!n)
 		return;
+	end_unusable_streams(c, dev);
 	if (usable && key_held_before(c, dev, key)) {
 		if (n->pub.peer)
 			log_warn("coordination: another device holds this node key; not a peer", "device=%s", name);
@@ -444,9 +489,11 @@ void mapstream_device_deleted(struct coord *c, const struct json *dev)
 	/* Its own streams end: the identity no longer exists. */
 	d = coord_error_reply("DeviceDeleted", "this device was deleted; run knit up --authkey to join again");
 	for (struct mapconn *m = c->conns; m; m = m->next) {
-		if (strcmp(m->device, name) == 0) {
+		if (strcmp(m->device, name) == 0 && !m->ended) {
 			mapstream_send_json(m, d);
+			m->ended = true;
 			httpd_stream_close(m->st);
+			coord_refused(c, "stream", "DeviceDeleted");
 		}
 	}
 	json_free(d);

@@ -27,6 +27,7 @@
 #include "policy.h"
 #include "record.h"
 #include "strmap.h"
+#include "tailnet.h"
 #include "wg/noise.h"
 
 /* ---- worker pool: registration's API writes ---- */
@@ -97,6 +98,31 @@ static struct json *do_logout(struct coord *c, const char *mkey);
 static void do_count_use(struct coord *c, const char *ns, const char *name);
 static void do_online(struct coord *c, const char *device, bool online, time_t at);
 
+/* A graceful stop still writes offline transitions, for a while. c->lock held. */
+static bool draining_online(struct coord *c)
+{
+	return c->drain_online && loop_mono_ms() < c->drain_until;
+}
+
+void register_drain_offline(struct coord *c)
+{
+	pthread_mutex_lock(&c->lock);
+	c->drain_online = true;
+	c->drain_until = loop_mono_ms() + OFFLINE_DRAIN_MS;
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* What a call's refusal is counted as (knit_coord_refusals_total). */
+static void count_refusal(struct job *j)
+{
+	static const char *const calls[] = { [JOB_REGISTER] = "register", [JOB_LOGOUT] = "logout",
+					     [JOB_REGISTER_POD] = "register_pod" };
+	const char *code;
+
+	if (j->type < sizeof(calls) / sizeof(calls[0]) && calls[j->type] && messages_error(j->reply, &code, NULL))
+		coord_refused(j->c, calls[j->type], code);
+}
+
 void *register_job_worker(void *arg)
 {
 	struct coord *c = arg;
@@ -107,7 +133,8 @@ void *register_job_worker(void *arg)
 		pthread_mutex_lock(&c->lock);
 		while (!c->head && !c->ohead && !c->stop)
 			pthread_cond_wait(&c->cond, &c->lock);
-		j = c->head || !c->stop ? job_next(c) : NULL; /* stopping: finish the calls only */
+		/* Stopping: finish the calls, and the offline writes of a graceful stop. */
+		j = c->head || !c->stop || draining_online(c) ? job_next(c) : NULL;
 		pthread_mutex_unlock(&c->lock);
 		if (!j)
 			break;
@@ -137,6 +164,7 @@ static void job_done(struct loop *loop, void *arg)
 	struct session *s = strmap_get(c->sessions, j->sess_id);
 	struct buf out = BUF_INIT(16u << 20);
 
+	count_refusal(j);
 	if (j->st && s && j->reply && coord_seal_json(&s->ch, j->reply, &out) == 0)
 		httpd_stream_write(j->st, out.data, out.len);
 	if (j->st)
@@ -359,6 +387,128 @@ struct json *register_wait_addresses(struct coord *c, const char *name)
 	return dev;
 }
 
+/* ---- registration's checks and its key use (issue 15.8) ---- */
+
+/* The Device CRD's own limits (manifests/01-crd-devices.yaml), checked
+ * before the key's use is counted: the API server would refuse such a
+ * Device with a 422 only after the use was taken. */
+#define DEVICE_MAX_TAGS 32u
+#define DEVICE_MAX_ROUTES 256u
+
+static bool request_fits_device(const struct register_request *rq, char *why, size_t whylen)
+{
+	if (rq->ntags > DEVICE_MAX_TAGS) {
+		snprintf(why, whylen, "tags: at most %u", DEVICE_MAX_TAGS);
+		return false;
+	}
+	for (size_t i = 0; i < rq->ntags; i++)
+		for (size_t k = 0; k < i; k++)
+			if (strcmp(rq->tags[i], rq->tags[k]) == 0) {
+				snprintf(why, whylen, "tags[%zu]: %s is given twice", i, rq->tags[i]);
+				return false;
+			}
+	if (rq->nroutes > DEVICE_MAX_ROUTES) {
+		snprintf(why, whylen, "advertiseRoutes: at most %u", DEVICE_MAX_ROUTES);
+		return false;
+	}
+	return true;
+}
+
+/* Is ak's namespace one that may hold keys of its tailnet
+ * (Tailnet.spec.authKeyNamespaces; default the operator's own)? */
+static bool authkey_namespace_ok(struct coord *c, const struct json *ak, const char *tailnet)
+{
+	struct json *tn = informer_get(c->op->tailnets, NULL, tailnet);
+	bool ok = tailnet_authkey_namespace_allowed(tn, kube_namespace(ak), c->op->namespace);
+
+	json_free(tn);
+	return ok;
+}
+
+static int give_back_use(struct json *ak, void *arg)
+{
+	struct json *st = json_get(ak, "status");
+	int64_t uses = json_int(json_get(st, "uses"), 0);
+
+	if (uses <= 0)
+		return 0;
+	json_object_set(st, "uses", json_new_int(uses - 1));
+	return 1;
+}
+
+/* The Device write failed after the key's use was counted: the use is
+ * given back, so a one-off key is still usable. (The use is counted first,
+ * under the API server's precondition, so that no Device ever exists for
+ * a key another registration just used up.) */
+static void refund_use(struct coord *c, const char *ns, const char *name)
+{
+	struct kube_result r = { 0 };
+
+	if (kube_update_retry(c->op->kube, &res_authkeys, ns, name, true, 8, give_back_use, NULL, &r) < 0 ||
+	    !kube_ok(&r))
+		log_warn("auth key use not given back after a failed registration", "authkey=%s/%s status=%ld", ns, name,
+			 r.status);
+	else
+		log_info("auth key use given back: the registration failed", "authkey=%s/%s", ns, name);
+	kube_result_clear(&r);
+}
+
+/* The API server's copy of the cached Device existing (takes it): the
+ * cache lags our own writes by a moment, and a re-registration compared
+ * with a stale copy would skip a write it needs ("changes nothing") or
+ * fail on its resourceVersion. One read instead. The cached copy when the
+ * read fails; NULL when the Device is gone. */
+static struct json *fresh_device(struct coord *c, struct json *existing)
+{
+	struct kube_result r = { 0 };
+	struct json *fresh = NULL;
+
+	if (!existing)
+		return NULL;
+	if (kube_get(c->op->kube, &res_devices, NULL, kube_name(existing), &r) == 0) {
+		if (kube_ok(&r) && json_equal(json_path(r.obj, "spec", "machineKey", NULL),
+					      json_path(existing, "spec", "machineKey", NULL)))
+			fresh = kube_result_take(&r);
+		else if (r.status == 404)
+			fresh = NULL;
+		else
+			fresh = json_clone(existing);
+	} else {
+		fresh = json_clone(existing);
+	}
+	kube_result_clear(&r);
+	json_free(existing);
+	return fresh;
+}
+
+/* Writes the Device (create or update), unless a re-registration changes
+ * nothing: then no API write and no delta to any peer. Returns NULL or
+ * the reply to send; the API server's text goes to the log only (it names
+ * fields and values of our own objects). */
+static struct json *write_device(struct coord *c, const struct json *existing, const struct json *dev, const char *name,
+				 bool *written)
+{
+	struct kube_result r = { 0 };
+	struct json *reply = NULL;
+	int err;
+
+	*written = false;
+	if (existing && json_equal(json_get(existing, "spec"), json_get(dev, "spec")))
+		return NULL;
+	*written = true;
+	err = existing ? kube_update(c->op->kube, &res_devices, NULL, dev, false, &r)
+		       : kube_create(c->op->kube, &res_devices, NULL, dev, &r);
+	if (err || !kube_ok(&r)) {
+		log_warn("cannot record the device", "device=%s err=%d status=%ld reason=%s message=\"%s\"", name, err,
+			 r.status, r.reason ?: "", r.message ?: "");
+		reply = coord_error_reply(r.status == 409 ? "Conflict" : r.status == 422 ? "Invalid" : "Unavailable",
+					  r.status == 422 ? "the server cannot record this device; its log says why"
+							  : "cannot record the device (HTTP %ld); try again", r.status);
+	}
+	kube_result_clear(&r);
+	return reply;
+}
+
 static struct json *do_register(struct coord *c, const char *mkey, const struct json *req)
 {
 	struct operator *op = c->op;
@@ -370,7 +520,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 	unsigned char h[crypto_hash_sha256_BYTES];
 	struct kube_result r = { 0 };
 	time_t now = time(NULL);
-	bool ephemeral = false;
+	bool ephemeral = false, counted = false, count_later = false, written = false;
 	const char *tailnet = "default", *auth;
 	struct policy_ref *pol = NULL;
 
@@ -379,6 +529,10 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		reply = coord_error_reply("BadRequest", "%s", why);
 		return reply;
 	}
+	if (!request_fits_device(&rq, why, sizeof(why))) {
+		reply = coord_error_reply("BadRequest", "%s", why);
+		goto out;
+	}
 	auth = rq.auth_key;
 	channel_key_format(rq.node_key, "nodekey:", node_key, sizeof(node_key));
 	channel_key_format(rq.disco_key, "discokey:", disco_key, sizeof(disco_key));
@@ -386,7 +540,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		reply = coord_error_reply("NodeKeyInUse", "another device holds this node key; make a new one");
 		goto out;
 	}
-	existing = register_device_by_machine(c, mkey);
+	existing = fresh_device(c, register_device_by_machine(c, mkey));
 	tags = fields_strv_json(rq.tags, rq.ntags);
 	if (!tags)
 		goto nomem;
@@ -416,6 +570,12 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		 * under a policy, other tags need their tagOwners, without one
 		 * they must be among the key's. */
 		tailnet = operator_tailnet_of(ak);
+		if (!authkey_namespace_ok(c, ak, tailnet)) {
+			reply = coord_error_reply("AuthKeyNamespaceNotAllowed",
+						  "auth keys of tailnet %s may not be held in namespace %s (see the "
+						  "Tailnet's spec.authKeyNamespaces)", tailnet, kube_namespace(ak));
+			goto out;
+		}
 		struct json *key_tags = json_path(ak, "spec", "tags", NULL);
 		pol = policy_store_get(op->policies, tailnet);
 		if (pol && policy_tags_permitted(pol->p, json_str(json_path(ak, "spec", "user", NULL)), key_tags, tags, why,
@@ -447,7 +607,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 				reply = refusal_reply(u.code);
 				goto out;
 			}
-			count_use_later(c, kube_namespace(ak), kube_name(ak));
+			count_later = true; /* once the Device is written */
 		} else {
 			/* One use, counted on the API server with a resourceVersion
 			 * precondition: concurrent registrations cannot both take
@@ -463,6 +623,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 								  r.status, r.reason);
 				goto out;
 			}
+			counted = true;
 		}
 		ephemeral = json_bool(json_path(ak, "spec", "ephemeral", NULL), false);
 	} else if (!existing) {
@@ -530,15 +691,14 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		json_free(auto_ok);
 	}
 
-	int err = existing ? kube_update(op->kube, &res_devices, NULL, dev, false, &r)
-			   : kube_create(op->kube, &res_devices, NULL, dev, &r);
-	if (err || !kube_ok(&r)) {
-		reply = coord_error_reply(r.status == 409 ? "Conflict" : "Unavailable",
-				    "cannot record the device (HTTP %ld %s: %s); try again", r.status, r.reason, r.message);
-		kube_result_clear(&r);
+	reply = write_device(c, existing, dev, name, &written);
+	if (reply) {
+		if (counted)
+			refund_use(c, kube_namespace(ak), kube_name(ak));
 		goto out;
 	}
-	kube_result_clear(&r);
+	if (count_later)
+		count_use_later(c, kube_namespace(ak), kube_name(ak));
 	json_free(dev);
 	dev = register_wait_addresses(c, name);
 	if (!dev) {
@@ -560,7 +720,8 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 	free(resp.addresses);
 	if (!reply)
 		goto nomem;
-	log_info("device registered", "device=%s machine=%.16s new=%s", name, mkey + 5, existing ? "no" : "yes");
+	log_info("device registered", "device=%s machine=%.16s new=%s written=%s", name, mkey + 5, existing ? "no" : "yes",
+		 written ? "yes" : "no");
 	goto out;
 nomem:
 	reply = coord_error_reply("Unavailable", "out of memory");

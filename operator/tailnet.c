@@ -14,6 +14,19 @@
 #include "operator.h"
 #include "tailnet.h"
 
+bool tailnet_authkey_namespace_allowed(const struct json *tn, const char *ns, const char *operator_ns)
+{
+	const struct json *list = json_path(tn, "spec", "authKeyNamespaces", NULL);
+
+	if (!ns)
+		return false;
+	if (!json_is_array(list))
+		return operator_ns && strcmp(ns, operator_ns) == 0;
+	for (size_t i = 0; i < json_array_len(list); i++)
+		if (json_str(json_array_at(list, i)) && strcmp(json_str(json_array_at(list, i)), ns) == 0)
+			return true;
+	return false;
+}
 
 void tailnet_desired_status(const struct json *tn, const struct tailnet_facts *f, time_t now, struct json *status)
 {

@@ -84,6 +84,30 @@ e2e_check "relay.replicas=3 meshes three replicas" \
 	sh -c "'$HELM' template knit '$CHART' -n knit-system --set relay.replicas=3 2>/dev/null | grep -q -- 'knit-relay-2.knit-relay-mesh.knit-system.svc:8080'"
 e2e_expect "relay.enabled=false renders no relay and no relay flag" 0 \
 	"$("$HELM" template knit "$CHART" --set relay.enabled=false 2>/dev/null | grep -c 'knit-relay')"
+refused "a bad namespace in operator.authKeyNamespaces" "/operator/authKeyNamespaces/0" \
+	--set 'operator.authKeyNamespaces={Team_A}'
+# Secrets: bound per namespace, never cluster-wide (issue 15.8).
+secret_bindings() {
+	"$HELM" template knit "$CHART" -n knit-system "$@" 2>/dev/null | python3 -c '
+import sys, yaml
+for d in yaml.safe_load_all(sys.stdin):
+    if d and d["kind"] in ("RoleBinding", "ClusterRoleBinding") and d["roleRef"]["name"] == "knit-operator-secrets":
+        print(d["kind"], d["metadata"].get("namespace", "-"))
+' | sort | xargs
+}
+e2e_expect "the operator's Secrets role is bound in its own namespace only" "RoleBinding knit-system" "$(secret_bindings)"
+e2e_expect "and in each of operator.authKeyNamespaces" "RoleBinding ci RoleBinding knit-system RoleBinding team" \
+	"$(secret_bindings --set 'operator.authKeyNamespaces={ci,team}')"
+clusterrole_secrets() { # the knit-operator ClusterRole's rules naming secrets, in FILE
+	python3 -c '
+import sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d["kind"] == "ClusterRole" and d["metadata"]["name"] == "knit-operator":
+        print(sum("secrets" in r.get("resources", []) for r in d["rules"]))
+' "$1"
+}
+e2e_expect "the operator's ClusterRole grants no Secrets (manifests, chart)" "0 0" \
+	"$(clusterrole_secrets "$MAN/10-operator.yaml") $(clusterrole_secrets "$E2E_DIR/chart.yaml")"
 
 # Every manifest and example parses; no null-valued key hides a YAML slip.
 nulls() {

@@ -453,9 +453,32 @@ static void test_policy_registration(void **state)
 	policy_free(p);
 }
 
+/* Tailnet.spec.authKeyNamespaces: absent, only the operator's namespace;
+ * present, exactly the ones listed (an empty list allows none). */
+static void test_authkey_namespaces(void **state)
+{
+	struct json *none = parse("{\"spec\":{}}"), *list = parse("{\"spec\":{\"authKeyNamespaces\":[\"ci\",\"team\"]}}"),
+		    *empty = parse("{\"spec\":{\"authKeyNamespaces\":[]}}");
+
+	assert_true(tailnet_authkey_namespace_allowed(none, "knit-system", "knit-system"));
+	assert_false(tailnet_authkey_namespace_allowed(none, "default", "knit-system"));
+	assert_true(tailnet_authkey_namespace_allowed(NULL, "knit-system", "knit-system")); /* no Tailnet yet */
+	assert_false(tailnet_authkey_namespace_allowed(NULL, "kube-system", "knit-system"));
+	assert_true(tailnet_authkey_namespace_allowed(list, "team", "knit-system"));
+	assert_true(tailnet_authkey_namespace_allowed(list, "ci", "knit-system"));
+	assert_false(tailnet_authkey_namespace_allowed(list, "knit-system", "knit-system")); /* not listed */
+	assert_false(tailnet_authkey_namespace_allowed(list, "tea", "knit-system"));
+	assert_false(tailnet_authkey_namespace_allowed(empty, "knit-system", "knit-system"));
+	assert_false(tailnet_authkey_namespace_allowed(list, NULL, "knit-system"));
+	json_free(none);
+	json_free(list);
+	json_free(empty);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_authkey_namespaces),
 		cmocka_unit_test(test_tailnet),
 		cmocka_unit_test(test_authkey),
 		cmocka_unit_test(test_device_plan),
