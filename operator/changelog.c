@@ -25,7 +25,7 @@ static void entry_drop(struct changelog *l, struct changelog_entry *e)
 		e->n->refs--;
 		if (l->ops.unref)
 			l->ops.unref(e->n, l->ops.arg);
-	} else {
+	} else if (e->rm) {
 		free(e->rm->tailnet);
 		free(e->rm->device);
 		free(e->rm);
@@ -51,7 +51,7 @@ void changelog_compact(struct changelog *l)
 
 	for (size_t i = 0; i < l->len; i++) {
 		struct changelog_entry *e = &l->log[i];
-		bool keep = e->n ? entry_live(e) : e->seq > oldest;
+		bool keep = e->n ? entry_live(e) : e->seq > oldest; /* removals and marks */
 
 		if (keep)
 			l->log[k++] = *e;
@@ -129,6 +129,11 @@ int changelog_unpublish(struct changelog *l, struct changelog_node *n)
 	return 0;
 }
 
+int changelog_mark(struct changelog *l)
+{
+	return append(l, NULL, NULL);
+}
+
 void changelog_sync(struct changelog *l, struct changelog_cursor *cur)
 {
 	cur->cursor = 0;
@@ -162,12 +167,12 @@ static size_t after(const struct changelog *l, uint64_t seq)
  * the same tailnet at the same cursor whose own device it does not name. */
 static bool delta_cached(const struct changelog *l, const struct changelog_cursor *cur)
 {
-	if (cur->visible || !l->delta.valid || l->delta.seq != l->seq || l->delta.from != cur->cursor ||
+	if (cur->visible || cur->extra || !l->delta.valid || l->delta.seq != l->seq || l->delta.from != cur->cursor ||
 	    strcmp(l->delta.tailnet, cur->tailnet) != 0)
 		return false;
 	for (size_t k = 0; k < l->delta.nwho; k++) {
 		const struct changelog_entry *w = &l->delta.who[k];
-		if (strcmp(w->n ? w->n->name : w->rm->device, cur->device) == 0)
+		if ((w->n || w->rm) && strcmp(w->n ? w->n->name : w->rm->device, cur->device) == 0)
 			return false;
 	}
 	return true;
@@ -184,11 +189,24 @@ static int add_member(struct buf *rec, const char *open, const struct buf *text,
 	return err;
 }
 
+/* Appends a comma-separated list to another. */
+static int add_list(struct buf *to, const char *list, size_t len)
+{
+	int err = 0;
+
+	if (!len)
+		return 0;
+	if (to->len)
+		err = buf_add_byte(to, ',');
+	return err ? err : buf_add(to, list, len);
+}
+
 int changelog_next(struct changelog *l, struct changelog_cursor *cur, const struct changelog_node *me,
 		   const char *full_fields, size_t record_bytes, struct buf *rec, struct changelog_step *step)
 {
 	struct buf peers = BUF_INIT(16u << 20), removes = BUF_INIT(16u << 20);
 	const struct changelog_node *self = NULL;
+	const struct changelog_extra *x = cur->syncing ? NULL : cur->extra;
 	size_t i = after(l, cur->cursor);
 	int err = 0, ret = 0;
 
@@ -225,7 +243,7 @@ int changelog_next(struct changelog *l, struct changelog_cursor *cur, const stru
 				err = buf_add_byte(&peers, ',');
 			if (!err)
 				err = buf_add(&peers, n->peer, n->peer_len);
-		} else {
+		} else if (e->rm) {
 			const struct changelog_removal *rm = e->rm;
 			if (cur->syncing && e->seq <= cur->sync_from)
 				continue; /* before this netmap began: never sent */
@@ -237,7 +255,13 @@ int changelog_next(struct changelog *l, struct changelog_cursor *cur, const stru
 	if (err)
 		goto out;
 	step->more = cur->syncing && i < l->len;
-	if (!cur->syncing && !peers.len && !removes.len && !self) {
+	if (!err && x)
+		err = add_list(&peers, x->peers, x->peers_len);
+	if (!err && x)
+		err = add_list(&removes, x->removes, x->removes_len);
+	if (err)
+		goto out;
+	if (!cur->syncing && !peers.len && !removes.len && !self && !(x && x->fields_len)) {
 		cur->cursor = step->upto; /* only other tailnets' or stale entries */
 		goto out;
 	}
@@ -268,6 +292,8 @@ int changelog_next(struct changelog *l, struct changelog_cursor *cur, const stru
 			if (!err)
 				err = buf_add(rec, self->peer, self->peer_len);
 		}
+		if (!err && x && x->fields_len)
+			err = buf_add(rec, x->fields, x->fields_len);
 	}
 	if (!err && cur->syncing)
 		err = buf_add_str(rec, step->more ? ",\"more\":true" : ",\"more\":false");
@@ -276,7 +302,7 @@ int changelog_next(struct changelog *l, struct changelog_cursor *cur, const stru
 	/* A delta that covers the log to its end and is not about this
 	 * stream's own device is what every stream of the tailnet at the same
 	 * cursor gets next. */
-	step->cacheable = !cur->visible && !cur->syncing && !self && i == l->len && step->nwho <= CHANGELOG_CACHE_WHO && i > first;
+	step->cacheable = !cur->visible && !x && !cur->syncing && !self && i == l->len && step->nwho <= CHANGELOG_CACHE_WHO && i > first;
 	ret = err ? err : 1;
 out:
 	buf_free(&peers);
