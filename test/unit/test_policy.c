@@ -977,6 +977,21 @@ static void test_view_delta(void **state)
 			assert_int_equal(policy_net_peers(a, devs[d].name, &pa_), 0);
 			assert_int_equal(policy_net_peers(b, devs[d].name, &pb_), 0);
 			snprintf(ja, sizeof(ja), "%s", names_join(&pa_));
+			{
+				/* The direct dump is the JSON tree's text. */
+				struct policy_filter f;
+				struct buf t = BUF_INIT(1 << 20);
+				struct json *j;
+
+				assert_int_equal(policy_net_filter(b, devs[d].name, &f), 0);
+				assert_non_null(j = policy_filter_to_json(&f));
+				assert_int_equal(json_dump(j, &t, 0), 0);
+				assert_int_equal(t.len, strlen(fb));
+				assert_memory_equal(t.data, fb, t.len);
+				json_free(j);
+				buf_free(&t);
+				policy_filter_free(&f);
+			}
 			if ((strcmp(ja, names_join(&pb_)) || strcmp(fa, fb)) && !strmap_has(affset, devs[d].name))
 				fail_msg("case %zu: %s changed but is not in the affected set %s", i, devs[d].name, joined);
 			policy_names_free(&pa_);
