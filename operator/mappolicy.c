@@ -94,18 +94,18 @@ static char *device_facts(const struct json *dev)
 /* What a stream under a policy holds besides its peer set (m->peers). */
 struct mapview {
 	uint8_t filter_hash[16]; /* of the packetFilter it has, or is about to get */
-	char *filter; /* pending: ,"packetFilter":[...] to send; NULL: unchanged */
-	size_t filter_len;
+	struct computed *filter; /* pending: its ,"packetFilter":[...] to send; NULL: unchanged */
 	struct strmap *up, *rm; /* pending: peers it now sees / no longer sees */
 	struct buf peers, removes; /* the record under way */
 	struct changelog_extra x;
 };
 
+static void computed_put(struct computed *k);
+
 static void view_clear(struct mapview *v)
 {
-	free(v->filter);
+	computed_put(v->filter);
 	v->filter = NULL;
-	v->filter_len = 0;
 	strmap_free(v->up);
 	strmap_free(v->rm);
 	v->up = v->rm = NULL;
@@ -136,16 +136,18 @@ static bool view_pending(const struct mapview *v)
 }
 
 /* A device's view under a net, computed once per change and shared by
- * its streams. */
+ * its streams (refs: the cache's and each stream's that has its filter
+ * pending; peers, whose names belong to the net, only during the change). */
 struct computed {
+	unsigned refs;
 	struct policy_names peers;
 	struct buf filter; /* ,"packetFilter":[...] */
 	uint8_t hash[16];
 };
 
-static void computed_free(struct computed *k)
+static void computed_put(struct computed *k)
 {
-	if (!k)
+	if (!k || --k->refs)
 		return;
 	policy_names_free(&k->peers);
 	buf_free(&k->filter);
@@ -160,6 +162,7 @@ static int compute(struct mappolicy *mp, const char *device, struct computed **o
 
 	if (err)
 		return err;
+	k->refs = 1;
 	buf_init(&k->filter, POLICY_FILTER_MAX_BYTES);
 	err = buf_add_str(&k->filter, FILTER_MEMBER);
 	if (!err && !strmap_has(mp->facts, device)) {
@@ -175,7 +178,7 @@ static int compute(struct mappolicy *mp, const char *device, struct computed **o
 	if (!err)
 		crypto_generichash(k->hash, sizeof(k->hash), k->filter.data, k->filter.len, NULL, 0);
 	if (err)
-		computed_free(k);
+		computed_put(k);
 	else
 		*out = k;
 	return err;
@@ -195,23 +198,16 @@ static bool set_del(struct strmap *s, const char *name)
 
 /* Moves m's view to k: merges the difference into what is pending, and
  * wakes the stream to send it. */
-static int view_apply(struct mapconn *m, const struct computed *k)
+static int view_apply(struct mapconn *m, struct computed *k)
 {
 	struct mapview *v = view_get(m);
 	struct policy_names added = { 0 }, removed = { 0 };
 	int err = v ? 0 : -ENOMEM;
 
 	if (!err && memcmp(v->filter_hash, k->hash, sizeof(k->hash)) != 0) {
-		char *f = malloc(k->filter.len);
-
-		if (!f) {
-			err = -ENOMEM;
-			goto out;
-		}
-		memcpy(f, k->filter.data, k->filter.len);
-		free(v->filter);
-		v->filter = f;
-		v->filter_len = k->filter.len;
+		computed_put(v->filter);
+		v->filter = k;
+		v->filter->refs++;
 		memcpy(v->filter_hash, k->hash, sizeof(k->hash));
 	}
 	if (!err)
@@ -234,7 +230,6 @@ static int view_apply(struct mapconn *m, const struct computed *k)
 		snprintf(name, sizeof(name), "%s", removed.v[i]);
 		strmap_del(m->peers, name);
 	}
-out:
 	policy_names_free(&added);
 	policy_names_free(&removed);
 	if (!err && view_pending(v))
@@ -263,7 +258,7 @@ static void view_refresh(struct coord *c, struct mappolicy *mp, struct mapconn *
 	if (!k) {
 		err = compute(mp, m->device, &k);
 		if (!err && cache && strmap_set(cache, m->device, k, NULL)) {
-			computed_free(k);
+			computed_put(k);
 			k = NULL;
 			err = -ENOMEM;
 		}
@@ -271,7 +266,7 @@ static void view_refresh(struct coord *c, struct mappolicy *mp, struct mapconn *
 	if (!err)
 		err = view_apply(m, k);
 	if (!cache)
-		computed_free(k);
+		computed_put(k);
 	if (err) {
 		/* The full netmap replaces whatever the agent has. */
 		log_warn("coordination: cannot build a view delta; the stream starts over", "device=%s error=%d",
@@ -285,7 +280,7 @@ static void cache_free(struct strmap *cache)
 	if (!cache)
 		return;
 	for (struct strmap_entry *e = strmap_first(cache); e; e = strmap_next(cache, e))
-		computed_free(strmap_value(e));
+		computed_put(strmap_value(e));
 	strmap_free(cache);
 }
 
@@ -398,10 +393,10 @@ static void rebuild(struct loop *loop, void *arg)
 	/* Between two policies, only the streams of the devices the change
 	 * touches get a view delta; to or from allow-all, every stream of the
 	 * tailnet starts over (peers and filter change for all). */
-	if (old && now && !policy_net_affected(old->net, now->net, &affected) && !names_set(&touched, &affected))
-		refresh_streams(c, msg->tailnet, now, touched);
-	else
-		refresh_streams(c, msg->tailnet, NULL, NULL);
+	if (!old || !now || policy_net_affected(old->net, now->net, &affected) || names_set(&touched, &affected))
+		refresh_streams(c, msg->tailnet, NULL, NULL); /* (or out of memory) */
+	else if (touched)
+		refresh_streams(c, msg->tailnet, now, touched); /* NULL: the change touches nobody */
 	policy_names_free(&affected);
 	strmap_free(touched);
 	mappolicy_free(c, old);
@@ -522,7 +517,7 @@ int mappolicy_view(struct coord *c, struct mapconn *m, struct buf *packet_filter
 		err = buf_add(packet_filter, k->filter.data + strlen(FILTER_MEMBER), k->filter.len - strlen(FILTER_MEMBER));
 	if (!err)
 		memcpy(m->view->filter_hash, k->hash, sizeof(k->hash));
-	computed_free(k);
+	computed_put(k);
 	return err;
 }
 
@@ -571,7 +566,8 @@ void mappolicy_extra(struct coord *c, struct mapconn *m)
 	}
 	*x = (struct changelog_extra){ .peers = (const char *)v->peers.data, .peers_len = v->peers.len,
 				       .removes = (const char *)v->removes.data, .removes_len = v->removes.len,
-				       .fields = v->filter, .fields_len = v->filter ? v->filter_len : 0 };
+				       .fields = v->filter ? (const char *)v->filter->filter.data : NULL,
+				       .fields_len = v->filter ? v->filter->filter.len : 0 };
 	if (!x->peers_len && !x->removes_len && !x->fields_len) {
 		view_clear(v); /* nothing the agent needs after all */
 		return;
