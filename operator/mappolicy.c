@@ -446,7 +446,7 @@ void mappolicy_device_changed(struct coord *c, const struct json *dev, bool dele
 
 		if (strcmp(strmap_key(e), tailnet) != 0 && (had = strmap_del(o->facts, name))) {
 			free(had);
-			if (!policy_net_remove(o->net, name, &t1) && !names_set(&left, &t1))
+			if (!policy_net_remove(o->net, name, &t1) && !names_set(&left, &t1) && left)
 				refresh_streams(c, strmap_key(e), o, left);
 			policy_names_free(&t1);
 			strmap_free(left);
