@@ -13,9 +13,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "health.h"
+#include "json.h"
 #include "log.h"
 #include "loop.h"
+#include "policy/filter.h"
 #include "wg/aead.h"
 #include "wg/engine.h"
 #include "wg/hub.h"
@@ -28,6 +31,7 @@ struct options {
 	int workers; /* -1: auto */
 	const char *log_level;
 	const char *http_listen; /* /healthz and /metrics */
+	const char *packet_filter; /* a packetFilter JSON file to enforce */
 };
 
 void standalone_usage(FILE *f, const char *prog)
@@ -54,6 +58,13 @@ void standalone_usage(FILE *f, const char *prog)
 		"  --http-listen ADDR    serve /healthz and Prometheus /metrics (knitd_peers,\n"
 		"                        knitd_inbound_bytes_total, ...) on ADDR, e.g.\n"
 		"                        127.0.0.1:9102 (default: not served)\n"
+		"  --packet-filter FILE  enforce a knit access policy on decrypted traffic:\n"
+		"                        FILE holds a netmap's packetFilter (the FilterRule\n"
+		"                        list the operator compiles, docs/filter.md), up to\n"
+		"                        16 MiB; inbound flows it does not allow are dropped,\n"
+		"                        replies to outbound flows pass (stateful). Read once\n"
+		"                        at start; a file that does not parse is an error\n"
+		"                        (default: no filter, as plain WireGuard)\n"
 		"  -h, --help            show this help\n"
 		"\n"
 		"It exits, removing its socket, on SIGTERM or SIGINT, and when the TUN device\n"
@@ -90,12 +101,13 @@ static const char *prog_name(const char *argv0)
 
 static int parse_args(int argc, char **argv, struct options *o)
 {
-	enum { WORKERS = 256, LOG_LEVEL, HTTP_LISTEN };
+	enum { WORKERS = 256, LOG_LEVEL, HTTP_LISTEN, PACKET_FILTER };
 	static const struct option longopts[] = {
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "workers", required_argument, NULL, WORKERS },
 		{ "log-level", required_argument, NULL, LOG_LEVEL },
 		{ "http-listen", required_argument, NULL, HTTP_LISTEN },
+		{ "packet-filter", required_argument, NULL, PACKET_FILTER },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -124,6 +136,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case HTTP_LISTEN:
 			o->http_listen = optarg;
 			break;
+		case PACKET_FILTER:
+			o->packet_filter = optarg;
+			break;
 		case 'h':
 			standalone_usage(stdout, prog_name(argv[0]));
 			return 1;
@@ -146,8 +161,63 @@ static int parse_args(int argc, char **argv, struct options *o)
 
 struct standalone {
 	struct loop *loop;
+	struct engine *engine;
 	int exit_code;
 };
+
+#define PACKET_FILTER_MAX_BYTES (16u << 20)
+
+/* --packet-filter: the file's packetFilter in force on e's filter. No
+ * destination check (filter_set_local): plain WireGuard has no netmap to
+ * say which addresses are the device's. */
+static int load_packet_filter(struct engine *e, const char *path)
+{
+	struct buf text = BUF_INIT(PACKET_FILTER_MAX_BYTES);
+	struct json_error je = { 0 };
+	struct json *j = NULL;
+	char err[256], chunk[65536];
+	int fd = open(path, O_RDONLY | O_CLOEXEC), ret = 0;
+	ssize_t n;
+
+	if (fd < 0) {
+		fprintf(stderr, "knitd wg: %s: %s\n", path, strerror(errno));
+		return -errno;
+	}
+	while ((n = read(fd, chunk, sizeof(chunk))) > 0 && !ret)
+		ret = buf_add(&text, chunk, (size_t)n);
+	if (n < 0)
+		ret = -errno;
+	close(fd);
+	if (ret) {
+		fprintf(stderr, "knitd wg: %s: %s\n", path,
+			ret == -ENOSPC ? "larger than 16 MiB" : strerror(-ret));
+		goto out;
+	}
+	j = json_parse_max((const char *)text.data, text.len, PACKET_FILTER_MAX_BYTES, &je);
+	if (!j) {
+		fprintf(stderr, "knitd wg: %s:%zu:%zu: %s\n", path, je.line, je.column, je.msg);
+		ret = -EINVAL;
+		goto out;
+	}
+	ret = filter_set(engine_filter(e), j, err, sizeof(err));
+	if (ret)
+		fprintf(stderr, "knitd wg: %s: %s\n", path, ret == -ENOMEM ? "out of memory" : err);
+	else
+		log_info("packet filter in force", "file=%s", path);
+out:
+	json_free(j);
+	buf_free(&text);
+	return ret;
+}
+
+/* Flows that ended leave the connection table about once a second. */
+static void on_expire(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	struct standalone *s = arg;
+
+	filter_expire(engine_filter(s->engine), loop_mono_ms());
+	loop_timer_arm(t, 1000);
+}
 
 static void on_signal(struct loop *loop, int signo, void *arg)
 {
@@ -224,6 +294,7 @@ int standalone_main(int argc, char **argv)
 	struct engine *engine = NULL;
 	struct uapi_server *srv = NULL;
 	struct health *http = NULL;
+	struct loop_timer *expire = NULL;
 	enum log_level level = LOG_INFO;
 	int ready_fd = -1, ret;
 	const char *ula = getenv("KNIT_WG_UNDER_LOAD_AT");
@@ -268,6 +339,7 @@ int standalone_main(int argc, char **argv)
 	}
 	ec.ifname = o.ifname;
 	ec.owns_port = true;
+	ec.filtered = o.packet_filter != NULL;
 	ec.on_down = on_down;
 	ec.arg = &s;
 	ret = engine_new(&engine, hub, &ec);
@@ -276,6 +348,18 @@ int standalone_main(int argc, char **argv)
 		if (!o.foreground)
 			fprintf(stderr, "knitd wg: cannot create TUN device %s: %s\n", o.ifname, strerror(-ret));
 		goto out;
+	}
+	s.engine = engine;
+	if (o.packet_filter) {
+		ret = load_packet_filter(engine, o.packet_filter);
+		if (ret)
+			goto out;
+		expire = loop_timer_new(s.loop, on_expire, &s);
+		if (!expire) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		loop_timer_arm(expire, 1000);
 	}
 	ret = uapi_server_open(&srv, s.loop, NULL, engine_ifname(engine), &engine_uapi_ops, engine);
 	if (ret) {
@@ -304,6 +388,7 @@ out:
 	report(&ready_fd, 1);
 	health_free(http);
 	uapi_server_close(srv);
+	loop_timer_free(expire);
 	engine_free(engine);
 	hub_free(hub);
 	loop_free(s.loop);

@@ -29,7 +29,7 @@ static void entry_drop(struct changelog *l, struct changelog_entry *e)
 		free(e->f->tailnet);
 		free(e->f->text);
 		free(e->f);
-	} else {
+	} else if (e->rm) {
 		free(e->rm->tailnet);
 		free(e->rm->device);
 		free(e->rm);
@@ -55,7 +55,7 @@ void changelog_compact(struct changelog *l)
 
 	for (size_t i = 0; i < l->len; i++) {
 		struct changelog_entry *e = &l->log[i];
-		bool keep = e->n ? entry_live(e) : e->seq > oldest;
+		bool keep = e->n ? entry_live(e) : e->seq > oldest; /* removals and marks */
 
 		if (keep)
 			l->log[k++] = *e;
@@ -154,6 +154,11 @@ int changelog_tailnet_fields(struct changelog *l, const char *tailnet, const cha
 	return 0;
 }
 
+int changelog_mark(struct changelog *l)
+{
+	return append(l, NULL, NULL, NULL);
+}
+
 void changelog_sync(struct changelog *l, struct changelog_cursor *cur)
 {
 	cur->cursor = 0;
@@ -187,12 +192,12 @@ static size_t after(const struct changelog *l, uint64_t seq)
  * the same tailnet at the same cursor whose own device it does not name. */
 static bool delta_cached(const struct changelog *l, const struct changelog_cursor *cur)
 {
-	if (cur->visible || !l->delta.valid || l->delta.seq != l->seq || l->delta.from != cur->cursor ||
+	if (cur->visible || cur->extra || !l->delta.valid || l->delta.seq != l->seq || l->delta.from != cur->cursor ||
 	    strcmp(l->delta.tailnet, cur->tailnet) != 0)
 		return false;
 	for (size_t k = 0; k < l->delta.nwho; k++) {
 		const struct changelog_entry *w = &l->delta.who[k];
-		if (!w->f && strcmp(w->n ? w->n->name : w->rm->device, cur->device) == 0)
+		if ((w->n || w->rm) && strcmp(w->n ? w->n->name : w->rm->device, cur->device) == 0)
 			return false;
 	}
 	return true;
@@ -209,12 +214,25 @@ static int add_member(struct buf *rec, const char *open, const struct buf *text,
 	return err;
 }
 
+/* Appends a comma-separated list to another. */
+static int add_list(struct buf *to, const char *list, size_t len)
+{
+	int err = 0;
+
+	if (!len)
+		return 0;
+	if (to->len)
+		err = buf_add_byte(to, ',');
+	return err ? err : buf_add(to, list, len);
+}
+
 int changelog_next(struct changelog *l, struct changelog_cursor *cur, const struct changelog_node *me,
 		   const char *full_fields, size_t record_bytes, struct buf *rec, struct changelog_step *step)
 {
 	struct buf peers = BUF_INIT(16u << 20), removes = BUF_INIT(16u << 20);
 	const struct changelog_node *self = NULL;
 	const struct changelog_fields *fields = NULL;
+	const struct changelog_extra *x = cur->syncing ? NULL : cur->extra;
 	size_t i = after(l, cur->cursor);
 	int err = 0, ret = 0;
 
@@ -256,7 +274,7 @@ int changelog_next(struct changelog *l, struct changelog_cursor *cur, const stru
 			 * there when it began; the latest wins. */
 			if (strcmp(e->f->tailnet, cur->tailnet) == 0 && !(cur->syncing && e->seq <= cur->sync_from))
 				fields = e->f;
-		} else {
+		} else if (e->rm) {
 			const struct changelog_removal *rm = e->rm;
 			if (cur->syncing && e->seq <= cur->sync_from)
 				continue; /* before this netmap began: never sent */
@@ -268,7 +286,13 @@ int changelog_next(struct changelog *l, struct changelog_cursor *cur, const stru
 	if (err)
 		goto out;
 	step->more = cur->syncing && i < l->len;
-	if (!cur->syncing && !peers.len && !removes.len && !self && !fields) {
+	if (!err && x)
+		err = add_list(&peers, x->peers, x->peers_len);
+	if (!err && x)
+		err = add_list(&removes, x->removes, x->removes_len);
+	if (err)
+		goto out;
+	if (!cur->syncing && !peers.len && !removes.len && !self && !fields && !(x && x->fields_len)) {
 		cur->cursor = step->upto; /* only other tailnets' or stale entries */
 		goto out;
 	}
@@ -301,6 +325,8 @@ int changelog_next(struct changelog *l, struct changelog_cursor *cur, const stru
 		}
 		if (!err && fields && !(err = buf_add_byte(rec, ',')))
 			err = buf_add(rec, fields->text, fields->len);
+		if (!err && x && x->fields_len)
+			err = buf_add(rec, x->fields, x->fields_len);
 	}
 	if (!err && cur->syncing)
 		err = buf_add_str(rec, step->more ? ",\"more\":true" : ",\"more\":false");
@@ -309,7 +335,7 @@ int changelog_next(struct changelog *l, struct changelog_cursor *cur, const stru
 	/* A delta that covers the log to its end and is not about this
 	 * stream's own device is what every stream of the tailnet at the same
 	 * cursor gets next. */
-	step->cacheable = !cur->visible && !cur->syncing && !self && i == l->len && step->nwho <= CHANGELOG_CACHE_WHO && i > first;
+	step->cacheable = !cur->visible && !x && !cur->syncing && !self && i == l->len && step->nwho <= CHANGELOG_CACHE_WHO && i > first;
 	ret = err ? err : 1;
 out:
 	buf_free(&peers);

@@ -52,7 +52,7 @@ struct changelog_entry {
 	uint64_t seq;
 	struct changelog_node *n; /* an upsert of n's current record, or NULL: */
 	struct changelog_removal *rm; /* a removal, or NULL: */
-	struct changelog_fields *f;
+	struct changelog_fields *f; /* tailnet-wide members, or NULL: a mark (nothing) */
 };
 
 struct changelog_ops {
@@ -83,6 +83,16 @@ struct changelog {
 	} delta;
 };
 
+/* What one stream adds to its next delta besides the log's entries (a
+ * change of its access policy view: its new packetFilter, the peers it
+ * now sees, the keys of those it no longer sees), as JSON text: peers is
+ * comma-separated peer records, removes comma-separated quoted keys,
+ * fields members to append (",\"packetFilter\":[...]"). Any may be empty. */
+struct changelog_extra {
+	const char *peers, *removes, *fields;
+	size_t peers_len, removes_len, fields_len;
+};
+
 /* One reader (a map stream). */
 struct changelog_cursor {
 	const char *device, *tailnet;
@@ -97,6 +107,11 @@ struct changelog_cursor {
 	 * netmap (changelog_sync), which replaces the agent's peer set. */
 	bool (*visible)(void *arg, const char *device);
 	void *visible_arg;
+	/* Set by the caller around changelog_next(): merged into the next
+	 * delta (ignored while syncing; the delta cache is then skipped). The
+	 * record needs a log entry past the cursor for its seq: see
+	 * changelog_mark(). */
+	const struct changelog_extra *extra;
 };
 
 /* What changelog_next() built, for changelog_commit() once it is sent. */
@@ -123,6 +138,10 @@ int changelog_unpublish(struct changelog *l, struct changelog_node *n);
  * before them gets them in a later piece. Kept until every reader passed
  * them. 0 or -ENOMEM. */
 int changelog_tailnet_fields(struct changelog *l, const char *tailnet, const char *text);
+/* Appends a mark: an entry that carries nothing, so that every cursor
+ * has an entry to pass and its next record a seq its reader has not seen
+ * (a delta made only of a changelog_extra). 0 or -ENOMEM. */
+int changelog_mark(struct changelog *l);
 /* Drops stale entries and the removals every reader has passed. */
 void changelog_compact(struct changelog *l);
 

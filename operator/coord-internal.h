@@ -24,6 +24,7 @@ struct json;
 struct loop;
 struct loop_timer;
 struct metrics_family;
+struct mapview;
 struct strmap;
 
 #define CONTROL_SECRET "knit-control-key"
@@ -79,6 +80,7 @@ struct mapconn {
 	struct changelog_cursor cur; /* .device, .tailnet point at the above */
 	struct strmap *peers; /* under a policy: the peers it sees (mappolicy.c) */
 	bool ended; /* an error record ended it; closing */
+	struct mapview *view; /* under a policy: its filter, a view change to send (mappolicy.c) */
 	struct mapconn *prev, *next;
 };
 
@@ -221,6 +223,13 @@ void mappolicy_device_changed(struct coord *c, const struct json *dev, bool dele
 /* m's full netmap starts: takes its view (visible peers into m->cur) and
  * appends its packetFilter ("null": no policy) to packet_filter. */
 int mappolicy_view(struct coord *c, struct mapconn *m, struct buf *packet_filter);
+/* Before m's next delta: a view change waiting (a policy change, a peer
+ * joining or leaving its view) goes into it through m->cur.extra, or —
+ * when it would be larger than the peers' text of a full netmap is worth
+ * — restarts m's full netmap. Then, after the record:
+ * mappolicy_extra_done(m, sent). */
+void mappolicy_extra(struct coord *c, struct mapconn *m);
+void mappolicy_extra_done(struct mapconn *m, bool sent);
 void mappolicy_stream_closed(struct mapconn *m);
 void mappolicy_free_all(struct coord *c);
 

@@ -224,7 +224,10 @@ static bool emit_record(struct mapconn *m)
 	struct changelog_step step;
 	struct node *me = strmap_get(c->nodes, m->device);
 	int r = 0;
+	bool sent = false;
 
+	if (!m->cur.syncing)
+		mappolicy_extra(c, m);
 	if (m->cur.syncing && !m->cur.header_sent) {
 		r = mappolicy_view(c, m, &pf);
 		if (!r)
@@ -235,10 +238,13 @@ static bool emit_record(struct mapconn *m)
 				   c->o.record_bytes, &rec, &step);
 	if (r < 0)
 		log_error("coordination: cannot build a netmap record", "device=%s error=%d", m->device, r);
-	if (r == 1 && mapstream_send(m, (const char *)rec.data, rec.len) == 0)
+	if (r == 1 && mapstream_send(m, (const char *)rec.data, rec.len) == 0) {
 		changelog_commit(&c->log, &m->cur, &step, &rec);
-	else
+		sent = true;
+	} else {
 		r = 0;
+	}
+	mappolicy_extra_done(m, sent);
 	buf_free(&rec);
 	buf_free(&fields);
 	buf_free(&pf);

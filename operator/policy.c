@@ -211,6 +211,120 @@ out:
 	return out;
 }
 
+static bool device_compilable(const struct json *dev)
+{
+	struct policy_prefix *routes = calloc(POLICY_DEVICE_MAX_ROUTES, sizeof(*routes));
+	const char *tags[POLICY_DEVICE_MAX_TAGS];
+	struct policy_device d;
+	bool ok = routes && policy_device_from_json(dev, &d, tags, routes) == 0;
+
+	free(routes);
+	return ok;
+}
+
+static bool strv_has(const char *const *v, size_t n, const char *s)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(v[i], s))
+			return true;
+	return false;
+}
+
+/* The annotation's comma-separated list, split in place into v. */
+static size_t split_routes(char *list, const char **v, size_t max)
+{
+	size_t n = 0;
+
+	for (char *save = NULL, *t = strtok_r(list, ",", &save); t && n < max; t = strtok_r(NULL, ",", &save))
+		v[n++] = t;
+	return n;
+}
+
+struct json *policy_routes_patch(const struct policy *p, const struct json *dev, int *err)
+{
+	const struct json *approved = json_path(dev, "spec", "approvedRoutes", NULL);
+	const char *ann = json_str(json_path(dev, "metadata", "annotations", POLICY_AUTO_ROUTES_ANNOTATION, NULL));
+	const char *prev[POLICY_DEVICE_MAX_ROUTES], *admin[POLICY_DEVICE_MAX_ROUTES], *mine[POLICY_DEVICE_MAX_ROUTES];
+	size_t n_prev, n_admin = 0, n_mine = 0;
+	struct json *now = NULL, *want = NULL, *patch = NULL, *spec = NULL, *meta = NULL, *anns = NULL;
+	char *list = strdup(ann ? ann : ""), annv[POLICY_DEVICE_MAX_ROUTES * 44 + 1] = "";
+	bool same;
+
+	*err = 0;
+	if (!list) {
+		*err = -ENOMEM;
+		goto out;
+	}
+	if (!json_array_len(json_path(dev, "spec", "advertisedRoutes", NULL)) && !ann)
+		goto out; /* nothing to approve, nothing approved before */
+	/* NULL from policy_auto_approved: out of memory, or a Device the
+	 * compiler refuses (which then has nothing approved automatically). */
+	if (p && !(now = policy_auto_approved(p, dev)) && (device_compilable(dev) || !(now = json_new_array()))) {
+		*err = -ENOMEM;
+		goto out;
+	}
+	n_prev = split_routes(list, prev, POLICY_DEVICE_MAX_ROUTES);
+	/* An admin's approvals are those the operator did not add. */
+	for (size_t i = 0; i < json_array_len(approved) && n_admin < POLICY_DEVICE_MAX_ROUTES; i++) {
+		const char *r = json_str(json_array_at(approved, i));
+
+		if (r && !strv_has(prev, n_prev, r) && !strv_has(admin, n_admin, r))
+			admin[n_admin++] = r;
+	}
+	for (size_t i = 0; i < json_array_len(now) && n_mine < POLICY_DEVICE_MAX_ROUTES; i++) {
+		const char *r = json_str(json_array_at(now, i));
+
+		if (r && !strv_has(admin, n_admin, r) && !strv_has(mine, n_mine, r))
+			mine[n_mine++] = r;
+	}
+	want = json_new_array();
+	if (!want) {
+		*err = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < n_admin + n_mine && !*err; i++)
+		*err = json_array_append(want, json_new_string(i < n_admin ? admin[i] : mine[i - n_admin]));
+	for (size_t i = 0; i < n_mine; i++) {
+		size_t len = strlen(annv);
+
+		snprintf(annv + len, sizeof(annv) - len, "%s%s", i ? "," : "", mine[i]);
+	}
+	if (*err)
+		goto out;
+	same = (approved ? json_equal(want, approved) : json_array_len(want) == 0) && !strcmp(ann ? ann : "", annv);
+	if (same)
+		goto out;
+	patch = json_new_object();
+	spec = json_new_object();
+	meta = json_new_object();
+	anns = json_new_object();
+	if (!patch || !spec || !meta || !anns) {
+		*err = -ENOMEM;
+		goto out;
+	}
+	json_put(anns, POLICY_AUTO_ROUTES_ANNOTATION, *annv ? json_new_string(annv) : json_new_null(), err);
+	json_put(meta, "annotations", anns, err);
+	anns = NULL;
+	json_put(patch, "metadata", meta, err);
+	meta = NULL;
+	json_put(spec, "approvedRoutes", want, err);
+	want = NULL;
+	json_put(patch, "spec", spec, err);
+	spec = NULL;
+	if (*err) {
+		json_free(patch);
+		patch = NULL;
+	}
+out:
+	json_free(anns);
+	json_free(meta);
+	json_free(spec);
+	json_free(want);
+	json_free(now);
+	free(list);
+	return patch;
+}
+
 /* ---- the store ---- */
 
 struct policy_slot {
@@ -382,6 +496,44 @@ static struct json *tailnet_devices(struct operator *op, const char *tailnet)
 	return a.arr;
 }
 
+/* autoApprovers, level-triggered: every Device of the tailnet gets the
+ * route approvals the policy in force gives (none without a policy). A
+ * merge patch with the resourceVersion read: a Device that changed
+ * meanwhile is a conflict, and the reconcile runs again. */
+static int routes_reconcile(struct operator *op, const char *tailnet, const struct json *devs, uint64_t *requeue_ms)
+{
+	struct policy_ref *ref = policy_store_get(op->policies, tailnet);
+	int err = 0;
+
+	for (size_t i = 0; !err && i < json_array_len(devs); i++) {
+		const struct json *dev = json_array_at(devs, i);
+		struct json *patch = policy_routes_patch(ref ? ref->p : NULL, dev, &err);
+		struct json *meta = json_get(patch, "metadata");
+		struct kube_result r = { 0 };
+
+		if (!patch)
+			continue;
+		json_put_str(meta, "resourceVersion", json_str(json_path(dev, "metadata", "resourceVersion", NULL)), &err);
+		if (!err)
+			err = kube_patch(op->kube, &res_devices, NULL, kube_name(dev), KUBE_PATCH_MERGE, patch, false, &r);
+		if (!err && r.status == 409) {
+			*requeue_ms = 1000;
+		} else if (!err && !kube_ok(&r)) {
+			log_warn("policy: cannot update a device's approved routes", "device=%s status=%ld message=\"%s\"",
+				 kube_name(dev), r.status, r.message);
+			*requeue_ms = 5000;
+		} else if (!err) {
+			log_info("policy: autoApprovers changed a device's approved routes", "device=%s routes=%s",
+				 kube_name(dev),
+				 json_str(json_path(patch, "metadata", "annotations", POLICY_AUTO_ROUTES_ANNOTATION, NULL)) ?: "");
+		}
+		kube_result_clear(&r);
+		json_free(patch);
+	}
+	policy_store_put(op->policies, ref);
+	return err;
+}
+
 int policy_reconcile(struct operator *op, const char *ns, const char *name, uint64_t *requeue_ms)
 {
 	struct json *obj = informer_get(op->policies_inf, NULL, name), *status = NULL, *devs = NULL;
@@ -396,6 +548,8 @@ int policy_reconcile(struct operator *op, const char *ns, const char *name, uint
 			log_info("policy no longer in force: the tailnet is allow-all", "policy=%s tailnet=%s", name,
 				 was);
 			coord_policy_changed(op->coord, was);
+			devs = tailnet_devices(op, was);
+			err = devs ? routes_reconcile(op, was, devs, requeue_ms) : -ENOMEM;
 		}
 		goto out;
 	}
@@ -445,6 +599,9 @@ int policy_reconcile(struct operator *op, const char *ns, const char *name, uint
 					 json_str(json_get(ci, "message")) ?: "");
 		}
 	}
+	err = routes_reconcile(op, tailnet, devs, requeue_ms);
+	if (err)
+		goto out;
 	err = operator_update_status(op, &res_policies, obj, status);
 	status = NULL;
 	if (err == -EAGAIN) {

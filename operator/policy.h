@@ -72,6 +72,18 @@ int policy_tags_permitted(const struct policy *p, const char *key_user, const st
  * ENOMEM or a Device the compiler cannot take. */
 struct json *policy_auto_approved(const struct policy *p, const struct json *dev);
 
+/* Which approved routes autoApprovers put there, so that a policy that
+ * stops approving one withdraws it and never an admin's approval. */
+#define POLICY_AUTO_ROUTES_ANNOTATION "knit.dev/auto-approved-routes"
+
+/* Route approvals of Device dev under policy p (NULL: no policy, so no
+ * autoApprovers): spec.approvedRoutes should hold what an admin approved
+ * (the routes the annotation does not list) and what autoApprovers
+ * approve now of spec.advertisedRoutes; the annotation lists the latter,
+ * comma-separated. Returns the merge patch that gets dev there, NULL with
+ * *err = 0 when it is there already, or NULL with *err = -ENOMEM. */
+struct json *policy_routes_patch(const struct policy *p, const struct json *dev, int *err);
+
 /* ---- the store ---- */
 
 struct policy_store *policy_store_new(void);

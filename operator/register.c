@@ -669,26 +669,16 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		json_object_del(spec, "advertisedRoutes");
 	if (!pol)
 		pol = policy_store_get(op->policies, tailnet);
-	if (pol && rq.nroutes) {
-		/* autoApprovers: what they approve joins what an admin approved. */
-		struct json *auto_ok = policy_auto_approved(pol->p, dev), *approved = json_get(spec, "approvedRoutes");
+	if (pol) {
+		/* autoApprovers: what they approve joins what an admin approved
+		 * (policy_routes_patch keeps the two apart). */
+		int perr;
+		struct json *patch = policy_routes_patch(pol->p, dev, &perr);
 
-		if (!auto_ok)
+		if (perr)
 			goto nomem;
-		if (!json_is_array(approved)) {
-			approved = json_new_array();
-			json_object_set(spec, "approvedRoutes", approved);
-		}
-		for (size_t i = 0; approved && i < json_array_len(auto_ok); i++) {
-			const char *r1 = json_str(json_array_at(auto_ok, i));
-			bool have = false;
-
-			for (size_t k = 0; k < json_array_len(approved); k++)
-				have |= !strcmp(json_str(json_array_at(approved, k)) ?: "", r1);
-			if (!have)
-				json_array_append(approved, json_new_string(r1));
-		}
-		json_free(auto_ok);
+		if (patch && !(dev = json_merge_patch(dev, patch)))
+			goto nomem;
 	}
 
 	reply = write_device(c, existing, dev, name, &written);

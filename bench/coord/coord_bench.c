@@ -14,6 +14,17 @@
  *      streams is measured (first, median, 99th percentile, last); the
  *      result is the median repetition by "last".
  *
+ * With --policy-rules R (issue 16's benchmark a), the Devices get users
+ * and tags, a Policy of R rules (bench_policy's mix, lib/policy) is put in
+ * force before the streams open, and step 4 is a policy change instead of
+ * a registration: the Policy is updated through the API with one more rule
+ * whose destination is every device ("*:PORT", a new PORT each time), and
+ * the time until every stream has a packetFilter naming PORT is measured
+ * (--repeat times). For reference, the same run compiles that policy for
+ * the same devices in this process (lib/policy: every device's filter and
+ * peers) and prints its CPU time, and measures one change that touches a
+ * few devices only (destination one tag), until those streams have it.
+ *
  * The clients keep no netmaps: each record's text is scanned (not parsed)
  * for the end of the full netmap and for the new key, and dropped, so one
  * process can hold 10,000 of them. Their processing is
@@ -40,6 +51,8 @@
 #include "control/client.h"
 #include "control/messages.h"
 #include "http.h"
+#include "policy/policy.h"
+#include "../policy/policygen.h"
 #include "json.h"
 #include "kube/client.h"
 #include "kube/config.h"
@@ -51,11 +64,20 @@
 #define MAX_REPS 21
 
 static const struct kube_resource res_devices = { "knit.dev", "v1alpha1", "devices", "Device", false };
+static const struct kube_resource res_policies = { "knit.dev", "v1alpha1", "policies", "Policy", false };
+
+/* The policy mode's tailnet, as bench/policy/bench_policy.c builds it:
+ * users own 3 devices each (60 % of them), 200 tags on the rest, 100
+ * groups of 10 users. */
+#define P_TAGS 200
+#define P_GROUPS 100
+#define P_GROUP_SIZE 10
 
 struct agent {
 	struct control_client *ctl;
 	uint8_t machine[32];
 	bool has_full;
+	bool wants; /* policy mode: its filter must change this time */
 	uint64_t seen_at; /* when the new key arrived, µs; 0: not yet */
 };
 
@@ -63,6 +85,11 @@ static struct {
 	const char *server, *authkey, *prefix;
 	uint8_t control_key[32];
 	int n, batch, operator_pid, reps;
+	int policy_rules; /* 0: the registration benchmark */
+	size_t users;
+	char marker[48]; /* policy mode: what the new filter holds */
+	int want; /* streams that must see it */
+	int others; /* records to streams whose filter does not change */
 	struct loop *loop;
 	struct agent *agents;
 	int connected, full;
@@ -118,7 +145,7 @@ static void *create_devices(void *arg)
 
 	for (int i = cr->from; i < cr->to; i++) {
 		uint8_t node[32], disco[32], pub[32];
-		char mk[80], nk[80], dk[80], doc[1024];
+		char mk[80], nk[80], dk[80], doc[1024], ident[64] = "";
 		struct json_error je;
 		struct kube_result r;
 		struct json *dev;
@@ -129,11 +156,16 @@ static void *create_devices(void *arg)
 		randombytes_buf(disco, sizeof(disco));
 		channel_key_format(node, "nodekey:", nk, sizeof(nk));
 		channel_key_format(disco, "discokey:", dk, sizeof(dk));
+		if (B.policy_rules && i % 10 < 6) /* as bench_policy: user k/3 owns the k-th user device */
+			snprintf(ident, sizeof(ident), ",\"user\":\"user%zu@example.com\"",
+				 ((size_t)(i / 10) * 6 + (size_t)(i % 10)) / 3 % B.users);
+		else if (B.policy_rules)
+			snprintf(ident, sizeof(ident), ",\"tags\":[\"tag:t%d\"]", i % TAGS);
 		snprintf(doc, sizeof(doc),
 			 "{\"apiVersion\":\"knit.dev/v1alpha1\",\"kind\":\"Device\",\"metadata\":{\"name\":\"%s-%d\","
 			 "\"labels\":{\"knit.dev/bench\":\"%s\"}},\"spec\":{\"tailnet\":\"default\",\"hostname\":\"%s-%d\","
-			 "\"machineKey\":\"%s\",\"nodeKey\":\"%s\",\"discoKey\":\"%s\"}}",
-			 B.prefix, i, B.prefix, B.prefix, i, mk, nk, dk);
+			 "\"machineKey\":\"%s\",\"nodeKey\":\"%s\",\"discoKey\":\"%s\"%s}}",
+			 B.prefix, i, B.prefix, B.prefix, i, mk, nk, dk, ident);
 		dev = json_parse(doc, strlen(doc), &je);
 		if (!dev || kube_create(B.kube, &res_devices, NULL, dev, &r) || !kube_ok(&r))
 			cr->failed++;
@@ -202,6 +234,16 @@ static bool on_record_text(struct control_client *c, const char *text, size_t le
 		if (memmem(text, len, "\"more\":false", sizeof("\"more\":false") - 1)) {
 			a->has_full = true;
 			B.full++;
+		}
+		return false;
+	}
+	if (B.marker[0]) {
+		if (!a->wants)
+			B.others++;
+		else if (!a->seen_at && memmem(text, len, B.marker, strlen(B.marker))) {
+			a->seen_at = now_us();
+			if (++B.seen == B.want)
+				loop_stop(B.loop);
 		}
 		return false;
 	}
@@ -313,6 +355,262 @@ static void on_deadline(struct loop *loop, struct loop_timer *t, void *arg)
 	loop_stop(loop);
 }
 
+/* ---- policy mode ---- */
+
+struct apply {
+	char extra[160]; /* the rule added to the base policy ("": none) */
+	uint64_t t0, t_done; /* the API call's start and end, µs */
+	int64_t generation;
+	int err;
+	bool done;
+};
+
+static int64_t policy_generation(bool applied)
+{
+	struct kube_result r;
+	int64_t g = -1;
+
+	if (!kube_get(B.kube, &res_policies, NULL, "bench", &r) && kube_ok(&r))
+		g = json_int(applied ? json_path(r.obj, "status", "appliedGeneration", NULL)
+				     : json_path(r.obj, "metadata", "generation", NULL), -1);
+	kube_result_clear(&r);
+	return g;
+}
+
+/* Helper thread (the kube client needs the loop running): the Policy
+ * "bench" with the base rules and ap->extra, by server-side apply. */
+static void *apply_policy(void *arg)
+{
+	struct apply *ap = arg;
+	struct buf text = BUF_INIT(POLICY_MAX_BYTES);
+	struct json *doc = json_new_object(), *meta = json_new_object(), *spec = json_new_object();
+	struct kube_result r = { 0 };
+	int err = 0;
+
+	policy_text(&text, B.users, (size_t)B.policy_rules, ap->extra);
+	json_put_str(doc, "apiVersion", "knit.dev/v1alpha1", &err);
+	json_put_str(doc, "kind", "Policy", &err);
+	json_put_str(meta, "name", "bench", &err);
+	json_put(doc, "metadata", meta, &err);
+	json_put_str(spec, "tailnet", "default", &err);
+	json_put(spec, "policy", json_new_stringn((const char *)text.data, text.len), &err);
+	json_put(doc, "spec", spec, &err);
+	ap->t0 = now_us();
+	if (!err && !text.len)
+		err = -ENOSPC;
+	if (!err)
+		err = kube_patch(B.kube, &res_policies, NULL, "bench", KUBE_PATCH_APPLY, doc, false, &r);
+	if (!err && !kube_ok(&r)) {
+		fprintf(stderr, "coord_bench: applying the policy: HTTP %ld %s\n", r.status, r.message);
+		err = -EIO;
+	}
+	ap->t_done = now_us();
+	ap->generation = err ? -1 : json_int(json_path(r.obj, "metadata", "generation", NULL), -1);
+	ap->err = err;
+	kube_result_clear(&r);
+	json_free(doc);
+	buf_free(&text);
+	__atomic_store_n(&ap->done, true, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+struct wait_applied {
+	int64_t generation;
+	bool ok, done;
+};
+
+static void *wait_applied(void *arg)
+{
+	struct wait_applied *w = arg;
+	uint64_t deadline = now_us() + 300ull * 1000000u;
+
+	while (now_us() < deadline && !(w->ok = policy_generation(true) >= w->generation)) {
+		struct timespec ts = { .tv_nsec = 200000000 };
+		nanosleep(&ts, NULL);
+	}
+	__atomic_store_n(&w->done, true, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+/* Puts the base policy in force (before the streams open). */
+static int policy_initial(void)
+{
+	struct apply ap = { .extra = "" };
+	struct wait_applied w = { 0 };
+	pthread_t th;
+	uint64_t t = now_us();
+
+	pthread_create(&th, NULL, apply_policy, &ap);
+	while (!__atomic_load_n(&ap.done, __ATOMIC_SEQ_CST))
+		loop_run_once(B.loop, 50);
+	pthread_join(th, NULL);
+	if (ap.err)
+		return ap.err;
+	w.generation = ap.generation;
+	pthread_create(&th, NULL, wait_applied, &w);
+	while (!__atomic_load_n(&w.done, __ATOMIC_SEQ_CST))
+		loop_run_once(B.loop, 50);
+	pthread_join(th, NULL);
+	printf("policy of %d rules in force after %.1f s\n", B.policy_rules, (double)(now_us() - t) / 1e6);
+	fflush(stdout);
+	return w.ok ? 0 : -ETIMEDOUT;
+}
+
+/* The reference: the same policy compiled here for as many devices, every
+ * device's filter (as JSON) and peers: what a change that touches every
+ * device costs the compiler alone. CPU ms. */
+static double compile_reference(size_t *filter_bytes)
+{
+	struct buf text = BUF_INIT(POLICY_MAX_BYTES), f = BUF_INIT(64u << 20);
+	struct policy_net *net;
+	struct json_error je;
+	struct policy *p;
+	struct timespec a, b;
+	char name[32], user[48], tag[32];
+	const char *tags[1] = { tag };
+
+	policy_text(&text, B.users, (size_t)B.policy_rules, "");
+	p = policy_parse((const char *)text.data, text.len, &je);
+	net = p ? policy_net_new(p) : NULL;
+	*filter_bytes = 0;
+	for (int i = 0; net && i < B.n; i++) {
+		struct policy_device d = { .name = name, .n_addrs = 1 };
+
+		snprintf(name, sizeof(name), "%s-%d", B.prefix, i);
+		d.addrs[0] = (struct policy_prefix){ .family = 4, .bits = 32,
+						     .addr = { 100, (uint8_t)(64 + (i >> 16)), (uint8_t)(i >> 8), (uint8_t)i } };
+		if (i % 10 < 6) {
+			snprintf(user, sizeof(user), "user%zu@example.com", ((size_t)(i / 10) * 6 + (size_t)(i % 10)) / 3 % B.users);
+			d.user = user;
+		} else {
+			snprintf(tag, sizeof(tag), "tag:t%d", i % TAGS);
+			d.tags = tags;
+			d.n_tags = 1;
+		}
+		policy_net_add(net, &d, NULL);
+	}
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &a);
+	for (int i = 0; net && i < B.n; i++) {
+		struct policy_filter pf;
+		struct policy_names pn;
+
+		snprintf(name, sizeof(name), "%s-%d", B.prefix, i);
+		if (!policy_net_filter(net, name, &pf) && !policy_filter_dump(&pf, &f))
+			*filter_bytes += f.len;
+		buf_reset(&f);
+		policy_filter_free(&pf);
+		if (!policy_net_peers(net, name, &pn))
+			policy_names_free(&pn);
+	}
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b);
+	policy_net_free(net);
+	policy_free(p);
+	buf_free(&text);
+	buf_free(&f);
+	return (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
+}
+
+/* One policy change: extra added to the base rules; streams whose agent
+ * wants() is true must get a filter holding marker. Prints and returns
+ * the time from the API call until the last of them had it, ms. */
+static double policy_change(const char *label, const char *extra, const char *marker, bool (*wants)(int))
+{
+	struct apply ap = { 0 };
+	struct loop_timer *dl = loop_timer_new(B.loop, on_deadline, NULL);
+	pthread_t th;
+	double cpu_op = cpu_ms(B.operator_pid), cpu_me = cpu_ms(0), last = -1, first = -1;
+	uint64_t t;
+
+	snprintf(ap.extra, sizeof(ap.extra), "%s", extra);
+	snprintf(B.marker, sizeof(B.marker), "%s", marker);
+	B.want = B.seen = B.others = 0;
+	for (int i = 0; i < B.n; i++) {
+		B.agents[i].seen_at = 0;
+		B.agents[i].wants = wants(i);
+		B.want += B.agents[i].wants;
+	}
+	loop_timer_arm(dl, 120000);
+	pthread_create(&th, NULL, apply_policy, &ap);
+	loop_run(B.loop);
+	while (!__atomic_load_n(&ap.done, __ATOMIC_SEQ_CST))
+		loop_run_once(B.loop, 50);
+	pthread_join(th, NULL);
+	loop_timer_free(dl);
+	for (int i = 0; i < B.n; i++) {
+		if (!B.agents[i].seen_at)
+			continue;
+		t = B.agents[i].seen_at - ap.t0;
+		last = t / 1e3 > last ? t / 1e3 : last;
+		first = first < 0 || t / 1e3 < first ? t / 1e3 : first;
+	}
+	printf("%-34s streams=%d reached=%d api_ms=%.1f first_ms=%.1f last_ms=%.1f records_to_untouched=%d "
+	       "operator_cpu_ms=%.0f clients_cpu_ms=%.0f\n",
+	       label, B.want, B.seen, (ap.t_done - ap.t0) / 1e3, first, last, B.others, cpu_ms(B.operator_pid) - cpu_op,
+	       cpu_ms(0) - cpu_me);
+	fflush(stdout);
+	B.marker[0] = '\0';
+	return B.seen == B.want && !ap.err ? last : -1;
+}
+
+static bool every_device(int i)
+{
+	return true;
+}
+
+static bool tag_t7(int i)
+{
+	return i % 10 >= 6 && i % TAGS == 7;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static int policy_phase(long rss)
+{
+	double all[MAX_REPS], ref, few;
+	size_t fbytes;
+	char extra[160], marker[48];
+	int ok = 1;
+
+	for (int r = 0; r < B.reps; r++) {
+		uint64_t t = now_us();
+
+		while (now_us() - B.last_record < 2000000 && now_us() - t < 60000000)
+			loop_run_once(B.loop, 100);
+		snprintf(extra, sizeof(extra), "{\"action\": \"accept\", \"src\": [\"192.0.2.0/24\"], \"dst\": [\"*:%d\"]}",
+			 60000 + r);
+		snprintf(marker, sizeof(marker), "\"first\":%d,", 60000 + r);
+		all[r] = policy_change("change touching every device:", extra, marker, every_device);
+		ok &= all[r] >= 0;
+	}
+	/* The few-devices reference is a change from a policy that differs
+	 * in that rule alone: first the rule goes to tag:t7 (a change that
+	 * touches everyone, as the rule to "*" goes), then its port changes. */
+	for (int k = 0; k < 2; k++) {
+		uint64_t t = now_us();
+
+		while (now_us() - B.last_record < 2000000 && now_us() - t < 60000000)
+			loop_run_once(B.loop, 100);
+		snprintf(extra, sizeof(extra),
+			 "{\"action\": \"accept\", \"src\": [\"192.0.2.0/24\"], \"dst\": [\"tag:t7:%d\"]}", 61000 + k);
+		snprintf(marker, sizeof(marker), "\"first\":%d,", 61000 + k);
+		few = policy_change(k ? "reference: change touching tag:t7:" : "(to tag:t7, touching every device)", extra,
+				    marker, tag_t7);
+	}
+	ref = compile_reference(&fbytes);
+	qsort(all, (size_t)B.reps, sizeof(*all), cmp_double);
+	printf("reference: compiling the policy for all %d devices here (filters as JSON, %.1f MB, and peers): %.0f ms CPU\n",
+	       B.n, fbytes / 1e6, ref);
+	printf("RESULT n=%d rules=%d policy_change_ms=%.1f few_ms=%.1f compile_ref_ms=%.0f operator_rss_mb=%.1f reps=%d\n",
+	       B.n, B.policy_rules, all[B.reps / 2], few, ref, rss / 1024.0, B.reps);
+	fflush(stdout);
+	return ok && few >= 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -320,6 +618,7 @@ int main(int argc, char **argv)
 		{ "authkey", required_argument, NULL, 'a' }, { "operator-pid", required_argument, NULL, 'p' },
 		{ "n", required_argument, NULL, 'n' }, { "batch", required_argument, NULL, 'b' },
 		{ "prefix", required_argument, NULL, 'x' }, { "repeat", required_argument, NULL, 'r' },
+		{ "policy-rules", required_argument, NULL, 'P' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct kube_config cfg;
@@ -344,6 +643,7 @@ int main(int argc, char **argv)
 		case 'n': B.n = atoi(optarg); break;
 		case 'b': B.batch = atoi(optarg); break;
 		case 'x': B.prefix = optarg; break;
+		case 'P': B.policy_rules = atoi(optarg); break;
 		case 'r':
 			B.reps = atoi(optarg);
 			if (B.reps < 1 || B.reps > MAX_REPS) {
@@ -356,9 +656,14 @@ int main(int argc, char **argv)
 	}
 	if (!B.server || !B.authkey || !B.operator_pid || B.n < 1) {
 		fprintf(stderr, "usage: coord_bench --server URL --control-key ctrlkey:HEX --authkey KEY "
-				"--operator-pid PID --n N [--batch B] [--prefix P] [--repeat K]\n");
+				"--operator-pid PID --n N [--batch B] [--prefix P] [--repeat K] [--policy-rules R]\n");
 		return 2;
 	}
+	if (B.policy_rules && B.policy_rules < 6) {
+		fprintf(stderr, "coord_bench: --policy-rules must be at least 6\n");
+		return 2;
+	}
+	B.users = (size_t)B.n * 6 / 10 / 3 + 1;
 	log_init("coord_bench", LOG_WARN);
 	aead_init(AEAD_IMPL_AUTO);
 	B.loop = loop_new();
@@ -403,6 +708,11 @@ int main(int argc, char **argv)
 	printf("devices with addresses: %d after %.1f s\n", rp.ready, (double)(now_us() - t) / 1e6);
 	fflush(stdout);
 
+	if (B.policy_rules && policy_initial()) {
+		fprintf(stderr, "coord_bench: the policy did not take effect\n");
+		return 1;
+	}
+
 	/* 2. The map streams, in batches. */
 	t = now_us();
 	poll = loop_timer_new(B.loop, on_tick, NULL);
@@ -422,6 +732,9 @@ int main(int argc, char **argv)
 	printf("settled after %.1f s\n", (double)(now_us() - t) / 1e6);
 	fflush(stdout);
 	long rss = rss_kb(B.operator_pid);
+
+	if (B.policy_rules)
+		return policy_phase(rss);
 
 	/* 4. New agents register, one at a time (each after the tailnet is at
 	 * rest again); each one's key must reach every stream. The result is

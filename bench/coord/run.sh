@@ -54,7 +54,7 @@ $K apply $(printf -- "-f %s " "$src"/manifests/01-crd-*.yaml) >/dev/null
 $K wait --for condition=established --timeout=60s crd --all >/dev/null
 port=$(e2e_free_port)
 e2e_bg operator "$build/operator/knit-operator" --namespace knit-system --http-listen 127.0.0.1:0 \
-	--coord-listen "127.0.0.1:$port" --no-leader-election --workers 8 --log-level "${KNIT_BENCH_LOG:-warn}"
+	--coord-listen "127.0.0.1:$port" --coord-per-ip-limit 0 --no-leader-election --workers 8 --log-level "${KNIT_BENCH_LOG:-warn}"
 op=$E2E_PID
 e2e_wait_for 60 sh -c "$K get tailnet default -o jsonpath='{.status.controlKey}' | grep -q ctrlkey" || e2e_die "operator not ready"
 printf '{"apiVersion":"knit.dev/v1alpha1","kind":"AuthKey","metadata":{"name":"bench","namespace":"knit-system"},"spec":{"reusable":true}}' |

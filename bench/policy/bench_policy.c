@@ -21,10 +21,8 @@
 
 #include "buf.h"
 #include "policy/policy.h"
+#include "policygen.h"
 
-#define TAGS 200
-#define GROUPS 100
-#define GROUP_SIZE 10
 
 static double now_s(void)
 {
@@ -48,54 +46,6 @@ static void die(const char *what)
 {
 	fprintf(stderr, "bench_policy: %s\n", what);
 	exit(1);
-}
-
-static void policy_text(struct buf *b, size_t users, size_t rules)
-{
-	buf_add_str(b, "{\n\"groups\": {\n");
-	for (size_t g = 0; g < GROUPS; g++) {
-		buf_addf(b, "%s\"group:g%zu\": [", g ? ",\n" : "", g);
-		for (size_t k = 0; k < GROUP_SIZE; k++)
-			buf_addf(b, "%s\"user%zu@example.com\"", k ? ", " : "",
-				 (g * GROUP_SIZE + k) % users);
-		buf_add_str(b, "]");
-	}
-	buf_add_str(b, "},\n\"tagOwners\": {\n");
-	for (size_t t = 0; t < TAGS; t++)
-		buf_addf(b, "%s\"tag:t%zu\": [\"group:g%zu\"]", t ? ",\n" : "", t, t % GROUPS);
-	buf_add_str(b, "},\n\"autoApprovers\": {\"routes\": {\"10.0.0.0/8\": [\"tag:t0\"]}},\n");
-	buf_add_str(b, "\"acls\": [\n");
-	for (size_t r = 0; r < rules; r++) {
-		const char *sep = r ? ",\n" : "";
-
-		switch (r % 6) {
-		case 0:
-			buf_addf(b, "%s{\"action\": \"accept\", \"src\": [\"group:g%zu\"], \"dst\": [\"tag:t%zu:%zu\"]}",
-				 sep, r % GROUPS, r % TAGS, 1000 + r);
-			break;
-		case 1:
-			buf_addf(b, "%s{\"action\": \"accept\", \"src\": [\"tag:t%zu\"], \"dst\": [\"tag:t%zu:8000-8100\"]}",
-				 sep, r % TAGS, (r * 7 + 3) % TAGS);
-			break;
-		case 2:
-			buf_addf(b, "%s{\"action\": \"accept\", \"src\": [\"user%zu@example.com\"], \"dst\": [\"tag:t%zu:22,443\"]}",
-				 sep, (r * 13) % users, (r * 11) % TAGS);
-			break;
-		case 3:
-			buf_addf(b, "%s{\"action\": \"accept\", \"src\": [\"autogroup:member\"], \"dst\": [\"autogroup:self:%zu\"]}",
-				 sep, r);
-			break;
-		case 4:
-			buf_addf(b, "%s{\"action\": \"accept\", \"src\": [\"100.%zu.0.0/16\"], \"dst\": [\"tag:t%zu:*\"], \"proto\": \"udp\"}",
-				 sep, 64 + r % 64, (r * 3) % TAGS);
-			break;
-		default:
-			buf_addf(b, "%s{\"action\": \"accept\", \"src\": [\"group:g%zu\", \"tag:t%zu\"], \"dst\": [\"10.%zu.0.0/16:*\"]}",
-				 sep, (r * 5) % GROUPS, (r * 9) % TAGS, r % 256);
-			break;
-		}
-	}
-	buf_add_str(b, "],\n\"grants\": [{\"src\": [\"group:g1\"], \"dst\": [\"tag:t1\"], \"ip\": [\"tcp:443\", \"icmp:*\"]}]\n}\n");
 }
 
 struct result {
@@ -218,7 +168,7 @@ int main(int argc, char **argv)
 
 	if (devices < 10 || rules < 6)
 		die("usage: bench_policy [devices>=10 [rules>=6]]");
-	policy_text(&text, users, rules);
+	policy_text(&text, users, rules, "");
 	if (!text.len)
 		die("policy text too large");
 	t0 = now_s();

@@ -5,12 +5,16 @@
 # upstream wireguard-go (GSO/GRO) if one is on PATH as wireguard-go-modern
 # (skipped with a note if not; bench/wg/build-modern.sh builds one), (d)
 # knitd wg, each REPS times for DURATION seconds; prints every run, the
-# medians in Gbit/s, and knitd's ratio to each of the others.
+# medians in Gbit/s, and knitd's ratio to each of the others. With -F, also
+# (e) knitd enforcing that packetFilter file on both ends (knitd wg
+# --packet-filter), and its ratio to (d).
 #
-#   sudo bench/wg/run.sh [-d SECONDS] [-r REPS] [-b BUILD_DIR] [-k "KNITD ARGS"] [-p PATHS]
+#   sudo bench/wg/run.sh [-d SECONDS] [-r REPS] [-b BUILD_DIR] [-k "KNITD ARGS"] [-p PATHS] [-F FILTER]
 #
 # -p runs only some paths (comma-separated: veth,wireguard-go,
-# wireguard-go-modern,knitd; all by default): for quick iterations.
+# wireguard-go-modern,knitd,knitd-policy; all by default): for quick
+# iterations. The tunnel addresses are 10.210.0.1 (client) and 10.210.0.2
+# (iperf3 server, port 5201): a filter must allow that flow.
 #
 # Needs root (namespaces, TUN), iperf3, wireguard-go, wg. knitd comes from
 # BUILD_DIR (default build/default; use a release build).
@@ -19,15 +23,16 @@ set -uo pipefail
 DURATION=10 REPS=3
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${KNIT_BUILD_DIR:-$SRC/build/default}
-KNITD_ARGS="" PATHS=veth,wireguard-go,wireguard-go-modern,knitd
-while getopts "d:r:b:k:p:h" o; do
+KNITD_ARGS="" PATHS=veth,wireguard-go,wireguard-go-modern,knitd,knitd-policy FILTER=""
+while getopts "d:r:b:k:p:F:h" o; do
 	case $o in
 	d) DURATION=$OPTARG ;;
 	r) REPS=$OPTARG ;;
 	b) BUILD=$OPTARG ;;
 	k) KNITD_ARGS=$OPTARG ;;
 	p) PATHS=$OPTARG ;;
-	*) sed -n '2,18p' "$0"; exit 2 ;;
+	F) FILTER=$(realpath "$OPTARG") ;;
+	*) sed -n '2,21p' "$0"; exit 2 ;;
 	esac
 done
 KNITD=$BUILD/agent/knitd
@@ -89,13 +94,17 @@ except Exception:
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 # Starts an implementation on both sides and connects them.
-tunnel_up() { # wireguard-go | knitd
+tunnel_up() { # wireguard-go | knitd | knitd-policy
 	local impl=$1 ns ifn
 	for side in a b; do
 		if [ $side = a ]; then ns=$NSA ifn=$IFA; else ns=$NSB ifn=$IFB; fi
 		if [ "$impl" = knitd ]; then
 			# shellcheck disable=SC2086
 			ip netns exec "$ns" "$KNITD" wg -f $KNITD_ARGS "$ifn" >"$WORK/$impl.$side.log" 2>&1 &
+		elif [ "$impl" = knitd-policy ]; then
+			# shellcheck disable=SC2086
+			ip netns exec "$ns" "$KNITD" wg -f $KNITD_ARGS --packet-filter "$FILTER" "$ifn" \
+				>"$WORK/$impl.$side.log" 2>&1 &
 		else
 			ip netns exec "$ns" env WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 \
 				"$impl" -f "$ifn" >"$WORK/$impl.$side.log" 2>&1 &
@@ -148,8 +157,11 @@ if wanted wireguard-go-modern && ! command -v wireguard-go-modern >/dev/null 2>&
 	echo "note: no wireguard-go-modern on PATH (an upstream wireguard-go build with GSO/GRO: bench/wg/build-modern.sh): skipped" >&2
 	PATHS=${PATHS//wireguard-go-modern/}
 fi
+if wanted knitd-policy && [ -z "$FILTER" ]; then
+	PATHS=${PATHS//knitd-policy/}
+fi
 if wanted veth; then run_case veth 192.168.210.2; fi
-for impl in wireguard-go wireguard-go-modern knitd; do
+for impl in wireguard-go wireguard-go-modern knitd knitd-policy; do
 	wanted $impl || continue
 	tunnel_up $impl && run_case $impl 10.210.0.2
 	tunnel_down
@@ -158,7 +170,7 @@ done
 AEAD=$(grep -ho 'msg="AEAD backend" packets=[a-z0-9]*' "$WORK/knitd.a.log" 2>/dev/null | head -n1 | cut -d= -f3)
 
 printf '\n%-20s %-26s %12s\n' "path" "runs (Gbit/s)" "median"
-for n in veth wireguard-go wireguard-go-modern knitd; do
+for n in veth wireguard-go wireguard-go-modern knitd knitd-policy; do
 	printf '%-20s %-26s %12s\n' "$n" "${RUNS[$n]:-}" "${MED[$n]:-n/a}"
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
@@ -172,3 +184,6 @@ fi
 printf 'knitd / veth:                %s\n' "$(ratio "${MED[knitd]:-0}" "${MED[veth]:-0}")"
 printf 'knitd:                       %s Gbit/s (target >= 4)\n' "${MED[knitd]:-0}"
 if wanted knitd; then printf 'knitd AEAD backend:          %s\n' "${AEAD:-unknown}"; fi
+if [ -n "${MED[knitd-policy]:-}" ]; then
+	printf 'knitd-policy / knitd:        %s   (filter %s; target >= 0.95)\n' "$(ratio "${MED[knitd-policy]}" "${MED[knitd]:-0}")" "$(basename "$FILTER")"
+fi

@@ -1265,16 +1265,94 @@ struct json *policy_filter_to_json(const struct policy_filter *f)
 	return arr;
 }
 
+/* Decimal digits of v at *p, which moves past them. */
+static void put_uint(char **p, unsigned v)
+{
+	char d[10];
+	int n = 0;
+
+	do
+		d[n++] = (char)('0' + v % 10);
+	while ((v /= 10));
+	while (n)
+		*(*p)++ = d[--n];
+}
+
+/* "addr/bits" with its quotes, as policy_prefix_format writes it: IPv4
+ * by hand (most of a filter's text, and snprintf is slow), IPv6 through
+ * it (inet_ntop's canonical form). */
+static int dump_prefix(struct buf *out, const struct policy_prefix *p)
+{
+	char s[72], *e = s;
+
+	*e++ = '"';
+	if (p->family == 4) {
+		for (int i = 0; i < 4; i++) {
+			if (i)
+				*e++ = '.';
+			put_uint(&e, p->addr[i]);
+		}
+		*e++ = '/';
+		put_uint(&e, p->bits);
+	} else {
+		if (!policy_prefix_format(p, e, sizeof(s) - 2))
+			return -EINVAL;
+		e += strlen(e);
+	}
+	*e++ = '"';
+	return buf_add(out, s, (size_t)(e - s));
+}
+
+static int dump_ports(struct buf *out, const struct policy_port_range *r)
+{
+	static const char first[] = ",\"ports\":{\"first\":", last[] = ",\"last\":";
+	char s[64], *e = s;
+
+	memcpy(e, first, sizeof(first) - 1);
+	e += sizeof(first) - 1;
+	put_uint(&e, r->first);
+	memcpy(e, last, sizeof(last) - 1);
+	e += sizeof(last) - 1;
+	put_uint(&e, r->last);
+	*e++ = '}';
+	*e++ = '}';
+	return buf_add(out, s, (size_t)(e - s));
+}
+
+/* The text policy_filter_to_json() would dump (json_dump, compact), written
+ * directly: a policy change dumps every touched device's filter, and
+ * building the tree first took most of the compile's time. */
 int policy_filter_dump(const struct policy_filter *f, struct buf *out)
 {
-	struct json *j = policy_filter_to_json(f);
-	int ret;
+	int ret = buf_add_byte(out, '[');
 
-	if (!j)
-		return -ENOMEM;
-	ret = json_dump(j, out, 0);
-	json_free(j);
-	return ret;
+	for (size_t i = 0; !ret && i < f->n_rules; i++) {
+		const struct policy_rule *r = &f->rules[i];
+
+		ret = buf_add_str(out, i ? ",{\"srcIPs\":[" : "{\"srcIPs\":[");
+		for (size_t k = 0; !ret && k < r->n_src; k++) {
+			if (k)
+				ret = buf_add_byte(out, ',');
+			if (!ret)
+				ret = dump_prefix(out, &r->src_ips[k]);
+		}
+		if (!ret)
+			ret = buf_add_str(out, "],\"dstPorts\":[");
+		for (size_t k = 0; !ret && k < r->n_dst; k++) {
+			ret = buf_add_str(out, k ? ",{\"ip\":" : "{\"ip\":");
+			if (!ret)
+				ret = dump_prefix(out, &r->dst_ports[k].ip);
+			if (!ret)
+				ret = dump_ports(out, &r->dst_ports[k].ports);
+		}
+		if (!ret)
+			ret = buf_add_str(out, "],\"ipProto\":[");
+		for (size_t k = 0; !ret && k < r->n_protos; k++)
+			ret = buf_addf(out, "%s%u", k ? "," : "", r->protos[k]);
+		if (!ret)
+			ret = buf_add_str(out, "]}");
+	}
+	return ret ? ret : buf_add_byte(out, ']');
 }
 
 bool policy_filter_allows(const struct policy_filter *f, const struct policy_prefix *src,
@@ -1303,4 +1381,205 @@ bool policy_filter_allows(const struct policy_filter *f, const struct policy_pre
 		}
 	}
 	return false;
+}
+
+/* ---- what a policy change touches ------------------------------------ */
+
+static bool str_eq(const char *a, const char *b)
+{
+	return a == b || (a && b && !strcmp(a, b));
+}
+
+static bool group_eq(const struct group *a, const struct group *b)
+{
+	if (!str_eq(a->name, b->name) || a->n != b->n)
+		return false;
+	for (size_t i = 0; i < a->n; i++)
+		if (a->members[i].kind != b->members[i].kind || !str_eq(a->members[i].name, b->members[i].name))
+			return false;
+	return true;
+}
+
+/* Selectors of two policies: a group compares by its members, a host by
+ * the prefix it resolved to. */
+static bool sel_eq(const struct policy *pa, const struct sel *a, const struct policy *pb, const struct sel *b)
+{
+	if (a->kind != b->kind)
+		return false;
+	switch (a->kind) {
+	case SEL_GROUP:
+		return group_eq(&pa->groups[a->group], &pb->groups[b->group]);
+	case SEL_PREFIX:
+		return a->pfx.family == b->pfx.family && a->pfx.bits == b->pfx.bits &&
+		       !memcmp(a->pfx.addr, b->pfx.addr, sizeof(a->pfx.addr));
+	default:
+		return str_eq(a->name, b->name);
+	}
+}
+
+static bool sels_eq(const struct policy *pa, const struct sel *a, size_t na, const struct policy *pb,
+		    const struct sel *b, size_t nb)
+{
+	if (na != nb)
+		return false;
+	for (size_t i = 0; i < na; i++)
+		if (!sel_eq(pa, &a[i], pb, &b[i]))
+			return false;
+	return true;
+}
+
+static bool rule_eq(const struct policy *pa, const struct rule *a, const struct policy *pb, const struct rule *b)
+{
+	if (a->n_dst != b->n_dst || a->n_protos != b->n_protos || a->has_ports != b->has_ports ||
+	    memcmp(a->protos, b->protos, a->n_protos) || !sels_eq(pa, a->src, a->n_src, pb, b->src, b->n_src))
+		return false;
+	for (size_t i = 0; i < a->n_dst; i++) {
+		const struct dst *x = &a->dst[i], *y = &b->dst[i];
+
+		if (!sel_eq(pa, &x->sel, pb, &y->sel) || x->n_ports != y->n_ports ||
+		    memcmp(x->ports, y->ports, x->n_ports * sizeof(*x->ports)))
+			return false;
+	}
+	return true;
+}
+
+static bool owners_eq(const struct policy *pa, const struct owners *a, size_t na, const struct policy *pb,
+		      const struct owners *b, size_t nb)
+{
+	if (na != nb)
+		return false;
+	for (size_t i = 0; i < na; i++)
+		if (!str_eq(a[i].key, b[i].key) || memcmp(&a[i].pfx, &b[i].pfx, sizeof(a[i].pfx)) ||
+		    !sels_eq(pa, a[i].sels, a[i].n, pb, b[i].sels, b[i].n))
+			return false;
+	return true;
+}
+
+/* Is r (of net a's policy) also a rule of b's? The same index first:
+ * an edit leaves most rules where they were. */
+static bool rule_kept(const struct policy *pa, size_t i, const struct policy *pb)
+{
+	const struct rule *r = &pa->rules[i];
+
+	if (i < pb->n_rules && rule_eq(pa, r, pb, &pb->rules[i]))
+		return true;
+	for (size_t k = 0; k < pb->n_rules; k++)
+		if (k != i && rule_eq(pa, r, pb, &pb->rules[k]))
+			return true;
+	return false;
+}
+
+/* Every device r names, as a source or a destination. */
+static void mark_rule(const struct policy_net *n, const struct rule *r, struct marks *m)
+{
+	for (size_t i = 0; i < r->n_src; i++)
+		expand(n, &r->src[i], false, NULL, m);
+	for (size_t i = 0; i < r->n_dst; i++) {
+		if (r->dst[i].sel.kind == SEL_SELF)
+			mark_bucket(m, &n->member);
+		else
+			expand(n, &r->dst[i].sel, true, NULL, m);
+	}
+}
+
+static void mark_all(const struct policy_net *n, struct marks *m)
+{
+	for (size_t i = 0; i < n->n_devs; i++)
+		if (n->devs[i].live)
+			mark(m, i);
+}
+
+/* Marks in a the devices of a that b lacks, and their peers; and the
+ * devices of b that a lacks (by name in names_b) likewise. */
+static int mark_missing(const struct policy_net *a, const struct policy_net *b, struct marks *m)
+{
+	for (size_t i = 0; i < a->n_devs; i++) {
+		struct policy_names peers;
+
+		if (!a->devs[i].live || strmap_has(b->by_name, a->devs[i].name))
+			continue;
+		mark(m, i);
+		if (policy_net_peers(a, a->devs[i].name, &peers))
+			return -ENOMEM;
+		for (size_t k = 0; k < peers.len; k++)
+			mark(m, SLOT(strmap_get(a->by_name, peers.v[k])));
+		policy_names_free(&peers);
+	}
+	return 0;
+}
+
+static int names_add_marked(const struct policy_net *n, const struct marks *m, struct strmap *seen,
+			    struct policy_names *out)
+{
+	for (size_t i = 0; i < m->n; i++) {
+		const char *name = n->devs[m->v[i]].name;
+
+		if (strmap_has(seen, name))
+			continue;
+		if (strmap_set(seen, name, (void *)1, NULL))
+			return -ENOMEM;
+		out->v[out->len++] = name;
+	}
+	return 0;
+}
+
+int policy_net_affected(const struct policy_net *from, const struct policy_net *to, struct policy_names *out)
+{
+	const struct policy *pa = from->p, *pb = to->p;
+	struct marks ma = { 0 }, mb = { 0 };
+	struct strmap *seen = strmap_new();
+	bool all = pa->has_rules != pb->has_rules ||
+		   !owners_eq(pa, pa->route_approvers, pa->n_route_approvers, pb, pb->route_approvers,
+			      pb->n_route_approvers) ||
+		   !sels_eq(pa, pa->exit_approvers, pa->n_exit_approvers, pb, pb->exit_approvers, pb->n_exit_approvers);
+	int ret;
+
+	*out = (struct policy_names){ 0 };
+	ret = seen ? marks_init(&ma, from->n_devs) : -ENOMEM;
+	if (!ret)
+		ret = marks_init(&mb, to->n_devs);
+	if (ret)
+		goto out;
+	if (all) {
+		mark_all(from, &ma);
+		mark_all(to, &mb);
+	} else {
+		/* A rule only one side has reaches the devices it names: their
+		 * filters (as destinations) and peers (either way). */
+		for (size_t i = 0; i < pa->n_rules; i++)
+			if (!rule_kept(pa, i, pb))
+				mark_rule(from, &pa->rules[i], &ma);
+		for (size_t i = 0; i < pb->n_rules; i++)
+			if (!rule_kept(pb, i, pa))
+				mark_rule(to, &pb->rules[i], &mb);
+		ret = mark_missing(from, to, &ma);
+		if (!ret)
+			ret = mark_missing(to, from, &mb);
+		if (ret)
+			goto out;
+	}
+	out->v = malloc((ma.n + mb.n + 1) * sizeof(*out->v));
+	ret = out->v ? 0 : -ENOMEM;
+	/* Names from `to` first: they outlive `from` in the usual swap. */
+	if (!ret)
+		ret = names_add_marked(to, &mb, seen, out);
+	for (size_t i = 0; !ret && i < ma.n; i++) {
+		const char *name = from->devs[ma.v[i]].name;
+		void *v = strmap_get(to->by_name, name);
+
+		if (v)
+			name = to->devs[SLOT(v)].name;
+		if (strmap_has(seen, name))
+			continue;
+		ret = strmap_set(seen, name, (void *)1, NULL);
+		if (!ret)
+			out->v[out->len++] = name;
+	}
+out:
+	if (ret)
+		policy_names_free(out);
+	marks_fini(&ma);
+	marks_fini(&mb);
+	strmap_free(seen);
+	return ret;
 }

@@ -179,6 +179,25 @@ int policy_net_filter(const struct policy_net *n, const char *name, struct polic
 int policy_net_peers(const struct policy_net *n, const char *name, struct policy_names *out);
 int policy_net_routes(const struct policy_net *n, const char *name, struct policy_routes *out);
 
+/* ---- a policy change -------------------------------------------------- */
+
+/* Two nets over (nearly) the same devices, under an old and a new policy:
+ * the devices whose packet filter or visible peers may differ between
+ * them — those a rule only one policy has names as a source or a
+ * destination, and those only one net has with their peers; every device
+ * when the approvers (hence approved routes) or the allow-all default
+ * differ. Devices outside it have the same filter and peers in both, so a
+ * policy change recompiles only these. Names belong to `to` (or, for
+ * devices only `from` has, to `from`). -ENOMEM. */
+int policy_net_affected(const struct policy_net *from, const struct policy_net *to, struct policy_names *out);
+
+struct strmap;
+/* A device saw the peers in had (a set of names; NULL: none) and now sees
+ * now: added gets the names of now it did not see (strings of now),
+ * removed those of had it no longer sees (strings of had). -ENOMEM. */
+int policy_view_diff(const struct strmap *had, const struct policy_names *now, struct policy_names *added,
+		     struct policy_names *removed);
+
 /* ---- tests ----------------------------------------------------------- */
 
 /* Runs the policy's `tests`. net (may be NULL) lets an IP source or

@@ -11,7 +11,9 @@
 # webhook, the Policy's status says TestsPassed=False and the old rules
 # stay, also across an operator restart. A registration asking for a tag it
 # does not own is refused with the owner named, and its one-off key is not
-# burned.
+# burned. A route advertised before autoApprovers allow it is approved when
+# a policy that allows it is applied, and withdrawn when a later one no
+# longer does.
 source "$(dirname "$0")/lib/common.sh"
 source "$(dirname "$0")/lib/apiserver.sh"
 source "$(dirname "$0")/lib/tailnet.sh"
@@ -47,12 +49,12 @@ authkey db admin@example.com '["tag:db"]' false
 key_of() { $K get secret "$1-authkey" -n "$NS" -o jsonpath='{.data.authkey}' 2>/dev/null | base64 -d; }
 for k in alice bob db; do e2e_wait_for 30 key_of "$k" || e2e_die "no key $k"; done
 
-policy_doc() { # EXTRA-ACLS EXTRA-TESTS
+policy_doc() { # EXTRA-ACLS EXTRA-TESTS [EXTRA-SECTIONS]
 	cat <<JSON
 {
   // people and who may tag what
   "groups": {"group:dev": ["alice@example.com"]},
-  "tagOwners": {"tag:db": ["alice@example.com"]},
+  "tagOwners": {"tag:db": ["alice@example.com"]},${3:-}
   "acls": [
     {"action": "accept", "src": ["group:dev"], "dst": ["tag:db:5432"], "proto": "tcp"},
     {"action": "accept", "src": ["group:dev"], "dst": ["tag:db:*"], "proto": "icmp"},$1
@@ -100,10 +102,12 @@ e2e_check "bob's registration asking for tag:db is refused" grep -q 'tag:db' "$E
 e2e_check "the refusal names the owner (alice@example.com)" grep -q 'alice@example.com' "$E2E_DIR/up-bob.out"
 e2e_check "bob joins with the same one-off key (not burned by the refusal)" join bob "$(key_of bob)" --advertise-tags=
 e2e_check "alice joins" join alice "$(key_of alice)"
-e2e_check "db joins (tagged key)" join db "$(key_of db)"
+e2e_check "db joins (tagged key), advertising 10.77.0.0/24" join db "$(key_of db)" --advertise-routes 10.77.0.0/24
 dev_of() { $K get devices -o json | jq -r --arg h "$1" '.items[] | select(.spec.hostname == $h) | .metadata.name'; }
 e2e_expect "alice's Device has her user" alice@example.com "$($K get device "$(dev_of alice)" -o jsonpath='{.spec.user}')"
 e2e_expect "db's Device has no user (tagged)" "" "$($K get device "$(dev_of db)" -o jsonpath='{.spec.user}')"
+approved() { $K get device "$(dev_of db)" -o jsonpath='{.spec.approvedRoutes}' | jq -r 'join(",")? // ""'; }
+e2e_expect "db's route is not approved (no autoApprovers yet)" "" "$(approved)"
 
 not() { ! "$@"; }
 peers_of() { tailnet_knit "$1" status --json | jq -r '[.peers[].name] | sort | join(" ")'; }
@@ -160,8 +164,12 @@ lines() { grep -c '^flow' "$E2E_DIR/db.recv" 2>/dev/null || echo 0; }
 flowing() { [ "$(lines)" -gt 20 ]; }
 e2e_check "a long-lived TCP flow alice -> db:5432 runs" e2e_wait_for 20 flowing
 # P2 also lets bob reach db:5432: bob's view changes, alice's flow stays allowed.
-P2=$(policy_doc '
-    {"action": "accept", "src": ["bob@example.com"], "dst": ["tag:db:5432"], "proto": "tcp"},' "")
+# P2 also approves tag:db's routes in 10.77.0.0/16: db advertised one before.
+APPROVERS='
+  "autoApprovers": {"routes": {"10.77.0.0/16": ["tag:db"]}},'
+BOB_DB='
+    {"action": "accept", "src": ["bob@example.com"], "dst": ["tag:db:5432"], "proto": "tcp"},'
+P2=$(policy_doc "$BOB_DB" "" "$APPROVERS")
 t0=$(date +%s%N)
 out=$(policy_apply "$P2")
 e2e_check "P2 applied" grep -q configured <<<"$out"
@@ -175,6 +183,10 @@ before=$(lines)
 grows() { [ "$(lines)" -gt "$((before + 50))" ]; }
 e2e_check "the flow keeps going across the change" e2e_wait_for 10 grows
 e2e_check "on the same connection (the sender never failed)" kill -0 "$FLOW_PID"
+route_on() { [ "$(approved)" = "$1" ]; }
+e2e_check "P2's autoApprovers approve the route db advertised before" e2e_wait_for 20 route_on 10.77.0.0/24
+bob_has_route() { wg show "$BOBTUN" allowed-ips | grep -q '10\.77\.0\.0/24'; }
+e2e_check "bob's WireGuard has it in db's allowed IPs" e2e_wait_for 20 bob_has_route
 
 # ---- a failing policy: refused by the webhook ----
 BAD=$(policy_doc "" '
@@ -196,5 +208,16 @@ e2e_check "appliedGeneration stays behind" test "$(applied_gen)" -lt "$(gen)"
 e2e_check "the old rules stay: bob reaches db:5432" e2e_wait_for 20 tcp_ok bob "$DB" 5432
 e2e_check "and still not db -> alice" not tcp_ok db "$ALICE" 8022
 e2e_check "bob still cannot ping db (ICMP is alice's only)" not in_ns bob ping -c 2 -W 2 "$DB"
+e2e_check "the refused policy left the approved route alone" route_on 10.77.0.0/24
+
+# ---- autoApprovers withdrawn: the route they approved goes ----
+out=$(policy_apply "$(policy_doc "$BOB_DB" "")")
+e2e_check "the same rules without autoApprovers applied" grep -q configured <<<"$out"
+e2e_check "db's approved route is withdrawn" e2e_wait_for 20 route_on ""
+e2e_expect "and the operator's note of it is gone" "" \
+	"$($K get device "$(dev_of db)" -o jsonpath='{.metadata.annotations.knit\.dev/auto-approved-routes}')"
+no_route() { ! bob_has_route; }
+e2e_check "bob's WireGuard no longer routes 10.77.0.0/24 to db" e2e_wait_for 20 no_route
+e2e_check "bob still reaches db:5432" tcp_ok bob "$DB" 5432
 
 e2e_end

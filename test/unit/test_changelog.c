@@ -447,6 +447,87 @@ static void test_tailnet_fields(void **state)
 		assert_null(f->l.log[i].f);
 }
 
+/* A view change rides on the next delta (changelog_extra): merged with
+ * the log's own upserts and removals, with its packetFilter; a mark gives
+ * a caught-up stream a fresh seq for it; marks are skipped by everyone
+ * else and by the delta cache, and compacted away once passed. */
+static void test_extra(void **state)
+{
+	struct fx *f = *state;
+	struct changelog_cursor pol = { .device = "d0", .tailnet = "t" };
+	struct changelog_cursor all = { .device = "d6", .tailnet = "t" };
+	struct changelog_extra x = { .peers = "{\"name\":\"d9\",\"v\":7}", .removes = "\"nodekey:2\"",
+				     .fields = ",\"packetFilter\":[]" };
+	uint64_t seq;
+	struct json *j;
+	int v[MAXN];
+
+	x.peers_len = strlen(x.peers);
+	x.removes_len = strlen(x.removes);
+	x.fields_len = strlen(x.fields);
+	for (int i = 0; i < 4; i++)
+		publish(f, i, 1);
+	changelog_sync(&f->l, &pol);
+	changelog_sync(&f->l, &all);
+	json_free(next(f, &pol, 1 << 20));
+	json_free(next(f, &all, 1 << 20));
+	seq = pol.cursor;
+
+	/* Caught up: without a fresh entry there is no seq to send it at. */
+	pol.extra = &x;
+	assert_null(next(f, &pol, 1 << 20));
+	assert_int_equal(changelog_mark(&f->l), 0);
+	j = next(f, &pol, 1 << 20);
+	assert_non_null(j);
+	assert_true(json_int(json_get(j, "seq"), 0) > (int64_t)seq);
+	assert_string_equal(json_str(json_get(j, "type")), "delta");
+	assert_int_equal(peers_of(j, "upsert", v), 1);
+	assert_int_equal(v[9], 7);
+	assert_int_equal(json_array_len(json_get(j, "remove")), 1);
+	assert_int_equal(json_array_len(json_get(j, "packetFilter")), 0);
+	assert_true(json_is_array(json_get(j, "packetFilter")));
+	json_free(j);
+	pol.extra = NULL;
+	/* The mark alone is nothing to the other stream. */
+	assert_null(next(f, &all, 1 << 20));
+	assert_int_equal(all.cursor, f->l.seq);
+
+	/* With log entries pending: one record, both lists merged. */
+	publish(f, 1, 2);
+	assert_int_equal(changelog_unpublish(&f->l, &f->nodes[3]), 0);
+	pol.extra = &x;
+	j = next(f, &pol, 1 << 20);
+	assert_int_equal(peers_of(j, "upsert", v), 2);
+	assert_int_equal(v[1], 2);
+	assert_int_equal(v[9], 7);
+	assert_int_equal(json_array_len(json_get(j, "remove")), 2);
+	assert_non_null(json_get(j, "packetFilter"));
+	json_free(j);
+	pol.extra = NULL;
+	/* ...and the plain stream's delta, cacheable, carries none of it. */
+	j = next(f, &all, 1 << 20);
+	assert_int_equal(peers_of(j, "upsert", v), 1);
+	assert_null(json_get(j, "packetFilter"));
+	assert_true(f->l.delta.valid);
+	json_free(j);
+	/* A stream with an extra never takes the cached delta. */
+	{
+		struct changelog_cursor late = { .device = "d4", .tailnet = "t", .cursor = seq, .extra = &x };
+
+		assert_int_equal(changelog_mark(&f->l), 0);
+		j = next(f, &late, 1 << 20);
+		assert_non_null(json_get(j, "packetFilter"));
+		json_free(j);
+	}
+	/* Every cursor past the marks: compaction drops them. */
+	assert_int_equal(changelog_mark(&f->l), 0);
+	json_free(next(f, &pol, 1 << 20));
+	json_free(next(f, &all, 1 << 20));
+	changelog_compact(&f->l);
+	for (size_t i = 0; i < f->l.len; i++)
+		assert_true(f->l.log[i].n != NULL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -457,6 +538,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_delta_cache, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_visible, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_tailnet_fields, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_extra, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

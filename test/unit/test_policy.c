@@ -18,6 +18,7 @@
 #include "buf.h"
 #include "policy/model.h"
 #include "policy/policy.h"
+#include "strmap.h"
 
 /* ---- the device set -------------------------------------------------- */
 
@@ -891,6 +892,138 @@ static void test_visibility(void **state)
 	}
 }
 
+/* A policy change as each device's view sees it: the peers it gains
+ * (upserts) and loses (removals), and which devices the change touches at
+ * all (policy_net_affected) — never fewer than those whose filter or peers
+ * differ. */
+struct viewdelta {
+	const char *before, *after, *device, *up, *rm, *affected; /* affected: NULL = not checked */
+};
+
+#define DB_FROM(src) ACLS(ACL(src, "\"tag:db:5432\""))
+
+static const struct viewdelta vds[] = {
+	/* a rule's source widens: db gains bob's devices, nobody loses */
+	{ DB_FROM("\"alice@example.com\""), DB_FROM("\"group:eng\""), "db", "bob-laptop", "", NULL },
+	{ DB_FROM("\"alice@example.com\""), DB_FROM("\"group:eng\""), "bob-laptop", "db", "", NULL },
+	{ DB_FROM("\"alice@example.com\""), DB_FROM("\"group:eng\""), "alice-laptop", "", "", NULL },
+	/* ... and narrows back */
+	{ DB_FROM("\"group:eng\""), DB_FROM("\"alice@example.com\""), "db", "", "bob-laptop", NULL },
+	{ DB_FROM("\"group:eng\""), DB_FROM("\"alice@example.com\""), "bob-laptop", "", "db", NULL },
+	/* a port changes: filters change, views do not */
+	{ DB_FROM("\"group:eng\""), ACLS(ACL("\"group:eng\"", "\"tag:db:5433\"")), "db", "", "",
+	  "alice-laptop,alice-phone,bob-laptop,db" },
+	/* the destination moves from tag:db to tag:web */
+	{ DB_FROM("\"alice@example.com\""), ACLS(ACL("\"alice@example.com\"", "\"tag:web:80\"")), "alice-phone",
+	  "web,web2", "db", "alice-laptop,alice-phone,db,web,web2" },
+	{ DB_FROM("\"alice@example.com\""), ACLS(ACL("\"alice@example.com\"", "\"tag:web:80\"")), "web",
+	  "alice-laptop,alice-phone", "", NULL },
+	/* an unchanged rule stays, a new one adds: only what it names is touched */
+	{ DB_FROM("\"alice@example.com\""),
+	  ACLS(ACL("\"alice@example.com\"", "\"tag:db:5432\"") "," ACL("\"carol@example.com\"", "\"ci-bot@:22\"")),
+	  "carol", "ci", "", "carol,ci" },
+	/* the same rules in another order touch nobody */
+	{ ACLS(ACL("\"carol@example.com\"", "\"ci-bot@:22\"") "," ACL("\"alice@example.com\"", "\"tag:db:5432\"")),
+	  ACLS(ACL("\"alice@example.com\"", "\"tag:db:5432\"") "," ACL("\"carol@example.com\"", "\"ci-bot@:22\"")),
+	  "db", "", "", "" },
+	/* a group's members change: the rules naming it are new */
+	{ DB_FROM("\"group:eng\""),
+	  "{\"groups\": {\"group:eng\": [\"alice@example.com\", \"carol@example.com\"]},\n" OWNERS HOSTS APPROVE
+	  " \"acls\": [" ACL("\"group:eng\"", "\"tag:db:5432\"") "]}",
+	  "db", "carol", "bob-laptop", "alice-laptop,alice-phone,bob-laptop,carol,db" },
+	/* self: alice's devices see each other, bob's own only */
+	{ DB_FROM("\"alice@example.com\""), SELF, "alice-laptop", "alice-phone", "db", NULL },
+	{ DB_FROM("\"alice@example.com\""), SELF, "db", "", "alice-laptop,alice-phone", NULL },
+	/* to an address selector, and to a route behind the router */
+	{ DB_FROM("\"alice@example.com\""), ACLS(ACL("\"100.64.0.0/30\"", "\"tag:db:*\"")), "db", "bob-laptop", "",
+	  NULL },
+	{ ACLS(ACL("\"group:eng\"", "\"lan:22\"")), ACLS(ACL("\"carol@example.com\"", "\"lan:22\"")), "router", "carol",
+	  "alice-laptop,alice-phone,bob-laptop", NULL },
+	/* other approvers change approved routes: every device is touched */
+	{ ACLS(ACL("\"group:eng\"", "\"lan:22\"")),
+	  "{" GROUPS OWNERS HOSTS "\"acls\": [" ACL("\"group:eng\"", "\"lan:22\"") "]}", "bob-laptop", "", "router",
+	  "alice-laptop,alice-phone,bob-laptop,carol,ci,db,oidc,pod-api,pod-dev,pod-worker,router,web,web2" },
+	/* deny-all to allow-all (no acls nor grants) and back */
+	{ HEAD "\"acls\": []}", "{}", "ci", "alice-laptop,alice-phone,bob-laptop,carol,db,oidc,pod-api,pod-dev,pod-worker,router,web,web2", "", NULL },
+	{ "{}", HEAD "\"acls\": []}", "pod-dev", "", "alice-laptop,alice-phone,bob-laptop,carol,ci,db,oidc,pod-api,pod-worker,router,web,web2", NULL },
+};
+
+static char *filter_text(struct policy_net *net, const char *name);
+
+static void test_view_delta(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof(vds) / sizeof(vds[0]); i++) {
+		const struct viewdelta *c = &vds[i];
+		struct policy *pa = parse_ok(c->before), *pb = parse_ok(c->after);
+		struct policy_net *a = net_all(pa), *b = net_all(pb);
+		struct policy_names had, now, up, rm, aff;
+		struct strmap *set = strmap_new(), *affset = strmap_new();
+		char joined[512];
+
+		assert_non_null(set);
+		assert_non_null(affset);
+		assert_int_equal(policy_net_peers(a, c->device, &had), 0);
+		for (size_t k = 0; k < had.len; k++)
+			assert_int_equal(strmap_set(set, had.v[k], (void *)1, NULL), 0);
+		assert_int_equal(policy_net_peers(b, c->device, &now), 0);
+		assert_int_equal(policy_view_diff(set, &now, &up, &rm), 0);
+		if (strcmp(names_join(&up), c->up))
+			fail_msg("case %zu: %s gains %s, want %s", i, c->device, names_join(&up), c->up);
+		if (strcmp(names_join(&rm), c->rm))
+			fail_msg("case %zu: %s loses %s, want %s", i, c->device, names_join(&rm), c->rm);
+
+		/* The affected set covers every device whose view or filter moved. */
+		assert_int_equal(policy_net_affected(a, b, &aff), 0);
+		for (size_t k = 0; k < aff.len; k++)
+			assert_int_equal(strmap_set(affset, aff.v[k], (void *)1, NULL), 0);
+		snprintf(joined, sizeof(joined), "%s", names_join(&aff));
+		if (c->affected && strcmp(joined, c->affected))
+			fail_msg("case %zu: touches %s, want %s", i, joined, c->affected);
+		for (size_t d = 0; d < N_DEVS; d++) {
+			struct policy_names pa_, pb_;
+			char *fa = filter_text(a, devs[d].name), *fb = filter_text(b, devs[d].name);
+			char ja[512];
+
+			assert_int_equal(policy_net_peers(a, devs[d].name, &pa_), 0);
+			assert_int_equal(policy_net_peers(b, devs[d].name, &pb_), 0);
+			snprintf(ja, sizeof(ja), "%s", names_join(&pa_));
+			{
+				/* The direct dump is the JSON tree's text. */
+				struct policy_filter f;
+				struct buf t = BUF_INIT(1 << 20);
+				struct json *j;
+
+				assert_int_equal(policy_net_filter(b, devs[d].name, &f), 0);
+				assert_non_null(j = policy_filter_to_json(&f));
+				assert_int_equal(json_dump(j, &t, 0), 0);
+				assert_int_equal(t.len, strlen(fb));
+				assert_memory_equal(t.data, fb, t.len);
+				json_free(j);
+				buf_free(&t);
+				policy_filter_free(&f);
+			}
+			if ((strcmp(ja, names_join(&pb_)) || strcmp(fa, fb)) && !strmap_has(affset, devs[d].name))
+				fail_msg("case %zu: %s changed but is not in the affected set %s", i, devs[d].name, joined);
+			policy_names_free(&pa_);
+			policy_names_free(&pb_);
+			free(fa);
+			free(fb);
+		}
+		policy_names_free(&aff);
+		policy_names_free(&had);
+		policy_names_free(&now);
+		policy_names_free(&up);
+		policy_names_free(&rm);
+		strmap_free(set);
+		strmap_free(affset);
+		policy_net_free(a);
+		policy_net_free(b);
+		policy_free(pa);
+		policy_free(pb);
+	}
+}
+
 static char *filter_text(struct policy_net *net, const char *name)
 {
 	struct policy_filter f;
@@ -1177,7 +1310,7 @@ int main(void)
 		cmocka_unit_test(test_incremental), cmocka_unit_test(test_filter_json),
 		cmocka_unit_test(test_routes),	   cmocka_unit_test(test_tag_owners),
 		cmocka_unit_test(test_misc),	   cmocka_unit_test(test_internet),
-		cmocka_unit_test(test_limits),
+		cmocka_unit_test(test_limits),	   cmocka_unit_test(test_view_delta),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -475,6 +475,94 @@ static void test_authkey_namespaces(void **state)
 	json_free(empty);
 }
 
+/* autoApprovers re-evaluated: a route advertised before the policy
+ * approved it is approved once it does; an approval the policy withdraws
+ * goes, and an admin's (one the annotation does not list) always stays.
+ * Each case: the policy (NULL: none), the Device's advertised and
+ * approved routes and annotation, and what the patch sets (NULL: no
+ * patch). */
+static void test_policy_routes(void **state)
+{
+#define APPROVE_ROUTES "{\"tagOwners\":{\"tag:router\":[\"alice@\"]}," \
+				     "\"autoApprovers\":{\"routes\":{\"10.0.0.0/8\":[\"tag:router\"]},\"exitNode\":[\"tag:router\"]}}"
+#define NARROW_ROUTES "{\"tagOwners\":{\"tag:router\":[\"alice@\"]}," \
+				    "\"autoApprovers\":{\"routes\":{\"10.1.0.0/16\":[\"tag:router\"]}}}"
+#define NO_APPROVERS "{\"tagOwners\":{\"tag:router\":[\"alice@\"]}}"
+	static const struct {
+		const char *policy, *advertised, *approved, *ann;
+		const char *want_approved, *want_ann; /* want_ann "": the annotation removed */
+	} cases[] = {
+		/* advertised before: the policy now approves it */
+		{ APPROVE_ROUTES, "[\"10.1.0.0/16\"]", NULL, NULL, "[\"10.1.0.0/16\"]", "10.1.0.0/16" },
+		{ APPROVE_ROUTES, "[\"10.1.0.0/16\",\"192.168.0.0/24\",\"0.0.0.0/0\"]", "[]", NULL,
+		  "[\"10.1.0.0/16\",\"0.0.0.0/0\"]", "10.1.0.0/16,0.0.0.0/0" },
+		/* already so: nothing to write */
+		{ APPROVE_ROUTES, "[\"10.1.0.0/16\"]", "[\"10.1.0.0/16\"]", "10.1.0.0/16", NULL, NULL },
+		/* an admin's approval joins, and is not listed as the policy's */
+		{ APPROVE_ROUTES, "[\"10.1.0.0/16\",\"192.168.0.0/24\"]", "[\"192.168.0.0/24\"]", NULL,
+		  "[\"192.168.0.0/24\",\"10.1.0.0/16\"]", "10.1.0.0/16" },
+		/* the approver is narrowed: 10.2/16 goes, 10.1/16 stays */
+		{ NARROW_ROUTES, "[\"10.1.0.0/16\",\"10.2.0.0/16\"]", "[\"10.1.0.0/16\",\"10.2.0.0/16\"]", "10.1.0.0/16,10.2.0.0/16",
+		  "[\"10.1.0.0/16\"]", "10.1.0.0/16" },
+		/* withdrawn: the policy's approvals go, the admin's stay */
+		{ NO_APPROVERS, "[\"10.1.0.0/16\",\"192.168.0.0/24\"]", "[\"192.168.0.0/24\",\"10.1.0.0/16\"]", "10.1.0.0/16",
+		  "[\"192.168.0.0/24\"]", "" },
+		{ NULL, "[\"10.1.0.0/16\"]", "[\"10.1.0.0/16\"]", "10.1.0.0/16", "[]", "" },
+		/* an admin approved what the policy approved too: withdrawing the
+		 * policy's leaves it */
+		{ NO_APPROVERS, "[\"10.1.0.0/16\"]", "[\"10.1.0.0/16\"]", NULL, NULL, NULL },
+		/* no routes, nothing approved before: nothing */
+		{ APPROVE_ROUTES, NULL, NULL, NULL, NULL, NULL },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct policy *p = NULL;
+		struct json *dev, *patch, *want;
+		struct json_error e;
+		char text[1024];
+		int err;
+
+		if (cases[i].policy)
+			assert_non_null(p = policy_parse(cases[i].policy, strlen(cases[i].policy), &e));
+		snprintf(text, sizeof(text),
+			 "{\"metadata\":{\"name\":\"r\"%s%s%s},\"spec\":{\"tags\":[\"tag:router\"]%s%s%s%s}}",
+			 cases[i].ann ? ",\"annotations\":{\"" POLICY_AUTO_ROUTES_ANNOTATION "\":\"" : "",
+			 cases[i].ann ? cases[i].ann : "", cases[i].ann ? "\"}" : "",
+			 cases[i].advertised ? ",\"advertisedRoutes\":" : "", cases[i].advertised ? cases[i].advertised : "",
+			 cases[i].approved ? ",\"approvedRoutes\":" : "", cases[i].approved ? cases[i].approved : "");
+		dev = parse(text);
+		patch = policy_routes_patch(p, dev, &err);
+		assert_int_equal(err, 0);
+		if (!cases[i].want_approved) {
+			if (patch)
+				fail_msg("case %zu: a patch where none is due", i);
+		} else {
+			const struct json *ann;
+
+			if (!patch)
+				fail_msg("case %zu: no patch", i);
+			want = parse(cases[i].want_approved);
+			if (!json_equal(json_path(patch, "spec", "approvedRoutes", NULL), want))
+				fail_msg("case %zu: approvedRoutes not as wanted", i);
+			json_free(want);
+			ann = json_path(patch, "metadata", "annotations", POLICY_AUTO_ROUTES_ANNOTATION, NULL);
+			if (*cases[i].want_ann)
+				assert_string_equal(json_str(ann), cases[i].want_ann);
+			else
+				assert_true(json_is_null(ann));
+			/* Applied, it is where it should be: a second look patches nothing. */
+			dev = json_merge_patch(dev, patch);
+			patch = policy_routes_patch(p, dev, &err);
+			if (patch)
+				fail_msg("case %zu: not converged after one patch", i);
+		}
+		json_free(patch);
+		json_free(dev);
+		policy_free(p);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -487,6 +575,7 @@ int main(void)
 		cmocka_unit_test(test_policy_status),
 		cmocka_unit_test(test_policy_store),
 		cmocka_unit_test(test_policy_registration),
+		cmocka_unit_test(test_policy_routes),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
