@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "gateway.h"
 #include "health.h"
 #include "identity.h"
 #include "join.h"
@@ -39,6 +40,7 @@ struct options {
 	const char *uapi_dir;
 	const char *log_level;
 	const char *http_listen; /* /healthz, /readyz, /metrics */
+	const char *cni_conf_dir; /* gateway mode's pod ranges; NULL: not read */
 	struct routes_opts routes; /* the node identity's host routing */
 	int port;
 	int workers;
@@ -58,6 +60,7 @@ struct mesh {
 	struct join *join; /* the node identity's, with --login-server */
 	struct localapi *api;
 	struct pods *pods; /* the CNI plugin's pod identities */
+	struct gateway *gateway; /* --cni-conf-dir */
 	struct health *http; /* --http-listen */
 	int exit_code;
 };
@@ -159,6 +162,10 @@ static void usage(FILE *f)
 		"                      127.0.0.1:9102 or [::]:9102 (default: not served)\n"
 		"  --workers N         crypto worker threads (default: one per CPU, none on\n"
 		"                      one or two CPUs: the readers seal and open)\n"
+		"  --cni-conf-dir DIR  the node's CNI configuration (/etc/cni/net.d): when\n"
+		"                      knit-cni's entry there is in gateway mode, advertise\n"
+		"                      the chain's host-local pod ranges as subnet routes\n"
+		"                      (re-read every 5 s; docs/cni.md)\n"
 		"  --accept-routes     route peers' approved subnet routes through the tailnet\n"
 		"                      (default: only peers' own tailnet addresses)\n"
 		"  --exit-node PEER    send default-route traffic through PEER (a name or\n"
@@ -179,7 +186,7 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv, struct options *o, char *state_buf, size_t state_len)
 {
 	enum { STATE = 256, STATE_DIR, SOCKET, TUN, PORT, UAPI_DIR, WORKERS, LOG_LEVEL, LOGIN, AUTHKEY_FILE, HOSTNAME,
-	       HTTP_LISTEN, ACCEPT_ROUTES, EXIT_NODE };
+	       HTTP_LISTEN, ACCEPT_ROUTES, EXIT_NODE, CNI_CONF_DIR };
 	static const struct option longopts[] = {
 		{ "state", required_argument, NULL, STATE },
 		{ "state-dir", required_argument, NULL, STATE_DIR },
@@ -195,6 +202,7 @@ static int parse_args(int argc, char **argv, struct options *o, char *state_buf,
 		{ "authkey-file", required_argument, NULL, AUTHKEY_FILE },
 		{ "hostname", required_argument, NULL, HOSTNAME },
 		{ "http-listen", required_argument, NULL, HTTP_LISTEN },
+		{ "cni-conf-dir", required_argument, NULL, CNI_CONF_DIR },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -248,6 +256,7 @@ static int parse_args(int argc, char **argv, struct options *o, char *state_buf,
 		case AUTHKEY_FILE: o->authkey_file = optarg; break;
 		case HOSTNAME: o->hostname = optarg; break;
 		case HTTP_LISTEN: o->http_listen = optarg; break;
+		case CNI_CONF_DIR: o->cni_conf_dir = optarg; break;
 		case 'h': usage(stdout); return 1;
 		default: usage(stderr); return 2;
 		}
@@ -425,6 +434,8 @@ int mesh_main(int argc, char **argv)
 		goto out;
 	}
 	identity_start(node_identity(m));
+	if (m->o.cni_conf_dir && (r = gateway_new(&m->gateway, m->loop, node_identity(m), m->o.cni_conf_dir)))
+		goto out;
 	if (pods_restore(m->pods))
 		log_info("pod identities back from the state directory", "dir=%s", pods_dir);
 	if (!identity_logged_in(node_identity(m)) && m->o.login_server) {
@@ -444,6 +455,7 @@ int mesh_main(int argc, char **argv)
 out:
 	state_free(st); /* not handed to an identity */
 	join_free(m->join);
+	gateway_free(m->gateway);
 	health_free(m->http);
 	localapi_free(m->api);
 	pods_free(m->pods); /* before the node identity, which vouches for them */
