@@ -13,6 +13,7 @@
 #include "loop.h"
 
 #define GATEWAY_PERIOD_MS 5000
+#define GATEWAY_RETRY_MS 1000 /* after a failed registration (a 409 while the Device is written) */
 
 struct gateway {
 	struct loop *loop;
@@ -54,6 +55,7 @@ static void registered(void *arg, int err, const struct json *resp, const char *
 	if (err || messages_error(resp, &code, &msg)) {
 		log_warn("gateway mode: advertising the pod ranges failed; retrying", "why=\"%s\"",
 			 err ? (why ? why : strerror(-err)) : msg);
+		loop_timer_arm(g->timer, GATEWAY_RETRY_MS);
 		return;
 	}
 	g->sent = true;

@@ -190,7 +190,18 @@ e2e_check "the laptop pings the unannotated pod ($PLAIN) through node 1" e2e_wai
 
 # --- a CI runner: a Job's pod with tag:ci ------------------------------------
 # Finished: its Device goes (the kubelet's DEL, or the operator's backstop).
+# Times come from watches (each event stamped in ms as it arrives), not
+# from polling with kubectl, whose own start-up would dominate.
 now_ms() { date +%s%3N; }
+export KUBECTL KUBECONFIG
+watch_to() { # FILE RESOURCE-ARGS JQ-FILTER: a stamped watch in its own process group
+	setsid bash -c '"$KUBECTL" get $1 --watch-only --output-watch-events -o json 2>/dev/null |
+		jq -r --unbuffered "$2" | while IFS= read -r l; do echo "$(date +%s%3N) $l"; done' _ "$2" "$3" >"$1" &
+	e2e_defer "kill -- -$! 2>/dev/null"
+}
+watch_to "$E2E_DIR/pods.watch" "pods -A" '"\(.type) \(.object.metadata.namespace)/\(.object.metadata.name) \(.object.status.phase)"'
+watch_to "$E2E_DIR/devices.watch" devices '"\(.type) \(.object.spec.ownerPod.namespace // "-")/\(.object.spec.ownerPod.name // "-")"'
+first() { awk "$1 {print \$1; exit}" "$E2E_DIR/$2.watch"; } # AWK-CONDITION WATCH: first stamp
 cat <<YAML | q K apply -f - || e2e_die "job"
 apiVersion: batch/v1
 kind: Job
@@ -224,24 +235,20 @@ ci_dev() { K get devices -o json | jq -r '.items[] | select(.spec.ownerPod.names
 has_ci_dev() { [ -n "$(ci_dev)" ]; }
 e2e_check "the runner pod has a Device" e2e_wait_for 90 has_ci_dev
 e2e_expect "an ephemeral Device with tag:ci" '["tag:ci"] true' "$(ci_dev | cut -d' ' -f2-)"
-phase() { K -n ci get pods -l job-name=runner -o jsonpath='{.items[0].status.phase}'; }
-t_done=""
-t_gone=""
-deadline=$(($(now_ms) + 90000))
-while [ "$(now_ms)" -lt "$deadline" ]; do
-	[ -n "$t_done" ] || { [ "$(phase)" = Succeeded ] && t_done=$(now_ms); }
-	[ -n "$(ci_dev)" ] || { t_gone=$(now_ms); break; }
-done
+ci_gone() { [ -n "$(first '$2 == "DELETED" && index($3, "ci/") == 1' devices)" ]; }
+e2e_wait_for 90 ci_gone
+t_done=$(first 'index($3, "ci/") == 1 && $4 == "Succeeded"' pods)
+t_gone=$(first '$2 == "DELETED" && index($3, "ci/") == 1' devices)
 RUN_LOG=$(K -n ci logs job/runner 2>/dev/null)
 e2e_log "runner said: $(tr '\n' ';' <<<"$RUN_LOG")"
 e2e_check "the runner reached pod a (allowed)" grep -q "^a: hello from a" <<<"$RUN_LOG"
 e2e_check "the runner was refused by db (not allowed)" grep -q "^db: refused" <<<"$RUN_LOG"
 if [ -n "$t_gone" ] && [ -n "$t_done" ]; then
 	ms=$((t_gone - t_done))
-	e2e_log "runner's Device gone $ms ms after the pod was seen Succeeded"
+	e2e_log "runner's Device deleted $ms ms after its pod's phase became Succeeded (watch events)"
 	e2e_check "the finished runner's Device went within 1 s ($ms ms)" test "$ms" -le 1000
 elif [ -n "$t_gone" ]; then
-	e2e_pass "the runner's Device went before the pod was seen Succeeded"
+	e2e_pass "the runner's Device went before its pod was reported Succeeded"
 else
 	e2e_fail "the finished runner's Device is still there"
 fi
@@ -266,15 +273,14 @@ chmod +x "$BIN2/knit-cni.w" && mv "$BIN2/knit-cni.w" "$BIN2/knit-cni"
 e2e_defer "mv -f '$BIN2/knit-cni.real' '$BIN2/knit-cni' 2>/dev/null"
 stuck_dev() { K get devices -o jsonpath='{range .items[*]}{.spec.ownerPod.name}{"\n"}{end}' | grep -qx stuck; }
 e2e_check "pod stuck has a Device" stuck_dev
-t0=$(now_ms)
 q K delete pod stuck --grace-period=0 --force --wait=false
-t_gone=""
-while [ $(($(now_ms) - t0)) -lt 10000 ]; do
-	stuck_dev || { t_gone=$(now_ms); break; }
-done
-if [ -n "$t_gone" ]; then
+stuck_gone() { [ -n "$(first '$2 == "DELETED" && $3 == "default/stuck"' devices)" ]; }
+e2e_wait_for 10 stuck_gone
+t0=$(first '$2 == "DELETED" && $3 == "default/stuck"' pods)
+t_gone=$(first '$2 == "DELETED" && $3 == "default/stuck"' devices)
+if [ -n "$t_gone" ] && [ -n "$t0" ]; then
 	ms=$((t_gone - t0))
-	e2e_log "stuck's Device gone $ms ms after its Pod object was deleted (DEL failing)"
+	e2e_log "stuck's Device deleted $ms ms after its Pod object (watch events; DEL failing)"
 	e2e_check "its Device went within 1 s of the Pod object ($ms ms)" test "$ms" -le 1000
 else
 	e2e_fail "pod stuck's Device outlived its Pod object by 10 s"
@@ -286,17 +292,25 @@ e2e_check "knit-cni restored on node 2" mv "$BIN2/knit-cni.real" "$BIN2/knit-cni
 # --- a replaced knitd pod ------------------------------------------------------
 knitd_pod() { KS get pods -l app.kubernetes.io/name=knitd --field-selector "spec.nodeName=$NAME-n$1" -o jsonpath='{.items[0].metadata.name}'; }
 old=$(knitd_pod 1)
+# The laptop pings pod a all along, each answer stamped (ping -D).
+setsid ip netns exec "$LAP" ping -D -i 0.05 -W 1 "$A" >"$E2E_DIR/restart.ping" 2>&1 &
+e2e_defer "kill -- -$! 2>/dev/null"
 q KS delete pod "$old" --wait=true || e2e_fail "cannot delete $old"
 replaced() { local p; p=$(knitd_pod 1) && [ -n "$p" ] && [ "$p" != "$old" ]; }
 e2e_check "the DaemonSet replaced node 1's knitd pod" e2e_wait_for 60 replaced
 started() { KS get pod "$(knitd_pod 1)" -o jsonpath='{.status.containerStatuses[0].state.running.startedAt}' | grep -q .; }
 e2e_check "its knitd container started" e2e_wait_for 60 started
-t_start=$(date -d "$(KS get pod "$(knitd_pod 1)" -o jsonpath='{.status.containerStatuses[0].state.running.startedAt}')" +%s%3N)
-a_pings() { in_ns laptop ping -c1 -W0.2 "$A" >/dev/null 2>&1; }
-e2e_wait_for 30 a_pings
-t_back=$(now_ms)
-ms=$((t_back - t_start))
-e2e_log "pod a reachable from the laptop $ms ms after the new knitd container started (startedAt, 1 s resolution)"
+# The new knitd's start: its first log line's timestamp (ms).
+knitd_t0() { KS logs "$(knitd_pod 1)" -c knitd 2>/dev/null | sed -n '1s/^ts=\([^ ]*\) .*/\1/p'; }
+has_t0() { [ -n "$(knitd_t0)" ]; }
+e2e_wait_for 30 has_t0
+t_start=$(date -d "$(knitd_t0)" +%s%3N)
+answered_after() { awk -v t="$t_start" -F'[][]' '/bytes from/ { ms = int($2 * 1000); if (ms >= t) { printf "%.0f\n", ms; exit } }' "$E2E_DIR/restart.ping"; }
+back() { [ -n "$(answered_after)" ]; }
+e2e_wait_for 30 back
+t_back=$(answered_after)
+ms=$(( ${t_back:-999999999999999} - t_start ))
+e2e_log "pod a answered the laptop $ms ms after the new knitd started (its first log line; ping -D stamps)"
 e2e_check "pod a reachable again within 2 s of the new knitd ($ms ms)" test "$ms" -le 2000
 e2e_expect "pod a kept its address" "$A" "$(addr a)"
 e2e_check "pod b reaches pod a again" e2e_wait_for 10 talk
