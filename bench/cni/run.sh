@@ -59,7 +59,8 @@ $K create namespace "$NS" >/dev/null && $K create namespace app >/dev/null &&
 $K apply $(printf -- "-f %s " "$src"/manifests/01-crd-*.yaml) >/dev/null || e2e_die "apply CRDs"
 $K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_die "CRDs not established"
 tailnet_net_up $((20 + ($$ + 17) % 200))
-TAILNET_OP_ARGS="--log-level warn" tailnet_operator_start op-1
+# No leader election: a loaded machine must not make the only operator step down.
+TAILNET_OP_ARGS="--log-level warn --no-leader-election" tailnet_operator_start op-1
 printf '{"apiVersion":"knit.dev/v1alpha1","kind":"AuthKey","metadata":{"name":"nodes","namespace":"%s"},"spec":{"reusable":true}}' \
 	"$NS" | $K apply -f - >/dev/null || e2e_die "authkey"
 e2e_wait_for 30 $K get secret nodes-authkey -n "$NS" >/dev/null || e2e_die "no auth key secret"
