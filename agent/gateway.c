@@ -11,6 +11,7 @@
 #include "json.h"
 #include "log.h"
 #include "loop.h"
+#include "state.h"
 
 #define GATEWAY_PERIOD_MS 5000
 #define GATEWAY_RETRY_MS 1000 /* after a failed registration (a 409 while the Device is written) */
@@ -93,25 +94,63 @@ static bool read_conf(struct gateway *g)
 	return true;
 }
 
+static bool has_prefix(const struct netmap_prefix *list, size_t n, const struct netmap_prefix *p)
+{
+	for (size_t i = 0; i < n; i++)
+		if (same_set(&list[i], 1, p, 1))
+			return true;
+	return false;
+}
+
+/* At start, whether the Device already says what the configuration wants:
+ * the saved netmap's self holds every wanted range among its allowed IPs,
+ * and no range beyond its addresses and knit up's routes. Then no
+ * registration is sent (each one restarts the map stream). */
+static bool already_advertised(const struct gateway *g)
+{
+	const struct netmap *nm = identity_netmap(g->node);
+	const struct state *st = identity_state(g->node);
+
+	if (!nm)
+		return false;
+	for (size_t i = 0; i < g->nwant; i++)
+		if (!has_prefix(nm->self.allowed_ips, nm->self.nallowed_ips, &g->want[i]))
+			return false;
+	for (size_t i = 0; i < nm->self.nallowed_ips; i++) {
+		const struct netmap_prefix *p = &nm->self.allowed_ips[i];
+		if (!has_prefix(nm->self.addresses, nm->self.naddresses, p) && !has_prefix(g->want, g->nwant, p) &&
+		    !has_prefix(st->routes, st->nroutes, p))
+			return false;
+	}
+	return true;
+}
+
+/* A new wish: the identity advertises it from its next registration on;
+ * not logged in yet, that is the one that logs it in. */
+static void want_changed(struct gateway *g, bool at_start)
+{
+	char list[CNICONF_MAX_RANGES * 48] = "";
+	size_t off = 0;
+
+	for (size_t i = 0; i < g->nwant; i++) {
+		char one[64];
+		if (netmap_prefix_format(&g->want[i], false, one, sizeof(one)) > 0)
+			off += (size_t)snprintf(list + off, sizeof(list) - off, "%s%s", i ? "," : "", one);
+	}
+	log_info("gateway mode: pod ranges", "ranges=\"%s\"", list);
+	identity_set_extra_routes(g->node, g->want, g->nwant);
+	g->sent = !identity_logged_in(g->node) || (at_start && already_advertised(g));
+}
+
 static void tick(struct loop *loop, struct loop_timer *t, void *arg)
 {
 	struct gateway *g = arg;
 	int err;
 
-	if (read_conf(g)) {
-		char list[CNICONF_MAX_RANGES * 48] = "";
-		size_t off = 0;
-		for (size_t i = 0; i < g->nwant; i++) {
-			char one[64];
-			if (netmap_prefix_format(&g->want[i], false, one, sizeof(one)) > 0)
-				off += (size_t)snprintf(list + off, sizeof(list) - off, "%s%s", i ? "," : "", one);
-		}
-		log_info("gateway mode: pod ranges", "ranges=\"%s\"", list);
-		identity_set_extra_routes(g->node, g->want, g->nwant);
-		g->sent = false;
-	}
-	/* Not logged in yet: the join's registration carries them. Logged in:
-	 * come back with the machine key, the new routes in the request. */
+	if (read_conf(g))
+		want_changed(g, false);
+	/* Logged in: come back with the machine key, the new routes in the
+	 * request. */
 	if (g->known && !g->sent && !g->in_flight && identity_logged_in(g->node)) {
 		if ((err = identity_register(g->node, NULL, registered, g)))
 			log_warn("gateway mode: cannot send the registration", "err=%d", err);
@@ -132,7 +171,10 @@ int gateway_new(struct gateway **out, struct loop *loop, struct identity *node, 
 	}
 	g->loop = loop;
 	g->node = node;
-	loop_timer_arm(g->timer, 0);
+	/* Now, before a join registers: that registration carries them. */
+	if (read_conf(g))
+		want_changed(g, true);
+	loop_timer_arm(g->timer, GATEWAY_PERIOD_MS);
 	*out = g;
 	return 0;
 }

@@ -76,6 +76,8 @@ advertised() { routes_of advertisedRoutes | grep -qF "\"$PODNET\""; }
 e2e_check "node1 advertises the host-local range $PODNET from the conflist" e2e_wait_for 15 advertised
 approved() { routes_of approvedRoutes | grep -qF "\"$PODNET\""; }
 e2e_check "the Policy's autoApprovers approved it" e2e_wait_for 10 approved
+# Each registration restarts the node's map stream: the join's carried the range.
+e2e_expect "one registration: the join carried the range" 1 "$(grep -c 'msg=registered' "$E2E_DIR/knitd-node1.log")"
 
 # An unannotated pod, attached by the chain from node1's netns.
 POD=$(ns_name pod)
@@ -111,6 +113,19 @@ listening() { ip netns exec "$POD" ss -ltn | grep -q ':7071 '; }
 e2e_wait_for 10 listening || e2e_die "no listener in the pod"
 seen=$(in_ns laptop timeout 5 bash -c "exec 3<>/dev/tcp/$POD_IP/7071; head -1 <&3")
 e2e_expect "the pod sees the laptop's own tailnet address (no NAT)" "$LAPTOP_IP" "$seen"
+
+# knitd restarted: the range is in its saved netmap, nothing is re-sent.
+kill -TERM "$KNITD_PID_node1"
+e2e_wait_for 15 bash -c "! kill -0 $KNITD_PID_node1 2>/dev/null"
+tailnet_knitd_start node1 --cni-conf-dir "$CONF"
+e2e_check "restarted node1: the laptop pings the pod again" e2e_wait_for 15 pings
+registered_again() { grep -q 'msg=registered' "$E2E_DIR/knitd-node1.log"; }
+# Longer than knitd's first re-read of the configuration (5 s).
+if e2e_wait_for 7 registered_again; then
+	e2e_fail "the restarted node1 registered again"
+else
+	e2e_pass "and it did not register again"
+fi
 
 # The conflist back in identity mode: the route is withdrawn.
 conflist identity
