@@ -46,6 +46,9 @@ struct identity {
 	struct state *st;
 	char *state_path; /* NULL: not saved */
 	struct control_client *ctl;
+	/* Advertised besides the state's routes (identity_set_extra_routes). */
+	struct netmap_prefix extra_routes[IDENTITY_MAX_EXTRA_ROUTES];
+	size_t nextra_routes;
 	void (*on_down)(void *arg, struct identity *id);
 	bool (*is_identity_device)(void *arg, const char *ifname);
 	void *arg;
@@ -625,6 +628,40 @@ static void register_done(struct control_client *c, int err, const struct json *
 		done(id->register_arg, err, resp, why);
 }
 
+static bool same_prefix(const struct netmap_prefix *a, const struct netmap_prefix *b)
+{
+	return a->family == b->family && a->bits == b->bits && !memcmp(a->addr, b->addr, sizeof(a->addr));
+}
+
+/* The state's routes and the extra ones, each once; malloc'd. */
+static struct netmap_prefix *merged_routes(const struct identity *id, size_t *n)
+{
+	struct netmap_prefix *all = calloc(id->st->nroutes + id->nextra_routes, sizeof(*all));
+
+	*n = 0;
+	if (!all)
+		return NULL;
+	for (size_t i = 0; i < id->st->nroutes; i++)
+		all[(*n)++] = id->st->routes[i];
+	for (size_t i = 0; i < id->nextra_routes; i++) {
+		bool have = false;
+		for (size_t k = 0; k < id->st->nroutes; k++)
+			have |= same_prefix(&id->st->routes[k], &id->extra_routes[i]);
+		if (!have)
+			all[(*n)++] = id->extra_routes[i];
+	}
+	return all;
+}
+
+int identity_set_extra_routes(struct identity *id, const struct netmap_prefix *routes, size_t n)
+{
+	if (n > IDENTITY_MAX_EXTRA_ROUTES)
+		return -E2BIG;
+	memcpy(id->extra_routes, routes, n * sizeof(*routes));
+	id->nextra_routes = n;
+	return 0;
+}
+
 int identity_register(struct identity *id, const char *auth_key, identity_register_fn done, void *arg)
 {
 	struct register_request rq = { 0 };
@@ -644,7 +681,11 @@ int identity_register(struct identity *id, const char *auth_key, identity_regist
 	rq.ntags = id->st->ntags;
 	rq.routes = id->st->routes;
 	rq.nroutes = id->st->nroutes;
+	if (id->nextra_routes && !(rq.routes = merged_routes(id, &rq.nroutes)))
+		return -ENOMEM;
 	req = register_request_to_json(&rq);
+	if (rq.routes != id->st->routes)
+		free(rq.routes);
 	if (!req)
 		return -ENOMEM;
 	err = control_client_call(id->ctl, req, register_done, id, NULL);

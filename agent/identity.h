@@ -22,6 +22,7 @@ struct loop;
 struct netmap;
 struct netmap_delta;
 struct netmap_node;
+struct netmap_prefix;
 struct routes_opts;
 struct state;
 struct identity;
@@ -88,6 +89,11 @@ typedef void (*identity_register_fn)(void *arg, int err, const struct json *resp
 /* Sets the coordination server (and the hostname to join with, if not
  * NULL) for a join with no CLI involved. 0 or -ENOMEM. */
 int identity_set_login(struct identity *id, const char *login_server, const char *hostname);
+/* Routes the identity advertises besides its state's (knit up
+ * --advertise-routes), from its next registration on: gateway mode's pod
+ * ranges (gateway.h). Not saved. 0, or -E2BIG for more than the maximum. */
+#define IDENTITY_MAX_EXTRA_ROUTES 16
+int identity_set_extra_routes(struct identity *id, const struct netmap_prefix *routes, size_t n);
 /* Registers with auth_key (NULL: come back with this machine key); done
  * (may be NULL) runs once the answer is handled. 0 or a negative errno. */
 int identity_register(struct identity *id, const char *auth_key, identity_register_fn done, void *arg);

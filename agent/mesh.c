@@ -16,6 +16,7 @@
 
 #include "api.h"
 #include "datagrams.h"
+#include "gateway.h"
 #include "health.h"
 #include "identity.h"
 #include "join.h"
@@ -45,6 +46,7 @@ struct options {
 	const char *log_level;
 	const char *http_listen; /* /healthz, /readyz, /metrics */
 	const char *relay_ca; /* TLS trust for relays */
+	const char *cni_conf_dir; /* gateway mode's pod ranges; NULL: not read */
 	struct routes_opts routes; /* the node identity's host routing */
 	int port;
 	int workers;
@@ -67,6 +69,7 @@ struct mesh {
 	struct join *join; /* the node identity's, with --login-server */
 	struct localapi *api;
 	struct pods *pods; /* the CNI plugin's pod identities */
+	struct gateway *gateway; /* --cni-conf-dir */
 	struct health *http; /* --http-listen */
 	int exit_code;
 };
@@ -191,6 +194,10 @@ static void usage(FILE *f)
 		"                      one or two CPUs: the readers seal and open)\n"
 		"  --relay-ca FILE     trust these CA certificates (PEM) for relays dialled\n"
 		"                      with TLS (default: the system's)\n"
+		"  --cni-conf-dir DIR  the node's CNI configuration (/etc/cni/net.d): when\n"
+		"                      knit-cni's entry there is in gateway mode, advertise\n"
+		"                      the chain's host-local pod ranges as subnet routes\n"
+		"                      (re-read every 5 s; docs/cni.md)\n"
 		"  --accept-routes     route peers' approved subnet routes through the tailnet\n"
 		"                      (default: only peers' own tailnet addresses)\n"
 		"  --exit-node PEER    send default-route traffic through PEER (a name or\n"
@@ -211,7 +218,7 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv, struct options *o, char *state_buf, size_t state_len)
 {
 	enum { STATE = 256, STATE_DIR, SOCKET, TUN, PORT, UAPI_DIR, WORKERS, LOG_LEVEL, LOGIN, AUTHKEY_FILE, HOSTNAME,
-	       HTTP_LISTEN, ACCEPT_ROUTES, EXIT_NODE, RELAY_CA };
+	       HTTP_LISTEN, ACCEPT_ROUTES, EXIT_NODE, RELAY_CA, CNI_CONF_DIR };
 	static const struct option longopts[] = {
 		{ "state", required_argument, NULL, STATE },
 		{ "state-dir", required_argument, NULL, STATE_DIR },
@@ -228,6 +235,7 @@ static int parse_args(int argc, char **argv, struct options *o, char *state_buf,
 		{ "hostname", required_argument, NULL, HOSTNAME },
 		{ "http-listen", required_argument, NULL, HTTP_LISTEN },
 		{ "relay-ca", required_argument, NULL, RELAY_CA },
+		{ "cni-conf-dir", required_argument, NULL, CNI_CONF_DIR },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -282,6 +290,7 @@ static int parse_args(int argc, char **argv, struct options *o, char *state_buf,
 		case HOSTNAME: o->hostname = optarg; break;
 		case HTTP_LISTEN: o->http_listen = optarg; break;
 		case RELAY_CA: o->relay_ca = optarg; break;
+		case CNI_CONF_DIR: o->cni_conf_dir = optarg; break;
 		case 'h': usage(stdout); return 1;
 		default: usage(stderr); return 2;
 		}
@@ -455,6 +464,9 @@ int mesh_main(int argc, char **argv)
 	pc.dir = pods_dir;
 	pc.is_identity_device = is_identity_device;
 	pc.arg = m;
+	pc.datagrams = m->datagrams;
+	pc.netstun = m->netstun;
+	pc.relay_ca = m->o.relay_ca;
 	if ((r = pods_new(&m->pods, &pc)))
 		goto out;
 	pod_ops = pods_ops(m->pods);
@@ -470,6 +482,8 @@ int mesh_main(int argc, char **argv)
 		goto out;
 	}
 	identity_start(node_identity(m));
+	if (m->o.cni_conf_dir && (r = gateway_new(&m->gateway, m->loop, node_identity(m), m->o.cni_conf_dir)))
+		goto out;
 	if (pods_restore(m->pods))
 		log_info("pod identities back from the state directory", "dir=%s", pods_dir);
 	if (!identity_logged_in(node_identity(m)) && m->o.login_server) {
@@ -490,6 +504,7 @@ out:
 	state_free(st); /* not handed to an identity */
 	join_free(m->join);
 	pathstats_free(m->pathstats);
+	gateway_free(m->gateway);
 	health_free(m->http);
 	localapi_free(m->api);
 	pods_free(m->pods); /* before the node identity, which vouches for them */

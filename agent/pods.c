@@ -14,6 +14,7 @@
 #include <sodium.h>
 
 #include "buf.h"
+#include "control/client.h"
 #include "control/messages.h"
 #include "defaults.h"
 #include "identity.h"
@@ -27,6 +28,9 @@
 #define LEAVE_TIMEOUT_MS 5000
 #define POLL_MS 20
 #define META_MAX_BYTES (64u << 10)
+/* A vanished pod's Device: logout tried this often, this far apart. */
+#define REAP_TRIES 12
+#define REAP_RETRY_MS 5000
 
 /* The tailnet's prefixes, routed through the pod's device in its main
  * table (the pod has no other way into the tailnet). */
@@ -58,10 +62,24 @@ struct pod {
 	bool routes_ok[2];
 };
 
+/* A pod whose namespace vanished while knitd was down: its Device deleted
+ * at the server with a logout on the pod identity's own session (its keys
+ * from the state file, which is gone already). */
+struct reap {
+	struct pods *pods;
+	struct reap *next;
+	char cid[129];
+	struct control_client *ctl;
+	struct loop_timer *timer;
+	unsigned tries;
+	bool done; /* freed by the timer: never from the client's callback */
+};
+
 struct pods {
 	struct pods_config cfg;
 	char *dir;
 	struct pod *list;
+	struct reap *reaps;
 };
 
 /* ---- the attachment's record ---- */
@@ -446,6 +464,9 @@ static int make_identity(struct pods *p, struct pod *pd, struct state *st)
 		.arg = p,
 		.netns = pd->netns,
 		.netns_ifname = pd->ifname,
+		.datagrams = p->cfg.datagrams,
+		.netstun = p->cfg.netstun,
+		.relay_ca = p->cfg.relay_ca,
 	};
 
 	return identity_new(&pd->id, p->cfg.loop, p->cfg.hub, st, &ic);
@@ -619,6 +640,90 @@ static char *read_small(const char *path, size_t *len)
 	return data;
 }
 
+/* ---- vanished pods' Devices ---- */
+
+static void reap_free(struct reap *r)
+{
+	control_client_free(r->ctl);
+	loop_timer_free(r->timer);
+	free(r);
+}
+
+static void reap_unlink(struct reap *r)
+{
+	for (struct reap **pp = &r->pods->reaps; *pp; pp = &(*pp)->next)
+		if (*pp == r) {
+			*pp = r->next;
+			break;
+		}
+}
+
+static void reap_done(struct control_client *c, int err, const struct json *resp, const char *why, void *arg)
+{
+	struct reap *r = arg;
+	const char *code = "", *msg = "";
+
+	(void)c;
+	if (!err && messages_error(resp, &code, &msg) && strcmp(code, "NotRegistered") && strcmp(code, "DeviceDeleted")) {
+		err = -EPROTO;
+		why = msg;
+	}
+	if (!err) {
+		log_info("vanished pod's Device deleted", "container=%s", r->cid);
+		r->done = true;
+	} else if (++r->tries >= REAP_TRIES) {
+		log_warn("cannot delete the vanished pod's Device: left to the operator", "container=%s why=\"%s\"", r->cid,
+			 why ? why : strerror(-err));
+		r->done = true;
+	}
+	loop_timer_arm(r->timer, r->done ? 0 : REAP_RETRY_MS);
+}
+
+static void reap_tick(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	struct reap *r = arg;
+	struct json *req = NULL;
+
+	(void)loop;
+	(void)t;
+	if (!r->done && (req = json_new_object()) && !json_object_set(req, "type", json_new_string("logout")) &&
+	    !control_client_call(r->ctl, req, reap_done, r, NULL)) {
+		json_free(req);
+		return;
+	}
+	json_free(req);
+	if (!r->done && ++r->tries < REAP_TRIES) {
+		loop_timer_arm(r->timer, REAP_RETRY_MS);
+		return;
+	}
+	reap_unlink(r);
+	reap_free(r);
+}
+
+/* Starts deleting st's Device; st stays the caller's. */
+static void reap_start(struct pods *p, const char *cid, const struct state *st)
+{
+	struct control_client_opts co = {
+		.server_url = st->login_server,
+		.machine_priv = st->machine_key,
+		.control_key = st->control_key,
+	};
+	struct reap *r = calloc(1, sizeof(*r));
+
+	if (!r || !st->has_control_key || !st->login_server || control_client_new(p->cfg.loop, &co, &r->ctl) ||
+	    !(r->timer = loop_timer_new(p->cfg.loop, reap_tick, r))) {
+		log_warn("cannot delete the vanished pod's Device: left to the operator", "container=%s", cid);
+		if (r)
+			reap_free(r);
+		return;
+	}
+	r->pods = p;
+	snprintf(r->cid, sizeof(r->cid), "%s", cid);
+	r->next = p->reaps;
+	p->reaps = r;
+	loop_timer_arm(r->timer, 0);
+}
+
 /* One .pod file: the identity back in its namespace, or its files gone. */
 static bool restore_one(struct pods *p, const char *file)
 {
@@ -659,7 +764,12 @@ static bool restore_one(struct pods *p, const char *file)
 	if (!(pd = pod_alloc(p, &a)))
 		goto out;
 	if (access(pd->netns, F_OK) != 0) {
-		log_info("the pod's namespace is gone: dropping its identity", "container=%s netns=%s", pd->cid, pd->netns);
+		log_info("the pod's namespace is gone: dropping its identity and deleting its Device", "container=%s netns=%s",
+			 pd->cid, pd->netns);
+		if (!state_load(pd->state_path, &st, err, sizeof(err)) && state_logged_in(st))
+			reap_start(p, pd->cid, st);
+		state_free(st);
+		st = NULL;
 		forget_files(pd);
 		goto out;
 	}
@@ -722,6 +832,11 @@ void pods_free(struct pods *p)
 		else
 			forget_files(pd); /* half made: the operator's backstop takes the Device */
 		pod_free(pd);
+	}
+	while (p->reaps) {
+		struct reap *r = p->reaps;
+		p->reaps = r->next;
+		reap_free(r);
 	}
 	free(p->dir);
 	free(p);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "cniconf.h"
 #include "installer.h"
 #include "json.h"
 #include "netconf.h"
@@ -127,40 +128,9 @@ struct json *installer_conflist_remove(const struct json *conf, bool *changed)
 	return out;
 }
 
-static bool conf_ext(const char *name)
-{
-	const char *dot = strrchr(name, '.');
-
-	return dot && (strcmp(dot, ".conf") == 0 || strcmp(dot, ".conflist") == 0 || strcmp(dot, ".json") == 0);
-}
-
 int installer_primary(const char *dir, char **name)
 {
-	DIR *d = opendir(dir);
-	struct dirent *de;
-	char *best = NULL;
-	int ret = 0;
-
-	*name = NULL;
-	if (!d)
-		return -errno;
-	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.' || !conf_ext(de->d_name) || (best && strcmp(de->d_name, best) >= 0))
-			continue;
-		free(best);
-		if (!(best = strdup(de->d_name))) {
-			ret = -ENOMEM;
-			break;
-		}
-	}
-	closedir(d);
-	if (!ret && !best)
-		ret = -ENOENT;
-	if (ret)
-		free(best);
-	else
-		*name = best;
-	return ret;
+	return cniconf_primary(dir, name);
 }
 
 static int read_file(const char *path, struct buf *b)
@@ -421,7 +391,7 @@ int installer_uninstall(const struct installer_opts *o, char *why, size_t whylen
 	while ((de = readdir(d))) {
 		char **grown;
 
-		if (de->d_name[0] == '.' || (!has_suffix(de->d_name, INSTALLER_BACKUP_SUFFIX) && !conf_ext(de->d_name)))
+		if (de->d_name[0] == '.' || (!has_suffix(de->d_name, INSTALLER_BACKUP_SUFFIX) && !cniconf_is_conf_name(de->d_name)))
 			continue;
 		if (!(grown = realloc(names, (n + 1) * sizeof(*names))) || !(grown[n] = strdup(de->d_name))) {
 			names = grown ? grown : names;
@@ -442,7 +412,7 @@ int installer_uninstall(const struct installer_opts *o, char *why, size_t whylen
 		struct json *j, *k = NULL;
 		bool changed = false;
 
-		if (!conf_ext(names[i]))
+		if (!cniconf_is_conf_name(names[i]))
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", o->conf_dir, names[i]);
 		if ((j = parse_file(path, &raw, why, whylen)) && (k = installer_conflist_remove(j, &changed)) &&

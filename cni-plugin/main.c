@@ -37,7 +37,8 @@ static const char usage[] =
 	"install flags (--flag VALUE or --flag=VALUE):\n"
 	"  --conf-dir DIR   CNI configuration directory (default /etc/cni/net.d)\n"
 	"  --bin-dir DIR    CNI plugin directory (default /opt/cni/bin)\n"
-	"  --mode MODE      identity (default) or gateway, written into the entry\n"
+	"  --mode MODE      identity (default), gateway or identity+gateway, written\n"
+	"                   into the entry (gateway: knitd advertises the pod ranges)\n"
 	"  --socket PATH    knitd's local API socket, written into the entry\n"
 	"                   (default " NETCONF_SOCKET_DEFAULT ")\n"
 	"  --source PATH    the binary to copy (default: this one)\n"
@@ -91,8 +92,9 @@ static int install_main(int argc, char **argv)
 		}
 		*dst = argv[++i];
 	}
-	if (o.mode && strcmp(o.mode, "identity") != 0 && strcmp(o.mode, "gateway") != 0) {
-		fprintf(stderr, "knit-cni: --mode must be identity or gateway\n");
+	if (o.mode && strcmp(o.mode, "identity") != 0 && strcmp(o.mode, "gateway") != 0 &&
+	    strcmp(o.mode, "identity+gateway") != 0) {
+		fprintf(stderr, "knit-cni: --mode must be identity, gateway or identity+gateway\n");
 		return 2;
 	}
 	if (o.socket && o.socket[0] != '/') {

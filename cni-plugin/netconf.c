@@ -222,9 +222,11 @@ static int config_parse(struct netconf *nc, struct cnierror *e)
 		nc->mode = MODE_IDENTITY;
 	} else if (s && strcmp(s, "gateway") == 0) {
 		nc->mode = MODE_GATEWAY;
+	} else if (s && strcmp(s, "identity+gateway") == 0) {
+		nc->mode = MODE_IDENTITY_GATEWAY;
 	} else {
 		cnierror_set(e, CNI_ERR_INVALID_CONFIG, "invalid network configuration",
-			     "\"mode\" must be \"identity\" (default) or \"gateway\"");
+			     "\"mode\" must be \"identity\" (default), \"gateway\" or \"identity+gateway\"");
 		return e->code;
 	}
 	v = json_get(doc, "socket");

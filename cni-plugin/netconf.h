@@ -22,7 +22,8 @@ struct json;
 #define NETCONF_MAX_TAGS 32
 
 enum netconf_cmd { CMD_ADD, CMD_DEL, CMD_CHECK, CMD_VERSION, CMD_STATUS, CMD_GC };
-enum netconf_mode { MODE_IDENTITY, MODE_GATEWAY };
+/* identity+gateway: both; knitd reads the mode from the conflist too (docs/cni.md). */
+enum netconf_mode { MODE_IDENTITY, MODE_GATEWAY, MODE_IDENTITY_GATEWAY };
 
 /* The environment a runtime sets; NULL for a variable not set. */
 struct netconf_env {

@@ -70,9 +70,16 @@ static struct knitdapi api_of(const struct netconf *nc)
 	return (struct knitdapi){ .socket = nc->socket, .connect_timeout_ms = nc->connect_timeout_ms };
 }
 
+/* Whether the network gives annotated pods identities (gateway mode alone
+ * does not: the node's knitd advertises the pod ranges instead). */
+static bool identity_mode(const struct netconf *nc)
+{
+	return nc->mode == MODE_IDENTITY || nc->mode == MODE_IDENTITY_GATEWAY;
+}
+
 static bool needs_identity(const struct netconf *nc)
 {
-	return nc->mode == MODE_IDENTITY && nc->want_identity;
+	return identity_mode(nc) && nc->want_identity;
 }
 
 static int require_prev(const struct netconf *nc, struct cnierror *e)
@@ -178,7 +185,7 @@ static int cmd_del(const struct netconf *nc, struct cnierror *e)
 	/* An unannotated pod never had an identity. When the runtime did not
 	 * pass annotations at all, ask knitd anyway: a missed DEL would
 	 * leave the identity to the operator's backstop. */
-	if (nc->mode != MODE_IDENTITY || (nc->have_annotations && !nc->want_identity))
+	if (!identity_mode(nc) || (nc->have_annotations && !nc->want_identity))
 		return 0;
 	ret = knitdapi_detach(&api, nc->containerid, nc->pod_ifname, nc->del_timeout_ms, &absent, e);
 	if (!ret && absent && nc->want_identity)
@@ -343,7 +350,7 @@ static int cmd_gc(const struct netconf *nc, struct cnierror *e)
 			     "cni.dev/valid-attachments must be an array of {containerID, ifname}");
 		return e->code;
 	}
-	if (nc->mode != MODE_IDENTITY)
+	if (!identity_mode(nc))
 		return 0;
 	if ((ret = knitdapi_list(&api, nc->del_timeout_ms, &ids, &n, &absent, e))) {
 		if (absent) {

@@ -144,6 +144,7 @@ struct coord {
 	uint64_t sent_since_trim, sent_at_tick; /* record bytes queued: see on_trim() */
 	struct loop_timer *trim;
 	struct loop_timer *pod_sweep; /* podident.c */
+	struct informer *pod_watch; /* podident.c: Pods labelled PODIDENT_LABEL */
 	int pod_sweep_queued; /* atomic: a JOB_SWEEP_PODS waits or runs */
 	struct coord_stats stats;
 	struct strmap *limits; /* mkey -> struct ratelimit (ratelimit.h): call limits */
@@ -249,6 +250,11 @@ struct json *register_wait_addresses(struct coord *c, const char *name);
 struct json *podident_register(struct coord *c, const char *mkey, const struct json *req);
 void podident_sweep(struct coord *c);
 void podident_timer(struct loop *loop, struct loop_timer *t, void *arg);
+/* The label knit puts on a Pod it gave an identity, and the watch on such
+ * Pods that runs the sweep at once when one is deleted or finishes.
+ * 0 or -ENOMEM. */
+#define PODIDENT_LABEL "knit.dev/pod-identity"
+int podident_watch_start(struct coord *c);
 /* A copy of the Device this machine key registered, or NULL (any thread). */
 struct json *register_device_by_machine(struct coord *c, const char *mkey);
 struct json *register_device_doc(const struct json *existing, const char *host, const char *mkey, char *name,

@@ -901,6 +901,8 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 	loop_timer_arm(c->sweep, 5000);
 	loop_timer_arm(c->trim, TRIM_EVERY_MS);
 	loop_timer_arm(c->pod_sweep, 1000);
+	if (podident_watch_start(c))
+		log_warn("cannot watch the pods with identities: their Devices go within a second instead");
 	*out = c;
 	return 0;
 fail:
@@ -1003,6 +1005,7 @@ void coord_free(struct coord *c)
 	loop_timer_free(c->sweep);
 	loop_timer_free(c->flush);
 	loop_timer_free(c->trim);
+	informer_free(c->pod_watch);
 	loop_timer_free(c->pod_sweep);
 	pthread_cond_destroy(&c->cond);
 	pthread_cond_destroy(&c->dev_cond);

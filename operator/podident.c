@@ -6,7 +6,10 @@
  * namespace and ServiceAccount; requested tags must be allowed by the
  * tailnet's policy (tagOwners) when there is one. The Device is ephemeral
  * and names its pod (spec.ownerPod); logout deletes it, and the sweep
- * below deletes those whose Pod is gone (the backstop for a missed DEL). */
+ * below deletes those whose Pod is gone (the backstop for a missed DEL).
+ * The sweep runs every second, and at once when a Pod labelled
+ * PODIDENT_LABEL (set here at registration) is deleted or finishes: a
+ * watch on those Pods alone, not on every Pod of the cluster. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +47,28 @@ static void host_label(const char *in, char *out, size_t outlen)
 	while (n > 0 && out[n - 1] == '-')
 		n--;
 	out[n] = '\0';
+}
+
+/* The Pod labelled as carrying an identity, so the watch below sees it go.
+ * Failing is logged and harmless: the once-a-second sweep covers it. */
+static void label_pod(struct coord *c, const char *ns, const char *name)
+{
+	struct json *patch = json_new_object(), *meta = json_new_object(), *labels = json_new_object();
+	struct kube_result r = { 0 };
+
+	if (patch && meta && labels && !json_object_set(labels, PODIDENT_LABEL, json_new_string("true"))) {
+		json_object_set(meta, "labels", labels);
+		labels = NULL;
+		json_object_set(patch, "metadata", meta);
+		meta = NULL;
+		if (kube_patch(c->op->kube, &kube_res_pods, ns, name, KUBE_PATCH_MERGE, patch, false, &r) || !kube_ok(&r))
+			log_warn("cannot label the pod (RBAC: patch pods); its Device goes within a second of it instead",
+				 "pod=%s/%s status=%ld", ns, name, r.status);
+	}
+	kube_result_clear(&r);
+	json_free(labels);
+	json_free(meta);
+	json_free(patch);
 }
 
 /* NULL when every tag is allowed, else the refusal: the tailnet's policy
@@ -168,6 +193,9 @@ struct json *podident_register(struct coord *c, const char *mkey, const struct j
 		goto out;
 	}
 	json_free(dev);
+	dev = NULL;
+	if (!json_path(pod, "metadata", "labels", PODIDENT_LABEL, NULL))
+		label_pod(c, ns, pname);
 	dev = register_wait_addresses(c, name);
 	if (!dev) {
 		reply = coord_error_reply("Unavailable", "the pod's device has no addresses yet; try again");
@@ -247,6 +275,41 @@ void podident_sweep(struct coord *c)
 		}
 		free(o);
 	}
+}
+
+/* The watch on labelled Pods: a deleted or finished one sweeps now. */
+static void pod_kick(struct coord *c)
+{
+	loop_timer_arm(c->pod_sweep, 0);
+}
+
+static void pod_upd(struct informer *inf, const struct json *old, const struct json *obj, void *arg)
+{
+	(void)inf;
+	(void)old;
+	if (finished(obj))
+		pod_kick(arg);
+}
+
+static void pod_del(struct informer *inf, const struct json *obj, void *arg)
+{
+	(void)inf;
+	(void)obj;
+	pod_kick(arg);
+}
+
+int podident_watch_start(struct coord *c)
+{
+	static const struct informer_handlers h = { .on_update = pod_upd, .on_delete = pod_del };
+
+	if (!(c->pod_watch = informer_new(c->op->kube, &kube_res_pods, NULL, PODIDENT_LABEL, &h, c)))
+		return -ENOMEM;
+	if (informer_start(c->pod_watch)) {
+		informer_free(c->pod_watch);
+		c->pod_watch = NULL;
+		return -ENOMEM;
+	}
+	return 0;
 }
 
 /* Loop thread: once a second, a sweep on a worker (one at a time). */

@@ -144,6 +144,7 @@ ip netns add "$POD3" || e2e_die "pod3 namespace"
 e2e_defer "ip netns del $POD3 2>/dev/null"
 rt ADD "$POD3" cweb3 web "$WEB_UID"
 e2e_check "ADD of a second attachment of the pod" test "$RC" -eq 0 || e2e_log "$OUT"
+DEV3=$(curl -s --unix-socket "$SOCK" http://x/localapi/v1/identities | jq -r '.identities[] | select(.containerID == "cweb3") | .device')
 kill -TERM "$KNITD_PID_node1"
 e2e_wait_for 15 bash -c "! kill -0 $KNITD_PID_node1 2>/dev/null"
 ip netns del "$POD3"
@@ -151,6 +152,8 @@ tailnet_knitd_start node1
 listed() { curl -s --unix-socket "$SOCK" http://x/localapi/v1/identities | jq -r '[.identities[].containerID] | sort | join(" ")'; }
 e2e_expect "knitd restarted without pod3's netns carries only the first attachment" cweb "$(listed)"
 e2e_check "and removed the second's files" bash -c "! ls $E2E_DIR/node1/state/pods/cweb3-* >/dev/null 2>&1"
+gone3() { [ -n "$DEV3" ] && [ "$DEV3" != null ] && ! $K get device "$DEV3" >/dev/null 2>&1; }
+e2e_check "and deleted the second's Device $DEV3 (its Pod still exists)" e2e_wait_for 5 gone3
 e2e_check "the first pod is reachable again" e2e_wait_for 20 pings
 
 ip -n "$POD" addr flush dev knit0
