@@ -41,7 +41,7 @@ e2e_check "image loaded into every node" q "$CLUSTER" load --name "$NAME" "$arch
 
 q K apply $(printf -- "-f %s " "$MAN"/01-crd-*.yaml) || e2e_die "cannot apply the CRDs"
 e2e_check "CRDs established" q K wait --for condition=established crd --all --timeout=60s
-e2e_check "operator and knitd applied" q K apply -f "$MAN/00-namespace.yaml" -f "$MAN/10-operator.yaml" -f "$MAN/20-knitd.yaml"
+e2e_check "operator and knitd applied" q K apply -f "$MAN/00-namespace.yaml" -f "$MAN/10-operator.yaml" -f "$MAN/12-webhooks.yaml" -f "$MAN/20-knitd.yaml"
 e2e_check "knitd runs on every node (its init container installed knit-cni)" q KS rollout status daemonset/knitd --timeout=300s
 devices_online() {
 	[ "$(K get devices -o jsonpath='{range .items[*]}{.status.online}{"\n"}{end}' | grep -c true)" -ge "$NODES" ]
