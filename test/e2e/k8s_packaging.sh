@@ -426,12 +426,15 @@ create events knit-system
 get leases knit-system
 EOF
 e2e_expect "knitd's ServiceAccount may do nothing" 0 "$bad"
-leader_checks "kubectl apply"
 KS logs -l app.kubernetes.io/name=knit-operator --all-containers --prefix --tail=-1 >"$E2E_DIR/operator.log" 2>&1
 e2e_expect "the operator (its own ServiceAccount) logged no 403 / Forbidden" "" \
 	"$(grep -iE 'status=403|forbidden' "$E2E_DIR/operator.log" | head -5)"
 e2e_expect "the operator logged what it bootstrapped" 2 \
 	"$(grep -cE 'created.*kind=(Tailnet|AuthKey)' "$E2E_DIR/operator.log")"
+leader_checks "kubectl apply"
+KS logs -l app.kubernetes.io/name=knit-operator --all-containers --prefix --tail=-1 >"$E2E_DIR/operator-2.log" 2>&1
+e2e_expect "the replicas after the eviction logged no 403 / Forbidden either" "" \
+	"$(grep -iE 'status=403|forbidden' "$E2E_DIR/operator-2.log" | head -5)"
 dump_pods
 
 t0=$(date +%s)
