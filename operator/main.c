@@ -28,6 +28,7 @@
 #include "operator.h"
 #include "policy.h"
 #include "probe.h"
+#include "serving.h"
 #include "webhook.h"
 #include "wg/aead.h"
 
@@ -45,6 +46,8 @@ struct options {
 	bool new_control_key;
 	const char *webhook_service;
 	const char *webhook_config;
+	const char *pod_ip;
+	const char *coordination_service;
 	const char *webhook_names[WEBHOOK_NAMES_MAX];
 	size_t nwebhook_names;
 	const char *log_level;
@@ -61,6 +64,7 @@ static struct operator op;
 static struct lease *lease;
 static struct httpd *health;
 static struct webhook *webhook;
+static struct serving *serving; /* NULL without --pod-ip */
 static struct probe *coord_probe;
 static struct relay_instance *relay;
 /* The coordination listener must answer its own probe this often. */
@@ -145,6 +149,13 @@ static void usage(FILE *f)
 		"  --relay-mesh-with URL,... --relay-mesh-key-file PATH  --relay-mesh-ca PATH\n"
 		"                            mesh with the region's other relays, as knit-relay's\n"
 		"                            --mesh-with, --mesh-key-file and --mesh-ca\n"
+		"  --pod-ip IP               this replica's address: as leader (caches synced) it\n"
+		"                            points an EndpointSlice of the coordination Service and,\n"
+		"                            with --webhook-listen, of the webhook Service at IP,\n"
+		"                            and takes them back when it stops leading; those\n"
+		"                            Services have no selector (default: off)\n"
+		"  --coordination-service NAME  that Service (default knit-coordination; port\n"
+		"                            named coord; the webhook Service's is named https)\n"
 		"  --log-level LEVEL         debug, info, warn, error (default info)\n"
 		"  -h, --help                show this help\n"
 		"\n"
@@ -169,9 +180,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 {
 	enum { KUBECONFIG = 256, NAMESPACE, LEASE_NAME, IDENTITY, NO_LE, LEASE_D, RENEW_D, RETRY_D, HEALTH, WORKERS,
 	       NO_DEFAULT, LOG_LEVEL, COORD, RECORD_BYTES, WH_LISTEN, WH_SERVICE, WH_CONFIG, WH_NAME, COORD_PER_IP,
-	       NEW_CTRL_KEY, TN_V4, TN_V6, TN_DNS, BOOT_AK, BOOT_TAGS, BOOT_EXPIRY, RELAY_LISTEN, RELAY_STUN_PORT,
-	       RELAY_STUN_ADDR, RELAY_CERT, RELAY_KEY, RELAY_KEY_FILE, RELAY_MESH, RELAY_MESH_KEY, RELAY_MESH_CA, TN_RELAY,
-	       TN_RELAY_STUN, BOOT_MESH };
+	       POD_IP, COORD_SVC, NEW_CTRL_KEY, TN_V4, TN_V6, TN_DNS, BOOT_AK, BOOT_TAGS, BOOT_EXPIRY, RELAY_LISTEN,
+	       RELAY_STUN_PORT, RELAY_STUN_ADDR, RELAY_CERT, RELAY_KEY, RELAY_KEY_FILE, RELAY_MESH, RELAY_MESH_KEY,
+	       RELAY_MESH_CA, TN_RELAY, TN_RELAY_STUN, BOOT_MESH };
 	static const struct option longopts[] = {
 		{ "kubeconfig", required_argument, NULL, KUBECONFIG },
 		{ "namespace", required_argument, NULL, NAMESPACE },
@@ -211,6 +222,8 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "relay-mesh-with", required_argument, NULL, RELAY_MESH },
 		{ "relay-mesh-key-file", required_argument, NULL, RELAY_MESH_KEY },
 		{ "relay-mesh-ca", required_argument, NULL, RELAY_MESH_CA },
+		{ "pod-ip", required_argument, NULL, POD_IP },
+		{ "coordination-service", required_argument, NULL, COORD_SVC },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -220,7 +233,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 	*o = (struct options){ .lease_name = "knit-operator", .listen_health = "0.0.0.0:8081", .listen_coord = "0.0.0.0:9443", .workers = 4,
 			       .leader_election = true, .default_tailnet = true, .log_level = getenv("KNIT_LOG_LEVEL"),
 			       .coord_per_ip = 1024, .listen_webhook = "", .webhook_service = "knit-webhook", .webhook_config = "knit",
-			       .relay = { .stun_port = 3478 } };
+			       .relay = { .stun_port = 3478 }, .coordination_service = "knit-coordination" };
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (c) {
 		case KUBECONFIG: o->kubeconfig = optarg; break;
@@ -281,6 +294,8 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case WH_LISTEN: o->listen_webhook = optarg; break;
 		case WH_SERVICE: o->webhook_service = optarg; break;
 		case WH_CONFIG: o->webhook_config = optarg; break;
+		case POD_IP: o->pod_ip = *optarg ? optarg : NULL; break;
+		case COORD_SVC: o->coordination_service = optarg; break;
 		case WH_NAME:
 			if (o->nwebhook_names == WEBHOOK_NAMES_MAX) {
 				fprintf(stderr, "knit-operator: at most %d --webhook-dns-name\n", WEBHOOK_NAMES_MAX);
@@ -487,6 +502,9 @@ static void informer_synced_cb(struct informer *inf, void *arg)
 	controller_start(op.device_ctl);
 	controller_start(op.policy_ctl);
 	op.running = true;
+	/* Only now: a Service that sent agents here earlier would meet a
+	 * coordination server without its Devices. */
+	serving_set(serving, true);
 }
 
 static struct metrics_family *m_restarts, *m_relists, *m_events;
@@ -560,6 +578,14 @@ static void released(struct lease *l, void *arg)
 
 static pthread_t joiner;
 
+static void withdrawn(void *arg)
+{
+	if (lease)
+		lease_release(lease, released, NULL);
+	else
+		loop_stop(op.loop);
+}
+
 static void workers_joined(struct loop *loop, void *arg)
 {
 	pthread_join(joiner, NULL);
@@ -570,10 +596,12 @@ static void workers_joined(struct loop *loop, void *arg)
 	informer_free(op.secrets);
 	informer_free(op.policies_inf);
 	op.tailnets = op.authkeys = op.devices = op.claims = op.secrets = op.policies_inf = NULL;
-	if (lease)
-		lease_release(lease, released, NULL);
+	/* The Services' Endpoints first (begun in shutdown_all), then the
+	 * Lease: the next leader may then point them at itself at once. */
+	if (serving)
+		serving_withdraw(serving, 2000, withdrawn, NULL);
 	else
-		loop_stop(op.loop);
+		withdrawn(NULL);
 }
 
 static void *join_workers(void *arg)
@@ -598,6 +626,7 @@ static void shutdown_all(int code)
 	shutting_down = true;
 	exit_code = code;
 	op.running = false;
+	serving_set(serving, false);
 	relay_instance_shutdown(relay);
 	if (code == 0)
 		coord_stop_gracefully(op.coord);
@@ -786,20 +815,23 @@ static void healthz(struct httpd_req *req, void *arg)
 
 static void readyz(struct httpd_req *req, void *arg)
 {
-	/* Ready means "serves coordination": the leader, once its caches are
-	 * synced. A standby is healthy but not ready, so a Service sends
-	 * agents to the leader. */
+	/* Ready means "healthy": every replica, leader or standby, so a
+	 * PodDisruptionBudget counts them all. Which one the Services send
+	 * traffic to is serving.c's business (the leader, by EndpointSlice), not
+	 * readiness'. The leader is Ready once its caches are synced. */
 	if (shutting_down)
 		httpd_respond_text(req, 503, "shutting down\n");
-	else if (lease && !lease_is_leader(lease))
-		httpd_respond_text(req, 503, "standby (leader: %s)\n", *lease_leader(lease) ? lease_leader(lease) : "none");
 	else if (!coord_answers(COORD_NOT_READY_MS))
 		httpd_respond_text(req, 503, "coordination listener has not answered for %llu ms\n",
 				   (unsigned long long)probe_silent_ms(coord_probe));
+	else if (webhook && !webhook_ready(webhook))
+		httpd_respond_text(req, 503, "admission webhooks have no certificate yet\n");
+	else if (lease && !lease_is_leader(lease))
+		httpd_respond_text(req, 200, "ok: standby (leader: %s)\n", *lease_leader(lease) ? lease_leader(lease) : "none");
 	else if (op.running)
-		httpd_respond_text(req, 200, "ok\n");
+		httpd_respond_text(req, 200, "ok: leader%s\n", serving && !serving_settled(serving) ? " (EndpointSlices being written)" : "");
 	else
-		httpd_respond_text(req, 503, "caches not synced\n");
+		httpd_respond_text(req, 503, "leader, caches not synced\n");
 }
 
 int main(int argc, char **argv)
@@ -902,6 +934,23 @@ int main(int argc, char **argv)
 		}
 	}
 
+	if (o.pod_ip) {
+		struct serving_target t[2] = { { o.coordination_service, "coord", op.coord ? coord_port(op.coord) : 0 } };
+		struct serving_opts so = { .namespace = op.namespace, .pod_ip = o.pod_ip, .pod_name = o.identity,
+					   .targets = t, .ntargets = 1 };
+		const char *colon = o.listen_webhook ? strrchr(o.listen_webhook, ':') : NULL;
+
+		if (webhook && colon)
+			t[so.ntargets++] = (struct serving_target){ o.webhook_service, "https", (uint16_t)atoi(colon + 1) };
+		r = serving_new(op.kube, op.loop, &so, &serving);
+		if (r) {
+			log_error("cannot point the Services at the leader", "pod_ip=%s err=%d (needs --coord-listen)",
+				  o.pod_ip, r);
+			exit_code = 2;
+			goto out;
+		}
+	}
+
 	if (o.listen_health && *o.listen_health) {
 		struct httpd_opts ho = { .listen = o.listen_health, .listen_fd = -1 };
 		r = httpd_new(op.loop, &ho, &health);
@@ -945,6 +994,7 @@ int main(int argc, char **argv)
 out:
 	httpd_free(health);
 	probe_free(coord_probe);
+	serving_free(serving);
 	webhook_free(webhook);
 	relay_instance_free(relay);
 	coord_free(op.coord);

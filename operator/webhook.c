@@ -26,6 +26,10 @@
 #define RENEW_BEFORE_S (30 * 86400)
 #define CA_KEEP_S (400 * 86400) /* a CA to sign a year's certificate with */
 #define RECHECK_S 3600
+/* The configurations are checked more often than the certificate: one
+ * applied (or re-created) after we started trusts no CA until we write
+ * ours, and with failurePolicy Fail that refuses every AuthKey. */
+#define BUNDLE_CHECK_S 15
 #define RETRY_S 10
 
 static const struct kube_resource res_mutating = { "admissionregistration.k8s.io", "v1",
@@ -220,7 +224,7 @@ out:
 
 struct bundle_arg {
 	const char *ca_b64;
-	bool touched;
+	bool touched, written;
 };
 
 /* Every webhook of the configuration trusts our CA. */
@@ -241,29 +245,37 @@ static int set_bundle(struct json *obj, void *arg)
 			return -ENOMEM;
 		changed = 1;
 	}
+	a->written = changed;
 	return changed;
 }
 
-static void publish_bundle(struct webhook *w, const char *ca_pem)
+/* true when both configurations trust ca_pem (or do not exist). */
+static bool publish_bundle(struct webhook *w, const char *ca_pem)
 {
+	bool ok = true;
 	struct json *b = b64_string(ca_pem);
 	const struct kube_resource *res[] = { &res_mutating, &res_validating };
 
 	if (!b)
-		return;
+		return false;
 	for (size_t i = 0; i < 2; i++) {
-		struct bundle_arg a = { json_str(b), false };
+		struct bundle_arg a = { json_str(b), false, false };
 		struct kube_result r = { 0 };
 		int err = kube_update_retry(w->op->kube, res[i], NULL, w->config, false, 5, set_bundle, &a, &r);
 
-		if (err || (!kube_ok(&r) && r.status != 404 && r.status != 0))
+		if (err || (!kube_ok(&r) && r.status != 404 && r.status != 0)) {
 			log_warn("webhook: cannot set caBundle", "kind=%s name=%s err=%d status=%ld message=\"%s\"",
 				 res[i]->kind, w->config, err, r.status, r.message);
-		else if (r.status == 404)
+			ok = false;
+		} else if (r.status == 404) {
 			log_debug("webhook: no configuration to trust us", "kind=%s name=%s", res[i]->kind, w->config);
+		} else if (a.written) {
+			log_info("webhook: caBundle written", "kind=%s name=%s", res[i]->kind, w->config);
+		}
 		kube_result_clear(&r);
 	}
 	json_free(b);
+	return ok;
 }
 
 /* ---- serving (loop thread) ---- */
@@ -395,11 +407,18 @@ static bool wait_or_stop(struct webhook *w, unsigned seconds)
 static void *run(void *arg)
 {
 	struct webhook *w = arg;
+	char *ca = NULL; /* the CA we serve under */
+	time_t provisioned = 0;
 
 	do {
-		struct served *s = calloc(1, sizeof(*s));
+		struct served *s;
 		int err;
 
+		if (ca && time(NULL) - provisioned < RECHECK_S) {
+			publish_bundle(w, ca);
+			continue;
+		}
+		s = calloc(1, sizeof(*s));
 		if (!s)
 			continue;
 		s->w = w;
@@ -412,12 +431,16 @@ static void *run(void *arg)
 				break;
 			continue;
 		}
+		free(ca);
+		ca = strdup(s->m.ca.cert);
+		provisioned = time(NULL);
 		publish_bundle(w, s->m.ca.cert);
 		if (loop_post(w->op->loop, on_material, s)) {
 			material_free(&s->m);
 			free(s);
 		}
-	} while (!wait_or_stop(w, RECHECK_S));
+	} while (!wait_or_stop(w, BUNDLE_CHECK_S));
+	free(ca);
 	return NULL;
 }
 

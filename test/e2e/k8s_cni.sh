@@ -141,7 +141,7 @@ DB=$(addr db)
 
 # --- the laptop: a knitd outside the cluster ---------------------------------
 # Its own namespace on the cluster's underlay (10.NET.0.250), with a route
-# to the operator's Ready pod only: no way to the pods but knit.
+# to the operator's leader pod only: no way to the pods but knit.
 LAP=$(ns_name laptop)
 ip netns add "$LAP" || e2e_die "laptop namespace"
 e2e_defer "ip netns del $LAP"
@@ -150,9 +150,18 @@ ip link add "kl$E2E_TAG" netns "$LAP" type veth peer name "lp$E2E_TAG" netns "kc
 ip -n "kc-$NAME-hub" link set "lp$E2E_TAG" master br0 up
 ip -n "$LAP" addr add "10.$NET.0.250/24" dev "kl$E2E_TAG"
 ip -n "$LAP" link set "kl$E2E_TAG" up
-op_ready() { KS get pods -l app.kubernetes.io/name=knit-operator -o json | jq -r '.items[] | select(.status.conditions[]? | select(.type == "Ready" and .status == "True")) | "\(.status.podIP) \(.status.hostIP)"' | head -1; }
-read -r OP_IP OP_NODE <<<"$(op_ready)"
-e2e_check "the operator's Ready pod ($OP_IP on $OP_NODE)" test -n "$OP_IP"
+# Both replicas are Ready; the leader alone serves coordination, as the
+# coordination Service's EndpointSlice says.
+op_leader() {
+	local ip
+	ip=$(KS get endpointslice knit-coordination-leader -o jsonpath='{.endpoints[0].addresses[0]}' 2>/dev/null)
+	[ -n "$ip" ] && KS get pods -l app.kubernetes.io/name=knit-operator -o json |
+		jq -r --arg ip "$ip" '.items[] | select(.status.podIP == $ip) | "\(.status.podIP) \(.status.hostIP)"' | head -1
+}
+leader_known() { [ -n "$(op_leader)" ]; }
+e2e_wait_for 60 leader_known
+read -r OP_IP OP_NODE <<<"$(op_leader)"
+e2e_check "the operator's leader pod ($OP_IP on $OP_NODE)" test -n "$OP_IP"
 ip -n "$LAP" route add "$OP_IP/32" via "$OP_NODE"
 printf '{"apiVersion":"knit.dev/v1alpha1","kind":"AuthKey","metadata":{"name":"laptop","namespace":"knit-system"},"spec":{"user":"alice@example.com"}}' | q K apply -f -
 e2e_wait_for 30 KS get secret laptop-authkey || e2e_die "no laptop key"

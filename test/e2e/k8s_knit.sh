@@ -53,7 +53,7 @@ e2e_check "image loaded into every node" q "$CLUSTER" load --name "$NAME" "$arch
 q K apply $(printf -- "-f %s " "$MAN"/01-crd-*.yaml) || e2e_die "cannot apply the CRDs"
 e2e_check "CRDs established" q K wait --for condition=established crd --all --timeout=60s
 e2e_check "operator, knitd DaemonSet, RBAC and Service applied" \
-	q K apply -f "$MAN/00-namespace.yaml" -f "$MAN/10-operator.yaml" -f "$MAN/20-knitd.yaml"
+	q K apply -f "$MAN/00-namespace.yaml" -f "$MAN/10-operator.yaml" -f "$MAN/12-webhooks.yaml" -f "$MAN/20-knitd.yaml"
 op_pods() { # STATUS-FIELD: one line per operator pod
 	KS get pods -l app.kubernetes.io/name=knit-operator -o jsonpath="{range .items[*]}$1{\"\\n\"}{end}"
 }
@@ -62,8 +62,15 @@ ops_up() {
 		[ "$(op_pods '{.status.conditions[?(@.type=="Ready")].status}' | grep -c True)" -ge 1 ]
 }
 e2e_check "both operator replicas run and one is Ready" e2e_wait_for 120 ops_up
-e2e_expect "exactly one operator replica is Ready (the leader)" 1 \
-	"$(op_pods '{.status.conditions[?(@.type=="Ready")].status}' | grep -c True)"
+# Both are Ready when healthy; the leader holds the Lease and is the only
+# endpoint of the coordination Service (operator/serving.h).
+leader_serves() {
+	local l
+	l=$(KS get lease knit-operator -o jsonpath='{.spec.holderIdentity}') && [ -n "$l" ] &&
+		[ "$(KS get endpointslice knit-coordination-leader -o jsonpath='{.endpoints[*].addresses[*]}')" = \
+			"$(KS get pod "$l" -o jsonpath='{.status.podIP}')" ]
+}
+e2e_check "the leader is the coordination Service's only endpoint" e2e_wait_for 60 leader_serves
 tailnet_ready() { [ "$(K get tailnet default -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
 e2e_check "the operator made the default Tailnet" e2e_wait_for 60 tailnet_ready
 

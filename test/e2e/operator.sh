@@ -57,8 +57,11 @@ op_start op-a; A_PID=$OP_PID; A_PORT=$OP_PORT
 e2e_check "operator A leads" e2e_wait_for 20 holder_is op-a
 op_start op-b; B_PID=$OP_PID; B_PORT=$OP_PORT
 e2e_check "operator B is healthy as standby" e2e_wait_for 20 curl -sf "http://127.0.0.1:$B_PORT/healthz"
-standby_not_ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$B_PORT/readyz")" = 503 ]; }
-e2e_check "a standby is not ready (Services route agents to the leader)" standby_not_ready
+# Ready = healthy, standby included (a PodDisruptionBudget counts it); the
+# Services reach the leader through the EndpointSlices it writes itself
+# (operator/serving.h), not through readiness.
+standby_ready() { curl -sf "http://127.0.0.1:$B_PORT/readyz" | grep -q '^ok: standby (leader: op-a)$'; }
+e2e_check "a standby is Ready and says whom it stands by for" e2e_wait_for 20 standby_ready
 e2e_check "operator A is ready (caches synced)" e2e_wait_for 30 curl -sf "http://127.0.0.1:$A_PORT/readyz"
 e2e_check "the default Tailnet was created" e2e_wait_for 20 $K get tailnet default
 has_ctrl_key() { $K get tailnet default -o jsonpath='{.status.controlKey}' | grep -qE '^ctrlkey:[0-9a-f]{64}$'; }

@@ -8,7 +8,8 @@
 # manifest parses, and none carries a key YAML silently turned into
 # something else (a flow mapping's comma splitting a description made one
 # CRD re-apply as "configured" forever). The image's build packages are
-# read from scripts/install-deps, so the two lists cannot drift. No cluster
+# read from scripts/install-deps, so the two lists cannot drift, and the
+# packages its runtime stage names are in install-deps too. No cluster
 # needed: helm 4.1 from the cache.
 source "$(dirname "$0")/lib/common.sh"
 
@@ -141,5 +142,15 @@ for p in cmake libcurl4-openssl-dev libsodium-dev libmicrohttpd-dev libnl-route-
 	grep -qw -- "$p" <<<"$build_pkgs" || e2e_fail "install-deps' build group lacks $p"
 done
 e2e_pass "install-deps' build group holds every library CMake needs"
+# The runtime stage names a few packages itself (the rest is what the
+# binaries link): each one is in install-deps too, so the tests run with
+# what the image ships.
+runtime_pkgs=$(awk '/^FROM debian:bookworm$/ {rt = 1} rt && /\$\(cat \/tmp\/runtime-packages\)/ {
+	for (i = 1; i <= NF; i++) { w = $i; sub(/;$/, "", w); if (w ~ /^[a-z0-9][a-z0-9.+-]+$/ && w != "cat") print w } }' "$KNIT_SOURCE_DIR/Dockerfile" | sort -u | xargs)
+all_pkgs=$(sed -n '/^PKGS=(/,/^)/p' "$KNIT_SOURCE_DIR/scripts/install-deps")
+e2e_check "the Dockerfile's runtime stage names its own packages ($runtime_pkgs)" test -n "$runtime_pkgs"
+for p in $runtime_pkgs; do
+	grep -qw -- "$p" <<<"$all_pkgs" || e2e_fail "the image installs $p, scripts/install-deps does not"
+done
 
 e2e_end
