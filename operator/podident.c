@@ -50,7 +50,9 @@ static void host_label(const char *in, char *out, size_t outlen)
 }
 
 /* The Pod labelled as carrying an identity, so the watch below sees it go.
- * Failing is logged and harmless: the once-a-second sweep covers it. */
+ * Only with the opt-in RBAC (manifests/examples/operator-pod-labels.yaml):
+ * by default the operator writes no Pod, and the once-a-second sweep
+ * covers it. */
 static void label_pod(struct coord *c, const char *ns, const char *name)
 {
 	struct json *patch = json_new_object(), *meta = json_new_object(), *labels = json_new_object();
@@ -61,8 +63,14 @@ static void label_pod(struct coord *c, const char *ns, const char *name)
 		labels = NULL;
 		json_object_set(patch, "metadata", meta);
 		meta = NULL;
-		if (kube_patch(c->op->kube, &kube_res_pods, ns, name, KUBE_PATCH_MERGE, patch, false, &r) || !kube_ok(&r))
-			log_warn("cannot label the pod (RBAC: patch pods); its Device goes within a second of it instead",
+		if (kube_patch(c->op->kube, &kube_res_pods, ns, name, KUBE_PATCH_MERGE, patch, false, &r))
+			log_warn("cannot label the pod; its Device goes within a second of it instead", "pod=%s/%s",
+				 ns, name);
+		else if (r.status == 403) /* the default RBAC: no Pod writes */
+			log_debug("pod not labelled (no patch on pods: manifests/examples/operator-pod-labels.yaml)",
+				  "pod=%s/%s", ns, name);
+		else if (!kube_ok(&r))
+			log_warn("cannot label the pod; its Device goes within a second of it instead",
 				 "pod=%s/%s status=%ld", ns, name, r.status);
 	}
 	kube_result_clear(&r);

@@ -60,6 +60,10 @@ q K apply -f "$MAN/00-namespace.yaml"
 printf '{"apiVersion":"knit.dev/v1alpha1","kind":"AuthKey","metadata":{"name":"nodes","namespace":"knit-system"},"spec":{"user":"%s","reusable":true,"preauthorized":true}}' \
 	"$NODE_USER" | q K apply -f - || e2e_die "the nodes' AuthKey"
 e2e_check "operator applied" q K apply -f "$MAN/10-operator.yaml"
+# The opt-in pod labels: the Devices of gone pods go at once, not at the
+# once-a-second sweep (the 1 s checks below hold either way, this way with
+# room to spare on a loaded machine).
+e2e_check "the opt-in pod-label RBAC applied" q K apply -f "$MAN/examples/operator-pod-labels.yaml"
 e2e_check "the operator minted the AuthKey nodes" e2e_wait_for 180 KS get secret nodes-authkey
 NET=$KNIT_CLUSTER_NET
 PODS=10.$NET.64.0/18

@@ -379,6 +379,8 @@ while read -r verb res ns; do
 done <<'EOF'
 create pods:exec default
 create pods default
+patch pods default
+patch pods knit-system
 delete pods knit-system
 update nodes
 patch nodes

@@ -110,6 +110,9 @@ for d in yaml.safe_load_all(open(sys.argv[1])):
 e2e_expect "the operator's ClusterRole grants no Secrets (manifests, chart)" "0 0" \
 	"$(clusterrole_secrets "$MAN/10-operator.yaml") $(clusterrole_secrets "$E2E_DIR/chart.yaml")"
 
+e2e_expect "pods are patched only with operator.labelPods (the example's objects)" "0 2" \
+	"$(grep -c 'knit-operator-pod-labels' "$E2E_DIR/chart.yaml") $("$HELM" template knit "$CHART" -n knit-system --set operator.labelPods=true 2>/dev/null | grep -c '^  name: knit-operator-pod-labels')"
+
 # Every manifest and example parses; no null-valued key hides a YAML slip.
 nulls() {
 	python3 -c '
