@@ -133,28 +133,6 @@ int installer_primary(const char *dir, char **name)
 	return cniconf_primary(dir, name);
 }
 
-static int read_file(const char *path, struct buf *b)
-{
-	char chunk[8192];
-	int fd = open(path, O_RDONLY | O_CLOEXEC), ret = 0;
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	while ((n = read(fd, chunk, sizeof(chunk))) != 0) {
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			ret = -errno;
-			break;
-		}
-		if ((ret = buf_add(b, chunk, (size_t)n)))
-			break;
-	}
-	close(fd);
-	return ret;
-}
-
 /* Writes data to path through a hidden temporary in the same directory and
  * rename(2), so readers see the old file or the new one. */
 static int write_atomic(const char *path, const void *data, size_t len, mode_t mode)
@@ -206,7 +184,7 @@ static struct json *parse_file(const char *path, struct buf *raw, char *why, siz
 	struct json *j;
 	int err;
 
-	if ((err = read_file(path, raw))) {
+	if ((err = buf_read_file(raw, path))) {
 		errbuf_printf(why, whylen, "cannot read %s: %s", path, strerror(-err));
 		return NULL;
 	}
@@ -249,7 +227,7 @@ static int copy_binary(const struct installer_opts *o, char *why, size_t whylen)
 		errbuf_printf(why, whylen, "--bin-dir is too long");
 		return -ENAMETOOLONG;
 	}
-	if ((err = read_file(src, &b)))
+	if ((err = buf_read_file(&b, src)))
 		errbuf_printf(why, whylen, "cannot read %s: %s", src, strerror(-err));
 	else if ((err = write_atomic(dst, b.data, b.len, 0755)))
 		errbuf_printf(why, whylen, "cannot install %s: %s", dst, strerror(-err));

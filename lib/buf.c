@@ -1,9 +1,11 @@
 #include "buf.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <sodium.h>
 
@@ -184,4 +186,26 @@ void errbuf_printf(char *err, size_t errlen, const char *fmt, ...)
 	va_start(ap, fmt);
 	errbuf_vprintf(err, errlen, fmt, ap);
 	va_end(ap);
+}
+
+int buf_read_file(struct buf *b, const char *path)
+{
+	char chunk[8192];
+	int fd = open(path, O_RDONLY | O_CLOEXEC), ret = 0;
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	while ((n = read(fd, chunk, sizeof(chunk))) != 0) {
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			ret = -errno;
+			break;
+		}
+		if ((ret = buf_add(b, chunk, (size_t)n)))
+			break;
+	}
+	close(fd);
+	return ret;
 }

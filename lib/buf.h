@@ -30,6 +30,9 @@ void buf_reset(struct buf *b);
 void buf_free_secure(struct buf *b);
 
 int buf_add(struct buf *b, const void *p, size_t n);
+/* Appends the whole file at path (its cap applies). 0 or a negative errno
+ * (the file's open/read error, or buf_add's). */
+int buf_read_file(struct buf *b, const char *path);
 int buf_add_str(struct buf *b, const char *s);
 int buf_add_byte(struct buf *b, uint8_t c);
 int buf_addf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -47,28 +47,6 @@ int cniconf_primary(const char *dir, char **name)
 	return ret;
 }
 
-static int read_all(const char *path, struct buf *b)
-{
-	char chunk[8192];
-	int fd = open(path, O_RDONLY | O_CLOEXEC), ret = 0;
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	while ((n = read(fd, chunk, sizeof(chunk))) != 0) {
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			ret = -errno;
-			break;
-		}
-		if ((ret = buf_add(b, chunk, (size_t)n)))
-			break;
-	}
-	close(fd);
-	return ret;
-}
-
 struct json *cniconf_load(const char *dir, char **name, char *why, size_t whylen)
 {
 	struct buf raw = BUF_INIT(CNICONF_MAX_BYTES);
@@ -88,7 +66,7 @@ struct json *cniconf_load(const char *dir, char **name, char *why, size_t whylen
 		snprintf(why, whylen, "path too long: %s/%s", dir, file);
 		goto out;
 	}
-	if ((err = read_all(path, &raw))) {
+	if ((err = buf_read_file(&raw, path))) {
 		snprintf(why, whylen, "cannot read %s: %s", path, strerror(-err));
 		goto out;
 	}
