@@ -8,6 +8,8 @@
 #
 #   sudo bench/relay/run.sh [N]
 # Targets: relay >= 1 Gbit/s single stream; <= 20 KB per idle client.
+# The time from both peers online to a direct path behind NAT is
+# bench/relay/direct.sh's.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
