@@ -3,8 +3,9 @@
 # with nftables (test/e2e/lib/nat.sh), a knit-relay on the "internet" as the
 # relay map's one region, the operator and a real kube-apiserver.
 #   - a, b behind easy (endpoint-independent) NAT: direct within 5 s of both
-#     being online (the figure is printed), seen in knit status and in the
-#     routers' conntrack (a UDP flow from router to router);
+#     being online (the figure is printed), seen in knit status, in the
+#     routers' conntrack (a UDP flow from router to router) and by tcpdump on
+#     b's router;
 #   - c behind hard (fully-random) NAT and a behind easy NAT: relay. Both
 #     routers filter by address and port (conntrack), and c's mapping toward
 #     a is a port no one learns (STUN saw another), so no punched path
@@ -23,7 +24,7 @@ RELAY=$KNIT_BUILD_DIR/relay/knit-relay
 
 e2e_begin nat
 e2e_defer "[ \$E2E_FAILED -eq 0 ] || { mkdir -p '$E2E_DIR.logs' && cp '$E2E_DIR'/*.log '$E2E_DIR.logs/' 2>/dev/null; e2e_log \"logs kept in $E2E_DIR.logs\"; }"
-e2e_need_bin "$OPERATOR" "$KNITD" "$KNIT" "$RELAY" jq iperf3 ping conntrack nft
+e2e_need_bin "$OPERATOR" "$KNITD" "$KNIT" "$RELAY" jq iperf3 ping conntrack nft tcpdump
 kube_up
 K=$KUBECTL
 NS=knit-system
@@ -84,6 +85,16 @@ e2e_check "a pings b over the tailnet" e2e_wait_for 10 in_ns a ping -c1 -W1 "${T
 e2e_check "knit status shows 'direct' and b's router's address" sh -c "$KNIT --socket $E2E_DIR/a/knitd.sock status | grep -E '^${TIP[b]} .*direct 10\.$NET\.0\.13:'"
 router_flow() { in_ns ra conntrack -L -p udp 2>/dev/null | grep -q "src=192.168.2.10 dst=10.$NET.0.13 "; }
 e2e_check "ra's conntrack holds a UDP flow from a straight to b's router" router_flow
+# tcpdump on b's router: the tunnel's packets come from a's router's
+# address, not the relay's.
+in_ns rb timeout 8 tcpdump -l -n -i eth0 -c 4 "udp and src host 10.$NET.0.12 and dst host 10.$NET.0.13" \
+	>"$E2E_DIR/tcpdump-rb.txt" 2>"$E2E_DIR/tcpdump-rb.err" &
+TCPDUMP=$!
+e2e_wait_for 5 grep -q "listening on" "$E2E_DIR/tcpdump-rb.err"
+in_ns a ping -c4 -i0.2 -W1 "${TIP[b]}" >/dev/null 2>&1
+wait $TCPDUMP 2>/dev/null
+e2e_expect "tcpdump on b's router sees the tunnel's UDP straight from a's router" 4 \
+	"$(grep -c "IP 10.$NET.0.12\.[0-9]* > 10.$NET.0.13\.[0-9]*: UDP" "$E2E_DIR/tcpdump-rb.txt")"
 out=$(tailnet_knit a ping -c 5 b 2>&1)
 e2e_check "knit ping a->b answers over the direct path and stops" grep -q "via 10.$NET.0.13:" <<<"$out"
 e2e_expect "one pong, as the path is already direct" 1 "$(grep -c '^pong' <<<"$out")"
