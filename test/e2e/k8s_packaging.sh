@@ -125,6 +125,7 @@ mesh_formed() { # HOW: the checks every install must pass
 	e2e_check "$1: knitd Ready on all $NODES nodes" q KS rollout status daemonset/knitd --timeout=240s
 	e2e_expect "$1: $NODES knitd pods Ready" "$NODES" \
 		"$(KS get pods -l app.kubernetes.io/name=knitd -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True)"
+	e2e_check "$1: the relay StatefulSet's replicas are Ready" q KS rollout status statefulset/knit-relay --timeout=240s
 	e2e_check "$1: $NODES Devices online" e2e_wait_for 120 devices_online
 	e2e_check "$1: knit ping node 1 -> node 2 over the tailnet" e2e_wait_for 60 ping_ok 1 2
 	e2e_check "$1: knit ping node 3 -> node 1 over the tailnet" e2e_wait_for 60 ping_ok 3 1
