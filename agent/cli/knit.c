@@ -684,14 +684,33 @@ static void owner_text(const struct json *p, char *out, size_t len)
 					 json_str(json_array_at(tags, i)) ?: "");
 }
 
-static void print_row(const struct json *p, bool self)
+/* The OWNER column: at least 24 wide, as wide as the longest owner
+ * (system:serviceaccount:<namespace>:<name> is often longer). */
+static int owner_width(const struct json *st)
+{
+	const struct json *peers = json_get(st, "peers");
+	char owner[128];
+	size_t w = 24;
+
+	if (json_get(st, "self")) {
+		owner_text(json_get(st, "self"), owner, sizeof(owner));
+		w = strlen(owner) > w ? strlen(owner) : w;
+	}
+	for (size_t i = 0; i < json_array_len(peers); i++) {
+		owner_text(json_array_at(peers, i), owner, sizeof(owner));
+		w = strlen(owner) > w ? strlen(owner) : w;
+	}
+	return (int)w;
+}
+
+static void print_row(const struct json *p, bool self, int ow)
 {
 	char path[128], ago[32], rx[32], tx[32], owner[128];
 	const char *ip = json_str(json_array_at(json_get(p, "addresses"), 0)) ?: "-";
 
 	owner_text(p, owner, sizeof(owner));
 	if (self) {
-		printf("%-18s %-24s %-24s %-32s %-12s %-10s %s\n", ip, json_str(json_get(p, "name")) ?: "-", owner,
+		printf("%-18s %-24s %-*s %-32s %-12s %-10s %s\n", ip, json_str(json_get(p, "name")) ?: "-", ow, owner,
 		       "(this device)", "-", "-", "-");
 		return;
 	}
@@ -699,8 +718,8 @@ static void print_row(const struct json *p, bool self)
 	human_ago(json_int(json_get(p, "lastHandshake"), 0), ago, sizeof(ago));
 	human_bytes((uint64_t)json_int(json_get(p, "rxBytes"), 0), rx, sizeof(rx));
 	human_bytes((uint64_t)json_int(json_get(p, "txBytes"), 0), tx, sizeof(tx));
-	printf("%-18s %-24s %-24s %-32s %-12s %-10s %s\n", ip, json_str(json_get(p, "name")) ?: "-", owner, path, ago,
-	       rx, tx);
+	printf("%-18s %-24s %-*s %-32s %-12s %-10s %s\n", ip, json_str(json_get(p, "name")) ?: "-", ow, owner, path,
+	       ago, rx, tx);
 }
 
 static int get_status(const struct cli *cli, struct json **out)
@@ -791,15 +810,16 @@ static int cmd_status(const struct cli *cli, int argc, char **argv)
 		ret = EXIT_FAIL;
 	} else {
 		const struct json *peers = json_get(st, "peers");
+		int ow = owner_width(st);
 
 		if (strcmp(state, "Running") != 0)
 			printf("# %s\n", state);
-		printf("%-18s %-24s %-24s %-32s %-12s %-10s %s\n", "IP", "NAME", "OWNER", "PATH", "HANDSHAKE", "RX",
+		printf("%-18s %-24s %-*s %-32s %-12s %-10s %s\n", "IP", "NAME", ow, "OWNER", "PATH", "HANDSHAKE", "RX",
 		       "TX");
 		if (json_get(st, "self"))
-			print_row(json_get(st, "self"), true);
+			print_row(json_get(st, "self"), true, ow);
 		for (size_t i = 0; i < json_array_len(peers); i++)
-			print_row(json_array_at(peers, i), false);
+			print_row(json_array_at(peers, i), false, ow);
 	}
 	if (health)
 		printf("# Health: %s\n", health);
