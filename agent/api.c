@@ -158,9 +158,9 @@ static void op_logout(void *arg, struct localapi_reply *reply)
 	identity_logout(arg, reply);
 }
 
-static void op_ping(void *arg, const char *peer, struct localapi_reply *reply)
+static void op_ping(void *arg, const char *peer, bool icmp, struct localapi_reply *reply)
 {
-	identity_ping(arg, peer, reply);
+	identity_ping(arg, peer, icmp, reply);
 }
 
 struct localapi_ops api_ops(struct identity *id)

@@ -1070,7 +1070,7 @@ void identity_logout(struct identity *id, struct localapi_reply *reply)
 	logged_out(id, "logged out by the user");
 }
 
-void identity_ping(struct identity *id, const char *peer, struct localapi_reply *reply)
+void identity_ping(struct identity *id, const char *peer, bool icmp, struct localapi_reply *reply)
 {
 	bool self;
 	const struct netmap_node *n = identity_find_node(id, peer, &self);
@@ -1079,7 +1079,7 @@ void identity_ping(struct identity *id, const char *peer, struct localapi_reply 
 		localapi_reply_error(reply, 404, "PeerNotFound", "%s is not a peer of this node (see knit status)", peer);
 		return;
 	}
-	if (id->paths && paths_info(id->paths, n->node_key, &(struct paths_info){ 0 }))
+	if (!icmp && id->paths && paths_info(id->paths, n->node_key, &(struct paths_info){ 0 }))
 		ping_start_disco(&id->pings, id->paths, n, peer, reply);
 	else
 		ping_start(&id->pings, id->loop, id->engine, n, peer, reply);

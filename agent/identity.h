@@ -123,7 +123,7 @@ int identity_route_add(struct identity *id, const char *cidr);
 void identity_up(struct identity *id, const struct localapi_up *req, struct localapi_reply *reply);
 void identity_down(struct identity *id, struct localapi_reply *reply);
 void identity_logout(struct identity *id, struct localapi_reply *reply);
-void identity_ping(struct identity *id, const char *peer, struct localapi_reply *reply);
+void identity_ping(struct identity *id, const char *peer, bool icmp, struct localapi_reply *reply);
 
 /* ---- what it is ---- */
 

@@ -537,9 +537,16 @@ static void op_logout(struct localapi *api, struct localapi_reply *r, void *ctx)
 	api->ops.logout(api->ops.arg, r);
 }
 
+struct ping_args {
+	const char *peer;
+	bool icmp;
+};
+
 static void op_ping(struct localapi *api, struct localapi_reply *r, void *ctx)
 {
-	api->ops.ping(api->ops.arg, ctx, r);
+	const struct ping_args *a = ctx;
+
+	api->ops.ping(api->ops.arg, a->peer, a->icmp, r);
 }
 
 static void h_down(struct httpd_req *req, void *arg)
@@ -555,18 +562,24 @@ static void h_logout(struct httpd_req *req, void *arg)
 static void h_ping(struct httpd_req *req, void *arg)
 {
 	struct json *j = body_json(req, false);
-	const char *peer;
+	const struct json *icmp;
+	struct ping_args a = { 0 };
 
 	if (!j)
 		return;
-	if (!opt_str(req, j, "peer", &peer)) {
+	if (!opt_str(req, j, "peer", &a.peer)) {
 		json_free(j);
 		return;
 	}
-	if (!peer)
+	icmp = json_get(j, "icmp");
+	if (icmp && !json_is_null(icmp) && !json_is_bool(icmp))
+		respond_error(req, 400, "BadRequest", "icmp: want true or false");
+	else if (!a.peer)
 		respond_error(req, 400, "BadRequest", "peer: missing (a name or a tailnet IP)");
-	else
-		run_op(arg, req, op_ping, (void *)peer);
+	else {
+		a.icmp = json_bool(icmp, false);
+		run_op(arg, req, op_ping, &a);
+	}
 	json_free(j);
 }
 

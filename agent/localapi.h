@@ -8,7 +8,7 @@
  *                                      advertiseTags, advertiseRoutes, serverKey}
  *   POST /localapi/v1/down            stop (keep the keys and the login)
  *   POST /localapi/v1/logout          delete the device at the server
- *   POST /localapi/v1/ping            {"peer": name or IP}
+ *   POST /localapi/v1/ping            {"peer": name or IP, "icmp": bool}
  *   POST   /localapi/v1/identities    attach a pod identity (docs/cni.md)
  *   DELETE /localapi/v1/identities/{containerID}/{ifName}
  *   GET    /localapi/v1/identities    the pod identities
@@ -110,7 +110,9 @@ struct localapi_ops {
 	void (*logout)(void *arg, struct localapi_reply *reply);
 	/* peer is a name or a tailnet IP, not yet resolved; valid until
 	 * ping returns (copy it to answer later). */
-	void (*ping)(void *arg, const char *peer, struct localapi_reply *reply);
+	/* icmp: an ICMP echo through the tunnel (WireGuard carries it) rather
+	 * than a disco ping along the path. */
+	void (*ping)(void *arg, const char *peer, bool icmp, struct localapi_reply *reply);
 	void *arg;
 };
 

@@ -112,7 +112,7 @@ static const char usage_status[] =
 	"Exits 1 when knitd is not connected (logged out or down).\n";
 
 static const char usage_ping[] =
-	"Usage: knit ping [-c COUNT] [--timeout SECONDS] PEER\n"
+	"Usage: knit ping [-c COUNT] [--timeout SECONDS] [--icmp] PEER\n"
 	"\n"
 	"Pings PEER (a name or a tailnet IP) once a second with a disco ping along the\n"
 	"path in use (as tailscale ping; ICMP through the tunnel for a peer without a\n"
@@ -123,6 +123,8 @@ static const char usage_ping[] =
 	"Flags:\n"
 	"  -c COUNT            pings at most (default 10)\n"
 	"  --timeout SECONDS   wait for each answer (default 5)\n"
+	"  --icmp              an ICMP echo through the WireGuard tunnel instead: proves\n"
+	"                      the tunnel carries traffic, not only that disco gets through\n"
 	"\n"
 	"Exits 1 if no ping was answered over a direct path.\n";
 
@@ -972,15 +974,16 @@ static int cmd_whois(const struct cli *cli, int argc, char **argv)
 
 static int cmd_ping(const struct cli *cli, int argc, char **argv)
 {
-	enum { TIMEOUT = OPT_HELP + 1 };
+	enum { TIMEOUT = OPT_HELP + 1, ICMP };
 	static const struct option longopts[] = {
 		{ "timeout", required_argument, NULL, TIMEOUT },
+		{ "icmp", no_argument, NULL, ICMP },
 		{ "help", no_argument, NULL, OPT_HELP },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *peer;
 	long count = 10, timeout = 5;
-	bool direct = false;
+	bool direct = false, icmp = false;
 	int c, answered = 0;
 
 	opts_begin();
@@ -998,6 +1001,9 @@ static int cmd_ping(const struct cli *cli, int argc, char **argv)
 			if (!parse_positive(optarg, &timeout))
 				return usage_error(usage_ping, "knit ping: --timeout wants seconds, not \"%s\"", optarg);
 			break;
+		case ICMP:
+			icmp = true;
+			break;
 		default:
 			return bad_flag(usage_ping, argv, c);
 		}
@@ -1014,7 +1020,8 @@ static int cmd_ping(const struct cli *cli, int argc, char **argv)
 
 		if (n > 0)
 			sleep(1);
-		if (!req || json_object_set(req, "peer", json_new_string(peer))) {
+		if (!req || json_object_set(req, "peer", json_new_string(peer)) ||
+		    (icmp && json_object_set(req, "icmp", json_new_bool(true)))) {
 			json_free(req);
 			errorf("out of memory");
 			return EXIT_FAIL;

@@ -106,9 +106,9 @@ e2e_check "knit status in node 1's knitd pod shows nodes 2 and 3 online" e2e_wai
 kn 1 status >"$E2E_DIR/status-n1.txt" 2>&1 || true
 for j in 2 3; do
 	e2e_check "knit ping from node 1 reaches node $j over the mesh" \
-		q kn 1 ping -c 10 "$NAME-n$j"
+		q kn 1 ping --icmp -c 10 "$NAME-n$j"
 done
-e2e_check "knit ping from node 3 reaches node 2 over the mesh" q kn 3 ping -c 10 "$NAME-n2"
+e2e_check "knit ping from node 3 reaches node 2 over the mesh" q kn 3 ping --icmp -c 10 "$NAME-n2"
 # knitd's /metrics on node 1's address, through the API server's pod proxy
 # (what a Prometheus in the cluster scrapes).
 metric() { # NODE-INDEX SERIES: its value
@@ -120,7 +120,9 @@ scraped() {
 		[ "$(metric 1 knitd_peers_with_session)" = 2 ] &&
 		awk -v v="$(metric 1 knitd_outbound_bytes_total)" 'BEGIN { exit !(v + 0 > 0) }'
 }
-e2e_check "node 1's knitd /metrics: connected, two peers with sessions, bytes sent" e2e_wait_for 30 scraped
+e2e_check "node 1's knitd /metrics: connected, two peers with sessions, bytes sent" e2e_wait_for 30 scraped ||
+	e2e_log "scraped: $(K get --raw "/api/v1/namespaces/knit-system/pods/$(knitd_pod 1):9102/proxy/metrics" 2>&1 |
+		grep -E '^knitd_(coordination_connected|peers|peers_with_session|outbound_bytes_total) |rror' | head -5 | xargs)"
 
 # --- a replaced knitd pod is the same device --------------------------------
 dev_of() { # NODE-INDEX: "name machineKey addresses" of that node's Device
@@ -142,7 +144,7 @@ e2e_expect "still exactly $NODES Devices" "$NODES" "$(K get devices -o name | wc
 # once that session's rekey/keepalive timers (about 15 s) make it handshake
 # again with the new one.
 t_back=$(date +%s)
-ping_n2() { kn 1 ping -c 2 "$NAME-n2"; }
+ping_n2() { kn 1 ping --icmp -c 2 "$NAME-n2"; }
 e2e_check "knit ping from node 1 reaches the replaced node 2" e2e_wait_for 60 ping_n2
 e2e_log "node 1 reached the replaced node 2 after $(($(date +%s) - t_back))s"
 

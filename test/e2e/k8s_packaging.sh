@@ -117,7 +117,7 @@ kn() { # NODE-INDEX ARGS...: the knit CLI in that node's knitd pod
 	shift
 	timeout 60 "$KUBECTL" -n knit-system exec "$(knitd_pod "$i")" -- knit "$@"
 }
-ping_ok() { kn "$1" ping -c 2 "$NAME-n$2"; }
+ping_ok() { kn "$1" ping --icmp -c 2 "$NAME-n$2"; }
 mesh_formed() { # HOW: the checks every install must pass
 	e2e_check "$1: both operator replicas run, one is Ready" e2e_wait_for 180 ops_up
 	e2e_check "$1: one replica holds the Lease" e2e_wait_for 60 has_leader

@@ -39,6 +39,7 @@ struct fx {
 	char up_auth[64], up_login[128], up_host[64], up_tags[256], up_routes[256];
 	int ups, downs, logouts, pings;
 	char ping_peer[64];
+	bool ping_icmp;
 	int attaches, detaches, lists;
 	char at_cid[130], at_if[20], at_netns[128], at_uid[64], at_tags[128], at_host[64];
 	char de_cid[130], de_if[20];
@@ -136,11 +137,12 @@ static void f_logout(void *arg, struct localapi_reply *reply)
 	fx->late_kind = 3;
 }
 
-static void f_ping(void *arg, const char *peer, struct localapi_reply *reply)
+static void f_ping(void *arg, const char *peer, bool icmp, struct localapi_reply *reply)
 {
 	struct fx *fx = arg;
 
 	fx->pings++;
+	fx->ping_icmp = icmp;
 	snprintf(fx->ping_peer, sizeof(fx->ping_peer), "%s", peer);
 	if (strcmp(peer, "nobody") == 0) {
 		localapi_reply_error(reply, 404, "PeerNotFound", "no peer called \"%s\"", peer);
@@ -616,12 +618,18 @@ static void test_down_logout_ping(void **state)
 	j = request(fx, "POST", "/localapi/v1/ping", "{\"peer\":\"db\"}", true, &status);
 	assert_int_equal(status, 200);
 	assert_string_equal(fx->ping_peer, "db");
+	assert_false(fx->ping_icmp);
 	assert_string_equal(json_str(json_get(j, "ip")), "100.64.0.7");
 	assert_true(json_double(json_get(j, "latencyMs"), 0) == 12.5);
 	assert_string_equal(json_str(json_get(j, "endpoint")), "192.0.2.7:41641");
 	json_free(j);
 	expect_error(fx, "POST", "/localapi/v1/ping", "{\"peer\":\"nobody\"}", 404, "PeerNotFound", "no peer");
 	expect_error(fx, "POST", "/localapi/v1/ping", "{}", 400, "BadRequest", "peer: missing");
+	expect_error(fx, "POST", "/localapi/v1/ping", "{\"peer\":\"db\",\"icmp\":1}", 400, "BadRequest", "icmp: want true or false");
+	j = request(fx, "POST", "/localapi/v1/ping", "{\"peer\":\"db\",\"icmp\":true}", true, &status);
+	assert_int_equal(status, 200);
+	assert_true(fx->ping_icmp);
+	json_free(j);
 	expect_error(fx, "POST", "/localapi/v1/ping", NULL, 400, "BadRequest", "not JSON");
 }
 
