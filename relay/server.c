@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "buf.h"
@@ -106,6 +107,12 @@ struct mesh_peer {
 	uint32_t backoff_ms;
 	bool up;
 	bool self; /* the URL leads back to this relay: never dialled again */
+	/* The name is looked up with getaddrinfo_a, polled on the retry timer,
+	 * so a slow or failing DNS never stalls the loop (and /healthz). */
+	struct gaicb gai;
+	struct addrinfo hints;
+	bool resolving;
+	uint64_t resolve_deadline; /* monotonic ms */
 };
 
 struct relay_server {
@@ -1093,19 +1100,58 @@ static void accept_resume(struct loop *loop, struct loop_timer *t, void *arg)
 
 /* ---- mesh links ----------------------------------------------------------- */
 
-static void mesh_connect(struct mesh_peer *mp)
-{
-	struct relay_server *s = mp->s;
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res = NULL;
-	struct conn *c;
-	int fd = -1, one = 1, r;
+#define MESH_RESOLVE_POLL_MS 20
+#define MESH_RESOLVE_TIMEOUT_MS 10000
 
-	r = getaddrinfo(mp->host, mp->port, &hints, &res);
-	if (r != 0 || !res) {
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Stops a lookup under way (waiting for it if it cannot be cancelled). */
+static void mesh_resolve_stop(struct mesh_peer *mp)
+{
+	if (!mp->resolving)
+		return;
+	if (gai_cancel(&mp->gai) == EAI_NOTCANCELED) {
+		const struct gaicb *list[1] = { &mp->gai };
+		while (gai_error(&mp->gai) == EAI_INPROGRESS)
+			gai_suspend(list, 1, NULL);
+	}
+	if (gai_error(&mp->gai) == 0 && mp->gai.ar_result)
+		freeaddrinfo(mp->gai.ar_result);
+	mp->gai.ar_result = NULL;
+	mp->resolving = false;
+}
+
+/* Starts the lookup of mp's name; mesh_retry polls it. */
+static void mesh_resolve(struct mesh_peer *mp)
+{
+	struct gaicb *list[1] = { &mp->gai };
+	int r;
+
+	mp->hints = (struct addrinfo){ .ai_socktype = SOCK_STREAM };
+	mp->gai = (struct gaicb){ .ar_name = mp->host, .ar_service = mp->port, .ar_request = &mp->hints };
+	r = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
+	if (r != 0) {
 		log_warn("mesh peer unresolvable", "peer=%s error=\"%s\"", mp->url, gai_strerror(r));
 		mesh_schedule(mp);
 		return;
 	}
+	mp->resolving = true;
+	mp->resolve_deadline = mono_ms() + MESH_RESOLVE_TIMEOUT_MS;
+	loop_timer_arm(mp->retry, MESH_RESOLVE_POLL_MS);
+}
+
+static void mesh_connect(struct mesh_peer *mp, struct addrinfo *res)
+{
+	struct relay_server *s = mp->s;
+	struct conn *c;
+	int fd = -1, one = 1;
+
 	fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0 || (connect(fd, res->ai_addr, res->ai_addrlen) != 0 && errno != EINPROGRESS)) {
 		log_warn("mesh connect failed", "peer=%s errno=%d", mp->url, errno);
@@ -1146,10 +1192,30 @@ static void mesh_connect(struct mesh_peer *mp)
 static void mesh_retry(struct loop *loop, struct loop_timer *t, void *arg)
 {
 	struct mesh_peer *mp = arg;
+	int r;
 
 	reap(mp->s);
-	if (!mp->conn && mp->s->accepting)
-		mesh_connect(mp);
+	if (mp->resolving) {
+		r = gai_error(&mp->gai);
+		if (r == EAI_INPROGRESS && mono_ms() < mp->resolve_deadline) {
+			loop_timer_arm(t, MESH_RESOLVE_POLL_MS);
+			return;
+		}
+		if (r == 0 && mp->gai.ar_result && !mp->conn && mp->s->accepting) {
+			struct addrinfo *res = mp->gai.ar_result;
+
+			mp->gai.ar_result = NULL;
+			mp->resolving = false;
+			mesh_connect(mp, res);
+		} else {
+			log_warn("mesh peer unresolvable", "peer=%s error=\"%s\"", mp->url,
+				 r == EAI_INPROGRESS ? "timed out" : gai_strerror(r));
+			mesh_resolve_stop(mp);
+			mesh_schedule(mp);
+		}
+	} else if (!mp->conn && mp->s->accepting) {
+		mesh_resolve(mp);
+	}
 	flush_all(mp->s);
 }
 
@@ -1427,6 +1493,7 @@ void relay_server_free(struct relay_server *s)
 		c->flushing = false;
 	reap(s);
 	for (size_t i = 0; i < s->npeers; i++) {
+		mesh_resolve_stop(s->peers[i]);
 		loop_timer_free(s->peers[i]->retry);
 		free(s->peers[i]->url);
 		free(s->peers[i]->host);

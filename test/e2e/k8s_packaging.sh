@@ -335,7 +335,7 @@ can() { # yes|no AS VERB RESOURCE[:SUBRESOURCE] [ARGS...]
 	shift 4
 	[[ $res != *:* ]] || set -- --subresource="${res#*:}" "$@"
 	got=$(K auth can-i --as="$as" "$verb" "${res%%:*}" "$@" 2>/dev/null)
-	[ "$got" = "$want" ] || { e2e_log "can-i $* as $as: $got, want $want"; return 1; }
+	[ "$got" = "$want" ] || { e2e_log "can-i $verb $res $* as $as: $got, want $want"; return 1; }
 }
 bad=0
 while read -r verb res ns; do
