@@ -1079,7 +1079,14 @@ void identity_ping(struct identity *id, const char *peer, bool icmp, struct loca
 		localapi_reply_error(reply, 404, "PeerNotFound", "%s is not a peer of this node (see knit status)", peer);
 		return;
 	}
-	if (!icmp && id->paths && paths_info(id->paths, n->node_key, &(struct paths_info){ 0 }))
+	/* A disco ping where disco has a way to the peer (a direct path, or a
+	 * relay region we know); else, as for a peer that answers no disco
+	 * (a pod identity today), an echo through the tunnel. */
+	struct paths_info info = { 0 };
+	bool disco = !icmp && id->paths && paths_info(id->paths, n->node_key, &info) &&
+		     (info.kind == PATHS_DIRECT || (info.kind == PATHS_RELAY && relays_has_region(id->relays, info.region)));
+
+	if (disco)
 		ping_start_disco(&id->pings, id->paths, n, peer, reply);
 	else
 		ping_start(&id->pings, id->loop, id->engine, n, peer, reply);
