@@ -23,6 +23,7 @@
 #include "json.h"
 #include "log.h"
 #include "loop.h"
+#include "net/lookup.h"
 #include "relay/client.h"
 #include "wg/hub.h"
 #include "wg/receive.h"
@@ -61,10 +62,8 @@ struct conn {
 	uint64_t started, last_rx, last_tx, last_used, retry_at, backoff;
 	uint32_t keepalive_ms;
 	/* A node given by name only: the lookup in flight, and its answer. */
-	struct gaicb gai;
-	struct addrinfo hints;
+	struct lookup lookup;
 	char gai_host[254];
-	bool gai_live;
 	struct endpoint resolved;
 	size_t resolved_node;
 	uint64_t resolved_at;
@@ -135,26 +134,9 @@ static const struct relaymap_node *node_of(const struct conn *c)
 
 /* ---- one connection ---- */
 
-/* Ends a name lookup in flight (waiting for it if it cannot be stopped:
- * the request lives in the connection). */
-static void gai_stop(struct conn *c)
-{
-	if (!c->gai_live)
-		return;
-	if (gai_cancel(&c->gai) == EAI_NOTCANCELED) {
-		const struct gaicb *list[1] = { &c->gai };
-		while (gai_error(&c->gai) == EAI_INPROGRESS)
-			gai_suspend(list, 1, NULL);
-	}
-	if (gai_error(&c->gai) == 0 && c->gai.ar_result)
-		freeaddrinfo(c->gai.ar_result);
-	c->gai.ar_result = NULL;
-	c->gai_live = false;
-}
-
 static void conn_drop_socket(struct conn *c)
 {
-	gai_stop(c);
+	lookup_stop(&c->lookup); /* the request lives in the connection */
 	if (c->fd >= 0) {
 		loop_fd_del(c->r->cfg.loop, c->fd);
 		close(c->fd);
@@ -457,15 +439,11 @@ static void conn_connect(struct conn *c)
 	if (!relays_node_endpoint(n, n->relay_port, &ep)) {
 		/* By name: looked up without blocking the loop (on_tick polls). */
 		if (!c->has_resolved || c->resolved_node != c->node || c->started - c->resolved_at > RESOLVED_TTL_MS) {
-			const struct gaicb *list[1] = { &c->gai };
 			snprintf(c->gai_host, sizeof(c->gai_host), "%s", n->host);
-			c->hints = (struct addrinfo){ .ai_socktype = SOCK_STREAM };
-			c->gai = (struct gaicb){ .ar_name = c->gai_host, .ar_request = &c->hints };
-			if (getaddrinfo_a(GAI_NOWAIT, (struct gaicb **)list, 1, NULL)) {
+			if (lookup_start(&c->lookup, c->gai_host, NULL, SOCK_STREAM)) {
 				conn_fail(c, "cannot look the relay's name up");
 				return;
 			}
-			c->gai_live = true;
 			c->state = CONN_RESOLVING;
 			return;
 		}
@@ -686,17 +664,15 @@ static void on_queue(struct loop *loop, int fd, unsigned events, void *arg)
 /* A name lookup in flight: done, failed, or still waiting. */
 static void conn_resolved(struct conn *c, uint64_t now)
 {
-	int err = gai_error(&c->gai);
-	struct addrinfo *ai;
+	struct addrinfo *res, *ai;
+	int err = lookup_result(&c->lookup, &res);
 
 	if (err == EAI_INPROGRESS) {
 		if (now - c->started > RELAYS_CONNECT_TIMEOUT_MS)
 			conn_fail(c, "the relay's name did not resolve in time");
 		return;
 	}
-	c->gai_live = false;
-	ai = err ? NULL : c->gai.ar_result;
-	for (; ai; ai = ai->ai_next) {
+	for (ai = res; ai; ai = ai->ai_next) {
 		if (ai->ai_family == AF_INET || ai->ai_family == AF_INET6) {
 			memset(&c->resolved, 0, sizeof(c->resolved));
 			memcpy(&c->resolved.addr, ai->ai_addr, ai->ai_addrlen <= sizeof(c->resolved.addr) ? ai->ai_addrlen : 0);
@@ -706,9 +682,8 @@ static void conn_resolved(struct conn *c, uint64_t now)
 			break;
 		}
 	}
-	if (!err && c->gai.ar_result)
-		freeaddrinfo(c->gai.ar_result);
-	c->gai.ar_result = NULL;
+	if (res)
+		freeaddrinfo(res);
 	if (!ai) {
 		conn_fail(c, err ? gai_strerror(err) : "the relay's name has no address");
 		return;

@@ -36,6 +36,7 @@
 #include "loop.h"
 #include "metrics.h"
 #include "net/endpoint.h"
+#include "net/lookup.h"
 #include "relay/frame.h"
 #include "relay/hello.h"
 #include "relay/keymap.h"
@@ -107,11 +108,10 @@ struct mesh_peer {
 	uint32_t backoff_ms;
 	bool up;
 	bool self; /* the URL leads back to this relay: never dialled again */
-	/* The name is looked up with getaddrinfo_a, polled on the retry timer,
-	 * so a slow or failing DNS never stalls the loop (and /healthz). */
-	struct gaicb gai;
-	struct addrinfo hints;
-	bool resolving;
+	/* The name is looked up without blocking (lookup.h), polled on the
+	 * retry timer, so a slow or failing DNS never stalls the loop (and
+	 * /healthz). */
+	struct lookup lookup;
 	uint64_t resolve_deadline; /* monotonic ms */
 };
 
@@ -1111,37 +1111,16 @@ static uint64_t mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Stops a lookup under way (waiting for it if it cannot be cancelled). */
-static void mesh_resolve_stop(struct mesh_peer *mp)
-{
-	if (!mp->resolving)
-		return;
-	if (gai_cancel(&mp->gai) == EAI_NOTCANCELED) {
-		const struct gaicb *list[1] = { &mp->gai };
-		while (gai_error(&mp->gai) == EAI_INPROGRESS)
-			gai_suspend(list, 1, NULL);
-	}
-	if (gai_error(&mp->gai) == 0 && mp->gai.ar_result)
-		freeaddrinfo(mp->gai.ar_result);
-	mp->gai.ar_result = NULL;
-	mp->resolving = false;
-}
-
 /* Starts the lookup of mp's name; mesh_retry polls it. */
 static void mesh_resolve(struct mesh_peer *mp)
 {
-	struct gaicb *list[1] = { &mp->gai };
-	int r;
+	int r = lookup_start(&mp->lookup, mp->host, mp->port, SOCK_STREAM);
 
-	mp->hints = (struct addrinfo){ .ai_socktype = SOCK_STREAM };
-	mp->gai = (struct gaicb){ .ar_name = mp->host, .ar_service = mp->port, .ar_request = &mp->hints };
-	r = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
 	if (r != 0) {
 		log_warn("mesh peer unresolvable", "peer=%s error=\"%s\"", mp->url, gai_strerror(r));
 		mesh_schedule(mp);
 		return;
 	}
-	mp->resolving = true;
 	mp->resolve_deadline = mono_ms() + MESH_RESOLVE_TIMEOUT_MS;
 	loop_timer_arm(mp->retry, MESH_RESOLVE_POLL_MS);
 }
@@ -1192,25 +1171,24 @@ static void mesh_connect(struct mesh_peer *mp, struct addrinfo *res)
 static void mesh_retry(struct loop *loop, struct loop_timer *t, void *arg)
 {
 	struct mesh_peer *mp = arg;
+	struct addrinfo *res;
 	int r;
 
 	reap(mp->s);
-	if (mp->resolving) {
-		r = gai_error(&mp->gai);
+	if (mp->lookup.live) {
+		r = lookup_result(&mp->lookup, &res);
 		if (r == EAI_INPROGRESS && mono_ms() < mp->resolve_deadline) {
 			loop_timer_arm(t, MESH_RESOLVE_POLL_MS);
 			return;
 		}
-		if (r == 0 && mp->gai.ar_result && !mp->conn && mp->s->accepting) {
-			struct addrinfo *res = mp->gai.ar_result;
-
-			mp->gai.ar_result = NULL;
-			mp->resolving = false;
+		if (r == 0 && res && !mp->conn && mp->s->accepting) {
 			mesh_connect(mp, res);
 		} else {
 			log_warn("mesh peer unresolvable", "peer=%s error=\"%s\"", mp->url,
 				 r == EAI_INPROGRESS ? "timed out" : gai_strerror(r));
-			mesh_resolve_stop(mp);
+			if (res)
+				freeaddrinfo(res);
+			lookup_stop(&mp->lookup);
 			mesh_schedule(mp);
 		}
 	} else if (!mp->conn && mp->s->accepting) {
@@ -1493,7 +1471,7 @@ void relay_server_free(struct relay_server *s)
 		c->flushing = false;
 	reap(s);
 	for (size_t i = 0; i < s->npeers; i++) {
-		mesh_resolve_stop(s->peers[i]);
+		lookup_stop(&s->peers[i]->lookup);
 		loop_timer_free(s->peers[i]->retry);
 		free(s->peers[i]->url);
 		free(s->peers[i]->host);
