@@ -28,26 +28,14 @@ RELAY=$KNIT_BUILD_DIR/relay/knit-relay
 e2e_begin bench-direct
 e2e_defer "[ \$E2E_FAILED -eq 0 ] || { mkdir -p '$E2E_DIR.logs' && cp -r '$E2E_DIR'/*.log '$E2E_DIR.logs/' 2>/dev/null; e2e_log \"logs kept in $E2E_DIR.logs\"; }"
 e2e_need_bin "$OPERATOR" "$KNITD" "$KNIT" "$RELAY" jq conntrack nft
-kube_up
-K=$KUBECTL
-$K create namespace knit-system >/dev/null || e2e_die "namespace"
-$K apply $(printf -- "-f %s " "$KNIT_SOURCE_DIR"/manifests/01-crd-*.yaml) >/dev/null || e2e_die "CRDs"
-$K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_die "CRDs not established"
+tailnet_kube_up
 NET=$((20 + ($$ + 91) % 200))
 tailnet_net_up $NET
 tailnet_operator_start op-1
-tailnet_host_add relay1 1
+tailnet_relay_start relay1 1
 RIP=10.$NET.0.11
-e2e_bg relay1 ip netns exec "$(ns_name relay1)" "$RELAY" --key-file "$E2E_DIR/relay1.key" \
-	--listen "$RIP:8080" --stun-addr "$RIP" --stun-port 3478
-e2e_wait_for 10 in_ns relay1 sh -c "ss -ltn | grep -q ':8080 '" || e2e_die "relay did not listen"
-e2e_wait_for 30 $K get tailnet default >/dev/null || e2e_die "no default Tailnet"
-$K patch tailnet default --type merge -p "{\"spec\":{\"relayMap\":{\"regions\":[{\"id\":1,\"code\":\"bench\",\"nodes\":[{\"name\":\"1a\",\"hostName\":\"$RIP\",\"ipv4\":\"$RIP\",\"relayPort\":8080,\"stunPort\":3478,\"tls\":false}]}]}}}" \
-	>/dev/null || e2e_die "relay map"
-printf '{"apiVersion":"knit.dev/v1alpha1","kind":"AuthKey","metadata":{"name":"nodes","namespace":"knit-system"},"spec":{"reusable":true}}' |
-	$K apply -f - >/dev/null || e2e_die "auth key"
-e2e_wait_for 30 $K get secret nodes-authkey -n knit-system >/dev/null || e2e_die "no auth key"
-KEY=$($K get secret nodes-authkey -n knit-system -o jsonpath='{.data.authkey}' | base64 -d)
+tailnet_relay_map "{\"regions\":[{\"id\":1,\"code\":\"bench\",\"nodes\":[{\"name\":\"1a\",\"hostName\":\"$RIP\",\"ipv4\":\"$RIP\",\"relayPort\":8080,\"stunPort\":3478,\"tls\":false}]}]}"
+KEY=$(tailnet_authkey nodes '{"reusable":true}') || e2e_die "no auth key"
 CTRL=$($K get tailnet default -o jsonpath='{.status.controlKey}')
 nat_router_add ra 2 easy
 nat_router_add rb 3 easy

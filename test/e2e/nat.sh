@@ -25,29 +25,18 @@ RELAY=$KNIT_BUILD_DIR/relay/knit-relay
 e2e_begin nat
 e2e_defer "[ \$E2E_FAILED -eq 0 ] || { mkdir -p '$E2E_DIR.logs' && cp '$E2E_DIR'/*.log '$E2E_DIR.logs/' 2>/dev/null; e2e_log \"logs kept in $E2E_DIR.logs\"; }"
 e2e_need_bin "$OPERATOR" "$KNITD" "$KNIT" "$RELAY" jq iperf3 ping conntrack nft tcpdump
-kube_up
-K=$KUBECTL
-NS=knit-system
-$K create namespace "$NS" >/dev/null || e2e_die "create namespace"
-$K apply $(printf -- "-f %s " "$KNIT_SOURCE_DIR"/manifests/01-crd-*.yaml) >/dev/null || e2e_die "apply CRDs"
-$K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_die "CRDs not established"
+tailnet_kube_up
 
 NET=$((20 + ($$ + 37) % 200))
 tailnet_net_up $NET
 tailnet_operator_start op-1
 
 # The relay: a host on the internet, plain TCP (tls:false), STUN on 3478.
-tailnet_host_add relay1 1
+tailnet_relay_start relay1 1
 RIP=10.$NET.0.11
-e2e_bg relay1 ip netns exec "$(ns_name relay1)" "$RELAY" --key-file "$E2E_DIR/relay1.key" \
-	--listen "$RIP:8080" --stun-addr "$RIP" --stun-port 3478
-e2e_wait_for 10 in_ns relay1 sh -c "ss -ltn | grep -q ':8080 '" || e2e_die "relay1 did not listen"
-$K patch tailnet default --type merge -p "{\"spec\":{\"relayMap\":{\"regions\":[{\"id\":1,\"code\":\"test\",\"name\":\"Test\",\"nodes\":[{\"name\":\"1a\",\"hostName\":\"$RIP\",\"ipv4\":\"$RIP\",\"relayPort\":8080,\"stunPort\":3478,\"tls\":false}]}]}}}" \
-	>/dev/null || e2e_die "relay map"
+tailnet_relay_map "{\"regions\":[{\"id\":1,\"code\":\"test\",\"name\":\"Test\",\"nodes\":[{\"name\":\"1a\",\"hostName\":\"$RIP\",\"ipv4\":\"$RIP\",\"relayPort\":8080,\"stunPort\":3478,\"tls\":false}]}]}"
 
-KEY=$(printf '{"apiVersion":"knit.dev/v1alpha1","kind":"AuthKey","metadata":{"name":"nodes","namespace":"%s"},"spec":{"reusable":true}}' "$NS" |
-	$K apply -f - >/dev/null && e2e_wait_for 30 $K get secret nodes-authkey -n "$NS" &&
-	$K get secret nodes-authkey -n "$NS" -o jsonpath='{.data.authkey}' | base64 -d) || e2e_die "no auth key"
+KEY=$(tailnet_authkey nodes '{"reusable":true}') || e2e_die "no auth key"
 CTRL=$($K get tailnet default -o jsonpath='{.status.controlKey}')
 
 nat_router_add ra 2 easy

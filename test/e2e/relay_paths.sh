@@ -22,41 +22,29 @@ RELAY=$KNIT_BUILD_DIR/relay/knit-relay
 e2e_begin relay_paths
 e2e_defer "[ \$E2E_FAILED -eq 0 ] || { mkdir -p '$E2E_DIR.logs' && cp '$E2E_DIR'/*.log '$E2E_DIR.logs/' 2>/dev/null; e2e_log \"logs kept in $E2E_DIR.logs\"; }"
 e2e_need_bin "$OPERATOR" "$KNITD" "$KNIT" "$RELAY" jq ping conntrack nft turnserver python3
-kube_up
-K=$KUBECTL
-NS=knit-system
-$K create namespace "$NS" >/dev/null || e2e_die "create namespace"
-$K apply $(printf -- "-f %s " "$KNIT_SOURCE_DIR"/manifests/01-crd-*.yaml) >/dev/null || e2e_die "apply CRDs"
-$K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_die "CRDs not established"
+tailnet_kube_up
 
 NET=$((20 + ($$ + 53) % 200))
 tailnet_net_up $NET
 tailnet_operator_start op-1
 
 # Two relays of region 1, meshed; STUN from coturn beside r1.
-tailnet_host_add r1 1
-tailnet_host_add r2 2
 R1=10.$NET.0.11 R2=10.$NET.0.12
 head -c 32 /dev/urandom | base64 >"$E2E_DIR/mesh.key"
-relay_start() { # relay_start NAME IP OTHER-IP
-	e2e_bg "$1" ip netns exec "$(ns_name "$1")" "$RELAY" --key-file "$E2E_DIR/$1.key" --listen "$2:8080" \
-		--stun-port 0 --mesh-key-file "$E2E_DIR/mesh.key" --mesh-with "http://$3:8080"
+relay_start() { # relay_start NAME IDX OTHER-IP
+	tailnet_relay_start "$1" "$2" --stun-port 0 --mesh-key-file "$E2E_DIR/mesh.key" --mesh-with "http://$3:8080"
 	eval "PID_$1=\$E2E_PID"
-	e2e_wait_for 10 in_ns "$1" sh -c "ss -ltn | grep -q ':8080 '" || e2e_die "$1 did not listen"
 }
-relay_start r1 "$R1" "$R2"
-relay_start r2 "$R2" "$R1"
+relay_start r1 1 "$R2"
+relay_start r2 2 "$R1"
 e2e_bg turnserver ip netns exec "$(ns_name r1)" turnserver -n --listening-ip "$R1" --listening-port 3478 --no-tcp \
 	--no-tls --no-dtls --stun-only --no-cli --simple-log --log-file stdout --pidfile "$E2E_DIR/turn.pid" \
 	--no-software-attribute --userdb "$E2E_DIR/turndb"
-$K patch tailnet default --type merge -p "{\"spec\":{\"relayMap\":{\"regions\":[{\"id\":1,\"code\":\"lab\",\"nodes\":[
+tailnet_relay_map "{\"regions\":[{\"id\":1,\"code\":\"lab\",\"nodes\":[
 	{\"name\":\"1a\",\"hostName\":\"$R1\",\"ipv4\":\"$R1\",\"relayPort\":8080,\"stunPort\":3478,\"tls\":false},
-	{\"name\":\"1b\",\"hostName\":\"r2.lab.knit.test\",\"relayPort\":8080,\"stunPort\":0,\"tls\":false}]}]}}}" \
-	>/dev/null || e2e_die "relay map"
+	{\"name\":\"1b\",\"hostName\":\"r2.lab.knit.test\",\"relayPort\":8080,\"stunPort\":0,\"tls\":false}]}]}"
 
-KEY=$(printf '{"apiVersion":"knit.dev/v1alpha1","kind":"AuthKey","metadata":{"name":"nodes","namespace":"%s"},"spec":{"reusable":true}}' "$NS" |
-	$K apply -f - >/dev/null && e2e_wait_for 30 $K get secret nodes-authkey -n "$NS" &&
-	$K get secret nodes-authkey -n "$NS" -o jsonpath='{.data.authkey}' | base64 -d) || e2e_die "no auth key"
+KEY=$(tailnet_authkey nodes '{"reusable":true}') || e2e_die "no auth key"
 CTRL=$($K get tailnet default -o jsonpath='{.status.controlKey}')
 
 nat_router_add ra 3 easy
@@ -115,7 +103,7 @@ e2e_check "a->b (direct) lost nothing while r1 died ($LOSS% loss)" [ "$LOSS" = 0
 e2e_check "a->b still direct" path_is a b direct
 
 # --- r1 back, r2 killed: relayed peers recover on r1 --------------------------
-relay_start r1 "$R1" "$R2"
+relay_start r1 1 "$R2"
 e2e_wait_for 10 sh -c "ip netns exec $(ns_name r1) ss -tn | grep -q ESTAB" # the mesh link
 kill -KILL "$PID_r2"
 e2e_check "r1 restarted, r2 killed: e and a recover through r1" e2e_wait_for 20 pings e a

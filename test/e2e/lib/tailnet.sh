@@ -13,6 +13,16 @@
 #   tailnet_knitd_start NAME    knitd (mesh mode) inside NAME's namespace
 #   tailnet_knit NAME ARGS...   the knit CLI against NAME's knitd
 #   in_ns NAME CMD...           runs CMD in NAME's network namespace only
+#   tailnet_kube_up             kube_up, namespace knit-system, knit's CRDs
+#                               established; K is kubectl
+#   tailnet_relay_start NAME IDX [ARGS...]
+#                               knit-relay on host NAME (tailnet_host_add NAME
+#                               IDX), plain TCP on 10.NET.0.(10+IDX):8080,
+#                               STUN on 3478 unless ARGS say otherwise; again
+#                               after a kill, a restart on the same host
+#   tailnet_relay_map JSON      the default Tailnet's spec.relayMap, once the
+#                               operator made that Tailnet
+#   tailnet_authkey NAME SPEC   an AuthKey in knit-system; prints its key
 #
 # Namespaces, veths, processes and state are removed at exit.
 
@@ -91,4 +101,35 @@ tailnet_knit() {
 	local name=$1
 	shift
 	"$KNIT" --socket "$E2E_DIR/$name/knitd.sock" "$@"
+}
+
+tailnet_kube_up() {
+	kube_up
+	K=$KUBECTL
+	$K create namespace knit-system >/dev/null || e2e_die "create namespace knit-system"
+	$K apply $(printf -- "-f %s " "$KNIT_SOURCE_DIR"/manifests/01-crd-*.yaml) >/dev/null || e2e_die "apply CRDs"
+	$K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_die "CRDs not established"
+}
+
+tailnet_relay_start() { # NAME IDX [knit-relay ARGS...]
+	local name=$1 idx=$2 ip
+	shift 2
+	ip=10.$TAILNET_NET.0.$((10 + idx))
+	[ -e "/var/run/netns/$(ns_name "$name")" ] || tailnet_host_add "$name" "$idx"
+	[ $# -gt 0 ] || set -- --stun-addr "$ip" --stun-port 3478
+	e2e_bg "$name" ip netns exec "$(ns_name "$name")" "$KNIT_BUILD_DIR/relay/knit-relay" \
+		--key-file "$E2E_DIR/$name.key" --listen "$ip:8080" "$@"
+	e2e_wait_for 10 in_ns "$name" sh -c "ss -ltn | grep -q ':8080 '" || e2e_die "knit-relay $name did not listen"
+}
+
+tailnet_relay_map() { # JSON: the relayMap object
+	e2e_wait_for 30 "$KUBECTL" get tailnet default >/dev/null 2>&1 || e2e_die "no default Tailnet"
+	"$KUBECTL" patch tailnet default --type merge -p "{\"spec\":{\"relayMap\":$1}}" >/dev/null || e2e_die "relay map refused"
+}
+
+tailnet_authkey() { # NAME SPEC-JSON
+	printf '{"apiVersion":"knit.dev/v1alpha1","kind":"AuthKey","metadata":{"name":"%s","namespace":"knit-system"},"spec":%s}' \
+		"$1" "$2" | "$KUBECTL" apply -f - >/dev/null || e2e_die "AuthKey $1 refused"
+	e2e_wait_for 30 "$KUBECTL" get secret "$1-authkey" -n knit-system >/dev/null || e2e_die "AuthKey $1 has no Secret"
+	"$KUBECTL" get secret "$1-authkey" -n knit-system -o jsonpath='{.data.authkey}' | base64 -d
 }
