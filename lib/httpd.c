@@ -706,10 +706,19 @@ static enum MHD_Result req_begin(struct httpd_req *req)
 	buf_init(&req->body, req->route->max_body);
 	cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
 	te = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
-	/* MHD has validated Content-Length already. */
-	if ((cl && strtoull(cl, NULL, 10) > req->route->max_body) ||
-	    (te && req->route->max_body == 0))
+	/* MHD has validated Content-Length already. A body over the cap but
+	 * no larger than DISCARD_MAX is read and dropped before the 413: answered
+	 * at once, the close would meet the rest of the upload and the client's
+	 * kernel would reset the connection before it read the answer. */
+	if (cl) {
+		unsigned long long len = strtoull(cl, NULL, 10);
+		if (len > req->route->max_body && len > DISCARD_MAX)
+			ret = queue_error(req, 413, "request body too large");
+		else if (len > req->route->max_body)
+			req->too_large = true;
+	} else if (te && req->route->max_body == 0) {
 		ret = queue_error(req, 413, "request body too large");
+	}
 out:
 	buf_free(&allow);
 	return ret;
