@@ -114,6 +114,10 @@ struct job {
 	char device[254];
 	bool online;
 	time_t at;
+	/* JOB_ONLINE: a worker is writing it (it stays in online_pending, so
+	 * one device's writes never run side by side and land out of order);
+	 * again: a transition came meanwhile, so it is queued once more. */
+	bool inflight, again;
 	struct job *next;
 };
 

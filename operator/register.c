@@ -89,8 +89,29 @@ static struct job *job_next(struct coord *c)
 	}
 	j = job_pop(&c->ohead, &c->otail);
 	if (j)
-		strmap_del(c->online_pending, j->device);
+		j->inflight = true; /* still in online_pending until written */
 	return j;
+}
+
+/* A device's online write is done: it leaves online_pending, unless a
+ * newer transition came while it was written; then it is queued again
+ * (true) and written after, never beside, the one that just landed. */
+static bool online_written(struct coord *c, struct job *j)
+{
+	bool again;
+
+	pthread_mutex_lock(&c->lock);
+	j->inflight = false;
+	again = j->again;
+	j->again = false;
+	if (again) {
+		job_append(&c->ohead, &c->otail, j);
+		pthread_cond_signal(&c->cond);
+	} else {
+		strmap_del(c->online_pending, j->device);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return again;
 }
 
 static struct json *do_register(struct coord *c, const char *mkey, const struct json *req);
@@ -129,12 +150,18 @@ void *register_job_worker(void *arg)
 
 	for (;;) {
 		struct job *j;
+		bool online = false;
+		time_t at = 0;
 
 		pthread_mutex_lock(&c->lock);
 		while (!c->head && !c->ohead && !c->stop)
 			pthread_cond_wait(&c->cond, &c->lock);
 		/* Stopping: finish the calls, and the offline writes of a graceful stop. */
 		j = c->head || !c->stop || draining_online(c) ? job_next(c) : NULL;
+		if (j && j->type == JOB_ONLINE) {
+			online = j->online;
+			at = j->at;
+		}
 		pthread_mutex_unlock(&c->lock);
 		if (!j)
 			break;
@@ -142,7 +169,11 @@ void *register_job_worker(void *arg)
 		switch (j->type) {
 		case JOB_REGISTER: j->reply = do_register(c, j->mkey, j->req); break;
 		case JOB_LOGOUT: j->reply = do_logout(c, j->mkey); break;
-		case JOB_ONLINE: do_online(c, j->device, j->online, j->at); break;
+		case JOB_ONLINE:
+			do_online(c, j->device, online, at);
+			if (online_written(c, j))
+				continue; /* queued again with a newer transition */
+			break;
 		case JOB_COUNT_USE: do_count_use(c, j->mkey, j->device); break;
 		case JOB_REGISTER_POD: j->reply = podident_register(c, j->mkey, j->req); break;
 		case JOB_SWEEP_PODS:
@@ -785,6 +816,8 @@ void register_online_changed(struct coord *c, const char *device, bool online)
 	if (j) {
 		j->online = online;
 		j->at = time(NULL);
+		if (j->inflight)
+			j->again = true;
 		pthread_mutex_unlock(&c->lock);
 		return;
 	}
