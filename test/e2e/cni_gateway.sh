@@ -15,12 +15,8 @@ e2e_begin cni_gateway
 CNI=$KNIT_BUILD_DIR/cni-plugin/knit-cni
 RUNTIME=$KNIT_SOURCE_DIR/test/e2e/lib/cni_runtime.py
 e2e_need_bin "$OPERATOR" "$KNITD" "$KNIT" "$CNI" /usr/lib/cni/bridge /usr/lib/cni/host-local jq ping python3
-kube_up
-K=$KUBECTL
+tailnet_kube_up
 NS=knit-system
-$K create namespace "$NS" >/dev/null || e2e_die "create namespace"
-$K apply $(printf -- "-f %s " "$KNIT_SOURCE_DIR"/manifests/01-crd-*.yaml) >/dev/null || e2e_die "apply CRDs"
-$K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_die "CRDs not established"
 
 tailnet_net_up $((20 + ($$ + 11) % 200))
 tailnet_operator_start op-1

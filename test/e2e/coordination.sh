@@ -8,12 +8,8 @@ source "$(dirname "$0")/lib/tailnet.sh"
 
 e2e_begin coordination
 e2e_need_bin "$OPERATOR" "$KNITD" "$KNIT" jq iperf3 ping
-kube_up
-K=$KUBECTL
+tailnet_kube_up
 NS=knit-system
-$K create namespace "$NS" >/dev/null || e2e_die "create namespace"
-$K apply $(printf -- "-f %s " "$KNIT_SOURCE_DIR"/manifests/01-crd-*.yaml) >/dev/null || e2e_die "apply CRDs"
-$K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_die "CRDs not established"
 
 tailnet_net_up $((20 + $$ % 200))
 # One peer per map record: every full netmap here comes in pieces

@@ -16,12 +16,8 @@ source "$(dirname "$0")/lib/tailnet.sh"
 
 e2e_begin routes_host
 e2e_need_bin "$OPERATOR" "$KNITD" "$KNIT" jq ping
-kube_up
-K=$KUBECTL
+tailnet_kube_up
 NS=knit-system
-$K create namespace "$NS" >/dev/null || e2e_die "create namespace"
-$K apply $(printf -- "-f %s " "$KNIT_SOURCE_DIR"/manifests/01-crd-*.yaml) >/dev/null || e2e_die "apply CRDs"
-$K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_die "CRDs not established"
 
 tailnet_net_up $((20 + ($$ + 7) % 200))
 LAN=10.$TAILNET_NET.0.0/24

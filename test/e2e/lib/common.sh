@@ -35,6 +35,7 @@ e2e_run_cleanups() {
 e2e_on_exit() {
 	local rc=$?
 	e2e_run_cleanups
+	e2e_say_kept
 	if [ -z "${E2E_ENDED:-}" ]; then
 		echo "$E2E_PASSED passed, $((E2E_FAILED > 0 ? E2E_FAILED : 1)) failed"
 		exit $((rc ? rc : 1))
@@ -48,9 +49,24 @@ e2e_begin() {
 	E2E_DIR=$(mktemp -d "/tmp/knit-e2e-$1.XXXXXX")
 	trap e2e_on_exit EXIT
 	trap 'exit 130' INT TERM
-	e2e_defer "rm -rf '$E2E_DIR'"
+	e2e_defer e2e_dir_remove
 	e2e_log "work dir $E2E_DIR"
 }
+
+# The work directory goes at exit; when a check failed, its logs are kept
+# first (under E2E_KEEP_DIR) so a failure seen once can still be read.
+E2E_KEPT=
+e2e_dir_remove() {
+	local keep
+	if [ "$E2E_FAILED" -gt 0 ] || [ -z "${E2E_ENDED:-}" ]; then
+		keep=${E2E_KEEP_DIR:-/tmp/knit-e2e-failed}/$E2E_NAME.$(date +%Y%m%d-%H%M%S).$$
+		mkdir -p "$keep" &&
+			find "$E2E_DIR" -maxdepth 2 -name '*.log' -size -64M -exec cp -t "$keep" {} + &&
+			E2E_KEPT=$keep
+	fi
+	rm -rf "$E2E_DIR"
+}
+e2e_say_kept() { [ -z "$E2E_KEPT" ] || e2e_log "logs of this failed run kept in $E2E_KEPT"; }
 
 # e2e_defer CMD: run CMD (a string for eval) at exit, last registered first.
 e2e_defer() { E2E_CLEANUPS+=("$1"); }
@@ -124,6 +140,7 @@ e2e_need_bin() {
 e2e_end() {
 	E2E_ENDED=1
 	e2e_run_cleanups
+	e2e_say_kept
 	echo "$E2E_PASSED passed, $E2E_FAILED failed"
 	[ "$E2E_FAILED" -eq 0 ] && [ "$E2E_PASSED" -gt 0 ]
 	exit $?
