@@ -46,7 +46,29 @@ struct kube_client {
 	atomic_ulong requests, errors;
 	atomic_ullong latency_us;
 	struct metrics_family *m_latency, *m_requests;
+	struct call *calls; /* loop thread: async requests in flight */
 };
+
+struct call {
+	struct kube_client *c;
+	const char *verb; /* a literal: "GET", "PUT", ... */
+	kube_done_cb done;
+	void *arg;
+	uint64_t started_us;
+	struct http_request *req;
+	struct call *prev, *next; /* c->calls */
+};
+
+static void call_unlink(struct call *call)
+{
+	if (call->prev)
+		call->prev->next = call->next;
+	else
+		call->c->calls = call->next;
+	if (call->next)
+		call->next->prev = call->prev;
+	call->prev = call->next = NULL;
+}
 
 bool kube_ok(const struct kube_result *r)
 {
@@ -86,11 +108,31 @@ static char *dup_mem(const char *p, size_t n)
 	return d;
 }
 
+void kube_cancel(struct kube_client *c, void *arg)
+{
+	struct call *call, *next;
+
+	for (call = c ? c->calls : NULL; call; call = next) {
+		next = call->next;
+		if (call->arg != arg)
+			continue;
+		call_unlink(call);
+		http_request_cancel(call->req);
+		free(call);
+	}
+}
+
 void kube_client_free(struct kube_client *c)
 {
 	if (!c)
 		return;
 	http_client_free(c->http);
+	/* The HTTP client dropped what was in flight without a callback. */
+	while (c->calls) {
+		struct call *call = c->calls;
+		call_unlink(call);
+		free(call);
+	}
 	if (c->token) {
 		sodium_memzero(c->token, strlen(c->token));
 		free(c->token);
@@ -243,13 +285,6 @@ static const char *current_token(struct kube_client *c)
 
 /* ---- asynchronous core ---- */
 
-struct call {
-	struct kube_client *c;
-	const char *verb; /* a literal: "GET", "PUT", ... */
-	kube_done_cb done;
-	void *arg;
-	uint64_t started_us;
-};
 
 static uint64_t now_us(void)
 {
@@ -266,6 +301,7 @@ static void on_http_done(struct http_request *r, const struct http_result *hr, v
 	struct kube_result res = { .err = hr->err, .status = hr->status };
 	struct json_error jerr;
 
+	call_unlink(call);
 	uint64_t took = now_us() - call->started_us;
 	char code[16];
 
@@ -361,9 +397,13 @@ int kube_request_async(struct kube_client *c, const char *method, const char *pa
 		.on_done = on_http_done,
 		.arg = call,
 	};
-	err = http_request_start(c->http, &o, NULL);
+	err = http_request_start(c->http, &o, &call->req);
 	if (err == 0) {
 		c->requests++;
+		call->next = c->calls;
+		if (c->calls)
+			c->calls->prev = call;
+		c->calls = call;
 		call = NULL;
 	}
 out:

@@ -110,6 +110,11 @@ int kube_request_async(struct kube_client *c, const char *method, const char *pa
 		       const char *query, const char *content_type, const struct json *body,
 		       kube_done_cb done, void *arg);
 
+/* Loop thread: requests started with kube_request_async() for arg are
+ * dropped; their done callbacks never run. For an owner that goes away
+ * while its requests are in flight. */
+void kube_cancel(struct kube_client *c, void *arg);
+
 /* A streaming GET (watches): the body is handed to on_data as it arrives;
  * no total timeout, but a stall of stall_ms with nothing received (not even
  * a bookmark) aborts it. *out can cancel it with http_request_cancel(). */

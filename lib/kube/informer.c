@@ -582,6 +582,7 @@ void informer_free(struct informer *inf)
 	inf->freeing = true;
 	if (inf->watch)
 		http_request_cancel(inf->watch);
+	kube_cancel(inf->client, inf); /* a list page in flight */
 	loop_timer_free(inf->retry);
 	informer_reset_stream(inf);
 	drop(inf, inf->pending_list);
@@ -602,10 +603,6 @@ void informer_free(struct informer *inf)
 	free(inf->selector);
 	free(inf);
 }
-
-/* A request of ours still in flight calls back into inf: informer_free()
- * is only safe once lists are done. Lists are short; the operator frees
- * informers at exit after stopping the loop, when no callback can run. */
 
 bool informer_synced(struct informer *inf)
 {

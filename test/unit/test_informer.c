@@ -1,4 +1,8 @@
 #include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -266,6 +270,53 @@ static void test_index(void **state)
 	assert_int_equal(n, 1);
 }
 
+/* Freed while its list page is in flight (a leader that lost its lease
+ * tears its informers down at once): the answer that comes after must not
+ * reach the freed informer (ASan would see it), and nothing leaks. */
+static void test_free_with_list_in_flight(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+	static const struct informer_handlers h = { on_add, on_update, on_delete, on_synced };
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(sa);
+	char server[64];
+	int lfd, cfd = -1;
+	(void)state;
+
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+	assert_true(lfd >= 0);
+	assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(lfd, 4), 0);
+	assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
+	snprintf(server, sizeof(server), "http://127.0.0.1:%u", ntohs(sa.sin_port));
+	struct kube_config cfg = { .server = server, .namespace = "default" };
+	f->loop = loop_new();
+	f->client = kube_client_new(f->loop, &cfg);
+	f->inf = informer_new(f->client, &res_devices, NULL, NULL, &h, f);
+	assert_non_null(f->inf);
+	assert_int_equal(informer_start(f->inf), 0);
+	/* Until the list request has reached us. */
+	for (int i = 0; i < 200 && cfd < 0; i++) {
+		loop_run_once(f->loop, 10);
+		cfd = accept(lfd, NULL, NULL);
+	}
+	assert_true(cfd >= 0);
+	informer_free(f->inf);
+	f->inf = NULL;
+	/* Answer it now: an error for the request the informer made. */
+	static const char resp[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n";
+	assert_int_equal(write(cfd, resp, sizeof(resp) - 1), (ssize_t)(sizeof(resp) - 1));
+	for (int i = 0; i < 20; i++)
+		loop_run_once(f->loop, 10);
+	assert_int_equal(f->synced, 0);
+	assert_string_equal(f->log, "");
+	close(cfd);
+	close(lfd);
+	kube_client_free(f->client);
+	loop_free(f->loop);
+	free(f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -279,6 +330,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_relist_diff, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_index, setup, teardown),
+		cmocka_unit_test(test_free_with_list_in_flight),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
