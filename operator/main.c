@@ -653,6 +653,13 @@ static void on_signal(struct loop *loop, int signo, void *arg)
 
 static void started_leading(struct lease *l, void *arg)
 {
+	/* A lease write that was in flight when we began shutting down (after
+	 * a lost lease, say) can still win: leading now would start controllers
+	 * beside the ones being joined. The release at the end hands it on. */
+	if (shutting_down) {
+		log_info("won the lease while shutting down; not leading", "identity=%s", lease_identity(l));
+		return;
+	}
 	log_info("became leader", "identity=%s", lease_identity(l));
 	start_controllers();
 }
