@@ -95,7 +95,7 @@ struct relays {
 
 	_Atomic unsigned long long st_tx_packets, st_tx_bytes, st_rx_packets, st_rx_bytes;
 	_Atomic unsigned long long st_drop_queue, st_drop_region, st_drop_ready, st_drop_out;
-	_Atomic unsigned long long st_connects, st_failures;
+	_Atomic unsigned long long st_connects, st_failures, st_key_refusals;
 };
 
 bool relays_node_endpoint(const struct relaymap_node *n, uint16_t port, struct endpoint *out)
@@ -312,7 +312,9 @@ static void conn_start_relay(struct conn *c)
 	const struct relaymap_node *n = node_of(c);
 
 	c->state = CONN_HELLO;
-	relay_client_init(&c->core, c->r->pub, c->r->priv, NULL, &core_cb, c);
+	/* A key in the map is pinned: a relay announcing another is refused
+	 * before CLIENT_INFO, and SERVER_INFO must open with the pinned key. */
+	relay_client_init(&c->core, c->r->pub, c->r->priv, n && n->has_key ? n->key : NULL, &core_cb, c);
 	c->core_live = true;
 	if (relay_client_start(&c->core, n ? n->host : "relay", &c->out)) {
 		conn_fail(c, "cannot build the upgrade request");
@@ -339,6 +341,9 @@ static void conn_read(struct conn *c)
 		n = relay_client_feed(&c->core, chunk, (size_t)n, &c->out);
 		c->feeding = false;
 		if (n < 0) {
+			/* Either way the region's next node is tried next. */
+			if (c->core.wrong_key)
+				atomic_fetch_add(&c->r->st_key_refusals, 1);
 			conn_fail(c, c->core.error[0] ? c->core.error : "protocol error");
 			return;
 		}
@@ -872,4 +877,5 @@ void relays_stats(const struct relays *r, struct relays_stats *out)
 	out->drop_out_full = atomic_load(&r->st_drop_out);
 	out->connects = atomic_load(&r->st_connects);
 	out->failures = atomic_load(&r->st_failures);
+	out->key_refusals = atomic_load(&r->st_key_refusals);
 }

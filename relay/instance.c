@@ -28,6 +28,7 @@ struct relay_instance {
 	size_t nmesh;
 	char listen[128];
 	char pub_b64[sodium_base64_ENCODED_LEN(32, sodium_base64_VARIANT_ORIGINAL)];
+	char key_text[RELAY_KEY_TEXT_LEN];
 };
 
 static bool fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -186,6 +187,7 @@ int relay_instance_new(struct loop *loop, const struct relay_instance_opts *o, s
 	}
 	crypto_scalarmult_base(pub, priv);
 	sodium_bin2base64(r->pub_b64, sizeof(r->pub_b64), pub, 32, sodium_base64_VARIANT_ORIGINAL);
+	relay_key_text(pub, r->key_text);
 	if (o->mesh_key_file && (ret = load_secret(o->mesh_key_file, mesh_key)) != 0) {
 		fail(err, errlen, "cannot load the mesh key %s: %s", o->mesh_key_file,
 		     ret == -EINVAL ? "empty" : strerror(-ret));
@@ -273,5 +275,6 @@ uint16_t relay_instance_port(const struct relay_instance *r) { return relay_serv
 uint16_t relay_instance_stun_port(const struct relay_instance *r) { return r->stun ? stunserver_port(r->stun) : 0; }
 const char *relay_instance_listen(const struct relay_instance *r) { return r->listen; }
 const char *relay_instance_public_key(const struct relay_instance *r) { return r->pub_b64; }
+const char *relay_instance_key_text(const struct relay_instance *r) { return r->key_text; }
 size_t relay_instance_mesh_peers(const struct relay_instance *r) { return r->nmesh; }
 bool relay_instance_tls(const struct relay_instance *r) { return r->tls != NULL; }
