@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <sodium.h>
 #include <stdarg.h>
@@ -14,6 +13,7 @@
 
 #include "buf.h"
 #include "log.h"
+#include "net/tlsio.h"
 #include "relay/frame.h"
 #include "relay/hello.h"
 #include "server.h"
@@ -143,21 +143,6 @@ static SSL_CTX *tls_server(const char *cert, const char *key)
 	return ctx;
 }
 
-static SSL_CTX *tls_client(const char *ca)
-{
-	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-
-	if (!ctx)
-		return NULL;
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-	if ((ca ? SSL_CTX_load_verify_locations(ctx, ca, NULL) : SSL_CTX_set_default_verify_paths(ctx)) != 1) {
-		SSL_CTX_free(ctx);
-		return NULL;
-	}
-	return ctx;
-}
-
 int relay_instance_new(struct loop *loop, const struct relay_instance_opts *o, struct relay_instance **out,
 		       char *err, size_t errlen)
 {
@@ -204,14 +189,14 @@ int relay_instance_new(struct loop *loop, const struct relay_instance_opts *o, s
 			r->mesh[r->nmesh++] = tok;
 	}
 	if (o->tls_cert && !(r->tls = tls_server(o->tls_cert, o->tls_key))) {
-		unsigned long e = ERR_get_error();
+		char why[160];
 
-		fail(err, errlen, "cannot load the TLS certificate %s or key %s: %s", o->tls_cert, o->tls_key,
-		     e ? ERR_reason_error_string(e) : "?");
+		tlsio_error("cannot load the TLS certificate or key", why, sizeof(why));
+		fail(err, errlen, "%s (%s, %s)", why, o->tls_cert, o->tls_key);
 		ret = -EINVAL;
 		goto out;
 	}
-	if (r->nmesh && !(r->mesh_tls = tls_client(o->mesh_ca))) {
+	if (r->nmesh && !(r->mesh_tls = tlsio_client_ctx(o->mesh_ca))) {
 		fail(err, errlen, "cannot set up TLS for mesh links (CA %s)", o->mesh_ca ? o->mesh_ca : "(system)");
 		ret = -EINVAL;
 		goto out;
