@@ -35,7 +35,7 @@ head -c 32 /dev/urandom >"$D/mesh.key"
 e2e_bg r2 "$RELAY" --key-file "$D/r2.key" --listen "$GW:$P2" --http-listen "127.0.0.1:$H2" --stun-port 0 \
 	--mesh-key-file "$D/mesh.key" --mesh-with "http://$GW:$RP,http://$GW:$P2"
 MESH="http://$GW:$RP,http://$GW:$P2"
-TAILNET_OP_ARGS="--relay-listen $GW:$RP --relay-stun-addr $GW --relay-stun-port $SP \
+TAILNET_OP_ARGS="--relay-listen $GW:$RP --relay-key-file $D/op-relay.key --relay-stun-addr $GW --relay-stun-port $SP \
  --relay-mesh-key-file $D/mesh.key --relay-mesh-with $MESH \
  --default-tailnet-relay http://$GW:$RP --default-tailnet-relay-stun-port $SP \
  --bootstrap-authkey nodes --bootstrap-relay-mesh-secret knit-relay-mesh"
@@ -86,8 +86,9 @@ e2e_check "a client of the operator's relay reaches one of r2" grep -q "packet $
 # ---- what the operator bootstrapped ----
 e2e_check "the default Tailnet exists" e2e_wait_for 20 $K get tailnet default
 tnmap() { $K get tailnet default -o json | jq -cS "$1"; }
-e2e_expect "its relayMap is the --default-tailnet-relay flags'" \
-	"$(jq -cS . <<<"{\"id\":1,\"code\":\"default\",\"name\":\"Default\",\"nodes\":[{\"name\":\"1a\",\"hostName\":\"$GW\",\"relayPort\":$RP,\"stunPort\":$SP,\"tls\":false}]}")" \
+OPKEY=$("$RELAY" --key-file "$D/op-relay.key" --print-public-key | sed -n 3p)
+e2e_expect "its relayMap is the --default-tailnet-relay flags', the embedded relay's kept key pinned" \
+	"$(jq -cS . <<<"{\"id\":1,\"code\":\"default\",\"name\":\"Default\",\"nodes\":[{\"name\":\"1a\",\"hostName\":\"$GW\",\"relayPort\":$RP,\"stunPort\":$SP,\"tls\":false,\"publicKey\":\"$OPKEY\"}]}")" \
 	"$(tnmap '.spec.relayMap.regions[0]')"
 e2e_check "the mesh Secret exists" e2e_wait_for 20 $K get secret knit-relay-mesh -n "$NS"
 e2e_expect "with 32 random bytes under mesh-key" 32 \
@@ -107,6 +108,9 @@ e2e_expect "knit netcheck reads the map from knitd and reaches the relay" true "
 e2e_expect "and its STUN server: UDP works" true "$(jq -r .udp "$D/netcheck.json")"
 e2e_expect "from node1's own address" "10.$TAILNET_NET.0.11" "$(jq -r .ipv4 "$D/netcheck.json" | cut -d: -f1)"
 e2e_expect "nearest: region 1" 1 "$(jq -r .preferredRegion "$D/netcheck.json")"
+e2e_check "knitd connects to its home relay, the operator's, under the pinned key" \
+	e2e_wait_for 15 grep -q "relay connected.*region=1 " "$D/knitd-node1.log"
+e2e_check "and refused none" sh -c "! grep -q 'not the one pinned' '$D/knitd-node1.log'"
 
 # A second region, edited with kubectl while knitd runs.
 PID_BEFORE=$KNITD_PID_node1
