@@ -48,7 +48,8 @@ metric() { # PORT NAME → value (0 if absent)
 metric_ge() { [ "$(metric "$1" "$2" | cut -d. -f1)" -ge "$3" ]; }
 
 e2e_check "the operator logs its relay" grep -q "serving the relay.*port=$RP .*stun_port=$SP" "$OPLOG"
-e2e_check "its knit_relay_* series are on the operator's /metrics" \
+# /readyz answers before the lease is won: knit_leader turns 1 a moment later.
+e2e_check "its knit_relay_* series are on the operator's /metrics" e2e_wait_for 10 \
 	sh -c "curl -sf 127.0.0.1:$OP_HTTP_PORT/metrics >'$D/op.metrics' && grep -q '^knit_relay_clients [0-9]' '$D/op.metrics' && grep -q '^knit_relay_mesh_peers_up' '$D/op.metrics' && grep -q '^knit_leader 1' '$D/op.metrics'"
 
 # ---- two clients through the embedded relay ----
