@@ -164,6 +164,10 @@ e2e_check "knitd's STUN client probes r2 by its name (r2.lab.knit.test)" e2e_wai
 in_ns a "$KNIT" --socket "$E2E_DIR/a/knitd.sock" netcheck --timeout 2 --json >"$E2E_DIR/netcheck-a.json" 2>"$E2E_DIR/netcheck-a.err"
 e2e_expect "knit netcheck gets an answer from r2's STUN server by name" true \
 	"$(jq -r '[.regions[0].nodes[] | select(.name == "1b") | .stun[]? | select(.family == "ipv4") | .answered] | any' "$E2E_DIR/netcheck-a.json")"
+e2e_expect "knit netcheck: r1 (wrong key pinned) not reached, r2 reached" "false true" \
+	"$(jq -r '[.regions[0].nodes[].relay.reached | tostring] | join(" ")' "$E2E_DIR/netcheck-a.json")"
+e2e_check "... saying r1's key is not the one pinned" \
+	jq -e '.regions[0].nodes[0].relay.error | test("not the one pinned: it says '"$K1"'")' "$E2E_DIR/netcheck-a.json"
 
 for n in a b e; do
 	e2e_check "no sanitizer report from knitd on $n" sh -c "! grep -q 'ERROR: \\(Address\\|Leak\\)Sanitizer\\|runtime error' '$E2E_DIR/knitd-$n.log'"
