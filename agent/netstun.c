@@ -1,8 +1,11 @@
 #include "netstun.h"
 
 #include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <sodium.h>
 
@@ -10,11 +13,17 @@
 #include "json.h"
 #include "log.h"
 #include "loop.h"
+#include "net/lookup.h"
 #include "relays.h"
 #include "stun/stun.h"
 #include "wg/hub.h"
 
 #define MAX_PROBES 128
+/* A STUN server named only by hostName: its addresses are looked up
+ * (getaddrinfo_a, polled every LOOKUP_POLL_MS while one is in flight) at
+ * most once per LOOKUP_TTL_MS; the last answer is probed meanwhile. */
+#define LOOKUP_POLL_MS 50u
+#define LOOKUP_TTL_MS 60000u
 
 struct probe {
 	uint8_t txid[STUN_TXID_LEN];
@@ -28,6 +37,18 @@ struct reflexive {
 	uint64_t seen;
 };
 
+/* A relay map node with STUN and no ipv4/ipv6: one address per family. */
+struct named {
+	int region;
+	const struct relaymap_node *node;
+	struct lookup lookup;
+	char host[254];
+	uint64_t started;
+	bool looked_up; /* an answer (or a failure) came back at started */
+	struct endpoint addr[2];
+	bool has[2];
+};
+
 struct region_rtt {
 	int id;
 	int rtt; /* ms, -1: never answered */
@@ -38,8 +59,11 @@ struct netstun {
 	struct loop *loop;
 	struct hub *hub;
 	struct loop_timer *timer;
+	struct loop_timer *poll; /* armed while a lookup is in flight */
 	struct json *map_json; /* NULL: no map */
 	struct relaymap map;
+	struct named *named;
+	size_t nnamed;
 	struct region_rtt rtt[RELAYMAP_MAX_REGIONS];
 
 	struct probe probes[MAX_PROBES];
@@ -111,9 +135,82 @@ static void send_probe(struct netstun *s, int region, const struct endpoint *to,
 	s->st_requests++;
 }
 
+static void probe_named(struct netstun *s, struct named *n, uint64_t now)
+{
+	for (int f = 0; f < 2; f++)
+		if (n->has[f])
+			send_probe(s, n->region, &n->addr[f], now);
+}
+
+/* Takes a finished lookup's answer: the first address of each family. */
+static void named_answer(struct named *n, int err, struct addrinfo *res)
+{
+	bool got[2] = { false, false };
+
+	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+		int f = ai->ai_family == AF_INET6;
+
+		if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) || got[f] ||
+		    ai->ai_addrlen > sizeof(n->addr[f].addr))
+			continue;
+		memset(&n->addr[f], 0, sizeof(n->addr[f]));
+		memcpy(&n->addr[f].addr, ai->ai_addr, ai->ai_addrlen);
+		if (f)
+			n->addr[f].addr.in6.sin6_port = htons(n->node->stun_port);
+		else
+			n->addr[f].addr.in4.sin_port = htons(n->node->stun_port);
+		got[f] = true;
+	}
+	if (res)
+		freeaddrinfo(res);
+	n->looked_up = true;
+	/* A failed lookup keeps the last addresses: a name server down for a
+	 * while does not take the STUN server away. */
+	if (err || (!got[0] && !got[1])) {
+		log_debug("STUN server name did not resolve", "host=%s error=\"%s\"", n->host,
+			  err ? gai_strerror(err) : "no address");
+		return;
+	}
+	n->has[0] = got[0];
+	n->has[1] = got[1];
+}
+
+static void on_poll(struct loop *loop, struct loop_timer *t, void *arg)
+{
+	struct netstun *s = arg;
+	uint64_t now = loop_mono_ms();
+	bool waiting = false;
+
+	for (size_t i = 0; i < s->nnamed; i++) {
+		struct named *n = &s->named[i];
+		struct addrinfo *res = NULL;
+		bool had = n->has[0] || n->has[1];
+		int err;
+
+		if (!n->lookup.live)
+			continue;
+		err = lookup_result(&n->lookup, &res);
+		if (err == EAI_INPROGRESS && now - n->started < NETSTUN_TIMEOUT_MS) {
+			waiting = true;
+			continue;
+		}
+		if (err == EAI_INPROGRESS) {
+			lookup_stop(&n->lookup);
+			err = EAI_AGAIN;
+		}
+		named_answer(n, err, res);
+		/* Its first address: probed now, not a round later. */
+		if (!had)
+			probe_named(s, n, now);
+	}
+	if (waiting)
+		loop_timer_arm(t, LOOKUP_POLL_MS);
+}
+
 void netstun_probe(struct netstun *s)
 {
 	uint64_t now = loop_mono_ms();
+	bool lookups = false;
 
 	s->round++;
 	s->round_has[0] = s->round_has[1] = false;
@@ -127,7 +224,66 @@ void netstun_probe(struct netstun *s)
 				send_probe(s, r->id, &ep, now);
 		}
 	}
+	for (size_t i = 0; i < s->nnamed; i++) {
+		struct named *n = &s->named[i];
+
+		probe_named(s, n, now);
+		if (!n->lookup.live && (!n->looked_up || now - n->started >= LOOKUP_TTL_MS)) {
+			n->started = now;
+			n->looked_up = false;
+			if (lookup_start(&n->lookup, n->host, NULL, SOCK_DGRAM) == 0)
+				lookups = true;
+			else
+				n->looked_up = true; /* tried again after the TTL */
+		}
+	}
+	if (lookups)
+		loop_timer_arm(s->poll, LOOKUP_POLL_MS);
 	loop_timer_arm(s->timer, NETSTUN_INTERVAL_MS);
+}
+
+static void named_free(struct netstun *s)
+{
+	for (size_t i = 0; i < s->nnamed; i++)
+		lookup_stop(&s->named[i].lookup);
+	free(s->named);
+	s->named = NULL;
+	s->nnamed = 0;
+}
+
+/* The STUN servers of the map that are named only: the nodes with a STUN
+ * port that relays_node_endpoint() cannot place. */
+static int named_build(struct netstun *s)
+{
+	size_t n = 0;
+
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t i = 0; i < s->map.nregions; i++) {
+			const struct relaymap_region *r = &s->map.regions[i];
+
+			for (size_t k = 0; k < r->nnodes; k++) {
+				struct endpoint ep;
+
+				if (!r->nodes[k].stun_port ||
+				    relays_node_endpoint(&r->nodes[k], r->nodes[k].stun_port, &ep))
+					continue;
+				if (pass) {
+					struct named *nm = &s->named[s->nnamed++];
+
+					nm->region = r->id;
+					nm->node = &r->nodes[k];
+					snprintf(nm->host, sizeof(nm->host), "%s", r->nodes[k].host);
+				} else {
+					n++;
+				}
+			}
+		}
+		if (!pass && n && !(s->named = calloc(n, sizeof(*s->named))))
+			return -ENOMEM;
+		if (!pass && !n)
+			return 0;
+	}
+	return 0;
 }
 
 static void on_timer(struct loop *loop, struct loop_timer *t, void *arg)
@@ -215,8 +371,11 @@ void netstun_set_relaymap(struct netstun *s, const struct json *relay_map)
 	}
 	json_free(s->map_json);
 	s->map_json = relay_map ? json_clone(relay_map) : NULL;
+	named_free(s);
 	relaymap_free(&s->map);
 	s->map = m;
+	if (named_build(s))
+		log_warn("STUN servers named only by hostName are skipped", "error=\"out of memory\"");
 	for (size_t i = 0; i < RELAYMAP_MAX_REGIONS; i++)
 		s->rtt[i] = (struct region_rtt){ .id = i < m.nregions ? m.regions[i].id : 0, .rtt = -1 };
 	memset(s->probes, 0, sizeof(s->probes));
@@ -273,7 +432,8 @@ int netstun_new(struct netstun **out, struct loop *loop, struct hub *hub)
 		return -ENOMEM;
 	s->loop = loop;
 	s->hub = hub;
-	if (!(s->timer = loop_timer_new(loop, on_timer, s))) {
+	if (!(s->timer = loop_timer_new(loop, on_timer, s)) || !(s->poll = loop_timer_new(loop, on_poll, s))) {
+		loop_timer_free(s->timer);
 		free(s);
 		return -ENOMEM;
 	}
@@ -286,6 +446,8 @@ void netstun_free(struct netstun *s)
 	if (!s)
 		return;
 	loop_timer_free(s->timer);
+	loop_timer_free(s->poll);
+	named_free(s);
 	json_free(s->map_json);
 	relaymap_free(&s->map);
 	free(s);

@@ -6,6 +6,11 @@
  * first region while none has answered). One per node: every identity
  * shares the socket, so its reflexive addresses are theirs too.
  *
+ * A node named only by hostName (no ipv4/ipv6) is looked up without
+ * blocking the loop (getaddrinfo_a, lib/net/lookup.h) and probed at the
+ * first address of each family it resolves to, as soon as it resolves;
+ * the name is looked up again at most once a minute.
+ *
  * Probes go out when the relay map changes and every NETSTUN_INTERVAL_MS;
  * an answer matches its request by transaction id (anything else is
  * counted and dropped). Loop thread. */

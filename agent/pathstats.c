@@ -20,7 +20,7 @@ struct mirror {
 enum {
 	RELAY_TX_BYTES, RELAY_RX_BYTES, RELAY_TX_PACKETS, RELAY_RX_PACKETS,
 	RELAY_DROP_QUEUE, RELAY_DROP_REGION, RELAY_DROP_READY, RELAY_DROP_OUT,
-	RELAY_CONNECTS, RELAY_FAILURES,
+	RELAY_CONNECTS, RELAY_FAILURES, RELAY_KEY_REFUSALS,
 	DISCO_PINGS, DISCO_PONGS, DISCO_PINGS_RX, DISCO_CMM_TX, DISCO_CMM_RX, DISCO_BAD,
 	PATH_UP, PATH_DOWN,
 	DG_GARBAGE, DG_FULL, DG_DISCO_UNKNOWN, DG_STUN_UNKNOWN,
@@ -72,6 +72,7 @@ static void on_timer(struct loop *loop, struct loop_timer *t, void *arg)
 		mirror(&p->mi[RELAY_DROP_OUT], rs.drop_out_full);
 		mirror(&p->mi[RELAY_CONNECTS], rs.connects);
 		mirror(&p->mi[RELAY_FAILURES], rs.failures);
+		mirror(&p->mi[RELAY_KEY_REFUSALS], rs.key_refusals);
 		mirror(&p->mi[DISCO_PINGS], ps.pings_sent);
 		mirror(&p->mi[DISCO_PONGS], ps.pongs_received);
 		mirror(&p->mi[DISCO_PINGS_RX], ps.pings_received);
@@ -135,6 +136,8 @@ int pathstats_new(struct pathstats **out, struct loop *loop, struct metrics *reg
 	p->mi[RELAY_DROP_OUT].m = METRICS_WITH(rdrop, "socket_backlog");
 	p->mi[RELAY_CONNECTS].m = one(metrics_counter_new(reg, "knitd_relay_connects_total", "Relay connections made ready.", NULL));
 	p->mi[RELAY_FAILURES].m = one(metrics_counter_new(reg, "knitd_relay_failures_total", "Relay connections that failed.", NULL));
+	p->mi[RELAY_KEY_REFUSALS].m = one(metrics_counter_new(reg, "knitd_relay_key_refusals_total",
+							      "Relays refused for proving a key other than the relay map pins.", NULL));
 	disco = metrics_counter_new(reg, "knitd_disco_messages_total", "Disco messages, by type.", type);
 	p->mi[DISCO_PINGS].m = METRICS_WITH(disco, "ping_sent");
 	p->mi[DISCO_PONGS].m = METRICS_WITH(disco, "pong_received");

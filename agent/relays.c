@@ -13,7 +13,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <sodium.h>
 
@@ -24,6 +23,7 @@
 #include "log.h"
 #include "loop.h"
 #include "net/lookup.h"
+#include "net/tlsio.h"
 #include "relay/client.h"
 #include "wg/hub.h"
 #include "wg/receive.h"
@@ -95,7 +95,7 @@ struct relays {
 
 	_Atomic unsigned long long st_tx_packets, st_tx_bytes, st_rx_packets, st_rx_bytes;
 	_Atomic unsigned long long st_drop_queue, st_drop_region, st_drop_ready, st_drop_out;
-	_Atomic unsigned long long st_connects, st_failures;
+	_Atomic unsigned long long st_connects, st_failures, st_key_refusals;
 };
 
 bool relays_node_endpoint(const struct relaymap_node *n, uint16_t port, struct endpoint *out)
@@ -183,36 +183,6 @@ static void conn_want_write(struct conn *c, bool on)
 	loop_fd_modify(c->r->cfg.loop, c->fd, LOOP_READ | (on ? LOOP_WRITE : 0));
 }
 
-static ssize_t conn_io(struct conn *c, uint8_t *p, size_t n, bool write_)
-{
-	if (c->ssl) {
-		int r = write_ ? SSL_write(c->ssl, p, (int)(n > INT32_MAX ? INT32_MAX : n))
-			       : SSL_read(c->ssl, p, (int)n);
-
-		if (r > 0)
-			return r;
-		switch (SSL_get_error(c->ssl, r)) {
-		case SSL_ERROR_WANT_READ:
-		case SSL_ERROR_WANT_WRITE:
-			return -EAGAIN;
-		case SSL_ERROR_ZERO_RETURN:
-			return 0;
-		default:
-			ERR_clear_error();
-			return -EPROTO;
-		}
-	}
-	for (;;) {
-		ssize_t r = write_ ? send(c->fd, p, n, MSG_NOSIGNAL) : recv(c->fd, p, n, 0);
-
-		if (r >= 0)
-			return r;
-		if (errno == EINTR)
-			continue;
-		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
-	}
-}
-
 /* Writes what is queued; false if the connection failed. */
 static bool conn_flush(struct conn *c)
 {
@@ -221,7 +191,7 @@ static bool conn_flush(struct conn *c)
 	if (c->feeding)
 		return true;
 	while (c->out.len) {
-		ssize_t n = conn_io(c, c->out.data, c->out.len, true);
+		ssize_t n = tlsio_write(c->fd, c->ssl, c->out.data, c->out.len);
 
 		if (n == -EAGAIN) {
 			conn_want_write(c, true);
@@ -312,7 +282,9 @@ static void conn_start_relay(struct conn *c)
 	const struct relaymap_node *n = node_of(c);
 
 	c->state = CONN_HELLO;
-	relay_client_init(&c->core, c->r->pub, c->r->priv, NULL, &core_cb, c);
+	/* A key in the map is pinned: a relay announcing another is refused
+	 * before CLIENT_INFO, and SERVER_INFO must open with the pinned key. */
+	relay_client_init(&c->core, c->r->pub, c->r->priv, n && n->has_key ? n->key : NULL, &core_cb, c);
 	c->core_live = true;
 	if (relay_client_start(&c->core, n ? n->host : "relay", &c->out)) {
 		conn_fail(c, "cannot build the upgrade request");
@@ -326,7 +298,7 @@ static void conn_read(struct conn *c)
 	static uint8_t chunk[READ_CHUNK]; /* loop thread only */
 
 	for (int rounds = 0; rounds < 16 || (c->ssl && SSL_pending(c->ssl) > 0); rounds++) {
-		ssize_t n = conn_io(c, chunk, sizeof(chunk), false);
+		ssize_t n = tlsio_read(c->fd, c->ssl, chunk, sizeof(chunk));
 
 		if (n == -EAGAIN)
 			break;
@@ -339,6 +311,9 @@ static void conn_read(struct conn *c)
 		n = relay_client_feed(&c->core, chunk, (size_t)n, &c->out);
 		c->feeding = false;
 		if (n < 0) {
+			/* Either way the region's next node is tried next. */
+			if (c->core.wrong_key)
+				atomic_fetch_add(&c->r->st_key_refusals, 1);
 			conn_fail(c, c->core.error[0] ? c->core.error : "protocol error");
 			return;
 		}
@@ -350,28 +325,17 @@ static void conn_read(struct conn *c)
 
 static void conn_tls_step(struct conn *c)
 {
-	int r = SSL_do_handshake(c->ssl);
+	char why[160];
+	bool want_write;
+	int r = tlsio_handshake(c->ssl, &want_write, "TLS handshake", why, sizeof(why));
 
-	if (r == 1) {
-		conn_want_write(c, false);
-		conn_start_relay(c);
+	if (r == -EPROTO) {
+		conn_fail(c, why);
 		return;
 	}
-	switch (SSL_get_error(c->ssl, r)) {
-	case SSL_ERROR_WANT_READ:
-		conn_want_write(c, false);
-		break;
-	case SSL_ERROR_WANT_WRITE:
-		conn_want_write(c, true);
-		break;
-	default: {
-		char why[160];
-		unsigned long e = ERR_get_error();
-		snprintf(why, sizeof(why), "TLS: %s", e ? ERR_reason_error_string(e) ?: "handshake failed" : "handshake failed");
-		ERR_clear_error();
-		conn_fail(c, why);
-	}
-	}
+	conn_want_write(c, want_write);
+	if (r == 0)
+		conn_start_relay(c);
 }
 
 static void on_conn_io(struct loop *loop, int fd, unsigned events, void *arg)
@@ -409,18 +373,9 @@ static void on_conn_io(struct loop *loop, int fd, unsigned events, void *arg)
 
 static SSL_CTX *tls_ctx(struct relays *r)
 {
-	if (r->tls)
-		return r->tls;
-	r->tls = SSL_CTX_new(TLS_client_method());
-	if (!r->tls)
-		return NULL;
-	SSL_CTX_set_min_proto_version(r->tls, TLS1_2_VERSION);
-	SSL_CTX_set_verify(r->tls, SSL_VERIFY_PEER, NULL);
-	if ((r->ca_file ? SSL_CTX_load_verify_locations(r->tls, r->ca_file, NULL)
-			: SSL_CTX_set_default_verify_paths(r->tls)) != 1) {
+	/* Made on the first TLS relay; tried again on the next when it fails. */
+	if (!r->tls && !(r->tls = tlsio_client_ctx(r->ca_file)))
 		log_warn("cannot load TLS trust anchors for relays", "ca=%s", r->ca_file ? r->ca_file : "(system)");
-		ERR_clear_error();
-	}
 	return r->tls;
 }
 
@@ -464,17 +419,10 @@ static void conn_connect(struct conn *c)
 	if (mark)
 		setsockopt(c->fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
 	if (n->tls) {
-		SSL_CTX *ctx = tls_ctx(c->r);
-
-		c->ssl = ctx ? SSL_new(ctx) : NULL;
-		if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1 || SSL_set_tlsext_host_name(c->ssl, n->host) != 1 ||
-		    SSL_set1_host(c->ssl, n->host) != 1) {
-			ERR_clear_error();
+		if (!(c->ssl = tlsio_client_new(tls_ctx(c->r), c->fd, n->host))) {
 			conn_fail(c, "cannot set up TLS");
 			return;
 		}
-		SSL_set_mode(c->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-		SSL_set_connect_state(c->ssl);
 	}
 	if (connect(c->fd, &ep.addr.sa, endpoint_socklen(&ep)) && errno != EINPROGRESS) {
 		conn_fail(c, strerror(errno));
@@ -872,4 +820,5 @@ void relays_stats(const struct relays *r, struct relays_stats *out)
 	out->drop_out_full = atomic_load(&r->st_drop_out);
 	out->connects = atomic_load(&r->st_connects);
 	out->failures = atomic_load(&r->st_failures);
+	out->key_refusals = atomic_load(&r->st_key_refusals);
 }

@@ -65,6 +65,7 @@ struct relays_stats {
 	unsigned long long tx_packets, tx_bytes, rx_packets, rx_bytes;
 	unsigned long long drop_queue_full, drop_no_region, drop_not_ready, drop_out_full;
 	unsigned long long connects, failures;
+	unsigned long long key_refusals; /* relays that proved a key other than the map pins */
 };
 
 int relays_new(struct relays **out, const struct relays_config *c);
@@ -99,7 +100,7 @@ void relays_stats(const struct relays *r, struct relays_stats *out);
 /* Where to reach a relay map node on port: its ipv4, else its ipv6, else
  * its hostName when that is a numeric address. False if none of them is
  * (a connection then looks hostName up with getaddrinfo_a(), polled on
- * the loop, never blocking it; the STUN client skips such a node). */
+ * the loop, never blocking it; so does the STUN client, netstun.c). */
 bool relays_node_endpoint(const struct relaymap_node *n, uint16_t port, struct endpoint *out);
 
 #endif

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "bootstrap.h"
+#include "control/channel.h"
 #include "ipam.h"
 #include "json.h"
 #include "kube/client.h"
@@ -18,6 +19,7 @@
 #include "kube/meta.h"
 #include "log.h"
 #include "operator.h"
+#include "relay/frame.h"
 
 #define MAX_TAGS 32 /* the AuthKey CRD's maxItems */
 #define TAG_NAME_MAX 63
@@ -118,13 +120,28 @@ static bool pool_ok(const char *flag, const char *cidr, int family, char *err, s
 }
 
 /* "https://HOST[:PORT]", "http://HOST[:PORT]" or "HOST[:PORT]" (an IPv6
- * HOST in brackets) into host (unbracketed), port and tls. */
-static bool relay_url(const char *url, char *host, size_t hostlen, unsigned *port, bool *tls)
+ * HOST in brackets), each with an optional "#relaykey:<64 hex>", into host
+ * (unbracketed), port, tls and key ("" when none). */
+static bool relay_url(const char *url, char *host, size_t hostlen, unsigned *port, bool *tls,
+		      char key[RELAY_KEY_TEXT_LEN])
 {
-	const char *p = url, *end;
-	char *e;
+	const char *p = url, *end, *hash = strchr(url, '#');
+	char buf[512], *e;
+	uint8_t bin[RELAY_KEY_LEN];
 	size_t n;
 
+	key[0] = '\0';
+	if (hash) {
+		/* The pinned key: parsed as the relay map will parse it. */
+		if (!channel_key_parse(hash + 1, RELAY_KEY_TEXT_PREFIX, bin))
+			return false;
+		relay_key_text(bin, key);
+		if ((size_t)(hash - url) >= sizeof(buf))
+			return false;
+		memcpy(buf, url, (size_t)(hash - url));
+		buf[hash - url] = '\0';
+		p = url = buf;
+	}
 	*tls = true;
 	*port = 443;
 	if (strncmp(p, "https://", 8) == 0) {
@@ -171,14 +188,15 @@ static bool relays_ok(const struct bootstrap_opts *o, char *err, size_t errlen)
 {
 	struct json *map;
 	struct relaymap m;
-	char host[256], why[256];
+	char host[256], why[256], key[RELAY_KEY_TEXT_LEN];
 	unsigned port;
 	bool tls, ok;
 
 	for (size_t i = 0; i < o->nrelays; i++)
-		if (!relay_url(o->relays[i], host, sizeof(host), &port, &tls))
+		if (!relay_url(o->relays[i], host, sizeof(host), &port, &tls, key))
 			return fail(err, errlen, "--default-tailnet-relay: \"%.200s\" is not https://HOST[:PORT], "
-					    "http://HOST[:PORT] or HOST[:PORT]", o->relays[i]);
+					    "http://HOST[:PORT] or HOST[:PORT], with an optional #relaykey:<64 hex>",
+				    o->relays[i]);
 	if (o->relay_stun_port) {
 		char *e;
 		unsigned long v;
@@ -261,6 +279,18 @@ static struct json *new_object(const char *kind, const char *name, const char *n
 	return obj;
 }
 
+/* Whether host:port is the embedded relay's listen address (self_listen,
+ * "HOST:PORT" or "[V6]:PORT"). */
+static bool self_is(const struct bootstrap_opts *o, const char *host, unsigned port)
+{
+	char h[256], k[RELAY_KEY_TEXT_LEN];
+	unsigned p;
+	bool tls;
+
+	return o->self_listen && relay_url(o->self_listen, h, sizeof(h), &p, &tls, k) && p == port &&
+	       strcmp(h, host) == 0;
+}
+
 struct json *bootstrap_relay_map(const struct bootstrap_opts *o)
 {
 	struct json *map = json_new_object(), *regions = json_new_array(), *region = json_new_object(),
@@ -270,11 +300,11 @@ struct json *bootstrap_relay_map(const struct bootstrap_opts *o)
 
 	for (size_t i = 0; !err && i < o->nrelays; i++) {
 		struct json *n = json_new_object();
-		char host[256], name[8];
+		char host[256], name[8], key[RELAY_KEY_TEXT_LEN];
 		unsigned port;
 		bool tls;
 
-		if (!relay_url(o->relays[i], host, sizeof(host), &port, &tls)) {
+		if (!relay_url(o->relays[i], host, sizeof(host), &port, &tls, key)) {
 			json_free(n);
 			err = -EINVAL;
 			break;
@@ -286,6 +316,11 @@ struct json *bootstrap_relay_map(const struct bootstrap_opts *o)
 		json_put(n, "relayPort", json_new_int(port), &err);
 		json_put(n, "stunPort", json_new_int((int64_t)stun), &err);
 		json_put(n, "tls", json_new_bool(tls), &err);
+		/* The embedded relay's own address: its key, unless the URL names one. */
+		if (!key[0] && o->self_key && self_is(o, host, port))
+			snprintf(key, sizeof(key), "%s", o->self_key);
+		if (key[0])
+			json_put_str(n, "publicKey", key, &err);
 		if (err)
 			json_free(n);
 		else

@@ -23,11 +23,18 @@ struct bootstrap_opts {
 	/* The default Tailnet's relay map: region 1 ("default"), one node per
 	 * relay, "https://HOST[:PORT]" (TLS, port 443 by default),
 	 * "http://HOST[:PORT]" (plain TCP, port 80) or "HOST[:PORT]" (as
-	 * https), named 1a, 1b, ... in order; STUN on relay_stun_port of each
-	 * (a decimal port; NULL: 3478; "0": none). */
+	 * https), each with an optional "#relaykey:<64 hex>" that pins the
+	 * relay's key (publicKey), named 1a, 1b, ... in order; STUN on
+	 * relay_stun_port of each (a decimal port; NULL: 3478; "0": none). */
 	const char *relays[RELAYMAP_MAX_NODES];
 	size_t nrelays;
 	const char *relay_stun_port;
+	/* The embedded relay (--relay-listen ADDR:PORT) and its key
+	 * ("relaykey:<hex>"): a relay URL naming that very HOST:PORT, with no
+	 * key of its own, gets it. NULL: none, or no key worth pinning (a
+	 * key made fresh each run: the Tailnet, made once, would keep pinning
+	 * the first run's). */
+	const char *self_listen, *self_key;
 	/* Secret made in the operator's namespace (NULL: none) holding 32
 	 * random bytes under "mesh-key": the relays' --mesh-key-file. */
 	const char *relay_mesh_secret;

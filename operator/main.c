@@ -28,6 +28,7 @@
 #include "operator.h"
 #include "policy.h"
 #include "probe.h"
+#include "relay/frame.h"
 #include "serving.h"
 #include "webhook.h"
 #include "wg/aead.h"
@@ -118,7 +119,11 @@ static void usage(FILE *f)
 		"  --default-tailnet-relay URL  a relay of that Tailnet's relay map (repeatable, up\n"
 		"                            to 16; region 1 \"default\", nodes 1a, 1b, ...):\n"
 		"                            https://HOST[:PORT] (TLS, port 443), http://HOST[:PORT]\n"
-		"                            (plain TCP, port 80) or HOST[:PORT] (as https)\n"
+		"                            (plain TCP, port 80) or HOST[:PORT] (as https), with\n"
+		"                            #relaykey:HEX to pin the relay's key (knit-relay\n"
+		"                            --print-public-key); the embedded relay's own\n"
+		"                            --relay-listen HOST:PORT gets its key pinned when\n"
+		"                            --relay-key-file keeps that key\n"
 		"  --default-tailnet-relay-stun-port PORT  their STUN port (default 3478; 0: none)\n"
 		"  --bootstrap-relay-mesh-secret NAME  create the Secret NAME in --namespace when\n"
 		"                            absent, with 32 random bytes under \"mesh-key\": the\n"
@@ -923,8 +928,17 @@ int main(int argc, char **argv)
 			exit_code = 1;
 			goto out;
 		}
-		log_info("serving the relay", "public_key=%s listen=%s port=%u tls=%d stun_port=%u mesh_peers=%zu",
-			 relay_instance_public_key(relay), o.relay.listen, relay_instance_port(relay),
+		/* A kept key is pinned in the default Tailnet's relay map for the
+		 * --default-tailnet-relay that names this relay's address. */
+		if (o.relay.key_file) {
+			static char self_key[RELAY_KEY_TEXT_LEN];
+
+			snprintf(self_key, sizeof(self_key), "%s", relay_instance_key_text(relay));
+			boot_opts.self_listen = o.relay.listen;
+			boot_opts.self_key = self_key;
+		}
+		log_info("serving the relay", "public_key=%s key=%s listen=%s port=%u tls=%d stun_port=%u mesh_peers=%zu",
+			 relay_instance_public_key(relay), relay_instance_key_text(relay), o.relay.listen, relay_instance_port(relay),
 			 relay_instance_tls(relay), relay_instance_stun_port(relay), relay_instance_mesh_peers(relay));
 	}
 

@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <sodium.h>
 #include <stdarg.h>
@@ -14,6 +13,7 @@
 
 #include "buf.h"
 #include "log.h"
+#include "net/tlsio.h"
 #include "relay/frame.h"
 #include "relay/hello.h"
 #include "server.h"
@@ -28,6 +28,7 @@ struct relay_instance {
 	size_t nmesh;
 	char listen[128];
 	char pub_b64[sodium_base64_ENCODED_LEN(32, sodium_base64_VARIANT_ORIGINAL)];
+	char key_text[RELAY_KEY_TEXT_LEN];
 };
 
 static bool fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -142,21 +143,6 @@ static SSL_CTX *tls_server(const char *cert, const char *key)
 	return ctx;
 }
 
-static SSL_CTX *tls_client(const char *ca)
-{
-	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-
-	if (!ctx)
-		return NULL;
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-	if ((ca ? SSL_CTX_load_verify_locations(ctx, ca, NULL) : SSL_CTX_set_default_verify_paths(ctx)) != 1) {
-		SSL_CTX_free(ctx);
-		return NULL;
-	}
-	return ctx;
-}
-
 int relay_instance_new(struct loop *loop, const struct relay_instance_opts *o, struct relay_instance **out,
 		       char *err, size_t errlen)
 {
@@ -186,6 +172,7 @@ int relay_instance_new(struct loop *loop, const struct relay_instance_opts *o, s
 	}
 	crypto_scalarmult_base(pub, priv);
 	sodium_bin2base64(r->pub_b64, sizeof(r->pub_b64), pub, 32, sodium_base64_VARIANT_ORIGINAL);
+	relay_key_text(pub, r->key_text);
 	if (o->mesh_key_file && (ret = load_secret(o->mesh_key_file, mesh_key)) != 0) {
 		fail(err, errlen, "cannot load the mesh key %s: %s", o->mesh_key_file,
 		     ret == -EINVAL ? "empty" : strerror(-ret));
@@ -202,14 +189,14 @@ int relay_instance_new(struct loop *loop, const struct relay_instance_opts *o, s
 			r->mesh[r->nmesh++] = tok;
 	}
 	if (o->tls_cert && !(r->tls = tls_server(o->tls_cert, o->tls_key))) {
-		unsigned long e = ERR_get_error();
+		char why[160];
 
-		fail(err, errlen, "cannot load the TLS certificate %s or key %s: %s", o->tls_cert, o->tls_key,
-		     e ? ERR_reason_error_string(e) : "?");
+		tlsio_error("cannot load the TLS certificate or key", why, sizeof(why));
+		fail(err, errlen, "%s (%s, %s)", why, o->tls_cert, o->tls_key);
 		ret = -EINVAL;
 		goto out;
 	}
-	if (r->nmesh && !(r->mesh_tls = tls_client(o->mesh_ca))) {
+	if (r->nmesh && !(r->mesh_tls = tlsio_client_ctx(o->mesh_ca))) {
 		fail(err, errlen, "cannot set up TLS for mesh links (CA %s)", o->mesh_ca ? o->mesh_ca : "(system)");
 		ret = -EINVAL;
 		goto out;
@@ -273,5 +260,6 @@ uint16_t relay_instance_port(const struct relay_instance *r) { return relay_serv
 uint16_t relay_instance_stun_port(const struct relay_instance *r) { return r->stun ? stunserver_port(r->stun) : 0; }
 const char *relay_instance_listen(const struct relay_instance *r) { return r->listen; }
 const char *relay_instance_public_key(const struct relay_instance *r) { return r->pub_b64; }
+const char *relay_instance_key_text(const struct relay_instance *r) { return r->key_text; }
 size_t relay_instance_mesh_peers(const struct relay_instance *r) { return r->nmesh; }
 bool relay_instance_tls(const struct relay_instance *r) { return r->tls != NULL; }

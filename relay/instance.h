@@ -22,8 +22,9 @@ struct relay_instance_opts {
 	/* Relay connections; NULL: [::]:443 with TLS, [::]:80 without. */
 	const char *listen;
 	/* The relay's private key (base64, as `wg genkey`), made with mode
-	 * 0600 when missing. NULL: a fresh key in memory for this run
-	 * (clients do not pin relay keys unless told to). */
+	 * 0600 when missing. NULL: a fresh key in memory for this run (so no
+	 * relay map can pin it: clients pin a key only when the map names
+	 * one, relaymap.h's publicKey). */
 	const char *key_file;
 	const char *tls_cert, *tls_key; /* PEM; both or neither */
 	/* "http://h:p,https://h:p": the region's other relays; needs
@@ -57,6 +58,8 @@ uint16_t relay_instance_stun_port(const struct relay_instance *r); /* 0: none */
 const char *relay_instance_listen(const struct relay_instance *r);
 /* The relay's public key, base64. */
 const char *relay_instance_public_key(const struct relay_instance *r);
+/* The same as a relay map pins it: "relaykey:<64 hex>". */
+const char *relay_instance_key_text(const struct relay_instance *r);
 size_t relay_instance_mesh_peers(const struct relay_instance *r);
 bool relay_instance_tls(const struct relay_instance *r);
 

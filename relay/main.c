@@ -45,7 +45,8 @@ static void usage(FILE *f)
 		"  --key-file PATH           the relay's private key (base64, as `wg genkey`);\n"
 		"                            created with mode 0600 when missing. Its public key\n"
 		"                            is logged at start and is what clients pin\n"
-		"  --print-public-key        print the public key (base64 and hex) and exit\n"
+		"  --print-public-key        print the public key (base64, hex, and relaykey:HEX\n"
+		"                            as a relay map's publicKey pins it) and exit\n"
 		"  --listen ADDR:PORT        relay connections (default [::]:443 with TLS,\n"
 		"                            [::]:80 without; [::] accepts IPv4 too)\n"
 		"  --tls-cert PATH           serve TLS with this certificate chain (PEM) ...\n"
@@ -203,7 +204,7 @@ int main(int argc, char **argv)
 	struct metrics *metrics = NULL;
 	struct relay_instance *relay = NULL;
 	struct httpd *http = NULL;
-	char hex[65], b64[64], err[512];
+	char hex[65], b64[64], text[RELAY_KEY_TEXT_LEN], err[512];
 	int ret, code = 1;
 
 	if (parse_args(argc, argv, &o) != 0)
@@ -223,7 +224,7 @@ int main(int argc, char **argv)
 		crypto_scalarmult_base(pub, priv);
 		sodium_memzero(priv, sizeof(priv));
 		sodium_bin2base64(b64, sizeof(b64), pub, 32, sodium_base64_VARIANT_ORIGINAL);
-		printf("%s\n%s\n", b64, relay_key_hex(pub, hex));
+		printf("%s\n%s\n%s\n", b64, relay_key_hex(pub, hex), relay_key_text(pub, text));
 		return 0;
 	}
 	loop = loop_new();
@@ -270,8 +271,8 @@ int main(int argc, char **argv)
 	loop_signal_add(loop, SIGTERM, on_signal, relay);
 	loop_signal_add(loop, SIGINT, on_signal, relay);
 	signal(SIGPIPE, SIG_IGN);
-	log_info("relay started", "public_key=%s listen=%s port=%u tls=%d stun_port=%u http=%s mesh_peers=%zu",
-		 relay_instance_public_key(relay), relay_instance_listen(relay), relay_instance_port(relay),
+	log_info("relay started", "public_key=%s key=%s listen=%s port=%u tls=%d stun_port=%u http=%s mesh_peers=%zu",
+		 relay_instance_public_key(relay), relay_instance_key_text(relay), relay_instance_listen(relay), relay_instance_port(relay),
 		 relay_instance_tls(relay), relay_instance_stun_port(relay), o.http_listen ? o.http_listen : "none",
 		 relay_instance_mesh_peers(relay));
 	if (loop_run(loop) == 0)

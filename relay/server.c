@@ -22,7 +22,6 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <openssl/err.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +36,7 @@
 #include "metrics.h"
 #include "net/endpoint.h"
 #include "net/lookup.h"
+#include "net/tlsio.h"
 #include "relay/frame.h"
 #include "relay/hello.h"
 #include "relay/keymap.h"
@@ -403,61 +403,15 @@ static void set_write_interest(struct conn *c, bool on)
 	loop_fd_modify(c->s->loop, c->fd, LOOP_READ | (on ? LOOP_WRITE : 0));
 }
 
-/* Returns bytes read, 0 at EOF, -EAGAIN, or another negative errno. */
+/* Bytes read, 0 at EOF, -EAGAIN, or another negative errno (tlsio.h). */
 static ssize_t conn_read(struct conn *c, uint8_t *p, size_t n)
 {
-	if (c->ssl) {
-		int r = SSL_read(c->ssl, p, (int)n);
-
-		if (r > 0)
-			return r;
-		switch (SSL_get_error(c->ssl, r)) {
-		case SSL_ERROR_WANT_READ:
-		case SSL_ERROR_WANT_WRITE:
-			return -EAGAIN;
-		case SSL_ERROR_ZERO_RETURN:
-			return 0;
-		default:
-			ERR_clear_error();
-			return -EPROTO;
-		}
-	}
-	for (;;) {
-		ssize_t r = read(c->fd, p, n);
-
-		if (r >= 0)
-			return r;
-		if (errno == EINTR)
-			continue;
-		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
-	}
+	return tlsio_read(c->fd, c->ssl, p, n);
 }
 
 static ssize_t conn_write(struct conn *c, const uint8_t *p, size_t n)
 {
-	if (c->ssl) {
-		int r = SSL_write(c->ssl, p, (int)(n > INT32_MAX ? INT32_MAX : n));
-
-		if (r > 0)
-			return r;
-		switch (SSL_get_error(c->ssl, r)) {
-		case SSL_ERROR_WANT_READ:
-		case SSL_ERROR_WANT_WRITE:
-			return -EAGAIN;
-		default:
-			ERR_clear_error();
-			return -EPIPE;
-		}
-	}
-	for (;;) {
-		ssize_t r = send(c->fd, p, n, MSG_NOSIGNAL);
-
-		if (r >= 0)
-			return r;
-		if (errno == EINTR)
-			continue;
-		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
-	}
+	return tlsio_write(c->fd, c->ssl, p, n);
 }
 
 static void conn_flush(struct conn *c)
@@ -949,34 +903,23 @@ static void conn_readable(struct conn *c)
 
 static void tls_step(struct conn *c)
 {
-	int r = SSL_do_handshake(c->ssl);
+	char why[160];
+	bool want_write;
+	int r = tlsio_handshake(c->ssl, &want_write, "TLS handshake", why, sizeof(why));
 
-	if (r == 1) {
+	if (r == 0) {
 		c->state = c->after_tls;
 		set_write_interest(c, c->out.len > 0);
 		if (c->out.len)
 			flush_later(c);
-		return;
-	}
-	switch (SSL_get_error(c->ssl, r)) {
-	case SSL_ERROR_WANT_READ:
-		set_write_interest(c, false);
-		return;
-	case SSL_ERROR_WANT_WRITE:
-		set_write_interest(c, true);
-		return;
-	default: {
-		char why[160];
-		unsigned long e = ERR_get_error();
-
-		snprintf(why, sizeof(why), "TLS handshake: %s", e ? ERR_reason_error_string(e) : "failed");
-		ERR_clear_error();
+	} else if (r == -EAGAIN) {
+		set_write_interest(c, want_write);
+	} else {
 		if (!c->outbound) {
 			c->s->st.handshake_failures++;
 			metrics_inc(c->s->m.hs_upgrade);
 		}
 		conn_close(c, why);
-	}
 	}
 }
 
@@ -1154,14 +1097,10 @@ static void mesh_connect(struct mesh_peer *mp, struct addrinfo *res)
 	mp->conn = c;
 	c->state = ST_CONNECTING;
 	if (mp->tls) {
-		c->ssl = s->mesh_tls ? SSL_new(s->mesh_tls) : NULL;
-		if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1 || SSL_set_tlsext_host_name(c->ssl, mp->host) != 1 ||
-		    SSL_set1_host(c->ssl, mp->host) != 1) {
+		if (!(c->ssl = tlsio_client_new(s->mesh_tls, fd, mp->host))) {
 			conn_close(c, "TLS setup failed");
 			return;
 		}
-		SSL_set_mode(c->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-		SSL_set_connect_state(c->ssl);
 	}
 	c->want_write = true;
 	if (loop_fd_add(s->loop, fd, LOOP_READ | LOOP_WRITE, conn_event, c) != 0)

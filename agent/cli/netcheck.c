@@ -48,7 +48,8 @@ const char netcheck_usage[] =
 	"  Nearest relay           the region with the lowest latency\n"
 	"  Relay latency           per region: the best STUN round trip, and the time to\n"
 	"                          reach its relay (TCP connect, TLS, HTTP upgrade, the\n"
-	"                          relay's first frame)\n"
+	"                          relay's first frame); a relay whose key differs from\n"
+	"                          the one the map pins (publicKey) counts as not reached\n"
 	"\n"
 	"The relay map comes from knitd (the tailnet's, in its netmap) unless\n"
 	"--relay-map gives one, so it also runs without knitd.\n"
@@ -354,6 +355,16 @@ static void relay_probe(const struct relaymap_node *n, int timeout_ms, const cha
 			r = relay_parser_next(&ps, &p, &len, &f);
 			if (r == 1 && relay_frame_decode(&f, &m, why, sizeof(why)) && m.type == RELAY_FRAME_SERVER_KEY) {
 				relay_parser_free(&ps);
+				/* knitd would refuse it (the key claimed; knitd also
+				 * has it proven, which takes a node key). */
+				if (n->has_key && memcmp(m.key, n->key, RELAY_KEY_LEN) != 0) {
+					char text[RELAY_KEY_TEXT_LEN];
+
+					snprintf(out->error, sizeof(out->error),
+						 "the relay's key is not the one pinned: it says %s",
+						 relay_key_text(m.key, text));
+					goto out;
+				}
 				out->reached = true;
 				out->upgrade_ms = now_ms() - start - out->connect_ms;
 				goto out;

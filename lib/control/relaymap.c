@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "control/fields.h"
+#include "relay/frame.h"
 
 /* A DNS name (dot-separated labels of letters, digits and '-', neither
  * first nor last a '-', a trailing dot allowed) or an IP literal. */
@@ -106,7 +107,7 @@ static bool parse_node(const struct json *j, const char *where, struct relaymap_
 	if (json_get(j, "tls") && !json_is_null(json_get(j, "tls")) &&
 	    !fields_get_bool(j, w, "tls", &n->tls, err, errlen))
 		return false;
-	return true;
+	return fields_get_key(j, w, "publicKey", RELAY_KEY_TEXT_PREFIX, false, n->key, &n->has_key, err, errlen);
 }
 
 static bool parse_region(const struct json *j, const char *where, struct relaymap_region *r, char *err,

@@ -5,13 +5,17 @@
  *
  *   {"regions":[{"id":1,"code":"home","name":"Home","nodes":[
  *     {"name":"1a","hostName":"relay.example.com","ipv4":"192.0.2.1",
- *      "relayPort":443,"stunPort":3478,"tls":true}]}]}
+ *      "relayPort":443,"stunPort":3478,"tls":true,
+ *      "publicKey":"relaykey:<64 hex>"}]}]}
  *
  * A node is dialled at ipv4/ipv6 when given, else by resolving hostName;
  * hostName is also the TLS server name and the upgrade's Host. relayPort
  * defaults to 443, stunPort to 3478 (0: the node serves no STUN), tls to
  * true (false: plain TCP, for tests and relays behind a TLS-terminating
- * proxy on a trusted network). Region ids are 1-65535 and unique; a
+ * proxy on a trusted network). publicKey, when given, is the relay's
+ * static key (knit-relay --print-public-key): a client refuses a relay at
+ * that node that proves another key (docs/relay-protocol.md); without it
+ * any key the relay proves is taken. Region ids are 1-65535 and unique; a
  * region's node names are unique within it. The order of regions and of
  * nodes is kept: a region's first node is its preferred one. */
 #ifndef KNIT_CONTROL_RELAYMAP_H
@@ -36,6 +40,8 @@ struct relaymap_node {
 	uint16_t relay_port;
 	uint16_t stun_port; /* 0: no STUN */
 	bool tls;
+	bool has_key; /* publicKey was given: pin it */
+	uint8_t key[32];
 };
 
 struct relaymap_region {

@@ -63,8 +63,10 @@ static int frame(struct relay_client *c, const struct relay_frame *f, struct buf
 		if (m.type == RELAY_FRAME_SERVER_KEY && !c->info.version) {
 			r = relay_hello_client_info(out, &m, c->pin_server ? c->server : NULL, c->pub, c->priv,
 						    NULL, c->nonce);
-			if (r == -EPERM)
+			if (r == -EPERM) {
+				c->wrong_key = true;
 				return fail(c, "", "the relay's key is not the one pinned");
+			}
 			if (r)
 				return fail(c, "", "cannot build CLIENT_INFO");
 			memcpy(c->server, m.key, RELAY_KEY_LEN);

@@ -44,6 +44,7 @@ struct relay_client {
 	uint8_t server[RELAY_KEY_LEN];
 	bool pin_server; /* server was given: refuse any other */
 	bool have_server;
+	bool wrong_key; /* failed: the relay's key is not the pinned one */
 	uint8_t nonce[RELAY_NONCE_LEN];
 	struct buf head;
 	struct relay_parser parser;
@@ -63,7 +64,8 @@ void relay_client_free(struct relay_client *c);
 int relay_client_start(struct relay_client *c, const char *host, struct buf *out);
 /* Takes bytes from the relay; appends any reply to out. Returns 0, or a
  * negative errno once the connection must be dropped (-EPROTO with the
- * reason in c->error; every later call fails the same way). */
+ * reason in c->error, and c->wrong_key set when the relay announced
+ * another key than the pinned one; every later call fails the same way). */
 int relay_client_feed(struct relay_client *c, const uint8_t *p, size_t n, struct buf *out);
 bool relay_client_ready(const struct relay_client *c);
 /* Appends a SEND_PACKET (-ENOTCONN before ready), a KEEPALIVE, a PING. */

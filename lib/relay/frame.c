@@ -285,6 +285,13 @@ char *relay_key_hex(const uint8_t key[RELAY_KEY_LEN], char out[2 * RELAY_KEY_LEN
 	return out;
 }
 
+char *relay_key_text(const uint8_t key[RELAY_KEY_LEN], char out[RELAY_KEY_TEXT_LEN])
+{
+	memcpy(out, RELAY_KEY_TEXT_PREFIX, sizeof(RELAY_KEY_TEXT_PREFIX) - 1);
+	relay_key_hex(key, out + sizeof(RELAY_KEY_TEXT_PREFIX) - 1);
+	return out;
+}
+
 bool relay_key_parse(const char *s, uint8_t key[RELAY_KEY_LEN])
 {
 	size_t n = strlen(s), got = 0;

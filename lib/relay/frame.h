@@ -125,6 +125,11 @@ int relay_frame_empty(struct buf *out, uint8_t type);
 
 /* Key as lowercase hex for logs (65 bytes with the NUL); returns out. */
 char *relay_key_hex(const uint8_t key[RELAY_KEY_LEN], char out[2 * RELAY_KEY_LEN + 1]);
+/* "relaykey:<64 hex>": a relay's key as a relay map's publicKey names it
+ * (lib/control/relaymap.h). */
+#define RELAY_KEY_TEXT_PREFIX "relaykey:"
+#define RELAY_KEY_TEXT_LEN (sizeof(RELAY_KEY_TEXT_PREFIX) + 2 * RELAY_KEY_LEN)
+char *relay_key_text(const uint8_t key[RELAY_KEY_LEN], char out[RELAY_KEY_TEXT_LEN]);
 /* Parses 64 hex digits or base64 (44 characters, WireGuard's form). */
 bool relay_key_parse(const char *s, uint8_t key[RELAY_KEY_LEN]);
 

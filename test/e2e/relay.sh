@@ -49,7 +49,7 @@ KA=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 KB=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 KC=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 PA=$("$TOOL" pub "$KA") PB=$("$TOOL" pub "$KB") PC=$("$TOOL" pub "$KC")
-R1PUB=$("$RELAY" --key-file "$D/r1.key" --print-public-key | tail -1)
+R1PUB=$("$RELAY" --key-file "$D/r1.key" --print-public-key | sed -n 2p)
 U1=http://127.0.0.1:$P1 U2=https://localhost:$P2
 
 # --- one relay -----------------------------------------------------------

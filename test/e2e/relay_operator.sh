@@ -35,7 +35,7 @@ head -c 32 /dev/urandom >"$D/mesh.key"
 e2e_bg r2 "$RELAY" --key-file "$D/r2.key" --listen "$GW:$P2" --http-listen "127.0.0.1:$H2" --stun-port 0 \
 	--mesh-key-file "$D/mesh.key" --mesh-with "http://$GW:$RP,http://$GW:$P2"
 MESH="http://$GW:$RP,http://$GW:$P2"
-TAILNET_OP_ARGS="--relay-listen $GW:$RP --relay-stun-addr $GW --relay-stun-port $SP \
+TAILNET_OP_ARGS="--relay-listen $GW:$RP --relay-key-file $D/op-relay.key --relay-stun-addr $GW --relay-stun-port $SP \
  --relay-mesh-key-file $D/mesh.key --relay-mesh-with $MESH \
  --default-tailnet-relay http://$GW:$RP --default-tailnet-relay-stun-port $SP \
  --bootstrap-authkey nodes --bootstrap-relay-mesh-secret knit-relay-mesh"
@@ -48,7 +48,8 @@ metric() { # PORT NAME → value (0 if absent)
 metric_ge() { [ "$(metric "$1" "$2" | cut -d. -f1)" -ge "$3" ]; }
 
 e2e_check "the operator logs its relay" grep -q "serving the relay.*port=$RP .*stun_port=$SP" "$OPLOG"
-e2e_check "its knit_relay_* series are on the operator's /metrics" \
+# /readyz answers before the lease is won: knit_leader turns 1 a moment later.
+e2e_check "its knit_relay_* series are on the operator's /metrics" e2e_wait_for 10 \
 	sh -c "curl -sf 127.0.0.1:$OP_HTTP_PORT/metrics >'$D/op.metrics' && grep -q '^knit_relay_clients [0-9]' '$D/op.metrics' && grep -q '^knit_relay_mesh_peers_up' '$D/op.metrics' && grep -q '^knit_leader 1' '$D/op.metrics'"
 
 # ---- two clients through the embedded relay ----
@@ -86,8 +87,9 @@ e2e_check "a client of the operator's relay reaches one of r2" grep -q "packet $
 # ---- what the operator bootstrapped ----
 e2e_check "the default Tailnet exists" e2e_wait_for 20 $K get tailnet default
 tnmap() { $K get tailnet default -o json | jq -cS "$1"; }
-e2e_expect "its relayMap is the --default-tailnet-relay flags'" \
-	"$(jq -cS . <<<"{\"id\":1,\"code\":\"default\",\"name\":\"Default\",\"nodes\":[{\"name\":\"1a\",\"hostName\":\"$GW\",\"relayPort\":$RP,\"stunPort\":$SP,\"tls\":false}]}")" \
+OPKEY=$("$RELAY" --key-file "$D/op-relay.key" --print-public-key | sed -n 3p)
+e2e_expect "its relayMap is the --default-tailnet-relay flags', the embedded relay's kept key pinned" \
+	"$(jq -cS . <<<"{\"id\":1,\"code\":\"default\",\"name\":\"Default\",\"nodes\":[{\"name\":\"1a\",\"hostName\":\"$GW\",\"relayPort\":$RP,\"stunPort\":$SP,\"tls\":false,\"publicKey\":\"$OPKEY\"}]}")" \
 	"$(tnmap '.spec.relayMap.regions[0]')"
 e2e_check "the mesh Secret exists" e2e_wait_for 20 $K get secret knit-relay-mesh -n "$NS"
 e2e_expect "with 32 random bytes under mesh-key" 32 \
@@ -107,6 +109,9 @@ e2e_expect "knit netcheck reads the map from knitd and reaches the relay" true "
 e2e_expect "and its STUN server: UDP works" true "$(jq -r .udp "$D/netcheck.json")"
 e2e_expect "from node1's own address" "10.$TAILNET_NET.0.11" "$(jq -r .ipv4 "$D/netcheck.json" | cut -d: -f1)"
 e2e_expect "nearest: region 1" 1 "$(jq -r .preferredRegion "$D/netcheck.json")"
+e2e_check "knitd connects to its home relay, the operator's, under the pinned key" \
+	e2e_wait_for 15 grep -q "relay connected.*region=1 " "$D/knitd-node1.log"
+e2e_check "and refused none" sh -c "! grep -q 'not the one pinned' '$D/knitd-node1.log'"
 
 # A second region, edited with kubectl while knitd runs.
 PID_BEFORE=$KNITD_PID_node1

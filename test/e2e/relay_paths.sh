@@ -11,7 +11,13 @@
 #   - garbage disco and STUN datagrams to knitd are dropped (counted)
 #     without effect;
 #   - knitd's STUN client gets its reflexive endpoint from Debian's coturn
-#     (turnserver is the region's only STUN server here).
+#     (turnserver is the region's only STUN server here);
+#   - the map pins both relays' keys (publicKey) and everything above works;
+#     a map pinning a wrong key for r1: knitd refuses r1 (counted) and
+#     relays through r2, whose right key is pinned;
+#   - r2's STUN server, in the map by hostName only, is probed by knitd's
+#     STUN client (resolved without blocking knitd's loop) and by knit
+#     netcheck.
 source "$(dirname "$0")/lib/common.sh"
 source "$(dirname "$0")/lib/apiserver.sh"
 source "$(dirname "$0")/lib/tailnet.sh"
@@ -31,18 +37,23 @@ tailnet_operator_start op-1
 # Two relays of region 1, meshed; STUN from coturn beside r1.
 R1=10.$NET.0.11 R2=10.$NET.0.12
 head -c 32 /dev/urandom | base64 >"$E2E_DIR/mesh.key"
-relay_start() { # relay_start NAME IDX OTHER-IP
-	tailnet_relay_start "$1" "$2" --stun-port 0 --mesh-key-file "$E2E_DIR/mesh.key" --mesh-with "http://$3:8080"
+relay_start() { # relay_start NAME IDX OTHER-IP [knit-relay ARGS...]
+	tailnet_relay_start "$1" "$2" --stun-port 0 --mesh-key-file "$E2E_DIR/mesh.key" --mesh-with "http://$3:8080" "${@:4}"
 	eval "PID_$1=\$E2E_PID"
 }
+# r2 serves STUN too, off the map until the last part.
+R2_ARGS=(--stun-addr "$R2" --stun-port 3478 --http-listen "$R2:9100")
 relay_start r1 1 "$R2"
-relay_start r2 2 "$R1"
+relay_start r2 2 "$R1" "${R2_ARGS[@]}"
+relay_key() { "$RELAY" --key-file "$E2E_DIR/$1.key" --print-public-key | sed -n 3p; }
+K1=$(relay_key r1) K2=$(relay_key r2)
+[[ $K1 == relaykey:* && $K2 == relaykey:* ]] || e2e_die "no relay keys ($K1, $K2)"
 e2e_bg turnserver ip netns exec "$(ns_name r1)" turnserver -n --listening-ip "$R1" --listening-port 3478 --no-tcp \
 	--no-tls --no-dtls --stun-only --no-cli --simple-log --log-file stdout --pidfile "$E2E_DIR/turn.pid" \
 	--no-software-attribute --userdb "$E2E_DIR/turndb"
 tailnet_relay_map "{\"regions\":[{\"id\":1,\"code\":\"lab\",\"nodes\":[
-	{\"name\":\"1a\",\"hostName\":\"$R1\",\"ipv4\":\"$R1\",\"relayPort\":8080,\"stunPort\":3478,\"tls\":false},
-	{\"name\":\"1b\",\"hostName\":\"r2.lab.knit.test\",\"relayPort\":8080,\"stunPort\":0,\"tls\":false}]}]}"
+	{\"name\":\"1a\",\"hostName\":\"$R1\",\"ipv4\":\"$R1\",\"relayPort\":8080,\"stunPort\":3478,\"tls\":false,\"publicKey\":\"$K1\"},
+	{\"name\":\"1b\",\"hostName\":\"r2.lab.knit.test\",\"relayPort\":8080,\"stunPort\":0,\"tls\":false,\"publicKey\":\"$K2\"}]}]}"
 
 KEY=$(tailnet_authkey nodes '{"reusable":true}') || e2e_die "no auth key"
 CTRL=$($K get tailnet default -o jsonpath='{.status.controlKey}')
@@ -130,6 +141,33 @@ e2e_check "garbage STUN datagrams are dropped and counted" \
 	e2e_wait_for 5 metric_ge a 'knitd_datagrams_dropped_total{reason="stun_unknown"}' $((S0 + 200))
 e2e_check "a->b stays direct after the garbage" path_is a b direct
 e2e_check "a still pings b and e" sh -c "ip netns exec $(ns_name a) ping -c1 -W2 ${TIP[b]} && ip netns exec $(ns_name a) ping -c1 -W2 ${TIP[e]}"
+
+# --- pinned relay keys: a wrong one is refused, the next node is used -----------
+e2e_check "with both keys pinned right, no relay was refused" [ "$(metric e knitd_relay_key_refusals_total)" = 0 ]
+relay_start r2 2 "$R1" "${R2_ARGS[@]}"
+e2e_wait_for 10 sh -c "ip netns exec $(ns_name r2) ss -tn | grep -q ESTAB" # the mesh link
+WRONG=relaykey:$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+tailnet_relay_map "{\"regions\":[{\"id\":1,\"code\":\"lab\",\"nodes\":[
+	{\"name\":\"1a\",\"hostName\":\"$R1\",\"ipv4\":\"$R1\",\"relayPort\":8080,\"stunPort\":3478,\"tls\":false,\"publicKey\":\"$WRONG\"},
+	{\"name\":\"1b\",\"hostName\":\"r2.lab.knit.test\",\"relayPort\":8080,\"stunPort\":3478,\"tls\":false,\"publicKey\":\"$K2\"}]}]}"
+e2e_check "r1's key pinned wrong: e refuses r1 and counts it" e2e_wait_for 15 metric_ge e knitd_relay_key_refusals_total 1
+e2e_check "knitd says why" grep -q "the relay's key is not the one pinned" "$E2E_DIR/knitd-e.log"
+e2e_check "e reaches a through r2, whose key is pinned right" e2e_wait_for 20 pings e a
+e2e_check "and a reaches e" e2e_wait_for 10 pings a e
+e2e_check "r1 has no client left (all refused it)" e2e_wait_for 15 sh -c \
+	"[ \"\$(ip netns exec $(ns_name r1) ss -Htn state established '( sport = :8080 )' | grep -vc ' $R2:')\" = 0 ]"
+
+# --- STUN to a relay named only by hostName ------------------------------------
+r2_stun() { in_ns r2 curl -sf --max-time 3 "http://$R2:9100/metrics" | awk '$1 == "knit_relay_stun_requests_total{result=\"ok\"}" { print $2 + 0; f = 1 } END { if (!f) print 0 }'; }
+r2_stun_ge() { [ "$(r2_stun)" -ge "$1" ]; }
+e2e_check "knitd's STUN client probes r2 by its name (r2.lab.knit.test)" e2e_wait_for 25 r2_stun_ge 1
+in_ns a "$KNIT" --socket "$E2E_DIR/a/knitd.sock" netcheck --timeout 2 --json >"$E2E_DIR/netcheck-a.json" 2>"$E2E_DIR/netcheck-a.err"
+e2e_expect "knit netcheck gets an answer from r2's STUN server by name" true \
+	"$(jq -r '[.regions[0].nodes[] | select(.name == "1b") | .stun[]? | select(.family == "ipv4") | .answered] | any' "$E2E_DIR/netcheck-a.json")"
+e2e_expect "knit netcheck: r1 (wrong key pinned) not reached, r2 reached" "false true" \
+	"$(jq -r '[.regions[0].nodes[].relay.reached | tostring] | join(" ")' "$E2E_DIR/netcheck-a.json")"
+e2e_check "... saying r1's key is not the one pinned" \
+	jq -e '.regions[0].nodes[0].relay.error | test("not the one pinned: it says '"$K1"'")' "$E2E_DIR/netcheck-a.json"
 
 for n in a b e; do
 	e2e_check "no sanitizer report from knitd on $n" sh -c "! grep -q 'ERROR: \\(Address\\|Leak\\)Sanitizer\\|runtime error' '$E2E_DIR/knitd-$n.log'"

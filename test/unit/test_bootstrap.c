@@ -215,6 +215,50 @@ static void test_relays(void **state)
 	json_free(tn);
 }
 
+/* Relay keys: one given on the URL, the embedded relay's for its own
+ * address, none elsewhere; a malformed key refuses the flag. */
+#define HEX1 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+#define HEX2 "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+static void test_relay_keys(void **state)
+{
+	static const char *const bad[] = {
+		"http://10.0.0.7:8080#",
+		"http://10.0.0.7:8080#relaykey:0123",
+		"http://10.0.0.7:8080#nodekey:" HEX1,
+		"http://10.0.0.7:8080#relaykey:" HEX1 "ff",
+		"http://10.0.0.7:8080#relaykey:" HEX1 "#relaykey:" HEX1,
+	};
+	struct bootstrap_opts o = { .relays = { "http://10.0.0.7:8080#relaykey:" HEX1, "http://10.0.0.8:8443",
+						"http://10.0.0.9:8443", "https://[fd00::8]:8443" },
+				    .nrelays = 4, .self_listen = "10.0.0.8:8443", .self_key = "relaykey:" HEX2 };
+	char err[320];
+	struct relaymap m;
+	struct json *tn;
+
+	assert_true(bootstrap_opts_check(&o, err, sizeof(err)));
+	tn = bootstrap_tailnet(&o);
+	assert_non_null(tn);
+	assert_true(relaymap_parse(json_path(tn, "spec", "relayMap", NULL), &m, err, sizeof(err)));
+	assert_int_equal(m.regions[0].nnodes, 4);
+	assert_true(m.regions[0].nodes[0].has_key);
+	assert_int_equal(m.regions[0].nodes[0].key[0], 0x01);
+	assert_string_equal(m.regions[0].nodes[0].host, "10.0.0.7");
+	assert_int_equal(m.regions[0].nodes[0].relay_port, 8080);
+	assert_true(m.regions[0].nodes[1].has_key); /* the embedded relay */
+	assert_int_equal(m.regions[0].nodes[1].key[0], 0xfe);
+	assert_false(m.regions[0].nodes[2].has_key);
+	assert_false(m.regions[0].nodes[3].has_key);
+	relaymap_free(&m);
+	json_free(tn);
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		o = (struct bootstrap_opts){ .relays = { bad[i] }, .nrelays = 1 };
+		if (bootstrap_opts_check(&o, err, sizeof(err)))
+			fail_msg("accepted: %s", bad[i]);
+		assert_non_null(strstr(err, "--default-tailnet-relay"));
+	}
+}
+
 static void test_mesh_secret(void **state)
 {
 	struct bootstrap_opts o = { .relay_mesh_secret = "knit-relay-mesh" };
@@ -249,6 +293,7 @@ int main(void)
 		cmocka_unit_test(test_check_limits),
 		cmocka_unit_test(test_objects),
 		cmocka_unit_test(test_relays),
+		cmocka_unit_test(test_relay_keys),
 		cmocka_unit_test(test_mesh_secret),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

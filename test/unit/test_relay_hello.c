@@ -1,6 +1,8 @@
 /* Relay handshake: a client holding its key is accepted and the server
  * proven; a client without the key, a replayed answer, a wrong server key,
- * a wrong or missing mesh key are each refused. */
+ * a wrong or missing mesh key are each refused; the client core with a
+ * pinned relay key takes that relay and refuses one announcing another
+ * key, or announcing the pinned key without holding it. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,8 +14,10 @@
 #include <sodium.h>
 
 #include "buf.h"
+#include "relay/client.h"
 #include "relay/frame.h"
 #include "relay/hello.h"
+#include "relay/upgrade.h"
 
 struct keys {
 	uint8_t spub[32], spriv[32], cpub[32], cpriv[32];
@@ -165,12 +169,105 @@ static void test_mesh(void **state)
 	buf_free(&ci);
 }
 
+static int ready_calls;
+
+static void on_ready(const struct relay_server_info *info, void *arg)
+{
+	ready_calls++;
+}
+
+static const struct relay_client_cb ready_cb = { .ready = on_ready };
+
+/* The client core pinned to pin, against a relay holding srv_priv that
+ * announces announce: its CLIENT_INFO (if any) is answered by that relay.
+ * Returns what the last feed returned; *sent_ci says a CLIENT_INFO left. */
+static int pinned_hello(const uint8_t *pin, const uint8_t announce[32], const uint8_t srv_pub[32],
+			const uint8_t srv_priv[32], const struct keys *k, struct relay_client *c, bool *sent_ci)
+{
+	struct buf in = BUF_INIT(8192), out = BUF_INIT(8192);
+	uint8_t challenge[32];
+	struct relay_msg m_ci;
+	struct relay_client_info info;
+	struct relay_server_info sinfo = { 0, 60000, 65535, 1 << 20 };
+	char err[128];
+	int r;
+
+	relay_client_init(c, k->cpub, k->cpriv, pin, &ready_cb, NULL);
+	assert_int_equal(relay_client_start(c, "relay.test", &out), 0);
+	buf_reset(&out);
+	assert_int_equal(relay_upgrade_response(&in), 0);
+	assert_int_equal(relay_hello_server_key(&in, announce, challenge), 0);
+	r = relay_client_feed(c, in.data, in.len, &out);
+	*sent_ci = out.len > 0;
+	if (r == 0 && out.len) {
+		one(&out, &m_ci);
+		/* The relay opens the box with its own key: an impostor cannot,
+		 * and answers with its own key as a MITM would. */
+		if (!relay_hello_verify_client(&m_ci, srv_priv, srv_pub, challenge, NULL, &info, err, sizeof(err))) {
+			memcpy(info.key, k->cpub, 32);
+			memcpy(info.nonce, m_ci.nonce, 24);
+		}
+		buf_reset(&in);
+		assert_int_equal(relay_hello_server_info(&in, srv_priv, &info, &sinfo), 0);
+		r = relay_client_feed(c, in.data, in.len, &out);
+	}
+	buf_free(&in);
+	buf_free(&out);
+	return r;
+}
+
+static void test_client_pin(void **state)
+{
+	struct keys k;
+	struct relay_client c;
+	uint8_t other_pub[32], other_priv[32];
+	bool sent;
+
+	keys_new(&k);
+	crypto_box_keypair(other_pub, other_priv);
+
+	/* The pinned relay: ready. */
+	ready_calls = 0;
+	assert_int_equal(pinned_hello(k.spub, k.spub, k.spub, k.spriv, &k, &c, &sent), 0);
+	assert_true(sent);
+	assert_true(relay_client_ready(&c));
+	assert_false(c.wrong_key);
+	assert_int_equal(ready_calls, 1);
+	relay_client_free(&c);
+
+	/* Nothing pinned: any relay that proves its key. */
+	assert_int_equal(pinned_hello(NULL, other_pub, other_pub, other_priv, &k, &c, &sent), 0);
+	assert_true(relay_client_ready(&c));
+	relay_client_free(&c);
+
+	/* Another relay announcing its own key: refused before CLIENT_INFO. */
+	ready_calls = 0;
+	assert_int_equal(pinned_hello(k.spub, other_pub, other_pub, other_priv, &k, &c, &sent), -EPROTO);
+	assert_false(sent);
+	assert_true(c.wrong_key);
+	assert_false(relay_client_ready(&c));
+	assert_non_null(strstr(c.error, "pinned"));
+	assert_int_equal(ready_calls, 0);
+	relay_client_free(&c);
+
+	/* An impostor replaying the pinned relay's key without holding it: its
+	 * SERVER_INFO does not open with the pinned key. */
+	assert_int_equal(pinned_hello(k.spub, k.spub, other_pub, other_priv, &k, &c, &sent), -EPROTO);
+	assert_true(sent);
+	assert_false(c.wrong_key);
+	assert_false(relay_client_ready(&c));
+	assert_non_null(strstr(c.error, "does not open"));
+	assert_int_equal(ready_calls, 0);
+	relay_client_free(&c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_accept),
 		cmocka_unit_test(test_refusals),
 		cmocka_unit_test(test_mesh),
+		cmocka_unit_test(test_client_pin),
 	};
 	if (sodium_init() < 0)
 		return 1;

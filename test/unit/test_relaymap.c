@@ -30,7 +30,8 @@ static void test_full(void **state)
 
 	assert_true(parse("{\"regions\":[{\"id\":7,\"code\":\"home\",\"name\":\"Home\",\"nodes\":["
 			  "{\"name\":\"7a\",\"hostName\":\"relay-a.knit-system.svc\",\"ipv4\":\"10.0.0.1\","
-			  "\"relayPort\":8443,\"stunPort\":0,\"tls\":false},"
+			  "\"relayPort\":8443,\"stunPort\":0,\"tls\":false,"
+			  "\"publicKey\":\"relaykey:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"},"
 			  "{\"name\":\"7b\",\"hostName\":\"2001:db8::1\",\"ipv6\":\"2001:db8::1\"}]},"
 			  "{\"id\":9,\"code\":\"far-1\",\"nodes\":[{\"name\":\"9a\",\"hostName\":\"r9.example.\"}]}]}",
 			  &m, err, sizeof(err)));
@@ -45,12 +46,17 @@ static void test_full(void **state)
 	assert_int_equal(m.regions[0].nodes[0].relay_port, 8443);
 	assert_int_equal(m.regions[0].nodes[0].stun_port, 0);
 	assert_false(m.regions[0].nodes[0].tls);
+	assert_true(m.regions[0].nodes[0].has_key);
+	assert_int_equal(m.regions[0].nodes[0].key[0], 0x01);
+	assert_int_equal(m.regions[0].nodes[0].key[1], 0x23);
+	assert_int_equal(m.regions[0].nodes[0].key[31], 0xef);
 	/* Defaults. */
 	assert_string_equal(m.regions[0].nodes[1].ipv4, "");
 	assert_string_equal(m.regions[0].nodes[1].ipv6, "2001:db8::1");
 	assert_int_equal(m.regions[0].nodes[1].relay_port, RELAYMAP_DEFAULT_RELAY_PORT);
 	assert_int_equal(m.regions[0].nodes[1].stun_port, RELAYMAP_DEFAULT_STUN_PORT);
 	assert_true(m.regions[0].nodes[1].tls);
+	assert_false(m.regions[0].nodes[1].has_key);
 	assert_string_equal(m.regions[1].name, "");
 	assert_ptr_equal(relaymap_region(&m, 9), &m.regions[1]);
 	assert_null(relaymap_region(&m, 8));
@@ -107,6 +113,24 @@ static void test_refused(void **state)
 		  "nodes[0].stunPort" },
 		{ "{\"regions\":[{\"id\":1,\"code\":\"a\",\"nodes\":[{\"name\":\"n\",\"hostName\":\"h\",\"tls\":1}]}]}",
 		  "nodes[0].tls" },
+		{ "{\"regions\":[{\"id\":1,\"code\":\"a\",\"nodes\":[{\"name\":\"n\",\"hostName\":\"h\",\"publicKey\":1}]}]}",
+		  "nodes[0].publicKey: want \"relaykey:\" and 64 hex digits" },
+		/* A node key, a base64 key, a short key, trailing bytes: refused. */
+		{ "{\"regions\":[{\"id\":1,\"code\":\"a\",\"nodes\":[{\"name\":\"n\",\"hostName\":\"h\",\"publicKey\":"
+		  "\"nodekey:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"}]}]}",
+		  "nodes[0].publicKey" },
+		{ "{\"regions\":[{\"id\":1,\"code\":\"a\",\"nodes\":[{\"name\":\"n\",\"hostName\":\"h\",\"publicKey\":"
+		  "\"ASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4mrze8=\"}]}]}",
+		  "nodes[0].publicKey" },
+		{ "{\"regions\":[{\"id\":1,\"code\":\"a\",\"nodes\":[{\"name\":\"n\",\"hostName\":\"h\",\"publicKey\":"
+		  "\"relaykey:0123456789abcdef\"}]}]}",
+		  "nodes[0].publicKey" },
+		{ "{\"regions\":[{\"id\":1,\"code\":\"a\",\"nodes\":[{\"name\":\"n\",\"hostName\":\"h\",\"publicKey\":"
+		  "\"relaykey:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdefff\"}]}]}",
+		  "nodes[0].publicKey" },
+		{ "{\"regions\":[{\"id\":1,\"code\":\"a\",\"nodes\":[{\"name\":\"n\",\"hostName\":\"h\",\"publicKey\":"
+		  "\"relaykey:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdeg\"}]}]}",
+		  "nodes[0].publicKey" },
 		{ "{\"regions\":[{\"id\":1,\"code\":\"a\",\"nodes\":[{\"name\":\"n\",\"hostName\":\"h\"},"
 		  "{\"name\":\"n\",\"hostName\":\"g\"}]}]}",
 		  "relayMap.regions[0].nodes[1].name: \"n\" is also nodes[0]'s" },
