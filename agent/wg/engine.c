@@ -149,8 +149,13 @@ static int tun_grow(void *arg, struct pktbuf *p, size_t len)
 
 	if (len > POOL_LARGE_PAYLOAD_MAX)
 		return -EMSGSIZE;
-	if (!pool_swap_large(e->hub->pool, &buf))
-		return pool_large_wait(&e->large_wait, loop_mono_ms());
+	if (!pool_swap_large(e->hub->pool, &buf)) {
+		int r = pool_large_wait(&e->large_wait, loop_mono_ms());
+
+		if (r == -ENOMEM)
+			atomic_fetch_add(&e->st_tx_no_large, 1);
+		return r;
+	}
 	e->large_wait = 0;
 	p->data = buf + POOL_HEADROOM;
 	p->cap = POOL_LARGE_PAYLOAD_MAX;
@@ -699,6 +704,7 @@ void engine_stats(struct engine *e, struct engine_stats *out)
 	out->tx_no_route = atomic_load(&e->st_tx_no_route);
 	out->tx_no_endpoint = atomic_load(&e->st_tx_no_endpoint);
 	out->tx_dropped = atomic_load(&e->st_tx_dropped);
+	out->tx_no_large = atomic_load(&e->st_tx_no_large);
 	out->rx_bad_source = atomic_load(&e->st_rx_bad_source);
 	out->rx_bad_packet = atomic_load(&e->st_rx_bad_packet);
 	out->rx_auth_failed = atomic_load(&e->st_rx_auth);

@@ -75,6 +75,7 @@ struct engine_peer_stats {
 
 struct engine_stats {
 	unsigned long long tx_no_route, tx_no_endpoint, tx_dropped; /* staged overflow, queue full, seal failed */
+	unsigned long long tx_no_large; /* TUN packets dropped: every large slot stayed in use */
 	unsigned long long rx_bad_source, rx_bad_packet, rx_auth_failed, rx_replayed, rx_dropped;
 	unsigned long long handshakes_sent, handshakes_received, keepalives_sent;
 	/* WireGuard datagram bytes from and to every peer this engine has had,
@@ -124,7 +125,7 @@ struct engine {
 	bool down_reported;
 	struct loop_timer *watch;
 
-	_Atomic unsigned long long st_tx_no_route, st_tx_no_endpoint, st_tx_dropped;
+	_Atomic unsigned long long st_tx_no_route, st_tx_no_endpoint, st_tx_dropped, st_tx_no_large;
 	_Atomic unsigned long long st_rx_bad_source, st_rx_bad_packet, st_rx_auth, st_rx_replay, st_rx_dropped;
 	_Atomic unsigned long long st_hs_sent, st_hs_received, st_keepalives;
 };

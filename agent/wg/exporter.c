@@ -25,6 +25,7 @@ enum {
 	COOKIE_REPLIES,
 	RATELIMITED,
 	HS_QUEUE_DROPPED,
+	LARGE_TAKEN,
 	/* knitd_dropped_packets_total, direction and reason */
 	DROP_NO_ROUTE,
 	DROP_NO_ENDPOINT,
@@ -38,6 +39,8 @@ enum {
 	DROP_INVALID,
 	DROP_UNKNOWN_INDEX,
 	DROP_TOO_BIG,
+	DROP_TX_NO_LARGE,
+	DROP_RX_NO_LARGE,
 	/* the tailnet policy's packet filter (mesh mode) */
 	DROP_F_NO_RULE,
 	DROP_F_NOT_TRACKED,
@@ -62,6 +65,8 @@ static const struct {
 	[DROP_INVALID - DROP_NO_ROUTE] = { "inbound", "invalid" },
 	[DROP_UNKNOWN_INDEX - DROP_NO_ROUTE] = { "inbound", "unknown_index" },
 	[DROP_TOO_BIG - DROP_NO_ROUTE] = { "outbound", "too_big" },
+	[DROP_TX_NO_LARGE - DROP_NO_ROUTE] = { "outbound", "no_large_buffer" },
+	[DROP_RX_NO_LARGE - DROP_NO_ROUTE] = { "inbound", "no_large_buffer" },
 	[DROP_F_NO_RULE - DROP_NO_ROUTE] = { "inbound", "policy_no_rule" },
 	[DROP_F_NOT_TRACKED - DROP_NO_ROUTE] = { "inbound", "policy_not_tracked" },
 	[DROP_F_MALFORMED - DROP_NO_ROUTE] = { "inbound", "policy_malformed" },
@@ -72,7 +77,7 @@ _Static_assert(sizeof(drops) / sizeof(drops[0]) == NMIRRORS - DROP_NO_ROUTE, "a 
 
 struct exporter {
 	struct engine *e;
-	struct metric *peers, *peers_session, *buffers_free;
+	struct metric *peers, *peers_session, *buffers_free, *large_made, *large_in_use;
 	struct mirror mirrors[NMIRRORS];
 };
 
@@ -116,7 +121,15 @@ struct exporter *exporter_new(struct metrics *reg, struct engine *e)
 		mi[i].m = METRICS_WITH(dropped, drops[i - DROP_NO_ROUTE].direction, drops[i - DROP_NO_ROUTE].reason);
 	x->buffers_free = one(metrics_gauge_new(reg, "knitd_packet_buffers_free",
 						"Free packet buffers in the data path's pool.", NULL));
-	ok = x->peers && x->peers_session && x->buffers_free;
+	/* Large slots (agent/wg/pool.h): packets of tunnel MTUs above ~1.9 KB. */
+	x->large_made = one(metrics_gauge_new(reg, "knitd_large_packet_buffers",
+					      "64 KiB packet buffers allocated for large tunnel MTUs (0 until the first large packet).",
+					      NULL));
+	x->large_in_use = one(metrics_gauge_new(reg, "knitd_large_packet_buffers_in_use",
+						"64 KiB packet buffers held by packets now.", NULL));
+	mi[LARGE_TAKEN].m = one(metrics_counter_new(reg, "knitd_large_packet_buffers_taken_total",
+						    "Packets given a 64 KiB buffer (they did not fit a small one).", NULL));
+	ok = x->peers && x->peers_session && x->buffers_free && x->large_made && x->large_in_use;
 	for (int i = 0; i < NMIRRORS; i++)
 		ok = ok && mi[i].m;
 	if (!ok) {
@@ -166,6 +179,9 @@ void exporter_collect(void *arg)
 	v[DROP_INVALID] = hs.rx_invalid;
 	v[DROP_UNKNOWN_INDEX] = hs.rx_unknown_index;
 	v[DROP_TOO_BIG] = es.tun.too_big;
+	v[DROP_TX_NO_LARGE] = es.tx_no_large;
+	v[DROP_RX_NO_LARGE] = hs.rx_no_large;
+	v[LARGE_TAKEN] = hs.pool_large.taken;
 	{
 		struct filter_counts fc = { 0 };
 		if (x->e->filter)
@@ -181,6 +197,8 @@ void exporter_collect(void *arg)
 	metrics_set(x->peers, (double)es.peers);
 	metrics_set(x->peers_session, (double)es.peers_with_session);
 	metrics_set(x->buffers_free, (double)hs.pool_free);
+	metrics_set(x->large_made, (double)hs.pool_large.made);
+	metrics_set(x->large_in_use, (double)hs.pool_large.in_use);
 }
 
 void exporter_free(struct exporter *x)

@@ -142,8 +142,13 @@ static int rx_grow(void *arg, struct udp_msg *m, size_t len)
 
 	if (len > POOL_LARGE_SIZE)
 		return -EMSGSIZE;
-	if (!pool_swap_large(h->pool, &m->data))
-		return pool_large_wait(&h->rx_large_wait, loop_mono_ms());
+	if (!pool_swap_large(h->pool, &m->data)) {
+		int r = pool_large_wait(&h->rx_large_wait, loop_mono_ms());
+
+		if (r == -ENOMEM)
+			atomic_fetch_add(&h->st_rx_no_large, 1);
+		return r;
+	}
 	h->rx_large_wait = 0;
 	m->cap = POOL_LARGE_SIZE;
 	return 0;
@@ -270,6 +275,8 @@ void hub_stats(struct hub *h, struct hub_stats *out)
 	}
 	out->pool_free = pool_available(h->pool);
 	out->pool_size = pool_size(h->pool);
+	pool_large_stats(h->pool, &out->pool_large);
+	out->rx_no_large = atomic_load(&h->st_rx_no_large);
 }
 
 /* ---- handshake queue ---- */

@@ -40,6 +40,7 @@
 #include "net/udp.h"
 #include "wg/cookie.h"
 #include "wg/messages.h"
+#include "wg/pool.h"
 #include "wg/queueing.h"
 
 struct engine;
@@ -99,6 +100,9 @@ struct hub_stats {
 	unsigned long long rx_invalid, rx_other, rx_unknown_index;
 	struct udp_stats udp[2];
 	size_t pool_free, pool_size;
+	struct pool_large_stats pool_large;
+	/* Datagrams dropped because every large slot stayed in use. */
+	unsigned long long rx_no_large;
 };
 
 struct hub {
@@ -145,6 +149,7 @@ struct hub {
 
 	_Atomic unsigned long long st_hs_queued, st_hs_dropped, st_hs_limited, st_cookies, st_invalid, st_other, st_unknown;
 	_Atomic unsigned long long st_route_changes;
+	_Atomic unsigned long long st_rx_no_large;
 };
 
 /* Opens the sockets, starts the receive thread and the workers. Call on

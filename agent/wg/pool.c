@@ -6,7 +6,7 @@
 #include <stdlib.h>
 
 struct pool {
-	pthread_mutex_t lock; /* guards free, nfree, large, large_free, nlarge_free */
+	pthread_mutex_t lock; /* guards free, nfree, large, large_free, nlarge_free, large_taken */
 	uint8_t *slab;
 	size_t nbufs;
 	uint8_t **free;
@@ -16,6 +16,7 @@ struct pool {
 	size_t nlarge;
 	uint8_t **large_free;
 	size_t nlarge_free;
+	unsigned long long large_taken; /* swaps that got one */
 	bool large_failed; /* the large slab could not be made: don't retry per packet */
 };
 
@@ -126,6 +127,7 @@ bool pool_swap_large(struct pool *p, uint8_t **buf)
 		assert(is_small(p, *buf) && p->nfree < p->nbufs);
 		p->free[p->nfree++] = *buf;
 		*buf = p->large_free[--p->nlarge_free];
+		p->large_taken++;
 		ok = true;
 	}
 	pthread_mutex_unlock(&p->lock);
@@ -172,4 +174,13 @@ size_t pool_large_available(struct pool *p)
 	n = p->nlarge_free;
 	pthread_mutex_unlock(&p->lock);
 	return n;
+}
+
+void pool_large_stats(struct pool *p, struct pool_large_stats *out)
+{
+	pthread_mutex_lock(&p->lock);
+	out->made = p->large ? p->nlarge : 0;
+	out->in_use = p->large ? p->nlarge - p->nlarge_free : 0;
+	out->taken = p->large_taken;
+	pthread_mutex_unlock(&p->lock);
 }

@@ -60,4 +60,11 @@ size_t pool_size(const struct pool *p);
 /* Large slots free (0 before the first is used). */
 size_t pool_large_available(struct pool *p);
 
+struct pool_large_stats {
+	size_t made; /* 0 until the first large packet, then all of them */
+	size_t in_use; /* held by packets now */
+	unsigned long long taken; /* pool_swap_large() calls that got one */
+};
+void pool_large_stats(struct pool *p, struct pool_large_stats *out);
+
 #endif

@@ -5,7 +5,9 @@
 # upstream wireguard-go (GSO/GRO) if one is on PATH as wireguard-go-modern
 # (skipped with a note if not; bench/wg/build-modern.sh builds one), (d)
 # knitd wg, each REPS times for DURATION seconds; prints every run, the
-# medians in Gbit/s, and knitd's ratio to each of the others. With -F, also
+# medians in Gbit/s and the daemons' CPU seconds per GB (both ends; what a
+# loaded machine cannot skew), and knitd's ratio to each of the others, by
+# throughput and by CPU per byte. With -F, also
 # (e) knitd enforcing that packetFilter file on both ends (knitd wg
 # --packet-filter), and its ratio to (d).
 #
@@ -79,16 +81,35 @@ wg genkey >"$WORK/b.key"
 ip netns exec "$NSB" iperf3 -s >/dev/null 2>&1 &
 PIDS+=($!)
 
-# One iperf3 run: prints the receiver's Gbit/s, then the sender's TCP
-# retransmissions.
+# CPU time (user + system, clock ticks) the tunnel's two daemons have
+# used so far: PIDS[0] is the iperf3 server, the rest are theirs.
+daemon_ticks() {
+	local t=0 p
+	for p in "${PIDS[@]:1}"; do
+		t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+	done
+	echo "$t"
+}
+
+# One iperf3 run: prints the receiver's Gbit/s, the sender's TCP
+# retransmissions, and the CPU seconds both daemons spent per GB received
+# ("-" for the bare veth). The last holds up on a loaded machine, where
+# Gbit/s follows whatever share of the CPUs the run got.
 measure() { # server address
-	inA iperf3 -c "$1" -t "$DURATION" -J 2>/dev/null | python3 -c '
+	local t0 t1
+	t0=$(daemon_ticks)
+	inA iperf3 -c "$1" -t "$DURATION" -J >"$WORK/iperf.json" 2>/dev/null
+	t1=$(daemon_ticks)
+	python3 -c '
 import json, sys
 try:
-    end = json.load(sys.stdin)["end"]
-    print("%.3f %d" % (end["sum_received"]["bits_per_second"] / 1e9, end["sum_sent"].get("retransmits", -1)))
+    end = json.load(open(sys.argv[1]))["end"]
+    ticks, hz = int(sys.argv[2]), int(sys.argv[3])
+    gb = end["sum_received"]["bytes"] / 1e9
+    cpu = "%.2f" % (ticks / hz / gb) if ticks > 0 and gb > 0 else "-"
+    print("%.3f %d %s" % (end["sum_received"]["bits_per_second"] / 1e9, end["sum_sent"].get("retransmits", -1), cpu))
 except Exception:
-    print("0.000 -1")'
+    print("0.000 -1 -")' "$WORK/iperf.json" "$((t1 - t0))" "$(getconf CLK_TCK)"
 }
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
@@ -138,16 +159,18 @@ tunnel_down() {
 	done
 }
 
-declare -A RUNS MED
+declare -A RUNS MED CPU
 run_case() { # name server-address
-	local name=$1 addr=$2 r v=()
+	local name=$1 addr=$2 r v=() c=()
 	for r in $(seq "$REPS"); do
-		read -r g retr < <(measure "$addr")
+		read -r g retr cpu < <(measure "$addr")
 		v+=("$g")
-		echo "  $name run $r: $g Gbit/s ($retr retransmits)" >&2
+		[ "$cpu" = - ] || c+=("$cpu")
+		echo "  $name run $r: $g Gbit/s ($retr retransmits, daemons' CPU $cpu s/GB)" >&2
 	done
 	RUNS[$name]="${v[*]}"
 	MED[$name]=$(median "${v[@]}")
+	if [ "${#c[@]}" -gt 0 ]; then CPU[$name]=$(median "${c[@]}"); fi
 }
 
 echo "knit WireGuard benchmark: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), kernel $(uname -r)" >&2
@@ -169,15 +192,19 @@ done
 # Which ChaCha20-Poly1305 code knitd measured fastest here (or KNIT_AEAD chose).
 AEAD=$(grep -ho 'msg="AEAD backend" packets=[a-z0-9]*' "$WORK/knitd.a.log" 2>/dev/null | head -n1 | cut -d= -f3)
 
-printf '\n%-20s %-26s %12s\n' "path" "runs (Gbit/s)" "median"
+printf '\n%-20s %-26s %12s %12s\n' "path" "runs (Gbit/s)" "median" "CPU s/GB"
 for n in veth wireguard-go wireguard-go-modern knitd knitd-policy; do
-	printf '%-20s %-26s %12s\n' "$n" "${RUNS[$n]:-}" "${MED[$n]:-n/a}"
+	printf '%-20s %-26s %12s %12s\n' "$n" "${RUNS[$n]:-}" "${MED[$n]:-n/a}" "${CPU[$n]:--}"
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 printf '\nknitd / wireguard-go:        %sx   (target >= 12x)\n' "$(ratio "${MED[knitd]:-0}" "${MED[wireguard-go]:-0}")"
 if [ -n "${MED[wireguard-go-modern]:-}" ]; then
 	printf 'knitd / wireguard-go-modern: %sx   (target >= 2x)\n' \
 		"$(ratio "${MED[knitd]:-0}" "${MED[wireguard-go-modern]:-0}")"
+	# The same comparison by CPU per byte (the daemons', both ends): what
+	# a loaded machine cannot skew.
+	printf '  by CPU per GB:             %sx\n' \
+		"$(ratio "${CPU[wireguard-go-modern]:-0}" "${CPU[knitd]:-0}")"
 else
 	printf 'knitd / wireguard-go-modern: n/a (not run)\n'
 fi

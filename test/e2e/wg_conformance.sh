@@ -199,6 +199,18 @@ s.sendto(b'x'*int(sys.argv[2]), (sys.argv[1], 9999))" "$dst" "$size" "$pmtu" 2>>
 e2e_check "MTU 34736: a 34708-byte UDP datagram 1 -> 2 with DF" udp_through "$NS1" "$NS2" 192.168.241.2 34708
 e2e_check "MTU 34736: a 34688-byte UDP datagram 2 -> 1 with DF (IPv6)" udp_through "$NS2" "$NS1" fd00:241::1 34688
 e2e_check "nothing dropped as too big at MTU 34736" too_big_is 0
+# The large pool slots on knitd 1's /metrics: made on the first large
+# packet (all 256), taken by the packets above, every one back once the
+# traffic is through; both drop series (no_large_buffer) exported.
+large_slots_ok() {
+	n1 curl -s http://127.0.0.1:9113/metrics | awk '
+		$1 == "knitd_large_packet_buffers" { made = $2 }
+		$1 == "knitd_large_packet_buffers_in_use" { used = $2 }
+		$1 == "knitd_large_packet_buffers_taken_total" { taken = $2 }
+		/reason="no_large_buffer"/ { seen++ }
+		END { exit !(made == 256 && used == 0 && taken >= 100 && seen == 2) }'
+}
+e2e_check "MTU 34736: large packets took large pool slots, all back (/metrics)" e2e_wait_for 5 large_slots_ok
 
 # --- knitd <-> Debian's wireguard-go at MTU 34736 ----------------------------
 # wireguard-go in ns2 as knitd 1's second peer, on its own tunnel subnet.

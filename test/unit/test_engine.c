@@ -324,6 +324,9 @@ static void test_exporter(void **state)
 	assert_true(scrape(m, "knitd_handshakes_total{direction=\"sent\"}") +
 			    scrape(m, "knitd_handshakes_total{direction=\"received\"}") >= 1);
 	assert_true(scrape(m, "knitd_packet_buffers_free") > 0);
+	/* Packets at MTU 1420 fit small slots: no large one is made. */
+	assert_int_equal(scrape(m, "knitd_large_packet_buffers"), 0);
+	assert_int_equal(scrape(m, "knitd_large_packet_buffers_taken_total"), 0);
 
 	/* A destination no peer routes: counted as an outbound drop. */
 	{
@@ -498,6 +501,12 @@ static void test_large_slots_exhausted(void **state)
 {
 	struct pair *p = *state;
 	int sx = udp_socket_in(ns_x, "10.91.0.1", 7009), sy = udp_socket_in(ns_y, "10.91.0.2", 7010);
+	struct hub_stats hs;
+	struct engine_stats ea, eb;
+	struct metrics *m;
+	struct exporter *x;
+	uint8_t *held[2];
+	unsigned long long before;
 
 	sh("ip link set kte0a mtu 9000");
 	enter(ns_y);
@@ -506,6 +515,64 @@ static void test_large_slots_exhausted(void **state)
 	assert_true(large_through(p, sx, "10.91.0.2", 7010, sy, 8000, 50));
 	assert_true(large_through(p, sy, "10.91.0.1", 7009, sx, 8000, 50));
 	assert_true(large_through(p, sx, "10.91.0.2", 7010, sy, 100, 0));
+	/* The counters knitd exports: at least the first packet each way took
+	 * a large slot at both ends (the TUN read and the datagram), and every
+	 * slot comes back once the bursts are through. */
+	hub_stats(p->hub, &hs);
+	for (uint64_t deadline = loop_mono_ms() + 5000; hs.pool_large.in_use && loop_mono_ms() < deadline;) {
+		loop_run_once(p->loop, 10);
+		hub_stats(p->hub, &hs);
+	}
+	engine_stats(p->a, &ea);
+	engine_stats(p->b, &eb);
+	fprintf(stderr, "large slots: %zu made, %llu taken; no room: tx %llu + %llu, rx %llu\n", hs.pool_large.made,
+		hs.pool_large.taken, ea.tx_no_large, eb.tx_no_large, hs.rx_no_large);
+	assert_int_equal(hs.pool_large.made, 2);
+	assert_int_equal(hs.pool_large.in_use, 0);
+	assert_true(hs.pool_large.taken >= 4);
+
+	/* Both large slots held (as by large packets staged for a peer that
+	 * has no session): a large packet waits 20 ms for one, then is dropped
+	 * and counted; the device carries on, and once the slots are back
+	 * large packets flow again. */
+	assert_int_equal(pool_get(p->hub->pool, held, 2), 2);
+	assert_true(pool_swap_large(p->hub->pool, &held[0]));
+	assert_true(pool_swap_large(p->hub->pool, &held[1]));
+	{
+		static uint8_t big[8000];
+		struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(7010) };
+
+		inet_pton(AF_INET, "10.91.0.2", &to.sin_addr);
+		before = ea.tx_no_large; /* the bursts may have been short already */
+		assert_int_equal(sendto(sx, big, sizeof(big), 0, (struct sockaddr *)&to, sizeof(to)), (ssize_t)sizeof(big));
+		engine_stats(p->a, &ea);
+		for (uint64_t deadline = loop_mono_ms() + 5000; ea.tx_no_large == before && loop_mono_ms() < deadline;) {
+			loop_run_once(p->loop, 10);
+			engine_stats(p->a, &ea);
+		}
+		assert_int_equal(ea.tx_no_large, before + 1);
+	}
+	assert_true(large_through(p, sx, "10.91.0.2", 7010, sy, 100, 0));
+	pool_put(p->hub->pool, held, 2);
+	assert_true(large_through(p, sx, "10.91.0.2", 7010, sy, 8000, 0));
+	hub_stats(p->hub, &hs);
+	engine_stats(p->a, &ea);
+
+	/* ... and on /metrics. */
+	m = metrics_new();
+	assert_non_null(m);
+	x = exporter_new(m, p->a);
+	assert_non_null(x);
+	metrics_set_collector(m, exporter_collect, x);
+	assert_int_equal(scrape(m, "knitd_large_packet_buffers"), 2);
+	assert_int_equal(scrape(m, "knitd_large_packet_buffers_in_use"), 0);
+	assert_true(scrape(m, "knitd_large_packet_buffers_taken_total") >= (double)hs.pool_large.taken);
+	assert_int_equal(scrape(m, "knitd_dropped_packets_total{direction=\"outbound\",reason=\"no_large_buffer\"}"),
+			 ea.tx_no_large);
+	assert_true(scrape(m, "knitd_dropped_packets_total{direction=\"inbound\",reason=\"no_large_buffer\"}") >=
+		    (double)hs.rx_no_large);
+	exporter_free(x);
+	metrics_free(m);
 	close(sx);
 	close(sy);
 }
@@ -518,10 +585,13 @@ static void test_pool_large(void **state)
 	struct pool *pl;
 	uint8_t *b[4], *small0;
 	uint64_t since = 0;
+	struct pool_large_stats ls;
 
 	(void)state;
 	assert_int_equal(pool_new(&pl, 4, 2), 0);
 	assert_int_equal(pool_large_available(pl), 0);
+	pool_large_stats(pl, &ls);
+	assert_true(ls.made == 0 && ls.in_use == 0 && ls.taken == 0);
 	assert_int_equal(pool_get(pl, b, 4), 4);
 	small0 = b[0];
 	assert_true(pool_swap_large(pl, &b[0]));
@@ -531,6 +601,8 @@ static void test_pool_large(void **state)
 	memset(b[0], 0xab, POOL_LARGE_SIZE); /* all of it is ours */
 	assert_true(pool_swap_large(pl, &b[1]));
 	assert_false(pool_swap_large(pl, &b[2]));
+	pool_large_stats(pl, &ls);
+	assert_true(ls.made == 2 && ls.in_use == 2 && ls.taken == 2);
 	assert_int_equal(pool_large_wait(&since, 1000), -ENOBUFS);
 	assert_int_equal(pool_large_wait(&since, 1000 + POOL_LARGE_WAIT_MS - 1), -ENOBUFS);
 	assert_int_equal(pool_large_wait(&since, 1000 + POOL_LARGE_WAIT_MS), -ENOMEM);
@@ -538,6 +610,8 @@ static void test_pool_large(void **state)
 	pool_put(pl, b, 4);
 	assert_int_equal(pool_available(pl), 4);
 	assert_int_equal(pool_large_available(pl), 2);
+	pool_large_stats(pl, &ls);
+	assert_true(ls.made == 2 && ls.in_use == 0 && ls.taken == 2);
 	pool_free(pl);
 }
 
