@@ -99,6 +99,9 @@ static void save_now(struct identity *id)
 		log_warn("cannot keep the netmap in the state (out of memory)");
 	if (state_save(id->st, id->state_path, err, sizeof(err)))
 		log_error("cannot save the state file", "path=%s error=\"%s\"", id->state_path, err);
+	/* id->nm is the netmap; the JSON copy was for the file. */
+	if (id->has_nm)
+		state_forget_netmap(id->st);
 }
 
 static void on_save(struct loop *loop, struct loop_timer *t, void *arg)
@@ -1102,6 +1105,7 @@ static void resume(struct identity *id)
 	if (!state_logged_in(id->st) || !state_get_netmap(id->st, &id->nm, err, sizeof(err)))
 		return;
 	id->has_nm = true;
+	state_forget_netmap(id->st);
 	if (apply_full(id))
 		return;
 	/* Peers still hold sessions with our previous process, which we no
