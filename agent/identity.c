@@ -1,6 +1,9 @@
 #include "identity.h"
 
 #include <errno.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <net/if.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1268,4 +1271,9 @@ void identity_free(struct identity *id)
 	if (id->nsfd >= 0)
 		close(id->nsfd);
 	free(id);
+#ifdef __GLIBC__
+	/* glibc keeps freed memory below the top of its heaps: without this,
+	 * 200 pod identities detached left knitd 257 MB larger. */
+	malloc_trim(0);
+#endif
 }
