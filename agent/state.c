@@ -98,6 +98,12 @@ int state_set_netmap(struct state *st, const struct netmap *nm)
 	return 0;
 }
 
+void state_forget_netmap(struct state *st)
+{
+	json_free(st->netmap);
+	st->netmap = NULL;
+}
+
 bool state_get_netmap(const struct state *st, struct netmap *out, char *err, size_t errlen)
 {
 	memset(out, 0, sizeof(*out));

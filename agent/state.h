@@ -86,6 +86,10 @@ void state_free(struct state *st);
 
 /* Keeps a copy of nm as the last netmap. -ENOMEM. */
 int state_set_netmap(struct state *st, const struct netmap *nm);
+/* Lets go of the copy: it is only needed for state_save(), and the
+ * identity holds the netmap itself (with hundreds of pod identities of
+ * hundreds of peers each, the copies were most of knitd's memory). */
+void state_forget_netmap(struct state *st);
 /* The last netmap; false (err says why) if none or it does not parse. */
 bool state_get_netmap(const struct state *st, struct netmap *out, char *err, size_t errlen);
 /* Takes the contents of r (r is left empty) as the registered device. */

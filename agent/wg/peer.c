@@ -48,6 +48,7 @@ static void peer_destroy(struct peer *p)
 	struct engine *e = p->engine;
 
 	send_drop_staged(p);
+	free(p->staged);
 	noise_remote_free(p->remote);
 	cookie_maker_destroy(&p->cookie);
 	timers_destroy(&p->timers);

@@ -52,6 +52,12 @@ struct peer_queue {
 #define PEER_STAGED_RING 512 /* staged plus one TUN batch */
 #define PEER_QUEUE_JOBS_MAX 256 /* jobs in flight per direction */
 
+/* Plaintext waiting for a session or a job, oldest at staged_head. */
+struct peer_staged {
+	uint8_t *buf[PEER_STAGED_RING];
+	uint32_t len[PEER_STAGED_RING];
+};
+
 enum peer_work {
 	PEER_WORK_HANDSHAKE = 1u << 0, /* send an initiation (not a retry) */
 	PEER_WORK_REARM = 1u << 1, /* a timer deadline moved earlier */
@@ -86,8 +92,9 @@ struct peer {
 	bool has_rejected;
 
 	pthread_mutex_t tx_lock;
-	uint8_t *staged_buf[PEER_STAGED_RING];
-	uint32_t staged_len[PEER_STAGED_RING];
+	/* Allocated at the first packet to stage: most of a pod identity's
+	 * peers never see one, and the ring is 6 KB. */
+	struct peer_staged *staged;
 	size_t staged_head, staged_count;
 	struct peer_queue txq;
 

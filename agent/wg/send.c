@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <stddef.h>
 #include <time.h>
@@ -36,25 +37,32 @@ static const uint8_t *ip_dst(const uint8_t *pkt, size_t len, int *family)
 	return NULL;
 }
 
-/* Caller holds p->tx_lock. */
+/* Caller holds p->tx_lock. With no ring and no memory for one, buf is
+ * dropped. */
 static void staged_push(struct peer *p, uint8_t *buf, uint32_t len, uint8_t **dropped, size_t *ndropped)
 {
+	struct peer_staged *s = p->staged;
+
+	if (!s && !(s = p->staged = malloc(sizeof(*s)))) {
+		dropped[(*ndropped)++] = buf;
+		return;
+	}
 	if (p->staged_count == PEER_STAGED_RING) {
-		dropped[(*ndropped)++] = p->staged_buf[p->staged_head];
+		dropped[(*ndropped)++] = s->buf[p->staged_head];
 		p->staged_head = (p->staged_head + 1) % PEER_STAGED_RING;
 		p->staged_count--;
 	}
-	p->staged_buf[(p->staged_head + p->staged_count) % PEER_STAGED_RING] = buf;
-	p->staged_len[(p->staged_head + p->staged_count) % PEER_STAGED_RING] = len;
+	s->buf[(p->staged_head + p->staged_count) % PEER_STAGED_RING] = buf;
+	s->len[(p->staged_head + p->staged_count) % PEER_STAGED_RING] = len;
 	p->staged_count++;
 }
 
-/* Caller holds p->tx_lock. */
+/* Caller holds p->tx_lock; p->staged_count > 0. */
 static uint8_t *staged_pop(struct peer *p, uint32_t *len)
 {
-	uint8_t *buf = p->staged_buf[p->staged_head];
+	uint8_t *buf = p->staged->buf[p->staged_head];
 
-	*len = p->staged_len[p->staged_head];
+	*len = p->staged->len[p->staged_head];
 	p->staged_head = (p->staged_head + 1) % PEER_STAGED_RING;
 	p->staged_count--;
 	return buf;
@@ -232,7 +240,9 @@ void send_keepalive(struct peer *p)
 		size_t nnone = 0;
 
 		staged_push(p, buf, 0, none, &nnone);
-		queued = true;
+		if (nnone)
+			pool_put(e->hub->pool, none, nnone);
+		queued = !nnone;
 	}
 	pthread_mutex_unlock(&p->tx_lock);
 	if (queued)

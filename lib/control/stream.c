@@ -7,6 +7,8 @@
 
 #include "buf.h"
 
+#define STREAM_KEEP (16u << 10) /* room kept between records */
+
 static bool fail(struct stream *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static bool fail(struct stream *s, const char *fmt, ...)
@@ -127,7 +129,13 @@ bool stream_feed(struct stream *s, const void *data, size_t len, stream_record_f
 
 			if (!ok)
 				return false;
-			buf_reset(&s->pending);
+			/* A full netmap of hundreds of peers is one big record: do
+			 * not hold its room for the small deltas that follow (knitd
+			 * keeps a stream per pod identity). */
+			if (s->pending.alloc > STREAM_KEEP)
+				buf_free(&s->pending);
+			else
+				buf_reset(&s->pending);
 		}
 	}
 	return true;

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <sodium.h>
 
@@ -30,8 +31,16 @@ struct bucket {
 	struct entry e[CONNTRACK_SLOTS];
 };
 
+/* The buckets are an anonymous mapping faulted in as flows land in them:
+ * a device with few flows (a pod identity; knitd carries hundreds) holds
+ * a few pages of its table, not all of it (1.2 MB at the default size).
+ * used has a bit per bucket that holds or held a flow since the last
+ * expiry pass: lookups and expire() leave the other buckets untouched. A
+ * bit is set and cleared only with its bucket's lock held. */
 struct conntrack {
 	struct bucket *buckets;
+	size_t map_len;
+	_Atomic uint64_t *used;
 	size_t mask;
 	size_t max;
 	uint64_t seed[2];
@@ -54,10 +63,26 @@ static uint64_t key_hash(const struct conntrack *ct, const struct ct_key *k)
 	return h ^ (h >> 31);
 }
 
+static bool bucket_used(const struct conntrack *ct, size_t bi)
+{
+	return atomic_load_explicit(&ct->used[bi / 64], memory_order_acquire) & (1ULL << (bi % 64));
+}
+
+/* Caller holds the bucket's lock. */
+static void bucket_set_used(struct conntrack *ct, const struct bucket *b)
+{
+	size_t bi = (size_t)(b - ct->buckets);
+
+	atomic_fetch_or_explicit(&ct->used[bi / 64], 1ULL << (bi % 64), memory_order_release);
+}
+
 struct conntrack *conntrack_new(size_t max_entries)
 {
+	static const pthread_mutex_t zero_mutex;
+	static const pthread_mutex_t init_mutex = PTHREAD_MUTEX_INITIALIZER;
 	struct conntrack *ct = calloc(1, sizeof(*ct));
 	size_t nb = 1, want;
+	void *map;
 
 	if (!ct)
 		return NULL;
@@ -71,13 +96,22 @@ struct conntrack *conntrack_new(size_t max_entries)
 	while (nb < want)
 		nb <<= 1;
 	ct->max = nb * CONNTRACK_SLOTS;
-	ct->buckets = calloc(nb, sizeof(*ct->buckets));
-	if (!ct->buckets) {
+	ct->map_len = nb * sizeof(*ct->buckets);
+	map = mmap(NULL, ct->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ct->used = calloc((nb + 63) / 64, sizeof(*ct->used));
+	if (map == MAP_FAILED || !ct->used) {
+		if (map != MAP_FAILED)
+			munmap(map, ct->map_len);
+		free(ct->used);
 		free(ct);
 		return NULL;
 	}
-	for (size_t i = 0; i < nb; i++)
-		pthread_mutex_init(&ct->buckets[i].lock, NULL);
+	ct->buckets = map;
+	/* The mapping reads as zeros; where the C library's initialized mutex
+	 * is all zeros too (glibc, musl) it stays untouched until used. */
+	if (memcmp(&zero_mutex, &init_mutex, sizeof(init_mutex)))
+		for (size_t i = 0; i < nb; i++)
+			pthread_mutex_init(&ct->buckets[i].lock, NULL);
 	ct->mask = nb - 1;
 	randombytes_buf(ct->seed, sizeof(ct->seed));
 	return ct;
@@ -87,9 +121,9 @@ void conntrack_free(struct conntrack *ct)
 {
 	if (!ct)
 		return;
-	for (size_t i = 0; i <= ct->mask; i++)
-		pthread_mutex_destroy(&ct->buckets[i].lock);
-	free(ct->buckets);
+	/* Default mutexes hold nothing but their memory: the mapping goes. */
+	munmap(ct->buckets, ct->map_len);
+	free(ct->used);
 	free(ct);
 }
 
@@ -199,6 +233,8 @@ bool conntrack_find(struct conntrack *ct, const struct ct_key *k, enum ct_dir di
 	struct bucket *b = bucket_of(ct, k, &tag);
 	int i;
 
+	if (!bucket_used(ct, (size_t)(b - ct->buckets)))
+		return false;
 	pthread_mutex_lock(&b->lock);
 	i = lookup_locked(ct, b, k, tag, tcp_flags, now);
 	if (i >= 0) {
@@ -215,6 +251,8 @@ bool conntrack_peek(struct conntrack *ct, const struct ct_key *k, uint64_t now, 
 	struct bucket *b = bucket_of(ct, k, &tag);
 	int i;
 
+	if (!bucket_used(ct, (size_t)(b - ct->buckets)))
+		return false;
 	pthread_mutex_lock(&b->lock);
 	i = slot_find(b, k, tag);
 	if (i >= 0 && b->e[i].expires <= now)
@@ -283,6 +321,7 @@ int conntrack_add(struct conntrack *ct, const struct ct_key *k, enum ct_dir dir,
 		.tcp_state = TCP_OPENING,
 	};
 	b->tags[i] = tag;
+	bucket_set_used(ct, b);
 	atomic_fetch_add(&ct->entries, 1);
 	atomic_fetch_add(&ct->inserted, 1);
 	refresh(e, dir, tcp_flags, now);
@@ -297,6 +336,8 @@ void conntrack_judge(struct conntrack *ct, const struct ct_key *k, uint32_t gen,
 	struct bucket *b = bucket_of(ct, k, &tag);
 	int i;
 
+	if (!bucket_used(ct, (size_t)(b - ct->buckets)))
+		return;
 	pthread_mutex_lock(&b->lock);
 	i = slot_find(b, k, tag);
 	if (i >= 0) {
@@ -310,13 +351,23 @@ size_t conntrack_expire(struct conntrack *ct, uint64_t now)
 {
 	size_t n = 0;
 
-	for (size_t bi = 0; bi <= ct->mask; bi++) {
-		struct bucket *b = &ct->buckets[bi];
+	for (size_t w = 0; w <= ct->mask / 64; w++) {
+		uint64_t bits = atomic_load_explicit(&ct->used[w], memory_order_acquire);
 
-		pthread_mutex_lock(&b->lock);
-		for (int i = 0; i < CONNTRACK_SLOTS; i++)
-			n += reap(ct, b, i, now);
-		pthread_mutex_unlock(&b->lock);
+		for (; bits; bits &= bits - 1) {
+			size_t bi = w * 64 + (size_t)__builtin_ctzll(bits);
+			struct bucket *b = &ct->buckets[bi];
+			bool empty = true;
+
+			pthread_mutex_lock(&b->lock);
+			for (int i = 0; i < CONNTRACK_SLOTS; i++) {
+				n += reap(ct, b, i, now);
+				empty &= !b->tags[i];
+			}
+			if (empty)
+				atomic_fetch_and_explicit(&ct->used[w], ~(1ULL << (bi % 64)), memory_order_relaxed);
+			pthread_mutex_unlock(&b->lock);
+		}
 	}
 	return n;
 }

@@ -254,6 +254,34 @@ static void test_append_errors(void **state)
 	buf_free(&b);
 }
 
+/* A big record that came in pieces does not keep its room: the small
+ * records after it go through a small buffer again (a full netmap of
+ * hundreds of peers, then deltas; knitd has a stream per pod identity). */
+static void test_big_record_room_let_go(void **state)
+{
+	struct buf b = BUF_INIT(1 << 20);
+	uint8_t *big = calloc(1, 200000), small[100] = { 7 };
+	struct stream s;
+	struct got g = { 0 };
+
+	(void)state;
+	assert_non_null(big);
+	assert_int_equal(stream_record_append(&b, big, 200000), 0);
+	assert_int_equal(stream_record_append(&b, small, sizeof(small)), 0);
+	stream_init(&s, 0);
+	for (size_t off = 0; off < b.len; off += 16384)
+		assert_true(stream_feed(&s, b.data + off, b.len - off < 16384 ? b.len - off : 16384, on_rec, &g));
+	assert_int_equal(g.n, 2);
+	assert_int_equal(g.len[0], 200000);
+	assert_int_equal(g.len[1], sizeof(small));
+	assert_true(stream_at_boundary(&s));
+	assert_true(s.pending.alloc <= 16384);
+	got_free(&g);
+	stream_free(&s);
+	buf_free(&b);
+	free(big);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -264,6 +292,7 @@ int main(void)
 		cmocka_unit_test(test_oversized),
 		cmocka_unit_test(test_refused),
 		cmocka_unit_test(test_append_errors),
+		cmocka_unit_test(test_big_record_room_let_go),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
