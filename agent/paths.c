@@ -92,40 +92,50 @@ static bool relay_usable(const struct paths *ps, const struct ppeer *pp)
 	return ps->cfg.relays && pp->region > 0 && relays_has_region(ps->cfg.relays, pp->region);
 }
 
+static bool same_path(const struct paths_info *a, const struct paths_info *b)
+{
+	return a->kind == b->kind && a->region == b->region && a->measured == b->measured &&
+	       a->relay_too == b->relay_too && (a->kind != PATHS_DIRECT || endpoint_equal(&a->addr, &b->addr));
+}
+
 /* The route selection wants, told to the engine when it changed. */
 static void apply(struct paths *ps, struct ppeer *pp, uint64_t now)
 {
 	struct paths_info want = { .kind = PATHS_NONE };
-	struct sockaddr_storage ss;
-	uint32_t lat = 0;
+	struct disco_route r;
 	char text[80] = "", hex[17];
 
-	if (disco_peer_path(&pp->dp, now, &ss, &lat) == DISCO_PATH_DIRECT) {
+	disco_peer_route(&pp->dp, now, relay_usable(ps, pp), &r);
+	if (r.direct) {
 		want.kind = PATHS_DIRECT;
-		to_ep(&ss, &want.addr);
-		want.latency_ms = lat;
-	} else if (relay_usable(ps, pp)) {
+		to_ep(&r.addr, &want.addr);
+		want.latency_ms = r.latency_ms;
+		want.measured = r.measured;
+		want.relay_too = r.relay;
+		want.region = r.relay ? pp->region : 0;
+	} else if (r.relay) {
 		want.kind = PATHS_RELAY;
 		want.region = pp->region;
 	}
-	if (want.kind == pp->applied.kind && want.region == pp->applied.region &&
-	    (want.kind != PATHS_DIRECT || endpoint_equal(&want.addr, &pp->applied.addr))) {
+	if (same_path(&want, &pp->applied)) {
 		pp->applied.latency_ms = want.latency_ms;
 		return;
 	}
-	if (engine_peer_set_path(ps->cfg.engine, pp->node_key, want.kind == PATHS_RELAY,
+	if (engine_peer_set_path(ps->cfg.engine, pp->node_key, want.kind == PATHS_RELAY || want.relay_too,
 				 want.kind == PATHS_DIRECT ? &want.addr : NULL))
 		return; /* not in the engine (yet): tried again on the next tick */
-	if (pp->applied.kind == PATHS_DIRECT && want.kind != PATHS_DIRECT)
+	if (pp->applied.measured && !want.measured)
 		ps->st_down++;
-	if (pp->applied.kind != PATHS_DIRECT && want.kind == PATHS_DIRECT)
+	if (!pp->applied.measured && want.measured)
 		ps->st_up++;
 	key_hex(pp->node_key, hex);
 	if (want.kind == PATHS_DIRECT)
 		endpoint_format(&want.addr, text, sizeof(text));
 	log_info("path to peer", "peer=%s path=%s addr=%s region=%d latency_ms=%u", hex,
-		 want.kind == PATHS_DIRECT ? "direct" : want.kind == PATHS_RELAY ? "relay" : "endpoint", text,
-		 want.region, want.latency_ms);
+		 want.kind == PATHS_DIRECT ? (want.measured ? "direct" : want.relay_too ? "probing+relay" : "probing")
+		 : want.kind == PATHS_RELAY ? "relay"
+					    : "endpoint",
+		 text, want.region, want.latency_ms);
 	pp->applied = want;
 }
 
@@ -210,7 +220,7 @@ static void on_tick(struct loop *loop, struct loop_timer *t, void *arg)
 		struct ppeer *pp = &ps->peers[i];
 
 		apply(ps, pp, now);
-		if (pp->applied.kind != PATHS_DIRECT && relay_usable(ps, pp) && pp->dp.ncand &&
+		if (!pp->applied.measured && relay_usable(ps, pp) && pp->dp.ncand &&
 		    (!pp->last_cmm || now - pp->last_cmm >= PATHS_CALL_ME_MAYBE_MS))
 			punch(ps, pp, now);
 		else
@@ -314,7 +324,8 @@ static void handle(struct paths *ps, struct ppeer *pp, const struct disco_msg *m
 {
 	uint64_t now = loop_mono_ms();
 	struct sockaddr_storage ss;
-	struct paths_info via = { .kind = from ? PATHS_DIRECT : PATHS_RELAY, .region = from ? 0 : pp->region };
+	struct paths_info via = { .kind = from ? PATHS_DIRECT : PATHS_RELAY, .region = from ? 0 : pp->region,
+				  .measured = from != NULL };
 
 	if (from) {
 		to_ss(from, &ss);
@@ -447,16 +458,19 @@ int paths_ping(struct paths *ps, const uint8_t node_key[32], paths_pong_fn done,
 	*u = (struct uping){ .live = true, .sent = now, .done = done, .arg = arg };
 	memcpy(u->node_key, node_key, 32);
 	memcpy(u->txid, m.txid, DISCO_TXID_LEN);
-	if (pp->applied.kind == PATHS_DIRECT) {
+	if (pp->applied.measured) {
 		to_ss(&pp->applied.addr, &ss);
 		send_direct(ps, pp, &m, &ss);
-	} else if (!send_relayed(ps, pp, &m)) {
-		/* No relay: the candidates, directly. */
-		for (size_t i = 0; i < pp->dp.ncand; i++)
+	} else {
+		/* Not measured: the relay when there is one, and the
+		 * candidates directly unless the relay alone is in use. */
+		bool relayed = send_relayed(ps, pp, &m);
+
+		for (size_t i = 0; i < pp->dp.ncand && !(relayed && pp->applied.kind == PATHS_RELAY); i++)
 			send_direct(ps, pp, &m, &pp->dp.cand[i].addr);
 	}
 	ps->st_pings++;
-	if (pp->applied.kind != PATHS_DIRECT)
+	if (!pp->applied.measured)
 		punch(ps, pp, now);
 	return 0;
 }
@@ -480,11 +494,14 @@ void paths_stats(const struct paths *ps, struct paths_stats *out)
 	out->upgrades = ps->st_up;
 	out->fallbacks = ps->st_down;
 	for (size_t i = 0; i < ps->npeers; i++) {
-		switch (ps->peers[i].applied.kind) {
-		case PATHS_DIRECT: out->direct++; break;
-		case PATHS_RELAY: out->relay++; break;
-		default: out->other++; break;
-		}
+		const struct paths_info *a = &ps->peers[i].applied;
+
+		if (a->kind == PATHS_DIRECT && a->measured)
+			out->direct++;
+		else if (a->kind == PATHS_RELAY || a->relay_too)
+			out->relay++;
+		else
+			out->other++;
 	}
 }
 
