@@ -20,6 +20,10 @@
 
 struct ppeer {
 	uint8_t node_key[32], disco_key[32];
+	/* disco_shared() of disco_key and ours: no X25519 per message, which
+	 * matters as every identity knowing a sender tries its datagrams. */
+	uint8_t shared[DISCO_SHARED_LEN];
+	bool has_shared;
 	int region;
 	struct disco_peer dp;
 	/* What the engine was told (PATHS_NONE: the netmap's endpoint). */
@@ -141,7 +145,7 @@ static void apply(struct paths *ps, struct ppeer *pp, uint64_t now)
 
 static size_t seal(struct paths *ps, const struct ppeer *pp, const struct disco_msg *m, uint8_t *out, size_t cap)
 {
-	return disco_seal(m, ps->pub, ps->priv, pp->disco_key, out, cap);
+	return pp->has_shared ? disco_seal_shared(m, ps->pub, pp->shared, out, cap) : 0;
 }
 
 static void send_direct(struct paths *ps, struct ppeer *pp, const struct disco_msg *m, const struct sockaddr_storage *to)
@@ -230,6 +234,12 @@ static void on_tick(struct loop *loop, struct loop_timer *t, void *arg)
 	loop_timer_arm(t, PATHS_TICK_MS);
 }
 
+static void wipe_peers(struct ppeer *peers, size_t n)
+{
+	if (n)
+		sodium_memzero(peers, n * sizeof(*peers));
+}
+
 void paths_sync(struct paths *ps, const struct netmap *nm)
 {
 	uint64_t now = loop_mono_ms();
@@ -250,15 +260,21 @@ void paths_sync(struct paths *ps, const struct netmap *nm)
 			/* A new disco key: a restarted peer, nothing we knew holds. */
 			disco_peer_init(&pp->dp);
 			pp->last_cmm = 0;
+			pp->has_shared = false;
 		}
 		if (!pp) {
 			if (ps->npeers == ps->cap) {
 				size_t nc = ps->cap ? ps->cap * 2 : 16;
-				struct ppeer *np = realloc(ps->peers, nc * sizeof(*np));
+				struct ppeer *np = calloc(nc, sizeof(*np));
 				if (!np) {
 					log_warn("paths: out of memory; peer keeps its netmap endpoint");
 					continue;
 				}
+				/* Not realloc: the old block holds shared keys. */
+				if (ps->npeers)
+					memcpy(np, ps->peers, ps->npeers * sizeof(*np));
+				wipe_peers(ps->peers, ps->npeers);
+				free(ps->peers);
 				ps->peers = np;
 				ps->cap = nc;
 			}
@@ -267,6 +283,8 @@ void paths_sync(struct paths *ps, const struct netmap *nm)
 			memcpy(pp->node_key, n->node_key, 32);
 			disco_peer_init(&pp->dp);
 		}
+		if (!pp->has_shared)
+			pp->has_shared = disco_shared(pp->shared, n->disco_key, ps->priv);
 		memcpy(pp->disco_key, n->disco_key, 32);
 		pp->region = n->relay;
 		pp->seen = true;
@@ -285,6 +303,7 @@ void paths_sync(struct paths *ps, const struct netmap *nm)
 			ps->peers[kept] = *pp;
 		kept++;
 	}
+	wipe_peers(ps->peers + kept, ps->npeers - kept);
 	ps->npeers = kept;
 	for (size_t i = 0; i < ps->npeers; i++)
 		apply(ps, &ps->peers[i], now);
@@ -392,7 +411,7 @@ bool paths_on_datagram(void *arg, const uint8_t *pkt, size_t len, const struct e
 	struct ppeer *pp = sender ? by_disco(ps, sender) : NULL;
 	struct disco_msg m;
 
-	if (!pp || !disco_open(pkt, len, ps->priv, &m, NULL, 0)) {
+	if (!pp || !pp->has_shared || !disco_open_shared(pkt, len, pp->shared, &m, NULL, 0)) {
 		log_debug("disco datagram not for this identity", "known_sender=%d", pp != NULL);
 		return false; /* perhaps another identity's */
 	}
@@ -407,7 +426,8 @@ void paths_on_relayed(void *arg, const uint8_t src[32], const uint8_t *pkt, size
 	const uint8_t *sender = disco_sender(pkt, len);
 	struct disco_msg m;
 
-	if (!pp || !sender || memcmp(sender, pp->disco_key, 32) || !disco_open(pkt, len, ps->priv, &m, NULL, 0)) {
+	if (!pp || !sender || memcmp(sender, pp->disco_key, 32) || !pp->has_shared ||
+	    !disco_open_shared(pkt, len, pp->shared, &m, NULL, 0)) {
 		ps->st_bad++;
 		return;
 	}
@@ -537,6 +557,7 @@ void paths_free(struct paths *ps)
 		}
 	}
 	loop_timer_free(ps->tick);
+	wipe_peers(ps->peers, ps->npeers);
 	free(ps->peers);
 	sodium_memzero(ps->priv, sizeof(ps->priv));
 	free(ps);

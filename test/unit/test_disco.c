@@ -106,6 +106,39 @@ static void test_seal_open(void **state)
 	assert_int_equal(disco_seal(&m, apub, apriv, bpub, pkt, 10), 0);
 }
 
+/* The precomputed-key variants interoperate with the plain ones, and a
+ * third party's shared key opens nothing. */
+static void test_seal_open_shared(void **state)
+{
+	uint8_t apub[32], apriv[32], bpub[32], bpriv[32], cpub[32], cpriv[32];
+	uint8_t ab[DISCO_SHARED_LEN], ba[DISCO_SHARED_LEN], cb[DISCO_SHARED_LEN];
+	uint8_t pkt[DISCO_MAX_SEALED];
+	struct disco_msg m = { .type = DISCO_PING }, got;
+	size_t n;
+
+	(void)state;
+	crypto_box_keypair(apub, apriv);
+	crypto_box_keypair(bpub, bpriv);
+	crypto_box_keypair(cpub, cpriv);
+	assert_true(disco_shared(ab, bpub, apriv));
+	assert_true(disco_shared(ba, apub, bpriv));
+	assert_true(disco_shared(cb, bpub, cpriv));
+	randombytes_buf(m.txid, sizeof(m.txid));
+	memset(m.node_key, 0x42, 32);
+	n = disco_seal_shared(&m, apub, ab, pkt, sizeof(pkt));
+	assert_true(n > 0);
+	assert_memory_equal(disco_sender(pkt, n), apub, 32);
+	assert_true(disco_open(pkt, n, bpriv, &got, NULL, 0));
+	assert_memory_equal(got.txid, m.txid, DISCO_TXID_LEN);
+	assert_true(disco_open_shared(pkt, n, ba, &got, NULL, 0));
+	assert_false(disco_open_shared(pkt, n, cb, &got, NULL, 0));
+	pkt[n - 1] ^= 1;
+	assert_false(disco_open_shared(pkt, n, ba, &got, NULL, 0));
+	n = disco_seal(&m, bpub, bpriv, apub, pkt, sizeof(pkt));
+	assert_true(disco_open_shared(pkt, n, ab, &got, NULL, 0));
+	assert_int_equal(disco_seal_shared(&m, apub, ab, pkt, 10), 0);
+}
+
 static void test_parse_malformed(void **state)
 {
 	static const struct {
@@ -466,6 +499,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_seal_open),
+		cmocka_unit_test(test_seal_open_shared),
 		cmocka_unit_test(test_parse_malformed),
 		cmocka_unit_test(test_path_upgrade_fallback),
 		cmocka_unit_test(test_path_pong_checks),
