@@ -34,8 +34,11 @@ static void view_path(struct identity *id, const struct netmap_node *n, const st
 	struct localapi_path *lp = &v->p.path;
 
 	lp->latency_ms = -1;
-	if (identity_paths(id) && paths_info(identity_paths(id), n->node_key, &pi) && pi.kind != PATHS_NONE) {
-		if (pi.kind == PATHS_RELAY) {
+	/* A netmap endpoint still being probed is no measured path: "relay"
+	 * when packets go there too, else the engine's "endpoint". */
+	if (identity_paths(id) && paths_info(identity_paths(id), n->node_key, &pi) &&
+	    (pi.kind == PATHS_RELAY || pi.relay_too || (pi.kind == PATHS_DIRECT && pi.measured))) {
+		if (pi.kind == PATHS_RELAY || pi.relay_too) {
 			lp->kind = "relay";
 			lp->region = pi.region;
 			lp->code = relays_region_code(identity_relays(id), pi.region);

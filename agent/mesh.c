@@ -464,6 +464,9 @@ int mesh_main(int argc, char **argv)
 	pc.dir = pods_dir;
 	pc.is_identity_device = is_identity_device;
 	pc.arg = m;
+	pc.datagrams = m->datagrams;
+	pc.netstun = m->netstun;
+	pc.relay_ca = m->o.relay_ca;
 	if ((r = pods_new(&m->pods, &pc)))
 		goto out;
 	pod_ops = pods_ops(m->pods);

@@ -20,6 +20,10 @@
 
 struct ppeer {
 	uint8_t node_key[32], disco_key[32];
+	/* disco_shared() of disco_key and ours: no X25519 per message, which
+	 * matters as every identity knowing a sender tries its datagrams. */
+	uint8_t shared[DISCO_SHARED_LEN];
+	bool has_shared;
 	int region;
 	struct disco_peer dp;
 	/* What the engine was told (PATHS_NONE: the netmap's endpoint). */
@@ -92,46 +96,56 @@ static bool relay_usable(const struct paths *ps, const struct ppeer *pp)
 	return ps->cfg.relays && pp->region > 0 && relays_has_region(ps->cfg.relays, pp->region);
 }
 
+static bool same_path(const struct paths_info *a, const struct paths_info *b)
+{
+	return a->kind == b->kind && a->region == b->region && a->measured == b->measured &&
+	       a->relay_too == b->relay_too && (a->kind != PATHS_DIRECT || endpoint_equal(&a->addr, &b->addr));
+}
+
 /* The route selection wants, told to the engine when it changed. */
 static void apply(struct paths *ps, struct ppeer *pp, uint64_t now)
 {
 	struct paths_info want = { .kind = PATHS_NONE };
-	struct sockaddr_storage ss;
-	uint32_t lat = 0;
+	struct disco_route r;
 	char text[80] = "", hex[17];
 
-	if (disco_peer_path(&pp->dp, now, &ss, &lat) == DISCO_PATH_DIRECT) {
+	disco_peer_route(&pp->dp, now, relay_usable(ps, pp), &r);
+	if (r.direct) {
 		want.kind = PATHS_DIRECT;
-		to_ep(&ss, &want.addr);
-		want.latency_ms = lat;
-	} else if (relay_usable(ps, pp)) {
+		to_ep(&r.addr, &want.addr);
+		want.latency_ms = r.latency_ms;
+		want.measured = r.measured;
+		want.relay_too = r.relay;
+		want.region = r.relay ? pp->region : 0;
+	} else if (r.relay) {
 		want.kind = PATHS_RELAY;
 		want.region = pp->region;
 	}
-	if (want.kind == pp->applied.kind && want.region == pp->applied.region &&
-	    (want.kind != PATHS_DIRECT || endpoint_equal(&want.addr, &pp->applied.addr))) {
+	if (same_path(&want, &pp->applied)) {
 		pp->applied.latency_ms = want.latency_ms;
 		return;
 	}
-	if (engine_peer_set_path(ps->cfg.engine, pp->node_key, want.kind == PATHS_RELAY,
+	if (engine_peer_set_path(ps->cfg.engine, pp->node_key, want.kind == PATHS_RELAY || want.relay_too,
 				 want.kind == PATHS_DIRECT ? &want.addr : NULL))
 		return; /* not in the engine (yet): tried again on the next tick */
-	if (pp->applied.kind == PATHS_DIRECT && want.kind != PATHS_DIRECT)
+	if (pp->applied.measured && !want.measured)
 		ps->st_down++;
-	if (pp->applied.kind != PATHS_DIRECT && want.kind == PATHS_DIRECT)
+	if (!pp->applied.measured && want.measured)
 		ps->st_up++;
 	key_hex(pp->node_key, hex);
 	if (want.kind == PATHS_DIRECT)
 		endpoint_format(&want.addr, text, sizeof(text));
 	log_info("path to peer", "peer=%s path=%s addr=%s region=%d latency_ms=%u", hex,
-		 want.kind == PATHS_DIRECT ? "direct" : want.kind == PATHS_RELAY ? "relay" : "endpoint", text,
-		 want.region, want.latency_ms);
+		 want.kind == PATHS_DIRECT ? (want.measured ? "direct" : want.relay_too ? "probing+relay" : "probing")
+		 : want.kind == PATHS_RELAY ? "relay"
+					    : "endpoint",
+		 text, want.region, want.latency_ms);
 	pp->applied = want;
 }
 
 static size_t seal(struct paths *ps, const struct ppeer *pp, const struct disco_msg *m, uint8_t *out, size_t cap)
 {
-	return disco_seal(m, ps->pub, ps->priv, pp->disco_key, out, cap);
+	return pp->has_shared ? disco_seal_shared(m, ps->pub, pp->shared, out, cap) : 0;
 }
 
 static void send_direct(struct paths *ps, struct ppeer *pp, const struct disco_msg *m, const struct sockaddr_storage *to)
@@ -210,7 +224,7 @@ static void on_tick(struct loop *loop, struct loop_timer *t, void *arg)
 		struct ppeer *pp = &ps->peers[i];
 
 		apply(ps, pp, now);
-		if (pp->applied.kind != PATHS_DIRECT && relay_usable(ps, pp) && pp->dp.ncand &&
+		if (!pp->applied.measured && relay_usable(ps, pp) && pp->dp.ncand &&
 		    (!pp->last_cmm || now - pp->last_cmm >= PATHS_CALL_ME_MAYBE_MS))
 			punch(ps, pp, now);
 		else
@@ -218,6 +232,12 @@ static void on_tick(struct loop *loop, struct loop_timer *t, void *arg)
 	}
 	expire_pings(ps, now);
 	loop_timer_arm(t, PATHS_TICK_MS);
+}
+
+static void wipe_peers(struct ppeer *peers, size_t n)
+{
+	if (n)
+		sodium_memzero(peers, n * sizeof(*peers));
 }
 
 void paths_sync(struct paths *ps, const struct netmap *nm)
@@ -240,15 +260,21 @@ void paths_sync(struct paths *ps, const struct netmap *nm)
 			/* A new disco key: a restarted peer, nothing we knew holds. */
 			disco_peer_init(&pp->dp);
 			pp->last_cmm = 0;
+			pp->has_shared = false;
 		}
 		if (!pp) {
 			if (ps->npeers == ps->cap) {
 				size_t nc = ps->cap ? ps->cap * 2 : 16;
-				struct ppeer *np = realloc(ps->peers, nc * sizeof(*np));
+				struct ppeer *np = calloc(nc, sizeof(*np));
 				if (!np) {
 					log_warn("paths: out of memory; peer keeps its netmap endpoint");
 					continue;
 				}
+				/* Not realloc: the old block holds shared keys. */
+				if (ps->npeers)
+					memcpy(np, ps->peers, ps->npeers * sizeof(*np));
+				wipe_peers(ps->peers, ps->npeers);
+				free(ps->peers);
 				ps->peers = np;
 				ps->cap = nc;
 			}
@@ -257,6 +283,8 @@ void paths_sync(struct paths *ps, const struct netmap *nm)
 			memcpy(pp->node_key, n->node_key, 32);
 			disco_peer_init(&pp->dp);
 		}
+		if (!pp->has_shared)
+			pp->has_shared = disco_shared(pp->shared, n->disco_key, ps->priv);
 		memcpy(pp->disco_key, n->disco_key, 32);
 		pp->region = n->relay;
 		pp->seen = true;
@@ -275,6 +303,7 @@ void paths_sync(struct paths *ps, const struct netmap *nm)
 			ps->peers[kept] = *pp;
 		kept++;
 	}
+	wipe_peers(ps->peers + kept, ps->npeers - kept);
 	ps->npeers = kept;
 	for (size_t i = 0; i < ps->npeers; i++)
 		apply(ps, &ps->peers[i], now);
@@ -314,7 +343,8 @@ static void handle(struct paths *ps, struct ppeer *pp, const struct disco_msg *m
 {
 	uint64_t now = loop_mono_ms();
 	struct sockaddr_storage ss;
-	struct paths_info via = { .kind = from ? PATHS_DIRECT : PATHS_RELAY, .region = from ? 0 : pp->region };
+	struct paths_info via = { .kind = from ? PATHS_DIRECT : PATHS_RELAY, .region = from ? 0 : pp->region,
+				  .measured = from != NULL };
 
 	if (from) {
 		to_ss(from, &ss);
@@ -381,7 +411,7 @@ bool paths_on_datagram(void *arg, const uint8_t *pkt, size_t len, const struct e
 	struct ppeer *pp = sender ? by_disco(ps, sender) : NULL;
 	struct disco_msg m;
 
-	if (!pp || !disco_open(pkt, len, ps->priv, &m, NULL, 0)) {
+	if (!pp || !pp->has_shared || !disco_open_shared(pkt, len, pp->shared, &m, NULL, 0)) {
 		log_debug("disco datagram not for this identity", "known_sender=%d", pp != NULL);
 		return false; /* perhaps another identity's */
 	}
@@ -396,7 +426,8 @@ void paths_on_relayed(void *arg, const uint8_t src[32], const uint8_t *pkt, size
 	const uint8_t *sender = disco_sender(pkt, len);
 	struct disco_msg m;
 
-	if (!pp || !sender || memcmp(sender, pp->disco_key, 32) || !disco_open(pkt, len, ps->priv, &m, NULL, 0)) {
+	if (!pp || !sender || memcmp(sender, pp->disco_key, 32) || !pp->has_shared ||
+	    !disco_open_shared(pkt, len, pp->shared, &m, NULL, 0)) {
 		ps->st_bad++;
 		return;
 	}
@@ -447,16 +478,19 @@ int paths_ping(struct paths *ps, const uint8_t node_key[32], paths_pong_fn done,
 	*u = (struct uping){ .live = true, .sent = now, .done = done, .arg = arg };
 	memcpy(u->node_key, node_key, 32);
 	memcpy(u->txid, m.txid, DISCO_TXID_LEN);
-	if (pp->applied.kind == PATHS_DIRECT) {
+	if (pp->applied.measured) {
 		to_ss(&pp->applied.addr, &ss);
 		send_direct(ps, pp, &m, &ss);
-	} else if (!send_relayed(ps, pp, &m)) {
-		/* No relay: the candidates, directly. */
-		for (size_t i = 0; i < pp->dp.ncand; i++)
+	} else {
+		/* Not measured: the relay when there is one, and the
+		 * candidates directly unless the relay alone is in use. */
+		bool relayed = send_relayed(ps, pp, &m);
+
+		for (size_t i = 0; i < pp->dp.ncand && !(relayed && pp->applied.kind == PATHS_RELAY); i++)
 			send_direct(ps, pp, &m, &pp->dp.cand[i].addr);
 	}
 	ps->st_pings++;
-	if (pp->applied.kind != PATHS_DIRECT)
+	if (!pp->applied.measured)
 		punch(ps, pp, now);
 	return 0;
 }
@@ -480,11 +514,14 @@ void paths_stats(const struct paths *ps, struct paths_stats *out)
 	out->upgrades = ps->st_up;
 	out->fallbacks = ps->st_down;
 	for (size_t i = 0; i < ps->npeers; i++) {
-		switch (ps->peers[i].applied.kind) {
-		case PATHS_DIRECT: out->direct++; break;
-		case PATHS_RELAY: out->relay++; break;
-		default: out->other++; break;
-		}
+		const struct paths_info *a = &ps->peers[i].applied;
+
+		if (a->kind == PATHS_DIRECT && a->measured)
+			out->direct++;
+		else if (a->kind == PATHS_RELAY || a->relay_too)
+			out->relay++;
+		else
+			out->other++;
 	}
 }
 
@@ -520,6 +557,7 @@ void paths_free(struct paths *ps)
 		}
 	}
 	loop_timer_free(ps->tick);
+	wipe_peers(ps->peers, ps->npeers);
 	free(ps->peers);
 	sodium_memzero(ps->priv, sizeof(ps->priv));
 	free(ps);

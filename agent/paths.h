@@ -4,9 +4,14 @@
  * (engine_peer_set_path()): direct to the endpoint that answers pings
  * best, or through the peer's home relay.
  *
- *   - A peer with a disco key and a home relay region starts on the relay.
- *     Its endpoints (from the netmap: local and STUN-reflexive) are pinged
- *     directly; a pong makes that endpoint the path at once (upgrade).
+ *   - A peer with a disco key starts at its first netmap endpoint at once,
+ *     and, when it has a home relay region we know, through the relay as
+ *     well (lib/disco/path.h, disco_peer_route(): never the relay alone
+ *     while the endpoint may work, so a relay in the map that nobody
+ *     reaches costs nothing). Its endpoints (from the netmap: local and
+ *     STUN-reflexive) are pinged directly; a pong makes that endpoint the
+ *     path at once (upgrade); no pong for DISCO_OPTIMISTIC_MS: the relay
+ *     alone.
  *   - While not direct, every PATHS_CALL_ME_MAYBE_MS a call-me-maybe with
  *     our endpoints goes through the relay and every candidate is pinged
  *     at the same moment: the peer pings back on receipt, so both NATs
@@ -14,10 +19,10 @@
  *   - A direct path that stops answering (lib/disco/path.h: no pong for
  *     DISCO_TRUST_MS) falls back to the relay, and comes back when pongs
  *     do.
- *   - A peer without a disco key, or with no relay to reach it by, keeps
- *     the endpoint the netmap gives the engine (WireGuard roams), as before
- *     path discovery; its endpoints are pinged all the same, so it too goes
- *     direct on the best one that answers.
+ *   - A peer without a disco key keeps the endpoint the netmap gives the
+ *     engine (WireGuard roams), as before path discovery; one with no relay
+ *     to reach it by stays at its netmap endpoint until a pong names a
+ *     better one.
  *
  * Disco messages are sealed between the two identities' disco keys; one
  * that does not open, comes from a key no peer has, or names the wrong
@@ -59,8 +64,12 @@ enum paths_kind { PATHS_NONE, PATHS_DIRECT, PATHS_RELAY };
 struct paths_info {
 	enum paths_kind kind;
 	struct endpoint addr; /* DIRECT */
-	int region;	      /* RELAY */
-	uint32_t latency_ms;  /* DIRECT: the last pong's round trip */
+	int region;	      /* RELAY; DIRECT with relay_too */
+	uint32_t latency_ms;  /* DIRECT and measured: the last pong's round trip */
+	/* DIRECT: on a pong; false: the peer's netmap endpoint, sent to
+	 * while it is probed (disco_peer_route()). */
+	bool measured;
+	bool relay_too; /* DIRECT, not measured: the relay as well */
 };
 
 struct paths_stats {

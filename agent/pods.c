@@ -464,6 +464,9 @@ static int make_identity(struct pods *p, struct pod *pd, struct state *st)
 		.arg = p,
 		.netns = pd->netns,
 		.netns_ifname = pd->ifname,
+		.datagrams = p->cfg.datagrams,
+		.netstun = p->cfg.netstun,
+		.relay_ca = p->cfg.relay_ca,
 	};
 
 	return identity_new(&pd->id, p->cfg.loop, p->cfg.hub, st, &ic);

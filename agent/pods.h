@@ -12,9 +12,11 @@
 
 #include "localapi.h"
 
+struct datagrams;
 struct hub;
 struct identity;
 struct loop;
+struct netstun;
 struct pods;
 
 struct pods_config {
@@ -26,6 +28,12 @@ struct pods_config {
 	unsigned attach_timeout_ms; /* 0: 25 s */
 	bool (*is_identity_device)(void *arg, const char *ifname);
 	void *arg;
+	/* Path discovery for the pods as for the node (identity_config's):
+	 * the node's disco/STUN demultiplexer and STUN client, relay TLS
+	 * trust. NULL: pods stay at their peers' netmap endpoints. */
+	struct datagrams *datagrams;
+	struct netstun *netstun;
+	const char *relay_ca;
 };
 
 int pods_new(struct pods **out, const struct pods_config *cfg);

@@ -260,7 +260,7 @@ static void on_packet(const uint8_t src[RELAY_KEY_LEN], const uint8_t *data, siz
 			r->cfg.on_disco(r->cfg.arg, src, data, len);
 		return;
 	}
-	receive_relayed(r->cfg.hub, data, len);
+	receive_relayed(r->cfg.hub, src, data, len);
 }
 
 static void on_health(const char *problem, size_t len, void *arg)

@@ -176,7 +176,8 @@ int engine_peer_handshake(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_L
 
 /* Loop thread: where packets to the peer go: through the relay
  * (via_relay; engine_config.relay_send), or directly to ep (NULL: the
- * endpoint it holds). WireGuard roaming still updates the endpoint from
+ * endpoint it holds); via_relay with an ep: through both (a direct path
+ * being probed, the relay in case it does not work). WireGuard roaming still updates the endpoint from
  * directly received packets, never from relayed ones (receive_relayed()),
  * and never changes the route. -ENOENT: no such peer. */
 int engine_peer_set_path(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_LEN], bool via_relay,

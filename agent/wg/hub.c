@@ -281,7 +281,8 @@ void hub_stats(struct hub *h, struct hub_stats *out)
 
 /* ---- handshake queue ---- */
 
-bool hub_handshake_enqueue(struct hub *h, const uint8_t *msg, size_t len, const struct endpoint *from)
+static bool handshake_enqueue(struct hub *h, const uint8_t *msg, size_t len, const struct endpoint *from,
+			      const uint8_t *relay_src)
 {
 	struct hub_handshake *slot;
 	size_t room;
@@ -296,12 +297,28 @@ bool hub_handshake_enqueue(struct hub *h, const uint8_t *msg, size_t len, const 
 		memcpy(slot->msg, msg, len);
 		slot->len = (uint16_t)len;
 		slot->from = *from;
+		slot->relayed = relay_src != NULL;
+		if (relay_src)
+			memcpy(slot->relay_src, relay_src, sizeof(slot->relay_src));
 		h->hs_count++;
 		ok = true;
 	}
 	pthread_mutex_unlock(&h->hs_lock);
 	atomic_fetch_add(ok ? &h->st_hs_queued : &h->st_hs_dropped, 1);
 	return ok;
+}
+
+bool hub_handshake_enqueue(struct hub *h, const uint8_t *msg, size_t len, const struct endpoint *from)
+{
+	return handshake_enqueue(h, msg, len, from, NULL);
+}
+
+bool hub_handshake_enqueue_relayed(struct hub *h, const uint8_t *msg, size_t len, const uint8_t src[32])
+{
+	struct endpoint none = { 0 };
+
+	none.addr.sa.sa_family = AF_UNSPEC;
+	return handshake_enqueue(h, msg, len, &none, src);
 }
 
 bool hub_handshake_dequeue(struct hub *h, struct hub_handshake *out, size_t *left)

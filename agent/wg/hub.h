@@ -84,6 +84,9 @@ struct hub_handshake {
 	uint8_t msg[MESSAGE_INITIATION_LEN];
 	uint16_t len;
 	struct endpoint from;
+	/* Came through a relay from this node key (from: no address). */
+	bool relayed;
+	uint8_t relay_src[32];
 };
 
 /* A reader thread's quiescent-state slot (0: offline, else the epoch it
@@ -187,6 +190,8 @@ int hub_send_one(struct hub *h, const struct endpoint *to, const void *pkt, size
  * initiations cannot send cheaply: messages with a MAC2 (their senders
  * hold a cookie) and cookie replies. */
 bool hub_handshake_enqueue(struct hub *h, const uint8_t *msg, size_t len, const struct endpoint *from);
+/* The same for one that came through a relay from node key src. */
+bool hub_handshake_enqueue_relayed(struct hub *h, const uint8_t *msg, size_t len, const uint8_t src[32]);
 /* Loop thread: takes the oldest; *left is how many remain behind it. */
 bool hub_handshake_dequeue(struct hub *h, struct hub_handshake *out, size_t *left);
 /* Makes the loop look at the handshake queue, peer work and engines. */

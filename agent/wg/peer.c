@@ -150,6 +150,10 @@ enum peer_route peer_route(struct peer *p, struct endpoint *out)
 	pthread_mutex_lock(&p->endpoint_lock);
 	if (p->via_relay && p->engine->cfg.relay_send) {
 		r = PEER_ROUTE_RELAY;
+		if (p->also_direct && p->has_endpoint) {
+			*out = p->endpoint;
+			r = PEER_ROUTE_BOTH;
+		}
 	} else if (p->has_endpoint) {
 		*out = p->endpoint;
 		r = PEER_ROUTE_DIRECT;
@@ -160,10 +164,11 @@ enum peer_route peer_route(struct peer *p, struct endpoint *out)
 
 void peer_set_route(struct peer *p, bool via_relay, const struct endpoint *ep)
 {
-	if (!via_relay && ep)
+	if (ep)
 		peer_set_endpoint(p, ep);
 	pthread_mutex_lock(&p->endpoint_lock);
 	p->via_relay = via_relay;
+	p->also_direct = via_relay && ep;
 	pthread_mutex_unlock(&p->endpoint_lock);
 }
 
@@ -178,6 +183,12 @@ bool peer_send_one(struct peer *p, const void *pkt, size_t len)
 	case PEER_ROUTE_RELAY:
 		return e->cfg.relay_send(e->cfg.relay_arg, p->public_key,
 					 &(struct iovec){ .iov_base = (void *)pkt, .iov_len = len }, 1) == 1;
+	case PEER_ROUTE_BOTH: {
+		bool relayed = e->cfg.relay_send(e->cfg.relay_arg, p->public_key,
+						 &(struct iovec){ .iov_base = (void *)pkt, .iov_len = len }, 1) == 1;
+
+		return (hub_send_one(e->hub, &ep, pkt, len) > 0) | relayed;
+	}
 	default:
 		return false;
 	}

@@ -11,7 +11,7 @@
  * frees it, on whichever thread that happens.
  *
  * Locking (order: tx_lock, then endpoint_lock; rx_lock alone):
- *  - endpoint_lock: endpoint, has_endpoint, via_relay, rejected, has_rejected.
+ *  - endpoint_lock: endpoint, has_endpoint, via_relay, also_direct, rejected, has_rejected.
  *  - tx_lock: staged ring, tx queue (txq but its flushing flag).
  *  - rx_lock: rx queue (rxq but its flushing flag).
  *  - hub.work_lock: work_next.
@@ -86,6 +86,8 @@ struct peer {
 	 * endpoint, which is kept (it roams) for when the path is direct
 	 * again. Set by whoever selects paths (engine_peer_set_path()). */
 	bool via_relay;
+	/* With via_relay: to endpoint as well (a path being probed). */
+	bool also_direct;
 	/* A source the route to the peer does not leave from (until routes
 	 * change): learnt again from the peer's packets, it is not used. */
 	struct endpoint rejected;
@@ -127,10 +129,12 @@ enum peer_route {
 	PEER_ROUTE_NONE,   /* no endpoint, not relayed: packets go nowhere */
 	PEER_ROUTE_DIRECT, /* *out: the endpoint */
 	PEER_ROUTE_RELAY,  /* engine_config.relay_send */
+	PEER_ROUTE_BOTH,   /* the relay and *out (an endpoint being probed) */
 };
 /* Where a packet to p goes now. */
 enum peer_route peer_route(struct peer *p, struct endpoint *out);
-/* Direct to ep (NULL: the endpoint held), or through the relay. */
+/* Direct to ep (NULL: the endpoint held), or through the relay; both
+ * with via_relay and an ep. */
 void peer_set_route(struct peer *p, bool via_relay, const struct endpoint *ep);
 /* Any thread: sends one message (handshakes, keepalive-size control)
  * along p's route. True if it left. */

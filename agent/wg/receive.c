@@ -139,11 +139,19 @@ void receive_datagrams(struct hub *h, struct udp_msg *msgs, size_t n)
 	queueing_submit(&h->queue, jobs, njobs);
 }
 
-void receive_relayed(struct hub *h, const uint8_t *pkt, size_t len)
+void receive_relayed(struct hub *h, const uint8_t src[32], const uint8_t *pkt, size_t len)
 {
 	struct udp_msg m = { 0 };
+	enum message_type type = len <= POOL_BUF_SIZE ? message_classify(pkt, len) : MESSAGE_INVALID;
 
-	if (len > POOL_BUF_SIZE || message_classify(pkt, len) == MESSAGE_INVALID || !pool_get(h->pool, &m.data, 1)) {
+	if (type != MESSAGE_INVALID && type != MESSAGE_DATA) {
+		/* Handshakes to the loop, with the sender's key for a cookie
+		 * reply (the queue copies them). */
+		if (hub_handshake_enqueue_relayed(h, pkt, len, src))
+			hub_wake(h);
+		return;
+	}
+	if (type == MESSAGE_INVALID || !pool_get(h->pool, &m.data, 1)) {
 		atomic_fetch_add(&h->st_invalid, 1);
 		return;
 	}
@@ -315,9 +323,17 @@ void receive_job_open(struct job *j)
 
 /* ---- handshake messages (loop thread) ---- */
 
-/* The cookie's view of a source: address then port, network order. */
-static size_t cookie_source(const struct endpoint *ep, uint8_t out[18])
+/* The cookie's view of a source: address then port, network order; for
+ * a relayed message, the sender's node key (its first 18 bytes: the relay
+ * proved it, and many senders share the relay's one address). */
+static size_t cookie_source(const struct hub_handshake *hs, uint8_t out[18])
 {
+	const struct endpoint *ep = &hs->from;
+
+	if (hs->relayed) {
+		memcpy(out, hs->relay_src, 18);
+		return 18;
+	}
 	if (ep->addr.sa.sa_family == AF_INET6) {
 		memcpy(out, &ep->addr.in6.sin6_addr, 16);
 		memcpy(out + 16, &ep->addr.in6.sin6_port, 2);
@@ -341,9 +357,19 @@ static void send_cookie_reply(struct hub *h, struct engine *e, const struct hub_
 {
 	struct message_handshake_cookie reply;
 
-	if (cookie_checker_create_reply(&e->cookie, &reply, hs->msg, hs->len, sender_index(hs->msg), src, srclen,
-					now) &&
-	    hub_send_one(h, &hs->from, &reply, sizeof(reply)) > 0)
+	struct iovec iov = { .iov_base = &reply, .iov_len = sizeof(reply) };
+	bool sent;
+
+	if (!cookie_checker_create_reply(&e->cookie, &reply, hs->msg, hs->len, sender_index(hs->msg), src, srclen,
+					 now))
+		return;
+	/* Back the way it came: a relayed handshake has no address to
+	 * answer, only the relay and the sender's key. */
+	if (hs->relayed)
+		sent = e->cfg.relay_send && e->cfg.relay_send(e->cfg.relay_arg, hs->relay_src, &iov, 1) == 1;
+	else
+		sent = hub_send_one(h, &hs->from, &reply, sizeof(reply)) > 0;
+	if (sent)
 		atomic_fetch_add(&h->st_cookies, 1);
 }
 
@@ -351,7 +377,7 @@ static void send_cookie_reply(struct hub *h, struct engine *e, const struct hub_
 static bool admit(struct hub *h, struct engine *e, const struct hub_handshake *hs, bool under_load, uint64_t now)
 {
 	uint8_t src[18];
-	size_t srclen = cookie_source(&hs->from, src);
+	size_t srclen = cookie_source(hs, src);
 
 	switch (cookie_checker_check(&e->cookie, hs->msg, hs->len, under_load, src, srclen, now)) {
 	case COOKIE_ACCEPT:
@@ -385,7 +411,7 @@ static struct engine *initiation_engine(struct hub *h, const struct hub_handshak
 
 	if (h->engines && !h->engines->hub_next)
 		return h->engines; /* one identity: cookie_checker_check() verifies MAC1 */
-	srclen = cookie_source(&hs->from, src);
+	srclen = cookie_source(hs, src);
 	for (struct engine *e = h->engines; e; e = e->hub_next)
 		if (e->has_private_key &&
 		    cookie_checker_validate(&e->cookie, hs->msg, hs->len, false, src, srclen, now) != COOKIE_MAC_INVALID)

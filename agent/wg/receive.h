@@ -17,12 +17,13 @@ struct peer;
 
 /* Receive thread: takes ownership of every msgs[i].data (a pool slot). */
 void receive_datagrams(struct hub *h, struct udp_msg *msgs, size_t n);
-/* Loop thread: one WireGuard message that came through a relay, copied
- * into a pool slot and demultiplexed like the socket's datagrams, with no
- * source address: it never moves the peer's endpoint (roaming) and a
- * cookie reply to it goes nowhere. Too long or not WireGuard: counted as
- * invalid. */
-void receive_relayed(struct hub *h, const uint8_t *pkt, size_t len);
+/* Loop thread: one WireGuard message that came through a relay from node
+ * key src, copied and demultiplexed like the socket's datagrams, with no
+ * source address: it never moves the peer's endpoint (roaming). A
+ * handshake's cookie is bound to src (not an address), and a cookie reply
+ * goes back through the relay to src (engine_config.relay_send). Too long
+ * or not WireGuard: counted as invalid. */
+void receive_relayed(struct hub *h, const uint8_t src[32], const uint8_t *pkt, size_t len);
 /* Crypt worker: opens an rx job and marks it done (the job may be gone
  * once this returns); peer_flush() then delivers the peer's done jobs. */
 void receive_job_open(struct job *j);

@@ -291,20 +291,28 @@ void send_transmit(struct peer *p, struct job *list)
 	struct udp_msg msgs[TX_SEND_BATCH];
 	size_t m = 0;
 	uint64_t bytes = 0;
-	bool sent = false, data = false, have_ep, link_down;
+	bool sent = false, udp_sent = false, data = false, have_ep, link_down;
 	struct endpoint ep;
 	struct job *j, *last = NULL;
 	unsigned long long no_ep = 0, bad = 0;
 	enum peer_route route = peer_route(p, &ep);
 
-	have_ep = route == PEER_ROUTE_DIRECT;
+	have_ep = route == PEER_ROUTE_DIRECT || route == PEER_ROUTE_BOTH;
 	/* The link went down while these were sealed: they stay here. */
 	link_down = !atomic_load(&e->link_up);
 	for (j = list; j; j = j->next)
 		last = j;
-	if (route == PEER_ROUTE_RELAY && !link_down) {
-		sent = transmit_relayed(p, list, &bad, &bytes, &data) > 0;
-		goto done;
+	if ((route == PEER_ROUTE_RELAY || route == PEER_ROUTE_BOTH) && !link_down) {
+		unsigned long long bad_relayed = 0;
+		uint64_t relayed_bytes = 0;
+
+		sent = transmit_relayed(p, list, &bad_relayed, &relayed_bytes, &data) > 0;
+		if (route == PEER_ROUTE_RELAY) {
+			bad = bad_relayed;
+			bytes = relayed_bytes;
+			goto done;
+		}
+		/* Both: counted once, as sent directly below. */
 	}
 	for (j = list; j; j = j->next) {
 		for (unsigned i = 0; i < j->n; i++) {
@@ -324,16 +332,17 @@ void send_transmit(struct peer *p, struct job *list)
 			bytes += j->len[i];
 			data |= j->plen[i] > 0;
 			if (++m == TX_SEND_BATCH) {
-				sent |= hub_send(e->hub, msgs, m) > 0;
+				udp_sent |= hub_send(e->hub, msgs, m) > 0;
 				m = 0;
 			}
 		}
 	}
 	if (m)
-		sent |= hub_send(e->hub, msgs, m) > 0;
+		udp_sent |= hub_send(e->hub, msgs, m) > 0;
+	sent |= udp_sent;
 	/* udp_send() retried without a local address we no longer have:
 	 * forget it, so the next batch does not fail first. */
-	if (have_ep && ep.has_src && sent && !msgs[0].ep.has_src)
+	if (have_ep && ep.has_src && udp_sent && !msgs[0].ep.has_src)
 		peer_clear_endpoint_src(p);
 done:
 	if (no_ep)

@@ -141,12 +141,14 @@ bool disco_msg_parse(const uint8_t *p, size_t len, struct disco_msg *m, char *er
 	return false;
 }
 
-size_t disco_seal(const struct disco_msg *m, const uint8_t sender_pub[DISCO_KEY_LEN],
-		  const uint8_t sender_priv[DISCO_KEY_LEN], const uint8_t recipient_pub[DISCO_KEY_LEN],
-		  uint8_t *out, size_t cap)
+/* Seals with shared (precomputed) or, shared NULL, the key pair. */
+static size_t seal(const struct disco_msg *m, const uint8_t *sender_pub, const uint8_t *sender_priv,
+		   const uint8_t *recipient_pub, const uint8_t *shared, uint8_t *out, size_t cap)
 {
 	uint8_t plain[DISCO_MAX_PLAIN];
 	size_t n = disco_msg_encode(m, plain, sizeof(plain)), total;
+	const uint8_t *nonce = out + DISCO_MAGIC_LEN + DISCO_KEY_LEN;
+	int r;
 
 	if (!n)
 		return 0;
@@ -156,10 +158,28 @@ size_t disco_seal(const struct disco_msg *m, const uint8_t sender_pub[DISCO_KEY_
 	memcpy(out, DISCO_MAGIC, DISCO_MAGIC_LEN);
 	memcpy(out + DISCO_MAGIC_LEN, sender_pub, DISCO_KEY_LEN);
 	randombytes_buf(out + DISCO_MAGIC_LEN + DISCO_KEY_LEN, DISCO_NONCE_LEN);
-	if (crypto_box_easy(out + DISCO_HEADER_LEN, plain, n, out + DISCO_MAGIC_LEN + DISCO_KEY_LEN,
-			    recipient_pub, sender_priv) != 0)
-		return 0;
-	return total;
+	r = shared ? crypto_box_easy_afternm(out + DISCO_HEADER_LEN, plain, n, nonce, shared)
+		   : crypto_box_easy(out + DISCO_HEADER_LEN, plain, n, nonce, recipient_pub, sender_priv);
+	return r == 0 ? total : 0;
+}
+
+size_t disco_seal(const struct disco_msg *m, const uint8_t sender_pub[DISCO_KEY_LEN],
+		  const uint8_t sender_priv[DISCO_KEY_LEN], const uint8_t recipient_pub[DISCO_KEY_LEN],
+		  uint8_t *out, size_t cap)
+{
+	return seal(m, sender_pub, sender_priv, recipient_pub, NULL, out, cap);
+}
+
+size_t disco_seal_shared(const struct disco_msg *m, const uint8_t sender_pub[DISCO_KEY_LEN],
+			 const uint8_t shared[DISCO_SHARED_LEN], uint8_t *out, size_t cap)
+{
+	return seal(m, sender_pub, NULL, NULL, shared, out, cap);
+}
+
+bool disco_shared(uint8_t out[DISCO_SHARED_LEN], const uint8_t peer_pub[DISCO_KEY_LEN],
+		  const uint8_t my_priv[DISCO_KEY_LEN])
+{
+	return crypto_box_beforenm(out, peer_pub, my_priv) == 0;
 }
 
 const uint8_t *disco_sender(const uint8_t *p, size_t len)
@@ -167,11 +187,14 @@ const uint8_t *disco_sender(const uint8_t *p, size_t len)
 	return disco_is(p, len) ? p + DISCO_MAGIC_LEN : NULL;
 }
 
-bool disco_open(const uint8_t *p, size_t len, const uint8_t my_priv[DISCO_KEY_LEN],
-		struct disco_msg *m, char *err, size_t errlen)
+/* Opens with shared (precomputed) or, shared NULL, my_priv. */
+static bool open_msg(const uint8_t *p, size_t len, const uint8_t *my_priv, const uint8_t *shared,
+		     struct disco_msg *m, char *err, size_t errlen)
 {
 	uint8_t plain[DISCO_MAX_PLAIN + 64];
+	const uint8_t *nonce = p + DISCO_MAGIC_LEN + DISCO_KEY_LEN;
 	size_t n;
+	int r;
 
 	memset(m, 0, sizeof(*m));
 	if (!disco_is(p, len)) {
@@ -183,10 +206,24 @@ bool disco_open(const uint8_t *p, size_t len, const uint8_t my_priv[DISCO_KEY_LE
 		errbuf_printf(err, errlen, "disco message of %zu bytes is too long", len);
 		return false;
 	}
-	if (crypto_box_open_easy(plain, p + DISCO_HEADER_LEN, len - DISCO_HEADER_LEN,
-				 p + DISCO_MAGIC_LEN + DISCO_KEY_LEN, p + DISCO_MAGIC_LEN, my_priv) != 0) {
+	r = shared ? crypto_box_open_easy_afternm(plain, p + DISCO_HEADER_LEN, len - DISCO_HEADER_LEN, nonce, shared)
+		   : crypto_box_open_easy(plain, p + DISCO_HEADER_LEN, len - DISCO_HEADER_LEN, nonce,
+					  p + DISCO_MAGIC_LEN, my_priv);
+	if (r != 0) {
 		errbuf_printf(err, errlen, "disco box does not open");
 		return false;
 	}
 	return disco_msg_parse(plain, n, m, err, errlen);
+}
+
+bool disco_open(const uint8_t *p, size_t len, const uint8_t my_priv[DISCO_KEY_LEN],
+		struct disco_msg *m, char *err, size_t errlen)
+{
+	return open_msg(p, len, my_priv, NULL, m, err, errlen);
+}
+
+bool disco_open_shared(const uint8_t *p, size_t len, const uint8_t shared[DISCO_SHARED_LEN],
+		       struct disco_msg *m, char *err, size_t errlen)
+{
+	return open_msg(p, len, NULL, shared, m, err, errlen);
 }

@@ -78,4 +78,16 @@ const uint8_t *disco_sender(const uint8_t *p, size_t len);
 bool disco_open(const uint8_t *p, size_t len, const uint8_t my_priv[DISCO_KEY_LEN],
 		struct disco_msg *m, char *err, size_t errlen);
 
+/* The same with the pair's precomputed key (disco_shared(): one X25519
+ * per peer rather than per message), as knitd's identities do: every
+ * identity that knows a sender tries to open its datagrams. */
+#define DISCO_SHARED_LEN 32
+/* False if peer_pub is a key crypto_box refuses. Wipe out when done. */
+bool disco_shared(uint8_t out[DISCO_SHARED_LEN], const uint8_t peer_pub[DISCO_KEY_LEN],
+		  const uint8_t my_priv[DISCO_KEY_LEN]);
+size_t disco_seal_shared(const struct disco_msg *m, const uint8_t sender_pub[DISCO_KEY_LEN],
+			 const uint8_t shared[DISCO_SHARED_LEN], uint8_t *out, size_t cap);
+bool disco_open_shared(const uint8_t *p, size_t len, const uint8_t shared[DISCO_SHARED_LEN],
+		       struct disco_msg *m, char *err, size_t errlen);
+
 #endif

@@ -69,6 +69,7 @@ void disco_peer_set_endpoints(struct disco_peer *p, const struct sockaddr_storag
 	struct disco_candidate keep[DISCO_MAX_CANDIDATES];
 	size_t nkeep = 0;
 	int best = -1;
+	bool fresh = false;
 
 	for (size_t i = 0; i < n && nkeep < DISCO_MAX_CANDIDATES; i++) {
 		const struct sockaddr *a = (const struct sockaddr *)&eps[i];
@@ -88,9 +89,13 @@ void disco_peer_set_endpoints(struct disco_peer *p, const struct sockaddr_storag
 		} else {
 			memset(&keep[nkeep], 0, sizeof(keep[0]));
 			memcpy(&keep[nkeep].addr, a, addr_len(a->sa_family));
+			fresh = true;
 		}
 		nkeep++;
 	}
+	/* Endpoints never tried: optimistic again while they are probed. */
+	if (fresh)
+		p->probing = false;
 	/* The path in use stays while it works, even if no longer listed
 	 * (the server's view lags the NAT's). */
 	if (best < 0 && p->best >= 0 && trusted(&p->cand[p->best], now) && nkeep < DISCO_MAX_CANDIDATES) {
@@ -195,6 +200,10 @@ size_t disco_peer_pings_due(struct disco_peer *p, uint64_t now, struct disco_pin
 		randombytes_buf(c->txid, DISCO_TXID_LEN);
 		c->pinged = true;
 		c->ping_outstanding = true;
+		if (!p->probing) {
+			p->probing = true;
+			p->probe_since = now;
+		}
 		c->last_ping = now;
 		memcpy(&out[n].addr, &c->addr, sizeof(c->addr));
 		memcpy(out[n].txid, c->txid, DISCO_TXID_LEN);
@@ -215,6 +224,37 @@ enum disco_path_kind disco_peer_path(struct disco_peer *p, uint64_t now, struct 
 	if (latency_ms)
 		*latency_ms = p->cand[p->best].latency_ms;
 	return DISCO_PATH_DIRECT;
+}
+
+void disco_peer_route(struct disco_peer *p, uint64_t now, bool has_relay, struct disco_route *out)
+{
+	int cand = -1;
+	bool broke = false;
+
+	memset(out, 0, sizeof(*out));
+	if (disco_peer_path(p, now, &out->addr, &out->latency_ms) == DISCO_PATH_DIRECT) {
+		out->direct = out->measured = true;
+		return;
+	}
+	out->latency_ms = 0;
+	/* No trusted endpoint. One that answered once (the path broke): the
+	 * most recent; else the first the netmap names. */
+	for (size_t i = 0; i < p->ncand; i++) {
+		if (p->cand[i].ponged && (cand < 0 || !p->cand[cand].ponged ||
+					  p->cand[i].last_pong > p->cand[cand].last_pong)) {
+			cand = (int)i;
+			broke = true;
+		} else if (cand < 0) {
+			cand = (int)i;
+		}
+	}
+	out->relay = has_relay;
+	if (cand < 0)
+		return;
+	if (has_relay && (broke || (p->probing && now - p->probe_since >= DISCO_OPTIMISTIC_MS)))
+		return; /* the endpoint did not answer: the relay alone */
+	out->direct = true;
+	out->addr = p->cand[cand].addr;
 }
 
 uint64_t disco_peer_next_due(const struct disco_peer *p, uint64_t now)

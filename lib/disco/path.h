@@ -15,7 +15,16 @@
  *     can.
  * A pong counts only for the endpoint its ping went to, with the same
  * transaction id (of the last two pings there), within
- * DISCO_PING_TIMEOUT_MS. */
+ * DISCO_PING_TIMEOUT_MS.
+ *
+ * disco_peer_route() is what the caller routes packets by. Before any pong
+ * it is optimistic, as Tailscale's magicsock: the peer's first netmap
+ * endpoint at once (a peer behind no NAT needs nothing more), and the
+ * relay as well only when one exists - never the relay alone while the
+ * endpoint may work, so a relay that is in the map but unreachable costs
+ * nothing. After DISCO_OPTIMISTIC_MS of probing without a pong (a hard
+ * NAT), or once a measured path broke, the relay alone when there is one;
+ * with no relay, the endpoint stays (there is nothing else). */
 #ifndef KNIT_DISCO_PATH_H
 #define KNIT_DISCO_PATH_H
 
@@ -40,6 +49,9 @@
 /* A new best endpoint must be this much faster (percent) than the current
  * one, so that jitter does not flip the path back and forth. */
 #define DISCO_SWITCH_MARGIN 20u
+/* How long an unmeasured endpoint is sent to alongside the relay: two
+ * probe rounds, then the relay alone (no pong came: it does not work). */
+#define DISCO_OPTIMISTIC_MS 10000u
 
 struct disco_candidate {
 	struct sockaddr_storage addr;
@@ -60,6 +72,8 @@ struct disco_peer {
 	struct disco_candidate cand[DISCO_MAX_CANDIDATES];
 	size_t ncand;
 	int best; /* index into cand, -1: relay */
+	bool probing;	    /* a ping went out since init */
+	uint64_t probe_since; /* the first one */
 };
 
 enum disco_path_kind { DISCO_PATH_RELAY, DISCO_PATH_DIRECT };
@@ -91,6 +105,17 @@ size_t disco_peer_pings_due(struct disco_peer *p, uint64_t now, struct disco_pin
 /* Where to send now. For DIRECT, *addr and *latency_ms (may be NULL). */
 enum disco_path_kind disco_peer_path(struct disco_peer *p, uint64_t now, struct sockaddr_storage *addr,
 				     uint32_t *latency_ms);
+/* Where packets to the peer go now (see the top): direct to addr, through
+ * the relay, or both (relay and direct with measured false: optimistic).
+ * has_relay: the caller can reach the peer's home relay. Neither: no
+ * candidate and no relay. */
+struct disco_route {
+	bool direct, relay;
+	bool measured; /* direct on a pong (latency_ms its round trip) */
+	struct sockaddr_storage addr;
+	uint32_t latency_ms;
+};
+void disco_peer_route(struct disco_peer *p, uint64_t now, bool has_relay, struct disco_route *out);
 /* Milliseconds until disco_peer_pings_due() has something (0: now). */
 uint64_t disco_peer_next_due(const struct disco_peer *p, uint64_t now);
 

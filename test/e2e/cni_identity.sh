@@ -6,7 +6,8 @@
 # (lib/cni_runtime.py) runs Debian's bridge + host-local and then knit-cni
 # from node1's netns, as containerd would. The pod gets knit0 with its own
 # tailnet address, carried by node1's knitd; node2 and the pod reach each
-# other; CHECK sees tampering; a restarted knitd brings the pod back; DEL
+# other; CHECK sees tampering; a restarted knitd brings the pod back (with
+# a relay in the map that nobody reaches: its path goes direct); DEL
 # removes the Device, the interface and the state at once; a pod bound to
 # another node is refused and leaves nothing behind.
 source "$(dirname "$0")/lib/common.sh"
@@ -31,6 +32,10 @@ tailnet_operator_start op-1
 printf '{"apiVersion":"knit.dev/v1alpha1","kind":"AuthKey","metadata":{"name":"nodes","namespace":"%s"},"spec":{"reusable":true}}' \
 	"$NS" | $K apply -f - >/dev/null || e2e_die "authkey"
 e2e_wait_for 30 $K get secret nodes-authkey -n "$NS" >/dev/null || e2e_die "no auth key secret"
+# A relay in the map that nobody reaches (as in the cluster, where none is
+# deployed): path discovery must still reach peers at their endpoints at
+# once, never wait on the relay.
+tailnet_relay_map '{"regions":[{"id":1,"code":"nowhere","nodes":[{"name":"1a","hostName":"192.0.2.1","ipv4":"192.0.2.1","relayPort":8080,"stunPort":3478,"tls":false}]}]}'
 NODE_KEY=$($K get secret nodes-authkey -n "$NS" -o jsonpath='{.data.authkey}' | base64 -d)
 CTRL=$($K get tailnet default -o jsonpath='{.status.controlKey}')
 for i in 1 2; do
@@ -133,6 +138,12 @@ tailnet_knitd_start node1
 e2e_check "restarted knitd: node2 reaches the pod again" e2e_wait_for 20 pings
 back_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 e2e_log "pod reachable again $back_ms ms after knitd started"
+# Its resumed handshake goes to node2's endpoint at once; one sent to the
+# unreachable relay alone (as before optimistic paths) waits 5 s to retry.
+e2e_check "reachable again within 4 s ($back_ms ms)" test "$back_ms" -le 4000
+pod_direct() { tailnet_knit node2 status --json | jq -e --arg ip "$WEB_IP" '.peers[] | select(.addresses | index($ip)) | .path.kind == "direct"' >/dev/null; }
+e2e_check "node2's path to the pod is direct (disco pong; the relay in the map is unreachable)" e2e_wait_for 10 pod_direct
+tailnet_knit node2 status | grep -F "$WEB_IP" | sed 's/^/node2 status: /' >&2 || true
 e2e_expect "with the same address" "$WEB_IP" "$(pod_ip)"
 check "$POD" cweb web "$WEB_UID"
 e2e_check "CHECK passes after the restart" test "$RC" -eq 0 || e2e_log "$OUT"

@@ -2,7 +2,8 @@
  * tampering, other recipients and malformed bodies; path selection starts
  * on the relay, goes direct on the first pong, falls back when pongs stop
  * for DISCO_TRUST_MS, returns, and switches only to a clearly faster
- * endpoint. */
+ * endpoint; the route before a pong is the first netmap endpoint (and the
+ * relay too only when there is one). */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <setjmp.h>
@@ -103,6 +104,39 @@ static void test_seal_open(void **state)
 	m.neps = DISCO_MAX_ENDPOINTS + 1;
 	assert_int_equal(disco_seal(&m, apub, apriv, bpub, pkt, sizeof(pkt)), 0);
 	assert_int_equal(disco_seal(&m, apub, apriv, bpub, pkt, 10), 0);
+}
+
+/* The precomputed-key variants interoperate with the plain ones, and a
+ * third party's shared key opens nothing. */
+static void test_seal_open_shared(void **state)
+{
+	uint8_t apub[32], apriv[32], bpub[32], bpriv[32], cpub[32], cpriv[32];
+	uint8_t ab[DISCO_SHARED_LEN], ba[DISCO_SHARED_LEN], cb[DISCO_SHARED_LEN];
+	uint8_t pkt[DISCO_MAX_SEALED];
+	struct disco_msg m = { .type = DISCO_PING }, got;
+	size_t n;
+
+	(void)state;
+	crypto_box_keypair(apub, apriv);
+	crypto_box_keypair(bpub, bpriv);
+	crypto_box_keypair(cpub, cpriv);
+	assert_true(disco_shared(ab, bpub, apriv));
+	assert_true(disco_shared(ba, apub, bpriv));
+	assert_true(disco_shared(cb, bpub, cpriv));
+	randombytes_buf(m.txid, sizeof(m.txid));
+	memset(m.node_key, 0x42, 32);
+	n = disco_seal_shared(&m, apub, ab, pkt, sizeof(pkt));
+	assert_true(n > 0);
+	assert_memory_equal(disco_sender(pkt, n), apub, 32);
+	assert_true(disco_open(pkt, n, bpriv, &got, NULL, 0));
+	assert_memory_equal(got.txid, m.txid, DISCO_TXID_LEN);
+	assert_true(disco_open_shared(pkt, n, ba, &got, NULL, 0));
+	assert_false(disco_open_shared(pkt, n, cb, &got, NULL, 0));
+	pkt[n - 1] ^= 1;
+	assert_false(disco_open_shared(pkt, n, ba, &got, NULL, 0));
+	n = disco_seal(&m, bpub, bpriv, apub, pkt, sizeof(pkt));
+	assert_true(disco_open_shared(pkt, n, ab, &got, NULL, 0));
+	assert_int_equal(disco_seal_shared(&m, apub, ab, pkt, 10), 0);
 }
 
 static void test_parse_malformed(void **state)
@@ -337,10 +371,135 @@ static void test_path_kept_across_update(void **state)
 	assert_int_equal(p.ncand, 2);
 }
 
+/* Before any pong: the first netmap endpoint at once, never the relay
+ * alone when the map has none - however long no pong comes. */
+static void test_route_no_relay_direct_at_once(void **state)
+{
+	struct disco_peer p;
+	struct sockaddr_storage eps[2] = { v4("10.0.0.2", 41641), v4("203.0.113.5", 60000) };
+	struct disco_route r;
+	uint64_t t = 1000;
+
+	disco_peer_init(&p);
+	disco_peer_route(&p, t, false, &r);
+	assert_false(r.direct);
+	assert_false(r.relay); /* nothing known: nowhere */
+	disco_peer_set_endpoints(&p, eps, 2, t);
+	/* The first packet, before any ping went out. */
+	disco_peer_route(&p, t, false, &r);
+	assert_true(r.direct);
+	assert_false(r.relay);
+	assert_false(r.measured);
+	assert_memory_equal(&r.addr, &eps[0], sizeof(struct sockaddr_in));
+	/* Probed for a minute, never answered: still the endpoint. */
+	for (; t < 61000; t += 250) {
+		answer(&p, t, NULL, 0, 0);
+		disco_peer_route(&p, t, false, &r);
+		assert_true(r.direct);
+		assert_false(r.relay);
+		assert_memory_equal(&r.addr, &eps[0], sizeof(struct sockaddr_in));
+	}
+}
+
+/* A relay and no pong yet: the first netmap endpoint and the relay both;
+ * the relay alone once DISCO_OPTIMISTIC_MS of probing got no pong; new
+ * endpoints make it optimistic again. */
+static void test_route_relay_optimistic(void **state)
+{
+	struct disco_peer p;
+	struct sockaddr_storage eps[2] = { v4("10.0.0.2", 41641), v4("203.0.113.5", 60000) };
+	struct sockaddr_storage moved = v4("203.0.113.9", 60000);
+	struct disco_route r;
+	uint64_t t0 = 1000, t;
+
+	disco_peer_init(&p);
+	disco_peer_route(&p, t0, true, &r);
+	assert_false(r.direct);
+	assert_true(r.relay); /* no endpoint known: the relay */
+	disco_peer_set_endpoints(&p, eps, 2, t0);
+	disco_peer_route(&p, t0, true, &r);
+	assert_true(r.direct);
+	assert_true(r.relay);
+	assert_false(r.measured);
+	assert_memory_equal(&r.addr, &eps[0], sizeof(struct sockaddr_in));
+	for (t = t0; t < t0 + DISCO_OPTIMISTIC_MS; t += 250) {
+		answer(&p, t, NULL, 0, 0);
+		disco_peer_route(&p, t, true, &r);
+		assert_true(r.direct && r.relay);
+	}
+	disco_peer_route(&p, t0 + DISCO_OPTIMISTIC_MS, true, &r);
+	assert_false(r.direct);
+	assert_true(r.relay);
+	/* The netmap names a new endpoint: tried optimistically again. */
+	disco_peer_set_endpoints(&p, &moved, 1, t);
+	disco_peer_route(&p, t, true, &r);
+	assert_true(r.direct && r.relay);
+	assert_memory_equal(&r.addr, &moved, sizeof(struct sockaddr_in));
+}
+
+/* A pong: the measured endpoint alone (not the first, not the relay). */
+static void test_route_pong_wins(void **state)
+{
+	struct disco_peer p;
+	struct sockaddr_storage eps[2] = { v4("10.0.0.2", 41641), v4("203.0.113.5", 60000) };
+	struct disco_route r;
+	uint64_t t = 1000;
+
+	disco_peer_init(&p);
+	disco_peer_set_endpoints(&p, eps, 2, t);
+	answer(&p, t, &eps[1], 1, 9);
+	for (int relay = 0; relay < 2; relay++) {
+		disco_peer_route(&p, t + 9, relay, &r);
+		assert_true(r.direct);
+		assert_true(r.measured);
+		assert_false(r.relay);
+		assert_int_equal(r.latency_ms, 9);
+		assert_memory_equal(&r.addr, &eps[1], sizeof(struct sockaddr_in));
+	}
+}
+
+/* A measured path that stops answering: the relay alone within
+ * DISCO_TRUST_MS (the fallback budget); with no relay, the endpoint that
+ * answered last. Its pongs back: direct again. */
+static void test_route_break_falls_back(void **state)
+{
+	struct disco_peer p;
+	struct sockaddr_storage eps[2] = { v4("10.0.0.2", 41641), v4("203.0.113.5", 60000) };
+	struct disco_route r;
+	uint64_t t = 1000, last_pong;
+
+	disco_peer_init(&p);
+	disco_peer_set_endpoints(&p, eps, 2, t);
+	answer(&p, t, &eps[1], 1, 5);
+	last_pong = t + 5;
+	for (t += 100;; t += 100) {
+		answer(&p, t, NULL, 0, 0);
+		disco_peer_route(&p, t, true, &r);
+		if (!r.direct)
+			break;
+		assert_false(r.relay);
+	}
+	assert_true(r.relay);
+	assert_true(t - last_pong <= DISCO_TRUST_MS + 100);
+	disco_peer_route(&p, t, false, &r);
+	assert_true(r.direct);
+	assert_false(r.relay);
+	assert_false(r.measured);
+	assert_memory_equal(&r.addr, &eps[1], sizeof(struct sockaddr_in));
+	for (int i = 0; i < 100; i++, t += 100) {
+		answer(&p, t, &eps[1], 1, 6);
+		disco_peer_route(&p, t + 6, true, &r);
+		if (r.measured)
+			break;
+	}
+	assert_true(r.direct && r.measured && !r.relay);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_seal_open),
+		cmocka_unit_test(test_seal_open_shared),
 		cmocka_unit_test(test_parse_malformed),
 		cmocka_unit_test(test_path_upgrade_fallback),
 		cmocka_unit_test(test_path_pong_checks),
@@ -348,6 +507,10 @@ int main(void)
 		cmocka_unit_test(test_path_call_me_maybe_and_ping),
 		cmocka_unit_test(test_path_kept_across_update),
 		cmocka_unit_test(test_path_crossing_pings),
+		cmocka_unit_test(test_route_no_relay_direct_at_once),
+		cmocka_unit_test(test_route_relay_optimistic),
+		cmocka_unit_test(test_route_pong_wins),
+		cmocka_unit_test(test_route_break_falls_back),
 	};
 	if (sodium_init() < 0)
 		return 1;

@@ -28,6 +28,7 @@
 #include "wg/noise.h"
 #include "wg/peer.h"
 #include "wg/pool.h"
+#include "wg/receive.h"
 #include "wg/exporter.h"
 #include "wg/uapi.h"
 
@@ -79,12 +80,44 @@ static struct uapi_peer peer_of(const uint8_t pub[32], const char *aip, uint16_t
 
 static size_t large_slots; /* hub_config.pool_large_buffers for the next pair */
 
+/* A relay for the next pair (relay_pair_setup): each engine's relay_send
+ * keeps the last message it took, and for which peer. */
+static bool with_relay;
+struct relayed {
+	uint8_t to[32];
+	uint8_t msg[MESSAGE_INITIATION_LEN];
+	size_t len, count;
+};
+static struct relayed relayed_a, relayed_b;
+
+static size_t relay_capture(void *arg, const uint8_t peer[32], const struct iovec *pkts, size_t n)
+{
+	struct relayed *r = arg;
+
+	for (size_t i = 0; i < n; i++) {
+		memcpy(r->to, peer, 32);
+		r->len = pkts[i].iov_len < sizeof(r->msg) ? pkts[i].iov_len : sizeof(r->msg);
+		memcpy(r->msg, pkts[i].iov_base, r->len);
+		r->count++;
+	}
+	return n;
+}
+
 static int pair_setup(void **state)
 {
 	struct pair *p = calloc(1, sizeof(*p));
-	struct hub_config hc = { .workers = 2, .readers_help = true, .pool_large_buffers = large_slots };
+	struct hub_config hc = { .workers = 2, .readers_help = true, .pool_large_buffers = large_slots,
+				 .under_load_at = with_relay ? 1 : 0 };
 	struct engine_config ca = { .ifname = "kte0a" }, cb = { .ifname = "kte0b" };
 	struct uapi_peer up;
+
+	if (with_relay) {
+		memset(&relayed_a, 0, sizeof(relayed_a));
+		memset(&relayed_b, 0, sizeof(relayed_b));
+		ca.relay_send = cb.relay_send = relay_capture;
+		ca.relay_arg = &relayed_a;
+		cb.relay_arg = &relayed_b;
+	}
 
 	assert_non_null(p);
 	p->loop = loop_new();
@@ -615,6 +648,50 @@ static void test_pool_large(void **state)
 	pool_free(pl);
 }
 
+static int relay_pair_setup(void **state)
+{
+	int r;
+
+	with_relay = true;
+	r = pair_setup(state);
+	with_relay = false;
+	return r;
+}
+
+/* A handshake that came through a relay, under load: the cookie reply
+ * goes back through the relay to the sender's key (it has no address),
+ * and the sender takes it. */
+static void test_relayed_cookie_reply(void **state)
+{
+	struct pair *p = *state;
+	struct hub_stats st;
+	uint8_t init[MESSAGE_INITIATION_LEN];
+	struct peer *pa_on_a;
+
+	assert_int_equal(engine_peer_set_path(p->a, p->pb, true, NULL), 0);
+	assert_int_equal(engine_peer_handshake(p->a, p->pb), 0);
+	assert_int_equal(relayed_a.count, 1);
+	assert_memory_equal(relayed_a.to, p->pb, 32);
+	assert_int_equal(relayed_a.len, MESSAGE_INITIATION_LEN);
+	memcpy(init, relayed_a.msg, sizeof(init));
+	/* Two queued at once: the first is handled under load (no MAC2). */
+	receive_relayed(p->hub, p->pa, init, sizeof(init));
+	receive_relayed(p->hub, p->pa, init, sizeof(init));
+	receive_handshakes(p->hub);
+	hub_stats(p->hub, &st);
+	assert_true(st.cookie_replies_sent >= 1);
+	assert_true(relayed_b.count >= 1);
+	assert_memory_equal(relayed_b.to, p->pa, 32);
+	assert_int_equal(relayed_b.len, MESSAGE_COOKIE_LEN);
+	assert_int_equal(relayed_b.msg[0], MESSAGE_HANDSHAKE_COOKIE);
+	/* Relayed back to a: its peer b now holds the cookie. */
+	receive_relayed(p->hub, p->pb, relayed_b.msg, relayed_b.len);
+	receive_handshakes(p->hub);
+	pa_on_a = engine_peer_lookup(p->a, p->pb);
+	assert_non_null(pa_on_a);
+	assert_true(pa_on_a->cookie.is_valid);
+}
+
 /* The handshake queue keeps its last quarter for messages a flood of
  * made-up initiations cannot send: those carrying a MAC2, and cookie
  * replies. */
@@ -666,6 +743,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_exporter, pair_setup, pair_teardown),
 		cmocka_unit_test_setup_teardown(test_large_mtu, pair_setup, pair_teardown),
 		cmocka_unit_test_setup_teardown(test_large_slots_exhausted, pair_setup_few_large, pair_teardown),
+		cmocka_unit_test_setup_teardown(test_relayed_cookie_reply, relay_pair_setup, pair_teardown),
 		cmocka_unit_test(test_handshake_queue_reserve),
 		cmocka_unit_test(test_pool_large),
 	};
