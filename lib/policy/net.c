@@ -38,9 +38,29 @@ struct policy_net {
 	} addrs[2];
 	struct policy_prefix *internet; /* autogroup:internet, see internet_build() */
 	size_t n_internet;
+	struct net_cache *cache; /* see "the filter as text" */
 };
 
 #define SLOT(v) ((size_t)(uintptr_t)(v) - 1)
+
+/* The shared filter text (see "the filter as text"). */
+#define SRC_TEXT_MAX ((size_t)64 << 20)
+
+struct src_text {
+	struct buf text;
+	bool valid;
+};
+
+struct net_cache {
+	struct src_text *rules; /* one per policy rule */
+	size_t n_rules, n_valid;
+	struct buf dst, self, ssrc; /* scratch, per filter */
+	struct policy_net_stats stats;
+};
+
+static int cache_new(struct policy_net *n);
+static void cache_free(struct net_cache *c);
+static void cache_touch(struct policy_net *n, const struct dev *d);
 
 struct addr_entry {
 	uint8_t addr[16];
@@ -358,7 +378,7 @@ struct policy_net *policy_net_new(const struct policy *p)
 	n->by_user = strmap_new();
 	n->by_tag = strmap_new();
 	n->by_ns = strmap_new();
-	if (!n->by_name || !n->by_user || !n->by_tag || !n->by_ns || internet_build(n)) {
+	if (!n->by_name || !n->by_user || !n->by_tag || !n->by_ns || internet_build(n) || cache_new(n)) {
 		policy_net_free(n);
 		return NULL;
 	}
@@ -396,6 +416,7 @@ void policy_net_free(struct policy_net *n)
 	free(n->addrs[0].v);
 	free(n->addrs[1].v);
 	free(n->internet);
+	cache_free(n->cache);
 	free(n);
 }
 
@@ -498,6 +519,7 @@ static void unindex(struct policy_net *n, size_t slot)
 {
 	struct dev *d = &n->devs[slot];
 
+	cache_touch(n, d);
 	strmap_del(n->by_name, d->name);
 	if (d->user)
 		map_del(n->by_user, d->user, slot);
@@ -523,6 +545,7 @@ static int index_dev(struct policy_net *n, size_t slot)
 {
 	struct dev *d = &n->devs[slot];
 
+	cache_touch(n, d);
 	if (strmap_set(n->by_name, d->name, (void *)(uintptr_t)(slot + 1), NULL))
 		return -ENOMEM;
 	if (d->user && map_add(n->by_user, d->user, slot))
@@ -937,6 +960,7 @@ int policy_net_filter(const struct policy_net *n, const char *name, struct polic
 	ret = slot_find(n, name, &slot);
 	if (ret)
 		return ret;
+	n->cache->stats.filters++;
 	ret = marks_init(&m, n->n_devs);
 	if (ret)
 		return ret;
@@ -1006,6 +1030,7 @@ int policy_net_peers(const struct policy_net *n, const char *name, struct policy
 	ret = slot_find(n, name, &slot);
 	if (ret)
 		return ret;
+	n->cache->stats.peer_sets++;
 	ret = marks_init(&m, n->n_devs);
 	if (ret)
 		return ret;
@@ -1381,6 +1406,290 @@ bool policy_filter_allows(const struct policy_filter *f, const struct policy_pre
 		}
 	}
 	return false;
+}
+
+/* ---- the filter as text ---------------------------------------------- */
+
+/* A rule's sources are the same for every device it reaches (but for
+ * autogroup:self destinations, whose sources are the device's user's own
+ * devices). So the text of each rule's srcIPs ("a/32","b/128",...) is
+ * built once and shared by every filter the rule is in, until a device
+ * its sources name joins or leaves (cache_touch): then that rule alone
+ * is built again on its next use. A device's filter is its rules' shared
+ * sources and its own destinations. The cache is its own allocation:
+ * filling it is not a change of the net, whose readers hold it const. */
+
+static int cache_new(struct policy_net *n)
+{
+	struct net_cache *c = calloc(1, sizeof(*c));
+
+	if (!c || !(c->rules = calloc(n->p->n_rules + 1, sizeof(*c->rules)))) {
+		free(c);
+		return -ENOMEM;
+	}
+	c->n_rules = n->p->n_rules;
+	for (size_t i = 0; i < c->n_rules; i++)
+		buf_init(&c->rules[i].text, SRC_TEXT_MAX);
+	buf_init(&c->dst, SRC_TEXT_MAX);
+	buf_init(&c->self, SRC_TEXT_MAX);
+	buf_init(&c->ssrc, SRC_TEXT_MAX);
+	n->cache = c;
+	return 0;
+}
+
+static void cache_free(struct net_cache *c)
+{
+	if (!c)
+		return;
+	for (size_t i = 0; i < c->n_rules; i++)
+		buf_free(&c->rules[i].text);
+	free(c->rules);
+	buf_free(&c->dst);
+	buf_free(&c->self);
+	buf_free(&c->ssrc);
+	free(c);
+}
+
+/* Does s, as a rule's source, name d (expand() would mark it)? */
+static bool src_names(const struct policy *p, const struct sel *s, const struct dev *d)
+{
+	switch (s->kind) {
+	case SEL_USER:
+	case SEL_GROUP:
+	case SEL_TAG:
+	case SEL_NS:
+	case SEL_MEMBER:
+	case SEL_TAGGED:
+		return sel_match(p, s, d);
+	default:
+		return false; /* written as is (*, prefixes) or nothing (self, internet) */
+	}
+}
+
+/* d joins or leaves: the rules whose sources name it are built again. */
+static void cache_touch(struct policy_net *n, const struct dev *d)
+{
+	struct net_cache *c = n->cache;
+
+	for (size_t i = 0; c && c->n_valid && i < n->p->n_rules; i++) {
+		const struct rule *r = &n->p->rules[i];
+		bool hit = false;
+
+		if (!c->rules[i].valid)
+			continue;
+		for (size_t k = 0; k < r->n_src && !hit; k++)
+			hit = src_names(n->p, &r->src[k], d);
+		if (hit) {
+			c->rules[i].valid = false;
+			buf_reset(&c->rules[i].text);
+			c->n_valid--;
+		}
+	}
+}
+
+static int dump_list_item(struct buf *out, const struct policy_prefix *p)
+{
+	int ret = out->len ? buf_add_byte(out, ',') : 0;
+
+	return ret ? ret : dump_prefix(out, p);
+}
+
+/* The addresses of the devices marked, in mark order; clears the marks. */
+static int dump_marked(const struct policy_net *n, struct marks *m, struct buf *out)
+{
+	int ret = 0;
+
+	for (size_t i = 0; i < m->n && !ret; i++) {
+		const struct dev *x = &n->devs[m->v[i]];
+
+		for (size_t k = 0; k < x->n_addrs && !ret; k++)
+			ret = dump_list_item(out, &x->addrs[k]);
+	}
+	for (size_t i = 0; i < m->n; i++)
+		m->bits[m->v[i] / 8] = 0;
+	m->n = 0;
+	return ret;
+}
+
+/* Rule i's shared sources, as rule_srcs() orders them: literal ones in
+ * the rule's order, then the addresses of the devices it names. */
+static int rule_src_text(const struct policy_net *n, size_t i, struct marks *m, const struct buf **out)
+{
+	struct src_text *t = &n->cache->rules[i];
+	const struct rule *r = &n->p->rules[i];
+	int ret = 0;
+
+	if (!t->valid) {
+		buf_reset(&t->text);
+		for (size_t k = 0; k < r->n_src && !ret; k++) {
+			const struct sel *s = &r->src[k];
+
+			if (s->kind == SEL_ALL) {
+				ret = dump_list_item(&t->text, &any4);
+				if (!ret)
+					ret = dump_list_item(&t->text, &any6);
+			} else if (s->kind == SEL_PREFIX) {
+				ret = dump_list_item(&t->text, &s->pfx);
+			} else {
+				expand(n, s, false, NULL, m);
+			}
+		}
+		if (!ret)
+			ret = dump_marked(n, m, &t->text);
+		if (ret) {
+			buf_reset(&t->text);
+			return ret;
+		}
+		t->valid = true;
+		n->cache->n_valid++;
+		n->cache->stats.source_builds++;
+	}
+	*out = &t->text;
+	return 0;
+}
+
+/* One dstPorts entry per port of x on ip. */
+static int dump_dst(struct buf *out, const struct policy_prefix *ip, const struct dst *x)
+{
+	int ret = 0;
+
+	for (size_t i = 0; i < x->n_ports && !ret; i++) {
+		ret = buf_add_str(out, out->len ? ",{\"ip\":" : "{\"ip\":");
+		if (!ret)
+			ret = dump_prefix(out, ip);
+		if (!ret)
+			ret = dump_ports(out, &x->ports[i]);
+	}
+	return ret;
+}
+
+/* rule_dsts() as text: d's destinations in r, self ones apart. */
+static int rule_dst_text(const struct policy_net *n, const struct rule *r, const struct dev *d, struct buf *dst,
+			 struct buf *self)
+{
+	int ret = 0;
+
+	buf_reset(dst);
+	buf_reset(self);
+	for (size_t i = 0; i < r->n_dst && !ret; i++) {
+		const struct dst *x = &r->dst[i];
+
+		switch (x->sel.kind) {
+		case SEL_ALL:
+			ret = dump_dst(dst, &any4, x);
+			if (!ret)
+				ret = dump_dst(dst, &any6, x);
+			break;
+		case SEL_PREFIX:
+			if (dst_match(n->p, &x->sel, d))
+				ret = dump_dst(dst, &x->sel.pfx, x);
+			break;
+		case SEL_INTERNET:
+			for (size_t k = 0; d->exit_node && k < n->n_internet && !ret; k++)
+				ret = dump_dst(dst, &n->internet[k], x);
+			break;
+		case SEL_SELF:
+			for (size_t k = 0; d->user && k < d->n_addrs && !ret; k++)
+				ret = dump_dst(self, &d->addrs[k], x);
+			break;
+		default:
+			for (size_t k = 0; sel_match(n->p, &x->sel, d) && k < d->n_addrs && !ret; k++)
+				ret = dump_dst(dst, &d->addrs[k], x);
+			break;
+		}
+	}
+	return ret;
+}
+
+/* The sources of r for d's self destinations: its user's devices that
+ * match a source, selector by selector (as rule_srcs(self)). */
+static int self_src_text(const struct policy_net *n, const struct rule *r, const struct dev *d, struct marks *m,
+			 struct buf *out)
+{
+	const struct bucket *b = d->user ? strmap_get(n->by_user, d->user) : NULL;
+
+	buf_reset(out);
+	for (size_t i = 0; i < r->n_src; i++)
+		for (size_t k = 0; b && k < b->n; k++)
+			if (src_match(n->p, &r->src[i], &n->devs[b->v[k]]))
+				mark(m, b->v[k]);
+	return dump_marked(n, m, out);
+}
+
+/* One FilterRule, if it has sources and destinations; *first: none
+ * written yet. */
+static int dump_rule(struct buf *out, bool *first, const struct rule *r, const struct buf *src, const struct buf *dst)
+{
+	int ret;
+
+	if (!src->len || !dst->len)
+		return 0;
+	ret = buf_add_str(out, *first ? "{\"srcIPs\":[" : ",{\"srcIPs\":[");
+	*first = false;
+	if (!ret)
+		ret = buf_add(out, src->data, src->len);
+	if (!ret)
+		ret = buf_add_str(out, "],\"dstPorts\":[");
+	if (!ret)
+		ret = buf_add(out, dst->data, dst->len);
+	if (!ret)
+		ret = buf_add_str(out, "],\"ipProto\":[");
+	for (size_t k = 0; !ret && k < r->n_protos; k++) {
+		char s[8], *e = s;
+
+		if (k)
+			*e++ = ',';
+		put_uint(&e, r->protos[k]);
+		ret = buf_add(out, s, (size_t)(e - s));
+	}
+	return ret ? ret : buf_add_str(out, "]}");
+}
+
+int policy_net_filter_dump(const struct policy_net *n, const char *name, struct buf *out)
+{
+	struct net_cache *c = n->cache;
+	struct marks m = { 0 };
+	const struct dev *d;
+	size_t slot, start = out->len;
+	bool first = true;
+	int ret;
+
+	ret = slot_find(n, name, &slot);
+	if (ret)
+		return ret;
+	c->stats.filters++;
+	d = &n->devs[slot];
+	ret = buf_add_byte(out, '[');
+	for (size_t i = 0; !ret && i < n->p->n_rules; i++) {
+		const struct rule *r = &n->p->rules[i];
+		const struct buf *src = NULL;
+
+		ret = rule_dst_text(n, r, d, &c->dst, &c->self);
+		if (!ret && (c->dst.len || c->self.len) && !m.bits)
+			ret = marks_init(&m, n->n_devs);
+		if (!ret && c->dst.len)
+			ret = rule_src_text(n, i, &m, &src);
+		if (!ret && c->dst.len)
+			ret = dump_rule(out, &first, r, src, &c->dst);
+		if (!ret && c->self.len)
+			ret = self_src_text(n, r, d, &m, &c->ssrc);
+		if (!ret && c->self.len)
+			ret = dump_rule(out, &first, r, &c->ssrc, &c->self);
+	}
+	if (m.bits)
+		marks_fini(&m);
+	if (!ret)
+		ret = buf_add_byte(out, ']');
+	if (ret && out->data) {
+		out->len = start;
+		out->data[start] = '\0';
+	}
+	return ret;
+}
+
+void policy_net_stats(const struct policy_net *n, struct policy_net_stats *out)
+{
+	*out = n->cache->stats;
 }
 
 /* ---- what a policy change touches ------------------------------------ */

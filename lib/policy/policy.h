@@ -179,6 +179,23 @@ int policy_net_filter(const struct policy_net *n, const char *name, struct polic
 int policy_net_peers(const struct policy_net *n, const char *name, struct policy_names *out);
 int policy_net_routes(const struct policy_net *n, const char *name, struct policy_routes *out);
 
+/* A device's packet filter as policy_filter_dump(policy_net_filter())
+ * writes it, appended to out, faster: each rule's sources are expanded
+ * and written once and shared by every device the rule reaches, until a
+ * device they name joins or leaves (then that rule alone is built again).
+ * Not thread-safe even on a const net (the shared text is filled on
+ * use). -ENOENT for an unknown name, -ENOMEM/-ENOSPC (out is left as it
+ * was, or freed by a failed append). */
+int policy_net_filter_dump(const struct policy_net *n, const char *name, struct buf *out);
+
+/* What a net has compiled since it was made, for tests and benchmarks. */
+struct policy_net_stats {
+	size_t filters; /* device filters (policy_net_filter, _filter_dump) */
+	size_t peer_sets; /* device peer lists (policy_net_peers, and those add, remove, affected ask for) */
+	size_t source_builds; /* rules whose shared sources were (re)built */
+};
+void policy_net_stats(const struct policy_net *n, struct policy_net_stats *out);
+
 /* ---- a policy change -------------------------------------------------- */
 
 /* Two nets over (nearly) the same devices, under an old and a new policy:

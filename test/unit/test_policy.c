@@ -390,6 +390,8 @@ static const struct verdict verdicts[] = {
 		"\"*:22\"") ",],}", CAROL, BOB, TCP, 22, true },
 };
 
+static void check_dumps(struct policy_net *net, const char *what);
+
 static void test_verdicts(void **state)
 {
 	size_t crossed = 0;
@@ -411,6 +413,7 @@ static void test_verdicts(void **state)
 			fail_msg("case %zu (%s): nobody has %s", i, v->what, v->dst);
 		assert_int_equal(policy_net_filter(net, owner, &f), 0);
 		got = policy_filter_allows(&f, &src, &dst, v->proto, v->port);
+		check_dumps(net, v->what);
 		if (got != v->allow)
 			fail_msg("case %zu (%s): %s -> %s:%u/%u on %s: expected %s, got %s", i, v->what,
 				 v->src, v->dst, v->port, v->proto, owner, v->allow ? "allow" : "deny",
@@ -1038,6 +1041,128 @@ static char *filter_text(struct policy_net *net, const char *name)
 	return s;
 }
 
+/* policy_net_filter_dump writes what policy_filter_dump writes of
+ * policy_net_filter, for every device of net, from its shared sources
+ * (twice: built, then as kept). */
+static void check_dumps(struct policy_net *net, const char *what)
+{
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t i = 0; i < N_DEVS; i++) {
+			struct buf b = BUF_INIT(1 << 20);
+			char *want = filter_text(net, devs[i].name);
+
+			assert_int_equal(policy_net_filter_dump(net, devs[i].name, &b), 0);
+			if (strcmp(buf_str(&b), want))
+				fail_msg("%s: %s (pass %d): shared-source filter\n%s\ndiffers from\n%s", what,
+					 devs[i].name, pass, buf_str(&b), want);
+			buf_free(&b);
+			free(want);
+		}
+	}
+}
+
+static char *dump_text(struct policy_net *net, const char *name)
+{
+	struct buf b = BUF_INIT(1 << 20);
+	char *s;
+
+	assert_int_equal(policy_net_filter_dump(net, name, &b), 0);
+	s = buf_steal(&b, NULL);
+	assert_non_null(s);
+	return s;
+}
+
+/* A device joining or leaving: the operator recompiles the devices
+ * touched, and of their filters only the rules whose sources name the
+ * device are built again; everything else keeps what it had, and every
+ * filter is what a net built from scratch gives. Counted. */
+static void test_incremental_counts(void **state)
+{
+	static const struct devspec bob2 = { "bob-2", "100.64.0.40", NULL, "bob@example.com", NULL, NULL, NULL };
+	/* Sources: bob (via group:eng) in rules 0 and 2, never in 1 and 3. */
+	struct policy *p = parse_ok(ACLS(ACL("\"group:eng\"", "\"tag:web:80\"") ","
+					 ACL("\"tag:web\"", "\"tag:db:5432\"") ","
+					 ACL("\"autogroup:member\"", "\"autogroup:self:*\"") ","
+					 ACL("\"10.0.0.0/8\"", "\"tag:db:22\"")));
+	struct policy_net *net = net_all(p), *fresh;
+	struct policy_net_stats s0, s1;
+	struct policy_names touched;
+	char *before[N_DEVS];
+
+	(void)state;
+	for (size_t i = 0; i < N_DEVS; i++)
+		before[i] = dump_text(net, devs[i].name);
+	policy_net_stats(net, &s0);
+	assert_int_equal(s0.filters, N_DEVS);
+	/* Rules 0, 1 and 3 reach someone (web, db); rule 2 is self only:
+	 * its sources are per device, never shared. */
+	assert_int_equal(s0.source_builds, 3);
+	for (size_t i = 0; i < N_DEVS; i++)
+		free(dump_text(net, devs[i].name));
+	policy_net_stats(net, &s1);
+	assert_int_equal(s1.source_builds, 3); /* all kept */
+
+	/* bob-2 joins: it and its peers are touched, and only rule 0 (whose
+	 * sources, group:eng, name it) is built again, once for all. */
+	assert_int_equal(add_dev(net, &bob2, &touched), 0);
+	assert_string_equal(names_join(&touched), "bob-2,bob-laptop,web,web2");
+	policy_net_stats(net, &s0);
+	for (size_t i = 0; i < touched.len; i++)
+		free(dump_text(net, touched.v[i]));
+	policy_net_stats(net, &s1);
+	assert_int_equal(s1.filters - s0.filters, touched.len);
+	assert_int_equal(s1.source_builds - s0.source_builds, 1);
+	policy_names_free(&touched);
+
+	/* Untouched devices' filters did not change; touched ones match a
+	 * net built from scratch, as does every other. */
+	fresh = policy_net_new(p);
+	assert_non_null(fresh);
+	for (size_t i = 0; i < N_DEVS; i++)
+		assert_int_equal(add_dev(fresh, &devs[i], NULL), 0);
+	assert_int_equal(add_dev(fresh, &bob2, NULL), 0);
+	for (size_t i = 0; i < N_DEVS; i++) {
+		char *a = dump_text(net, devs[i].name), *b = filter_text(fresh, devs[i].name);
+
+		assert_string_equal(a, b);
+		if (strcmp(devs[i].name, "web") && strcmp(devs[i].name, "web2") && strcmp(devs[i].name, "bob-laptop"))
+			assert_string_equal(a, before[i]);
+		free(a);
+		free(b);
+	}
+
+	/* db leaves: nobody's sources name a tag:db device, so nothing is
+	 * built again; its peers are what to recompile. */
+	policy_net_stats(net, &s0);
+	assert_int_equal(policy_net_remove(net, "db", &touched), 0);
+	assert_string_equal(names_join(&touched), "router,web,web2");
+	for (size_t i = 0; i < touched.len; i++)
+		free(dump_text(net, touched.v[i]));
+	policy_net_stats(net, &s1);
+	assert_int_equal(s1.source_builds - s0.source_builds, 0);
+	policy_names_free(&touched);
+	/* web leaves: rule 1's sources (tag:web) are built again. */
+	assert_int_equal(policy_net_remove(net, "web", &touched), 0);
+	for (size_t i = 0; i < touched.len; i++)
+		free(dump_text(net, touched.v[i]));
+	policy_net_stats(net, &s0);
+	assert_int_equal(s0.source_builds - s1.source_builds, 0); /* db, rule 1's only destination, is gone */
+	policy_names_free(&touched);
+	{
+		char *r = dump_text(net, "web2"), *f = filter_text(net, "web2");
+
+		assert_string_equal(r, f);
+		free(r);
+		free(f);
+	}
+
+	for (size_t i = 0; i < N_DEVS; i++)
+		free(before[i]);
+	policy_net_free(fresh);
+	policy_net_free(net);
+	policy_free(p);
+}
+
 /* Adding and removing a device touches it and its peers, and leaves every
  * filter as a net built from scratch would have it. */
 static void test_incremental(void **state)
@@ -1307,7 +1432,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_verdicts),   cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_policy_tests), cmocka_unit_test(test_visibility),
-		cmocka_unit_test(test_incremental), cmocka_unit_test(test_filter_json),
+		cmocka_unit_test(test_incremental), cmocka_unit_test(test_incremental_counts),
+		cmocka_unit_test(test_filter_json),
 		cmocka_unit_test(test_routes),	   cmocka_unit_test(test_tag_owners),
 		cmocka_unit_test(test_misc),	   cmocka_unit_test(test_internet),
 		cmocka_unit_test(test_limits),	   cmocka_unit_test(test_view_delta),
