@@ -157,7 +157,6 @@ static void computed_put(struct computed *k)
 static int compute(struct mappolicy *mp, const char *device, struct computed **out)
 {
 	struct computed *k = calloc(1, sizeof(*k));
-	struct policy_filter f = { 0 };
 	int err = k ? 0 : -ENOMEM;
 
 	if (err)
@@ -169,12 +168,9 @@ static int compute(struct mappolicy *mp, const char *device, struct computed **o
 		err = buf_add_str(&k->filter, "[]"); /* not compiled: sees and admits nobody */
 	} else if (!err) {
 		err = policy_net_peers(mp->net, device, &k->peers);
-		if (!err)
-			err = policy_net_filter(mp->net, device, &f);
-		if (!err)
-			err = policy_filter_dump(&f, &k->filter);
+		if (!err) /* each rule's sources written once for all devices */
+			err = policy_net_filter_dump(mp->net, device, &k->filter);
 	}
-	policy_filter_free(&f);
 	if (!err)
 		crypto_generichash(k->hash, sizeof(k->hash), k->filter.data, k->filter.len, NULL, 0);
 	if (err)
