@@ -1764,16 +1764,111 @@ static bool owners_eq(const struct policy *pa, const struct owners *a, size_t na
 	return true;
 }
 
-/* Is r (of net a's policy) also a rule of b's? The same index first:
- * an edit leaves most rules where they were. */
-static bool rule_kept(const struct policy *pa, size_t i, const struct policy *pb)
+/* A hash of what rule_eq() compares, so equal rules hash alike: a rule
+ * is looked up among the other policy's by hash, not compared with each
+ * (1,000 rules with one inserted in front took a million compares). */
+static uint64_t mix(uint64_t h, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ b[i]) * 0x100000001b3ull;
+	return h;
+}
+
+static uint64_t mix_str(uint64_t h, const char *s)
+{
+	return s ? mix(h, s, strlen(s) + 1) : mix(h, "\xff", 1);
+}
+
+static uint64_t sel_hash(const struct policy *p, const struct sel *s, uint64_t h)
+{
+	uint8_t kind = (uint8_t)s->kind;
+
+	h = mix(h, &kind, 1);
+	switch (s->kind) {
+	case SEL_GROUP: {
+		const struct group *g = &p->groups[s->group];
+
+		h = mix_str(h, g->name);
+		for (size_t i = 0; i < g->n; i++) {
+			kind = (uint8_t)g->members[i].kind;
+			h = mix_str(mix(h, &kind, 1), g->members[i].name);
+		}
+		return h;
+	}
+	case SEL_PREFIX:
+		h = mix(h, &s->pfx.family, 1);
+		h = mix(h, &s->pfx.bits, 1);
+		return mix(h, s->pfx.addr, sizeof(s->pfx.addr));
+	default:
+		return mix_str(h, s->name);
+	}
+}
+
+static uint64_t rule_hash(const struct policy *p, const struct rule *r)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	uint8_t has_ports = r->has_ports;
+
+	h = mix(h, &r->n_dst, sizeof(r->n_dst));
+	h = mix(h, &r->n_src, sizeof(r->n_src));
+	h = mix(h, &has_ports, 1);
+	h = mix(h, r->protos, r->n_protos);
+	for (size_t i = 0; i < r->n_src; i++)
+		h = sel_hash(p, &r->src[i], h);
+	for (size_t i = 0; i < r->n_dst; i++) {
+		h = sel_hash(p, &r->dst[i].sel, h);
+		h = mix(h, &r->dst[i].n_ports, sizeof(r->dst[i].n_ports));
+		for (size_t k = 0; k < r->dst[i].n_ports; k++) {
+			h = mix(h, &r->dst[i].ports[k].first, sizeof(r->dst[i].ports[k].first));
+			h = mix(h, &r->dst[i].ports[k].last, sizeof(r->dst[i].ports[k].last));
+		}
+	}
+	return h;
+}
+
+struct rule_key {
+	uint64_t hash;
+	size_t i;
+};
+
+static int key_cmp(const void *a, const void *b)
+{
+	const struct rule_key *x = a, *y = b;
+
+	return x->hash < y->hash ? -1 : x->hash > y->hash ? 1 : (x->i > y->i) - (x->i < y->i);
+}
+
+/* p's rules by hash, sorted. NULL on ENOMEM. */
+static struct rule_key *rule_keys(const struct policy *p)
+{
+	struct rule_key *k = malloc((p->n_rules + 1) * sizeof(*k));
+
+	for (size_t i = 0; k && i < p->n_rules; i++)
+		k[i] = (struct rule_key){ rule_hash(p, &p->rules[i]), i };
+	if (k)
+		qsort(k, p->n_rules, sizeof(*k), key_cmp);
+	return k;
+}
+
+/* Is rule i of pa also a rule of pb (whose keys are kb)? */
+static bool rule_kept(const struct policy *pa, size_t i, const struct policy *pb, const struct rule_key *kb)
 {
 	const struct rule *r = &pa->rules[i];
+	uint64_t h = rule_hash(pa, r);
+	size_t lo = 0, hi = pb->n_rules;
 
-	if (i < pb->n_rules && rule_eq(pa, r, pb, &pb->rules[i]))
-		return true;
-	for (size_t k = 0; k < pb->n_rules; k++)
-		if (k != i && rule_eq(pa, r, pb, &pb->rules[k]))
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (kb[mid].hash < h)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (; lo < pb->n_rules && kb[lo].hash == h; lo++)
+		if (rule_eq(pa, r, pb, &pb->rules[kb[lo].i]))
 			return true;
 	return false;
 }
@@ -1836,6 +1931,7 @@ int policy_net_affected(const struct policy_net *from, const struct policy_net *
 {
 	const struct policy *pa = from->p, *pb = to->p;
 	struct marks ma = { 0 }, mb = { 0 };
+	struct rule_key *ka = NULL, *kb = NULL;
 	struct strmap *seen = strmap_new();
 	bool all = pa->has_rules != pb->has_rules ||
 		   !owners_eq(pa, pa->route_approvers, pa->n_route_approvers, pb, pb->route_approvers,
@@ -1855,11 +1951,17 @@ int policy_net_affected(const struct policy_net *from, const struct policy_net *
 	} else {
 		/* A rule only one side has reaches the devices it names: their
 		 * filters (as destinations) and peers (either way). */
+		ka = rule_keys(pa);
+		kb = rule_keys(pb);
+		if (!ka || !kb) {
+			ret = -ENOMEM;
+			goto out;
+		}
 		for (size_t i = 0; i < pa->n_rules; i++)
-			if (!rule_kept(pa, i, pb))
+			if (!rule_kept(pa, i, pb, kb))
 				mark_rule(from, &pa->rules[i], &ma);
 		for (size_t i = 0; i < pb->n_rules; i++)
-			if (!rule_kept(pb, i, pa))
+			if (!rule_kept(pb, i, pa, ka))
 				mark_rule(to, &pb->rules[i], &mb);
 		ret = mark_missing(from, to, &ma);
 		if (!ret)
@@ -1889,6 +1991,8 @@ out:
 		policy_names_free(out);
 	marks_fini(&ma);
 	marks_fini(&mb);
+	free(ka);
+	free(kb);
 	strmap_free(seen);
 	return ret;
 }
