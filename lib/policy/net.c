@@ -59,6 +59,8 @@ struct net_cache {
 };
 
 static int cache_new(struct policy_net *n);
+static bool sels_eq(const struct policy *pa, const struct sel *a, size_t na, const struct policy *pb,
+		    const struct sel *b, size_t nb);
 static void cache_free(struct net_cache *c);
 static void cache_touch(struct policy_net *n, const struct dev *d);
 
@@ -1651,6 +1653,7 @@ int policy_net_filter_dump(const struct policy_net *n, const char *name, struct 
 	struct marks m = { 0 };
 	const struct dev *d;
 	size_t slot, start = out->len;
+	const struct rule *last_self = NULL; /* whose sources c->ssrc holds */
 	bool first = true;
 	int ret;
 
@@ -1671,8 +1674,13 @@ int policy_net_filter_dump(const struct policy_net *n, const char *name, struct 
 			ret = rule_src_text(n, i, &m, &src);
 		if (!ret && c->dst.len)
 			ret = dump_rule(out, &first, r, src, &c->dst);
-		if (!ret && c->self.len)
+		/* Self rules mostly share their sources (autogroup:member):
+		 * the previous one's text serves when they are the same. */
+		if (!ret && c->self.len &&
+		    !(last_self && sels_eq(n->p, last_self->src, last_self->n_src, n->p, r->src, r->n_src))) {
 			ret = self_src_text(n, r, d, &m, &c->ssrc);
+			last_self = r;
+		}
 		if (!ret && c->self.len)
 			ret = dump_rule(out, &first, r, &c->ssrc, &c->self);
 	}
