@@ -142,6 +142,7 @@ static bool view_pending(const struct mapview *v)
  * pending; peers, whose names belong to the net, only during the change). */
 struct computed {
 	unsigned refs;
+	bool same_peers; /* peers not computed: the change leaves them as they were */
 	struct policy_names peers;
 	struct buf filter; /* ,"packetFilter":[...] */
 	uint8_t hash[16];
@@ -156,7 +157,7 @@ static void computed_put(struct computed *k)
 	free(k);
 }
 
-static int compute(struct mappolicy *mp, const char *device, struct computed **out)
+static int compute(struct mappolicy *mp, const char *device, bool peers, struct computed **out)
 {
 	struct computed *k = calloc(1, sizeof(*k));
 	int err = k ? 0 : -ENOMEM;
@@ -169,7 +170,9 @@ static int compute(struct mappolicy *mp, const char *device, struct computed **o
 	if (!err && !strmap_has(mp->facts, device)) {
 		err = buf_add_str(&k->filter, "[]"); /* not compiled: sees and admits nobody */
 	} else if (!err) {
-		err = policy_net_peers(mp->net, device, &k->peers);
+		k->same_peers = !peers;
+		if (peers)
+			err = policy_net_peers(mp->net, device, &k->peers);
 		if (!err) /* each rule's sources written once for all devices */
 			err = policy_net_filter_dump(mp->net, device, &k->filter);
 	}
@@ -208,7 +211,7 @@ static int view_apply(struct mapconn *m, struct computed *k)
 		v->filter->refs++;
 		memcpy(v->filter_hash, k->hash, sizeof(k->hash));
 	}
-	if (!err)
+	if (!err && !k->same_peers)
 		err = policy_view_diff(m->peers, &k->peers, &added, &removed);
 	/* A peer back in view before its removal went out was never removed
 	 * (its record still comes from the log); one gone again before its
@@ -238,8 +241,9 @@ static int view_apply(struct mapconn *m, struct computed *k)
 /* Brings m's view up to date with mp: a full netmap under way that has
  * sent its first piece starts over (one not started takes its view when
  * it does); otherwise a view delta waits for the stream's next record.
- * cache: device -> struct computed, for the streams of one device. */
-static void view_refresh(struct coord *c, struct mappolicy *mp, struct mapconn *m, struct strmap *cache)
+ * cache: device -> struct computed, for the streams of one device.
+ * peers: whether its visible peers may have changed too. */
+static void view_refresh(struct coord *c, struct mappolicy *mp, struct mapconn *m, struct strmap *cache, bool peers)
 {
 	struct computed *k = cache ? strmap_get(cache, m->device) : NULL;
 	int err = 0;
@@ -254,7 +258,7 @@ static void view_refresh(struct coord *c, struct mappolicy *mp, struct mapconn *
 		return;
 	}
 	if (!k) {
-		err = compute(mp, m->device, &k);
+		err = compute(mp, m->device, peers, &k);
 		if (!err && cache && strmap_set(cache, m->device, k, NULL)) {
 			computed_put(k);
 			k = NULL;
@@ -283,8 +287,11 @@ static void cache_free(struct strmap *cache)
 }
 
 /* Refreshes the views of the tailnet's streams whose device is in names
- * (NULL: every stream of the tailnet). */
-static void refresh_streams(struct coord *c, const char *tailnet, struct mappolicy *mp, const struct strmap *names)
+ * (NULL: every stream of the tailnet); of those, the peers of all of them
+ * (all_peers) or of the ones in peers (may be NULL: none), and the filter
+ * alone of the others. */
+static void refresh_streams(struct coord *c, const char *tailnet, struct mappolicy *mp, const struct strmap *names,
+			    bool all_peers, const struct strmap *peers)
 {
 	struct strmap *cache = strmap_new();
 
@@ -292,7 +299,7 @@ static void refresh_streams(struct coord *c, const char *tailnet, struct mappoli
 		if (strcmp(m->tailnet, tailnet) != 0 || (names && !strmap_has(names, m->device)))
 			continue;
 		if (mp)
-			view_refresh(c, mp, m, cache);
+			view_refresh(c, mp, m, cache, all_peers || (peers && strmap_has(peers, m->device)));
 		else
 			mapstream_sync(m);
 	}
@@ -358,8 +365,8 @@ static void rebuild(struct loop *loop, void *arg)
 	struct policy_changed_msg *msg = arg;
 	struct coord *c = msg->c;
 	struct mappolicy *mp = NULL, *old = NULL, *now;
-	struct policy_names affected = { 0 };
-	struct strmap *touched = NULL;
+	struct policy_names affected = { 0 }, peers_affected = { 0 };
+	struct strmap *touched = NULL, *peers_touched = NULL;
 	struct fill f = { 0 };
 	struct policy_ref *ref = policy_store_get(c->op->policies, msg->tailnet);
 	int err = 0;
@@ -390,12 +397,15 @@ static void rebuild(struct loop *loop, void *arg)
 	/* Between two policies, only the streams of the devices the change
 	 * touches get a view delta; to or from allow-all, every stream of the
 	 * tailnet starts over (peers and filter change for all). */
-	if (!old || !now || policy_net_affected(old->net, now->net, &affected) || names_set(&touched, &affected))
-		refresh_streams(c, msg->tailnet, NULL, NULL); /* (or out of memory) */
-	else if (touched)
-		refresh_streams(c, msg->tailnet, now, touched); /* NULL: the change touches nobody */
+	if (!old || !now || policy_net_affected_views(old->net, now->net, &affected, &peers_affected) ||
+	    names_set(&touched, &affected) || names_set(&peers_touched, &peers_affected))
+		refresh_streams(c, msg->tailnet, NULL, NULL, true, NULL); /* (or out of memory) */
+	else if (touched) /* NULL: the change touches nobody */
+		refresh_streams(c, msg->tailnet, now, touched, false, peers_touched);
 	policy_names_free(&affected);
+	policy_names_free(&peers_affected);
 	strmap_free(touched);
+	strmap_free(peers_touched);
 	mappolicy_free(c, old);
 out:
 	if (err)
@@ -443,7 +453,7 @@ void mappolicy_device_changed(struct coord *c, const struct json *dev, bool dele
 		if (strcmp(strmap_key(e), tailnet) != 0 && (had = strmap_del(o->facts, name))) {
 			free(had);
 			if (!policy_net_remove(o->net, name, &t1) && !names_set(&left, &t1) && left)
-				refresh_streams(c, strmap_key(e), o, left);
+				refresh_streams(c, strmap_key(e), o, left, true, NULL);
 			policy_names_free(&t1);
 			strmap_free(left);
 		}
@@ -473,9 +483,9 @@ void mappolicy_device_changed(struct coord *c, const struct json *dev, bool dele
 			err = names_set(&touched, &t2);
 	}
 	if (err)
-		refresh_streams(c, tailnet, NULL, NULL); /* out of memory: everyone starts over */
+		refresh_streams(c, tailnet, NULL, NULL, true, NULL); /* out of memory: everyone starts over */
 	else if (touched)
-		refresh_streams(c, tailnet, mp, touched);
+		refresh_streams(c, tailnet, mp, touched, true, NULL);
 	policy_names_free(&t2);
 	strmap_free(touched);
 }
@@ -506,7 +516,7 @@ int mappolicy_view(struct coord *c, struct mapconn *m, struct buf *packet_filter
 	m->cur.visible_arg = m;
 	if (!(m->peers = strmap_new()) || !view_get(m))
 		return -ENOMEM;
-	err = compute(mp, m->device, &k);
+	err = compute(mp, m->device, true, &k);
 	for (size_t i = 0; !err && i < k->peers.len; i++)
 		err = strmap_set(m->peers, k->peers.v[i], (void *)1, NULL);
 	if (!err)

@@ -1881,17 +1881,41 @@ static bool rule_kept(const struct policy *pa, size_t i, const struct policy *pb
 	return false;
 }
 
-/* Every device r names, as a source or a destination. */
-static void mark_rule(const struct policy_net *n, const struct rule *r, struct marks *m)
+/* Rule r, which only one policy has: in m every device it names, as a
+ * source or a destination (the devices whose view it may change); in pm
+ * those whose visible peers it may change, which is none when it names
+ * no device on one side (e.g. a CIDR source: its destinations' filters
+ * change, not who they see). ts and td are scratch, left cleared. */
+static void mark_rule(const struct policy_net *n, const struct rule *r, struct marks *m, struct marks *pm,
+		      struct marks *ts, struct marks *td)
 {
+	bool self = false;
+
 	for (size_t i = 0; i < r->n_src; i++)
-		expand(n, &r->src[i], false, NULL, m);
+		expand(n, &r->src[i], false, NULL, ts);
 	for (size_t i = 0; i < r->n_dst; i++) {
-		if (r->dst[i].sel.kind == SEL_SELF)
-			mark_bucket(m, &n->member);
-		else
-			expand(n, &r->dst[i].sel, true, NULL, m);
+		if (r->dst[i].sel.kind == SEL_SELF) {
+			mark_bucket(td, &n->member);
+			self = true;
+		} else {
+			expand(n, &r->dst[i].sel, true, NULL, td);
+		}
 	}
+	for (size_t i = 0; i < ts->n; i++) {
+		mark(m, ts->v[i]);
+		if (self || td->n)
+			mark(pm, ts->v[i]);
+	}
+	for (size_t i = 0; i < td->n; i++) {
+		mark(m, td->v[i]);
+		if (self || ts->n)
+			mark(pm, td->v[i]);
+	}
+	for (size_t i = 0; i < ts->n; i++)
+		ts->bits[ts->v[i] / 8] = 0;
+	for (size_t i = 0; i < td->n; i++)
+		td->bits[td->v[i] / 8] = 0;
+	ts->n = td->n = 0;
 }
 
 static void mark_all(const struct policy_net *n, struct marks *m)
@@ -1901,9 +1925,8 @@ static void mark_all(const struct policy_net *n, struct marks *m)
 			mark(m, i);
 }
 
-/* Marks in a the devices of a that b lacks, and their peers; and the
- * devices of b that a lacks (by name in names_b) likewise. */
-static int mark_missing(const struct policy_net *a, const struct policy_net *b, struct marks *m)
+/* Marks in m and pm the devices of a that b lacks, and their peers. */
+static int mark_missing(const struct policy_net *a, const struct policy_net *b, struct marks *m, struct marks *pm)
 {
 	for (size_t i = 0; i < a->n_devs; i++) {
 		struct policy_names peers;
@@ -1911,10 +1934,13 @@ static int mark_missing(const struct policy_net *a, const struct policy_net *b, 
 		if (!a->devs[i].live || strmap_has(b->by_name, a->devs[i].name))
 			continue;
 		mark(m, i);
+		mark(pm, i);
 		if (policy_net_peers(a, a->devs[i].name, &peers))
 			return -ENOMEM;
-		for (size_t k = 0; k < peers.len; k++)
+		for (size_t k = 0; k < peers.len; k++) {
 			mark(m, SLOT(strmap_get(a->by_name, peers.v[k])));
+			mark(pm, SLOT(strmap_get(a->by_name, peers.v[k])));
+		}
 		policy_names_free(&peers);
 	}
 	return 0;
@@ -1935,12 +1961,47 @@ static int names_add_marked(const struct policy_net *n, const struct marks *m, s
 	return 0;
 }
 
-int policy_net_affected(const struct policy_net *from, const struct policy_net *to, struct policy_names *out)
+/* The names marked in mb (of to) and ma (of from), each once, as to's
+ * strings where to has the device. */
+static int names_of(const struct policy_net *from, const struct policy_net *to, const struct marks *ma,
+		    const struct marks *mb, struct policy_names *out)
+{
+	struct strmap *seen = strmap_new();
+	int ret = seen ? 0 : -ENOMEM;
+
+	*out = (struct policy_names){ 0 };
+	if (!ret) {
+		out->v = malloc((ma->n + mb->n + 1) * sizeof(*out->v));
+		ret = out->v ? 0 : -ENOMEM;
+	}
+	/* Names from `to` first: they outlive `from` in the usual swap. */
+	if (!ret)
+		ret = names_add_marked(to, mb, seen, out);
+	for (size_t i = 0; !ret && i < ma->n; i++) {
+		const char *name = from->devs[ma->v[i]].name;
+		void *v = strmap_get(to->by_name, name);
+
+		if (v)
+			name = to->devs[SLOT(v)].name;
+		if (strmap_has(seen, name))
+			continue;
+		ret = strmap_set(seen, name, (void *)1, NULL);
+		if (!ret)
+			out->v[out->len++] = name;
+	}
+	if (ret)
+		policy_names_free(out);
+	strmap_free(seen);
+	return ret;
+}
+
+int policy_net_affected_views(const struct policy_net *from, const struct policy_net *to, struct policy_names *out,
+			      struct policy_names *peers)
 {
 	const struct policy *pa = from->p, *pb = to->p;
-	struct marks ma = { 0 }, mb = { 0 };
+	struct marks ma = { 0 }, mb = { 0 }, pa_m = { 0 }, pb_m = { 0 }, ts = { 0 }, td = { 0 };
 	struct rule_key *ka = NULL, *kb = NULL;
-	struct strmap *seen = strmap_new();
+	size_t most = from->n_devs > to->n_devs ? from->n_devs : to->n_devs;
 	bool all = pa->has_rules != pb->has_rules ||
 		   !owners_eq(pa, pa->route_approvers, pa->n_route_approvers, pb, pb->route_approvers,
 			      pb->n_route_approvers) ||
@@ -1948,14 +2009,26 @@ int policy_net_affected(const struct policy_net *from, const struct policy_net *
 	int ret;
 
 	*out = (struct policy_names){ 0 };
-	ret = seen ? marks_init(&ma, from->n_devs) : -ENOMEM;
+	if (peers)
+		*peers = (struct policy_names){ 0 };
+	ret = marks_init(&ma, from->n_devs);
 	if (!ret)
 		ret = marks_init(&mb, to->n_devs);
+	if (!ret)
+		ret = marks_init(&pa_m, from->n_devs);
+	if (!ret)
+		ret = marks_init(&pb_m, to->n_devs);
+	if (!ret)
+		ret = marks_init(&ts, most);
+	if (!ret)
+		ret = marks_init(&td, most);
 	if (ret)
 		goto out;
 	if (all) {
 		mark_all(from, &ma);
 		mark_all(to, &mb);
+		mark_all(from, &pa_m);
+		mark_all(to, &pb_m);
 	} else {
 		/* A rule only one side has reaches the devices it names: their
 		 * filters (as destinations) and peers (either way). */
@@ -1967,40 +2040,32 @@ int policy_net_affected(const struct policy_net *from, const struct policy_net *
 		}
 		for (size_t i = 0; i < pa->n_rules; i++)
 			if (!rule_kept(pa, i, pb, kb))
-				mark_rule(from, &pa->rules[i], &ma);
+				mark_rule(from, &pa->rules[i], &ma, &pa_m, &ts, &td);
 		for (size_t i = 0; i < pb->n_rules; i++)
 			if (!rule_kept(pb, i, pa, ka))
-				mark_rule(to, &pb->rules[i], &mb);
-		ret = mark_missing(from, to, &ma);
+				mark_rule(to, &pb->rules[i], &mb, &pb_m, &ts, &td);
+		ret = mark_missing(from, to, &ma, &pa_m);
 		if (!ret)
-			ret = mark_missing(to, from, &mb);
+			ret = mark_missing(to, from, &mb, &pb_m);
 		if (ret)
 			goto out;
 	}
-	out->v = malloc((ma.n + mb.n + 1) * sizeof(*out->v));
-	ret = out->v ? 0 : -ENOMEM;
-	/* Names from `to` first: they outlive `from` in the usual swap. */
-	if (!ret)
-		ret = names_add_marked(to, &mb, seen, out);
-	for (size_t i = 0; !ret && i < ma.n; i++) {
-		const char *name = from->devs[ma.v[i]].name;
-		void *v = strmap_get(to->by_name, name);
-
-		if (v)
-			name = to->devs[SLOT(v)].name;
-		if (strmap_has(seen, name))
-			continue;
-		ret = strmap_set(seen, name, (void *)1, NULL);
-		if (!ret)
-			out->v[out->len++] = name;
-	}
-out:
-	if (ret)
+	ret = names_of(from, to, &ma, &mb, out);
+	if (!ret && peers && (ret = names_of(from, to, &pa_m, &pb_m, peers)))
 		policy_names_free(out);
+out:
 	marks_fini(&ma);
 	marks_fini(&mb);
+	marks_fini(&pa_m);
+	marks_fini(&pb_m);
+	marks_fini(&ts);
+	marks_fini(&td);
 	free(ka);
 	free(kb);
-	strmap_free(seen);
 	return ret;
+}
+
+int policy_net_affected(const struct policy_net *from, const struct policy_net *to, struct policy_names *out)
+{
+	return policy_net_affected_views(from, to, out, NULL);
 }

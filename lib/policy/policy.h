@@ -207,6 +207,12 @@ void policy_net_stats(const struct policy_net *n, struct policy_net_stats *out);
  * policy change recompiles only these. Names belong to `to` (or, for
  * devices only `from` has, to `from`). -ENOMEM. */
 int policy_net_affected(const struct policy_net *from, const struct policy_net *to, struct policy_names *out);
+/* The same, and in peers (a subset of out) the devices whose visible
+ * peers may differ; for the rest of out only the filter may. A changed
+ * rule that names no device on one side (a CIDR source, say) changes its
+ * destinations' filters but not whom anyone sees. */
+int policy_net_affected_views(const struct policy_net *from, const struct policy_net *to, struct policy_names *out,
+			      struct policy_names *peers);
 
 struct strmap;
 /* A device saw the peers in had (a set of names; NULL: none) and now sees

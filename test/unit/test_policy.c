@@ -901,57 +901,82 @@ static void test_visibility(void **state)
  * differ. */
 struct viewdelta {
 	const char *before, *after, *device, *up, *rm, *affected; /* affected: NULL = not checked */
+	const char *peers; /* those of affected whose peers may change; NULL = not checked */
 };
 
 #define DB_FROM(src) ACLS(ACL(src, "\"tag:db:5432\""))
 
 static const struct viewdelta vds[] = {
 	/* a rule's source widens: db gains bob's devices, nobody loses */
-	{ DB_FROM("\"alice@example.com\""), DB_FROM("\"group:eng\""), "db", "bob-laptop", "", NULL },
-	{ DB_FROM("\"alice@example.com\""), DB_FROM("\"group:eng\""), "bob-laptop", "db", "", NULL },
-	{ DB_FROM("\"alice@example.com\""), DB_FROM("\"group:eng\""), "alice-laptop", "", "", NULL },
+	{ DB_FROM("\"alice@example.com\""), DB_FROM("\"group:eng\""), "db", "bob-laptop", "", NULL, NULL },
+	{ DB_FROM("\"alice@example.com\""), DB_FROM("\"group:eng\""), "bob-laptop", "db", "", NULL, NULL },
+	{ DB_FROM("\"alice@example.com\""), DB_FROM("\"group:eng\""), "alice-laptop", "", "", NULL, NULL },
 	/* ... and narrows back */
-	{ DB_FROM("\"group:eng\""), DB_FROM("\"alice@example.com\""), "db", "", "bob-laptop", NULL },
-	{ DB_FROM("\"group:eng\""), DB_FROM("\"alice@example.com\""), "bob-laptop", "", "db", NULL },
+	{ DB_FROM("\"group:eng\""), DB_FROM("\"alice@example.com\""), "db", "", "bob-laptop", NULL, NULL },
+	{ DB_FROM("\"group:eng\""), DB_FROM("\"alice@example.com\""), "bob-laptop", "", "db", NULL, NULL },
 	/* a port changes: filters change, views do not */
 	{ DB_FROM("\"group:eng\""), ACLS(ACL("\"group:eng\"", "\"tag:db:5433\"")), "db", "", "",
-	  "alice-laptop,alice-phone,bob-laptop,db" },
+	  "alice-laptop,alice-phone,bob-laptop,db", NULL },
 	/* the destination moves from tag:db to tag:web */
 	{ DB_FROM("\"alice@example.com\""), ACLS(ACL("\"alice@example.com\"", "\"tag:web:80\"")), "alice-phone",
-	  "web,web2", "db", "alice-laptop,alice-phone,db,web,web2" },
+	  "web,web2", "db", "alice-laptop,alice-phone,db,web,web2", NULL },
 	{ DB_FROM("\"alice@example.com\""), ACLS(ACL("\"alice@example.com\"", "\"tag:web:80\"")), "web",
-	  "alice-laptop,alice-phone", "", NULL },
+	  "alice-laptop,alice-phone", "", NULL, NULL },
 	/* an unchanged rule stays, a new one adds: only what it names is touched */
 	{ DB_FROM("\"alice@example.com\""),
 	  ACLS(ACL("\"alice@example.com\"", "\"tag:db:5432\"") "," ACL("\"carol@example.com\"", "\"ci-bot@:22\"")),
-	  "carol", "ci", "", "carol,ci" },
+	  "carol", "ci", "", "carol,ci", NULL },
+	/* a rule from a CIDR no device is in, to every device: every filter
+	 * changes, nobody's peers */
+	{ DB_FROM("\"alice@example.com\""),
+	  ACLS(ACL("\"192.0.2.0/24\"", "\"*:60000\"") "," ACL("\"alice@example.com\"", "\"tag:db:5432\"")), "db", "",
+	  "", "alice-laptop,alice-phone,bob-laptop,carol,ci,db,oidc,pod-api,pod-dev,pod-worker,router,web,web2", "" },
+	/* ... to a tag: its devices' filters */
+	{ DB_FROM("\"alice@example.com\""),
+	  ACLS(ACL("\"192.0.2.0/24\"", "\"tag:web:1\"") "," ACL("\"alice@example.com\"", "\"tag:db:5432\"")), "web",
+	  "", "", "web,web2", "" },
+	/* a device source: its peers and the destinations' change */
+	{ DB_FROM("\"alice@example.com\""),
+	  ACLS(ACL("\"carol@example.com\"", "\"tag:web:1\"") "," ACL("\"alice@example.com\"", "\"tag:db:5432\"")), "web",
+	  "carol", "", "carol,web,web2", "carol,web,web2" },
 	/* the same rules in another order touch nobody */
 	{ ACLS(ACL("\"carol@example.com\"", "\"ci-bot@:22\"") "," ACL("\"alice@example.com\"", "\"tag:db:5432\"")),
 	  ACLS(ACL("\"alice@example.com\"", "\"tag:db:5432\"") "," ACL("\"carol@example.com\"", "\"ci-bot@:22\"")),
-	  "db", "", "", "" },
+	  "db", "", "", "", "" },
 	/* a group's members change: the rules naming it are new */
 	{ DB_FROM("\"group:eng\""),
 	  "{\"groups\": {\"group:eng\": [\"alice@example.com\", \"carol@example.com\"]},\n" OWNERS HOSTS APPROVE
 	  " \"acls\": [" ACL("\"group:eng\"", "\"tag:db:5432\"") "]}",
-	  "db", "carol", "bob-laptop", "alice-laptop,alice-phone,bob-laptop,carol,db" },
+	  "db", "carol", "bob-laptop", "alice-laptop,alice-phone,bob-laptop,carol,db", NULL },
 	/* self: alice's devices see each other, bob's own only */
-	{ DB_FROM("\"alice@example.com\""), SELF, "alice-laptop", "alice-phone", "db", NULL },
-	{ DB_FROM("\"alice@example.com\""), SELF, "db", "", "alice-laptop,alice-phone", NULL },
+	{ DB_FROM("\"alice@example.com\""), SELF, "alice-laptop", "alice-phone", "db", NULL, NULL },
+	{ DB_FROM("\"alice@example.com\""), SELF, "db", "", "alice-laptop,alice-phone", NULL, NULL },
 	/* to an address selector, and to a route behind the router */
 	{ DB_FROM("\"alice@example.com\""), ACLS(ACL("\"100.64.0.0/30\"", "\"tag:db:*\"")), "db", "bob-laptop", "",
-	  NULL },
+	  NULL, NULL },
 	{ ACLS(ACL("\"group:eng\"", "\"lan:22\"")), ACLS(ACL("\"carol@example.com\"", "\"lan:22\"")), "router", "carol",
-	  "alice-laptop,alice-phone,bob-laptop", NULL },
+	  "alice-laptop,alice-phone,bob-laptop", NULL, NULL },
 	/* other approvers change approved routes: every device is touched */
 	{ ACLS(ACL("\"group:eng\"", "\"lan:22\"")),
 	  "{" GROUPS OWNERS HOSTS "\"acls\": [" ACL("\"group:eng\"", "\"lan:22\"") "]}", "bob-laptop", "", "router",
-	  "alice-laptop,alice-phone,bob-laptop,carol,ci,db,oidc,pod-api,pod-dev,pod-worker,router,web,web2" },
+	  "alice-laptop,alice-phone,bob-laptop,carol,ci,db,oidc,pod-api,pod-dev,pod-worker,router,web,web2", NULL },
 	/* deny-all to allow-all (no acls nor grants) and back */
-	{ HEAD "\"acls\": []}", "{}", "ci", "alice-laptop,alice-phone,bob-laptop,carol,db,oidc,pod-api,pod-dev,pod-worker,router,web,web2", "", NULL },
-	{ "{}", HEAD "\"acls\": []}", "pod-dev", "", "alice-laptop,alice-phone,bob-laptop,carol,ci,db,oidc,pod-api,pod-worker,router,web,web2", NULL },
+	{ HEAD "\"acls\": []}", "{}", "ci", "alice-laptop,alice-phone,bob-laptop,carol,db,oidc,pod-api,pod-dev,pod-worker,router,web,web2", "", NULL, NULL },
+	{ "{}", HEAD "\"acls\": []}", "pod-dev", "", "alice-laptop,alice-phone,bob-laptop,carol,ci,db,oidc,pod-api,pod-worker,router,web,web2", NULL, NULL },
 };
 
 static char *filter_text(struct policy_net *net, const char *name);
+
+/* The same set of names, in any order. */
+static bool same_names(const struct policy_names *a, const struct policy_names *b)
+{
+	size_t hits = 0;
+
+	for (size_t i = 0; i < a->len; i++)
+		for (size_t k = 0; k < b->len; k++)
+			hits += !strcmp(a->v[i], b->v[k]);
+	return a->len == b->len && hits == a->len;
+}
 
 static void test_view_delta(void **state)
 {
@@ -961,7 +986,7 @@ static void test_view_delta(void **state)
 		struct policy *pa = parse_ok(c->before), *pb = parse_ok(c->after);
 		struct policy_net *a = net_all(pa), *b = net_all(pb);
 		struct policy_names had, now, up, rm, aff;
-		struct strmap *set = strmap_new(), *affset = strmap_new();
+		struct strmap *set = strmap_new(), *affset = strmap_new(), *peerset = strmap_new();
 		char joined[512];
 
 		assert_non_null(set);
@@ -983,6 +1008,20 @@ static void test_view_delta(void **state)
 		snprintf(joined, sizeof(joined), "%s", names_join(&aff));
 		if (c->affected && strcmp(joined, c->affected))
 			fail_msg("case %zu: touches %s, want %s", i, joined, c->affected);
+		{
+			struct policy_names aff2, pv;
+
+			assert_int_equal(policy_net_affected_views(a, b, &aff2, &pv), 0);
+			assert_string_equal(names_join(&aff2), joined);
+			for (size_t k = 0; k < pv.len; k++) {
+				assert_true(strmap_has(affset, pv.v[k]));
+				assert_int_equal(strmap_set(peerset, pv.v[k], (void *)1, NULL), 0);
+			}
+			if (c->peers && strcmp(names_join(&pv), c->peers))
+				fail_msg("case %zu: peers may change for %s, want %s", i, names_join(&pv), c->peers);
+			policy_names_free(&aff2);
+			policy_names_free(&pv);
+		}
 		for (size_t d = 0; d < N_DEVS; d++) {
 			struct policy_names pa_, pb_;
 			char *fa = filter_text(a, devs[d].name), *fb = filter_text(b, devs[d].name);
@@ -1008,6 +1047,8 @@ static void test_view_delta(void **state)
 			}
 			if ((strcmp(ja, names_join(&pb_)) || strcmp(fa, fb)) && !strmap_has(affset, devs[d].name))
 				fail_msg("case %zu: %s changed but is not in the affected set %s", i, devs[d].name, joined);
+			if (!same_names(&pa_, &pb_) && !strmap_has(peerset, devs[d].name))
+				fail_msg("case %zu: %s's peers changed but it is not in the peers set", i, devs[d].name);
 			policy_names_free(&pa_);
 			policy_names_free(&pb_);
 			free(fa);
@@ -1020,6 +1061,7 @@ static void test_view_delta(void **state)
 		policy_names_free(&rm);
 		strmap_free(set);
 		strmap_free(affset);
+		strmap_free(peerset);
 		policy_net_free(a);
 		policy_net_free(b);
 		policy_free(pa);
