@@ -92,7 +92,9 @@ bool policy_check_text(const char *text, size_t len, const struct json *devs, st
 		snprintf(err, errlen, "%zu:%zu: %s", jerr.line, jerr.column, jerr.msg);
 		goto out;
 	}
-	if (devs) {
+	/* The net is for the tests alone: at 10,000 Devices, building it for
+	 * a policy without tests was a tenth of a change's time. */
+	if (devs && policy_has_tests(p)) {
 		net = policy_net_new(p);
 		if (!net || policy_net_add_devices(net, devs)) {
 			snprintf(err, errlen, "out of memory compiling the policy");

@@ -68,6 +68,8 @@ void policy_free(struct policy *p);
 /* false when the file has neither `acls` nor `grants`: then, as in
  * Tailscale, every device may reach every other on every port. */
 bool policy_has_rules(const struct policy *p);
+/* Does the file have `tests` (which policy_tests_run asks of a net)? */
+bool policy_has_tests(const struct policy *p);
 /* The sections knit keeps for later but does not evaluate (NULL if absent;
  * owned by the policy). */
 const struct json *policy_ssh(const struct policy *p);
