@@ -1550,24 +1550,37 @@ static int rule_src_text(const struct policy_net *n, size_t i, struct marks *m, 
 	return 0;
 }
 
-/* One dstPorts entry per port of x on ip. */
-static int dump_dst(struct buf *out, const struct policy_prefix *ip, const struct dst *x)
+/* A device's own addresses as dump_prefix writes them: formatted once
+ * per filter, not once per rule that names the device (IPv6 goes through
+ * inet_ntop, whose printf showed in a change's profile). */
+struct own_addrs {
+	struct buf text[POLICY_MAX_ADDRS];
+};
+
+/* One dstPorts entry per port of x on ip (or, when pre is given, on the
+ * address it holds as text). */
+static int dump_dst_text(struct buf *out, const struct policy_prefix *ip, const struct buf *pre, const struct dst *x)
 {
 	int ret = 0;
 
 	for (size_t i = 0; i < x->n_ports && !ret; i++) {
 		ret = buf_add_str(out, out->len ? ",{\"ip\":" : "{\"ip\":");
 		if (!ret)
-			ret = dump_prefix(out, ip);
+			ret = pre ? buf_add(out, pre->data, pre->len) : dump_prefix(out, ip);
 		if (!ret)
 			ret = dump_ports(out, &x->ports[i]);
 	}
 	return ret;
 }
 
+static int dump_dst(struct buf *out, const struct policy_prefix *ip, const struct dst *x)
+{
+	return dump_dst_text(out, ip, NULL, x);
+}
+
 /* rule_dsts() as text: d's destinations in r, self ones apart. */
-static int rule_dst_text(const struct policy_net *n, const struct rule *r, const struct dev *d, struct buf *dst,
-			 struct buf *self)
+static int rule_dst_text(const struct policy_net *n, const struct rule *r, const struct dev *d,
+			 const struct own_addrs *own, struct buf *dst, struct buf *self)
 {
 	int ret = 0;
 
@@ -1592,11 +1605,11 @@ static int rule_dst_text(const struct policy_net *n, const struct rule *r, const
 			break;
 		case SEL_SELF:
 			for (size_t k = 0; d->user && k < d->n_addrs && !ret; k++)
-				ret = dump_dst(self, &d->addrs[k], x);
+				ret = dump_dst_text(self, &d->addrs[k], &own->text[k], x);
 			break;
 		default:
 			for (size_t k = 0; sel_match(n->p, &x->sel, d) && k < d->n_addrs && !ret; k++)
-				ret = dump_dst(dst, &d->addrs[k], x);
+				ret = dump_dst_text(dst, &d->addrs[k], &own->text[k], x);
 			break;
 		}
 	}
@@ -1654,6 +1667,7 @@ int policy_net_filter_dump(const struct policy_net *n, const char *name, struct 
 	const struct dev *d;
 	size_t slot, start = out->len;
 	const struct rule *last_self = NULL; /* whose sources c->ssrc holds */
+	struct own_addrs own;
 	bool first = true;
 	int ret;
 
@@ -1662,12 +1676,17 @@ int policy_net_filter_dump(const struct policy_net *n, const char *name, struct 
 		return ret;
 	c->stats.filters++;
 	d = &n->devs[slot];
-	ret = buf_add_byte(out, '[');
+	for (size_t k = 0; k < POLICY_MAX_ADDRS; k++)
+		buf_init(&own.text[k], 64);
+	for (size_t k = 0; k < d->n_addrs && !ret; k++)
+		ret = dump_prefix(&own.text[k], &d->addrs[k]);
+	if (!ret)
+		ret = buf_add_byte(out, '[');
 	for (size_t i = 0; !ret && i < n->p->n_rules; i++) {
 		const struct rule *r = &n->p->rules[i];
 		const struct buf *src = NULL;
 
-		ret = rule_dst_text(n, r, d, &c->dst, &c->self);
+		ret = rule_dst_text(n, r, d, &own, &c->dst, &c->self);
 		if (!ret && (c->dst.len || c->self.len) && !m.bits)
 			ret = marks_init(&m, n->n_devs);
 		if (!ret && c->dst.len)
@@ -1686,6 +1705,8 @@ int policy_net_filter_dump(const struct policy_net *n, const char *name, struct 
 	}
 	if (m.bits)
 		marks_fini(&m);
+	for (size_t k = 0; k < POLICY_MAX_ADDRS; k++)
+		buf_free(&own.text[k]);
 	if (!ret)
 		ret = buf_add_byte(out, ']');
 	if (ret && out->data) {
