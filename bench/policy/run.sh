@@ -42,7 +42,7 @@ port=$(e2e_free_port)
 e2e_bg operator "$build/operator/knit-operator" --namespace knit-system --http-listen 127.0.0.1:0 \
 	--coord-listen "127.0.0.1:$port" --coord-per-ip-limit 0 --no-leader-election --workers 8 --log-level "${KNIT_BENCH_LOG:-warn}"
 op=$E2E_PID
-e2e_wait_for 60 sh -c "$K get tailnet default -o jsonpath='{.status.controlKey}' | grep -q ctrlkey" || e2e_die "operator not ready"
+e2e_wait_for 300 sh -c "$K get tailnet default -o jsonpath='{.status.controlKey}' | grep -q ctrlkey" || e2e_die "operator not ready"
 printf '{"apiVersion":"knit.dev/v1alpha1","kind":"AuthKey","metadata":{"name":"bench","namespace":"knit-system"},"spec":{"reusable":true}}' |
 	$K apply -f - >/dev/null
 e2e_wait_for 30 $K get secret bench-authkey -n knit-system || e2e_die "no auth key"
