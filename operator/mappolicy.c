@@ -306,6 +306,60 @@ static void refresh_streams(struct coord *c, const char *tailnet, struct mappoli
 	cache_free(cache);
 }
 
+/* m sees peer now (sees) or not: the one name a device joining, leaving
+ * or changing moves in the views of the others it touches (whether two
+ * devices see each other depends on those two alone). */
+static int view_peer(struct mapconn *m, const char *peer, bool sees)
+{
+	struct mapview *v = view_get(m);
+	int err = v ? 0 : -ENOMEM;
+
+	if (err || sees == strmap_has(m->peers, peer))
+		return err;
+	if (sees) {
+		if (!set_del(v->rm, peer))
+			err = set_add(&v->up, peer);
+		if (!err)
+			err = strmap_set(m->peers, peer, (void *)1, NULL);
+	} else {
+		if (!set_del(v->up, peer))
+			err = set_add(&v->rm, peer);
+		if (!err)
+			strmap_del(m->peers, peer);
+	}
+	if (!err)
+		httpd_stream_wake(m->st);
+	return err;
+}
+
+/* Device `name` joined, left or changed; touched: it and the devices that
+ * saw it before or see it now (after: those that see it now). The device
+ * gets its whole view again; the others their filter (name may be a
+ * source in it) and name in or out of their peers, never their whole
+ * peer set recomputed. */
+static void refresh_touched(struct coord *c, const char *tailnet, struct mappolicy *mp, const struct strmap *touched,
+			    const char *name, const struct strmap *after)
+{
+	struct strmap *cache = strmap_new();
+
+	for (struct mapconn *m = c->conns; m; m = m->next) {
+		bool self = !strcmp(m->device, name);
+		int err;
+
+		if (strcmp(m->tailnet, tailnet) != 0 || !strmap_has(touched, m->device))
+			continue;
+		view_refresh(c, mp, m, cache, self || !m->peers);
+		if (self || m->cur.syncing || !m->peers)
+			continue; /* a whole view, or a full netmap on its way */
+		if ((err = view_peer(m, name, after && strmap_has(after, m->device)))) {
+			log_warn("coordination: cannot build a view delta; the stream starts over", "device=%s error=%d",
+				 m->device, err);
+			mapstream_sync(m);
+		}
+	}
+	cache_free(cache);
+}
+
 static int names_set(struct strmap **set, const struct policy_names *t)
 {
 	int err = 0;
@@ -438,7 +492,7 @@ void mappolicy_device_changed(struct coord *c, const struct json *dev, bool dele
 {
 	const char *name = kube_name(dev), *tailnet = operator_tailnet_of(dev);
 	struct policy_names t1 = { 0 }, t2 = { 0 };
-	struct strmap *touched = NULL;
+	struct strmap *touched = NULL, *after = NULL;
 	struct mappolicy *mp;
 	char *facts, *had;
 	int err = 0;
@@ -481,13 +535,16 @@ void mappolicy_device_changed(struct coord *c, const struct json *dev, bool dele
 			log_warn("coordination: device left out of the policy", "device=%s error=%d", name, aerr);
 		else if (!err)
 			err = names_set(&touched, &t2);
+		if (!aerr && !err)
+			err = names_set(&after, &t2);
 	}
 	if (err)
 		refresh_streams(c, tailnet, NULL, NULL, true, NULL); /* out of memory: everyone starts over */
 	else if (touched)
-		refresh_streams(c, tailnet, mp, touched, true, NULL);
+		refresh_touched(c, tailnet, mp, touched, name, after);
 	policy_names_free(&t2);
 	strmap_free(touched);
+	strmap_free(after);
 }
 
 static bool visible(void *arg, const char *device)
