@@ -61,29 +61,31 @@ static void mappolicy_free(struct coord *c, struct mappolicy *mp)
 
 /* What the compiler reads of a Device, as text: a change of it is a
  * remove and an add. NULL for a Device the compiler does not take (not
- * usable as a peer). */
+ * usable as a peer). Written straight from the Device (no tree built):
+ * a policy change reads every Device of the tailnet. */
 static char *device_facts(const struct json *dev)
 {
-	struct json *f = json_new_object();
-	struct buf text = BUF_INIT(1u << 20);
+	static const char *const keys[] = { "{\"a\":", ",\"u\":", ",\"t\":", ",\"r\":", ",\"p\":" };
 	const struct json *spec = json_get(dev, "spec");
-	int err = f ? 0 : -ENOMEM;
-	char *out = NULL;
+	const struct json *v[] = { json_path(dev, "status", "addresses", NULL), json_get(spec, "user"),
+				   json_get(spec, "tags"), json_get(spec, "advertisedRoutes"), json_get(spec, "ownerPod") };
+	struct buf text = BUF_INIT(1u << 20);
+	int err = 0;
 
-	if (!mapstream_device_usable(dev)) {
-		json_free(f);
+	if (!mapstream_device_usable(dev))
+		return NULL;
+	for (size_t i = 0; !err && i < sizeof(keys) / sizeof(keys[0]); i++) {
+		err = buf_add_str(&text, keys[i]);
+		if (!err)
+			err = v[i] ? json_dump(v[i], &text, 0) : buf_add_str(&text, "null");
+	}
+	if (!err)
+		err = buf_add_byte(&text, '}');
+	if (err) {
+		buf_free(&text);
 		return NULL;
 	}
-	json_put(f, "a", json_clone(json_path(dev, "status", "addresses", NULL)) ?: json_new_null(), &err);
-	json_put(f, "u", json_clone(json_get(spec, "user")) ?: json_new_null(), &err);
-	json_put(f, "t", json_clone(json_get(spec, "tags")) ?: json_new_null(), &err);
-	json_put(f, "r", json_clone(json_get(spec, "advertisedRoutes")) ?: json_new_null(), &err);
-	json_put(f, "p", json_clone(json_get(spec, "ownerPod")) ?: json_new_null(), &err);
-	if (!err && !json_dump(f, &text, 0) && !buf_add_byte(&text, '\0'))
-		out = buf_steal(&text, NULL);
-	buf_free(&text);
-	json_free(f);
-	return out;
+	return buf_steal(&text, NULL);
 }
 
 /* A view change larger than this (the upserted peers' text) restarts the
@@ -140,6 +142,7 @@ static bool view_pending(const struct mapview *v)
  * pending; peers, whose names belong to the net, only during the change). */
 struct computed {
 	unsigned refs;
+	bool same_peers; /* peers not computed: the change leaves them as they were */
 	struct policy_names peers;
 	struct buf filter; /* ,"packetFilter":[...] */
 	uint8_t hash[16];
@@ -154,10 +157,9 @@ static void computed_put(struct computed *k)
 	free(k);
 }
 
-static int compute(struct mappolicy *mp, const char *device, struct computed **out)
+static int compute(struct mappolicy *mp, const char *device, bool peers, struct computed **out)
 {
 	struct computed *k = calloc(1, sizeof(*k));
-	struct policy_filter f = { 0 };
 	int err = k ? 0 : -ENOMEM;
 
 	if (err)
@@ -168,13 +170,12 @@ static int compute(struct mappolicy *mp, const char *device, struct computed **o
 	if (!err && !strmap_has(mp->facts, device)) {
 		err = buf_add_str(&k->filter, "[]"); /* not compiled: sees and admits nobody */
 	} else if (!err) {
-		err = policy_net_peers(mp->net, device, &k->peers);
-		if (!err)
-			err = policy_net_filter(mp->net, device, &f);
-		if (!err)
-			err = policy_filter_dump(&f, &k->filter);
+		k->same_peers = !peers;
+		if (peers)
+			err = policy_net_peers(mp->net, device, &k->peers);
+		if (!err) /* each rule's sources written once for all devices */
+			err = policy_net_filter_dump(mp->net, device, &k->filter);
 	}
-	policy_filter_free(&f);
 	if (!err)
 		crypto_generichash(k->hash, sizeof(k->hash), k->filter.data, k->filter.len, NULL, 0);
 	if (err)
@@ -210,7 +211,7 @@ static int view_apply(struct mapconn *m, struct computed *k)
 		v->filter->refs++;
 		memcpy(v->filter_hash, k->hash, sizeof(k->hash));
 	}
-	if (!err)
+	if (!err && !k->same_peers)
 		err = policy_view_diff(m->peers, &k->peers, &added, &removed);
 	/* A peer back in view before its removal went out was never removed
 	 * (its record still comes from the log); one gone again before its
@@ -240,8 +241,9 @@ static int view_apply(struct mapconn *m, struct computed *k)
 /* Brings m's view up to date with mp: a full netmap under way that has
  * sent its first piece starts over (one not started takes its view when
  * it does); otherwise a view delta waits for the stream's next record.
- * cache: device -> struct computed, for the streams of one device. */
-static void view_refresh(struct coord *c, struct mappolicy *mp, struct mapconn *m, struct strmap *cache)
+ * cache: device -> struct computed, for the streams of one device.
+ * peers: whether its visible peers may have changed too. */
+static void view_refresh(struct coord *c, struct mappolicy *mp, struct mapconn *m, struct strmap *cache, bool peers)
 {
 	struct computed *k = cache ? strmap_get(cache, m->device) : NULL;
 	int err = 0;
@@ -256,7 +258,7 @@ static void view_refresh(struct coord *c, struct mappolicy *mp, struct mapconn *
 		return;
 	}
 	if (!k) {
-		err = compute(mp, m->device, &k);
+		err = compute(mp, m->device, peers, &k);
 		if (!err && cache && strmap_set(cache, m->device, k, NULL)) {
 			computed_put(k);
 			k = NULL;
@@ -285,8 +287,11 @@ static void cache_free(struct strmap *cache)
 }
 
 /* Refreshes the views of the tailnet's streams whose device is in names
- * (NULL: every stream of the tailnet). */
-static void refresh_streams(struct coord *c, const char *tailnet, struct mappolicy *mp, const struct strmap *names)
+ * (NULL: every stream of the tailnet); of those, the peers of all of them
+ * (all_peers) or of the ones in peers (may be NULL: none), and the filter
+ * alone of the others. */
+static void refresh_streams(struct coord *c, const char *tailnet, struct mappolicy *mp, const struct strmap *names,
+			    bool all_peers, const struct strmap *peers)
 {
 	struct strmap *cache = strmap_new();
 
@@ -294,9 +299,63 @@ static void refresh_streams(struct coord *c, const char *tailnet, struct mappoli
 		if (strcmp(m->tailnet, tailnet) != 0 || (names && !strmap_has(names, m->device)))
 			continue;
 		if (mp)
-			view_refresh(c, mp, m, cache);
+			view_refresh(c, mp, m, cache, all_peers || (peers && strmap_has(peers, m->device)));
 		else
 			mapstream_sync(m);
+	}
+	cache_free(cache);
+}
+
+/* m sees peer now (sees) or not: the one name a device joining, leaving
+ * or changing moves in the views of the others it touches (whether two
+ * devices see each other depends on those two alone). */
+static int view_peer(struct mapconn *m, const char *peer, bool sees)
+{
+	struct mapview *v = view_get(m);
+	int err = v ? 0 : -ENOMEM;
+
+	if (err || sees == strmap_has(m->peers, peer))
+		return err;
+	if (sees) {
+		if (!set_del(v->rm, peer))
+			err = set_add(&v->up, peer);
+		if (!err)
+			err = strmap_set(m->peers, peer, (void *)1, NULL);
+	} else {
+		if (!set_del(v->up, peer))
+			err = set_add(&v->rm, peer);
+		if (!err)
+			strmap_del(m->peers, peer);
+	}
+	if (!err)
+		httpd_stream_wake(m->st);
+	return err;
+}
+
+/* Device `name` joined, left or changed; touched: it and the devices that
+ * saw it before or see it now (after: those that see it now). The device
+ * gets its whole view again; the others their filter (name may be a
+ * source in it) and name in or out of their peers, never their whole
+ * peer set recomputed. */
+static void refresh_touched(struct coord *c, const char *tailnet, struct mappolicy *mp, const struct strmap *touched,
+			    const char *name, const struct strmap *after)
+{
+	struct strmap *cache = strmap_new();
+
+	for (struct mapconn *m = c->conns; m; m = m->next) {
+		bool self = !strcmp(m->device, name);
+		int err;
+
+		if (strcmp(m->tailnet, tailnet) != 0 || !strmap_has(touched, m->device))
+			continue;
+		view_refresh(c, mp, m, cache, self || !m->peers);
+		if (self || m->cur.syncing || !m->peers)
+			continue; /* a whole view, or a full netmap on its way */
+		if ((err = view_peer(m, name, after && strmap_has(after, m->device)))) {
+			log_warn("coordination: cannot build a view delta; the stream starts over", "device=%s error=%d",
+				 m->device, err);
+			mapstream_sync(m);
+		}
 	}
 	cache_free(cache);
 }
@@ -328,17 +387,24 @@ static int add_device(struct mappolicy *mp, const struct json *dev, char *facts,
 	return err;
 }
 
-struct devs {
-	struct json *arr;
+/* Fills a new mappolicy from the tailnet's Devices, read in place (the
+ * informer's lock is held meanwhile: no copies of 10,000 Devices). */
+struct fill {
+	struct mappolicy *mp;
+	size_t n;
 	int err;
 };
 
-static void collect(const struct json *dev, void *arg)
+static void fill_one(const struct json *dev, void *arg)
 {
-	struct devs *d = arg;
+	struct fill *f = arg;
+	char *facts;
 
-	if (!d->err && json_array_append(d->arr, json_clone(dev)))
-		d->err = -ENOMEM;
+	f->n++;
+	if (f->err || !(facts = device_facts(dev)))
+		return;
+	if (add_device(f->mp, dev, facts, NULL) == -ENOMEM)
+		f->err = -ENOMEM;
 }
 
 struct policy_changed_msg {
@@ -353,9 +419,9 @@ static void rebuild(struct loop *loop, void *arg)
 	struct policy_changed_msg *msg = arg;
 	struct coord *c = msg->c;
 	struct mappolicy *mp = NULL, *old = NULL, *now;
-	struct policy_names affected = { 0 };
-	struct strmap *touched = NULL;
-	struct devs d = { .arr = json_new_array() };
+	struct policy_names affected = { 0 }, peers_affected = { 0 };
+	struct strmap *touched = NULL, *peers_touched = NULL;
+	struct fill f = { 0 };
 	struct policy_ref *ref = policy_store_get(c->op->policies, msg->tailnet);
 	int err = 0;
 
@@ -363,22 +429,15 @@ static void rebuild(struct loop *loop, void *arg)
 		goto out;
 	if (ref) {
 		mp = calloc(1, sizeof(*mp));
-		if (!mp || !d.arr || !(mp->facts = strmap_new()) || !(mp->net = policy_net_new(ref->p))) {
+		if (!mp || !(mp->facts = strmap_new()) || !(mp->net = policy_net_new(ref->p))) {
 			err = -ENOMEM;
 			goto out;
 		}
 		mp->ref = ref;
 		ref = NULL;
-		informer_foreach_indexed(c->op->devices, OPERATOR_INDEX_TAILNET, msg->tailnet, collect, &d);
-		err = d.err;
-		for (size_t i = 0; !err && i < json_array_len(d.arr); i++) {
-			const struct json *dev = json_array_at(d.arr, i);
-			char *facts = device_facts(dev);
-
-			if (facts && add_device(mp, dev, facts, NULL) == -ENOMEM)
-				err = -ENOMEM;
-		}
-		if (err)
+		f.mp = mp;
+		informer_foreach_indexed(c->op->devices, OPERATOR_INDEX_TAILNET, msg->tailnet, fill_one, &f);
+		if ((err = f.err))
 			goto out;
 	}
 	if (!mp)
@@ -388,17 +447,19 @@ static void rebuild(struct loop *loop, void *arg)
 	now = mp;
 	mp = NULL;
 	c->stats.policy_changes++;
-	log_info("coordination: access policy changed", "tailnet=%s devices=%zu", msg->tailnet,
-		 json_array_len(d.arr));
+	log_info("coordination: access policy changed", "tailnet=%s devices=%zu", msg->tailnet, f.n);
 	/* Between two policies, only the streams of the devices the change
 	 * touches get a view delta; to or from allow-all, every stream of the
 	 * tailnet starts over (peers and filter change for all). */
-	if (!old || !now || policy_net_affected(old->net, now->net, &affected) || names_set(&touched, &affected))
-		refresh_streams(c, msg->tailnet, NULL, NULL); /* (or out of memory) */
-	else if (touched)
-		refresh_streams(c, msg->tailnet, now, touched); /* NULL: the change touches nobody */
+	if (!old || !now || policy_net_affected_views(old->net, now->net, &affected, &peers_affected) ||
+	    names_set(&touched, &affected) || names_set(&peers_touched, &peers_affected))
+		refresh_streams(c, msg->tailnet, NULL, NULL, true, NULL); /* (or out of memory) */
+	else if (touched) /* NULL: the change touches nobody */
+		refresh_streams(c, msg->tailnet, now, touched, false, peers_touched);
 	policy_names_free(&affected);
+	policy_names_free(&peers_affected);
 	strmap_free(touched);
+	strmap_free(peers_touched);
 	mappolicy_free(c, old);
 out:
 	if (err)
@@ -406,7 +467,6 @@ out:
 			  "tailnet=%s", msg->tailnet);
 	mappolicy_free(c, mp);
 	policy_store_put(c->op->policies, ref);
-	json_free(d.arr);
 	free(msg);
 }
 
@@ -432,7 +492,7 @@ void mappolicy_device_changed(struct coord *c, const struct json *dev, bool dele
 {
 	const char *name = kube_name(dev), *tailnet = operator_tailnet_of(dev);
 	struct policy_names t1 = { 0 }, t2 = { 0 };
-	struct strmap *touched = NULL;
+	struct strmap *touched = NULL, *after = NULL;
 	struct mappolicy *mp;
 	char *facts, *had;
 	int err = 0;
@@ -447,7 +507,7 @@ void mappolicy_device_changed(struct coord *c, const struct json *dev, bool dele
 		if (strcmp(strmap_key(e), tailnet) != 0 && (had = strmap_del(o->facts, name))) {
 			free(had);
 			if (!policy_net_remove(o->net, name, &t1) && !names_set(&left, &t1) && left)
-				refresh_streams(c, strmap_key(e), o, left);
+				refresh_streams(c, strmap_key(e), o, left, true, NULL);
 			policy_names_free(&t1);
 			strmap_free(left);
 		}
@@ -475,13 +535,16 @@ void mappolicy_device_changed(struct coord *c, const struct json *dev, bool dele
 			log_warn("coordination: device left out of the policy", "device=%s error=%d", name, aerr);
 		else if (!err)
 			err = names_set(&touched, &t2);
+		if (!aerr && !err)
+			err = names_set(&after, &t2);
 	}
 	if (err)
-		refresh_streams(c, tailnet, NULL, NULL); /* out of memory: everyone starts over */
+		refresh_streams(c, tailnet, NULL, NULL, true, NULL); /* out of memory: everyone starts over */
 	else if (touched)
-		refresh_streams(c, tailnet, mp, touched);
+		refresh_touched(c, tailnet, mp, touched, name, after);
 	policy_names_free(&t2);
 	strmap_free(touched);
+	strmap_free(after);
 }
 
 static bool visible(void *arg, const char *device)
@@ -510,7 +573,7 @@ int mappolicy_view(struct coord *c, struct mapconn *m, struct buf *packet_filter
 	m->cur.visible_arg = m;
 	if (!(m->peers = strmap_new()) || !view_get(m))
 		return -ENOMEM;
-	err = compute(mp, m->device, &k);
+	err = compute(mp, m->device, true, &k);
 	for (size_t i = 0; !err && i < k->peers.len; i++)
 		err = strmap_set(m->peers, k->peers.v[i], (void *)1, NULL);
 	if (!err)

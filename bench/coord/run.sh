@@ -43,11 +43,12 @@ n=$2
 export KNIT_BUILD_DIR=$build KNIT_SOURCE_DIR=$src
 source "$src/test/e2e/lib/common.sh"
 source "$src/test/e2e/lib/apiserver.sh"
+source "$src/bench/lib/kube.sh"
 e2e_begin "bench-coord-$n"
 ulimit -n 1048576 2>/dev/null || ulimit -n 65536 2>/dev/null
 ulimit -c unlimited 2>/dev/null # a crash at scale leaves a core in the work dir
 cd "$E2E_DIR" || exit 1
-kube_up
+bench_kube_up
 K=$KUBECTL
 $K create namespace knit-system >/dev/null
 $K apply $(printf -- "-f %s " "$src"/manifests/01-crd-*.yaml) >/dev/null

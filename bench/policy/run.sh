@@ -29,10 +29,11 @@ fi
 export KNIT_BUILD_DIR=$build KNIT_SOURCE_DIR=$src
 source "$src/test/e2e/lib/common.sh"
 source "$src/test/e2e/lib/apiserver.sh"
+source "$src/bench/lib/kube.sh"
 e2e_begin "bench-policy-$n"
 ulimit -n 1048576 2>/dev/null || ulimit -n 65536 2>/dev/null
 cd "$E2E_DIR" || exit 1
-kube_up
+bench_kube_up
 K=$KUBECTL
 $K create namespace knit-system >/dev/null
 $K apply $(printf -- "-f %s " "$src"/manifests/01-crd-*.yaml) >/dev/null
@@ -41,7 +42,7 @@ port=$(e2e_free_port)
 e2e_bg operator "$build/operator/knit-operator" --namespace knit-system --http-listen 127.0.0.1:0 \
 	--coord-listen "127.0.0.1:$port" --coord-per-ip-limit 0 --no-leader-election --workers 8 --log-level "${KNIT_BENCH_LOG:-warn}"
 op=$E2E_PID
-e2e_wait_for 60 sh -c "$K get tailnet default -o jsonpath='{.status.controlKey}' | grep -q ctrlkey" || e2e_die "operator not ready"
+e2e_wait_for 300 sh -c "$K get tailnet default -o jsonpath='{.status.controlKey}' | grep -q ctrlkey" || e2e_die "operator not ready"
 printf '{"apiVersion":"knit.dev/v1alpha1","kind":"AuthKey","metadata":{"name":"bench","namespace":"knit-system"},"spec":{"reusable":true}}' |
 	$K apply -f - >/dev/null
 e2e_wait_for 30 $K get secret bench-authkey -n knit-system || e2e_die "no auth key"

@@ -38,9 +38,31 @@ struct policy_net {
 	} addrs[2];
 	struct policy_prefix *internet; /* autogroup:internet, see internet_build() */
 	size_t n_internet;
+	struct net_cache *cache; /* see "the filter as text" */
 };
 
 #define SLOT(v) ((size_t)(uintptr_t)(v) - 1)
+
+/* The shared filter text (see "the filter as text"). */
+#define SRC_TEXT_MAX ((size_t)64 << 20)
+
+struct src_text {
+	struct buf text;
+	bool valid;
+};
+
+struct net_cache {
+	struct src_text *rules; /* one per policy rule */
+	size_t n_rules, n_valid;
+	struct buf dst, self, ssrc; /* scratch, per filter */
+	struct policy_net_stats stats;
+};
+
+static int cache_new(struct policy_net *n);
+static bool sels_eq(const struct policy *pa, const struct sel *a, size_t na, const struct policy *pb,
+		    const struct sel *b, size_t nb);
+static void cache_free(struct net_cache *c);
+static void cache_touch(struct policy_net *n, const struct dev *d);
 
 struct addr_entry {
 	uint8_t addr[16];
@@ -358,7 +380,7 @@ struct policy_net *policy_net_new(const struct policy *p)
 	n->by_user = strmap_new();
 	n->by_tag = strmap_new();
 	n->by_ns = strmap_new();
-	if (!n->by_name || !n->by_user || !n->by_tag || !n->by_ns || internet_build(n)) {
+	if (!n->by_name || !n->by_user || !n->by_tag || !n->by_ns || internet_build(n) || cache_new(n)) {
 		policy_net_free(n);
 		return NULL;
 	}
@@ -396,6 +418,7 @@ void policy_net_free(struct policy_net *n)
 	free(n->addrs[0].v);
 	free(n->addrs[1].v);
 	free(n->internet);
+	cache_free(n->cache);
 	free(n);
 }
 
@@ -498,6 +521,7 @@ static void unindex(struct policy_net *n, size_t slot)
 {
 	struct dev *d = &n->devs[slot];
 
+	cache_touch(n, d);
 	strmap_del(n->by_name, d->name);
 	if (d->user)
 		map_del(n->by_user, d->user, slot);
@@ -523,6 +547,7 @@ static int index_dev(struct policy_net *n, size_t slot)
 {
 	struct dev *d = &n->devs[slot];
 
+	cache_touch(n, d);
 	if (strmap_set(n->by_name, d->name, (void *)(uintptr_t)(slot + 1), NULL))
 		return -ENOMEM;
 	if (d->user && map_add(n->by_user, d->user, slot))
@@ -937,6 +962,7 @@ int policy_net_filter(const struct policy_net *n, const char *name, struct polic
 	ret = slot_find(n, name, &slot);
 	if (ret)
 		return ret;
+	n->cache->stats.filters++;
 	ret = marks_init(&m, n->n_devs);
 	if (ret)
 		return ret;
@@ -1006,6 +1032,7 @@ int policy_net_peers(const struct policy_net *n, const char *name, struct policy
 	ret = slot_find(n, name, &slot);
 	if (ret)
 		return ret;
+	n->cache->stats.peer_sets++;
 	ret = marks_init(&m, n->n_devs);
 	if (ret)
 		return ret;
@@ -1383,6 +1410,317 @@ bool policy_filter_allows(const struct policy_filter *f, const struct policy_pre
 	return false;
 }
 
+/* ---- the filter as text ---------------------------------------------- */
+
+/* A rule's sources are the same for every device it reaches (but for
+ * autogroup:self destinations, whose sources are the device's user's own
+ * devices). So the text of each rule's srcIPs ("a/32","b/128",...) is
+ * built once and shared by every filter the rule is in, until a device
+ * its sources name joins or leaves (cache_touch): then that rule alone
+ * is built again on its next use. A device's filter is its rules' shared
+ * sources and its own destinations. The cache is its own allocation:
+ * filling it is not a change of the net, whose readers hold it const. */
+
+static int cache_new(struct policy_net *n)
+{
+	struct net_cache *c = calloc(1, sizeof(*c));
+
+	if (!c || !(c->rules = calloc(n->p->n_rules + 1, sizeof(*c->rules)))) {
+		free(c);
+		return -ENOMEM;
+	}
+	c->n_rules = n->p->n_rules;
+	for (size_t i = 0; i < c->n_rules; i++)
+		buf_init(&c->rules[i].text, SRC_TEXT_MAX);
+	buf_init(&c->dst, SRC_TEXT_MAX);
+	buf_init(&c->self, SRC_TEXT_MAX);
+	buf_init(&c->ssrc, SRC_TEXT_MAX);
+	n->cache = c;
+	return 0;
+}
+
+static void cache_free(struct net_cache *c)
+{
+	if (!c)
+		return;
+	for (size_t i = 0; i < c->n_rules; i++)
+		buf_free(&c->rules[i].text);
+	free(c->rules);
+	buf_free(&c->dst);
+	buf_free(&c->self);
+	buf_free(&c->ssrc);
+	free(c);
+}
+
+/* Does s, as a rule's source, name d (expand() would mark it)? */
+static bool src_names(const struct policy *p, const struct sel *s, const struct dev *d)
+{
+	switch (s->kind) {
+	case SEL_USER:
+	case SEL_GROUP:
+	case SEL_TAG:
+	case SEL_NS:
+	case SEL_MEMBER:
+	case SEL_TAGGED:
+		return sel_match(p, s, d);
+	default:
+		return false; /* written as is (*, prefixes) or nothing (self, internet) */
+	}
+}
+
+/* d joins or leaves: the rules whose sources name it are built again. */
+static void cache_touch(struct policy_net *n, const struct dev *d)
+{
+	struct net_cache *c = n->cache;
+
+	for (size_t i = 0; c && c->n_valid && i < n->p->n_rules; i++) {
+		const struct rule *r = &n->p->rules[i];
+		bool hit = false;
+
+		if (!c->rules[i].valid)
+			continue;
+		for (size_t k = 0; k < r->n_src && !hit; k++)
+			hit = src_names(n->p, &r->src[k], d);
+		if (hit) {
+			c->rules[i].valid = false;
+			buf_reset(&c->rules[i].text);
+			c->n_valid--;
+		}
+	}
+}
+
+static int dump_list_item(struct buf *out, const struct policy_prefix *p)
+{
+	int ret = out->len ? buf_add_byte(out, ',') : 0;
+
+	return ret ? ret : dump_prefix(out, p);
+}
+
+/* The addresses of the devices marked, in mark order; clears the marks. */
+static int dump_marked(const struct policy_net *n, struct marks *m, struct buf *out)
+{
+	int ret = 0;
+
+	for (size_t i = 0; i < m->n && !ret; i++) {
+		const struct dev *x = &n->devs[m->v[i]];
+
+		for (size_t k = 0; k < x->n_addrs && !ret; k++)
+			ret = dump_list_item(out, &x->addrs[k]);
+	}
+	for (size_t i = 0; i < m->n; i++)
+		m->bits[m->v[i] / 8] = 0;
+	m->n = 0;
+	return ret;
+}
+
+/* Rule i's shared sources, as rule_srcs() orders them: literal ones in
+ * the rule's order, then the addresses of the devices it names. */
+static int rule_src_text(const struct policy_net *n, size_t i, struct marks *m, const struct buf **out)
+{
+	struct src_text *t = &n->cache->rules[i];
+	const struct rule *r = &n->p->rules[i];
+	int ret = 0;
+
+	if (!t->valid) {
+		buf_reset(&t->text);
+		for (size_t k = 0; k < r->n_src && !ret; k++) {
+			const struct sel *s = &r->src[k];
+
+			if (s->kind == SEL_ALL) {
+				ret = dump_list_item(&t->text, &any4);
+				if (!ret)
+					ret = dump_list_item(&t->text, &any6);
+			} else if (s->kind == SEL_PREFIX) {
+				ret = dump_list_item(&t->text, &s->pfx);
+			} else {
+				expand(n, s, false, NULL, m);
+			}
+		}
+		if (!ret)
+			ret = dump_marked(n, m, &t->text);
+		if (ret) {
+			buf_reset(&t->text);
+			return ret;
+		}
+		t->valid = true;
+		n->cache->n_valid++;
+		n->cache->stats.source_builds++;
+	}
+	*out = &t->text;
+	return 0;
+}
+
+/* A device's own addresses as dump_prefix writes them: formatted once
+ * per filter, not once per rule that names the device (IPv6 goes through
+ * inet_ntop, whose printf showed in a change's profile). */
+struct own_addrs {
+	struct buf text[POLICY_MAX_ADDRS];
+};
+
+/* One dstPorts entry per port of x on ip (or, when pre is given, on the
+ * address it holds as text). */
+static int dump_dst_text(struct buf *out, const struct policy_prefix *ip, const struct buf *pre, const struct dst *x)
+{
+	int ret = 0;
+
+	for (size_t i = 0; i < x->n_ports && !ret; i++) {
+		ret = buf_add_str(out, out->len ? ",{\"ip\":" : "{\"ip\":");
+		if (!ret)
+			ret = pre ? buf_add(out, pre->data, pre->len) : dump_prefix(out, ip);
+		if (!ret)
+			ret = dump_ports(out, &x->ports[i]);
+	}
+	return ret;
+}
+
+static int dump_dst(struct buf *out, const struct policy_prefix *ip, const struct dst *x)
+{
+	return dump_dst_text(out, ip, NULL, x);
+}
+
+/* rule_dsts() as text: d's destinations in r, self ones apart. */
+static int rule_dst_text(const struct policy_net *n, const struct rule *r, const struct dev *d,
+			 const struct own_addrs *own, struct buf *dst, struct buf *self)
+{
+	int ret = 0;
+
+	buf_reset(dst);
+	buf_reset(self);
+	for (size_t i = 0; i < r->n_dst && !ret; i++) {
+		const struct dst *x = &r->dst[i];
+
+		switch (x->sel.kind) {
+		case SEL_ALL:
+			ret = dump_dst(dst, &any4, x);
+			if (!ret)
+				ret = dump_dst(dst, &any6, x);
+			break;
+		case SEL_PREFIX:
+			if (dst_match(n->p, &x->sel, d))
+				ret = dump_dst(dst, &x->sel.pfx, x);
+			break;
+		case SEL_INTERNET:
+			for (size_t k = 0; d->exit_node && k < n->n_internet && !ret; k++)
+				ret = dump_dst(dst, &n->internet[k], x);
+			break;
+		case SEL_SELF:
+			for (size_t k = 0; d->user && k < d->n_addrs && !ret; k++)
+				ret = dump_dst_text(self, &d->addrs[k], &own->text[k], x);
+			break;
+		default:
+			for (size_t k = 0; sel_match(n->p, &x->sel, d) && k < d->n_addrs && !ret; k++)
+				ret = dump_dst_text(dst, &d->addrs[k], &own->text[k], x);
+			break;
+		}
+	}
+	return ret;
+}
+
+/* The sources of r for d's self destinations: its user's devices that
+ * match a source, selector by selector (as rule_srcs(self)). */
+static int self_src_text(const struct policy_net *n, const struct rule *r, const struct dev *d, struct marks *m,
+			 struct buf *out)
+{
+	const struct bucket *b = d->user ? strmap_get(n->by_user, d->user) : NULL;
+
+	buf_reset(out);
+	for (size_t i = 0; i < r->n_src; i++)
+		for (size_t k = 0; b && k < b->n; k++)
+			if (src_match(n->p, &r->src[i], &n->devs[b->v[k]]))
+				mark(m, b->v[k]);
+	return dump_marked(n, m, out);
+}
+
+/* One FilterRule, if it has sources and destinations; *first: none
+ * written yet. */
+static int dump_rule(struct buf *out, bool *first, const struct rule *r, const struct buf *src, const struct buf *dst)
+{
+	int ret;
+
+	if (!src->len || !dst->len)
+		return 0;
+	ret = buf_add_str(out, *first ? "{\"srcIPs\":[" : ",{\"srcIPs\":[");
+	*first = false;
+	if (!ret)
+		ret = buf_add(out, src->data, src->len);
+	if (!ret)
+		ret = buf_add_str(out, "],\"dstPorts\":[");
+	if (!ret)
+		ret = buf_add(out, dst->data, dst->len);
+	if (!ret)
+		ret = buf_add_str(out, "],\"ipProto\":[");
+	for (size_t k = 0; !ret && k < r->n_protos; k++) {
+		char s[8], *e = s;
+
+		if (k)
+			*e++ = ',';
+		put_uint(&e, r->protos[k]);
+		ret = buf_add(out, s, (size_t)(e - s));
+	}
+	return ret ? ret : buf_add_str(out, "]}");
+}
+
+int policy_net_filter_dump(const struct policy_net *n, const char *name, struct buf *out)
+{
+	struct net_cache *c = n->cache;
+	struct marks m = { 0 };
+	const struct dev *d;
+	size_t slot, start = out->len;
+	const struct rule *last_self = NULL; /* whose sources c->ssrc holds */
+	struct own_addrs own;
+	bool first = true;
+	int ret;
+
+	ret = slot_find(n, name, &slot);
+	if (ret)
+		return ret;
+	c->stats.filters++;
+	d = &n->devs[slot];
+	for (size_t k = 0; k < POLICY_MAX_ADDRS; k++)
+		buf_init(&own.text[k], 64);
+	for (size_t k = 0; k < d->n_addrs && !ret; k++)
+		ret = dump_prefix(&own.text[k], &d->addrs[k]);
+	if (!ret)
+		ret = buf_add_byte(out, '[');
+	for (size_t i = 0; !ret && i < n->p->n_rules; i++) {
+		const struct rule *r = &n->p->rules[i];
+		const struct buf *src = NULL;
+
+		ret = rule_dst_text(n, r, d, &own, &c->dst, &c->self);
+		if (!ret && (c->dst.len || c->self.len) && !m.bits)
+			ret = marks_init(&m, n->n_devs);
+		if (!ret && c->dst.len)
+			ret = rule_src_text(n, i, &m, &src);
+		if (!ret && c->dst.len)
+			ret = dump_rule(out, &first, r, src, &c->dst);
+		/* Self rules mostly share their sources (autogroup:member):
+		 * the previous one's text serves when they are the same. */
+		if (!ret && c->self.len &&
+		    !(last_self && sels_eq(n->p, last_self->src, last_self->n_src, n->p, r->src, r->n_src))) {
+			ret = self_src_text(n, r, d, &m, &c->ssrc);
+			last_self = r;
+		}
+		if (!ret && c->self.len)
+			ret = dump_rule(out, &first, r, &c->ssrc, &c->self);
+	}
+	if (m.bits)
+		marks_fini(&m);
+	for (size_t k = 0; k < POLICY_MAX_ADDRS; k++)
+		buf_free(&own.text[k]);
+	if (!ret)
+		ret = buf_add_byte(out, ']');
+	if (ret && out->data) {
+		out->len = start;
+		out->data[start] = '\0';
+	}
+	return ret;
+}
+
+void policy_net_stats(const struct policy_net *n, struct policy_net_stats *out)
+{
+	*out = n->cache->stats;
+}
+
 /* ---- what a policy change touches ------------------------------------ */
 
 static bool str_eq(const char *a, const char *b)
@@ -1455,31 +1793,150 @@ static bool owners_eq(const struct policy *pa, const struct owners *a, size_t na
 	return true;
 }
 
-/* Is r (of net a's policy) also a rule of b's? The same index first:
- * an edit leaves most rules where they were. */
-static bool rule_kept(const struct policy *pa, size_t i, const struct policy *pb)
+/* A hash of what rule_eq() compares, so equal rules hash alike: a rule
+ * is looked up among the other policy's by hash, not compared with each
+ * (1,000 rules with one inserted in front took a million compares). */
+static uint64_t mix(uint64_t h, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ b[i]) * 0x100000001b3ull;
+	return h;
+}
+
+static uint64_t mix_str(uint64_t h, const char *s)
+{
+	return s ? mix(h, s, strlen(s) + 1) : mix(h, "\xff", 1);
+}
+
+static uint64_t sel_hash(const struct policy *p, const struct sel *s, uint64_t h)
+{
+	uint8_t kind = (uint8_t)s->kind;
+
+	h = mix(h, &kind, 1);
+	switch (s->kind) {
+	case SEL_GROUP: {
+		const struct group *g = &p->groups[s->group];
+
+		h = mix_str(h, g->name);
+		for (size_t i = 0; i < g->n; i++) {
+			kind = (uint8_t)g->members[i].kind;
+			h = mix_str(mix(h, &kind, 1), g->members[i].name);
+		}
+		return h;
+	}
+	case SEL_PREFIX:
+		h = mix(h, &s->pfx.family, 1);
+		h = mix(h, &s->pfx.bits, 1);
+		return mix(h, s->pfx.addr, sizeof(s->pfx.addr));
+	default:
+		return mix_str(h, s->name);
+	}
+}
+
+static uint64_t rule_hash(const struct policy *p, const struct rule *r)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	uint8_t has_ports = r->has_ports;
+
+	h = mix(h, &r->n_dst, sizeof(r->n_dst));
+	h = mix(h, &r->n_src, sizeof(r->n_src));
+	h = mix(h, &has_ports, 1);
+	h = mix(h, r->protos, r->n_protos);
+	for (size_t i = 0; i < r->n_src; i++)
+		h = sel_hash(p, &r->src[i], h);
+	for (size_t i = 0; i < r->n_dst; i++) {
+		h = sel_hash(p, &r->dst[i].sel, h);
+		h = mix(h, &r->dst[i].n_ports, sizeof(r->dst[i].n_ports));
+		for (size_t k = 0; k < r->dst[i].n_ports; k++) {
+			h = mix(h, &r->dst[i].ports[k].first, sizeof(r->dst[i].ports[k].first));
+			h = mix(h, &r->dst[i].ports[k].last, sizeof(r->dst[i].ports[k].last));
+		}
+	}
+	return h;
+}
+
+struct rule_key {
+	uint64_t hash;
+	size_t i;
+};
+
+static int key_cmp(const void *a, const void *b)
+{
+	const struct rule_key *x = a, *y = b;
+
+	return x->hash < y->hash ? -1 : x->hash > y->hash ? 1 : (x->i > y->i) - (x->i < y->i);
+}
+
+/* p's rules by hash, sorted. NULL on ENOMEM. */
+static struct rule_key *rule_keys(const struct policy *p)
+{
+	struct rule_key *k = malloc((p->n_rules + 1) * sizeof(*k));
+
+	for (size_t i = 0; k && i < p->n_rules; i++)
+		k[i] = (struct rule_key){ rule_hash(p, &p->rules[i]), i };
+	if (k)
+		qsort(k, p->n_rules, sizeof(*k), key_cmp);
+	return k;
+}
+
+/* Is rule i of pa also a rule of pb (whose keys are kb)? */
+static bool rule_kept(const struct policy *pa, size_t i, const struct policy *pb, const struct rule_key *kb)
 {
 	const struct rule *r = &pa->rules[i];
+	uint64_t h = rule_hash(pa, r);
+	size_t lo = 0, hi = pb->n_rules;
 
-	if (i < pb->n_rules && rule_eq(pa, r, pb, &pb->rules[i]))
-		return true;
-	for (size_t k = 0; k < pb->n_rules; k++)
-		if (k != i && rule_eq(pa, r, pb, &pb->rules[k]))
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (kb[mid].hash < h)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (; lo < pb->n_rules && kb[lo].hash == h; lo++)
+		if (rule_eq(pa, r, pb, &pb->rules[kb[lo].i]))
 			return true;
 	return false;
 }
 
-/* Every device r names, as a source or a destination. */
-static void mark_rule(const struct policy_net *n, const struct rule *r, struct marks *m)
+/* Rule r, which only one policy has: in m every device it names, as a
+ * source or a destination (the devices whose view it may change); in pm
+ * those whose visible peers it may change, which is none when it names
+ * no device on one side (e.g. a CIDR source: its destinations' filters
+ * change, not who they see). ts and td are scratch, left cleared. */
+static void mark_rule(const struct policy_net *n, const struct rule *r, struct marks *m, struct marks *pm,
+		      struct marks *ts, struct marks *td)
 {
+	bool self = false;
+
 	for (size_t i = 0; i < r->n_src; i++)
-		expand(n, &r->src[i], false, NULL, m);
+		expand(n, &r->src[i], false, NULL, ts);
 	for (size_t i = 0; i < r->n_dst; i++) {
-		if (r->dst[i].sel.kind == SEL_SELF)
-			mark_bucket(m, &n->member);
-		else
-			expand(n, &r->dst[i].sel, true, NULL, m);
+		if (r->dst[i].sel.kind == SEL_SELF) {
+			mark_bucket(td, &n->member);
+			self = true;
+		} else {
+			expand(n, &r->dst[i].sel, true, NULL, td);
+		}
 	}
+	for (size_t i = 0; i < ts->n; i++) {
+		mark(m, ts->v[i]);
+		if (self || td->n)
+			mark(pm, ts->v[i]);
+	}
+	for (size_t i = 0; i < td->n; i++) {
+		mark(m, td->v[i]);
+		if (self || ts->n)
+			mark(pm, td->v[i]);
+	}
+	for (size_t i = 0; i < ts->n; i++)
+		ts->bits[ts->v[i] / 8] = 0;
+	for (size_t i = 0; i < td->n; i++)
+		td->bits[td->v[i] / 8] = 0;
+	ts->n = td->n = 0;
 }
 
 static void mark_all(const struct policy_net *n, struct marks *m)
@@ -1489,9 +1946,8 @@ static void mark_all(const struct policy_net *n, struct marks *m)
 			mark(m, i);
 }
 
-/* Marks in a the devices of a that b lacks, and their peers; and the
- * devices of b that a lacks (by name in names_b) likewise. */
-static int mark_missing(const struct policy_net *a, const struct policy_net *b, struct marks *m)
+/* Marks in m and pm the devices of a that b lacks, and their peers. */
+static int mark_missing(const struct policy_net *a, const struct policy_net *b, struct marks *m, struct marks *pm)
 {
 	for (size_t i = 0; i < a->n_devs; i++) {
 		struct policy_names peers;
@@ -1499,10 +1955,13 @@ static int mark_missing(const struct policy_net *a, const struct policy_net *b, 
 		if (!a->devs[i].live || strmap_has(b->by_name, a->devs[i].name))
 			continue;
 		mark(m, i);
+		mark(pm, i);
 		if (policy_net_peers(a, a->devs[i].name, &peers))
 			return -ENOMEM;
-		for (size_t k = 0; k < peers.len; k++)
+		for (size_t k = 0; k < peers.len; k++) {
 			mark(m, SLOT(strmap_get(a->by_name, peers.v[k])));
+			mark(pm, SLOT(strmap_get(a->by_name, peers.v[k])));
+		}
 		policy_names_free(&peers);
 	}
 	return 0;
@@ -1523,48 +1982,24 @@ static int names_add_marked(const struct policy_net *n, const struct marks *m, s
 	return 0;
 }
 
-int policy_net_affected(const struct policy_net *from, const struct policy_net *to, struct policy_names *out)
+/* The names marked in mb (of to) and ma (of from), each once, as to's
+ * strings where to has the device. */
+static int names_of(const struct policy_net *from, const struct policy_net *to, const struct marks *ma,
+		    const struct marks *mb, struct policy_names *out)
 {
-	const struct policy *pa = from->p, *pb = to->p;
-	struct marks ma = { 0 }, mb = { 0 };
 	struct strmap *seen = strmap_new();
-	bool all = pa->has_rules != pb->has_rules ||
-		   !owners_eq(pa, pa->route_approvers, pa->n_route_approvers, pb, pb->route_approvers,
-			      pb->n_route_approvers) ||
-		   !sels_eq(pa, pa->exit_approvers, pa->n_exit_approvers, pb, pb->exit_approvers, pb->n_exit_approvers);
-	int ret;
+	int ret = seen ? 0 : -ENOMEM;
 
 	*out = (struct policy_names){ 0 };
-	ret = seen ? marks_init(&ma, from->n_devs) : -ENOMEM;
-	if (!ret)
-		ret = marks_init(&mb, to->n_devs);
-	if (ret)
-		goto out;
-	if (all) {
-		mark_all(from, &ma);
-		mark_all(to, &mb);
-	} else {
-		/* A rule only one side has reaches the devices it names: their
-		 * filters (as destinations) and peers (either way). */
-		for (size_t i = 0; i < pa->n_rules; i++)
-			if (!rule_kept(pa, i, pb))
-				mark_rule(from, &pa->rules[i], &ma);
-		for (size_t i = 0; i < pb->n_rules; i++)
-			if (!rule_kept(pb, i, pa))
-				mark_rule(to, &pb->rules[i], &mb);
-		ret = mark_missing(from, to, &ma);
-		if (!ret)
-			ret = mark_missing(to, from, &mb);
-		if (ret)
-			goto out;
+	if (!ret) {
+		out->v = malloc((ma->n + mb->n + 1) * sizeof(*out->v));
+		ret = out->v ? 0 : -ENOMEM;
 	}
-	out->v = malloc((ma.n + mb.n + 1) * sizeof(*out->v));
-	ret = out->v ? 0 : -ENOMEM;
 	/* Names from `to` first: they outlive `from` in the usual swap. */
 	if (!ret)
-		ret = names_add_marked(to, &mb, seen, out);
-	for (size_t i = 0; !ret && i < ma.n; i++) {
-		const char *name = from->devs[ma.v[i]].name;
+		ret = names_add_marked(to, mb, seen, out);
+	for (size_t i = 0; !ret && i < ma->n; i++) {
+		const char *name = from->devs[ma->v[i]].name;
 		void *v = strmap_get(to->by_name, name);
 
 		if (v)
@@ -1575,11 +2010,83 @@ int policy_net_affected(const struct policy_net *from, const struct policy_net *
 		if (!ret)
 			out->v[out->len++] = name;
 	}
-out:
 	if (ret)
 		policy_names_free(out);
-	marks_fini(&ma);
-	marks_fini(&mb);
 	strmap_free(seen);
 	return ret;
+}
+
+int policy_net_affected_views(const struct policy_net *from, const struct policy_net *to, struct policy_names *out,
+			      struct policy_names *peers)
+{
+	const struct policy *pa = from->p, *pb = to->p;
+	struct marks ma = { 0 }, mb = { 0 }, pa_m = { 0 }, pb_m = { 0 }, ts = { 0 }, td = { 0 };
+	struct rule_key *ka = NULL, *kb = NULL;
+	size_t most = from->n_devs > to->n_devs ? from->n_devs : to->n_devs;
+	bool all = pa->has_rules != pb->has_rules ||
+		   !owners_eq(pa, pa->route_approvers, pa->n_route_approvers, pb, pb->route_approvers,
+			      pb->n_route_approvers) ||
+		   !sels_eq(pa, pa->exit_approvers, pa->n_exit_approvers, pb, pb->exit_approvers, pb->n_exit_approvers);
+	int ret;
+
+	*out = (struct policy_names){ 0 };
+	if (peers)
+		*peers = (struct policy_names){ 0 };
+	ret = marks_init(&ma, from->n_devs);
+	if (!ret)
+		ret = marks_init(&mb, to->n_devs);
+	if (!ret)
+		ret = marks_init(&pa_m, from->n_devs);
+	if (!ret)
+		ret = marks_init(&pb_m, to->n_devs);
+	if (!ret)
+		ret = marks_init(&ts, most);
+	if (!ret)
+		ret = marks_init(&td, most);
+	if (ret)
+		goto out;
+	if (all) {
+		mark_all(from, &ma);
+		mark_all(to, &mb);
+		mark_all(from, &pa_m);
+		mark_all(to, &pb_m);
+	} else {
+		/* A rule only one side has reaches the devices it names: their
+		 * filters (as destinations) and peers (either way). */
+		ka = rule_keys(pa);
+		kb = rule_keys(pb);
+		if (!ka || !kb) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		for (size_t i = 0; i < pa->n_rules; i++)
+			if (!rule_kept(pa, i, pb, kb))
+				mark_rule(from, &pa->rules[i], &ma, &pa_m, &ts, &td);
+		for (size_t i = 0; i < pb->n_rules; i++)
+			if (!rule_kept(pb, i, pa, ka))
+				mark_rule(to, &pb->rules[i], &mb, &pb_m, &ts, &td);
+		ret = mark_missing(from, to, &ma, &pa_m);
+		if (!ret)
+			ret = mark_missing(to, from, &mb, &pb_m);
+		if (ret)
+			goto out;
+	}
+	ret = names_of(from, to, &ma, &mb, out);
+	if (!ret && peers && (ret = names_of(from, to, &pa_m, &pb_m, peers)))
+		policy_names_free(out);
+out:
+	marks_fini(&ma);
+	marks_fini(&mb);
+	marks_fini(&pa_m);
+	marks_fini(&pb_m);
+	marks_fini(&ts);
+	marks_fini(&td);
+	free(ka);
+	free(kb);
+	return ret;
+}
+
+int policy_net_affected(const struct policy_net *from, const struct policy_net *to, struct policy_names *out)
+{
+	return policy_net_affected_views(from, to, out, NULL);
 }

@@ -1073,6 +1073,11 @@ bool policy_has_rules(const struct policy *p)
 	return p->has_rules;
 }
 
+bool policy_has_tests(const struct policy *p)
+{
+	return p->n_tests > 0;
+}
+
 const struct json *policy_ssh(const struct policy *p)
 {
 	return p->ssh;

@@ -68,6 +68,8 @@ void policy_free(struct policy *p);
 /* false when the file has neither `acls` nor `grants`: then, as in
  * Tailscale, every device may reach every other on every port. */
 bool policy_has_rules(const struct policy *p);
+/* Does the file have `tests` (which policy_tests_run asks of a net)? */
+bool policy_has_tests(const struct policy *p);
 /* The sections knit keeps for later but does not evaluate (NULL if absent;
  * owned by the policy). */
 const struct json *policy_ssh(const struct policy *p);
@@ -179,6 +181,23 @@ int policy_net_filter(const struct policy_net *n, const char *name, struct polic
 int policy_net_peers(const struct policy_net *n, const char *name, struct policy_names *out);
 int policy_net_routes(const struct policy_net *n, const char *name, struct policy_routes *out);
 
+/* A device's packet filter as policy_filter_dump(policy_net_filter())
+ * writes it, appended to out, faster: each rule's sources are expanded
+ * and written once and shared by every device the rule reaches, until a
+ * device they name joins or leaves (then that rule alone is built again).
+ * Not thread-safe even on a const net (the shared text is filled on
+ * use). -ENOENT for an unknown name, -ENOMEM/-ENOSPC (out is left as it
+ * was, or freed by a failed append). */
+int policy_net_filter_dump(const struct policy_net *n, const char *name, struct buf *out);
+
+/* What a net has compiled since it was made, for tests and benchmarks. */
+struct policy_net_stats {
+	size_t filters; /* device filters (policy_net_filter, _filter_dump) */
+	size_t peer_sets; /* device peer lists (policy_net_peers, and those add, remove, affected ask for) */
+	size_t source_builds; /* rules whose shared sources were (re)built */
+};
+void policy_net_stats(const struct policy_net *n, struct policy_net_stats *out);
+
 /* ---- a policy change -------------------------------------------------- */
 
 /* Two nets over (nearly) the same devices, under an old and a new policy:
@@ -190,6 +209,12 @@ int policy_net_routes(const struct policy_net *n, const char *name, struct polic
  * policy change recompiles only these. Names belong to `to` (or, for
  * devices only `from` has, to `from`). -ENOMEM. */
 int policy_net_affected(const struct policy_net *from, const struct policy_net *to, struct policy_names *out);
+/* The same, and in peers (a subset of out) the devices whose visible
+ * peers may differ; for the rest of out only the filter may. A changed
+ * rule that names no device on one side (a CIDR source, say) changes its
+ * destinations' filters but not whom anyone sees. */
+int policy_net_affected_views(const struct policy_net *from, const struct policy_net *to, struct policy_names *out,
+			      struct policy_names *peers);
 
 struct strmap;
 /* A device saw the peers in had (a set of names; NULL: none) and now sees

@@ -14,6 +14,24 @@ int policy_view_diff(const struct strmap *had, const struct policy_names *now, s
 
 	*added = (struct policy_names){ 0 };
 	*removed = (struct policy_names){ 0 };
+	/* Most views survive a change as they were: as many names, all seen
+	 * before (now's are distinct), is the same set, with no set built. */
+	if (!ret && had && n_had == now->len) {
+		size_t i = 0;
+
+		while (i < now->len && strmap_has(had, now->v[i]))
+			i++;
+		if (i == now->len) {
+			strmap_free(set);
+			added->v = malloc(sizeof(*added->v));
+			removed->v = malloc(sizeof(*removed->v));
+			if (added->v && removed->v)
+				return 0;
+			policy_names_free(added);
+			policy_names_free(removed);
+			return -ENOMEM;
+		}
+	}
 	if (!ret) {
 		added->v = malloc((now->len + 1) * sizeof(*added->v));
 		removed->v = malloc((n_had + 1) * sizeof(*removed->v));

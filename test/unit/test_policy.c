@@ -390,6 +390,8 @@ static const struct verdict verdicts[] = {
 		"\"*:22\"") ",],}", CAROL, BOB, TCP, 22, true },
 };
 
+static void check_dumps(struct policy_net *net, const char *what);
+
 static void test_verdicts(void **state)
 {
 	size_t crossed = 0;
@@ -411,6 +413,7 @@ static void test_verdicts(void **state)
 			fail_msg("case %zu (%s): nobody has %s", i, v->what, v->dst);
 		assert_int_equal(policy_net_filter(net, owner, &f), 0);
 		got = policy_filter_allows(&f, &src, &dst, v->proto, v->port);
+		check_dumps(net, v->what);
 		if (got != v->allow)
 			fail_msg("case %zu (%s): %s -> %s:%u/%u on %s: expected %s, got %s", i, v->what,
 				 v->src, v->dst, v->port, v->proto, owner, v->allow ? "allow" : "deny",
@@ -898,57 +901,82 @@ static void test_visibility(void **state)
  * differ. */
 struct viewdelta {
 	const char *before, *after, *device, *up, *rm, *affected; /* affected: NULL = not checked */
+	const char *peers; /* those of affected whose peers may change; NULL = not checked */
 };
 
 #define DB_FROM(src) ACLS(ACL(src, "\"tag:db:5432\""))
 
 static const struct viewdelta vds[] = {
 	/* a rule's source widens: db gains bob's devices, nobody loses */
-	{ DB_FROM("\"alice@example.com\""), DB_FROM("\"group:eng\""), "db", "bob-laptop", "", NULL },
-	{ DB_FROM("\"alice@example.com\""), DB_FROM("\"group:eng\""), "bob-laptop", "db", "", NULL },
-	{ DB_FROM("\"alice@example.com\""), DB_FROM("\"group:eng\""), "alice-laptop", "", "", NULL },
+	{ DB_FROM("\"alice@example.com\""), DB_FROM("\"group:eng\""), "db", "bob-laptop", "", NULL, NULL },
+	{ DB_FROM("\"alice@example.com\""), DB_FROM("\"group:eng\""), "bob-laptop", "db", "", NULL, NULL },
+	{ DB_FROM("\"alice@example.com\""), DB_FROM("\"group:eng\""), "alice-laptop", "", "", NULL, NULL },
 	/* ... and narrows back */
-	{ DB_FROM("\"group:eng\""), DB_FROM("\"alice@example.com\""), "db", "", "bob-laptop", NULL },
-	{ DB_FROM("\"group:eng\""), DB_FROM("\"alice@example.com\""), "bob-laptop", "", "db", NULL },
+	{ DB_FROM("\"group:eng\""), DB_FROM("\"alice@example.com\""), "db", "", "bob-laptop", NULL, NULL },
+	{ DB_FROM("\"group:eng\""), DB_FROM("\"alice@example.com\""), "bob-laptop", "", "db", NULL, NULL },
 	/* a port changes: filters change, views do not */
 	{ DB_FROM("\"group:eng\""), ACLS(ACL("\"group:eng\"", "\"tag:db:5433\"")), "db", "", "",
-	  "alice-laptop,alice-phone,bob-laptop,db" },
+	  "alice-laptop,alice-phone,bob-laptop,db", NULL },
 	/* the destination moves from tag:db to tag:web */
 	{ DB_FROM("\"alice@example.com\""), ACLS(ACL("\"alice@example.com\"", "\"tag:web:80\"")), "alice-phone",
-	  "web,web2", "db", "alice-laptop,alice-phone,db,web,web2" },
+	  "web,web2", "db", "alice-laptop,alice-phone,db,web,web2", NULL },
 	{ DB_FROM("\"alice@example.com\""), ACLS(ACL("\"alice@example.com\"", "\"tag:web:80\"")), "web",
-	  "alice-laptop,alice-phone", "", NULL },
+	  "alice-laptop,alice-phone", "", NULL, NULL },
 	/* an unchanged rule stays, a new one adds: only what it names is touched */
 	{ DB_FROM("\"alice@example.com\""),
 	  ACLS(ACL("\"alice@example.com\"", "\"tag:db:5432\"") "," ACL("\"carol@example.com\"", "\"ci-bot@:22\"")),
-	  "carol", "ci", "", "carol,ci" },
+	  "carol", "ci", "", "carol,ci", NULL },
+	/* a rule from a CIDR no device is in, to every device: every filter
+	 * changes, nobody's peers */
+	{ DB_FROM("\"alice@example.com\""),
+	  ACLS(ACL("\"192.0.2.0/24\"", "\"*:60000\"") "," ACL("\"alice@example.com\"", "\"tag:db:5432\"")), "db", "",
+	  "", "alice-laptop,alice-phone,bob-laptop,carol,ci,db,oidc,pod-api,pod-dev,pod-worker,router,web,web2", "" },
+	/* ... to a tag: its devices' filters */
+	{ DB_FROM("\"alice@example.com\""),
+	  ACLS(ACL("\"192.0.2.0/24\"", "\"tag:web:1\"") "," ACL("\"alice@example.com\"", "\"tag:db:5432\"")), "web",
+	  "", "", "web,web2", "" },
+	/* a device source: its peers and the destinations' change */
+	{ DB_FROM("\"alice@example.com\""),
+	  ACLS(ACL("\"carol@example.com\"", "\"tag:web:1\"") "," ACL("\"alice@example.com\"", "\"tag:db:5432\"")), "web",
+	  "carol", "", "carol,web,web2", "carol,web,web2" },
 	/* the same rules in another order touch nobody */
 	{ ACLS(ACL("\"carol@example.com\"", "\"ci-bot@:22\"") "," ACL("\"alice@example.com\"", "\"tag:db:5432\"")),
 	  ACLS(ACL("\"alice@example.com\"", "\"tag:db:5432\"") "," ACL("\"carol@example.com\"", "\"ci-bot@:22\"")),
-	  "db", "", "", "" },
+	  "db", "", "", "", "" },
 	/* a group's members change: the rules naming it are new */
 	{ DB_FROM("\"group:eng\""),
 	  "{\"groups\": {\"group:eng\": [\"alice@example.com\", \"carol@example.com\"]},\n" OWNERS HOSTS APPROVE
 	  " \"acls\": [" ACL("\"group:eng\"", "\"tag:db:5432\"") "]}",
-	  "db", "carol", "bob-laptop", "alice-laptop,alice-phone,bob-laptop,carol,db" },
+	  "db", "carol", "bob-laptop", "alice-laptop,alice-phone,bob-laptop,carol,db", NULL },
 	/* self: alice's devices see each other, bob's own only */
-	{ DB_FROM("\"alice@example.com\""), SELF, "alice-laptop", "alice-phone", "db", NULL },
-	{ DB_FROM("\"alice@example.com\""), SELF, "db", "", "alice-laptop,alice-phone", NULL },
+	{ DB_FROM("\"alice@example.com\""), SELF, "alice-laptop", "alice-phone", "db", NULL, NULL },
+	{ DB_FROM("\"alice@example.com\""), SELF, "db", "", "alice-laptop,alice-phone", NULL, NULL },
 	/* to an address selector, and to a route behind the router */
 	{ DB_FROM("\"alice@example.com\""), ACLS(ACL("\"100.64.0.0/30\"", "\"tag:db:*\"")), "db", "bob-laptop", "",
-	  NULL },
+	  NULL, NULL },
 	{ ACLS(ACL("\"group:eng\"", "\"lan:22\"")), ACLS(ACL("\"carol@example.com\"", "\"lan:22\"")), "router", "carol",
-	  "alice-laptop,alice-phone,bob-laptop", NULL },
+	  "alice-laptop,alice-phone,bob-laptop", NULL, NULL },
 	/* other approvers change approved routes: every device is touched */
 	{ ACLS(ACL("\"group:eng\"", "\"lan:22\"")),
 	  "{" GROUPS OWNERS HOSTS "\"acls\": [" ACL("\"group:eng\"", "\"lan:22\"") "]}", "bob-laptop", "", "router",
-	  "alice-laptop,alice-phone,bob-laptop,carol,ci,db,oidc,pod-api,pod-dev,pod-worker,router,web,web2" },
+	  "alice-laptop,alice-phone,bob-laptop,carol,ci,db,oidc,pod-api,pod-dev,pod-worker,router,web,web2", NULL },
 	/* deny-all to allow-all (no acls nor grants) and back */
-	{ HEAD "\"acls\": []}", "{}", "ci", "alice-laptop,alice-phone,bob-laptop,carol,db,oidc,pod-api,pod-dev,pod-worker,router,web,web2", "", NULL },
-	{ "{}", HEAD "\"acls\": []}", "pod-dev", "", "alice-laptop,alice-phone,bob-laptop,carol,ci,db,oidc,pod-api,pod-worker,router,web,web2", NULL },
+	{ HEAD "\"acls\": []}", "{}", "ci", "alice-laptop,alice-phone,bob-laptop,carol,db,oidc,pod-api,pod-dev,pod-worker,router,web,web2", "", NULL, NULL },
+	{ "{}", HEAD "\"acls\": []}", "pod-dev", "", "alice-laptop,alice-phone,bob-laptop,carol,ci,db,oidc,pod-api,pod-worker,router,web,web2", NULL, NULL },
 };
 
 static char *filter_text(struct policy_net *net, const char *name);
+
+/* The same set of names, in any order. */
+static bool same_names(const struct policy_names *a, const struct policy_names *b)
+{
+	size_t hits = 0;
+
+	for (size_t i = 0; i < a->len; i++)
+		for (size_t k = 0; k < b->len; k++)
+			hits += !strcmp(a->v[i], b->v[k]);
+	return a->len == b->len && hits == a->len;
+}
 
 static void test_view_delta(void **state)
 {
@@ -958,7 +986,7 @@ static void test_view_delta(void **state)
 		struct policy *pa = parse_ok(c->before), *pb = parse_ok(c->after);
 		struct policy_net *a = net_all(pa), *b = net_all(pb);
 		struct policy_names had, now, up, rm, aff;
-		struct strmap *set = strmap_new(), *affset = strmap_new();
+		struct strmap *set = strmap_new(), *affset = strmap_new(), *peerset = strmap_new();
 		char joined[512];
 
 		assert_non_null(set);
@@ -980,6 +1008,20 @@ static void test_view_delta(void **state)
 		snprintf(joined, sizeof(joined), "%s", names_join(&aff));
 		if (c->affected && strcmp(joined, c->affected))
 			fail_msg("case %zu: touches %s, want %s", i, joined, c->affected);
+		{
+			struct policy_names aff2, pv;
+
+			assert_int_equal(policy_net_affected_views(a, b, &aff2, &pv), 0);
+			assert_string_equal(names_join(&aff2), joined);
+			for (size_t k = 0; k < pv.len; k++) {
+				assert_true(strmap_has(affset, pv.v[k]));
+				assert_int_equal(strmap_set(peerset, pv.v[k], (void *)1, NULL), 0);
+			}
+			if (c->peers && strcmp(names_join(&pv), c->peers))
+				fail_msg("case %zu: peers may change for %s, want %s", i, names_join(&pv), c->peers);
+			policy_names_free(&aff2);
+			policy_names_free(&pv);
+		}
 		for (size_t d = 0; d < N_DEVS; d++) {
 			struct policy_names pa_, pb_;
 			char *fa = filter_text(a, devs[d].name), *fb = filter_text(b, devs[d].name);
@@ -1005,6 +1047,8 @@ static void test_view_delta(void **state)
 			}
 			if ((strcmp(ja, names_join(&pb_)) || strcmp(fa, fb)) && !strmap_has(affset, devs[d].name))
 				fail_msg("case %zu: %s changed but is not in the affected set %s", i, devs[d].name, joined);
+			if (!same_names(&pa_, &pb_) && !strmap_has(peerset, devs[d].name))
+				fail_msg("case %zu: %s's peers changed but it is not in the peers set", i, devs[d].name);
 			policy_names_free(&pa_);
 			policy_names_free(&pb_);
 			free(fa);
@@ -1017,6 +1061,7 @@ static void test_view_delta(void **state)
 		policy_names_free(&rm);
 		strmap_free(set);
 		strmap_free(affset);
+		strmap_free(peerset);
 		policy_net_free(a);
 		policy_net_free(b);
 		policy_free(pa);
@@ -1036,6 +1081,128 @@ static char *filter_text(struct policy_net *net, const char *name)
 	s = buf_steal(&b, NULL);
 	assert_non_null(s);
 	return s;
+}
+
+/* policy_net_filter_dump writes what policy_filter_dump writes of
+ * policy_net_filter, for every device of net, from its shared sources
+ * (twice: built, then as kept). */
+static void check_dumps(struct policy_net *net, const char *what)
+{
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t i = 0; i < N_DEVS; i++) {
+			struct buf b = BUF_INIT(1 << 20);
+			char *want = filter_text(net, devs[i].name);
+
+			assert_int_equal(policy_net_filter_dump(net, devs[i].name, &b), 0);
+			if (strcmp(buf_str(&b), want))
+				fail_msg("%s: %s (pass %d): shared-source filter\n%s\ndiffers from\n%s", what,
+					 devs[i].name, pass, buf_str(&b), want);
+			buf_free(&b);
+			free(want);
+		}
+	}
+}
+
+static char *dump_text(struct policy_net *net, const char *name)
+{
+	struct buf b = BUF_INIT(1 << 20);
+	char *s;
+
+	assert_int_equal(policy_net_filter_dump(net, name, &b), 0);
+	s = buf_steal(&b, NULL);
+	assert_non_null(s);
+	return s;
+}
+
+/* A device joining or leaving: the operator recompiles the devices
+ * touched, and of their filters only the rules whose sources name the
+ * device are built again; everything else keeps what it had, and every
+ * filter is what a net built from scratch gives. Counted. */
+static void test_incremental_counts(void **state)
+{
+	static const struct devspec bob2 = { "bob-2", "100.64.0.40", NULL, "bob@example.com", NULL, NULL, NULL };
+	/* Sources: bob (via group:eng) in rules 0 and 2, never in 1 and 3. */
+	struct policy *p = parse_ok(ACLS(ACL("\"group:eng\"", "\"tag:web:80\"") ","
+					 ACL("\"tag:web\"", "\"tag:db:5432\"") ","
+					 ACL("\"autogroup:member\"", "\"autogroup:self:*\"") ","
+					 ACL("\"10.0.0.0/8\"", "\"tag:db:22\"")));
+	struct policy_net *net = net_all(p), *fresh;
+	struct policy_net_stats s0, s1;
+	struct policy_names touched;
+	char *before[N_DEVS];
+
+	(void)state;
+	for (size_t i = 0; i < N_DEVS; i++)
+		before[i] = dump_text(net, devs[i].name);
+	policy_net_stats(net, &s0);
+	assert_int_equal(s0.filters, N_DEVS);
+	/* Rules 0, 1 and 3 reach someone (web, db); rule 2 is self only:
+	 * its sources are per device, never shared. */
+	assert_int_equal(s0.source_builds, 3);
+	for (size_t i = 0; i < N_DEVS; i++)
+		free(dump_text(net, devs[i].name));
+	policy_net_stats(net, &s1);
+	assert_int_equal(s1.source_builds, 3); /* all kept */
+
+	/* bob-2 joins: it and its peers are touched, and only rule 0 (whose
+	 * sources, group:eng, name it) is built again, once for all. */
+	assert_int_equal(add_dev(net, &bob2, &touched), 0);
+	assert_string_equal(names_join(&touched), "bob-2,bob-laptop,web,web2");
+	policy_net_stats(net, &s0);
+	for (size_t i = 0; i < touched.len; i++)
+		free(dump_text(net, touched.v[i]));
+	policy_net_stats(net, &s1);
+	assert_int_equal(s1.filters - s0.filters, touched.len);
+	assert_int_equal(s1.source_builds - s0.source_builds, 1);
+	policy_names_free(&touched);
+
+	/* Untouched devices' filters did not change; touched ones match a
+	 * net built from scratch, as does every other. */
+	fresh = policy_net_new(p);
+	assert_non_null(fresh);
+	for (size_t i = 0; i < N_DEVS; i++)
+		assert_int_equal(add_dev(fresh, &devs[i], NULL), 0);
+	assert_int_equal(add_dev(fresh, &bob2, NULL), 0);
+	for (size_t i = 0; i < N_DEVS; i++) {
+		char *a = dump_text(net, devs[i].name), *b = filter_text(fresh, devs[i].name);
+
+		assert_string_equal(a, b);
+		if (strcmp(devs[i].name, "web") && strcmp(devs[i].name, "web2") && strcmp(devs[i].name, "bob-laptop"))
+			assert_string_equal(a, before[i]);
+		free(a);
+		free(b);
+	}
+
+	/* db leaves: nobody's sources name a tag:db device, so nothing is
+	 * built again; its peers are what to recompile. */
+	policy_net_stats(net, &s0);
+	assert_int_equal(policy_net_remove(net, "db", &touched), 0);
+	assert_string_equal(names_join(&touched), "router,web,web2");
+	for (size_t i = 0; i < touched.len; i++)
+		free(dump_text(net, touched.v[i]));
+	policy_net_stats(net, &s1);
+	assert_int_equal(s1.source_builds - s0.source_builds, 0);
+	policy_names_free(&touched);
+	/* web leaves: rule 1's sources (tag:web) are built again. */
+	assert_int_equal(policy_net_remove(net, "web", &touched), 0);
+	for (size_t i = 0; i < touched.len; i++)
+		free(dump_text(net, touched.v[i]));
+	policy_net_stats(net, &s0);
+	assert_int_equal(s0.source_builds - s1.source_builds, 0); /* db, rule 1's only destination, is gone */
+	policy_names_free(&touched);
+	{
+		char *r = dump_text(net, "web2"), *f = filter_text(net, "web2");
+
+		assert_string_equal(r, f);
+		free(r);
+		free(f);
+	}
+
+	for (size_t i = 0; i < N_DEVS; i++)
+		free(before[i]);
+	policy_net_free(fresh);
+	policy_net_free(net);
+	policy_free(p);
 }
 
 /* Adding and removing a device touches it and its peers, and leaves every
@@ -1307,7 +1474,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_verdicts),   cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_policy_tests), cmocka_unit_test(test_visibility),
-		cmocka_unit_test(test_incremental), cmocka_unit_test(test_filter_json),
+		cmocka_unit_test(test_incremental), cmocka_unit_test(test_incremental_counts),
+		cmocka_unit_test(test_filter_json),
 		cmocka_unit_test(test_routes),	   cmocka_unit_test(test_tag_owners),
 		cmocka_unit_test(test_misc),	   cmocka_unit_test(test_internet),
 		cmocka_unit_test(test_limits),	   cmocka_unit_test(test_view_delta),
