@@ -465,6 +465,8 @@ void mapstream_node_stream(struct coord *c, struct node *n, bool opened, const s
 	bool transition = opened ? n->streams++ == 0 : --n->streams == 0;
 	struct json *found = NULL;
 
+	log_debug("map stream", "device=%s opened=%s streams=%d dead=%s", n->pub.name, opened ? "yes" : "no",
+		  n->streams, n->dead ? "yes" : "no");
 	if (n->dead) {
 		node_release(n);
 		return;

@@ -796,6 +796,7 @@ static void do_online(struct coord *c, const char *device, bool online, time_t a
 	char ts[32];
 
 	kube_time_format(at, ts, sizeof(ts));
+	log_debug("writing online", "device=%s online=%s", device, online ? "yes" : "no");
 	json_object_set(st, "online", json_new_bool(online));
 	json_object_set(st, "lastSeen", json_new_string(ts));
 	json_object_set(patch, "status", st);
