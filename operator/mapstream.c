@@ -204,6 +204,8 @@ static int full_fields(struct coord *c, const char *tailnet, const struct buf *p
 		err = buf_add(out, text.data, text.len - 1);
 	}
 	if (!err)
+		err = ctrlkey_fields(c, out);
+	if (!err)
 		err = buf_add_str(out, ",\"packetFilter\":");
 	if (!err)
 		err = buf_add(out, pf->data, pf->len);
@@ -583,4 +585,22 @@ void mapstream_free(struct coord *c)
 		strmap_free(c->nodes);
 		c->nodes = NULL;
 	}
+}
+
+static void add_tailnet_fields(const struct json *tn, void *arg)
+{
+	struct { struct coord *c; const char *text; int err; } *a = arg;
+
+	if (!a->err)
+		a->err = changelog_tailnet_fields(&a->c->log, kube_name(tn), a->text);
+}
+
+int mapstream_all_tailnets_fields(struct coord *c, const char *text)
+{
+	struct { struct coord *c; const char *text; int err; } a = { c, text, 0 };
+
+	informer_foreach(c->op->tailnets, add_tailnet_fields, &a);
+	if (!a.err)
+		flush_soon(c, true);
+	return a.err;
 }
