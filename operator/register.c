@@ -12,6 +12,7 @@
 
 #include <sodium.h>
 
+#include "authkey.h"
 #include "buf.h"
 #include "control/channel.h"
 #include "control/fields.h"
@@ -221,7 +222,7 @@ static const char *use_refused(const struct json *ak, time_t now)
 	bool reusable = json_bool(json_path(ak, "spec", "reusable", NULL), false);
 	time_t exp;
 
-	if (!kube_time_parse(json_str(json_get(st, "expiresAt")), &exp) || now >= exp)
+	if (!authkey_never_expires(ak) && (!kube_time_parse(json_str(json_get(st, "expiresAt")), &exp) || now >= exp))
 		return "AuthKeyExpired";
 	if ((!reusable && uses >= 1) || (reusable && max > 0 && uses >= max))
 		return "AuthKeyUsedUp";

@@ -19,10 +19,14 @@ tailnet_kube_up
 NS=knit-system
 GRACE=20
 tailnet_net_up $((20 + ($$ + 57) % 200))
-TAILNET_OP_ARGS="--control-key-grace ${GRACE}s" tailnet_operator_start op-1
-tailnet_authkey people '{"reusable":true}'
-e2e_wait_for 30 $K get secret people-authkey -n "$NS" >/dev/null || e2e_die "no key"
-KEY=$($K get secret people-authkey -n "$NS" -o jsonpath='{.data.authkey}' | base64 -d)
+TAILNET_OP_ARGS="--control-key-grace ${GRACE}s --bootstrap-authkey nodes" tailnet_operator_start op-1
+# The bootstrapped key the DaemonSet joins with ships no dated outage.
+e2e_wait_for 30 $K get secret nodes-authkey -n "$NS" >/dev/null || e2e_die "no bootstrapped key"
+KEY=$($K get secret nodes-authkey -n "$NS" -o jsonpath='{.data.authkey}' | base64 -d)
+e2e_expect "the bootstrapped AuthKey never expires" "0s:" \
+	"$($K get authkey nodes -n "$NS" -o jsonpath='{.spec.expiry}:{.status.expiresAt}')"
+ak_ready() { [ "$($K get authkey nodes -n "$NS" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
+e2e_check "and is Ready" e2e_wait_for 20 ak_ready
 for n in node1 node2 node3; do
 	tailnet_host_add "$n" "${n#node}"
 	tailnet_knitd_start "$n"
