@@ -193,7 +193,7 @@ struct coord {
 /* coord.c */
 uint64_t coord_now_ms(struct coord *c);
 /* Counts a refused call (knit_coord_refusals_total): call is "register",
- * "update", "map", ...; reason the error code or "RateLimited". Any thread. */
+ * "renew" (a register with oldNodeKey), "update", "map", ...; reason the error code or "RateLimited". Any thread. */
 void coord_refused(struct coord *c, const char *call, const char *reason);
 struct json *coord_jstr(const char *s);
 struct json *coord_error_reply(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

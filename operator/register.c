@@ -118,10 +118,15 @@ static void count_refusal(struct job *j)
 {
 	static const char *const calls[] = { [JOB_REGISTER] = "register", [JOB_LOGOUT] = "logout",
 					     [JOB_REGISTER_POD] = "register_pod" };
-	const char *code;
+	const char *code, *call;
+	const struct json *old = json_get(j->req, "oldNodeKey");
 
-	if (j->type < sizeof(calls) / sizeof(calls[0]) && calls[j->type] && messages_error(j->reply, &code, NULL))
-		coord_refused(j->c, calls[j->type], code);
+	if (j->type >= sizeof(calls) / sizeof(calls[0]) || !calls[j->type] || !messages_error(j->reply, &code, NULL))
+		return;
+	/* A node key renewal (a register with oldNodeKey) is counted apart:
+	 * refused renewals are devices about to expire. */
+	call = j->type == JOB_REGISTER && old && !json_is_null(old) ? "renew" : calls[j->type];
+	coord_refused(j->c, call, code);
 }
 
 void *register_job_worker(void *arg)
