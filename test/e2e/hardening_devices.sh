@@ -128,6 +128,11 @@ e2e_check "node1's stream is ended with TailnetChanged, and knitd says so" e2e_w
 peers() { tailnet_knit "$1" status --json | jq -r '[.peers[].name] | sort | join(",")'; }
 in_other() { [[ $(tailnet_knit node1 ip -4) == 100.90.* ]]; }
 e2e_check "node1 takes the new tailnet's netmap (its address from that pool)" e2e_wait_for 40 in_other
+claims_in() { $K get addressclaims -o json | jq -r --arg d "$(dev_of node1)" --arg t "$1" \
+	'[.items[] | select(.spec.tailnet == $t and (.metadata.ownerReferences // [] | map(.name) | index($d)))] | length'; }
+e2e_expect "node1 holds two address claims in its new tailnet" 2 "$(claims_in other)"
+released() { [ "$(claims_in default)" = 0 ]; }
+e2e_check "and its old tailnet's claims are released" e2e_wait_for 20 released
 alone() { [ -z "$(peers node1)" ]; }
 e2e_check "and drops the old tailnet's peers" e2e_wait_for 20 alone
 not_seen() { ! peers node2 | grep -qw node1; }
