@@ -776,6 +776,11 @@ static void on_sweep(struct loop *loop, struct loop_timer *t, void *arg)
 	char **dead = NULL;
 	size_t n = 0, cap = 0;
 
+	/* Stopping: the informers may be freed already (main.c frees them
+	 * once the workers are joined, while the loop still runs to release
+	 * the Lease), and a machine without a Device would look unknown. */
+	if (c->stopping)
+		return;
 	for (struct strmap_entry *e = strmap_first(c->sessions); e; e = strmap_next(c->sessions, e)) {
 		struct session *s = strmap_value(e);
 		uint64_t idle = now - s->last_used;
@@ -957,6 +962,13 @@ void coord_shutdown(struct coord *c)
 	if (!c)
 		return;
 	c->stopping = true;
+	/* Two-phase stop: no timer of ours runs after this (they read the
+	 * caches main.c frees before the loop ends). */
+	loop_timer_disarm(c->keepalive);
+	loop_timer_disarm(c->sweep);
+	loop_timer_disarm(c->flush);
+	loop_timer_disarm(c->trim);
+	loop_timer_disarm(c->pod_sweep);
 	pthread_mutex_lock(&c->lock);
 	c->stop = true;
 	pthread_cond_broadcast(&c->cond);

@@ -127,6 +127,8 @@ static void flush_soon(struct coord *c, bool urgent)
 {
 	uint64_t now = coord_now_ms(c), due;
 
+	if (c->stopping)
+		return; /* coord_shutdown() disarmed the timer for good */
 	if (urgent)
 		due = now - c->last_flush >= FLUSH_MIN_MS ? now : c->last_flush + FLUSH_MIN_MS;
 	else
@@ -599,6 +601,8 @@ int mapstream_all_tailnets_fields(struct coord *c, const char *text)
 {
 	struct { struct coord *c; const char *text; int err; } a = { c, text, 0 };
 
+	if (!c->op->tailnets)
+		return 0; /* not leading: no streams */
 	informer_foreach(c->op->tailnets, add_tailnet_fields, &a);
 	if (!a.err)
 		flush_soon(c, true);

@@ -314,7 +314,9 @@ struct json *register_device_by_machine(struct coord *c, const char *mkey)
 {
 	struct find_ctx f = { .value = mkey };
 
-	informer_foreach_indexed(c->op->devices, "machineKey", mkey, find_by, &f);
+	/* No Device cache: not leading (yet, or any more). */
+	if (c->op->devices)
+		informer_foreach_indexed(c->op->devices, "machineKey", mkey, find_by, &f);
 	return f.found;
 }
 
