@@ -114,6 +114,10 @@ struct job {
 	char device[254];
 	bool online;
 	time_t at;
+	/* JOB_ONLINE, under c->lock: a worker is writing it (it stays in
+	 * online_pending meanwhile), and a newer transition came (written
+	 * next by the same worker: writes of one device never overtake). */
+	bool running, again;
 	struct job *next;
 };
 

@@ -90,7 +90,7 @@ static struct job *job_next(struct coord *c)
 	}
 	j = job_pop(&c->ohead, &c->otail);
 	if (j)
-		strmap_del(c->online_pending, j->device);
+		j->running = true; /* stays pending: see online_run() */
 	return j;
 }
 
@@ -129,6 +129,29 @@ static void count_refusal(struct job *j)
 	coord_refused(j->c, call, code);
 }
 
+/* Writes j's transition, then any that came while it was written: one
+ * device's writes in order, so a device that reconnects while its old
+ * stream is closing is never left written offline by a slower write. */
+static void online_run(struct coord *c, struct job *j)
+{
+	bool online;
+	time_t at;
+
+	pthread_mutex_lock(&c->lock);
+	for (;;) {
+		online = j->online;
+		at = j->at;
+		j->again = false;
+		pthread_mutex_unlock(&c->lock);
+		do_online(c, j->device, online, at);
+		pthread_mutex_lock(&c->lock);
+		if (!j->again || (c->stop && !draining_online(c)))
+			break;
+	}
+	strmap_del(c->online_pending, j->device);
+	pthread_mutex_unlock(&c->lock);
+}
+
 void *register_job_worker(void *arg)
 {
 	struct coord *c = arg;
@@ -148,7 +171,7 @@ void *register_job_worker(void *arg)
 		switch (j->type) {
 		case JOB_REGISTER: j->reply = do_register(c, j->mkey, j->req); break;
 		case JOB_LOGOUT: j->reply = do_logout(c, j->mkey); break;
-		case JOB_ONLINE: do_online(c, j->device, j->online, j->at); break;
+		case JOB_ONLINE: online_run(c, j); break;
 		case JOB_COUNT_USE: do_count_use(c, j->mkey, j->device); break;
 		case JOB_REGISTER_POD: j->reply = podident_register(c, j->mkey, j->req); break;
 		case JOB_SWEEP_PODS:
@@ -793,6 +816,7 @@ void register_online_changed(struct coord *c, const char *device, bool online)
 	if (j) {
 		j->online = online;
 		j->at = time(NULL);
+		j->again = j->running;
 		pthread_mutex_unlock(&c->lock);
 		return;
 	}
