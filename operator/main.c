@@ -598,13 +598,10 @@ static void withdrawn(void *arg)
 static void workers_joined(struct loop *loop, void *arg)
 {
 	pthread_join(joiner, NULL);
-	informer_free(op.tailnets);
-	informer_free(op.authkeys);
-	informer_free(op.devices);
-	informer_free(op.claims);
-	informer_free(op.secrets);
-	informer_free(op.policies_inf);
-	op.tailnets = op.authkeys = op.devices = op.claims = op.secrets = op.policies_inf = NULL;
+	/* The informers stay until the loop has stopped: a list request of
+	 * theirs may still be in flight, and its callback would use a freed
+	 * informer (informer.h: informer_free() is only safe then). Seen as a
+	 * heap-use-after-free in on_list_page after "lost leadership". */
 	/* The Services' Endpoints first (begun in shutdown_all), then the
 	 * Lease: the next leader may then point them at itself at once. */
 	if (serving)
@@ -1008,6 +1005,13 @@ out:
 	webhook_free(webhook);
 	relay_instance_free(relay);
 	coord_free(op.coord);
+	informer_free(op.tailnets);
+	informer_free(op.authkeys);
+	informer_free(op.devices);
+	informer_free(op.claims);
+	informer_free(op.secrets);
+	informer_free(op.policies_inf);
+	op.tailnets = op.authkeys = op.devices = op.claims = op.secrets = op.policies_inf = NULL;
 	policy_store_free(op.policies);
 	lease_free(lease);
 	controller_free(op.tailnet_ctl);
