@@ -8,7 +8,9 @@
 # down through the whole announcement, pinning only the old key, still gets
 # in while the previous key is accepted and learns the new key from it.
 # Then the previous key is dropped. (That an agent never takes a key its
-# pin did not announce is the unit test test_ctrlpin.)
+# pin did not announce is the unit test test_ctrlpin.) Last, the leader
+# loses its Lease while streams are up: it exits cleanly (no timer touches
+# the caches it freed).
 source "$(dirname "$0")/lib/common.sh"
 source "$(dirname "$0")/lib/apiserver.sh"
 source "$(dirname "$0")/lib/tailnet.sh"
@@ -87,5 +89,20 @@ tailnet_knitd_start node2
 running2() { [ "$(tailnet_knit node2 status --json | jq -r .backendState)" = Running ]; }
 e2e_check "node2, restarted, connects with the new pin" e2e_wait_for 30 running2
 e2e_check "and reaches node3" e2e_wait_for 20 reach node2 "$(tailnet_knit node3 ip -4)"
+
+# ---- leadership lost while streams and sweeps are live (issue 15 races) ----
+# The operator frees its caches once its workers are joined and runs on for
+# seconds to release the Lease; its timers must not touch them meanwhile.
+now=$(date -u +%Y-%m-%dT%H:%M:%S.000000Z)
+$K patch lease knit-operator -n "$NS" --type merge \
+	-p "{\"spec\":{\"holderIdentity\":\"thief\",\"renewTime\":\"$now\",\"leaseDurationSeconds\":60}}" >/dev/null ||
+	e2e_die "steal the Lease"
+gone() { ! kill -0 "$OP_PID" 2>/dev/null; }
+e2e_check "the operator that lost its Lease exits" e2e_wait_for 30 gone
+wait "$OP_PID"
+rc=$?
+e2e_expect "with status 1 (no crash)" 1 "$rc"
+e2e_check "and no sanitizer report" sh -c "grep -q 'lost leadership, exiting' '$E2E_DIR/operator-op-1.log' && \
+	! grep -qE 'runtime error|AddressSanitizer|LeakSanitizer' '$E2E_DIR/operator-op-1.log'"
 
 e2e_end
