@@ -18,6 +18,7 @@
 #include "applied.h"
 #include "datagrams.h"
 #include "control/channel.h"
+#include "control/ctrlpin.h"
 #include "control/messages.h"
 #include "enforce.h"
 #include "json.h"
@@ -486,6 +487,48 @@ static bool on_netmap_record(struct identity *id, const struct json *rec, bool f
 	return true;
 }
 
+/* The control key set a map record carries (control/ctrlpin.h): the next
+ * key saved, the pin switched once the server serves it. Saved at once:
+ * a pin lost to a crash could lock this node out. */
+static void learn_control_keys(struct identity *id, struct control_client *c, const struct json *rec)
+{
+	struct ctrlpin pin = { .has_next = id->st->has_next_control_key };
+	struct ctrlpin_keys keys;
+	uint8_t session_key[CHANNEL_KEY_LEN];
+	char err[160], text[MESSAGES_KEY_TEXT_LEN];
+	unsigned changed;
+
+	if (!id->st->has_control_key || !control_client_map_key(c, session_key))
+		return;
+	if (!ctrlpin_keys_from_json(rec, &keys, err, sizeof(err))) {
+		log_warn("map record: control keys ignored", "error=\"%s\"", err);
+		return;
+	}
+	memcpy(pin.key, id->st->control_key, 32);
+	memcpy(pin.next, id->st->next_control_key, 32);
+	changed = ctrlpin_learn(&pin, session_key, &keys);
+	if (changed & CTRLPIN_UNTRUSTED) {
+		log_warn("map record: control keys from a session of a key not pinned; ignored");
+		return;
+	}
+	if (!changed)
+		return;
+	memcpy(id->st->control_key, pin.key, 32);
+	memcpy(id->st->next_control_key, pin.next, 32);
+	id->st->has_next_control_key = pin.has_next;
+	if (changed & CTRLPIN_NEXT_SAVED) {
+		channel_key_format(pin.next, "ctrlkey:", text, sizeof(text));
+		log_info("control key rotation: next key saved", "next=%s", pin.has_next ? text : "none");
+	}
+	if (changed & CTRLPIN_SWITCHED) {
+		channel_key_format(pin.key, "ctrlkey:", text, sizeof(text));
+		log_info("control key rotation: now pinning the server's new key", "key=%s", text);
+	}
+	control_client_set_keys(c, pin.key, pin.has_next ? pin.next : NULL);
+	save_now(id);
+	sodium_memzero(&pin, sizeof(pin));
+}
+
 static bool on_record(struct control_client *c, const struct json *rec, void *arg)
 {
 	struct identity *id = arg;
@@ -505,8 +548,10 @@ static bool on_record(struct control_client *c, const struct json *rec, void *ar
 		snprintf(id->health, sizeof(id->health), "coordination server: %s", msg);
 		return false;
 	}
-	if (type && (!strcmp(type, "full") || !strcmp(type, "delta")))
+	if (type && (!strcmp(type, "full") || !strcmp(type, "delta"))) {
+		learn_control_keys(id, c, rec);
 		return on_netmap_record(id, rec, !strcmp(type, "full"));
+	}
 	return true; /* keepalive */
 }
 
@@ -541,11 +586,17 @@ static int ensure_client(struct identity *id)
 		.arg = id,
 	};
 
+	int err;
+
 	if (id->ctl)
 		return 0;
 	if (!id->st->login_server)
 		return -EINVAL;
-	return control_client_new(id->loop, &co, &id->ctl);
+	err = control_client_new(id->loop, &co, &id->ctl);
+	if (!err && id->st->has_control_key)
+		control_client_set_keys(id->ctl, id->st->control_key,
+					id->st->has_next_control_key ? id->st->next_control_key : NULL);
+	return err;
 }
 
 /* ---- registering ---- */
@@ -874,12 +925,15 @@ void identity_up(struct identity *id, const struct localapi_up *req, struct loca
 		free(id->st->login_server);
 		id->st->login_server = strdup(req->login_server);
 		id->st->has_control_key = false;
+		id->st->has_next_control_key = false;
 	}
 	if (req->has_server_key) {
 		if (id->st->has_control_key && memcmp(id->st->control_key, req->server_key, 32)) {
 			control_client_free(id->ctl);
 			id->ctl = NULL;
 		}
+		if (memcmp(id->st->control_key, req->server_key, 32))
+			id->st->has_next_control_key = false;
 		memcpy(id->st->control_key, req->server_key, 32);
 		id->st->has_control_key = true;
 	}

@@ -194,6 +194,8 @@ static struct json *state_json(const struct state *st)
 	json_put(o, "version", json_new_int(STATE_VERSION), &err);
 	if (st->has_control_key)
 		json_put(o, "controlKey", key_json(st->control_key, "ctrlkey:"), &err);
+	if (st->has_control_key && st->has_next_control_key)
+		json_put(o, "nextControlKey", key_json(st->next_control_key, "ctrlkey:"), &err);
 	if (st->login_server)
 		json_put(o, "loginServer", json_new_string(st->login_server), &err);
 	json_put(o, "prefs", prefs_json(st), &err);
@@ -497,6 +499,14 @@ static bool parse_state(const struct json *j, struct state *st, char *err, size_
 			return false;
 		}
 		st->has_control_key = true;
+	}
+	v = json_get(j, "nextControlKey");
+	if (v && !json_is_null(v)) {
+		if (!channel_key_parse(json_str(v), "ctrlkey:", st->next_control_key)) {
+			errf(err, errlen, 0, "nextControlKey: want \"ctrlkey:\" and 64 hex digits");
+			return false;
+		}
+		st->has_next_control_key = true;
 	}
 	v = json_get(j, "loginServer");
 	if (v && !json_is_null(v)) {

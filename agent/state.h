@@ -2,7 +2,7 @@
  *
  *   {"version":1,
  *    "machineKey":"privkey:<hex>", "nodeKey":"privkey:<hex>", "discoKey":"privkey:<hex>",
- *    "controlKey":"ctrlkey:<hex>", "loginServer":"http://...",
+ *    "controlKey":"ctrlkey:<hex>", "nextControlKey":"ctrlkey:<hex>", "loginServer":"http://...",
  *    "prefs":{"hostname":"laptop","advertiseTags":["tag:ci"],"advertiseRoutes":["10.0.0.0/24"]},
  *    "device":{"device":"laptop-3f9a2c","name":"laptop","addresses":[...],"dnsSuffix":"...",
  *              "keyExpiry":1796000000}, "keyIssued":1780000000,
@@ -41,6 +41,9 @@ struct state {
 	uint8_t disco_key[32];
 	uint8_t control_key[32]; /* public: the pinned control key */
 	bool has_control_key;
+	/* public: the key the pinned one announced to follow it (control/ctrlpin.h) */
+	uint8_t next_control_key[32];
+	bool has_next_control_key;
 	char *login_server; /* NULL: none yet */
 
 	/* What knit up asked for, to come back with after a restart. */

@@ -161,12 +161,20 @@ bool authkey_secret_name(const char *name, char *out, size_t outlen)
 	return n > 0 && n <= 253 && (size_t)n < outlen;
 }
 
+bool authkey_never_expires(const struct json *ak)
+{
+	const char *expiry = json_str(json_path(ak, "spec", "expiry", NULL));
+	uint64_t ms;
+
+	return expiry && kube_duration_parse(expiry, &ms) && ms == 0;
+}
+
 enum authkey_step authkey_desired_status(const struct json *ak, const struct authkey_secret *secret, time_t now,
 					 struct json *status, uint64_t *requeue_ms)
 {
 	const char *expiry = json_str(json_path(ak, "spec", "expiry", NULL)), *cts;
 	int64_t gen = kube_generation(ak), uses, max_uses;
-	bool reusable, expired, exhausted;
+	bool reusable, expired, exhausted, never;
 	time_t created = now, expires;
 	uint64_t life_ms = 0;
 	char name[300], ts[32];
@@ -193,21 +201,29 @@ enum authkey_step authkey_desired_status(const struct json *ak, const struct aut
 	cts = json_str(json_path(ak, "metadata", "creationTimestamp", NULL));
 	if (cts)
 		kube_time_parse(cts, &created);
+	never = expiry && life_ms == 0;
 	expires = created + (time_t)(life_ms / 1000);
 	kube_time_format(expires, ts, sizeof(ts));
 	uses = json_int(json_get(status, "uses"), 0);
 	reusable = json_bool(json_path(ak, "spec", "reusable", NULL), false);
 	max_uses = json_int(json_path(ak, "spec", "maxUses", NULL), 0);
-	expired = now >= expires;
+	expired = !never && now >= expires;
 	exhausted = reusable ? (max_uses > 0 && uses >= max_uses) : uses >= 1;
 
 	json_object_set(status, "secretName", json_new_string(secret->name));
 	json_object_set(status, "keyPrefix", json_new_string(secret->prefix));
 	json_object_set(status, "keyHash", json_new_string(secret->hash));
 	json_object_set(status, "uses", json_new_int(uses));
-	json_object_set(status, "expiresAt", json_new_string(ts));
-	kube_condition_set(status, "Expired", expired ? "True" : "False", expired ? "Expired" : "NotExpired",
-			   expired ? "the key has expired" : "the key is within its lifetime", gen, now);
+	if (never)
+		json_object_del(status, "expiresAt");
+	else
+		json_object_set(status, "expiresAt", json_new_string(ts));
+	kube_condition_set(status, "Expired", expired ? "True" : "False",
+			   expired ? "Expired" : never ? "NeverExpires" : "NotExpired",
+			   expired ? "the key has expired"
+			   : never ? "spec.expiry is 0s: the key does not expire"
+				   : "the key is within its lifetime",
+			   gen, now);
 	kube_condition_set(status, "Exhausted", exhausted ? "True" : "False", exhausted ? "UsedUp" : "UsesLeft",
 			   exhausted ? "the key has no registrations left" : "the key may register devices", gen, now);
 	if (expired)
@@ -216,7 +232,7 @@ enum authkey_step authkey_desired_status(const struct json *ak, const struct aut
 		kube_condition_set(status, "Ready", "False", "UsedUp", "the key has been used up", gen, now);
 	else
 		kube_condition_set(status, "Ready", "True", "KeyValid", "the key can register devices", gen, now);
-	if (!expired)
+	if (!expired && !never)
 		*requeue_ms = (uint64_t)(expires - now) * 1000 + 1000;
 	return AUTHKEY_DONE;
 }

@@ -28,6 +28,9 @@ bool authkey_secret_name(const char *name, char *out, size_t outlen);
  * Secret was looked at: the spec is checked first, and AUTHKEY_NEED_SECRET
  * asks for it when the spec is good. *requeue_ms: when to look again (the
  * key's expiry). */
+/* spec.expiry "0s" (any zero duration): the key never expires (the
+ * bootstrapped node key's default, so it ships no dated outage). */
+bool authkey_never_expires(const struct json *ak);
 enum authkey_step authkey_desired_status(const struct json *ak, const struct authkey_secret *secret, time_t now,
 					 struct json *status, uint64_t *requeue_ms);
 

@@ -237,8 +237,8 @@ bool bootstrap_opts_check(const struct bootstrap_opts *o, char *err, size_t errl
 			    o->authkey);
 	if (!each_tag(o->authkey_tags, check_tag, &tc))
 		return false;
-	if (o->authkey_expiry && (!kube_duration_parse(o->authkey_expiry, &ms) || ms == 0))
-		return fail(err, errlen, "--bootstrap-authkey-expiry: \"%s\" is not a positive duration (e.g. 8760h)",
+	if (o->authkey_expiry && !kube_duration_parse(o->authkey_expiry, &ms))
+		return fail(err, errlen, "--bootstrap-authkey-expiry: \"%s\" is not a duration (e.g. 8760h; 0s: never)",
 			    o->authkey_expiry);
 	if (o->relay_mesh_secret && !dns_name_ok(o->relay_mesh_secret, 253))
 		return fail(err, errlen, "--bootstrap-relay-mesh-secret: \"%s\" is not a lower-case DNS name",
@@ -371,7 +371,7 @@ struct json *bootstrap_authkey(const struct bootstrap_opts *o, const char *ns)
 
 	if (!spec || !tags || !each_tag(o->authkey_tags, append_tag, tags) ||
 	    json_object_set(spec, "reusable", json_new_bool(true)) ||
-	    json_object_set(spec, "preauthorized", json_new_bool(true)) || set_str(spec, "expiry", o->authkey_expiry)) {
+	    json_object_set(spec, "preauthorized", json_new_bool(true)) || set_str(spec, "expiry", o->authkey_expiry ?: "0s")) {
 		json_free(tags);
 		json_free(spec);
 		return NULL;

@@ -114,10 +114,10 @@ struct job {
 	char device[254];
 	bool online;
 	time_t at;
-	/* JOB_ONLINE: a worker is writing it (it stays in online_pending, so
-	 * one device's writes never run side by side and land out of order);
-	 * again: a transition came meanwhile, so it is queued once more. */
-	bool inflight, again;
+	/* JOB_ONLINE, under c->lock: a worker is writing it (it stays in
+	 * online_pending meanwhile), and a newer transition came (written
+	 * next by the same worker: writes of one device never overtake). */
+	bool running, again;
 	struct job *next;
 };
 
@@ -130,8 +130,17 @@ struct coord {
 	/* ctrlkey.c, on the key loader thread: */
 	bool key_mismatch_warned;
 	unsigned long keeper_restores;
+	/* keys_lock guards priv, pub, next_*, prev_* (written by the key
+	 * loader thread, read by the loop and the workers); pub_text and
+	 * next_text are the loop thread's (ctrlkey_announce). A rotation
+	 * (ctrlkey.c) adds next (announced, accepted) and then previous
+	 * (accepted, for agents that slept through it). */
+	pthread_mutex_t keys_lock;
 	uint8_t priv[32], pub[32];
-	char pub_text[80];
+	uint8_t next_priv[32], next_pub[32];
+	uint8_t prev_priv[32], prev_pub[32];
+	bool has_next, has_prev;
+	char pub_text[80], next_text[80];
 
 	/* Loop thread only: */
 	struct strmap *sessions; /* idhex -> session */
@@ -188,7 +197,7 @@ struct coord {
 /* coord.c */
 uint64_t coord_now_ms(struct coord *c);
 /* Counts a refused call (knit_coord_refusals_total): call is "register",
- * "update", "map", ...; reason the error code or "RateLimited". Any thread. */
+ * "renew" (a register with oldNodeKey), "update", "map", ...; reason the error code or "RateLimited". Any thread. */
 void coord_refused(struct coord *c, const char *call, const char *reason);
 struct json *coord_jstr(const char *s);
 struct json *coord_error_reply(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -220,6 +229,9 @@ void mapstream_fill(struct httpd_stream *st, void *arg);
 /* The flush timer: wakes streams with log entries to pull. */
 void mapstream_flush(struct loop *loop, struct loop_timer *t, void *arg);
 void mapstream_free(struct coord *c);
+/* Tailnet-wide members ("key":value,...) in every stream's next delta, of
+ * every tailnet (changelog_tailnet_fields). 0 or -ENOMEM. */
+int mapstream_all_tailnets_fields(struct coord *c, const char *text);
 
 /* mappolicy.c (loop thread) */
 /* A Device changed or was deleted: recompile what it touches under its
@@ -289,7 +301,19 @@ struct json *ctrlkey_secret_doc(const uint8_t priv[32]);
 /* No Secret at start: may a key be minted? Only on a fresh install (no
  * Tailnet publishes a control key) or with --new-control-key; says why not. */
 bool ctrlkey_may_mint(struct coord *c);
-/* Until c->stopping: restores a deleted or emptied Secret with c->priv. */
+/* Until c->stopping: restores a deleted or emptied Secret with c->priv,
+ * and runs a rotation (ctrlkey.c) step by step. */
 void ctrlkey_keep(struct coord *c);
+/* The Secret's next and previous keys as c's (at start, before serving). */
+void ctrlkey_adopt_start(struct coord *c, const struct json *secret);
+/* The private keys a handshake may be made with: current, next, previous
+ * (keys_lock taken). Returns how many; the caller wipes them. Any thread. */
+size_t ctrlkey_accepted(struct coord *c, uint8_t keys[3][32]);
+/* Loop thread: pub_text/next_text from the keys, and when they changed
+ * and streams are up, the new key set to every stream as a delta. */
+void ctrlkey_announce(struct coord *c, bool deltas);
+/* "controlKey" and "nextControlKey" members, as JSON text to append
+ * (",\"controlKey\":...,\"nextControlKey\":..."). Loop thread. 0 or -ENOMEM. */
+int ctrlkey_fields(struct coord *c, struct buf *out);
 
 #endif

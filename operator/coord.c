@@ -133,6 +133,7 @@ static void key_loaded(struct loop *loop, void *arg)
 	 * joins it. */
 	if (c->stopping)
 		return;
+	ctrlkey_announce(c, false);
 	c->ready = true;
 	log_info("control key ready", "key=%s", c->pub_text);
 }
@@ -147,6 +148,8 @@ static void *load_key(void *arg)
 		int err = kube_get(op->kube, &kube_res_secrets, op->namespace, CONTROL_SECRET, &r);
 
 		if (!err && kube_ok(&r) && ctrlkey_decode(r.obj, c->priv)) {
+			/* A rotation under way (ctrlkey.c) goes on. */
+			ctrlkey_adopt_start(c, r.obj);
 			json_free_secret(kube_result_take(&r));
 			break;
 		}
@@ -181,8 +184,9 @@ static void *load_key(void *arg)
 		struct timespec ts = { .tv_sec = attempt < 5 ? 1 : 5 };
 		nanosleep(&ts, NULL);
 	}
+	pthread_mutex_lock(&c->keys_lock);
 	channel_public_key(c->pub, c->priv);
-	channel_key_format(c->pub, "ctrlkey:", c->pub_text, sizeof(c->pub_text));
+	pthread_mutex_unlock(&c->keys_lock);
 	loop_post(c->op->loop, key_loaded, c);
 	ctrlkey_keep(c);
 	return NULL;
@@ -278,6 +282,8 @@ static void h_handshake(struct httpd_req *req, void *arg)
 	const void *body = httpd_req_body(req, &len);
 	uintptr_t per_ip = 0;
 	uint64_t id;
+	uint8_t keys[3][32];
+	size_t nkeys, i;
 
 	if (!serving(c, req))
 		return;
@@ -294,7 +300,13 @@ static void h_handshake(struct httpd_req *req, void *arg)
 	do
 		randombytes_buf(&id, sizeof(id));
 	while (id == 0);
-	if (channel_respond(c->priv, body, len, id, msg2, &s->ch, ts)) {
+	/* During a rotation (ctrlkey.c) the next and the previous key are
+	 * accepted too: one more DH for each that fails. */
+	nkeys = ctrlkey_accepted(c, keys);
+	for (i = 0; i < nkeys && channel_respond(keys[i], body, len, id, msg2, &s->ch, ts); i++)
+		;
+	sodium_memzero(keys, sizeof(keys));
+	if (i == nkeys) {
 		c->stats.handshake_failures++;
 		httpd_respond_text(req, 400, "handshake refused\n");
 		goto fail;
@@ -764,6 +776,11 @@ static void on_sweep(struct loop *loop, struct loop_timer *t, void *arg)
 	char **dead = NULL;
 	size_t n = 0, cap = 0;
 
+	/* Stopping: the informers may be freed already (main.c frees them
+	 * once the workers are joined, while the loop still runs to release
+	 * the Lease), and a machine without a Device would look unknown. */
+	if (c->stopping)
+		return;
 	for (struct strmap_entry *e = strmap_first(c->sessions); e; e = strmap_next(c->sessions, e)) {
 		struct session *s = strmap_value(e);
 		uint64_t idle = now - s->last_used;
@@ -860,6 +877,7 @@ int coord_new(struct operator *op, const struct coord_opts *o, struct coord **ou
 	pthread_condattr_t ca;
 
 	pthread_mutex_init(&c->lock, NULL);
+	pthread_mutex_init(&c->keys_lock, NULL);
 	pthread_cond_init(&c->cond, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -944,6 +962,13 @@ void coord_shutdown(struct coord *c)
 	if (!c)
 		return;
 	c->stopping = true;
+	/* Two-phase stop: no timer of ours runs after this (they read the
+	 * caches main.c frees before the loop ends). */
+	loop_timer_disarm(c->keepalive);
+	loop_timer_disarm(c->sweep);
+	loop_timer_disarm(c->flush);
+	loop_timer_disarm(c->trim);
+	loop_timer_disarm(c->pod_sweep);
 	pthread_mutex_lock(&c->lock);
 	c->stop = true;
 	pthread_cond_broadcast(&c->cond);
@@ -1010,7 +1035,10 @@ void coord_free(struct coord *c)
 	pthread_cond_destroy(&c->cond);
 	pthread_cond_destroy(&c->dev_cond);
 	pthread_mutex_destroy(&c->lock);
+	pthread_mutex_destroy(&c->keys_lock);
 	sodium_memzero(c->priv, sizeof(c->priv));
+	sodium_memzero(c->next_priv, sizeof(c->next_priv));
+	sodium_memzero(c->prev_priv, sizeof(c->prev_priv));
 	free(c);
 }
 

@@ -25,6 +25,9 @@ struct coord_opts {
 	uint32_t record_bytes; /* peer text per map record, about; 0: 16 KiB */
 	unsigned per_ip_limit; /* open connections per client address; 0: unlimited */
 	bool new_control_key; /* no Secret: mint a key even if Tailnets publish one */
+	/* Control key rotation: how long the next key is announced before it
+	 * becomes current, and the old one is accepted after; 0: 24 h. */
+	uint32_t rotate_grace_s;
 };
 
 /* The listener's own counts (refusals by reason, bodies held). */

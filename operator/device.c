@@ -38,6 +38,10 @@ struct claims {
 	struct claim_ref items[16];
 	int n;
 	const char *tailnet;
+	/* Claims the device holds in other tailnets (it moved): released. */
+	const char *uid;
+	struct claim_ref other[16];
+	int nother;
 };
 
 static void collect_claim(const struct json *claim, void *arg)
@@ -48,7 +52,18 @@ static void collect_claim(const struct json *claim, void *arg)
 	unsigned char buf[16];
 	struct claim_ref *r;
 
-	if (c->n >= (int)(sizeof(c->items) / sizeof(c->items[0])) || !addr || !tn || strcmp(tn, c->tailnet) != 0)
+	if (!addr || !tn)
+		return;
+	if (strcmp(tn, c->tailnet) != 0) {
+		if (c->nother >= (int)(sizeof(c->other) / sizeof(c->other[0])) || !c->uid || !kube_owned_by(claim, c->uid))
+			return;
+		r = &c->other[c->nother++];
+		snprintf(r->name, sizeof(r->name), "%s", kube_name(claim) ?: "");
+		snprintf(r->address, sizeof(r->address), "%s", addr);
+		snprintf(r->uid, sizeof(r->uid), "%s", kube_uid(claim) ?: "");
+		return;
+	}
+	if (c->n >= (int)(sizeof(c->items) / sizeof(c->items[0])))
 		return;
 	r = &c->items[c->n];
 	r->family = inet_pton(AF_INET, addr, buf) == 1 ? AF_INET : AF_INET6;
@@ -216,9 +231,20 @@ static int settle_family(struct operator *op, const struct json *dev, const char
 	return allocate(op, dev, tailnet, pool, start, out, outlen);
 }
 
-/* Deletes this device's claims other than the ones kept (race leftovers). */
+/* Deletes this device's claims other than the ones kept (race leftovers),
+ * and those of tailnets it has left (issue 15: a moved Device kept them,
+ * and with them addresses of a tailnet it no longer belongs to). */
 static void drop_surplus(struct operator *op, const struct claims *mine, const char *keep4, const char *keep6)
 {
+	for (int i = 0; i < mine->nother; i++) {
+		const struct claim_ref *c = &mine->other[i];
+		struct kube_result r;
+
+		log_info("releasing the address claim of a tailnet the device left", "claim=%s address=%s", c->name,
+			 c->address);
+		if (kube_delete(op->kube, &res_addressclaims, NULL, c->name, c->uid, NULL, &r) == 0)
+			kube_result_clear(&r);
+	}
 	for (int i = 0; i < mine->n; i++) {
 		const struct claim_ref *c = &mine->items[i];
 		struct kube_result r;
@@ -414,6 +440,7 @@ int device_reconcile(struct operator *op, const char *ns, const char *name, uint
 	}
 
 	mine.tailnet = tailnet;
+	mine.uid = kube_uid(dev);
 	informer_foreach_indexed(op->claims, "device", name, collect_claim, &mine);
 	err = settle_family(op, dev, tailnet, &plan.pool4, status_address(dev, AF_INET), &mine,
 			    ipam_start_offset(&plan.pool4, name), v4, sizeof(v4));

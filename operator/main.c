@@ -45,6 +45,7 @@ struct options {
 	const char *listen_webhook;
 	unsigned coord_per_ip;
 	bool new_control_key;
+	uint32_t rotate_grace_ms;
 	const char *webhook_service;
 	const char *webhook_config;
 	const char *pod_ip;
@@ -105,6 +106,11 @@ static void usage(FILE *f)
 		"                            pin (without it the operator waits for the Secret\n"
 		"                            to be restored; while running it restores a\n"
 		"                            deleted Secret with the key in use)\n"
+		"  --control-key-grace D     control key rotation (annotate the knit-control-key\n"
+		"                            Secret knit.dev/rotate=true): how long the next key\n"
+		"                            is announced before it becomes current, and how\n"
+		"                            long the old key is still accepted after (Go\n"
+		"                            duration, default 24h)\n"
 		"  --coord-per-ip-limit N    open coordination connections per client address\n"
 		"                            (default 1024; 0: unlimited)\n"
 		"  --workers N               reconcile workers per kind (default 4)\n"
@@ -132,7 +138,8 @@ static void usage(FILE *f)
 		"                            (reusable, preauthorized; the node agents' key):\n"
 		"                            its key appears in the Secret NAME-authkey\n"
 		"  --bootstrap-authkey-tags TAGS  its tags, comma-separated (tag:a,tag:b)\n"
-		"  --bootstrap-authkey-expiry D   its lifetime (default: the CRD's, 2160h)\n"
+		"  --bootstrap-authkey-expiry D   its lifetime (default 0s: it never expires, so\n"
+		"                            the DaemonSet's key is no dated outage)\n"
 		"  --webhook-listen ADDR     serve the admission webhooks over HTTPS on ADDR\n"
 		"                            (e.g. 0.0.0.0:9444; default \"\": off), with a CA and\n"
 		"                            certificate of its own kept in the Secret\n"
@@ -185,7 +192,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 {
 	enum { KUBECONFIG = 256, NAMESPACE, LEASE_NAME, IDENTITY, NO_LE, LEASE_D, RENEW_D, RETRY_D, HEALTH, WORKERS,
 	       NO_DEFAULT, LOG_LEVEL, COORD, RECORD_BYTES, WH_LISTEN, WH_SERVICE, WH_CONFIG, WH_NAME, COORD_PER_IP,
-	       POD_IP, COORD_SVC, NEW_CTRL_KEY, TN_V4, TN_V6, TN_DNS, BOOT_AK, BOOT_TAGS, BOOT_EXPIRY, RELAY_LISTEN,
+	       POD_IP, COORD_SVC, NEW_CTRL_KEY, CTRL_GRACE, TN_V4, TN_V6, TN_DNS, BOOT_AK, BOOT_TAGS, BOOT_EXPIRY, RELAY_LISTEN,
 	       RELAY_STUN_PORT, RELAY_STUN_ADDR, RELAY_CERT, RELAY_KEY, RELAY_KEY_FILE, RELAY_MESH, RELAY_MESH_KEY,
 	       RELAY_MESH_CA, TN_RELAY, TN_RELAY_STUN, BOOT_MESH };
 	static const struct option longopts[] = {
@@ -214,6 +221,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "log-level", required_argument, NULL, LOG_LEVEL },
 		{ "coord-per-ip-limit", required_argument, NULL, COORD_PER_IP },
 		{ "new-control-key", no_argument, NULL, NEW_CTRL_KEY },
+		{ "control-key-grace", required_argument, NULL, CTRL_GRACE },
 		{ "webhook-listen", required_argument, NULL, WH_LISTEN },
 		{ "webhook-service", required_argument, NULL, WH_SERVICE },
 		{ "webhook-config", required_argument, NULL, WH_CONFIG },
@@ -286,6 +294,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case BOOT_MESH: o->boot.relay_mesh_secret = optarg; break;
 		case LOG_LEVEL: o->log_level = optarg; break;
 		case NEW_CTRL_KEY: o->new_control_key = true; break;
+		case CTRL_GRACE: if (!parse_ms("--control-key-grace", optarg, &o->rotate_grace_ms)) return 2; break;
 		case COORD_PER_IP: {
 			char *end;
 			unsigned long v = strtoul(optarg, &end, 10);
@@ -594,13 +603,10 @@ static void withdrawn(void *arg)
 static void workers_joined(struct loop *loop, void *arg)
 {
 	pthread_join(joiner, NULL);
-	informer_free(op.tailnets);
-	informer_free(op.authkeys);
-	informer_free(op.devices);
-	informer_free(op.claims);
-	informer_free(op.secrets);
-	informer_free(op.policies_inf);
-	op.tailnets = op.authkeys = op.devices = op.claims = op.secrets = op.policies_inf = NULL;
+	/* The informers stay until the loop has stopped (freed in main):
+	 * handlers of theirs may still be queued on the loop. A list page in
+	 * flight is no longer a hazard (informer_free() cancels it), but was
+	 * the heap-use-after-free in on_list_page after "lost leadership". */
 	/* The Services' Endpoints first (begun in shutdown_all), then the
 	 * Lease: the next leader may then point them at itself at once. */
 	if (serving)
@@ -905,7 +911,8 @@ int main(int argc, char **argv)
 	}
 	if (o.listen_coord && *o.listen_coord) {
 		struct coord_opts co = { .listen = o.listen_coord, .record_bytes = o.map_record_bytes,
-					 .per_ip_limit = o.coord_per_ip, .new_control_key = o.new_control_key };
+					 .per_ip_limit = o.coord_per_ip, .new_control_key = o.new_control_key,
+					 .rotate_grace_s = (o.rotate_grace_ms + 999) / 1000 };
 		r = coord_new(&op, &co, &op.coord);
 		if (r) {
 			log_error("cannot serve coordination", "listen=%s err=%d", o.listen_coord, r);
@@ -1019,6 +1026,13 @@ out:
 	webhook_free(webhook);
 	relay_instance_free(relay);
 	coord_free(op.coord);
+	informer_free(op.tailnets);
+	informer_free(op.authkeys);
+	informer_free(op.devices);
+	informer_free(op.claims);
+	informer_free(op.secrets);
+	informer_free(op.policies_inf);
+	op.tailnets = op.authkeys = op.devices = op.claims = op.secrets = op.policies_inf = NULL;
 	policy_store_free(op.policies);
 	lease_free(lease);
 	controller_free(op.tailnet_ctl);

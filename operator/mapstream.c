@@ -127,6 +127,8 @@ static void flush_soon(struct coord *c, bool urgent)
 {
 	uint64_t now = coord_now_ms(c), due;
 
+	if (c->stopping)
+		return; /* coord_shutdown() disarmed the timer for good */
 	if (urgent)
 		due = now - c->last_flush >= FLUSH_MIN_MS ? now : c->last_flush + FLUSH_MIN_MS;
 	else
@@ -203,6 +205,8 @@ static int full_fields(struct coord *c, const char *tailnet, const struct buf *p
 		text.data[0] = ',';
 		err = buf_add(out, text.data, text.len - 1);
 	}
+	if (!err)
+		err = ctrlkey_fields(c, out);
 	if (!err)
 		err = buf_add_str(out, ",\"packetFilter\":");
 	if (!err)
@@ -585,4 +589,24 @@ void mapstream_free(struct coord *c)
 		strmap_free(c->nodes);
 		c->nodes = NULL;
 	}
+}
+
+static void add_tailnet_fields(const struct json *tn, void *arg)
+{
+	struct { struct coord *c; const char *text; int err; } *a = arg;
+
+	if (!a->err)
+		a->err = changelog_tailnet_fields(&a->c->log, kube_name(tn), a->text);
+}
+
+int mapstream_all_tailnets_fields(struct coord *c, const char *text)
+{
+	struct { struct coord *c; const char *text; int err; } a = { c, text, 0 };
+
+	if (!c->op->tailnets)
+		return 0; /* not leading: no streams */
+	informer_foreach(c->op->tailnets, add_tailnet_fields, &a);
+	if (!a.err)
+		flush_soon(c, true);
+	return a.err;
 }

@@ -12,6 +12,7 @@
 
 #include <sodium.h>
 
+#include "authkey.h"
 #include "buf.h"
 #include "control/channel.h"
 #include "control/fields.h"
@@ -89,29 +90,8 @@ static struct job *job_next(struct coord *c)
 	}
 	j = job_pop(&c->ohead, &c->otail);
 	if (j)
-		j->inflight = true; /* still in online_pending until written */
+		j->running = true; /* stays pending: see online_run() */
 	return j;
-}
-
-/* A device's online write is done: it leaves online_pending, unless a
- * newer transition came while it was written; then it is queued again
- * (true) and written after, never beside, the one that just landed. */
-static bool online_written(struct coord *c, struct job *j)
-{
-	bool again;
-
-	pthread_mutex_lock(&c->lock);
-	j->inflight = false;
-	again = j->again;
-	j->again = false;
-	if (again) {
-		job_append(&c->ohead, &c->otail, j);
-		pthread_cond_signal(&c->cond);
-	} else {
-		strmap_del(c->online_pending, j->device);
-	}
-	pthread_mutex_unlock(&c->lock);
-	return again;
 }
 
 static struct json *do_register(struct coord *c, const char *mkey, const struct json *req);
@@ -138,10 +118,38 @@ static void count_refusal(struct job *j)
 {
 	static const char *const calls[] = { [JOB_REGISTER] = "register", [JOB_LOGOUT] = "logout",
 					     [JOB_REGISTER_POD] = "register_pod" };
-	const char *code;
+	const char *code, *call;
+	const struct json *old = json_get(j->req, "oldNodeKey");
 
-	if (j->type < sizeof(calls) / sizeof(calls[0]) && calls[j->type] && messages_error(j->reply, &code, NULL))
-		coord_refused(j->c, calls[j->type], code);
+	if (j->type >= sizeof(calls) / sizeof(calls[0]) || !calls[j->type] || !messages_error(j->reply, &code, NULL))
+		return;
+	/* A node key renewal (a register with oldNodeKey) is counted apart:
+	 * refused renewals are devices about to expire. */
+	call = j->type == JOB_REGISTER && old && !json_is_null(old) ? "renew" : calls[j->type];
+	coord_refused(j->c, call, code);
+}
+
+/* Writes j's transition, then any that came while it was written: one
+ * device's writes in order, so a device that reconnects while its old
+ * stream is closing is never left written offline by a slower write. */
+static void online_run(struct coord *c, struct job *j)
+{
+	bool online;
+	time_t at;
+
+	pthread_mutex_lock(&c->lock);
+	for (;;) {
+		online = j->online;
+		at = j->at;
+		j->again = false;
+		pthread_mutex_unlock(&c->lock);
+		do_online(c, j->device, online, at);
+		pthread_mutex_lock(&c->lock);
+		if (!j->again || (c->stop && !draining_online(c)))
+			break;
+	}
+	strmap_del(c->online_pending, j->device);
+	pthread_mutex_unlock(&c->lock);
 }
 
 void *register_job_worker(void *arg)
@@ -150,18 +158,12 @@ void *register_job_worker(void *arg)
 
 	for (;;) {
 		struct job *j;
-		bool online = false;
-		time_t at = 0;
 
 		pthread_mutex_lock(&c->lock);
 		while (!c->head && !c->ohead && !c->stop)
 			pthread_cond_wait(&c->cond, &c->lock);
 		/* Stopping: finish the calls, and the offline writes of a graceful stop. */
 		j = c->head || !c->stop || draining_online(c) ? job_next(c) : NULL;
-		if (j && j->type == JOB_ONLINE) {
-			online = j->online;
-			at = j->at;
-		}
 		pthread_mutex_unlock(&c->lock);
 		if (!j)
 			break;
@@ -169,11 +171,7 @@ void *register_job_worker(void *arg)
 		switch (j->type) {
 		case JOB_REGISTER: j->reply = do_register(c, j->mkey, j->req); break;
 		case JOB_LOGOUT: j->reply = do_logout(c, j->mkey); break;
-		case JOB_ONLINE:
-			do_online(c, j->device, online, at);
-			if (online_written(c, j))
-				continue; /* queued again with a newer transition */
-			break;
+		case JOB_ONLINE: online_run(c, j); break;
 		case JOB_COUNT_USE: do_count_use(c, j->mkey, j->device); break;
 		case JOB_REGISTER_POD: j->reply = podident_register(c, j->mkey, j->req); break;
 		case JOB_SWEEP_PODS:
@@ -252,7 +250,7 @@ static const char *use_refused(const struct json *ak, time_t now)
 	bool reusable = json_bool(json_path(ak, "spec", "reusable", NULL), false);
 	time_t exp;
 
-	if (!kube_time_parse(json_str(json_get(st, "expiresAt")), &exp) || now >= exp)
+	if (!authkey_never_expires(ak) && (!kube_time_parse(json_str(json_get(st, "expiresAt")), &exp) || now >= exp))
 		return "AuthKeyExpired";
 	if ((!reusable && uses >= 1) || (reusable && max > 0 && uses >= max))
 		return "AuthKeyUsedUp";
@@ -339,7 +337,9 @@ struct json *register_device_by_machine(struct coord *c, const char *mkey)
 {
 	struct find_ctx f = { .value = mkey };
 
-	informer_foreach_indexed(c->op->devices, "machineKey", mkey, find_by, &f);
+	/* No Device cache: not leading (yet, or any more). */
+	if (c->op->devices)
+		informer_foreach_indexed(c->op->devices, "machineKey", mkey, find_by, &f);
 	return f.found;
 }
 
@@ -817,8 +817,7 @@ void register_online_changed(struct coord *c, const char *device, bool online)
 	if (j) {
 		j->online = online;
 		j->at = time(NULL);
-		if (j->inflight)
-			j->again = true;
+		j->again = j->running;
 		pthread_mutex_unlock(&c->lock);
 		return;
 	}

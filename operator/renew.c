@@ -73,6 +73,22 @@ static uint64_t lifetime_for(struct operator *op, const struct json *existing)
 	return life;
 }
 
+/* The proof binds the control key the agent pins: during a rotation any
+ * key a handshake is accepted with. */
+static bool proof_matches(struct coord *c, const struct register_request *rq, const uint8_t mpub[32])
+{
+	uint8_t keys[3][32], proof[32];
+	size_t n = ctrlkey_accepted(c, keys);
+	bool ok = false;
+
+	for (size_t i = 0; i < n && !ok; i++)
+		ok = messages_renew_proof(keys[i], rq->old_node_key, mpub, rq->node_key, proof) &&
+		     sodium_memcmp(proof, rq->renew_proof, 32) == 0;
+	sodium_memzero(keys, sizeof(keys));
+	sodium_memzero(proof, sizeof(proof));
+	return ok;
+}
+
 struct json *renew_check(struct coord *c, const char *mkey, const struct register_request *rq,
 			 const struct json *existing, struct json *spec, time_t now)
 {
@@ -90,9 +106,7 @@ struct json *renew_check(struct coord *c, const char *mkey, const struct registe
 		reply = coord_error_reply("NodeKeyMismatch", "oldNodeKey is not this device's node key");
 		goto out;
 	}
-	if (!channel_key_parse(mkey, "mkey:", mpub) ||
-	    !messages_renew_proof(c->priv, rq->old_node_key, mpub, rq->node_key, proof) ||
-	    sodium_memcmp(proof, rq->renew_proof, 32) != 0) {
+	if (!channel_key_parse(mkey, "mkey:", mpub) || !proof_matches(c, rq, mpub)) {
 		reply = coord_error_reply("BadRenewProof", "renewProof does not prove the old node key");
 		goto out;
 	}

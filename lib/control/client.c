@@ -59,6 +59,10 @@ struct control_client {
 	uint8_t machine_priv[CHANNEL_KEY_LEN];
 	uint8_t server_pub[CHANNEL_KEY_LEN];
 	bool have_server_key;
+	/* The key announced to follow the pinned one (control_client_set_keys):
+	 * tried in turn with server_pub whenever a handshake is refused. */
+	uint8_t alt_pub[CHANNEL_KEY_LEN];
+	bool have_alt_key;
 	uint8_t last_ts[CHANNEL_TAI64N_LEN];
 
 	/* Calls share one session. */
@@ -221,6 +225,15 @@ static void on_handshake_done(struct http_request *r, const struct http_result *
 
 		snprintf(what, sizeof(what), "control server %s refused the handshake", c->url);
 		status_why(why, what, res->status, res->body);
+		if (res->status == 400 && c->have_alt_key) {
+			/* Perhaps it moved on to the announced key (we slept through
+			 * the rotation): the next handshake tries that one. */
+			uint8_t t[CHANNEL_KEY_LEN];
+
+			memcpy(t, c->server_pub, CHANNEL_KEY_LEN);
+			memcpy(c->server_pub, c->alt_pub, CHANNEL_KEY_LEN);
+			memcpy(c->alt_pub, t, CHANNEL_KEY_LEN);
+		}
 		hs_fail(hs, status_err(res->status) == -EACCES ? -EPROTO : status_err(res->status), why);
 		return;
 	}
@@ -960,6 +973,26 @@ bool control_client_control_key(const struct control_client *c, uint8_t key[CHAN
 	if (!c->have_server_key)
 		return false;
 	memcpy(key, c->server_pub, CHANNEL_KEY_LEN);
+	return true;
+}
+
+void control_client_set_keys(struct control_client *c, const uint8_t pin[CHANNEL_KEY_LEN],
+			     const uint8_t *next)
+{
+	memcpy(c->server_pub, pin, CHANNEL_KEY_LEN);
+	c->have_server_key = true;
+	c->have_alt_key = next != NULL;
+	if (next)
+		memcpy(c->alt_pub, next, CHANNEL_KEY_LEN);
+	else
+		sodium_memzero(c->alt_pub, CHANNEL_KEY_LEN);
+}
+
+bool control_client_map_key(const struct control_client *c, uint8_t key[CHANNEL_KEY_LEN])
+{
+	if (c->map_state != MAP_REQUEST)
+		return false;
+	memcpy(key, c->map_sess.peer_static, CHANNEL_KEY_LEN);
 	return true;
 }
 

@@ -106,6 +106,13 @@ void control_client_free(struct control_client *c);
 
 /* The control key in use, false if none is pinned yet. */
 bool control_client_control_key(const struct control_client *c, uint8_t key[CHANNEL_KEY_LEN]);
+/* Control key rotation (control/ctrlpin.h): pins pin, and keeps next (or
+ * NULL) to try in turn with it whenever a handshake is refused (400). Live
+ * sessions are kept. */
+void control_client_set_keys(struct control_client *c, const uint8_t pin[CHANNEL_KEY_LEN], const uint8_t *next);
+/* The control key the map stream's current session was made with (records
+ * delivered to on_record came over it); false when no map request is up. */
+bool control_client_map_key(const struct control_client *c, uint8_t key[CHANNEL_KEY_LEN]);
 
 /* Sends req (a JSON object with "type") as a call; cb gets the outcome
  * exactly once unless the call is cancelled. The request text is wiped

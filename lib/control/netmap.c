@@ -19,7 +19,7 @@
 
 bool netmap_prefix_parse(struct netmap_prefix *p, const char *s)
 {
-	char host[INET6_ADDRSTRLEN];
+	char host[INET6_ADDRSTRLEN], canon[INET6_ADDRSTRLEN];
 	const char *slash;
 	size_t hlen;
 	unsigned long bits;
@@ -37,7 +37,11 @@ bool netmap_prefix_parse(struct netmap_prefix *p, const char *s)
 	if (inet_pton(AF_INET, host, p->addr) == 1) {
 		p->family = AF_INET;
 		p->bits = 32;
-	} else if (inet_pton(AF_INET6, host, p->addr) == 1) {
+	} else if (!strchr(host, '.') && inet_pton(AF_INET6, host, p->addr) == 1 &&
+		   inet_ntop(AF_INET6, p->addr, canon, sizeof(canon)) && !strchr(canon, '.')) {
+		/* No IPv4-mapped or -compatible address (::ffff:10.0.0.0,
+		 * ::ffff:a00:0): the CRDs' patterns refuse the dotted form, which
+		 * is how such an address is written back. */
 		p->family = AF_INET6;
 		p->bits = 128;
 	} else {

@@ -17,7 +17,7 @@ source "$(dirname "$0")/lib/apiserver.sh"
 source "$(dirname "$0")/lib/tailnet.sh"
 
 e2e_begin hardening_keys
-e2e_need_bin "$OPERATOR" "$KNITD" "$KNIT" jq ping curl
+e2e_need_bin "$OPERATOR" "$KNITD" "$KNIT" "$KNIT_BUILD_DIR/test/e2e/tools/coord_client" jq ping curl
 kube_up
 K=$KUBECTL
 NS=knit-system
@@ -97,6 +97,23 @@ e2e_expect "node1 is still Running" Running "$(tailnet_knit node1 status --json 
 e2e_check "and reaches node2" e2e_wait_for 20 reach node1 "$ip2"
 e2e_check "and node2 reaches node1" e2e_wait_for 20 reach node2 "$ip1"
 e2e_check "the tagged node never renewed" awk -v v="$(metric node3 knitd_node_key_renewals_total)" 'BEGIN { exit !(v == 0) }'
+
+# ---- refused renewals are counted by reason ----
+CLIENT=$KNIT_BUILD_DIR/test/e2e/tools/coord_client
+CTRL0=$($K get tailnet default -o jsonpath='{.status.controlKey}')
+cc() { "$CLIENT" "$LOGIN_SERVER" "$CTRL0" "$E2E_DIR/rn.keys" "$@"; }
+reg() { cc register "\"hostname\":\"rn\"${1:+,$1}" | awk '$1 == "CODE" { print $2 }'; }
+opmetric() { curl -s --max-time 3 "http://127.0.0.1:$OP_HTTP_PORT/metrics" | awk -v s="$1" '$1 == s { v += $2 } END { print v + 0 }'; }
+renew_refused() { opmetric "knit_coord_refusals_total{call=\"renew\",reason=\"$1\"}"; }
+e2e_expect "a scripted agent registers" ok "$(reg "\"authKey\":\"$PEOPLE\"")"
+H0=$(printf '0%.0s' $(seq 64))
+H7=$(printf '7%.0s' $(seq 64))
+e2e_expect "a renewal with a forged proof is refused" BadRenewProof \
+	"$(reg "\"oldNodeKey\":\"$(cc nodekey)\",\"nodeKey\":\"nodekey:$H7\",\"renewProof\":\"proof:$H0\"")"
+e2e_expect "a renewal of a key the device does not hold is refused" NodeKeyMismatch \
+	"$(reg "\"oldNodeKey\":\"nodekey:$H7\",\"nodeKey\":\"nodekey:$H7\",\"renewProof\":\"proof:$H0\"")"
+e2e_expect "knit_coord_refusals_total counts the forged proof as a renewal" 1 "$(renew_refused BadRenewProof)"
+e2e_expect "and the mismatch" 1 "$(renew_refused NodeKeyMismatch)"
 
 # ---- a truncated state file ----
 state=$E2E_DIR/node2/state/knitd.state

@@ -1,9 +1,12 @@
 /* The map stream as the agent parses it after opening each frame: record
  * framing from arbitrary chunk splits, then each record as a JSON netmap,
- * delta or call response. The first byte picks the chunk size. */
+ * delta or call response, and the control key set a netmap or delta
+ * carries through the pin rule (control/ctrlpin.h). The first byte picks
+ * the chunk size. */
 #include <stdint.h>
 #include <string.h>
 
+#include "control/ctrlpin.h"
 #include "control/messages.h"
 #include "control/stream.h"
 #include "json.h"
@@ -11,6 +14,7 @@
 struct ctx {
 	struct netmap nm;
 	bool have;
+	struct ctrlpin pin;
 };
 
 static bool on_record(const uint8_t *rec, size_t len, void *arg, char *msg, size_t msglen)
@@ -26,6 +30,14 @@ static bool on_record(const uint8_t *rec, size_t len, void *arg, char *msg, size
 	if (!j)
 		return true;
 	t = messages_type(j);
+	if (t && (strcmp(t, "full") == 0 || strcmp(t, "delta") == 0)) {
+		struct ctrlpin_keys k;
+		uint8_t session[CHANNEL_KEY_LEN];
+
+		memcpy(session, c->pin.key, sizeof(session));
+		if (ctrlpin_keys_from_json(j, &k, err, sizeof(err)))
+			ctrlpin_learn(&c->pin, session, &k);
+	}
 	if (t && strcmp(t, "full") == 0) {
 		if (netmap_from_json(j, &nm, err, sizeof(err))) {
 			struct json *back = netmap_to_json(&nm);

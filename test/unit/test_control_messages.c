@@ -111,6 +111,14 @@ static void test_prefix(void **state)
 		{ "db.tailnet.knit", false, NULL },
 		{ "1.2.3.4/32/1", false, NULL },
 		{ "fe80::1%eth0/64", false, NULL },
+		/* IPv4-mapped and -compatible: the CRDs refuse them */
+		{ "::ffff:10.0.0.0/120", false, NULL },
+		{ "::ffff:a00:0/120", false, NULL },
+		{ "::10.0.0.1", false, NULL },
+		{ "::a00:1/128", false, NULL },
+		{ "::ffff:0:0/96", false, NULL },
+		{ "64:ff9b::/96", true, "64:ff9b::/96" },
+		{ "::1", true, "::1/128" },
 	};
 	struct netmap_prefix p, q;
 	char out[64];
@@ -779,6 +787,7 @@ static void test_fields(void **state)
 		bool ok;
 	} cidrs[] = {
 		{ "10.0.0.0/24", true }, { "fd00::/64", true }, { "10.0.0.1", false }, { "10.0.0.0/24x", false },
+		{ "::ffff:10.0.0.0/120", false }, { "::ffff:a00:0/120", false },
 		{ "10.0.0.0/abc", false }, { "10.0.0.0/", false }, { "/24", false }, { NULL, false },
 	};
 	struct netmap_prefix p;

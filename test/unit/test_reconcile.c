@@ -105,6 +105,9 @@ static void test_authkey(void **state)
 		/* created at T0 - 30 min: 30 min left */
 		{ "{\"expiry\":\"1h\"},\"status\":{}", true, false, true, AUTHKEY_DONE, "True", "KeyValid", 1801000 },
 		{ "{\"expiry\":\"10m\"},\"status\":{}", true, false, true, AUTHKEY_DONE, "False", "Expired", 0 },
+		/* 0s: never expires, no requeue */
+		{ "{\"expiry\":\"0s\",\"reusable\":true},\"status\":{}", true, false, true, AUTHKEY_DONE, "True",
+		  "KeyValid", 0 },
 		{ "{\"expiry\":\"1h\"},\"status\":{\"uses\":1}", true, false, true, AUTHKEY_DONE, "False", "UsedUp", 1801000 },
 		{ "{\"expiry\":\"1h\",\"reusable\":true},\"status\":{\"uses\":5}", true, false, true, AUTHKEY_DONE, "True",
 		  "KeyValid", 1801000 },
@@ -144,7 +147,10 @@ static void test_authkey(void **state)
 		if (cases[i].has_key && !cases[i].conflict) {
 			assert_string_equal(json_str(json_get(status, "keyPrefix")), "knit-auth-0123456789ab");
 			assert_string_equal(json_str(json_get(status, "secretName")), "k-authkey");
-			assert_non_null(json_get(status, "expiresAt"));
+			if (strstr(cases[i].ak, "\"0s\""))
+				assert_null(json_get(status, "expiresAt"));
+			else
+				assert_non_null(json_get(status, "expiresAt"));
 		} else {
 			assert_null(json_get(status, "keyHash"));
 		}
