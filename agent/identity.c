@@ -35,6 +35,7 @@
 #include "wg/engine.h"
 #include "wg/hub.h"
 #include "wg/uapi_server.h"
+#include "podtoken.h"
 
 #define SAVE_DELAY_MS 2000 /* netmap deltas are saved at most this often */
 
@@ -90,6 +91,7 @@ struct identity {
 	unsigned long renewals;
 	uint8_t renew_priv[32];
 	char dev[IFNAMSIZ]; /* its name there */
+	const char *pod_token_file; /* sent in every register (podtoken.h); NULL: none */
 };
 
 /* ---- state ---- */
@@ -662,6 +664,19 @@ int identity_set_extra_routes(struct identity *id, const struct netmap_prefix *r
 	return 0;
 }
 
+/* The knitd pod's token, read now (the kubelet rotates it). Without it
+ * the call still goes: the Device joins, bound to no Node. */
+static char *pod_token(struct identity *id)
+{
+	char *tok = NULL;
+	int err;
+
+	if (id->pod_token_file && (err = podtoken_read(id->pod_token_file, &tok)))
+		log_warn("cannot read the pod token; registering unbound to a Node (no pod identities)",
+			 "path=%s error=\"%s\"", id->pod_token_file, strerror(-err));
+	return tok;
+}
+
 int identity_register(struct identity *id, const char *auth_key, identity_register_fn done, void *arg)
 {
 	struct register_request rq = { 0 };
@@ -683,7 +698,9 @@ int identity_register(struct identity *id, const char *auth_key, identity_regist
 	rq.nroutes = id->st->nroutes;
 	if (id->nextra_routes && !(rq.routes = merged_routes(id, &rq.nroutes)))
 		return -ENOMEM;
+	rq.pod_token = pod_token(id);
 	req = register_request_to_json(&rq);
+	podtoken_free(rq.pod_token);
 	if (rq.routes != id->st->routes)
 		free(rq.routes);
 	if (!req)
@@ -799,7 +816,9 @@ static int renew_start(struct identity *id)
 	rq.ntags = id->st->ntags;
 	rq.routes = id->st->routes;
 	rq.nroutes = id->st->nroutes;
+	rq.pod_token = pod_token(id);
 	req = register_request_to_json(&rq);
+	podtoken_free(rq.pod_token);
 	err = req ? control_client_call(id->ctl, req, renew_done, id, NULL) : -ENOMEM;
 	messages_json_free_secret(req);
 out:
@@ -1250,6 +1269,7 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 	id->is_identity_device = cfg->is_identity_device;
 	id->arg = cfg->arg;
 	id->nsfd = -1;
+	id->pod_token_file = cfg->pod_token_file;
 	id->applied = applied_new();
 	id->save_timer = loop_timer_new(loop, on_save, id);
 	id->expire_timer = loop_timer_new(loop, on_expire, id);
@@ -1328,7 +1348,9 @@ void identity_start(struct identity *id)
 	/* From the previous state file: its node key may be one the server
 	 * has since seen renewed. Register it again (no auth key: the server
 	 * knows this machine key); the answer starts the map stream. */
-	if (state_logged_in(id->st) && id->st->login_server && id->st->recovered) {
+	/* With a pod token (knitd in the DaemonSet): register at every start,
+	 * so the Device is bound to the Node this pod runs on (docs/cni.md). */
+	if (state_logged_in(id->st) && id->st->login_server && (id->st->recovered || id->pod_token_file)) {
 		id->st->recovered = false;
 		if (identity_register(id, NULL, NULL, NULL) == 0) {
 			log_info("registering the recovered state's node key again");
