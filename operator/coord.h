@@ -25,6 +25,9 @@ struct coord_opts {
 	uint32_t record_bytes; /* peer text per map record, about; 0: 16 KiB */
 	unsigned per_ip_limit; /* open connections per client address; 0: unlimited */
 	bool new_control_key; /* no Secret: mint a key even if Tailnets publish one */
+	/* The knitd DaemonSet's ServiceAccount in the operator's namespace
+	 * (nodebind.h); NULL: "knitd". */
+	const char *knitd_service_account;
 };
 
 /* The listener's own counts (refusals by reason, bodies held). */

@@ -23,6 +23,7 @@
 #include "kube/meta.h"
 #include "log.h"
 #include "loop.h"
+#include "nodebind.h"
 #include "operator.h"
 #include "policy.h"
 #include "record.h"
@@ -515,7 +516,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 	struct register_request rq;
 	struct register_response resp = { 0 };
 	struct json *tags = NULL, *existing = NULL, *ak = NULL, *reply = NULL, *dev = NULL, *spec;
-	char host[64], name[128], hash_hex[65], why[200];
+	char host[64], name[128], hash_hex[65], why[200], node[254] = "";
 	char node_key[MESSAGES_KEY_TEXT_LEN], disco_key[MESSAGES_KEY_TEXT_LEN];
 	unsigned char h[crypto_hash_sha256_BYTES];
 	struct kube_result r = { 0 };
@@ -533,6 +534,9 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		reply = coord_error_reply("BadRequest", "%s", why);
 		goto out;
 	}
+	/* The Node this knitd's pod runs on, before any key use is counted. */
+	if (rq.pod_token && (reply = nodebind_verify(c, rq.pod_token, node, sizeof(node))))
+		goto out;
 	auth = rq.auth_key;
 	channel_key_format(rq.node_key, "nodekey:", node_key, sizeof(node_key));
 	channel_key_format(rq.disco_key, "discokey:", disco_key, sizeof(disco_key));
@@ -642,6 +646,8 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 	json_object_set(spec, "machineKey", json_new_string(mkey));
 	json_object_set(spec, "nodeKey", json_new_string(node_key));
 	json_object_set(spec, "discoKey", json_new_string(disco_key));
+	if (nodebind_set(spec, node[0] ? node : NULL))
+		goto nomem;
 	if (auth) {
 		struct json *ref = json_new_object();
 		json_object_set(ref, "namespace", coord_jstr(kube_namespace(ak)));
