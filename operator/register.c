@@ -534,9 +534,6 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		reply = coord_error_reply("BadRequest", "%s", why);
 		goto out;
 	}
-	/* The Node this knitd's pod runs on, before any key use is counted. */
-	if (rq.pod_token && (reply = nodebind_verify(c, rq.pod_token, node, sizeof(node))))
-		goto out;
 	auth = rq.auth_key;
 	channel_key_format(rq.node_key, "nodekey:", node_key, sizeof(node_key));
 	channel_key_format(rq.disco_key, "discokey:", disco_key, sizeof(disco_key));
@@ -569,6 +566,10 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 			reply = coord_error_reply("AuthKeyInvalid", "the auth key is not valid (deleted, mistyped or never issued)");
 			goto out;
 		}
+		/* The Node this knitd's pod runs on (nodebind.c): once the
+		 * caller has shown a valid key, before its use is counted. */
+		if (rq.pod_token && (reply = nodebind_verify(c, rq.pod_token, node, sizeof(node))))
+			goto out;
 		/* Tags before the key's use is counted: a refused registration
 		 * does not burn a one-off key. The key's tags count as owned;
 		 * under a policy, other tags need their tagOwners, without one
@@ -635,6 +636,8 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		goto out;
 	} else {
 		tailnet = operator_tailnet_of(existing);
+		if (rq.pod_token && (reply = nodebind_verify(c, rq.pod_token, node, sizeof(node))))
+			goto out;
 	}
 
 	fields_hostname_sanitize(rq.hostname, host, sizeof(host));
