@@ -1348,9 +1348,7 @@ void identity_start(struct identity *id)
 	/* From the previous state file: its node key may be one the server
 	 * has since seen renewed. Register it again (no auth key: the server
 	 * knows this machine key); the answer starts the map stream. */
-	/* With a pod token (knitd in the DaemonSet): register at every start,
-	 * so the Device is bound to the Node this pod runs on (docs/cni.md). */
-	if (state_logged_in(id->st) && id->st->login_server && (id->st->recovered || id->pod_token_file)) {
+	if (state_logged_in(id->st) && id->st->login_server && id->st->recovered) {
 		id->st->recovered = false;
 		if (identity_register(id, NULL, NULL, NULL) == 0) {
 			log_info("registering the recovered state's node key again");
