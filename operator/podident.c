@@ -1,8 +1,9 @@
 /* Pod identities (docs/cni.md): a node's knitd asks, on its own
  * authenticated session, for a Device for a pod it carries. The node's
  * session is the credential: the pod must exist with that UID and be bound
- * (spec.nodeName) to the node the calling Device is, so a node cannot mint
- * identities for pods elsewhere. The principal comes from the pod's
+ * (spec.nodeName) to the Node the calling Device was bound to by its knitd
+ * pod's token (spec.node, nodebind.h), so a node cannot mint identities
+ * for pods elsewhere. The principal comes from the pod's
  * namespace and ServiceAccount; requested tags must be allowed by the
  * tailnet's policy (tagOwners) when there is one. The Device is ephemeral
  * and names its pod (spec.ownerPod); logout deletes it, and the sweep
