@@ -24,6 +24,7 @@
 #include "json.h"
 #include "keyexpiry.h"
 #include "keyrenew.h"
+#include "podtoken.h"
 #include "localapi.h"
 #include "log.h"
 #include "loop.h"
@@ -89,6 +90,7 @@ struct identity {
 	int nsfd; /* the namespace the device lives in; -1: ours */
 	struct keyrenew *keyrenew; /* node key renewal */
 	char dev[IFNAMSIZ]; /* its name there */
+	const char *pod_token_file; /* sent in every register (podtoken.h); NULL: none */
 };
 
 /* ---- state ---- */
@@ -712,6 +714,19 @@ int identity_set_extra_routes(struct identity *id, const struct netmap_prefix *r
 	return 0;
 }
 
+/* The knitd pod's token, read now (the kubelet rotates it). Without it
+ * the call still goes: the Device joins, bound to no Node. */
+static char *pod_token(struct identity *id)
+{
+	char *tok = NULL;
+	int err;
+
+	if (id->pod_token_file && (err = podtoken_read(id->pod_token_file, &tok)))
+		log_warn("cannot read the pod token; registering unbound to a Node (no pod identities)",
+			 "path=%s error=\"%s\"", id->pod_token_file, strerror(-err));
+	return tok;
+}
+
 int identity_register(struct identity *id, const char *auth_key, identity_register_fn done, void *arg)
 {
 	struct register_request rq = { 0 };
@@ -733,7 +748,9 @@ int identity_register(struct identity *id, const char *auth_key, identity_regist
 	rq.nroutes = id->st->nroutes;
 	if (id->nextra_routes && !(rq.routes = merged_routes(id, &rq.nroutes)))
 		return -ENOMEM;
+	rq.pod_token = pod_token(id);
 	req = register_request_to_json(&rq);
+	podtoken_free(rq.pod_token);
 	if (rq.routes != id->st->routes)
 		free(rq.routes);
 	if (!req)
@@ -778,12 +795,18 @@ static void renew_changed(void *arg)
 	save_soon(arg);
 }
 
+static char *renew_pod_token(void *arg)
+{
+	return pod_token(arg);
+}
+
 static const struct keyrenew_ops renew_ops = {
 	.running = renew_running,
 	.client = renew_client,
 	.renewed = renew_renewed,
 	.logged_out = renew_logged_out,
 	.changed = renew_changed,
+	.pod_token = renew_pod_token,
 };
 
 int64_t identity_key_expiry(const struct identity *id)
@@ -1192,6 +1215,7 @@ int identity_new(struct identity **out, struct loop *loop, struct hub *hub, stru
 	id->is_identity_device = cfg->is_identity_device;
 	id->arg = cfg->arg;
 	id->nsfd = -1;
+	id->pod_token_file = cfg->pod_token_file;
 	id->applied = applied_new();
 	id->save_timer = loop_timer_new(loop, on_save, id);
 	id->expire_timer = loop_timer_new(loop, on_expire, id);

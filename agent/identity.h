@@ -55,6 +55,9 @@ struct identity_config {
 	struct datagrams *datagrams;
 	struct netstun *netstun;
 	const char *relay_ca; /* TLS trust for relays; NULL: the system's */
+	/* The knitd pod's projected ServiceAccount token, read for every
+	 * register call (podtoken.h); NULL: none. The caller keeps it alive. */
+	const char *pod_token_file;
 };
 
 /* Takes st (freed with the identity, also on failure). Creates the TUN

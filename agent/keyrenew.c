@@ -16,6 +16,7 @@
 #include "keyexpiry.h"
 #include "log.h"
 #include "loop.h"
+#include "podtoken.h"
 #include "state.h"
 
 struct keyrenew {
@@ -121,7 +122,9 @@ static int renew_start(struct keyrenew *kr, struct control_client *ctl)
 	rq.ntags = st->ntags;
 	rq.routes = st->routes;
 	rq.nroutes = st->nroutes;
+	rq.pod_token = kr->ops->pod_token ? kr->ops->pod_token(kr->arg) : NULL;
 	req = register_request_to_json(&rq);
+	podtoken_free(rq.pod_token);
 	err = req ? control_client_call(ctl, req, renew_done, kr, NULL) : -ENOMEM;
 	messages_json_free_secret(req);
 out:

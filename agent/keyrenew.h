@@ -30,6 +30,9 @@ struct keyrenew_ops {
 	void (*logged_out)(void *arg, const char *why);
 	/* st changed (the key's expiry); save it soon. */
 	void (*changed)(void *arg);
+	/* The knitd pod's token for the register call (podtoken.h; freed
+	 * with podtoken_free), NULL: none. May be NULL itself. */
+	char *(*pod_token)(void *arg);
 };
 
 /* st is the owner's and outlives the keyrenew. */

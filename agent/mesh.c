@@ -47,6 +47,7 @@ struct options {
 	const char *http_listen; /* /healthz, /readyz, /metrics */
 	const char *relay_ca; /* TLS trust for relays */
 	const char *cni_conf_dir; /* gateway mode's pod ranges; NULL: not read */
+	const char *pod_token_file; /* the node identity's register calls carry it */
 	struct routes_opts routes; /* the node identity's host routing */
 	int port;
 	int workers;
@@ -198,6 +199,11 @@ static void usage(FILE *f)
 		"                      knit-cni's entry there is in gateway mode, advertise\n"
 		"                      the chain's host-local pod ranges as subnet routes\n"
 		"                      (re-read every 5 s; docs/cni.md)\n"
+		"  --pod-token-file F  the knitd pod's projected ServiceAccount token\n"
+		"                      (audience knit.dev/node), read for every registration\n"
+		"                      and sent with it: the operator binds this node's\n"
+		"                      Device to the Kubernetes Node the pod runs on, which\n"
+		"                      pod identities need (docs/cni.md)\n"
 		"  --accept-routes     route peers' approved subnet routes through the tailnet\n"
 		"                      (default: only peers' own tailnet addresses)\n"
 		"  --exit-node PEER    send default-route traffic through PEER (a name or\n"
@@ -218,7 +224,7 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv, struct options *o, char *state_buf, size_t state_len)
 {
 	enum { STATE = 256, STATE_DIR, SOCKET, TUN, PORT, UAPI_DIR, WORKERS, LOG_LEVEL, LOGIN, AUTHKEY_FILE, HOSTNAME,
-	       HTTP_LISTEN, ACCEPT_ROUTES, EXIT_NODE, RELAY_CA, CNI_CONF_DIR };
+	       HTTP_LISTEN, ACCEPT_ROUTES, EXIT_NODE, RELAY_CA, CNI_CONF_DIR, POD_TOKEN_FILE };
 	static const struct option longopts[] = {
 		{ "state", required_argument, NULL, STATE },
 		{ "state-dir", required_argument, NULL, STATE_DIR },
@@ -236,6 +242,7 @@ static int parse_args(int argc, char **argv, struct options *o, char *state_buf,
 		{ "http-listen", required_argument, NULL, HTTP_LISTEN },
 		{ "relay-ca", required_argument, NULL, RELAY_CA },
 		{ "cni-conf-dir", required_argument, NULL, CNI_CONF_DIR },
+		{ "pod-token-file", required_argument, NULL, POD_TOKEN_FILE },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -291,6 +298,7 @@ static int parse_args(int argc, char **argv, struct options *o, char *state_buf,
 		case HTTP_LISTEN: o->http_listen = optarg; break;
 		case RELAY_CA: o->relay_ca = optarg; break;
 		case CNI_CONF_DIR: o->cni_conf_dir = optarg; break;
+		case POD_TOKEN_FILE: o->pod_token_file = optarg; break;
 		case 'h': usage(stdout); return 1;
 		default: usage(stderr); return 2;
 		}
@@ -356,7 +364,7 @@ static int add_node_identity(struct mesh *m, struct state *st)
 	struct identity_config ic = { .ifname = m->o.tun, .state_path = m->o.state_path, .uapi_dir = m->o.uapi_dir,
 				      .on_down = on_tun_down, .is_identity_device = is_identity_device, .arg = m,
 				      .host_routes = &m->o.routes, .datagrams = m->datagrams, .netstun = m->netstun,
-				      .relay_ca = m->o.relay_ca };
+				      .relay_ca = m->o.relay_ca, .pod_token_file = m->o.pod_token_file };
 	struct member *mb = calloc(1, sizeof(*mb));
 	int r;
 

@@ -28,6 +28,9 @@ struct coord_opts {
 	/* Control key rotation: how long the next key is announced before it
 	 * becomes current, and the old one is accepted after; 0: 24 h. */
 	uint32_t rotate_grace_s;
+	/* The knitd DaemonSet's ServiceAccount in the operator's namespace
+	 * (nodebind.h); NULL: "knitd". */
+	const char *knitd_service_account;
 };
 
 /* The listener's own counts (refusals by reason, bodies held). */

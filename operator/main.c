@@ -46,6 +46,7 @@ struct options {
 	unsigned coord_per_ip;
 	bool new_control_key;
 	uint32_t rotate_grace_ms;
+	const char *knitd_sa;
 	const char *webhook_service;
 	const char *webhook_config;
 	const char *pod_ip;
@@ -111,6 +112,11 @@ static void usage(FILE *f)
 		"                            is announced before it becomes current, and how\n"
 		"                            long the old key is still accepted after (Go\n"
 		"                            duration, default 24h)\n"
+		"  --knitd-service-account SA\n"
+		"                            the ServiceAccount (in --namespace) of the knitd\n"
+		"                            DaemonSet: a node Device is bound to a Node only by\n"
+		"                            a projected token of its pods (default knitd;\n"
+		"                            docs/cni.md)\n"
 		"  --coord-per-ip-limit N    open coordination connections per client address\n"
 		"                            (default 1024; 0: unlimited)\n"
 		"  --workers N               reconcile workers per kind (default 4)\n"
@@ -194,7 +200,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 	       NO_DEFAULT, LOG_LEVEL, COORD, RECORD_BYTES, WH_LISTEN, WH_SERVICE, WH_CONFIG, WH_NAME, COORD_PER_IP,
 	       POD_IP, COORD_SVC, NEW_CTRL_KEY, CTRL_GRACE, TN_V4, TN_V6, TN_DNS, BOOT_AK, BOOT_TAGS, BOOT_EXPIRY, RELAY_LISTEN,
 	       RELAY_STUN_PORT, RELAY_STUN_ADDR, RELAY_CERT, RELAY_KEY, RELAY_KEY_FILE, RELAY_MESH, RELAY_MESH_KEY,
-	       RELAY_MESH_CA, TN_RELAY, TN_RELAY_STUN, BOOT_MESH };
+	       RELAY_MESH_CA, TN_RELAY, TN_RELAY_STUN, BOOT_MESH, KNITD_SA };
 	static const struct option longopts[] = {
 		{ "kubeconfig", required_argument, NULL, KUBECONFIG },
 		{ "namespace", required_argument, NULL, NAMESPACE },
@@ -222,6 +228,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "coord-per-ip-limit", required_argument, NULL, COORD_PER_IP },
 		{ "new-control-key", no_argument, NULL, NEW_CTRL_KEY },
 		{ "control-key-grace", required_argument, NULL, CTRL_GRACE },
+		{ "knitd-service-account", required_argument, NULL, KNITD_SA },
 		{ "webhook-listen", required_argument, NULL, WH_LISTEN },
 		{ "webhook-service", required_argument, NULL, WH_SERVICE },
 		{ "webhook-config", required_argument, NULL, WH_CONFIG },
@@ -295,6 +302,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case LOG_LEVEL: o->log_level = optarg; break;
 		case NEW_CTRL_KEY: o->new_control_key = true; break;
 		case CTRL_GRACE: if (!parse_ms("--control-key-grace", optarg, &o->rotate_grace_ms)) return 2; break;
+		case KNITD_SA: o->knitd_sa = optarg; break;
 		case COORD_PER_IP: {
 			char *end;
 			unsigned long v = strtoul(optarg, &end, 10);
@@ -912,7 +920,8 @@ int main(int argc, char **argv)
 	if (o.listen_coord && *o.listen_coord) {
 		struct coord_opts co = { .listen = o.listen_coord, .record_bytes = o.map_record_bytes,
 					 .per_ip_limit = o.coord_per_ip, .new_control_key = o.new_control_key,
-					 .rotate_grace_s = (o.rotate_grace_ms + 999) / 1000 };
+					 .rotate_grace_s = (o.rotate_grace_ms + 999) / 1000,
+					 .knitd_service_account = o.knitd_sa };
 		r = coord_new(&op, &co, &op.coord);
 		if (r) {
 			log_error("cannot serve coordination", "listen=%s err=%d", o.listen_coord, r);

@@ -1,8 +1,9 @@
 /* Pod identities (docs/cni.md): a node's knitd asks, on its own
  * authenticated session, for a Device for a pod it carries. The node's
  * session is the credential: the pod must exist with that UID and be bound
- * (spec.nodeName) to the node the calling Device is, so a node cannot mint
- * identities for pods elsewhere. The principal comes from the pod's
+ * (spec.nodeName) to the Node the calling Device was bound to by its knitd
+ * pod's token (spec.node, nodebind.h), so a node cannot mint identities
+ * for pods elsewhere. The principal comes from the pod's
  * namespace and ServiceAccount; requested tags must be allowed by the
  * tailnet's policy (tagOwners) when there is one. The Device is ephemeral
  * and names its pod (spec.ownerPod); logout deletes it, and the sweep
@@ -25,6 +26,7 @@
 #include "kube/meta.h"
 #include "log.h"
 #include "loop.h"
+#include "nodebind.h"
 #include "operator.h"
 #include "policy.h"
 #include "policy/policy.h"
@@ -114,9 +116,9 @@ struct json *podident_register(struct coord *c, const char *mkey, const struct j
 	const struct json *tags = json_get(req, "tags");
 	struct json *node = register_device_by_machine(c, mkey), *existing = NULL, *pod = NULL, *dev = NULL, *reply = NULL;
 	struct kube_result r = { 0 };
-	char host[64], want[64], name[128], user[512];
+	char host[64], name[128], user[512];
 	unsigned char kb[32];
-	const char *tailnet, *sa;
+	const char *tailnet, *sa, *why_not;
 
 	if (!ns || !*ns || !pname || !*pname || !puid || !*puid || !channel_key_parse(pod_mkey, "mkey:", kb) ||
 	    !channel_key_parse(node_key, "nodekey:", kb) || (disco_key && !channel_key_parse(disco_key, "discokey:", kb))) {
@@ -149,10 +151,10 @@ struct json *podident_register(struct coord *c, const char *mkey, const struct j
 		reply = coord_error_reply("PodNotFound", "pod %s/%s has another UID (recreated?)", ns, pname);
 		goto out;
 	}
-	host_label(json_str(json_path(pod, "spec", "nodeName", NULL)), want, sizeof(want));
-	if (!want[0] || strcmp(want, json_str(json_path(node, "spec", "hostname", NULL)) ?: "")) {
-		reply = coord_error_reply("PodNotAuthorized", "pod %s/%s is not bound to node %s", ns, pname,
-					  json_str(json_path(node, "spec", "hostname", NULL)) ?: "?");
+	/* The pod's node must be the one the caller's knitd pod token proved. */
+	if ((why_not = nodebind_vouches(node, pod, user, sizeof(user)))) {
+		coord_refused(c, "nodebind", why_not);
+		reply = coord_error_reply("PodNotAuthorized", "%s", user);
 		goto out;
 	}
 	sa = json_str(json_path(pod, "spec", "serviceAccountName", NULL)) ?: "default";

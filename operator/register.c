@@ -24,6 +24,7 @@
 #include "kube/meta.h"
 #include "log.h"
 #include "loop.h"
+#include "nodebind.h"
 #include "operator.h"
 #include "policy.h"
 #include "record.h"
@@ -546,7 +547,7 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 	struct register_request rq;
 	struct register_response resp = { 0 };
 	struct json *tags = NULL, *existing = NULL, *ak = NULL, *reply = NULL, *dev = NULL, *spec;
-	char host[64], name[128], hash_hex[65], why[200];
+	char host[64], name[128], hash_hex[65], why[200], node[254] = "";
 	char node_key[MESSAGES_KEY_TEXT_LEN], disco_key[MESSAGES_KEY_TEXT_LEN];
 	unsigned char h[crypto_hash_sha256_BYTES];
 	struct kube_result r = { 0 };
@@ -596,6 +597,10 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 			reply = coord_error_reply("AuthKeyInvalid", "the auth key is not valid (deleted, mistyped or never issued)");
 			goto out;
 		}
+		/* The Node this knitd's pod runs on (nodebind.c): once the
+		 * caller has shown a valid key, before its use is counted. */
+		if (rq.pod_token && (reply = nodebind_verify(c, rq.pod_token, node, sizeof(node))))
+			goto out;
 		/* Tags before the key's use is counted: a refused registration
 		 * does not burn a one-off key. The key's tags count as owned;
 		 * under a policy, other tags need their tagOwners, without one
@@ -662,6 +667,8 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 		goto out;
 	} else {
 		tailnet = operator_tailnet_of(existing);
+		if (rq.pod_token && (reply = nodebind_verify(c, rq.pod_token, node, sizeof(node))))
+			goto out;
 	}
 
 	fields_hostname_sanitize(rq.hostname, host, sizeof(host));
@@ -673,6 +680,8 @@ static struct json *do_register(struct coord *c, const char *mkey, const struct 
 	json_object_set(spec, "machineKey", json_new_string(mkey));
 	json_object_set(spec, "nodeKey", json_new_string(node_key));
 	json_object_set(spec, "discoKey", json_new_string(disco_key));
+	if (nodebind_set(spec, node[0] ? node : NULL))
+		goto nomem;
 	if (auth) {
 		struct json *ref = json_new_object();
 		json_object_set(ref, "namespace", coord_jstr(kube_namespace(ak)));

@@ -73,9 +73,11 @@ for i in 1 2; do
 	tailnet_host_add "node$i" "$i"
 	in_ns "node$i" sysctl -qw net.ipv4.ip_forward=1
 	mkdir -p "$E2E_DIR/node$i"
+	tailnet_knitd_token_file "node$i" # binds the node Device to node$i (docs/cni.md)
 	# Release knitd at info level: the bench measures it, not its debug log.
 	e2e_bg "knitd-node$i" ip netns exec "$(ns_name "node$i")" "$KNITD" run --state-dir "$E2E_DIR/node$i/state" \
-		--socket "$E2E_DIR/node$i/knitd.sock" --tun knit0 --port 41641 --log-level warn
+		--socket "$E2E_DIR/node$i/knitd.sock" --tun knit0 --port 41641 --log-level warn \
+		--pod-token-file "$E2E_DIR/node$i/pod-token"
 	eval "KNITD_PID_node$i=$E2E_PID"
 	e2e_wait_for 20 test -S "$E2E_DIR/node$i/knitd.sock" || e2e_die "knitd node$i"
 	tailnet_knit "node$i" up --authkey "$NODE_KEY" --login-server "$LOGIN_SERVER" --server-key "$CTRL" \

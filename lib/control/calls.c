@@ -22,6 +22,10 @@ void register_request_free(struct register_request *r)
 		sodium_memzero(r->auth_key, strlen(r->auth_key));
 		free(r->auth_key);
 	}
+	if (r->pod_token) {
+		sodium_memzero(r->pod_token, strlen(r->pod_token));
+		free(r->pod_token);
+	}
 	free(r->hostname);
 	fields_strv_free(r->tags, r->ntags);
 	free(r->routes);
@@ -46,11 +50,34 @@ struct json *register_request_to_json(const struct register_request *r)
 		json_put(o, "oldNodeKey", fields_key_json(r->old_node_key, "nodekey:"), &err);
 		json_put(o, "renewProof", fields_key_json(r->renew_proof, "proof:"), &err);
 	}
+	if (r->pod_token)
+		json_put(o, "podToken", json_new_string(r->pod_token), &err);
 	if (err) {
 		messages_json_free_secret(o);
 		return NULL;
 	}
 	return o;
+}
+
+/* A compact JWS: base64url header.payload.signature, none empty. */
+static bool jwt_text(const char *s)
+{
+	size_t dots = 0, run = 0;
+
+	for (; *s; s++) {
+		if (*s == '.') {
+			if (!run)
+				return false;
+			dots++;
+			run = 0;
+		} else if ((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+			   *s == '-' || *s == '_') {
+			run++;
+		} else {
+			return false;
+		}
+	}
+	return dots == 2 && run;
 }
 
 bool register_request_from_json(const struct json *j, struct register_request *out, char *err, size_t errlen)
@@ -67,7 +94,10 @@ bool register_request_from_json(const struct json *j, struct register_request *o
 	     fields_get_prefixes(j, "", "advertiseRoutes", false, true, &out->routes, &out->nroutes, err, errlen) &&
 	     fields_get_key(j, "", "oldNodeKey", "nodekey:", false, out->old_node_key, &out->has_old_node_key, err,
 			    errlen) &&
-	     fields_get_key(j, "", "renewProof", "proof:", out->has_old_node_key, out->renew_proof, NULL, err, errlen);
+	     fields_get_key(j, "", "renewProof", "proof:", out->has_old_node_key, out->renew_proof, NULL, err, errlen) &&
+	     fields_get_str(j, "", "podToken", false, MESSAGES_POD_TOKEN_MAX, &out->pod_token, err, errlen);
+	if (ok && out->pod_token && !jwt_text(out->pod_token))
+		ok = fields_fail(err, errlen, "podToken: not a JWT (three base64url parts)");
 	/* A renewal proves the old key instead of showing an auth key. */
 	if (ok && out->has_old_node_key && out->auth_key)
 		ok = fields_fail(err, errlen, "oldNodeKey: a renewal carries no authKey");

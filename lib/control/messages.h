@@ -150,7 +150,14 @@ struct register_request {
 	bool has_old_node_key;
 	uint8_t old_node_key[MESSAGES_KEY_LEN];
 	uint8_t renew_proof[MESSAGES_KEY_LEN];
+	/* A knitd pod's projected ServiceAccount token (audience knit.dev/node,
+	 * docs/cni.md): binds the Device to the Kubernetes Node its pod runs
+	 * on. NULL: not sent (the Device vouches for no pod). Wiped on free. */
+	char *pod_token;
 };
+
+/* A JWT of the kubelet's, with room to spare (they are ~1 KiB). */
+#define MESSAGES_POD_TOKEN_MAX 8192
 
 struct register_response {
 	char *device;

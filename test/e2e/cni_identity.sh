@@ -40,6 +40,7 @@ NODE_KEY=$($K get secret nodes-authkey -n "$NS" -o jsonpath='{.data.authkey}' | 
 CTRL=$($K get tailnet default -o jsonpath='{.status.controlKey}')
 for i in 1 2; do
 	tailnet_host_add "node$i" "$i"
+	tailnet_knitd_token_file "node$i" # the knitd pod's token: binds the node Device to node$i
 	tailnet_knitd_start "node$i"
 	tailnet_knit "node$i" up --authkey "$NODE_KEY" --login-server "$LOGIN_SERVER" --server-key "$CTRL" \
 		--hostname "node$i" >/dev/null || e2e_die "node$i cannot join"

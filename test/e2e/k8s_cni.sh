@@ -102,6 +102,10 @@ devices_online() {
 	[ "$(K get devices -o jsonpath='{range .items[*]}{.status.online}{"\n"}{end}' | grep -c true)" -ge "$NODES" ]
 }
 e2e_check "$NODES node Devices online" e2e_wait_for 180 devices_online
+# Bound by the kubelet's projected token of each knitd pod (TokenReview),
+# not by the name knitd chose: spec.node is that pod's spec.nodeName.
+bound() { K get devices -o json | jq '[.items[] | select(.spec.ownerPod == null and .spec.node != null and .spec.node == .spec.hostname)] | length'; }
+e2e_expect "each node Device is bound to its Node by its knitd pod's token" "$NODES" "$(bound)"
 
 pod() { # NAME NODE-INDEX ANNOTATED COMMAND [TAGS]
 	cat <<YAML | K apply -f - >/dev/null

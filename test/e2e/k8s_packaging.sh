@@ -372,6 +372,7 @@ create endpointslices.discovery.k8s.io knit-system
 patch endpointslices.discovery.k8s.io/knit-coordination-leader knit-system
 patch endpointslices.discovery.k8s.io/knit-webhook-leader knit-system
 get services/knit-webhook knit-system
+create tokenreviews.authentication.k8s.io
 EOF
 e2e_expect "the operator may do every verb it needs" 0 "$bad"
 bad=0
@@ -418,6 +419,8 @@ create endpointslices.discovery.k8s.io kube-system
 patch endpoints knit-system
 update services knit-system
 get services/kubernetes default
+create subjectaccessreviews.authorization.k8s.io
+create serviceaccounts:token knit-system
 EOF
 e2e_expect "the operator may do none of the dangerous verbs" 0 "$bad"
 # Secrets only where a RoleBinding to knit-operator-secrets allows
@@ -434,6 +437,8 @@ get nodes
 list devices.knit.dev
 create events knit-system
 get leases knit-system
+create tokenreviews.authentication.k8s.io
+create serviceaccounts:token knit-system
 EOF
 e2e_expect "knitd's ServiceAccount may do nothing" 0 "$bad"
 KS logs -l app.kubernetes.io/name=knit-operator --all-containers --prefix --tail=-1 >"$E2E_DIR/operator.log" 2>&1

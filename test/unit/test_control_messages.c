@@ -583,6 +583,46 @@ static void test_register(void **state)
 	assert_string_equal(err, "discoKey: missing");
 	json_free(j);
 
+	/* podToken: a compact JWS, capped; round-trips and is wiped on free. */
+	{
+		static const char *const bad[] = { "\"\"", "\"a.b\"", "\"a..c\"", "\"a.b.\"", "\".b.c\"",
+						   "\"a.b.c.d\"", "\"a.b=.c\"", "\"a b.c.d\"", "7", "[]" };
+		char *big = malloc(MESSAGES_POD_TOKEN_MAX + 64);
+		char buf[MESSAGES_POD_TOKEN_MAX + 400];
+
+		memset(&r, 0, sizeof(r));
+		r.pod_token = strdup("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln-_");
+		assert_non_null(r.pod_token);
+		j = register_request_to_json(&r);
+		assert_non_null(j);
+		assert_true(register_request_from_json(j, &back, err, sizeof(err)));
+		assert_string_equal(back.pod_token, r.pod_token);
+		register_request_free(&back);
+		assert_null(back.pod_token);
+		messages_json_free_secret(j);
+		register_request_free(&r);
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			snprintf(buf, sizeof(buf), "{\"type\":\"register\",\"nodeKey\":" NK("1") ",\"discoKey\":" DK("2")
+				 ",\"podToken\":%s}", bad[i]);
+			j = parse(buf);
+			assert_false(register_request_from_json(j, &back, err, sizeof(err)));
+			assert_non_null(strstr(err, "podToken"));
+			json_free(j);
+		}
+		assert_non_null(big);
+		memset(big, 'a', MESSAGES_POD_TOKEN_MAX + 1);
+		big[1] = '.';
+		big[3] = '.';
+		big[MESSAGES_POD_TOKEN_MAX + 1] = '\0';
+		snprintf(buf, sizeof(buf), "{\"type\":\"register\",\"nodeKey\":" NK("1") ",\"discoKey\":" DK("2")
+			 ",\"podToken\":\"%s\"}", big);
+		j = parse(buf);
+		assert_false(register_request_from_json(j, &back, err, sizeof(err)));
+		assert_string_equal(err, "podToken: longer than 8192");
+		json_free(j);
+		free(big);
+	}
+
 	/* Response. */
 	j = parse("{\"device\":\"laptop-3f9a2c\",\"name\":\"laptop\",\"addresses\":[\"100.64.0.5\",\"fd7a:115c:a1e0::5\"],"
 		  "\"ephemeral\":false,\"dnsSuffix\":\"tailnet.knit\"}");

@@ -23,6 +23,15 @@
 #   tailnet_relay_map JSON      the default Tailnet's spec.relayMap, once the
 #                               operator made that Tailnet
 #   tailnet_authkey NAME SPEC   an AuthKey in knit-system; prints its key
+#   tailnet_knitd_token NODE [AUD]
+#                               a knitd pod's projected ServiceAccount token, as
+#                               the kubelet would mount it: a DaemonSet knitd (no
+#                               pods run: no controller-manager), a Pod knitd-NODE
+#                               it owns on node NODE, a TokenRequest bound to that
+#                               Pod (audience AUD, default knit.dev/node); prints it
+#   tailnet_knitd_token_file NAME
+#                               the same for node NAME, into $E2E_DIR/NAME/pod-token,
+#                               which tailnet_knitd_start NAME then passes to knitd
 #
 # Namespaces, veths, processes and state are removed at exit.
 
@@ -89,6 +98,7 @@ tailnet_knitd_start() { # tailnet_knitd_start NAME [EXTRA knitd run ARGS...]
 	local name=$1
 	shift
 	mkdir -p "$E2E_DIR/$name"
+	[ -s "$E2E_DIR/$name/pod-token" ] && set -- --pod-token-file "$E2E_DIR/$name/pod-token" "$@"
 	e2e_bg "knitd-$name" ip netns exec "$(ns_name "$name")" "$KNITD" run \
 		--state-dir "$E2E_DIR/$name/state" --socket "$E2E_DIR/$name/knitd.sock" --tun "knit0" \
 		--port 41641 --log-level debug "$@"
@@ -132,4 +142,49 @@ tailnet_authkey() { # NAME SPEC-JSON
 		"$1" "$2" | "$KUBECTL" apply -f - >/dev/null || e2e_die "AuthKey $1 refused"
 	e2e_wait_for 30 "$KUBECTL" get secret "$1-authkey" -n knit-system >/dev/null || e2e_die "AuthKey $1 has no Secret"
 	"$KUBECTL" get secret "$1-authkey" -n knit-system -o jsonpath='{.data.authkey}' | base64 -d
+}
+
+tailnet_knitd_token() { # NODE [AUDIENCE]
+	local node=$1 aud=${2:-knit.dev/node} ns=${TAILNET_OP_NS:-knit-system} ds_uid pod_uid
+	"$KUBECTL" -n "$ns" get serviceaccount knitd >/dev/null 2>&1 ||
+		"$KUBECTL" -n "$ns" create serviceaccount knitd >/dev/null || e2e_die "ServiceAccount knitd"
+	"$KUBECTL" -n "$ns" get daemonset knitd >/dev/null 2>&1 || cat <<YAML | "$KUBECTL" apply -f - >/dev/null || e2e_die "DaemonSet knitd"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: knitd, namespace: $ns}
+spec:
+  selector: {matchLabels: {app: knitd}}
+  template:
+    metadata: {labels: {app: knitd}}
+    spec:
+      serviceAccountName: knitd
+      automountServiceAccountToken: false
+      containers: [{name: knitd, image: knit.local/knit:dev}]
+YAML
+	ds_uid=$("$KUBECTL" -n "$ns" get daemonset knitd -o jsonpath='{.metadata.uid}')
+	"$KUBECTL" -n "$ns" get pod "knitd-$node" >/dev/null 2>&1 || cat <<YAML | "$KUBECTL" apply -f - >/dev/null || e2e_die "Pod knitd-$node"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: knitd-$node
+  namespace: $ns
+  labels: {app: knitd}
+  ownerReferences: [{apiVersion: apps/v1, kind: DaemonSet, name: knitd, uid: "$ds_uid", controller: true}]
+spec:
+  nodeName: $node
+  serviceAccountName: knitd
+  automountServiceAccountToken: false
+  containers: [{name: knitd, image: knit.local/knit:dev}]
+YAML
+	pod_uid=$("$KUBECTL" -n "$ns" get pod "knitd-$node" -o jsonpath='{.metadata.uid}')
+	printf '{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"audiences":["%s"],"expirationSeconds":3600,"boundObjectRef":{"apiVersion":"v1","kind":"Pod","name":"knitd-%s","uid":"%s"}}}' \
+		"$aud" "$node" "$pod_uid" >"$E2E_DIR/tokenrequest-$node.json"
+	"$KUBECTL" create --raw "/api/v1/namespaces/$ns/serviceaccounts/knitd/token" -f "$E2E_DIR/tokenrequest-$node.json" |
+		jq -er .status.token || e2e_die "no token for pod knitd-$node"
+}
+
+tailnet_knitd_token_file() { # NAME
+	mkdir -p "$E2E_DIR/$1"
+	tailnet_knitd_token "$1" >"$E2E_DIR/$1/pod-token" || e2e_die "no pod token for $1"
+	chmod 600 "$E2E_DIR/$1/pod-token"
 }

@@ -14,6 +14,9 @@
  *       N re-registrations on one session, the hostname alternating, as
  *       fast as the answers come. Prints "HTTP <status> <count>" per status,
  *       "CODE <code> <count>" per error code, "RETRY_AFTER <s>" (the first).
+ *   coord_client URL CONTROL_KEY STATE pod NAMESPACE NAME UID
+ *       one register_pod call on this machine's session, for a pod
+ *       identity with fresh keys; prints as register does.
  *   coord_client URL CONTROL_KEY STATE map SECONDS
  *       a map stream for at most SECONDS: "RECORD <type> <seq> <code> <peers>"
  *       per record as it arrives, then "END closed" (the server ended it)
@@ -204,6 +207,43 @@ static int cmd_register(const struct keys *k, const char *fields)
 	return 0;
 }
 
+/* register_pod: this machine vouches for a pod identity (fresh keys). */
+static int cmd_pod(const struct keys *k, const char *ns, const char *name, const char *uid)
+{
+	struct answer a = { .body = BUF_INIT(1 << 20) };
+	struct buf plain = BUF_INIT(1 << 20);
+	struct channel_session s;
+	uint8_t priv[32], pub[32];
+	char req[4096], code[80], mk[80], nk[80], dk[80];
+	long status;
+
+	if (handshake(k, &s))
+		return 1;
+	channel_keygen(priv);
+	channel_public_key(pub, priv);
+	channel_key_format(pub, "mkey:", mk, sizeof(mk));
+	channel_keygen(priv);
+	channel_public_key(pub, priv);
+	channel_key_format(pub, "nodekey:", nk, sizeof(nk));
+	channel_keygen(priv);
+	channel_public_key(pub, priv);
+	channel_key_format(pub, "discokey:", dk, sizeof(dk));
+	snprintf(req, sizeof(req),
+		 "{\"type\":\"register_pod\",\"machineKey\":\"%s\",\"nodeKey\":\"%s\",\"discoKey\":\"%s\","
+		 "\"podNamespace\":\"%s\",\"podName\":\"%s\",\"podUID\":\"%s\",\"tags\":[]}",
+		 mk, nk, dk, ns, name, uid);
+	status = call(&s, req, &plain, &a);
+	printf("HTTP %ld\n", status);
+	if (status == 200) {
+		printf("CODE %s\n", answer_code(&plain, code, sizeof(code)));
+		printf("ANSWER %s\n", buf_str(&plain));
+	}
+	channel_session_wipe(&s);
+	buf_free(&a.body);
+	buf_free(&plain);
+	return 0;
+}
+
 struct tally {
 	char key[80];
 	int n;
@@ -344,7 +384,7 @@ int main(int argc, char **argv)
 	int r = 2;
 
 	if (argc < 5 || !channel_key_parse(argv[2], "ctrlkey:", server_pub)) {
-		fprintf(stderr, "usage: coord_client URL ctrlkey:HEX STATE nodekey|register|flip|map ...\n");
+		fprintf(stderr, "usage: coord_client URL ctrlkey:HEX STATE nodekey|register|pod|flip|map ...\n");
 		return 2;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -366,6 +406,8 @@ int main(int argc, char **argv)
 		r = cmd_register(&k, argv[5]);
 	} else if (strcmp(argv[4], "flip") == 0 && argc == 8) {
 		r = cmd_flip(&k, atoi(argv[5]), argv[6], argv[7]);
+	} else if (strcmp(argv[4], "pod") == 0 && argc == 8) {
+		r = cmd_pod(&k, argv[5], argv[6], argv[7]);
 	} else if (strcmp(argv[4], "map") == 0 && argc == 6) {
 		r = cmd_map(&k, atol(argv[5]));
 	} else {
