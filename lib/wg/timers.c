@@ -171,16 +171,6 @@ void timers_reset_handshake_limit(struct timers *t)
 	pthread_mutex_unlock(&t->lock);
 }
 
-bool timers_handshake_outstanding(struct timers *t)
-{
-	bool armed;
-
-	pthread_mutex_lock(&t->lock);
-	armed = t->deadline[TIMER_RETRANSMIT_HANDSHAKE] != TIMERS_OFF;
-	pthread_mutex_unlock(&t->lock);
-	return armed;
-}
-
 bool timers_take_lastminute_handshake(struct timers *t)
 {
 	bool first;

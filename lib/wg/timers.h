@@ -87,9 +87,6 @@ bool timers_may_send_initiation(struct timers *t, uint64_t now, bool is_retry);
  * next initiation may go at once (the Linux module's
  * wg_noise_reset_last_sent_handshake()). */
 void timers_reset_handshake_limit(struct timers *t);
-/* An initiation went out and its response has not come (the retransmit
- * timer is armed). */
-bool timers_handshake_outstanding(struct timers *t);
 /* Section 6.2's "last minute" rekey on receive: true once per session. */
 bool timers_take_lastminute_handshake(struct timers *t);
 
