@@ -28,6 +28,7 @@
 #include "operator.h"
 #include "policy.h"
 #include "probe.h"
+#include "rollout.h"
 #include "serving.h"
 #include "webhook.h"
 #include "wg/aead.h"
@@ -577,6 +578,7 @@ static void released(struct lease *l, void *arg)
 }
 
 static pthread_t joiner;
+static struct rollout *rollout; /* while we lead */
 
 static void withdrawn(void *arg)
 {
@@ -589,6 +591,8 @@ static void withdrawn(void *arg)
 static void workers_joined(struct loop *loop, void *arg)
 {
 	pthread_join(joiner, NULL);
+	rollout_free(rollout);
+	rollout = NULL;
 	informer_free(op.tailnets);
 	informer_free(op.authkeys);
 	informer_free(op.devices);
@@ -655,6 +659,10 @@ static void started_leading(struct lease *l, void *arg)
 {
 	log_info("became leader", "identity=%s", lease_identity(l));
 	start_controllers();
+	/* knitd's rolling updates (rollout.h): best effort, the kubelet
+	 * deletes a replaced pod too, only later. */
+	if (!(rollout = rollout_start(op.kube, op.namespace, ROLLOUT_KNITD_SELECTOR)))
+		log_warn("cannot watch knitd's pods: a rolling update waits for each kubelet");
 }
 
 static void stopped_leading(struct lease *l, void *arg)
