@@ -29,6 +29,7 @@
 #include "policy.h"
 #include "probe.h"
 #include "relay/frame.h"
+#include "rollout.h"
 #include "serving.h"
 #include "webhook.h"
 #include "wg/aead.h"
@@ -599,6 +600,7 @@ static void released(struct lease *l, void *arg)
 }
 
 static pthread_t joiner;
+static struct rollout *rollout; /* while we lead */
 
 static void withdrawn(void *arg)
 {
@@ -611,6 +613,8 @@ static void withdrawn(void *arg)
 static void workers_joined(struct loop *loop, void *arg)
 {
 	pthread_join(joiner, NULL);
+	rollout_free(rollout);
+	rollout = NULL;
 	/* The informers stay until the loop has stopped (freed in main):
 	 * handlers of theirs may still be queued on the loop. A list page in
 	 * flight is no longer a hazard (informer_free() cancels it), but was
@@ -681,6 +685,10 @@ static void started_leading(struct lease *l, void *arg)
 	}
 	log_info("became leader", "identity=%s", lease_identity(l));
 	start_controllers();
+	/* knitd's rolling updates (rollout.h): best effort, the kubelet
+	 * deletes a replaced pod too, only later. */
+	if (!(rollout = rollout_start(op.kube, op.namespace, ROLLOUT_KNITD_SELECTOR)))
+		log_warn("cannot watch knitd's pods: a rolling update waits for each kubelet");
 }
 
 static void stopped_leading(struct lease *l, void *arg)

@@ -755,6 +755,14 @@ int engine_peer_set_path(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_LE
 	if (!p)
 		return -ENOENT;
 	peer_set_route(p, via_relay, ep);
+	/* An initiation still unanswered went out on the previous path, which
+	 * may never have carried it (a restarted knitd's first ones leave
+	 * through the relay before disco finds the direct path): it goes
+	 * again on the new one now, not when REKEY_TIMEOUT (5 s) retries it. */
+	if (timers_pending(&p->timers, TIMER_RETRANSMIT_HANDSHAKE) && engine_link_ready(e)) {
+		timers_reset_handshake_limit(&p->timers);
+		send_initiation(p, true);
+	}
 	return 0;
 }
 

@@ -179,7 +179,8 @@ int engine_peer_handshake(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_L
  * endpoint it holds); via_relay with an ep: through both (a direct path
  * being probed, the relay in case it does not work). WireGuard roaming still updates the endpoint from
  * directly received packets, never from relayed ones (receive_relayed()),
- * and never changes the route. -ENOENT: no such peer. */
+ * and never changes the route. An initiation still unanswered is sent
+ * again at once on the new path. -ENOENT: no such peer. */
 int engine_peer_set_path(struct engine *e, const uint8_t pub[NOISE_PUBLIC_KEY_LEN], bool via_relay,
 			 const struct endpoint *ep);
 

@@ -373,6 +373,7 @@ patch endpointslices.discovery.k8s.io/knit-coordination-leader knit-system
 patch endpointslices.discovery.k8s.io/knit-webhook-leader knit-system
 get services/knit-webhook knit-system
 create tokenreviews.authentication.k8s.io
+delete pods knit-system
 EOF
 e2e_expect "the operator may do every verb it needs" 0 "$bad"
 bad=0
@@ -383,7 +384,7 @@ create pods:exec default
 create pods default
 patch pods default
 patch pods knit-system
-delete pods knit-system
+delete pods kube-system
 update nodes
 patch nodes
 delete nodes

@@ -237,6 +237,46 @@ static void test_two_identities_one_socket(void **state)
 	close(sy);
 }
 
+/* A restarted knitd's first initiation goes out on a path that carries
+ * nothing (the relay, before disco finds the direct path): when the path
+ * changes, the initiation goes again at once, not after REKEY_TIMEOUT
+ * (5 s and jitter). */
+static void test_new_path_resends_initiation(void **state)
+{
+	struct pair *p = *state;
+	int sx = udp_socket_in(ns_x, "10.91.0.1", 7005), sy = udp_socket_in(ns_y, "10.91.0.2", 7006);
+	struct endpoint dead = { 0 }, good = { 0 };
+	struct engine_peer_stats st;
+	int blackhole = socket(AF_INET, SOCK_DGRAM, 0);
+	struct sockaddr_in bh = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t bhlen = sizeof(bh);
+	uint64_t until;
+
+	/* A bound socket nobody reads: initiations sent there vanish. */
+	assert_true(blackhole >= 0);
+	assert_int_equal(bind(blackhole, (struct sockaddr *)&bh, sizeof(bh)), 0);
+	assert_int_equal(getsockname(blackhole, (struct sockaddr *)&bh, &bhlen), 0);
+	dead.addr.in4 = bh;
+	good.addr.in4 = (struct sockaddr_in){ .sin_family = AF_INET, .sin_port = htons(hub_port(p->hub)),
+					      .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	assert_int_equal(engine_peer_set_path(p->a, p->pb, false, &dead), 0);
+	/* Traffic for b: a's initiation leaves for the dead endpoint. */
+	assert_int_equal(sendto(sx, "x", 1, 0, (struct sockaddr *)&(struct sockaddr_in){ .sin_family = AF_INET,
+				.sin_port = htons(7006), .sin_addr.s_addr = inet_addr("10.91.0.2") },
+				sizeof(struct sockaddr_in)), 1);
+	for (until = loop_mono_ms() + 300; loop_mono_ms() < until;)
+		loop_run_once(p->loop, 10);
+	assert_int_equal(engine_peer_stats(p->a, p->pb, &st), 0);
+	assert_false(st.has_session);
+	assert_true(st.handshake_attempts == 0 || st.handshake_attempts == 1);
+	/* The path that works: a session well within REKEY_TIMEOUT. */
+	assert_int_equal(engine_peer_set_path(p->a, p->pb, false, &good), 0);
+	assert_int_equal(through_within(p, sx, "10.91.0.2", 7006, sy, "new path", 2500), 8);
+	close(blackhole);
+	close(sx);
+	close(sy);
+}
+
 /* Cryptokey routing on receive: a peer may only send from its allowed IPs. */
 static void test_source_check(void **state)
 {
@@ -738,6 +778,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_two_identities_one_socket, pair_setup, pair_teardown),
 		cmocka_unit_test_setup_teardown(test_source_check, pair_setup, pair_teardown),
+		cmocka_unit_test_setup_teardown(test_new_path_resends_initiation, pair_setup, pair_teardown),
 		cmocka_unit_test_setup_teardown(test_remove_under_traffic, pair_setup, pair_teardown),
 		cmocka_unit_test_setup_teardown(test_uapi_set_get, pair_setup, pair_teardown),
 		cmocka_unit_test_setup_teardown(test_exporter, pair_setup, pair_teardown),
