@@ -55,19 +55,12 @@ e2e_begin bench-cni-memory
 [ -z "${KNIT_BENCH_KEEP:-}" ] || e2e_defer "rm -rf '$KNIT_BENCH_KEEP'; cp -r '$E2E_DIR' '$KNIT_BENCH_KEEP'"
 e2e_need_bin "$OPERATOR" "$KNITD" "$KNIT" jq curl
 GDB=$(command -v gdb || true)
-kube_up
-K=$KUBECTL
+tailnet_kube_up
 NS=knit-system
-$K create namespace "$NS" >/dev/null && $K create namespace app >/dev/null &&
-	$K -n app create serviceaccount web >/dev/null || e2e_die "namespaces"
-$K apply $(printf -- "-f %s " "$src"/manifests/01-crd-*.yaml) >/dev/null || e2e_die "apply CRDs"
-$K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_die "CRDs not established"
+$K create namespace app >/dev/null && $K -n app create serviceaccount web >/dev/null || e2e_die "namespaces"
 tailnet_net_up $((20 + ($$ + 31) % 200))
 TAILNET_OP_ARGS="--log-level warn --no-leader-election" tailnet_operator_start op-1
-printf '{"apiVersion":"knit.dev/v1alpha1","kind":"AuthKey","metadata":{"name":"nodes","namespace":"%s"},"spec":{"reusable":true}}' \
-	"$NS" | $K apply -f - >/dev/null || e2e_die "authkey"
-e2e_wait_for 30 $K get secret nodes-authkey -n "$NS" >/dev/null || e2e_die "no auth key secret"
-NODE_KEY=$($K get secret nodes-authkey -n "$NS" -o jsonpath='{.data.authkey}' | base64 -d)
+NODE_KEY=$(tailnet_authkey nodes '{"reusable":true}')
 CTRL=$($K get tailnet default -o jsonpath='{.status.controlKey}')
 tailnet_host_add node1 1
 mkdir -p "$E2E_DIR/node1"

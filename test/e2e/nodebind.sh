@@ -19,14 +19,10 @@ source "$(dirname "$0")/lib/tailnet.sh"
 e2e_begin nodebind
 CLIENT=$KNIT_BUILD_DIR/test/e2e/tools/coord_client
 e2e_need_bin "$OPERATOR" "$CLIENT" jq curl
-kube_up
-K=$KUBECTL
+tailnet_kube_up
 NS=knit-system
-$K create namespace "$NS" >/dev/null || e2e_die "create namespace"
 $K create namespace app >/dev/null || e2e_die "create namespace app"
 $K -n app create serviceaccount web >/dev/null || e2e_die "create serviceaccount"
-$K apply $(printf -- "-f %s " "$KNIT_SOURCE_DIR"/manifests/01-crd-*.yaml) >/dev/null || e2e_die "apply CRDs"
-$K wait --for condition=established --timeout=60s crd --all >/dev/null || e2e_die "CRDs not established"
 
 TAILNET_GW=127.0.0.1 # no agent namespaces: the scripted agent runs here
 tailnet_operator_start op-1
