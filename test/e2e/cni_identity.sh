@@ -47,20 +47,8 @@ for i in 1 2; do
 done
 NODE2_IP=$(tailnet_knit node2 ip -4)
 
-pod_object() { # NAME NODE
-	cat <<YAML | $K apply -f - >/dev/null
-apiVersion: v1
-kind: Pod
-metadata: {name: $1, namespace: app, annotations: {knit.dev/identity: "true"}}
-spec:
-  nodeName: $2
-  serviceAccountName: web
-  automountServiceAccountToken: false
-  containers: [{name: c, image: busybox}]
-YAML
-}
-pod_object web node1 || e2e_die "create pod web"
-pod_object far node2 || e2e_die "create pod far"
+tailnet_pod_object web node1 '{knit.dev/identity: "true"}' || e2e_die "create pod web"
+tailnet_pod_object far node2 '{knit.dev/identity: "true"}' || e2e_die "create pod far"
 WEB_UID=$($K -n app get pod web -o jsonpath='{.metadata.uid}')
 FAR_UID=$($K -n app get pod far -o jsonpath='{.metadata.uid}')
 
@@ -213,7 +201,7 @@ spec:
 YAML
 in_force() { [ "$($K get policy tags -o jsonpath='{.status.appliedGeneration}')" = "$($K get policy tags -o jsonpath='{.metadata.generation}')" ]; }
 e2e_check "the Policy is in force" e2e_wait_for 30 in_force
-pod_object runner node1 || e2e_die "create pod runner"
+tailnet_pod_object runner node1 '{knit.dev/identity: "true"}' || e2e_die "create pod runner"
 RUN_UID=$($K -n app get pod runner -o jsonpath='{.metadata.uid}')
 ndev=$($K get devices -o name | wc -l)
 ANN='{"knit.dev/identity":"true","knit.dev/tags":"tag:db"}'

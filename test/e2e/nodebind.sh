@@ -37,20 +37,8 @@ metric() {
 }
 refusals() { metric "knit_coord_refusals_total{call=\"nodebind\",reason=\"$1\"}"; }
 ndev() { $K get devices -o name | wc -l; }
-pod_object() { # NAME NODE
-	cat <<YAML | $K apply -f - >/dev/null
-apiVersion: v1
-kind: Pod
-metadata: {name: $1, namespace: app}
-spec:
-  nodeName: $2
-  serviceAccountName: web
-  automountServiceAccountToken: false
-  containers: [{name: c, image: busybox}]
-YAML
-}
-pod_object web-a node-a || e2e_die "pod web-a"
-pod_object web-b node-b || e2e_die "pod web-b"
+tailnet_pod_object web-a node-a || e2e_die "pod web-a"
+tailnet_pod_object web-b node-b || e2e_die "pod web-b"
 UID_A=$($K -n app get pod web-a -o jsonpath='{.metadata.uid}')
 UID_B=$($K -n app get pod web-b -o jsonpath='{.metadata.uid}')
 

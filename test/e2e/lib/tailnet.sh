@@ -144,6 +144,23 @@ tailnet_authkey() { # NAME SPEC-JSON
 	"$KUBECTL" get secret "$1-authkey" -n knit-system -o jsonpath='{.data.authkey}' | base64 -d
 }
 
+# tailnet_pod_object NAME NODE [ANNOTATIONS]: a Pod object in namespace app
+# (ServiceAccount web) scheduled to NODE, with no kubelet behind it: what
+# the operator checks pod identities and node bindings against.
+# ANNOTATIONS is a YAML flow map, e.g. '{knit.dev/identity: "true"}'.
+tailnet_pod_object() {
+	cat <<YAML | "$KUBECTL" apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, namespace: app${3:+, annotations: $3}}
+spec:
+  nodeName: $2
+  serviceAccountName: web
+  automountServiceAccountToken: false
+  containers: [{name: c, image: busybox}]
+YAML
+}
+
 tailnet_knitd_token() { # NODE [AUDIENCE]
 	local node=$1 aud=${2:-knit.dev/node} ns=${TAILNET_OP_NS:-knit-system} ds_uid pod_uid
 	"$KUBECTL" -n "$ns" get serviceaccount knitd >/dev/null 2>&1 ||
