@@ -27,6 +27,7 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
+source "$src/bench/lib/build.sh"
 STEPS="50 200" PAR=20 KNITD_BIN=
 build=${KNIT_BENCH_BUILD:-$src/build/bench}
 while getopts "s:p:b:k:h" o; do
@@ -40,8 +41,7 @@ while getopts "s:p:b:k:h" o; do
 done
 [ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }
 if [ -z "${KNIT_BENCH_NO_BUILD:-}" ]; then
-	cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKNIT_TESTS=OFF >/dev/null &&
-		cmake --build "$build" -j "$(nproc)" --target knitd knit_cli knit-operator >/dev/null || exit 1
+	bench_build "$build" knitd knit_cli knit-operator || exit 1
 fi
 PODS=0
 for n in $STEPS; do [ "$n" -gt "$PODS" ] && PODS=$n; done

@@ -24,6 +24,7 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
+source "$src/bench/lib/build.sh"
 PODS=200 PAR=20 DURATION=10
 build=${KNIT_BENCH_BUILD:-$src/build/bench}
 while getopts "n:p:d:b:h" o; do
@@ -37,8 +38,7 @@ while getopts "n:p:d:b:h" o; do
 done
 [ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }
 if [ -z "${KNIT_BENCH_NO_BUILD:-}" ]; then
-	cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKNIT_TESTS=OFF >/dev/null &&
-		cmake --build "$build" -j "$(nproc)" --target knitd knit_cli knit-operator knit_cni >/dev/null || exit 1
+	bench_build "$build" knitd knit_cli knit-operator knit_cni || exit 1
 fi
 
 export KNIT_BUILD_DIR=$build KNIT_SOURCE_DIR=$src

@@ -11,12 +11,12 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
+source "$src/bench/lib/build.sh"
 build=${KNIT_BENCH_BUILD:-$src/build/bench}
 
 if [ "${1:-}" != --one ]; then
 	[ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }
-	cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKNIT_TESTS=OFF >/dev/null &&
-		cmake --build "$build" -j "$(nproc)" --target knit-operator coord_bench >/dev/null || exit 1
+	bench_build "$build" knit-operator coord_bench || exit 1
 	ns=("$@")
 	[ ${#ns[@]} -gt 0 ] || ns=(100 1000 10000)
 	results=()

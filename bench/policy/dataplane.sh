@@ -16,6 +16,7 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
+source "$src/bench/lib/build.sh"
 build=${KNIT_BENCH_BUILD:-$src/build/bench}
 DURATION=10 REPS=3 RULES=1000
 while getopts "d:r:n:h" o; do
@@ -28,8 +29,7 @@ while getopts "d:r:n:h" o; do
 done
 [ "$(id -u)" -eq 0 ] || { echo "dataplane.sh: run as root" >&2; exit 1; }
 if [ -z "${KNIT_BENCH_BUILD:-}" ]; then
-	cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKNIT_TESTS=OFF >/dev/null &&
-		cmake --build "$build" -j "$(nproc)" --target knitd >/dev/null || exit 1
+	bench_build "$build" knitd || exit 1
 fi
 work=$(mktemp -d /tmp/knit-bench-dataplane.XXXXXX)
 trap 'rm -rf "$work"' EXIT

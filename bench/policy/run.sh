@@ -17,14 +17,14 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
+source "$src/bench/lib/build.sh"
 build=${KNIT_BENCH_BUILD:-$src/build/bench}
 n=${1:-10000}
 rules=${2:-1000}
 
 [ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }
 if [ -z "${KNIT_BENCH_BUILD:-}" ]; then
-	cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKNIT_TESTS=OFF >/dev/null &&
-		cmake --build "$build" -j "$(nproc)" --target knit-operator coord_bench >/dev/null || exit 1
+	bench_build "$build" knit-operator coord_bench || exit 1
 fi
 export KNIT_BUILD_DIR=$build KNIT_SOURCE_DIR=$src
 source "$src/test/e2e/lib/common.sh"

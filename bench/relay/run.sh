@@ -13,11 +13,11 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
+source "$src/bench/lib/build.sh"
 build=${KNIT_BENCH_BUILD:-$src/build/bench}
 n=${1:-10000}
 
-cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKNIT_TESTS=OFF >/dev/null &&
-	cmake --build "$build" -j "$(nproc)" --target knit-relay relay_bench >/dev/null || exit 1
+bench_build "$build" knit-relay relay_bench || exit 1
 dir=$(mktemp -d /tmp/knit-bench-relay.XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ulimit -n "$(ulimit -Hn)"
